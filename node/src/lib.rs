@@ -1,1 +1,13 @@
-//! placeholder
+//! A clustered chat node: sessions, inboxes and groups as ractor actors, durable mailboxes in sled.
+//!
+//! The binary (`main.rs`) parses flags and binds; [`server::run`] does the rest.
+
+pub mod actors;
+pub mod auth;
+pub mod config;
+pub mod error;
+pub mod server;
+pub mod storage;
+
+pub use config::Config;
+pub use server::{NodeError, run};

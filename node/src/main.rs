@@ -1,1 +1,118 @@
-fn main() {}
+//! The `chat-node` binary: parse flags, load the config, start tracing, bind, run.
+
+use anyhow::Context;
+use chat_node::Config;
+use clap::Parser;
+use std::io::Write;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use tokio_util::sync::CancellationToken;
+
+/// A clustered chat node. With no arguments it runs one node on 127.0.0.1:7400
+/// with its data in ./chat-data.
+#[derive(Debug, Parser)]
+#[command(version, about, after_help = EXAMPLES)]
+struct Cli {
+    /// TOML config file (see cluster-config/ for documented examples).
+    #[arg(long, env = "CHAT_CONFIG")]
+    config: Option<PathBuf>,
+    /// This node's name, unique in the cluster.
+    #[arg(long)]
+    name: Option<String>,
+    /// Client listen address (port 0 picks a free port; the real one is printed).
+    #[arg(long)]
+    listen: Option<SocketAddr>,
+    /// Cluster listen address.
+    #[arg(long)]
+    cluster_listen: Option<SocketAddr>,
+    /// A peer's cluster address to join (repeatable).
+    #[arg(long = "seed")]
+    seeds: Vec<String>,
+    /// Folder for this node's database.
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+    /// Shared cluster secret.
+    #[arg(long, env = "CHAT_COOKIE", hide_env_values = true)]
+    cookie: Option<String>,
+}
+
+const EXAMPLES: &str = "Examples:
+  chat-node
+  chat-node --listen 127.0.0.1:0 --data-dir /tmp/n1
+  chat-node --config cluster-config/node1.toml
+  RUST_LOG=chat_node=debug chat-node";
+
+impl Cli {
+    fn into_config(self) -> anyhow::Result<Config> {
+        let mut cfg = match &self.config {
+            Some(path) => Config::from_file(path)?,
+            None => Config::default(),
+        };
+        if let Some(name) = self.name {
+            cfg.name = Some(name);
+        }
+        if let Some(addr) = self.listen {
+            cfg.client.listen = addr;
+        }
+        if let Some(addr) = self.cluster_listen {
+            cfg.cluster.listen = addr;
+        }
+        if !self.seeds.is_empty() {
+            cfg.cluster.seeds = self.seeds;
+        }
+        if let Some(dir) = self.data_dir {
+            cfg.data_dir = dir;
+        }
+        if let Some(cookie) = self.cookie {
+            cfg.cluster.cookie = cookie;
+        }
+        cfg.validate()?;
+        Ok(cfg)
+    }
+}
+
+fn main() -> anyhow::Result<()> {
+    let cfg = Cli::parse().into_config()?;
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?
+        .block_on(serve(cfg))
+}
+
+async fn serve(cfg: Config) -> anyhow::Result<()> {
+    let listener = tokio::net::TcpListener::bind(cfg.client.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", cfg.client.listen))?;
+    let addr = listener.local_addr()?;
+    let name = cfg.name.clone().unwrap_or_else(|| chat_node::server::default_name(addr));
+    // Tests and scripts read this line to learn the real port.
+    println!("chat-node {name} listening for clients on {addr}");
+    std::io::stdout().flush()?;
+
+    let shutdown = CancellationToken::new();
+    tokio::spawn(watch_signals(shutdown.clone()));
+    chat_node::run(cfg, listener, shutdown).await?;
+    Ok(())
+}
+
+/// First SIGINT or SIGTERM: orderly shutdown. Second: exit at once.
+async fn watch_signals(shutdown: CancellationToken) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
+        tracing::error!("cannot install signal handlers");
+        return;
+    };
+    tokio::select! { _ = term.recv() => {}, _ = int.recv() => {} }
+    tracing::info!("signal received; shutting down (again to force)");
+    shutdown.cancel();
+    tokio::select! { _ = term.recv() => {}, _ = int.recv() => {} }
+    tracing::warn!("second signal: exiting now");
+    std::process::exit(130);
+}

@@ -1,0 +1,485 @@
+//! The group actor: one per group, on the group's owner node.
+//!
+//! It keeps the member list, assigns the group's own seq to each message,
+//! persists the message (with the recipients at that moment) before
+//! acknowledging the sender, then fans it out to every recipient's inbox.
+//! Inboxes dedupe by (group, group seq), so a fan-out interrupted by a crash
+//! is simply redone from `fanout_seq` when the group starts again.
+
+use super::inbox::{self, Appended, Draft, InboxMsg};
+use super::registry::{RegistryMsg, Router};
+use super::{Reply, reply};
+use crate::error::{ChatError, ChatResult};
+use crate::storage::{self, Storage, TreeId, kind};
+use chat_protocol::internal::{GroupMessage, GroupRecord};
+use chat_protocol::v1::{self, ConversationKind};
+use prost::Message;
+use ractor::{Actor, ActorProcessingErr, ActorRef};
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+use std::time::Instant;
+
+/// Messages of the group actor.
+pub enum GroupMsg {
+    /// Create the group with `user` as its first member.
+    Create {
+        /// The creator.
+        user: String,
+        /// Runs once durable.
+        reply: Reply<ChatResult<()>>,
+    },
+    /// Add a member (joining twice is fine).
+    Join {
+        /// Who joins.
+        user: String,
+        /// Runs once durable.
+        reply: Reply<ChatResult<()>>,
+    },
+    /// Remove a member.
+    Leave {
+        /// Who leaves.
+        user: String,
+        /// Runs once durable.
+        reply: Reply<ChatResult<()>>,
+    },
+    /// The members, for a member.
+    Members {
+        /// Who asks.
+        user: String,
+        /// Gets the sorted names.
+        reply: Reply<ChatResult<Vec<String>>>,
+    },
+    /// Post a message (idempotent per sender and client message id).
+    Post {
+        /// Sender, who must be a member.
+        from: String,
+        /// Dedupe id.
+        client_msg_id: String,
+        /// Text.
+        text: String,
+        /// Gets the id and group seq once durable.
+        reply: Reply<ChatResult<Appended>>,
+    },
+    /// The group's messages with seq < `before`, newest first, for a member.
+    History {
+        /// Who asks.
+        user: String,
+        /// Exclusive upper bound (0 = newest).
+        before: u64,
+        /// Most messages.
+        limit: usize,
+        /// Gets the page and where to continue.
+        reply: Reply<ChatResult<(Vec<v1::Delivery>, u64)>>,
+    },
+    /// From the registry: it has forgotten this group; stop.
+    Stop,
+    /// Internal: the post with this seq is durable (or failed).
+    Persisted {
+        /// Group seq.
+        seq: u64,
+        /// Outcome.
+        result: Result<(), String>,
+    },
+    /// Internal: one recipient's inbox has stored the message.
+    FanoutAck {
+        /// Group seq.
+        seq: u64,
+        /// Whether the inbox stored it.
+        ok: bool,
+    },
+    /// Internal: time to check for idleness.
+    IdleCheck,
+}
+
+impl ractor::Message for GroupMsg {}
+
+impl GroupMsg {
+    fn routed(&self) -> bool {
+        !matches!(
+            self,
+            Self::Persisted { .. } | Self::FanoutAck { .. } | Self::IdleCheck | Self::Stop
+        )
+    }
+
+    /// Answers the request, if it expects an answer, with `err`.
+    pub fn fail(self, err: ChatError) {
+        match self {
+            Self::Create { reply, .. } | Self::Join { reply, .. } | Self::Leave { reply, .. } => {
+                reply(Err(err))
+            }
+            Self::Members { reply, .. } => reply(Err(err)),
+            Self::Post { reply, .. } => reply(Err(err)),
+            Self::History { reply, .. } => reply(Err(err)),
+            _ => {}
+        }
+    }
+}
+
+/// The group actor.
+pub struct Group;
+
+/// Startup arguments.
+pub struct GroupArgs {
+    /// The group's name.
+    pub group: String,
+    /// The database.
+    pub storage: Storage,
+    /// To reach member inboxes and the registry.
+    pub router: Router,
+}
+
+struct PendingPost {
+    seq: u64,
+    origin: Vec<u8>,
+    message: GroupMessage,
+    replies: Vec<Reply<ChatResult<Appended>>>,
+}
+
+#[derive(Default)]
+struct Fanout {
+    remaining: usize,
+    failed: bool,
+}
+
+/// The group's state.
+pub struct GroupState {
+    args: GroupArgs,
+    record: Option<GroupRecord>,
+    members: BTreeSet<String>,
+    pending: VecDeque<PendingPost>,
+    pending_origins: HashMap<Vec<u8>, u64>,
+    fanouts: BTreeMap<u64, Fanout>,
+    handled: u64,
+    idle_since: Option<Instant>,
+}
+
+impl Actor for Group {
+    type Msg = GroupMsg;
+    type State = GroupState;
+    type Arguments = GroupArgs;
+
+    async fn pre_start(
+        &self,
+        myself: ActorRef<GroupMsg>,
+        args: GroupArgs,
+    ) -> Result<GroupState, ActorProcessingErr> {
+        let record = args.storage.group(&args.group)?;
+        let members = if record.is_some() {
+            args.storage.group_members(&args.group)?.into_iter().collect()
+        } else {
+            BTreeSet::new()
+        };
+        let mut state = GroupState {
+            args,
+            record,
+            members,
+            pending: VecDeque::new(),
+            pending_origins: HashMap::new(),
+            fanouts: BTreeMap::new(),
+            handled: 0,
+            idle_since: Some(Instant::now()),
+        };
+        state.resume_fanout(&myself)?;
+        myself.send_after(inbox::IDLE_AFTER, || GroupMsg::IdleCheck);
+        Ok(state)
+    }
+
+    async fn handle(
+        &self,
+        myself: ActorRef<GroupMsg>,
+        msg: GroupMsg,
+        state: &mut GroupState,
+    ) -> Result<(), ActorProcessingErr> {
+        if msg.routed() {
+            state.handled += 1;
+            state.idle_since = Some(Instant::now());
+        }
+        match msg {
+            GroupMsg::Create { user, reply } => {
+                if state.record.is_some() {
+                    return Ok(reply(Err(ChatError::AlreadyExists(state.args.group.clone()))));
+                }
+                state.record = Some(GroupRecord {
+                    creator: user.clone(),
+                    created_at_ms: storage::now_ms(),
+                    last_seq: 0,
+                    fanout_seq: 0,
+                });
+                state.set_member(user, true, reply);
+            }
+            GroupMsg::Join { user, reply } => {
+                if state.record.is_none() {
+                    return Ok(reply(Err(ChatError::NotFound(format!("group {}", state.args.group)))));
+                }
+                if state.members.contains(&user) {
+                    return Ok(reply(Ok(())));
+                }
+                state.set_member(user, true, reply);
+            }
+            GroupMsg::Leave { user, reply } => {
+                if let Err(e) = state.check_member(&user) {
+                    return Ok(reply(Err(e)));
+                }
+                state.set_member(user, false, reply);
+            }
+            GroupMsg::Members { user, reply } => {
+                reply(state.check_member(&user).map(|()| state.members.iter().cloned().collect()))
+            }
+            GroupMsg::Post {
+                from,
+                client_msg_id,
+                text,
+                reply,
+            } => state.post(&myself, from, client_msg_id, text, reply),
+            GroupMsg::Persisted { seq, result } => state.persisted(&myself, seq, result),
+            GroupMsg::FanoutAck { seq, ok } => state.fanout_ack(seq, ok),
+            GroupMsg::History {
+                user,
+                before,
+                limit,
+                reply,
+            } => reply(state.history(&user, before, limit)),
+            GroupMsg::IdleCheck => {
+                let quiet = state.pending.is_empty() && state.fanouts.is_empty();
+                if quiet && state.idle_since.is_some_and(|t| t.elapsed() >= inbox::IDLE_AFTER) {
+                    state.args.router.registry().cast(RegistryMsg::GroupIdle {
+                        group: state.args.group.clone(),
+                        handled: state.handled,
+                    })?;
+                }
+                myself.send_after(inbox::IDLE_AFTER, || GroupMsg::IdleCheck);
+            }
+            GroupMsg::Stop => myself.stop(None),
+        }
+        Ok(())
+    }
+}
+
+impl GroupState {
+    fn check_member(&self, user: &str) -> ChatResult<()> {
+        if self.record.is_none() {
+            Err(ChatError::NotFound(format!("group {}", self.args.group)))
+        } else if !self.members.contains(user) {
+            Err(ChatError::NotAMember(self.args.group.clone()))
+        } else {
+            Ok(())
+        }
+    }
+
+    /// Persists a membership change, then records it in the user's inbox, then replies.
+    fn set_member(&mut self, user: String, joined: bool, reply: Reply<ChatResult<()>>) {
+        let group = self.args.group.clone();
+        let mut batch = sled::Batch::default();
+        let key = storage::suffix_key(&group, kind::MEMBER, user.as_bytes());
+        if joined {
+            self.members.insert(user.clone());
+            batch.insert(key, &[][..]);
+        } else {
+            self.members.remove(&user);
+            batch.remove(key);
+        }
+        let record = self.record.as_ref().expect("callers check the group exists");
+        batch.insert(storage::scoped(&group, kind::META), record.encode_to_vec());
+        let router = self.args.router.clone();
+        self.args.storage.commit(
+            vec![(TreeId::Groups, batch)],
+            Box::new(move |r| match r {
+                Ok(()) => router.to_inbox(&user, InboxMsg::Membership { group, joined, reply }),
+                Err(e) => reply(Err(e.into())),
+            }),
+        );
+    }
+
+    fn post(
+        &mut self,
+        myself: &ActorRef<GroupMsg>,
+        from: String,
+        client_msg_id: String,
+        text: String,
+        reply: Reply<ChatResult<Appended>>,
+    ) {
+        if let Err(e) = self.check_member(&from) {
+            return reply(Err(e));
+        }
+        let origin = inbox::private_origin(&from, &client_msg_id);
+        if let Some(seq) = self.pending_origins.get(&origin) {
+            if let Some(p) = self.pending.iter_mut().find(|p| p.seq == *seq) {
+                p.replies.push(reply);
+                return;
+            }
+        }
+        match self.already_stored(&origin) {
+            Ok(Some(done)) => return reply(Ok(done)),
+            Ok(None) => {}
+            Err(e) => return reply(Err(e)),
+        }
+        let group = &self.args.group;
+        let record = self.record.as_mut().expect("membership checked above");
+        let seq = record.last_seq + 1;
+        record.last_seq = seq;
+        let message = GroupMessage {
+            message_id: format!("g:{group}:{seq}"),
+            recipients: self.members.iter().filter(|m| **m != from).cloned().collect(),
+            from,
+            timestamp_ms: storage::now_ms(),
+            text,
+            client_msg_id,
+        };
+        let mut batch = sled::Batch::default();
+        batch.insert(storage::seq_key(group, kind::MESSAGE, seq), message.encode_to_vec());
+        batch.insert(storage::suffix_key(group, kind::ORIGIN, &origin), &storage::seq_value(seq)[..]);
+        batch.insert(storage::scoped(group, kind::META), record.encode_to_vec());
+        self.pending_origins.insert(origin.clone(), seq);
+        self.pending.push_back(PendingPost {
+            seq,
+            origin,
+            message,
+            replies: vec![reply],
+        });
+        let me = myself.clone();
+        self.args.storage.commit(
+            vec![(TreeId::Groups, batch)],
+            Box::new(move |r| {
+                let _ = me.cast(GroupMsg::Persisted {
+                    seq,
+                    result: r.map_err(|e| e.to_string()),
+                });
+            }),
+        );
+    }
+
+    fn already_stored(&self, origin: &[u8]) -> ChatResult<Option<Appended>> {
+        let storage = &self.args.storage;
+        let Some(seq) = storage.group_origin(&self.args.group, origin)? else {
+            return Ok(None);
+        };
+        Ok(storage.group_message(&self.args.group, seq)?.map(|m| Appended {
+            message_id: m.message_id,
+            seq,
+            timestamp_ms: m.timestamp_ms,
+        }))
+    }
+
+    fn persisted(&mut self, myself: &ActorRef<GroupMsg>, seq: u64, result: Result<(), String>) {
+        let Some(p) = self.pending.pop_front() else {
+            tracing::error!(group = %self.args.group, seq, "completion without a pending post");
+            return;
+        };
+        self.pending_origins.remove(&p.origin);
+        if let Err(e) = result {
+            tracing::error!(group = %self.args.group, seq, error = %e, "group write failed");
+            for r in p.replies {
+                r(Err(ChatError::Internal("storage write failed".into())));
+            }
+            return;
+        }
+        let appended = Appended {
+            message_id: p.message.message_id.clone(),
+            seq: p.seq,
+            timestamp_ms: p.message.timestamp_ms,
+        };
+        for r in p.replies {
+            r(Ok(appended.clone()));
+        }
+        self.fan_out(myself, p.seq, &p.message);
+    }
+
+    /// Sends the message to every recipient's inbox and tracks their answers.
+    fn fan_out(&mut self, myself: &ActorRef<GroupMsg>, seq: u64, message: &GroupMessage) {
+        self.fanouts.insert(
+            seq,
+            Fanout {
+                remaining: message.recipients.len(),
+                failed: false,
+            },
+        );
+        for member in &message.recipients {
+            let me = myself.clone();
+            let draft = Draft {
+                from: message.from.clone(),
+                kind: ConversationKind::Group,
+                conversation: self.args.group.clone(),
+                text: message.text.clone(),
+                group: Some((seq, message.message_id.clone(), message.timestamp_ms)),
+            };
+            self.args.router.to_inbox(
+                member,
+                InboxMsg::Append {
+                    origin: inbox::group_origin(&self.args.group, seq),
+                    draft,
+                    reply: reply(move |r: ChatResult<Appended>| {
+                        let _ = me.cast(GroupMsg::FanoutAck { seq, ok: r.is_ok() });
+                    }),
+                },
+            );
+        }
+        self.fanout_ack_done();
+    }
+
+    fn fanout_ack(&mut self, seq: u64, ok: bool) {
+        if let Some(f) = self.fanouts.get_mut(&seq) {
+            f.remaining = f.remaining.saturating_sub(1);
+            f.failed |= !ok;
+        }
+        self.fanout_ack_done();
+    }
+
+    /// Advances `fanout_seq` over the completed prefix and persists it (no one waits on it:
+    /// after a crash the fan-out is redone and the inboxes drop the copies).
+    fn fanout_ack_done(&mut self) {
+        let mut advanced = None;
+        while let Some(entry) = self.fanouts.first_entry() {
+            let f = entry.get();
+            if f.remaining > 0 || f.failed {
+                break;
+            }
+            advanced = Some(*entry.key());
+            entry.remove();
+        }
+        let (Some(seq), Some(record)) = (advanced, self.record.as_mut()) else {
+            return;
+        };
+        record.fanout_seq = record.fanout_seq.max(seq);
+        let mut batch = sled::Batch::default();
+        batch.insert(storage::scoped(&self.args.group, kind::META), record.encode_to_vec());
+        self.args.storage.commit(vec![(TreeId::Groups, batch)], Box::new(|_| {}));
+    }
+
+    /// Redoes the fan-out of messages a crash interrupted.
+    fn resume_fanout(&mut self, myself: &ActorRef<GroupMsg>) -> storage::Result<()> {
+        let Some(record) = &self.record else {
+            return Ok(());
+        };
+        let (from, to) = (record.fanout_seq + 1, record.last_seq);
+        for seq in from..=to {
+            if let Some(message) = self.args.storage.group_message(&self.args.group, seq)? {
+                tracing::info!(group = %self.args.group, seq, "resuming interrupted fan-out");
+                self.fan_out(myself, seq, &message);
+            }
+        }
+        Ok(())
+    }
+
+    fn history(&self, user: &str, before: u64, limit: usize) -> ChatResult<(Vec<v1::Delivery>, u64)> {
+        self.check_member(user)?;
+        let before = if before == 0 { u64::MAX } else { before };
+        let page = self.args.storage.group_before(&self.args.group, before, limit)?;
+        let next = match page.last() {
+            Some((seq, _)) if page.len() == limit && *seq > 1 => *seq,
+            _ => 0,
+        };
+        let messages = page
+            .into_iter()
+            .map(|(seq, m)| v1::Delivery {
+                seq: 0,
+                message_id: m.message_id,
+                from: m.from,
+                kind: ConversationKind::Group as i32,
+                conversation: self.args.group.clone(),
+                timestamp_ms: m.timestamp_ms,
+                text: m.text,
+                group_seq: seq,
+            })
+            .collect();
+        Ok((messages, next))
+    }
+}

@@ -1,0 +1,602 @@
+//! The inbox actor: one per user, on the user's owner node, started on demand and stopped when idle.
+//!
+//! It assigns the user's gap-free sequence numbers, persists each entry (with
+//! its dedupe key) through the group-commit writer, and only once durable
+//! acknowledges the sender and pushes the entry to every attached session.
+//! Offline messages are simply the entries above the delivered cursor.
+
+use super::registry::{RegistryMsg, Router};
+use super::{Reply, SessionRef};
+use crate::error::{ChatError, ChatResult};
+use crate::storage::{self, Storage, TreeId, kind};
+use bytes::{Bytes, BytesMut};
+use chat_protocol::internal::{InboxEntry, InboxMeta};
+use chat_protocol::v1::{self, ConversationKind, server_frame};
+use prost::Message;
+use ractor::{Actor, ActorProcessingErr, ActorRef};
+use std::collections::{HashMap, VecDeque};
+use std::time::{Duration, Instant};
+
+/// How long an inbox with no sessions and no pending writes lives on.
+pub const IDLE_AFTER: Duration = Duration::from_secs(30);
+/// Most receipts one acknowledgement sends.
+const MAX_RECEIPTS_PER_ACK: usize = 1000;
+/// Most entries one append removes for retention.
+const MAX_TRIM_PER_APPEND: usize = 64;
+
+/// What a sender learns once its message is durable.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Appended {
+    /// Cluster-unique id.
+    pub message_id: String,
+    /// The seq in this inbox.
+    pub seq: u64,
+    /// Server timestamp.
+    pub timestamp_ms: u64,
+}
+
+/// A message to store in an inbox; the inbox adds the seq.
+#[derive(Debug, Clone)]
+pub struct Draft {
+    /// Sender.
+    pub from: String,
+    /// Private or group.
+    pub kind: ConversationKind,
+    /// Recipient (private) or group name.
+    pub conversation: String,
+    /// Text.
+    pub text: String,
+    /// For group messages: the group's seq, id and timestamp.
+    pub group: Option<(u64, String, u64)>,
+}
+
+/// Dedupe key of a private message: sender and its client message id.
+pub fn private_origin(from: &str, client_msg_id: &str) -> Vec<u8> {
+    let mut o = vec![b'p', from.len() as u8];
+    o.extend_from_slice(from.as_bytes());
+    o.extend_from_slice(client_msg_id.as_bytes());
+    o
+}
+
+/// Dedupe key of a group message fanned out into an inbox.
+pub fn group_origin(group: &str, group_seq: u64) -> Vec<u8> {
+    let mut o = vec![b'g', group.len() as u8];
+    o.extend_from_slice(group.as_bytes());
+    o.extend_from_slice(&group_seq.to_be_bytes());
+    o
+}
+
+/// Which cursor an acknowledgement moves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AckKind {
+    /// A device has the messages.
+    Delivered,
+    /// The user has read them.
+    Read,
+}
+
+/// A page of entries for Sync.
+#[derive(Debug, Clone, Default)]
+pub struct Page {
+    /// Entries in seq order.
+    pub messages: Vec<v1::Delivery>,
+    /// Highest durable seq.
+    pub last_seq: u64,
+    /// Lowest kept seq.
+    pub first_seq: u64,
+}
+
+/// Messages of the inbox actor.
+pub enum InboxMsg {
+    /// Store a message (idempotent per origin) and reply once durable.
+    Append {
+        /// Dedupe key.
+        origin: Vec<u8>,
+        /// The message.
+        draft: Draft,
+        /// Gets the id and seq.
+        reply: Reply<ChatResult<Appended>>,
+    },
+    /// A session of this user logs in: it gets pushes from now on.
+    Attach {
+        /// The session.
+        session: SessionRef,
+        /// Gets the cursors (last_seq is the highest durable seq).
+        reply: Reply<ChatResult<InboxMeta>>,
+    },
+    /// A session logs out or closes.
+    Detach {
+        /// Its id.
+        session: u64,
+    },
+    /// Entries after a seq.
+    Fetch {
+        /// Exclusive lower bound.
+        after: u64,
+        /// Most entries.
+        limit: usize,
+        /// Gets the page.
+        reply: Reply<ChatResult<Page>>,
+    },
+    /// Private history with one peer, newest first.
+    History {
+        /// The other user.
+        peer: String,
+        /// Exclusive upper bound (0 = newest).
+        before: u64,
+        /// Most entries.
+        limit: usize,
+        /// Gets the entries and where to continue.
+        reply: Reply<ChatResult<(Vec<v1::Delivery>, u64)>>,
+    },
+    /// Move the delivered or read cursor.
+    Ack {
+        /// Which cursor.
+        kind: AckKind,
+        /// New position.
+        up_to: u64,
+        /// Gets (delivered, read) once durable.
+        reply: Reply<ChatResult<(u64, u64)>>,
+    },
+    /// A receipt for a message this user sent: pushed to the user's sessions.
+    Receipt(v1::Receipt),
+    /// Record that the user joined (true) or left (false) a group.
+    Membership {
+        /// The group.
+        group: String,
+        /// Joined or left.
+        joined: bool,
+        /// Runs once durable.
+        reply: Reply<ChatResult<()>>,
+    },
+    /// The user's groups.
+    Groups {
+        /// Gets the names.
+        reply: Reply<ChatResult<Vec<String>>>,
+    },
+    /// From the registry: it has forgotten this inbox; stop.
+    Stop,
+    /// Internal: the write of `seq` is durable (or failed).
+    Persisted {
+        /// The seq written.
+        seq: u64,
+        /// The outcome.
+        result: Result<(), String>,
+    },
+    /// Internal: time to check for idleness.
+    IdleCheck,
+}
+
+impl ractor::Message for InboxMsg {}
+
+impl InboxMsg {
+    /// Answers the request, if it expects an answer, with `err`.
+    pub fn fail(self, err: ChatError) {
+        match self {
+            Self::Append { reply, .. } => reply(Err(err)),
+            Self::Attach { reply, .. } => reply(Err(err)),
+            Self::Fetch { reply, .. } => reply(Err(err)),
+            Self::History { reply, .. } => reply(Err(err)),
+            Self::Ack { reply, .. } => reply(Err(err)),
+            Self::Membership { reply, .. } => reply(Err(err)),
+            Self::Groups { reply, .. } => reply(Err(err)),
+            _ => {}
+        }
+    }
+
+    /// True for messages routed through the registry (counted for the idle handshake).
+    fn routed(&self) -> bool {
+        !matches!(
+            self,
+            Self::Persisted { .. } | Self::IdleCheck | Self::Stop
+        )
+    }
+}
+
+/// The inbox actor.
+pub struct Inbox;
+
+/// Startup arguments.
+pub struct InboxArgs {
+    /// Whose inbox.
+    pub user: String,
+    /// The database.
+    pub storage: Storage,
+    /// For receipts to other inboxes and the idle handshake.
+    pub router: Router,
+    /// Most entries kept.
+    pub max_messages: u64,
+    /// Entries older than this are removed (None: no age limit).
+    pub max_age: Option<Duration>,
+}
+
+struct Pending {
+    seq: u64,
+    origin: Vec<u8>,
+    appended: Appended,
+    frame: Bytes,
+    replies: Vec<Reply<ChatResult<Appended>>>,
+}
+
+/// The inbox's state.
+pub struct InboxState {
+    args: InboxArgs,
+    meta: InboxMeta,
+    /// Highest seq whose write is durable; last_seq may be ahead while writes are pending.
+    durable_seq: u64,
+    pending: VecDeque<Pending>,
+    pending_origins: HashMap<Vec<u8>, u64>,
+    sessions: Vec<SessionRef>,
+    handled: u64,
+    idle_since: Option<Instant>,
+}
+
+impl Actor for Inbox {
+    type Msg = InboxMsg;
+    type State = InboxState;
+    type Arguments = InboxArgs;
+
+    async fn pre_start(
+        &self,
+        myself: ActorRef<InboxMsg>,
+        args: InboxArgs,
+    ) -> Result<InboxState, ActorProcessingErr> {
+        let meta = args.storage.inbox_meta(&args.user)?;
+        myself.send_after(IDLE_AFTER, || InboxMsg::IdleCheck);
+        Ok(InboxState {
+            durable_seq: meta.last_seq,
+            meta,
+            args,
+            pending: VecDeque::new(),
+            pending_origins: HashMap::new(),
+            sessions: Vec::new(),
+            handled: 0,
+            idle_since: Some(Instant::now()),
+        })
+    }
+
+    async fn handle(
+        &self,
+        myself: ActorRef<InboxMsg>,
+        msg: InboxMsg,
+        state: &mut InboxState,
+    ) -> Result<(), ActorProcessingErr> {
+        if msg.routed() {
+            state.handled += 1;
+        }
+        match msg {
+            InboxMsg::Append { origin, draft, reply } => state.append(&myself, origin, draft, reply),
+            InboxMsg::Persisted { seq, result } => state.persisted(seq, result),
+            InboxMsg::Attach { session, reply } => {
+                state.sessions.push(session);
+                state.idle_since = None;
+                let mut meta = state.meta.clone();
+                meta.last_seq = state.durable_seq;
+                reply(Ok(meta));
+            }
+            InboxMsg::Detach { session } => {
+                state.sessions.retain(|s| s.id != session);
+                state.mark_idle_if_quiet();
+            }
+            InboxMsg::Fetch { after, limit, reply } => reply(state.fetch(after, limit)),
+            InboxMsg::History {
+                peer,
+                before,
+                limit,
+                reply,
+            } => reply(state.history(&peer, before, limit)),
+            InboxMsg::Ack { kind, up_to, reply } => state.ack(kind, up_to, reply),
+            InboxMsg::Receipt(receipt) => {
+                let frame = encode_push(server_frame::Body::Receipt(receipt));
+                state.sessions.retain(|s| s.push(frame.clone()));
+            }
+            InboxMsg::Membership { group, joined, reply } => {
+                let mut batch = sled::Batch::default();
+                let key = storage::suffix_key(&state.args.user, kind::GROUP, group.as_bytes());
+                if joined {
+                    batch.insert(key, &[][..]);
+                } else {
+                    batch.remove(key);
+                }
+                state.args.storage.commit(
+                    vec![(TreeId::Inbox, batch)],
+                    Box::new(move |r| reply(r.map_err(ChatError::from))),
+                );
+            }
+            InboxMsg::Groups { reply } => {
+                reply(state.args.storage.user_groups(&state.args.user).map_err(Into::into))
+            }
+            InboxMsg::IdleCheck => {
+                if state.idle_since.is_some_and(|t| t.elapsed() >= IDLE_AFTER) {
+                    state.args.router.registry().cast(RegistryMsg::InboxIdle {
+                        user: state.args.user.clone(),
+                        handled: state.handled,
+                    })?;
+                }
+                myself.send_after(IDLE_AFTER, || InboxMsg::IdleCheck);
+            }
+            InboxMsg::Stop => myself.stop(None),
+        }
+        Ok(())
+    }
+}
+
+impl InboxState {
+    fn mark_idle_if_quiet(&mut self) {
+        if self.sessions.is_empty() && self.pending.is_empty() {
+            self.idle_since.get_or_insert_with(Instant::now);
+        }
+    }
+
+    fn append(
+        &mut self,
+        myself: &ActorRef<InboxMsg>,
+        origin: Vec<u8>,
+        draft: Draft,
+        reply: Reply<ChatResult<Appended>>,
+    ) {
+        // A resend while the first copy is still being written waits for that write.
+        if let Some(seq) = self.pending_origins.get(&origin) {
+            if let Some(p) = self.pending.iter_mut().find(|p| p.seq == *seq) {
+                p.replies.push(reply);
+                return;
+            }
+        }
+        match self.already_stored(&origin) {
+            Ok(Some(done)) => return reply(Ok(done)),
+            Ok(None) => {}
+            Err(e) => return reply(Err(e)),
+        }
+
+        let seq = self.meta.last_seq + 1;
+        let user = self.args.user.clone();
+        let user = &user;
+        let (message_id, timestamp_ms, group_seq) = match &draft.group {
+            Some((gseq, id, ts)) => (id.clone(), *ts, *gseq),
+            None => (format!("p:{user}:{seq}"), storage::now_ms(), 0),
+        };
+        let entry = InboxEntry {
+            message_id: message_id.clone(),
+            from: draft.from,
+            kind: draft.kind as u32,
+            conversation: draft.conversation,
+            timestamp_ms,
+            text: draft.text,
+            group_seq,
+            origin: origin.clone(),
+        };
+        let mut batch = sled::Batch::default();
+        batch.insert(storage::seq_key(user, kind::ENTRY, seq), entry.encode_to_vec());
+        batch.insert(
+            storage::suffix_key(user, kind::ORIGIN, &origin),
+            &storage::seq_value(seq)[..],
+        );
+        self.meta.last_seq = seq;
+        if self.meta.first_seq == 0 {
+            self.meta.first_seq = seq;
+        }
+        self.trim(&mut batch);
+        batch.insert(storage::scoped(user, kind::META), self.meta.encode_to_vec());
+
+        let frame = encode_push(server_frame::Body::Delivery(to_delivery(seq, &entry)));
+        let appended = Appended {
+            message_id,
+            seq,
+            timestamp_ms,
+        };
+        self.pending_origins.insert(origin.clone(), seq);
+        self.pending.push_back(Pending {
+            seq,
+            origin,
+            appended,
+            frame,
+            replies: vec![reply],
+        });
+        self.idle_since = None;
+        let me = myself.clone();
+        self.args.storage.commit(
+            vec![(TreeId::Inbox, batch)],
+            Box::new(move |r| {
+                let _ = me.cast(InboxMsg::Persisted {
+                    seq,
+                    result: r.map_err(|e| e.to_string()),
+                });
+            }),
+        );
+    }
+
+    /// The earlier answer for an origin that is already durable.
+    fn already_stored(&self, origin: &[u8]) -> ChatResult<Option<Appended>> {
+        let storage = &self.args.storage;
+        let Some(seq) = storage.inbox_origin(&self.args.user, origin)? else {
+            return Ok(None);
+        };
+        let Some(entry) = storage.inbox_entry(&self.args.user, seq)? else {
+            return Ok(None);
+        };
+        Ok(Some(Appended {
+            message_id: entry.message_id,
+            seq,
+            timestamp_ms: entry.timestamp_ms,
+        }))
+    }
+
+    /// Adds removals of the oldest entries beyond the retention limits to `batch`.
+    fn trim(&mut self, batch: &mut sled::Batch) {
+        let user = &self.args.user;
+        let cutoff = self
+            .args
+            .max_age
+            .map(|age| storage::now_ms().saturating_sub(age.as_millis() as u64));
+        for _ in 0..MAX_TRIM_PER_APPEND {
+            let first = self.meta.first_seq;
+            if first == 0 || first > self.meta.last_seq {
+                break;
+            }
+            let over_count = self.meta.last_seq - first + 1 > self.args.max_messages;
+            let entry = match self.args.storage.inbox_entry(user, first) {
+                Ok(e) => e,
+                Err(e) => {
+                    tracing::warn!(user = %user, error = %e, "retention skipped");
+                    break;
+                }
+            };
+            let too_old = match (&entry, cutoff) {
+                (Some(e), Some(cutoff)) => e.timestamp_ms < cutoff,
+                _ => false,
+            };
+            // The newest entry is never trimmed here: it is the one being appended.
+            if !(over_count || too_old) || first == self.meta.last_seq {
+                break;
+            }
+            batch.remove(storage::seq_key(user, kind::ENTRY, first));
+            if let Some(e) = entry {
+                batch.remove(storage::suffix_key(user, kind::ORIGIN, &e.origin));
+            }
+            self.meta.first_seq = first + 1;
+        }
+    }
+
+    fn persisted(&mut self, seq: u64, result: Result<(), String>) {
+        let Some(p) = self.pending.pop_front() else {
+            tracing::error!(user = %self.args.user, seq, "completion without a pending write");
+            return;
+        };
+        debug_assert_eq!(p.seq, seq, "the committer completes in order");
+        self.pending_origins.remove(&p.origin);
+        match result {
+            Ok(()) => {
+                self.durable_seq = p.seq;
+                self.sessions.retain(|s| s.deliver(p.seq, p.frame.clone()));
+                for r in p.replies {
+                    r(Ok(p.appended.clone()));
+                }
+            }
+            Err(e) => {
+                tracing::error!(user = %self.args.user, seq, error = %e, "inbox write failed");
+                for r in p.replies {
+                    r(Err(ChatError::Internal("storage write failed".into())));
+                }
+            }
+        }
+        self.mark_idle_if_quiet();
+    }
+
+    fn fetch(&self, after: u64, limit: usize) -> ChatResult<Page> {
+        let mut messages = Vec::new();
+        if after < self.durable_seq {
+            let max = limit.min((self.durable_seq - after) as usize);
+            for (seq, entry) in self.args.storage.inbox_after(&self.args.user, after, max)? {
+                messages.push(to_delivery(seq, &entry));
+            }
+        }
+        Ok(Page {
+            messages,
+            last_seq: self.durable_seq,
+            first_seq: self.meta.first_seq,
+        })
+    }
+
+    fn history(&self, peer: &str, before: u64, limit: usize) -> ChatResult<(Vec<v1::Delivery>, u64)> {
+        let before = if before == 0 { self.durable_seq + 1 } else { before.min(self.durable_seq + 1) };
+        let (entries, next) = self.args.storage.inbox_before(
+            &self.args.user,
+            before,
+            limit,
+            limit * 20,
+            |e| e.kind == ConversationKind::Private as u32 && e.from == peer,
+        )?;
+        Ok((entries.iter().map(|(s, e)| to_delivery(*s, e)).collect(), next))
+    }
+
+    fn ack(&mut self, kind: AckKind, up_to: u64, reply: Reply<ChatResult<(u64, u64)>>) {
+        let up_to = up_to.min(self.durable_seq);
+        let before = self.meta.clone();
+        match kind {
+            AckKind::Delivered => self.meta.delivered_seq = self.meta.delivered_seq.max(up_to),
+            AckKind::Read => {
+                // Reading implies delivery.
+                self.meta.read_seq = self.meta.read_seq.max(up_to);
+                self.meta.delivered_seq = self.meta.delivered_seq.max(up_to);
+            }
+        }
+        let cursors = (self.meta.delivered_seq, self.meta.read_seq);
+        if self.meta == before {
+            return reply(Ok(cursors));
+        }
+        let receipts = match kind {
+            AckKind::Delivered => self.receipts(before.delivered_seq, self.meta.delivered_seq, v1::ReceiptKind::Delivered),
+            AckKind::Read => self.receipts(before.read_seq, self.meta.read_seq, v1::ReceiptKind::Read),
+        };
+        let mut batch = sled::Batch::default();
+        batch.insert(storage::scoped(&self.args.user, kind::META), self.meta.encode_to_vec());
+        let router = self.args.router.clone();
+        self.args.storage.commit(
+            vec![(TreeId::Inbox, batch)],
+            Box::new(move |r| match r {
+                Ok(()) => {
+                    for (sender, receipt) in receipts {
+                        router.to_inbox(&sender, InboxMsg::Receipt(receipt));
+                    }
+                    reply(Ok(cursors));
+                }
+                Err(e) => reply(Err(e.into())),
+            }),
+        );
+    }
+
+    /// Receipts for the private messages in (from, to], for their senders.
+    fn receipts(&self, from: u64, to: u64, kind: v1::ReceiptKind) -> Vec<(String, v1::Receipt)> {
+        let count = ((to - from) as usize).min(MAX_RECEIPTS_PER_ACK);
+        let entries = match self.args.storage.inbox_after(&self.args.user, from, count) {
+            Ok(e) => e,
+            Err(e) => {
+                tracing::warn!(user = %self.args.user, error = %e, "receipts skipped");
+                return Vec::new();
+            }
+        };
+        let now = storage::now_ms();
+        entries
+            .into_iter()
+            .filter(|(_, e)| e.kind == ConversationKind::Private as u32 && e.from != self.args.user)
+            .map(|(_, e)| {
+                (
+                    e.from,
+                    v1::Receipt {
+                        kind: kind as i32,
+                        message_id: e.message_id,
+                        by: self.args.user.clone(),
+                        timestamp_ms: now,
+                    },
+                )
+            })
+            .collect()
+    }
+}
+
+/// The wire form of a stored entry.
+pub fn to_delivery(seq: u64, e: &InboxEntry) -> v1::Delivery {
+    v1::Delivery {
+        seq,
+        message_id: e.message_id.clone(),
+        from: e.from.clone(),
+        kind: e.kind as i32,
+        conversation: e.conversation.clone(),
+        timestamp_ms: e.timestamp_ms,
+        text: e.text.clone(),
+        group_seq: e.group_seq,
+    }
+}
+
+/// Encodes a push (request id 0) once, to be shared by every session it goes to.
+pub fn encode_push(body: server_frame::Body) -> Bytes {
+    let frame = v1::ServerFrame {
+        request_id: 0,
+        body: Some(body),
+    };
+    let mut buf = BytesMut::with_capacity(frame.encoded_len() + 5);
+    frame
+        .encode_length_delimited(&mut buf)
+        .expect("buffer sized for the frame");
+    buf.freeze()
+}

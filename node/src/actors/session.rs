@@ -1,0 +1,818 @@
+//! The session actor: one per client connection, local-only.
+//!
+//! A reader task turns the socket into frames (bounded by a semaphore of
+//! in-flight requests, so a flooding client is simply not read), the actor
+//! turns frames into requests for inboxes, groups and the registry, and a
+//! writer task drains a bounded queue of encoded frames to the socket. A
+//! client that lets that queue fill up is disconnected: it resyncs from its
+//! inbox when it reconnects, so no message is lost and no memory grows.
+
+use super::group::GroupMsg;
+use super::inbox::{self, AckKind, Appended, Draft, InboxMsg, Page};
+use super::registry::RegistryMsg;
+use super::{Reply, SessionRef, reply};
+use crate::auth;
+use crate::error::{ChatError, ChatResult};
+use crate::server::NodeCtx;
+use crate::storage;
+use bytes::{Bytes, BytesMut};
+use chat_protocol::codec::{CodecError, FrameCodec, encode_frame};
+use chat_protocol::internal::{AccountRecord, InboxMeta, TokenRecord};
+use chat_protocol::v1::{self, ClientFrame, ConversationKind, ErrorCode, client_frame, server_frame::Body};
+use futures::StreamExt;
+use prost::Message;
+use ractor::{Actor, ActorProcessingErr, ActorRef};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpStream;
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
+use tokio::task::JoinHandle;
+use tokio_util::codec::FramedRead;
+
+/// Longest client message id, in bytes.
+pub const MAX_CLIENT_MSG_ID: usize = 64;
+/// Most entries in one Sync or History page.
+pub const MAX_PAGE: usize = 500;
+/// Most names in one online list page.
+pub const MAX_ONLINE_PAGE: usize = 1000;
+/// Longest a single socket write may block before the client counts as dead.
+const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Room kept below the frame limit when filling pages.
+const PAGE_HEADROOM: usize = 512;
+
+type Permit = OwnedSemaphorePermit;
+
+/// Messages of the session actor.
+pub enum SessionMsg {
+    /// A frame from the client, with its in-flight permit.
+    Frame(Bytes, Permit),
+    /// The stream cannot be read further.
+    ReadFailed(CodecError),
+    /// The client closed its side.
+    Eof,
+    /// Nothing arrived for the idle timeout.
+    IdleTimeout,
+    /// The login timeout passed.
+    LoginDeadline,
+    /// The node is shutting down.
+    Shutdown,
+    /// The outbound queue overflowed: the client does not read.
+    Overflow,
+    /// An inbox entry for this user (dropped if this session has seen `seq`).
+    Deliver {
+        /// Inbox seq.
+        seq: u64,
+        /// Encoded push frame.
+        frame: Bytes,
+    },
+    /// Any other encoded push.
+    Push(Bytes),
+    /// Login finished: attached to the inbox.
+    LoggedIn {
+        /// The Login's request id.
+        request_id: u64,
+        /// Who.
+        user: String,
+        /// The session token and its expiry.
+        token: (String, u64),
+        /// The cluster view.
+        nodes: Vec<v1::NodeInfo>,
+        /// The inbox cursors, or why attaching failed.
+        meta: ChatResult<InboxMeta>,
+    },
+    /// Login failed before attaching.
+    LoginFailed {
+        /// The Login's request id.
+        request_id: u64,
+        /// Why.
+        error: ChatError,
+    },
+}
+
+impl ractor::Message for SessionMsg {}
+
+/// Encodes frames into the bounded outbound queue.
+#[derive(Clone)]
+pub struct Outbound {
+    tx: mpsc::Sender<Bytes>,
+    session: ActorRef<SessionMsg>,
+    max_frame: usize,
+}
+
+impl Outbound {
+    /// Queues an encoded frame; a full queue marks the client as a slow reader.
+    pub fn send_bytes(&self, frame: Bytes) {
+        if let Err(mpsc::error::TrySendError::Full(_)) = self.tx.try_send(frame) {
+            let _ = self.session.cast(SessionMsg::Overflow);
+        }
+    }
+
+    /// Encodes and queues one frame.
+    pub fn send(&self, request_id: u64, body: Body) {
+        let frame = v1::ServerFrame {
+            request_id,
+            body: Some(body),
+        };
+        let mut buf = BytesMut::with_capacity(frame.encoded_len() + 5);
+        if let Err(e) = encode_frame(&frame, self.max_frame, &mut buf) {
+            tracing::error!(error = %e, "answer too large to send");
+            buf.clear();
+            let err = ChatError::Internal("answer too large".into());
+            let frame = v1::ServerFrame {
+                request_id,
+                body: Some(Body::Error(err.to_proto())),
+            };
+            frame.encode_length_delimited(&mut buf).expect("vec grows");
+        }
+        self.send_bytes(buf.freeze());
+    }
+
+    /// Queues an error answer.
+    pub fn error(&self, request_id: u64, err: &ChatError) {
+        self.send(request_id, Body::Error(err.to_proto()));
+    }
+}
+
+/// The session actor.
+pub struct Session;
+
+/// Startup arguments.
+pub struct SessionArgs {
+    /// The accepted connection.
+    pub stream: TcpStream,
+    /// Its peer address.
+    pub peer: SocketAddr,
+    /// The node.
+    pub ctx: Arc<NodeCtx>,
+}
+
+/// The session's state.
+pub struct SessionState {
+    id: u64,
+    peer: SocketAddr,
+    ctx: Arc<NodeCtx>,
+    out: Outbound,
+    reader: JoinHandle<()>,
+    writer: JoinHandle<()>,
+    hello: bool,
+    login_pending: bool,
+    user: Option<(String, String)>,
+    next_seq: u64,
+}
+
+impl Actor for Session {
+    type Msg = SessionMsg;
+    type State = SessionState;
+    type Arguments = SessionArgs;
+
+    async fn pre_start(
+        &self,
+        myself: ActorRef<SessionMsg>,
+        args: SessionArgs,
+    ) -> Result<SessionState, ActorProcessingErr> {
+        let ctx = args.ctx;
+        let cfg = &ctx.config.client;
+        let (read, write) = args.stream.into_split();
+        let (tx, rx) = mpsc::channel(cfg.outbound_queue);
+        let permits = Arc::new(Semaphore::new(cfg.max_in_flight));
+        let reader = tokio::spawn(read_loop(
+            read,
+            myself.clone(),
+            FrameCodec::new(cfg.max_frame_bytes),
+            ctx.config.idle_timeout(),
+            permits,
+            ctx.shutdown.clone(),
+        ));
+        let writer = tokio::spawn(write_loop(write, rx));
+        myself.send_after(ctx.config.login_timeout(), || SessionMsg::LoginDeadline);
+        ctx.sessions.fetch_add(1, Ordering::Relaxed);
+        let id = ctx.next_session_id.fetch_add(1, Ordering::Relaxed);
+        tracing::debug!(session = id, peer = %args.peer, "session opened");
+        Ok(SessionState {
+            id,
+            peer: args.peer,
+            out: Outbound {
+                tx,
+                session: myself,
+                max_frame: cfg.max_frame_bytes,
+            },
+            ctx,
+            reader,
+            writer,
+            hello: false,
+            login_pending: false,
+            user: None,
+            next_seq: 1,
+        })
+    }
+
+    async fn post_stop(
+        &self,
+        _myself: ActorRef<SessionMsg>,
+        state: &mut SessionState,
+    ) -> Result<(), ActorProcessingErr> {
+        state.reader.abort();
+        state.logout();
+        state.ctx.sessions.fetch_sub(1, Ordering::Relaxed);
+        tracing::debug!(session = state.id, peer = %state.peer, "session closed");
+        Ok(())
+    }
+
+    async fn handle(
+        &self,
+        myself: ActorRef<SessionMsg>,
+        msg: SessionMsg,
+        state: &mut SessionState,
+    ) -> Result<(), ActorProcessingErr> {
+        match msg {
+            SessionMsg::Frame(bytes, permit) => match ClientFrame::decode(bytes) {
+                Ok(frame) => state.request(&myself, frame, permit),
+                Err(e) => state.out.error(0, &ChatError::BadRequest(format!("malformed frame: {e}"))),
+            },
+            SessionMsg::ReadFailed(e) => {
+                let code = match e {
+                    CodecError::FrameTooLarge { .. } => ErrorCode::FrameTooLarge,
+                    CodecError::BadLength => ErrorCode::BadRequest,
+                    _ => return Ok(myself.stop(None)),
+                };
+                state.close(&myself, code, &e.to_string());
+            }
+            SessionMsg::Eof => myself.stop(None),
+            SessionMsg::IdleTimeout => state.close(&myself, ErrorCode::Unavailable, "idle timeout"),
+            SessionMsg::LoginDeadline => {
+                if state.user.is_none() && !state.login_pending {
+                    state.close(&myself, ErrorCode::NotAuthenticated, "login timeout");
+                }
+            }
+            SessionMsg::Shutdown => state.close(&myself, ErrorCode::Unavailable, "node shutting down"),
+            SessionMsg::Overflow => {
+                tracing::info!(session = state.id, peer = %state.peer, "slow reader disconnected");
+                state.writer.abort();
+                myself.stop(Some("slow reader".into()));
+            }
+            SessionMsg::Deliver { seq, frame } => {
+                if state.user.is_some() && seq >= state.next_seq {
+                    state.next_seq = seq + 1;
+                    state.out.send_bytes(frame);
+                }
+            }
+            SessionMsg::Push(frame) => {
+                if state.user.is_some() {
+                    state.out.send_bytes(frame);
+                }
+            }
+            SessionMsg::LoggedIn {
+                request_id,
+                user,
+                token,
+                nodes,
+                meta,
+            } => {
+                state.login_pending = false;
+                match meta {
+                    Ok(meta) => {
+                        state.next_seq = meta.last_seq + 1;
+                        state.ctx.router.registry().cast(RegistryMsg::Online(user.clone()))?;
+                        tracing::debug!(session = state.id, user = %user, "logged in");
+                        state.user = Some((user, token.0.clone()));
+                        state.out.send(
+                            request_id,
+                            Body::LoginOk(v1::LoginOk {
+                                token: token.0,
+                                token_expires_at_ms: token.1,
+                                delivered_seq: meta.delivered_seq,
+                                last_seq: meta.last_seq,
+                                nodes,
+                            }),
+                        );
+                    }
+                    Err(e) => state.out.error(request_id, &e),
+                }
+            }
+            SessionMsg::LoginFailed { request_id, error } => {
+                state.login_pending = false;
+                state.out.error(request_id, &error);
+            }
+        }
+        Ok(())
+    }
+}
+
+impl SessionState {
+    /// Says why, then stops; the writer sends what is queued and closes the socket.
+    fn close(&mut self, myself: &ActorRef<SessionMsg>, code: ErrorCode, reason: &str) {
+        self.out.send(
+            0,
+            Body::Closing(v1::Closing {
+                code: code as i32,
+                reason: reason.to_owned(),
+            }),
+        );
+        myself.stop(Some(reason.to_owned()));
+    }
+
+    fn logout(&mut self) {
+        if let Some((user, _)) = self.user.take() {
+            self.ctx.router.to_inbox(&user, InboxMsg::Detach { session: self.id });
+            let _ = self.ctx.router.registry().cast(RegistryMsg::Offline(user));
+        }
+    }
+
+    /// A reply that answers `request_id` with `ok(value)` or the error, then releases the permit.
+    fn respond<T: Send + 'static>(
+        &self,
+        request_id: u64,
+        permit: Permit,
+        ok: impl FnOnce(T) -> Body + Send + 'static,
+    ) -> Reply<ChatResult<T>> {
+        let out = self.out.clone();
+        reply(move |r: ChatResult<T>| {
+            let body = match r {
+                Ok(v) => ok(v),
+                Err(e) => Body::Error(e.to_proto()),
+            };
+            out.send(request_id, body);
+            drop(permit);
+        })
+    }
+
+    fn request(&mut self, myself: &ActorRef<SessionMsg>, frame: ClientFrame, permit: Permit) {
+        let id = frame.request_id;
+        let Some(body) = frame.body else {
+            return self.out.error(id, &ChatError::BadRequest("empty or unknown request type".into()));
+        };
+        if id == 0 {
+            return self.out.error(0, &ChatError::BadRequest("request_id must not be 0".into()));
+        }
+        if let Err(e) = self.dispatch(myself, id, body, permit) {
+            self.out.error(id, &e);
+        }
+    }
+
+    fn dispatch(
+        &mut self,
+        myself: &ActorRef<SessionMsg>,
+        id: u64,
+        body: client_frame::Body,
+        permit: Permit,
+    ) -> ChatResult<()> {
+        use client_frame::Body as B;
+        let cfg = &self.ctx.config;
+        match body {
+            B::Hello(hello) => {
+                if self.hello {
+                    return Err(ChatError::Unexpected("Hello was already sent".into()));
+                }
+                if hello.protocol_version != chat_protocol::PROTOCOL_VERSION {
+                    let msg = format!(
+                        "protocol version {} is not supported; this node speaks {}",
+                        hello.protocol_version,
+                        chat_protocol::PROTOCOL_VERSION
+                    );
+                    self.out.send(
+                        id,
+                        Body::Error(v1::Error {
+                            code: ErrorCode::UnsupportedVersion as i32,
+                            message: msg.clone(),
+                        }),
+                    );
+                    self.close(myself, ErrorCode::UnsupportedVersion, &msg);
+                    return Ok(());
+                }
+                self.hello = true;
+                self.out.send(
+                    id,
+                    Body::HelloOk(v1::HelloOk {
+                        protocol_version: chat_protocol::PROTOCOL_VERSION,
+                        node: self.ctx.node_name.clone(),
+                        max_frame_bytes: cfg.client.max_frame_bytes as u32,
+                        idle_timeout_ms: cfg.client.idle_timeout_ms as u32,
+                    }),
+                );
+            }
+            B::Ping(p) => self.out.send(
+                id,
+                Body::Pong(v1::Pong {
+                    nonce: p.nonce,
+                    server_time_ms: storage::now_ms(),
+                }),
+            ),
+            _ if !self.hello => return Err(ChatError::Unexpected("send Hello first".into())),
+            B::Register(r) => self.register(id, r, permit)?,
+            B::Login(l) => self.login(myself, id, l, permit)?,
+            _ if self.user.is_none() => return Err(ChatError::NotAuthenticated),
+            B::Logout(l) => {
+                if let Some((user, token)) = &self.user {
+                    if l.revoke_token {
+                        let (storage, user, token) = (self.ctx.storage.clone(), user.clone(), token.clone());
+                        tokio::spawn(async move { storage.revoke_token(&user, &token).await });
+                    }
+                }
+                self.logout();
+                self.out.send(id, Body::LogoutOk(v1::LogoutOk {}));
+            }
+            B::SendPrivate(m) => {
+                let me = self.me().to_owned();
+                check_name(&m.to)?;
+                check_msg(&m.client_msg_id, &m.text, cfg.client.max_text_bytes)?;
+                if self.ctx.storage.account(&m.to)?.is_none() {
+                    return Err(ChatError::NotFound(format!("user {}", m.to)));
+                }
+                let cmid = m.client_msg_id.clone();
+                let reply = self.respond(id, permit, move |a: Appended| send_ack(cmid, a));
+                self.ctx.router.to_inbox(
+                    &m.to,
+                    InboxMsg::Append {
+                        origin: inbox::private_origin(&me, &m.client_msg_id),
+                        draft: Draft {
+                            from: me,
+                            kind: ConversationKind::Private,
+                            conversation: m.to.clone(),
+                            text: m.text,
+                            group: None,
+                        },
+                        reply,
+                    },
+                );
+            }
+            B::SendGroup(m) => {
+                check_name(&m.group)?;
+                check_msg(&m.client_msg_id, &m.text, cfg.client.max_text_bytes)?;
+                let cmid = m.client_msg_id.clone();
+                let reply = self.respond(id, permit, move |a: Appended| send_ack(cmid, a));
+                let from = self.me().to_owned();
+                self.ctx.router.to_group(
+                    &m.group,
+                    GroupMsg::Post {
+                        from,
+                        client_msg_id: m.client_msg_id,
+                        text: m.text,
+                        reply,
+                    },
+                );
+            }
+            B::AckDelivered(a) => self.ack(id, AckKind::Delivered, a.up_to_seq, permit),
+            B::AckRead(a) => self.ack(id, AckKind::Read, a.up_to_seq, permit),
+            B::Sync(s) => {
+                let limit = page_limit(s.limit, MAX_PAGE);
+                let max_frame = cfg.client.max_frame_bytes;
+                let reply = self.respond(id, permit, move |p: Page| sync_page(p, max_frame));
+                let me = self.me().to_owned();
+                self.ctx.router.to_inbox(
+                    &me,
+                    InboxMsg::Fetch {
+                        after: s.after_seq,
+                        limit,
+                        reply,
+                    },
+                );
+            }
+            B::History(h) => {
+                check_name(&h.conversation)?;
+                let limit = page_limit(h.limit, MAX_PAGE);
+                let max_frame = cfg.client.max_frame_bytes;
+                let reply = self.respond(id, permit, move |(msgs, next)| history_page(msgs, next, max_frame));
+                let me = self.me().to_owned();
+                match ConversationKind::try_from(h.kind) {
+                    Ok(ConversationKind::Private) => self.ctx.router.to_inbox(
+                        &me,
+                        InboxMsg::History {
+                            peer: h.conversation,
+                            before: h.before_seq,
+                            limit,
+                            reply,
+                        },
+                    ),
+                    Ok(ConversationKind::Group) => self.ctx.router.to_group(
+                        &h.conversation,
+                        GroupMsg::History {
+                            user: me,
+                            before: h.before_seq,
+                            limit,
+                            reply,
+                        },
+                    ),
+                    _ => reply(Err(ChatError::BadRequest("history kind must be PRIVATE or GROUP".into()))),
+                }
+            }
+            B::CreateGroup(g) => self.group_op(id, permit, g.group, |user, reply| GroupMsg::Create { user, reply })?,
+            B::JoinGroup(g) => self.group_op(id, permit, g.group, |user, reply| GroupMsg::Join { user, reply })?,
+            B::LeaveGroup(g) => self.group_op(id, permit, g.group, |user, reply| GroupMsg::Leave { user, reply })?,
+            B::ListMembers(g) => {
+                check_name(&g.group)?;
+                let group = g.group.clone();
+                let reply = self.respond(id, permit, move |members| Body::MemberList(v1::MemberList { group, members }));
+                let user = self.me().to_owned();
+                self.ctx.router.to_group(&g.group, GroupMsg::Members { user, reply });
+            }
+            B::ListMyGroups(_) => {
+                let reply = self.respond(id, permit, |groups| Body::GroupList(v1::GroupList { groups }));
+                let me = self.me().to_owned();
+                self.ctx.router.to_inbox(&me, InboxMsg::Groups { reply });
+            }
+            B::ListOnline(l) => {
+                let limit = page_limit(l.limit, MAX_ONLINE_PAGE);
+                let reply = self.respond(id, permit, |(users, has_more)| {
+                    Body::OnlineList(v1::OnlineList { users, has_more })
+                });
+                let reply = super::reply(move |page| reply(Ok(page)));
+                self.ctx
+                    .router
+                    .registry()
+                    .cast(RegistryMsg::ListOnline {
+                        after: l.after,
+                        limit,
+                        reply,
+                    })
+                    .map_err(|_| ChatError::Unavailable("node is shutting down".into()))?;
+            }
+        }
+        Ok(())
+    }
+
+    fn me(&self) -> &str {
+        &self.user.as_ref().expect("checked by dispatch").0
+    }
+
+    fn ack(&self, id: u64, kind: AckKind, up_to: u64, permit: Permit) {
+        let reply = self.respond(id, permit, |(delivered_seq, read_seq)| {
+            Body::AckOk(v1::AckOk { delivered_seq, read_seq })
+        });
+        self.ctx.router.to_inbox(self.me(), InboxMsg::Ack { kind, up_to, reply });
+    }
+
+    fn group_op(
+        &self,
+        id: u64,
+        permit: Permit,
+        group: String,
+        make: impl FnOnce(String, Reply<ChatResult<()>>) -> GroupMsg,
+    ) -> ChatResult<()> {
+        check_name(&group)?;
+        let name = group.clone();
+        let reply = self.respond(id, permit, move |()| Body::GroupOk(v1::GroupOk { group: name }));
+        self.ctx.router.to_group(&group, make(self.me().to_owned(), reply));
+        Ok(())
+    }
+
+    fn register(&self, id: u64, r: v1::RegisterRequest, permit: Permit) -> ChatResult<()> {
+        check_name(&r.username)?;
+        check_password(&r.password)?;
+        let ctx = self.ctx.clone();
+        let reply = self.respond(id, permit, |()| Body::RegisterOk(v1::RegisterOk {}));
+        tokio::spawn(async move {
+            let result = async {
+                let hash = ctx.hash_password(r.password).await?;
+                let record = AccountRecord {
+                    password_hash: hash,
+                    created_at_ms: storage::now_ms(),
+                };
+                if ctx.storage.create_account(&r.username, &record).await? {
+                    tracing::info!(user = %r.username, "registered");
+                    Ok(())
+                } else {
+                    Err(ChatError::UsernameTaken(r.username))
+                }
+            };
+            reply(result.await);
+        });
+        Ok(())
+    }
+
+    fn login(
+        &mut self,
+        myself: &ActorRef<SessionMsg>,
+        id: u64,
+        l: v1::LoginRequest,
+        permit: Permit,
+    ) -> ChatResult<()> {
+        if self.user.is_some() {
+            return Err(ChatError::Unexpected("already logged in; log out first".into()));
+        }
+        if self.login_pending {
+            return Err(ChatError::Unexpected("a login is already in progress".into()));
+        }
+        check_name(&l.username)?;
+        let credential = l
+            .credential
+            .ok_or_else(|| ChatError::BadRequest("login needs a password or a token".into()))?;
+        self.login_pending = true;
+        let ctx = self.ctx.clone();
+        let session = SessionRef {
+            id: self.id,
+            actor: myself.clone(),
+        };
+        tokio::spawn(async move {
+            let _permit = permit;
+            let me = session.actor.clone();
+            let user = l.username;
+            match authenticate(&ctx, &user, credential).await {
+                Ok(token) => {
+                    let nodes = ctx.nodes().await;
+                    ctx.router.to_inbox(
+                        &user.clone(),
+                        InboxMsg::Attach {
+                            session,
+                            reply: reply(move |meta| {
+                                let _ = me.cast(SessionMsg::LoggedIn {
+                                    request_id: id,
+                                    user,
+                                    token,
+                                    nodes,
+                                    meta,
+                                });
+                            }),
+                        },
+                    );
+                }
+                Err(error) => {
+                    let _ = me.cast(SessionMsg::LoginFailed { request_id: id, error });
+                }
+            }
+        });
+        Ok(())
+    }
+}
+
+/// Checks a credential and returns the session token to use (a new one for a password).
+async fn authenticate(
+    ctx: &NodeCtx,
+    user: &str,
+    credential: v1::login_request::Credential,
+) -> ChatResult<(String, u64)> {
+    use v1::login_request::Credential;
+    let now = storage::now_ms();
+    match credential {
+        Credential::Password(password) => {
+            check_password(&password)?;
+            let account = ctx.storage.account(user)?.ok_or(ChatError::InvalidCredentials)?;
+            ctx.verify_password(password, account.password_hash).await?;
+            let token = auth::new_token();
+            let expires = now + ctx.config.auth.token_ttl_secs * 1000;
+            ctx.storage
+                .put_token(user, &token, &TokenRecord { expires_at_ms: expires })
+                .await?;
+            Ok((token, expires))
+        }
+        Credential::Token(token) => {
+            if !auth::plausible_token(&token) {
+                return Err(ChatError::InvalidCredentials);
+            }
+            match ctx.storage.token(user, &token)? {
+                Some(t) if t.expires_at_ms > now => Ok((token, t.expires_at_ms)),
+                _ => Err(ChatError::InvalidCredentials),
+            }
+        }
+    }
+}
+
+fn check_name(name: &str) -> ChatResult<()> {
+    if auth::valid_name(name) {
+        Ok(())
+    } else {
+        Err(ChatError::InvalidName(name.chars().take(40).collect()))
+    }
+}
+
+fn check_password(password: &str) -> ChatResult<()> {
+    if password.is_empty() || password.len() > auth::MAX_PASSWORD_LEN {
+        return Err(ChatError::BadRequest(format!(
+            "password must be 1 to {} bytes",
+            auth::MAX_PASSWORD_LEN
+        )));
+    }
+    Ok(())
+}
+
+fn check_msg(client_msg_id: &str, text: &str, max_text: usize) -> ChatResult<()> {
+    if client_msg_id.is_empty() || client_msg_id.len() > MAX_CLIENT_MSG_ID {
+        return Err(ChatError::BadRequest(format!(
+            "client_msg_id must be 1 to {MAX_CLIENT_MSG_ID} bytes"
+        )));
+    }
+    if text.len() > max_text {
+        return Err(ChatError::BadRequest(format!("text is longer than {max_text} bytes")));
+    }
+    Ok(())
+}
+
+fn page_limit(asked: u32, cap: usize) -> usize {
+    match asked as usize {
+        0 => cap,
+        n => n.min(cap),
+    }
+}
+
+fn send_ack(client_msg_id: String, a: Appended) -> Body {
+    Body::SendAck(v1::SendAck {
+        client_msg_id,
+        message_id: a.message_id,
+        seq: a.seq,
+        timestamp_ms: a.timestamp_ms,
+    })
+}
+
+/// Keeps as many messages as fit in one frame.
+fn fit(messages: &mut Vec<v1::Delivery>, max_frame: usize) -> bool {
+    let budget = max_frame.saturating_sub(PAGE_HEADROOM);
+    let mut used = 0;
+    for (i, m) in messages.iter().enumerate() {
+        let len = m.encoded_len() + 6;
+        if used + len > budget {
+            messages.truncate(i);
+            return true;
+        }
+        used += len;
+    }
+    false
+}
+
+fn sync_page(mut page: Page, max_frame: usize) -> Body {
+    fit(&mut page.messages, max_frame);
+    let has_more = page.messages.last().map_or(false, |m| m.seq < page.last_seq);
+    Body::SyncPage(v1::SyncPage {
+        messages: page.messages,
+        last_seq: page.last_seq,
+        has_more,
+        first_available_seq: page.first_seq,
+    })
+}
+
+fn history_page(mut messages: Vec<v1::Delivery>, next: u64, max_frame: usize) -> Body {
+    let cut = fit(&mut messages, max_frame);
+    let next_before_seq = match messages.last() {
+        Some(m) if cut => m.seq.max(m.group_seq),
+        _ => next,
+    };
+    Body::HistoryPage(v1::HistoryPage {
+        messages,
+        next_before_seq,
+    })
+}
+
+async fn read_loop(
+    read: OwnedReadHalf,
+    session: ActorRef<SessionMsg>,
+    codec: FrameCodec,
+    idle: Duration,
+    permits: Arc<Semaphore>,
+    shutdown: tokio_util::sync::CancellationToken,
+) {
+    // A small initial buffer keeps idle connections cheap; it grows for large frames.
+    let mut frames = FramedRead::with_capacity(read, codec, 256);
+    loop {
+        let permit = tokio::select! {
+            _ = shutdown.cancelled() => break,
+            p = permits.clone().acquire_owned() => match p {
+                Ok(p) => p,
+                Err(_) => return,
+            },
+        };
+        let next = tokio::select! {
+            _ = shutdown.cancelled() => break,
+            next = tokio::time::timeout(idle, frames.next()) => next,
+        };
+        let msg = match next {
+            Err(_) => SessionMsg::IdleTimeout,
+            Ok(None) => SessionMsg::Eof,
+            Ok(Some(Ok(frame))) => {
+                if session.cast(SessionMsg::Frame(frame, permit)).is_err() {
+                    return;
+                }
+                continue;
+            }
+            Ok(Some(Err(e))) => SessionMsg::ReadFailed(e),
+        };
+        let _ = session.cast(msg);
+        return;
+    }
+    let _ = session.cast(SessionMsg::Shutdown);
+}
+
+async fn write_loop(mut write: OwnedWriteHalf, mut rx: mpsc::Receiver<Bytes>) {
+    const GATHER: usize = 64 * 1024;
+    while let Some(first) = rx.recv().await {
+        let result = if rx.is_empty() {
+            tokio::time::timeout(WRITE_TIMEOUT, write.write_all(&first)).await
+        } else {
+            // Several frames are waiting: gather them into one write.
+            let mut buf = BytesMut::with_capacity(GATHER.max(first.len()));
+            buf.extend_from_slice(&first);
+            while buf.len() < GATHER {
+                match rx.try_recv() {
+                    Ok(next) => buf.extend_from_slice(&next),
+                    Err(_) => break,
+                }
+            }
+            tokio::time::timeout(WRITE_TIMEOUT, write.write_all(&buf)).await
+        };
+        if !matches!(result, Ok(Ok(()))) {
+            return;
+        }
+    }
+    let _ = write.shutdown().await;
+}

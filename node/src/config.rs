@@ -1,0 +1,284 @@
+//! Node configuration: a TOML file, overridden by command-line flags, validated into [`Config`].
+//!
+//! Every field has a default, so `chat-node` with no arguments runs a single
+//! node on loopback with its data in `./chat-data`.
+
+use serde::Deserialize;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// Why a configuration could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// The file is not valid TOML for this schema.
+    #[error("invalid config file {path}: {source}")]
+    Parse {
+        /// The file.
+        path: PathBuf,
+        /// The cause.
+        source: Box<toml::de::Error>,
+    },
+    /// A value is out of range or inconsistent.
+    #[error("invalid config: {0}")]
+    Invalid(String),
+}
+
+/// The whole node configuration, as written in TOML.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// This node's name, unique in the cluster. Default: `node-<client port>`
+    /// once the address is known, or "node" for port 0.
+    pub name: Option<String>,
+    /// Folder holding this node's sled database. Default: `./chat-data`.
+    pub data_dir: PathBuf,
+    /// The client-facing listener and per-connection limits.
+    pub client: ClientConfig,
+    /// The cluster listener and membership.
+    pub cluster: ClusterConfig,
+    /// Accounts and session tokens.
+    pub auth: AuthConfig,
+    /// Durability and retention.
+    pub storage: StorageConfig,
+}
+
+/// The client-facing side of a node.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ClientConfig {
+    /// Address clients connect to. Port 0 picks a free port (it is printed).
+    /// Default: `127.0.0.1:7400`.
+    pub listen: SocketAddr,
+    /// Largest frame accepted from a client, in bytes. Default: 65536.
+    pub max_frame_bytes: usize,
+    /// Longest message text, in bytes. Default: 16384.
+    pub max_text_bytes: usize,
+    /// A connection silent for this long is closed. Default: 60000 ms.
+    pub idle_timeout_ms: u64,
+    /// A connection that has not logged in after this long is closed. Default: 10000 ms.
+    pub login_timeout_ms: u64,
+    /// Frames queued for a client before it counts as a slow reader and is
+    /// disconnected (it resyncs from its inbox on reconnect). Default: 1024.
+    pub outbound_queue: usize,
+    /// Requests one connection may have in flight; further frames wait
+    /// unread, so a flood cannot grow the node's memory. Default: 256.
+    pub max_in_flight: usize,
+}
+
+/// The cluster side of a node. Clustering arrives with the cluster issue;
+/// these settings are accepted and validated now so configs stay stable.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ClusterConfig {
+    /// Address peers connect to. Default: `127.0.0.1:7500`.
+    pub listen: SocketAddr,
+    /// Peers to join at start (host:port of their cluster listeners).
+    pub seeds: Vec<String>,
+    /// Shared secret every node of a cluster must have. Default: "chat-cluster-dev-cookie";
+    /// set your own for anything but a local trial.
+    pub cookie: String,
+}
+
+/// Accounts and tokens.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuthConfig {
+    /// How long a session token from Login stays valid. Default: 30 days.
+    pub token_ttl_secs: u64,
+    /// argon2id memory cost in KiB. Default: 19456 (OWASP's recommendation).
+    pub argon2_memory_kib: u32,
+    /// argon2id passes. Default: 2.
+    pub argon2_iterations: u32,
+}
+
+/// Storage and retention.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StorageConfig {
+    /// Most writes gathered into one flush (group commit). Default: 512.
+    pub commit_max_batch: usize,
+    /// Most messages kept per inbox; older ones are removed. Default: 100000.
+    pub retention_max_messages: u64,
+    /// Messages older than this are removed from inboxes, in days; 0 keeps
+    /// them until the count limit. Default: 30.
+    pub retention_max_age_days: u64,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            name: None,
+            data_dir: PathBuf::from("chat-data"),
+            client: ClientConfig::default(),
+            cluster: ClusterConfig::default(),
+            auth: AuthConfig::default(),
+            storage: StorageConfig::default(),
+        }
+    }
+}
+
+impl Default for ClientConfig {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 7400)),
+            max_frame_bytes: chat_protocol::DEFAULT_MAX_FRAME_BYTES,
+            max_text_bytes: 16 * 1024,
+            idle_timeout_ms: 60_000,
+            login_timeout_ms: 10_000,
+            outbound_queue: 1024,
+            max_in_flight: 256,
+        }
+    }
+}
+
+impl Default for ClusterConfig {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 7500)),
+            seeds: Vec::new(),
+            cookie: "chat-cluster-dev-cookie".to_owned(),
+        }
+    }
+}
+
+impl Default for AuthConfig {
+    fn default() -> Self {
+        Self {
+            token_ttl_secs: 30 * 24 * 3600,
+            argon2_memory_kib: 19 * 1024,
+            argon2_iterations: 2,
+        }
+    }
+}
+
+impl Default for StorageConfig {
+    fn default() -> Self {
+        Self {
+            commit_max_batch: 512,
+            retention_max_messages: 100_000,
+            retention_max_age_days: 30,
+        }
+    }
+}
+
+impl Config {
+    /// Reads a TOML file.
+    pub fn from_file(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        Self::from_toml(&text).map_err(|source| ConfigError::Parse {
+            path: path.to_owned(),
+            source: Box::new(source),
+        })
+    }
+
+    /// Parses TOML text.
+    pub fn from_toml(text: &str) -> Result<Self, toml::de::Error> {
+        toml::from_str(text)
+    }
+
+    /// Checks ranges and consistency; call after applying overrides.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let c = &self.client;
+        let check = |ok: bool, what: &str| {
+            if ok {
+                Ok(())
+            } else {
+                Err(ConfigError::Invalid(what.to_owned()))
+            }
+        };
+        check(
+            (256..=16 * 1024 * 1024).contains(&c.max_frame_bytes),
+            "client.max_frame_bytes must be between 256 and 16777216",
+        )?;
+        check(
+            c.max_text_bytes >= 1 && c.max_text_bytes + 512 <= c.max_frame_bytes,
+            "client.max_text_bytes must be at least 1 and leave 512 bytes of room below client.max_frame_bytes",
+        )?;
+        check(c.idle_timeout_ms >= 1000, "client.idle_timeout_ms must be at least 1000")?;
+        check(c.login_timeout_ms >= 100, "client.login_timeout_ms must be at least 100")?;
+        check(c.outbound_queue >= 16, "client.outbound_queue must be at least 16")?;
+        check(c.max_in_flight >= 1, "client.max_in_flight must be at least 1")?;
+        check(!self.cluster.cookie.is_empty(), "cluster.cookie must not be empty")?;
+        check(self.auth.token_ttl_secs >= 60, "auth.token_ttl_secs must be at least 60")?;
+        check(
+            self.auth.argon2_memory_kib >= 8 && self.auth.argon2_iterations >= 1,
+            "auth.argon2_memory_kib must be at least 8 and auth.argon2_iterations at least 1",
+        )?;
+        check(self.storage.commit_max_batch >= 1, "storage.commit_max_batch must be at least 1")?;
+        check(
+            self.storage.retention_max_messages >= 1,
+            "storage.retention_max_messages must be at least 1",
+        )?;
+        if let Some(name) = &self.name {
+            check(
+                crate::auth::valid_name(name),
+                "name must be 1 to 32 characters of [A-Za-z0-9_.-]",
+            )?;
+        }
+        Ok(())
+    }
+
+    /// The idle timeout as a duration.
+    pub fn idle_timeout(&self) -> Duration {
+        Duration::from_millis(self.client.idle_timeout_ms)
+    }
+
+    /// The login timeout as a duration.
+    pub fn login_timeout(&self) -> Duration {
+        Duration::from_millis(self.client.login_timeout_ms)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn empty_file_gives_the_embedded_defaults() {
+        let cfg = Config::from_toml("").unwrap();
+        assert_eq!(cfg.client.listen.to_string(), "127.0.0.1:7400");
+        assert_eq!(cfg.data_dir, PathBuf::from("chat-data"));
+        cfg.validate().unwrap();
+    }
+
+    #[test]
+    fn unknown_fields_are_refused() {
+        let err = Config::from_toml("[client]\nlisten_port = 3\n").unwrap_err();
+        assert!(err.to_string().contains("listen_port"), "{err}");
+    }
+
+    #[test]
+    fn out_of_range_values_are_refused_with_the_field_named() {
+        let mut cfg = Config::default();
+        cfg.client.max_frame_bytes = 10;
+        let err = cfg.validate().unwrap_err().to_string();
+        assert!(err.contains("client.max_frame_bytes"), "{err}");
+    }
+
+    #[test]
+    fn shipped_example_configs_parse_and_validate() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../cluster-config");
+        let mut seen = 0;
+        for entry in std::fs::read_dir(dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.extension().is_some_and(|e| e == "toml") {
+                let cfg = Config::from_file(&path).unwrap();
+                cfg.validate().unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+                seen += 1;
+            }
+        }
+        assert!(seen >= 1, "no example config found");
+    }
+}

@@ -1,0 +1,80 @@
+//! The errors a chat request can end in, and their mapping to the protocol's error codes.
+
+use chat_protocol::v1::{self, ErrorCode};
+
+/// Why a client request failed. Converted to `v1::Error` at the session edge.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ChatError {
+    /// The request is malformed or a field is out of range.
+    #[error("{0}")]
+    BadRequest(String),
+    /// The request needs a logged-in session.
+    #[error("log in first")]
+    NotAuthenticated,
+    /// Wrong username, password or token.
+    #[error("invalid username or credentials")]
+    InvalidCredentials,
+    /// Register: the name is taken.
+    #[error("username {0} is taken")]
+    UsernameTaken(String),
+    /// A user or group name breaks the naming rules.
+    #[error("invalid name {0:?}: use 1 to 32 characters of A-Z a-z 0-9 _ . -")]
+    InvalidName(String),
+    /// The target does not exist.
+    #[error("{0} not found")]
+    NotFound(String),
+    /// Only members may do this.
+    #[error("not a member of group {0}")]
+    NotAMember(String),
+    /// Create group: the name is taken.
+    #[error("group {0} already exists")]
+    AlreadyExists(String),
+    /// Valid request, wrong moment.
+    #[error("{0}")]
+    Unexpected(String),
+    /// The request cannot be served now; retrying later may work.
+    #[error("{0}")]
+    Unavailable(String),
+    /// An internal failure (storage, bug).
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+/// Result alias for chat requests.
+pub type ChatResult<T> = Result<T, ChatError>;
+
+impl ChatError {
+    /// The protocol code for this error.
+    pub fn code(&self) -> ErrorCode {
+        match self {
+            Self::BadRequest(_) => ErrorCode::BadRequest,
+            Self::NotAuthenticated => ErrorCode::NotAuthenticated,
+            Self::InvalidCredentials => ErrorCode::InvalidCredentials,
+            Self::UsernameTaken(_) => ErrorCode::UsernameTaken,
+            Self::InvalidName(_) => ErrorCode::InvalidName,
+            Self::NotFound(_) => ErrorCode::NotFound,
+            Self::NotAMember(_) => ErrorCode::NotAMember,
+            Self::AlreadyExists(_) => ErrorCode::AlreadyExists,
+            Self::Unexpected(_) => ErrorCode::Unexpected,
+            Self::Unavailable(_) => ErrorCode::Unavailable,
+            Self::Internal(_) => ErrorCode::Internal,
+        }
+    }
+
+    /// The wire form.
+    pub fn to_proto(&self) -> v1::Error {
+        v1::Error {
+            code: self.code() as i32,
+            message: self.to_string(),
+        }
+    }
+}
+
+impl From<crate::storage::StorageError> for ChatError {
+    fn from(e: crate::storage::StorageError) -> Self {
+        match e {
+            crate::storage::StorageError::Closed => Self::Unavailable("node is shutting down".into()),
+            other => Self::Internal(other.to_string()),
+        }
+    }
+}

@@ -1,0 +1,198 @@
+//! Starting, running and stopping a node: the shared context, the accept loop and the
+//! shutdown order (stop accepting, close sessions, stop inboxes and groups, flush sled).
+
+use crate::actors::registry::{Registry, RegistryArgs, RegistryMsg, Router};
+use crate::actors::session::{Session, SessionArgs};
+use crate::auth::PasswordHashing;
+use crate::config::Config;
+use crate::error::{ChatError, ChatResult};
+use crate::storage::{Storage, StorageError};
+use chat_protocol::v1::NodeInfo;
+use ractor::Actor;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+
+/// How long shutdown waits for sessions to say goodbye.
+const DRAIN_SESSIONS: Duration = Duration::from_secs(5);
+
+/// Why a node could not start or stopped abnormally.
+#[derive(Debug, thiserror::Error)]
+pub enum NodeError {
+    /// The configuration is invalid.
+    #[error(transparent)]
+    Config(#[from] crate::config::ConfigError),
+    /// The database could not be opened.
+    #[error("cannot open storage: {0}")]
+    Storage(#[from] StorageError),
+    /// The data folder could not be created.
+    #[error("cannot create data folder {path}: {source}")]
+    DataDir {
+        /// The folder.
+        path: String,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// An actor could not start.
+    #[error("cannot start {0}")]
+    Spawn(String),
+    /// The listener failed.
+    #[error("listener: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// What every session shares.
+pub struct NodeCtx {
+    /// The validated configuration.
+    pub config: Arc<Config>,
+    /// This node's name.
+    pub node_name: String,
+    /// The database.
+    pub storage: Storage,
+    /// Routes to inboxes, groups and the registry.
+    pub router: Router,
+    /// Connected sessions.
+    pub sessions: Arc<AtomicUsize>,
+    /// Session id allocator.
+    pub next_session_id: AtomicU64,
+    /// Cancelled when the node shuts down.
+    pub shutdown: CancellationToken,
+    hashing: PasswordHashing,
+    /// argon2 is memory-hard: bound how many hashes run at once.
+    hash_slots: Semaphore,
+}
+
+impl NodeCtx {
+    /// Hashes a password on the blocking pool.
+    pub async fn hash_password(&self, password: String) -> ChatResult<String> {
+        let _slot = self.hash_slots.acquire().await.map_err(|_| unavailable())?;
+        let hashing = self.hashing.clone();
+        tokio::task::spawn_blocking(move || hashing.hash(&password))
+            .await
+            .map_err(|e| ChatError::Internal(e.to_string()))
+    }
+
+    /// Verifies a password on the blocking pool.
+    pub async fn verify_password(&self, password: String, phc: String) -> ChatResult<()> {
+        let _slot = self.hash_slots.acquire().await.map_err(|_| unavailable())?;
+        let hashing = self.hashing.clone();
+        tokio::task::spawn_blocking(move || hashing.verify(&password, &phc))
+            .await
+            .map_err(|e| ChatError::Internal(e.to_string()))?
+            .map_err(|_| ChatError::InvalidCredentials)
+    }
+
+    /// The cluster view, for LoginOk.
+    pub async fn nodes(&self) -> Vec<NodeInfo> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let reply = crate::actors::reply(move |nodes| {
+            let _ = tx.send(nodes);
+        });
+        if self.router.registry().cast(RegistryMsg::Nodes { reply }).is_err() {
+            return Vec::new();
+        }
+        rx.await.unwrap_or_default()
+    }
+}
+
+fn unavailable() -> ChatError {
+    ChatError::Unavailable("node is shutting down".into())
+}
+
+/// The default node name for a client address.
+pub fn default_name(addr: SocketAddr) -> String {
+    format!("node-{}", addr.port())
+}
+
+/// Runs a node on an already bound client listener until `shutdown` is cancelled,
+/// then stops in order. The caller binds, so tests can pass `127.0.0.1:0`.
+pub async fn run(config: Config, listener: TcpListener, shutdown: CancellationToken) -> Result<(), NodeError> {
+    config.validate()?;
+    let config = Arc::new(config);
+    let client_addr = listener.local_addr()?;
+    let node_name = config.name.clone().unwrap_or_else(|| default_name(client_addr));
+    std::fs::create_dir_all(&config.data_dir).map_err(|source| NodeError::DataDir {
+        path: config.data_dir.display().to_string(),
+        source,
+    })?;
+    let storage = Storage::open(&config.data_dir, config.storage.commit_max_batch)?;
+    let sessions = Arc::new(AtomicUsize::new(0));
+    let max_age = match config.storage.retention_max_age_days {
+        0 => None,
+        days => Some(Duration::from_secs(days * 24 * 3600)),
+    };
+    let (registry, registry_handle) = Actor::spawn(
+        None,
+        Registry,
+        RegistryArgs {
+            node: node_name.clone(),
+            client_addr: client_addr.to_string(),
+            storage: storage.clone(),
+            max_messages: config.storage.retention_max_messages,
+            max_age,
+            sessions: sessions.clone(),
+        },
+    )
+    .await
+    .map_err(|e| NodeError::Spawn(format!("registry: {e}")))?;
+    let hashing = PasswordHashing::new(config.auth.argon2_memory_kib, config.auth.argon2_iterations)
+        .map_err(|e| NodeError::Config(crate::config::ConfigError::Invalid(e)))?;
+    let parallelism = std::thread::available_parallelism().map_or(2, |n| n.get());
+    let ctx = Arc::new(NodeCtx {
+        config: config.clone(),
+        node_name: node_name.clone(),
+        storage: storage.clone(),
+        router: Router::new(registry.clone()),
+        sessions: sessions.clone(),
+        next_session_id: AtomicU64::new(1),
+        shutdown: shutdown.clone(),
+        hashing,
+        hash_slots: Semaphore::new(parallelism),
+    });
+    tracing::info!(node = %node_name, addr = %client_addr, data = %config.data_dir.display(), "node started");
+
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => break,
+            accepted = listener.accept() => match accepted {
+                Ok((stream, peer)) => {
+                    let _ = stream.set_nodelay(true);
+                    let args = SessionArgs { stream, peer, ctx: ctx.clone() };
+                    if let Err(e) = Actor::spawn(None, Session, args).await {
+                        tracing::warn!(peer = %peer, error = %e, "cannot start session");
+                    }
+                }
+                Err(e) => {
+                    // Typically out of file descriptors: back off instead of spinning.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            },
+        }
+    }
+
+    tracing::info!(node = %node_name, "shutting down: no longer accepting");
+    drop(listener);
+    let deadline = Instant::now() + DRAIN_SESSIONS;
+    while sessions.load(Ordering::Relaxed) > 0 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    tracing::info!(node = %node_name, left = sessions.load(Ordering::Relaxed), "sessions closed; stopping inboxes and groups");
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    let reply = crate::actors::reply(move |()| {
+        let _ = tx.send(());
+    });
+    if registry.cast(RegistryMsg::Drain { reply }).is_ok() {
+        let _ = tokio::time::timeout(DRAIN_SESSIONS, rx).await;
+    }
+    storage.barrier().await?;
+    storage.flush()?;
+    registry.stop(None);
+    let _ = registry_handle.await;
+    tracing::info!(node = %node_name, "storage flushed; stopped");
+    Ok(())
+}

@@ -1,0 +1,516 @@
+//! The node's sled database: typed reads, key layout, and the group-commit writer.
+//!
+//! Writes go through one committer thread: it applies every batch waiting in
+//! its queue, flushes sled once, then runs each batch's completion. A caller
+//! acknowledges a client only from that completion, so "acknowledged" always
+//! means "on disk" while the cost of a flush is shared by many messages.
+//!
+//! Key layout (big-endian numbers, so ranges scan in order):
+//! - `inbox`:  `scope(user)` ‖ kind ‖ ...  with kinds META, ENTRY ‖ seq, ORIGIN ‖ origin, GROUP ‖ group
+//! - `groups`: `scope(group)` ‖ kind ‖ ... with kinds META, MEMBER ‖ user, MESSAGE ‖ seq, ORIGIN ‖ sender ‖ client id
+//! - `accounts`: user → AccountRecord; `tokens`: `scope(user)` ‖ token → TokenRecord
+//!
+//! `scope(name)` is a length byte then the name, so no name's keys are a
+//! prefix of another's.
+
+use chat_protocol::internal::{AccountRecord, GroupMessage, GroupRecord, InboxEntry, InboxMeta, TokenRecord};
+use prost::Message;
+use std::path::Path;
+use std::sync::mpsc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+/// Storage failures.
+#[derive(Debug, thiserror::Error)]
+pub enum StorageError {
+    /// sled reported an error.
+    #[error("storage error: {0}")]
+    Sled(#[from] sled::Error),
+    /// A stored record could not be decoded.
+    #[error("corrupt record under {0}")]
+    Corrupt(String),
+    /// The committer has stopped (the node is shutting down).
+    #[error("storage is closed")]
+    Closed,
+}
+
+/// Result alias for storage operations.
+pub type Result<T> = std::result::Result<T, StorageError>;
+
+/// Kind bytes inside a scoped key.
+pub mod kind {
+    /// Inbox or group metadata.
+    pub const META: u8 = 0;
+    /// Inbox entry by seq / group member by name.
+    pub const ENTRY: u8 = 1;
+    /// Group member by name.
+    pub const MEMBER: u8 = 1;
+    /// Dedupe index.
+    pub const ORIGIN: u8 = 2;
+    /// Groups of a user (inbox tree).
+    pub const GROUP: u8 = 3;
+    /// Group log entry by seq.
+    pub const MESSAGE: u8 = 4;
+}
+
+/// The trees a commit may touch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TreeId {
+    /// Accounts.
+    Accounts,
+    /// Session tokens.
+    Tokens,
+    /// Inboxes.
+    Inbox,
+    /// Groups.
+    Groups,
+}
+
+/// A length-prefixed name followed by a kind byte.
+pub fn scoped(name: &str, kind: u8) -> Vec<u8> {
+    let mut key = Vec::with_capacity(name.len() + 2 + 8);
+    key.push(name.len() as u8);
+    key.extend_from_slice(name.as_bytes());
+    key.push(kind);
+    key
+}
+
+/// `scoped(name, kind)` ‖ seq (big-endian).
+pub fn seq_key(name: &str, kind: u8, seq: u64) -> Vec<u8> {
+    let mut key = scoped(name, kind);
+    key.extend_from_slice(&seq.to_be_bytes());
+    key
+}
+
+/// `scoped(name, kind)` ‖ suffix.
+pub fn suffix_key(name: &str, kind: u8, suffix: &[u8]) -> Vec<u8> {
+    let mut key = scoped(name, kind);
+    key.extend_from_slice(suffix);
+    key
+}
+
+fn seq_of(key: &[u8]) -> u64 {
+    let tail: [u8; 8] = key[key.len() - 8..].try_into().expect("seq keys end in 8 bytes");
+    u64::from_be_bytes(tail)
+}
+
+/// Milliseconds since the Unix epoch.
+pub fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or(Duration::ZERO)
+        .as_millis() as u64
+}
+
+/// What runs once a commit is durable (or failed).
+pub type Completion = Box<dyn FnOnce(Result<()>) + Send>;
+
+struct Commit {
+    writes: Vec<(TreeId, sled::Batch)>,
+    done: Completion,
+}
+
+/// A handle to the node's database; cheap to clone.
+#[derive(Clone)]
+pub struct Storage {
+    db: sled::Db,
+    accounts: sled::Tree,
+    tokens: sled::Tree,
+    inbox: sled::Tree,
+    groups: sled::Tree,
+    committer: mpsc::Sender<Commit>,
+}
+
+impl Storage {
+    /// Opens (or creates) the database in `dir` and starts the committer thread.
+    pub fn open(dir: &Path, max_batch: usize) -> Result<Self> {
+        let db = sled::Config::new().path(dir).open()?;
+        let (tx, rx) = mpsc::channel::<Commit>();
+        let storage = Self {
+            accounts: db.open_tree("accounts")?,
+            tokens: db.open_tree("tokens")?,
+            inbox: db.open_tree("inbox")?,
+            groups: db.open_tree("groups")?,
+            db,
+            committer: tx,
+        };
+        let worker = storage.clone_trees();
+        std::thread::Builder::new()
+            .name("sled-committer".into())
+            .spawn(move || worker.run_committer(rx, max_batch.max(1)))
+            .map_err(|e| StorageError::Sled(sled::Error::Io(e)))?;
+        Ok(storage)
+    }
+
+    /// A copy of the tree handles whose committer sender goes nowhere, for the committer thread
+    /// itself (holding a real sender would keep its own channel open forever).
+    fn clone_trees(&self) -> Self {
+        let (dead, _) = mpsc::channel();
+        Self {
+            committer: dead,
+            ..self.clone()
+        }
+    }
+
+    fn tree(&self, id: TreeId) -> &sled::Tree {
+        match id {
+            TreeId::Accounts => &self.accounts,
+            TreeId::Tokens => &self.tokens,
+            TreeId::Inbox => &self.inbox,
+            TreeId::Groups => &self.groups,
+        }
+    }
+
+    fn run_committer(self, rx: mpsc::Receiver<Commit>, max_batch: usize) {
+        let mut pending = Vec::with_capacity(max_batch);
+        while let Ok(first) = rx.recv() {
+            pending.push(first);
+            while pending.len() < max_batch {
+                match rx.try_recv() {
+                    Ok(next) => pending.push(next),
+                    Err(_) => break,
+                }
+            }
+            let mut outcomes = Vec::with_capacity(pending.len());
+            for commit in &mut pending {
+                let mut result = Ok(());
+                for (tree, batch) in std::mem::take(&mut commit.writes) {
+                    if let Err(e) = self.tree(tree).apply_batch(batch) {
+                        result = Err(StorageError::Sled(e));
+                        break;
+                    }
+                }
+                outcomes.push(result);
+            }
+            let flushed = self.db.flush();
+            for (commit, outcome) in pending.drain(..).zip(outcomes) {
+                let outcome = match (&flushed, outcome) {
+                    (Err(e), _) => Err(StorageError::Sled(e.clone())),
+                    (Ok(_), o) => o,
+                };
+                (commit.done)(outcome);
+            }
+        }
+        tracing::debug!("committer stopped");
+    }
+
+    /// Queues batches to be applied together and flushed; `done` runs once they are durable.
+    /// Batches of one commit are applied in order; commits are applied in submission order.
+    pub fn commit(&self, writes: Vec<(TreeId, sled::Batch)>, done: Completion) {
+        if let Err(mpsc::SendError(commit)) = self.committer.send(Commit { writes, done }) {
+            (commit.done)(Err(StorageError::Closed));
+        }
+    }
+
+    /// Like [`Storage::commit`], awaiting durability.
+    pub async fn commit_wait(&self, writes: Vec<(TreeId, sled::Batch)>) -> Result<()> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        self.commit(
+            writes,
+            Box::new(move |r| {
+                let _ = tx.send(r);
+            }),
+        );
+        rx.await.map_err(|_| StorageError::Closed)?
+    }
+
+    /// Resolves once everything written before it is durable.
+    pub async fn barrier(&self) -> Result<()> {
+        self.commit_wait(Vec::new()).await
+    }
+
+    /// Flushes synchronously; used at shutdown.
+    pub fn flush(&self) -> Result<()> {
+        self.db.flush()?;
+        Ok(())
+    }
+
+    /// Bytes sled uses on disk.
+    pub fn size_on_disk(&self) -> Result<u64> {
+        Ok(self.db.size_on_disk()?)
+    }
+
+    // ---- accounts and tokens ----------------------------------------------
+
+    /// The account of `user`, if registered.
+    pub fn account(&self, user: &str) -> Result<Option<AccountRecord>> {
+        decode_opt(self.accounts.get(user.as_bytes())?, user)
+    }
+
+    /// Creates the account unless the name is taken; returns false if taken.
+    /// Durable when this returns true.
+    pub async fn create_account(&self, user: &str, record: &AccountRecord) -> Result<bool> {
+        let created = self
+            .accounts
+            .compare_and_swap(user.as_bytes(), None::<&[u8]>, Some(record.encode_to_vec()))?
+            .is_ok();
+        if created {
+            self.barrier().await?;
+        }
+        Ok(created)
+    }
+
+    /// Stores a session token of `user`; durable when this returns.
+    pub async fn put_token(&self, user: &str, token: &str, record: &TokenRecord) -> Result<()> {
+        let mut batch = sled::Batch::default();
+        batch.insert(suffix_key(user, 0, token.as_bytes()), record.encode_to_vec());
+        self.commit_wait(vec![(TreeId::Tokens, batch)]).await
+    }
+
+    /// The token record of `user`, if the token exists.
+    pub fn token(&self, user: &str, token: &str) -> Result<Option<TokenRecord>> {
+        decode_opt(self.tokens.get(suffix_key(user, 0, token.as_bytes()))?, user)
+    }
+
+    /// Removes a token of `user`.
+    pub async fn revoke_token(&self, user: &str, token: &str) -> Result<()> {
+        let mut batch = sled::Batch::default();
+        batch.remove(suffix_key(user, 0, token.as_bytes()));
+        self.commit_wait(vec![(TreeId::Tokens, batch)]).await
+    }
+
+    // ---- inboxes ------------------------------------------------------------
+
+    /// The cursors of `user`'s inbox (all zero for a new inbox).
+    pub fn inbox_meta(&self, user: &str) -> Result<InboxMeta> {
+        Ok(decode_opt(self.inbox.get(scoped(user, kind::META))?, user)?.unwrap_or_default())
+    }
+
+    /// Entries with seq > `after`, oldest first, at most `limit`.
+    pub fn inbox_after(&self, user: &str, after: u64, limit: usize) -> Result<Vec<(u64, InboxEntry)>> {
+        let start = seq_key(user, kind::ENTRY, after.saturating_add(1));
+        let end = seq_key(user, kind::ENTRY, u64::MAX);
+        let mut out = Vec::new();
+        for item in self.inbox.range(start..=end).take(limit) {
+            let (k, v) = item?;
+            out.push((seq_of(&k), decode(&v, user)?));
+        }
+        Ok(out)
+    }
+
+    /// Entries with seq < `before`, newest first, that `keep` accepts: at most `limit` of them,
+    /// looking at no more than `scan` entries. Also returns where to continue (0 when done).
+    pub fn inbox_before(
+        &self,
+        user: &str,
+        before: u64,
+        limit: usize,
+        scan: usize,
+        keep: impl Fn(&InboxEntry) -> bool,
+    ) -> Result<(Vec<(u64, InboxEntry)>, u64)> {
+        let start = seq_key(user, kind::ENTRY, 0);
+        let end = seq_key(user, kind::ENTRY, before);
+        let mut out = Vec::new();
+        let mut next = 0;
+        for (scanned, item) in self.inbox.range(start..end).rev().enumerate() {
+            let (k, v) = item?;
+            let seq = seq_of(&k);
+            if out.len() == limit || scanned == scan {
+                next = seq + 1;
+                break;
+            }
+            let entry: InboxEntry = decode(&v, user)?;
+            if keep(&entry) {
+                out.push((seq, entry));
+            }
+        }
+        Ok((out, next))
+    }
+
+    /// The entry at `seq`, if still kept.
+    pub fn inbox_entry(&self, user: &str, seq: u64) -> Result<Option<InboxEntry>> {
+        decode_opt(self.inbox.get(seq_key(user, kind::ENTRY, seq))?, user)
+    }
+
+    /// The seq an origin (dedupe key) was stored under, if any.
+    pub fn inbox_origin(&self, user: &str, origin: &[u8]) -> Result<Option<u64>> {
+        Ok(self
+            .inbox
+            .get(suffix_key(user, kind::ORIGIN, origin))?
+            .map(|v| seq_of(&v)))
+    }
+
+    /// The groups `user` belongs to, sorted.
+    pub fn user_groups(&self, user: &str) -> Result<Vec<String>> {
+        names_under(&self.inbox, &scoped(user, kind::GROUP))
+    }
+
+    // ---- groups -------------------------------------------------------------
+
+    /// The group's record, if it exists.
+    pub fn group(&self, group: &str) -> Result<Option<GroupRecord>> {
+        decode_opt(self.groups.get(scoped(group, kind::META))?, group)
+    }
+
+    /// The group's members, sorted.
+    pub fn group_members(&self, group: &str) -> Result<Vec<String>> {
+        names_under(&self.groups, &scoped(group, kind::MEMBER))
+    }
+
+    /// One message of the group's log.
+    pub fn group_message(&self, group: &str, seq: u64) -> Result<Option<GroupMessage>> {
+        decode_opt(self.groups.get(seq_key(group, kind::MESSAGE, seq))?, group)
+    }
+
+    /// Group messages with seq < `before`, newest first, at most `limit`.
+    pub fn group_before(&self, group: &str, before: u64, limit: usize) -> Result<Vec<(u64, GroupMessage)>> {
+        let start = seq_key(group, kind::MESSAGE, 0);
+        let end = seq_key(group, kind::MESSAGE, before);
+        let mut out = Vec::new();
+        for item in self.groups.range(start..end).rev().take(limit) {
+            let (k, v) = item?;
+            out.push((seq_of(&k), decode(&v, group)?));
+        }
+        Ok(out)
+    }
+
+    /// The group seq a sender's client message id was stored under, if any.
+    pub fn group_origin(&self, group: &str, origin: &[u8]) -> Result<Option<u64>> {
+        Ok(self
+            .groups
+            .get(suffix_key(group, kind::ORIGIN, origin))?
+            .map(|v| seq_of(&v)))
+    }
+}
+
+fn names_under(tree: &sled::Tree, prefix: &[u8]) -> Result<Vec<String>> {
+    let mut out = Vec::new();
+    for item in tree.scan_prefix(prefix) {
+        let (k, _) = item?;
+        out.push(String::from_utf8_lossy(&k[prefix.len()..]).into_owned());
+    }
+    Ok(out)
+}
+
+fn decode<M: Message + Default>(bytes: &[u8], owner: &str) -> Result<M> {
+    M::decode(bytes).map_err(|_| StorageError::Corrupt(owner.to_owned()))
+}
+
+fn decode_opt<M: Message + Default>(bytes: Option<sled::IVec>, owner: &str) -> Result<Option<M>> {
+    bytes.map(|b| decode(&b, owner)).transpose()
+}
+
+/// Encodes a seq as a stored value.
+pub fn seq_value(seq: u64) -> [u8; 8] {
+    seq.to_be_bytes()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn open() -> (tempfile::TempDir, Storage) {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Storage::open(dir.path(), 64).unwrap();
+        (dir, s)
+    }
+
+    fn entry(text: &str) -> InboxEntry {
+        InboxEntry {
+            text: text.into(),
+            from: "alice".into(),
+            kind: 1,
+            ..Default::default()
+        }
+    }
+
+    fn append(batch: &mut sled::Batch, user: &str, seq: u64, text: &str) {
+        batch.insert(seq_key(user, kind::ENTRY, seq), entry(text).encode_to_vec());
+    }
+
+    #[tokio::test]
+    async fn inbox_entries_come_back_in_seq_order_and_scoped_to_their_user() {
+        let (_dir, s) = open();
+        let mut batch = sled::Batch::default();
+        // Insert out of order, across two users whose names share a prefix.
+        for seq in [3u64, 1, 256, 2, 255] {
+            append(&mut batch, "bob", seq, &format!("m{seq}"));
+        }
+        append(&mut batch, "bo", 1, "other user");
+        append(&mut batch, "bobby", 1, "other user");
+        s.commit_wait(vec![(TreeId::Inbox, batch)]).await.unwrap();
+
+        let seqs: Vec<u64> = s.inbox_after("bob", 0, 100).unwrap().iter().map(|e| e.0).collect();
+        assert_eq!(seqs, vec![1, 2, 3, 255, 256]);
+        let page: Vec<u64> = s.inbox_after("bob", 2, 2).unwrap().iter().map(|e| e.0).collect();
+        assert_eq!(page, vec![3, 255]);
+        let (back, next) = s.inbox_before("bob", 256, 2, 100, |_| true).unwrap();
+        assert_eq!(back.iter().map(|e| e.0).collect::<Vec<_>>(), vec![255, 3]);
+        assert_eq!(next, 3, "the next page starts below seq 3");
+        assert_eq!(s.inbox_after("bo", 0, 10).unwrap().len(), 1);
+    }
+
+    #[tokio::test]
+    async fn committed_writes_survive_reopening_the_database() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let s = Storage::open(dir.path(), 8).unwrap();
+            let mut done = Vec::new();
+            for seq in 1..=50u64 {
+                let mut batch = sled::Batch::default();
+                append(&mut batch, "carol", seq, &format!("m{seq}"));
+                let s2 = s.clone();
+                done.push(tokio::spawn(async move {
+                    s2.commit_wait(vec![(TreeId::Inbox, batch)]).await
+                }));
+            }
+            for d in done {
+                d.await.unwrap().unwrap();
+            }
+        }
+        // The first handle is gone; sled must reopen with everything acknowledged.
+        let s = reopen_when_released(dir.path()).await;
+        let got = s.inbox_after("carol", 0, 1000).unwrap();
+        assert_eq!(got.len(), 50);
+        assert!(got.iter().enumerate().all(|(i, (seq, e))| *seq == i as u64 + 1 && e.text == format!("m{seq}")));
+    }
+
+    /// sled holds a file lock until its last handle (the committer thread's) is dropped.
+    async fn reopen_when_released(dir: &Path) -> Storage {
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            match Storage::open(dir, 8) {
+                Ok(s) => return s,
+                Err(e) if std::time::Instant::now() < deadline => {
+                    let _ = e;
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+                Err(e) => panic!("could not reopen: {e}"),
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn origins_dedupe_index_points_at_the_stored_seq() {
+        let (_dir, s) = open();
+        let mut batch = sled::Batch::default();
+        append(&mut batch, "dave", 7, "hello");
+        batch.insert(suffix_key("dave", kind::ORIGIN, b"p\x05alicecm-1"), &seq_value(7));
+        s.commit_wait(vec![(TreeId::Inbox, batch)]).await.unwrap();
+        assert_eq!(s.inbox_origin("dave", b"p\x05alicecm-1").unwrap(), Some(7));
+        assert_eq!(s.inbox_origin("dave", b"p\x05alicecm-2").unwrap(), None);
+        assert_eq!(s.inbox_entry("dave", 7).unwrap().unwrap().text, "hello");
+    }
+
+    #[tokio::test]
+    async fn a_taken_account_name_is_refused() {
+        let (_dir, s) = open();
+        let rec = AccountRecord {
+            password_hash: "h1".into(),
+            created_at_ms: 1,
+        };
+        assert!(s.create_account("erin", &rec).await.unwrap());
+        let other = AccountRecord {
+            password_hash: "h2".into(),
+            created_at_ms: 2,
+        };
+        assert!(!s.create_account("erin", &other).await.unwrap());
+        assert_eq!(s.account("erin").unwrap().unwrap().password_hash, "h1");
+    }
+
+    #[tokio::test]
+    async fn corrupt_records_are_reported_not_panicked_on() {
+        let (_dir, s) = open();
+        s.accounts.insert("mallory", &[0xff, 0xff, 0xff][..]).unwrap();
+        assert!(matches!(s.account("mallory"), Err(StorageError::Corrupt(_))));
+    }
+}
