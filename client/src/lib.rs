@@ -1,1 +1,459 @@
-//! placeholder
+//! A Rust client for the chat protocol: one connection, concurrent requests matched by
+//! request id, server pushes on a channel, and a keep-alive ping.
+
+use bytes::Bytes;
+use chat_protocol::codec::{CodecError, FrameCodec};
+use chat_protocol::v1::{self, ClientFrame, ErrorCode, ServerFrame, client_frame::Body as Req, server_frame::Body as Resp};
+use futures::{SinkExt, StreamExt};
+use prost::Message;
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::net::TcpStream;
+use tokio::sync::{mpsc, oneshot};
+use tokio_util::codec::{FramedRead, FramedWrite};
+
+pub use chat_protocol::v1 as proto;
+
+/// How long a request waits for its answer by default.
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// What can go wrong talking to a node.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    /// Connecting or the socket failed.
+    #[error("connection failed: {0}")]
+    Io(#[from] std::io::Error),
+    /// The stream could not be framed.
+    #[error("framing: {0}")]
+    Codec(#[from] CodecError),
+    /// The server answered with an error.
+    #[error("{code:?}: {message}")]
+    Server {
+        /// The protocol error code.
+        code: ErrorCode,
+        /// The server's explanation.
+        message: String,
+    },
+    /// The connection closed before the answer came.
+    #[error("connection closed")]
+    Closed,
+    /// No answer in time.
+    #[error("no answer within {0:?}")]
+    Timeout(Duration),
+    /// The server answered with something unexpected.
+    #[error("unexpected answer: {0}")]
+    Unexpected(String),
+}
+
+impl ClientError {
+    /// The server's error code, if this is a server error.
+    pub fn code(&self) -> Option<ErrorCode> {
+        match self {
+            Self::Server { code, .. } => Some(*code),
+            _ => None,
+        }
+    }
+}
+
+/// Result alias for client calls.
+pub type Result<T> = std::result::Result<T, ClientError>;
+
+/// Something the server sent without being asked.
+#[derive(Debug, Clone)]
+pub enum Push {
+    /// A message for this user.
+    Delivery(v1::Delivery),
+    /// A receipt for a message this user sent.
+    Receipt(v1::Receipt),
+    /// The server is closing the connection, and why.
+    Closing(v1::Closing),
+    /// An error not tied to a request (for example a malformed frame).
+    Error(v1::Error),
+}
+
+type Pending = Arc<Mutex<HashMap<u64, oneshot::Sender<Resp>>>>;
+
+/// A connection to a chat node. Cheap to clone; all clones share the connection.
+#[derive(Clone)]
+pub struct Client {
+    out: mpsc::Sender<ClientFrame>,
+    pending: Pending,
+    next_id: Arc<AtomicU64>,
+    timeout: Duration,
+    /// What the server said in HelloOk.
+    pub hello: v1::HelloOk,
+}
+
+impl Client {
+    /// Connects, says Hello, and starts the keep-alive. Pushes arrive on the returned channel.
+    pub async fn connect(addr: &str) -> Result<(Self, mpsc::UnboundedReceiver<Push>)> {
+        let stream = TcpStream::connect(addr).await?;
+        stream.set_nodelay(true)?;
+        let (read, write) = stream.into_split();
+        let codec = FrameCodec::new(16 * 1024 * 1024);
+        let (out_tx, mut out_rx) = mpsc::channel::<ClientFrame>(1024);
+        let (push_tx, push_rx) = mpsc::unbounded_channel();
+        let pending: Pending = Arc::default();
+
+        let mut sink = FramedWrite::new(write, codec);
+        tokio::spawn(async move {
+            while let Some(frame) = out_rx.recv().await {
+                if sink.feed(frame).await.is_err() {
+                    return;
+                }
+                while let Ok(frame) = out_rx.try_recv() {
+                    if sink.feed(frame).await.is_err() {
+                        return;
+                    }
+                }
+                if SinkExt::<ClientFrame>::flush(&mut sink).await.is_err() {
+                    return;
+                }
+            }
+        });
+
+        let reader_pending = pending.clone();
+        tokio::spawn(async move {
+            let mut frames = FramedRead::new(read, codec);
+            while let Some(Ok(bytes)) = frames.next().await {
+                let Ok(frame) = ServerFrame::decode(bytes) else {
+                    continue;
+                };
+                let Some(body) = frame.body else { continue };
+                if frame.request_id != 0 {
+                    if let Some(tx) = reader_pending.lock().expect("lock").remove(&frame.request_id) {
+                        let _ = tx.send(body);
+                    }
+                    continue;
+                }
+                let push = match body {
+                    Resp::Delivery(d) => Push::Delivery(d),
+                    Resp::Receipt(r) => Push::Receipt(r),
+                    Resp::Closing(c) => Push::Closing(c),
+                    Resp::Error(e) => Push::Error(e),
+                    _ => continue,
+                };
+                let _ = push_tx.send(push);
+            }
+            // Dropping the senders wakes every waiting request with Closed.
+            reader_pending.lock().expect("lock").clear();
+        });
+
+        let mut client = Self {
+            out: out_tx,
+            pending,
+            next_id: Arc::new(AtomicU64::new(1)),
+            timeout: DEFAULT_TIMEOUT,
+            hello: v1::HelloOk::default(),
+        };
+        let hello = client
+            .request(Req::Hello(v1::Hello {
+                protocol_version: chat_protocol::PROTOCOL_VERSION,
+                client_name: format!("chat-client/{}", env!("CARGO_PKG_VERSION")),
+            }))
+            .await?;
+        client.hello = match hello {
+            Resp::HelloOk(h) => h,
+            other => return Err(unexpected(other)),
+        };
+        client.spawn_keepalive();
+        Ok((client, push_rx))
+    }
+
+    /// Tries each address in turn and returns the first connection that works.
+    pub async fn connect_any(addrs: &[String]) -> Result<(Self, mpsc::UnboundedReceiver<Push>)> {
+        let mut last = ClientError::Unexpected("no server address given".into());
+        for addr in addrs {
+            match Self::connect(addr).await {
+                Ok(c) => return Ok(c),
+                Err(e) => last = e,
+            }
+        }
+        Err(last)
+    }
+
+    fn spawn_keepalive(&self) {
+        let every = Duration::from_millis(u64::from(self.hello.idle_timeout_ms.max(3000)) / 3);
+        let me = self.clone();
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(every).await;
+                if me.out.is_closed() || me.ping(0).await.is_err() {
+                    return;
+                }
+            }
+        });
+    }
+
+    /// Sends one request and waits for its answer; server errors become `ClientError::Server`.
+    pub async fn request(&self, body: Req) -> Result<Resp> {
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let (tx, rx) = oneshot::channel();
+        self.pending.lock().expect("lock").insert(id, tx);
+        let frame = ClientFrame {
+            request_id: id,
+            body: Some(body),
+        };
+        if self.out.send(frame).await.is_err() {
+            self.pending.lock().expect("lock").remove(&id);
+            return Err(ClientError::Closed);
+        }
+        let answer = match tokio::time::timeout(self.timeout, rx).await {
+            Ok(Ok(answer)) => answer,
+            Ok(Err(_)) => return Err(ClientError::Closed),
+            Err(_) => {
+                self.pending.lock().expect("lock").remove(&id);
+                return Err(ClientError::Timeout(self.timeout));
+            }
+        };
+        match answer {
+            Resp::Error(e) => Err(ClientError::Server {
+                code: ErrorCode::try_from(e.code).unwrap_or(ErrorCode::Unspecified),
+                message: e.message,
+            }),
+            other => Ok(other),
+        }
+    }
+
+    /// Registers a new account.
+    pub async fn register(&self, username: &str, password: &str) -> Result<()> {
+        match self
+            .request(Req::Register(v1::RegisterRequest {
+                username: username.into(),
+                password: password.into(),
+            }))
+            .await?
+        {
+            Resp::RegisterOk(_) => Ok(()),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    /// Logs in with a password.
+    pub async fn login(&self, username: &str, password: &str) -> Result<v1::LoginOk> {
+        self.login_with(username, v1::login_request::Credential::Password(password.into()))
+            .await
+    }
+
+    /// Logs in with a token from an earlier login.
+    pub async fn login_token(&self, username: &str, token: &str) -> Result<v1::LoginOk> {
+        self.login_with(username, v1::login_request::Credential::Token(token.into()))
+            .await
+    }
+
+    async fn login_with(&self, username: &str, credential: v1::login_request::Credential) -> Result<v1::LoginOk> {
+        match self
+            .request(Req::Login(v1::LoginRequest {
+                username: username.into(),
+                credential: Some(credential),
+            }))
+            .await?
+        {
+            Resp::LoginOk(ok) => Ok(ok),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    /// Logs out (the connection stays open).
+    pub async fn logout(&self) -> Result<()> {
+        match self.request(Req::Logout(v1::LogoutRequest { revoke_token: false })).await? {
+            Resp::LogoutOk(_) => Ok(()),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    /// Round trip.
+    pub async fn ping(&self, nonce: u64) -> Result<v1::Pong> {
+        match self.request(Req::Ping(v1::Ping { nonce })).await? {
+            Resp::Pong(p) => Ok(p),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    /// Sends a private message with a fresh client message id.
+    pub async fn send_private(&self, to: &str, text: &str) -> Result<v1::SendAck> {
+        self.send_private_with_id(to, &new_client_msg_id(), text).await
+    }
+
+    /// Sends a private message with the given client message id (resend = same id).
+    pub async fn send_private_with_id(&self, to: &str, client_msg_id: &str, text: &str) -> Result<v1::SendAck> {
+        expect_ack(
+            self.request(Req::SendPrivate(v1::SendPrivate {
+                to: to.into(),
+                client_msg_id: client_msg_id.into(),
+                text: text.into(),
+            }))
+            .await?,
+        )
+    }
+
+    /// Sends a group message with a fresh client message id.
+    pub async fn send_group(&self, group: &str, text: &str) -> Result<v1::SendAck> {
+        self.send_group_with_id(group, &new_client_msg_id(), text).await
+    }
+
+    /// Sends a group message with the given client message id.
+    pub async fn send_group_with_id(&self, group: &str, client_msg_id: &str, text: &str) -> Result<v1::SendAck> {
+        expect_ack(
+            self.request(Req::SendGroup(v1::SendGroup {
+                group: group.into(),
+                client_msg_id: client_msg_id.into(),
+                text: text.into(),
+            }))
+            .await?,
+        )
+    }
+
+    /// Marks everything up to `seq` as delivered.
+    pub async fn ack_delivered(&self, seq: u64) -> Result<v1::AckOk> {
+        expect_ack_ok(self.request(Req::AckDelivered(v1::AckDelivered { up_to_seq: seq })).await?)
+    }
+
+    /// Marks everything up to `seq` as read.
+    pub async fn ack_read(&self, seq: u64) -> Result<v1::AckOk> {
+        expect_ack_ok(self.request(Req::AckRead(v1::AckRead { up_to_seq: seq })).await?)
+    }
+
+    /// One page of inbox entries after `after_seq`.
+    pub async fn sync(&self, after_seq: u64, limit: u32) -> Result<v1::SyncPage> {
+        match self.request(Req::Sync(v1::SyncRequest { after_seq, limit })).await? {
+            Resp::SyncPage(p) => Ok(p),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    /// Every inbox entry after `after_seq`, following pages to the end.
+    pub async fn sync_all(&self, mut after_seq: u64) -> Result<Vec<v1::Delivery>> {
+        let mut all = Vec::new();
+        loop {
+            let page = self.sync(after_seq, 0).await?;
+            let more = page.has_more;
+            if let Some(last) = page.messages.last() {
+                after_seq = last.seq;
+            }
+            all.extend(page.messages);
+            if !more {
+                return Ok(all);
+            }
+        }
+    }
+
+    /// One page of a conversation's history, newest first.
+    pub async fn history(
+        &self,
+        kind: v1::ConversationKind,
+        conversation: &str,
+        before_seq: u64,
+        limit: u32,
+    ) -> Result<v1::HistoryPage> {
+        match self
+            .request(Req::History(v1::HistoryRequest {
+                kind: kind as i32,
+                conversation: conversation.into(),
+                before_seq,
+                limit,
+            }))
+            .await?
+        {
+            Resp::HistoryPage(p) => Ok(p),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    /// Creates a group.
+    pub async fn create_group(&self, group: &str) -> Result<()> {
+        self.group_op(Req::CreateGroup(v1::CreateGroup { group: group.into() })).await
+    }
+
+    /// Joins a group.
+    pub async fn join_group(&self, group: &str) -> Result<()> {
+        self.group_op(Req::JoinGroup(v1::JoinGroup { group: group.into() })).await
+    }
+
+    /// Leaves a group.
+    pub async fn leave_group(&self, group: &str) -> Result<()> {
+        self.group_op(Req::LeaveGroup(v1::LeaveGroup { group: group.into() })).await
+    }
+
+    async fn group_op(&self, req: Req) -> Result<()> {
+        match self.request(req).await? {
+            Resp::GroupOk(_) => Ok(()),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    /// A group's members.
+    pub async fn members(&self, group: &str) -> Result<Vec<String>> {
+        match self.request(Req::ListMembers(v1::ListMembers { group: group.into() })).await? {
+            Resp::MemberList(m) => Ok(m.members),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    /// This user's groups.
+    pub async fn my_groups(&self) -> Result<Vec<String>> {
+        match self.request(Req::ListMyGroups(v1::ListMyGroups {})).await? {
+            Resp::GroupList(g) => Ok(g.groups),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    /// Every online user, following pages.
+    pub async fn online(&self) -> Result<Vec<String>> {
+        let mut users: Vec<String> = Vec::new();
+        loop {
+            let after = users.last().cloned().unwrap_or_default();
+            match self.request(Req::ListOnline(v1::ListOnline { after, limit: 0 })).await? {
+                Resp::OnlineList(page) => {
+                    users.extend(page.users);
+                    if !page.has_more {
+                        return Ok(users);
+                    }
+                }
+                other => return Err(unexpected(other)),
+            }
+        }
+    }
+}
+
+fn expect_ack(resp: Resp) -> Result<v1::SendAck> {
+    match resp {
+        Resp::SendAck(a) => Ok(a),
+        other => Err(unexpected(other)),
+    }
+}
+
+fn expect_ack_ok(resp: Resp) -> Result<v1::AckOk> {
+    match resp {
+        Resp::AckOk(a) => Ok(a),
+        other => Err(unexpected(other)),
+    }
+}
+
+fn unexpected(resp: Resp) -> ClientError {
+    ClientError::Unexpected(format!("{resp:?}").chars().take(200).collect())
+}
+
+/// A random client message id (128 bits, hex).
+pub fn new_client_msg_id() -> String {
+    format!("{:032x}", rand::random::<u128>())
+}
+
+/// Encodes a client frame as it goes on the wire (for tests that write raw bytes).
+pub fn encode_client_frame(frame: &ClientFrame) -> Bytes {
+    Bytes::from(frame.encode_length_delimited_to_vec())
+}
+
+/// One line describing a delivery: `[seq] from -> to: text` (`#group` for group messages).
+pub fn format_delivery(d: &v1::Delivery) -> String {
+    let to = if d.kind == v1::ConversationKind::Group as i32 {
+        format!("#{}", d.conversation)
+    } else {
+        d.conversation.clone()
+    };
+    // Group history entries carry only the group's seq.
+    let seq = if d.seq == 0 { d.group_seq } else { d.seq };
+    format!("[{}] {} -> {}: {}", seq, d.from, to, d.text)
+}

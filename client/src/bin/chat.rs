@@ -1,1 +1,318 @@
-fn main() {}
+//! The `chat` command-line client: an interactive chat, and subcommands for scripts.
+
+use anyhow::{Context, Result, anyhow, bail};
+use chat_client::proto::ConversationKind;
+use chat_client::{Client, Push, format_delivery};
+use clap::{Parser, Subcommand};
+use std::time::Duration;
+use tokio::io::AsyncBufReadExt;
+use tokio::sync::mpsc::UnboundedReceiver;
+
+/// Chat with users of a chat cluster.
+#[derive(Debug, Parser)]
+#[command(version, about, after_help = EXAMPLES)]
+struct Cli {
+    /// Node address host:port (repeatable: the next is tried when one fails).
+    #[arg(long = "server", default_value = "127.0.0.1:7400", global = true)]
+    servers: Vec<String>,
+    /// Username to log in as.
+    #[arg(long, global = true)]
+    user: Option<String>,
+    /// Password (prompted for when missing and needed).
+    #[arg(long, global = true, env = "CHAT_PASSWORD", hide_env_values = true)]
+    password: Option<String>,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+const EXAMPLES: &str = "Examples:
+  chat register alice --password secret
+  chat --user alice --password secret                 (interactive)
+  chat --user alice --password secret send bob \"hi\"
+  chat --user bob --password pw recv --wait 5
+  chat --user alice --password secret group-create rust
+  chat --user alice --password secret group-send rust \"hello all\"
+  chat --user alice --password secret online";
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Create an account.
+    Register {
+        /// The new username (1 to 32 of A-Z a-z 0-9 _ . -).
+        name: String,
+    },
+    /// Send a private message and wait for the server's acknowledgement.
+    Send {
+        /// Recipient.
+        to: String,
+        /// Text.
+        text: String,
+    },
+    /// Create a group (you become its first member).
+    GroupCreate {
+        /// Group name.
+        group: String,
+    },
+    /// Join a group.
+    GroupJoin {
+        /// Group name.
+        group: String,
+    },
+    /// Leave a group.
+    GroupLeave {
+        /// Group name.
+        group: String,
+    },
+    /// Send a message to a group.
+    GroupSend {
+        /// Group name.
+        group: String,
+        /// Text.
+        text: String,
+    },
+    /// Print messages (offline ones first, then live ones) for SECS seconds.
+    Recv {
+        /// How long to listen, in seconds.
+        #[arg(long, default_value_t = 5)]
+        wait: u64,
+    },
+    /// Print online users, one per line.
+    Online,
+    /// Print your groups, one per line.
+    Groups,
+    /// Print a group's members, one per line.
+    Members {
+        /// Group name.
+        group: String,
+    },
+    /// Print the history of a conversation: USER or #GROUP.
+    History {
+        /// A username, or a group name prefixed with '#'.
+        with: String,
+    },
+}
+
+#[tokio::main]
+async fn main() {
+    let cli = Cli::parse();
+    if let Err(e) = run(cli).await {
+        eprintln!("chat: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+async fn run(cli: Cli) -> Result<()> {
+    let (client, pushes) = Client::connect_any(&cli.servers)
+        .await
+        .with_context(|| format!("cannot connect to {}", cli.servers.join(", ")))?;
+    let Some(command) = cli.command else {
+        let (user, password) = credentials(&cli.user, &cli.password)?;
+        let ok = client.login(&user, &password).await?;
+        return interactive(client, pushes, &user, ok.delivered_seq).await;
+    };
+    if let Command::Register { name } = &command {
+        let password = match &cli.password {
+            Some(p) => p.clone(),
+            None => rpassword::prompt_password("password: ")?,
+        };
+        client.register(name, &password).await?;
+        println!("registered {name}");
+        return Ok(());
+    }
+    let (user, password) = credentials(&cli.user, &cli.password)?;
+    let login = client.login(&user, &password).await?;
+    match command {
+        Command::Register { .. } => unreachable!("handled above"),
+        Command::Send { to, text } => {
+            let ack = client.send_private(&to, &text).await?;
+            println!("sent {} (seq {})", ack.message_id, ack.seq);
+        }
+        Command::GroupCreate { group } => {
+            client.create_group(&group).await?;
+            println!("created #{group}");
+        }
+        Command::GroupJoin { group } => {
+            client.join_group(&group).await?;
+            println!("joined #{group}");
+        }
+        Command::GroupLeave { group } => {
+            client.leave_group(&group).await?;
+            println!("left #{group}");
+        }
+        Command::GroupSend { group, text } => {
+            let ack = client.send_group(&group, &text).await?;
+            println!("sent {} (group seq {})", ack.message_id, ack.seq);
+        }
+        Command::Recv { wait } => recv(&client, pushes, login.delivered_seq, Duration::from_secs(wait)).await?,
+        Command::Online => {
+            for u in client.online().await? {
+                println!("{u}");
+            }
+        }
+        Command::Groups => {
+            for g in client.my_groups().await? {
+                println!("{g}");
+            }
+        }
+        Command::Members { group } => {
+            for m in client.members(&group).await? {
+                println!("{m}");
+            }
+        }
+        Command::History { with } => {
+            for line in history(&client, &with).await? {
+                println!("{line}");
+            }
+        }
+    }
+    Ok(())
+}
+
+fn credentials(user: &Option<String>, password: &Option<String>) -> Result<(String, String)> {
+    let user = user.clone().ok_or_else(|| anyhow!("--user is required for this command"))?;
+    let password = match password {
+        Some(p) => p.clone(),
+        None => rpassword::prompt_password(format!("password for {user}: "))?,
+    };
+    Ok((user, password))
+}
+
+/// Prints offline messages from the inbox, then live ones, acknowledging what it printed.
+async fn recv(client: &Client, mut pushes: UnboundedReceiver<Push>, delivered: u64, wait: Duration) -> Result<()> {
+    let deadline = tokio::time::Instant::now() + wait;
+    // Live pushes that arrive while syncing are newer than the sync's end; printing
+    // by seq and skipping what was printed keeps the order and drops nothing.
+    let mut last = delivered;
+    for d in client.sync_all(delivered).await? {
+        println!("{}", format_delivery(&d));
+        last = d.seq;
+    }
+    if last > delivered {
+        client.ack_delivered(last).await?;
+    }
+    loop {
+        let push = tokio::select! {
+            _ = tokio::time::sleep_until(deadline) => break,
+            p = pushes.recv() => p,
+        };
+        match push {
+            Some(Push::Delivery(d)) if d.seq > last => {
+                if d.seq > last + 1 {
+                    // A gap: fetch what is missing first.
+                    for missed in client.sync_all(last).await? {
+                        if missed.seq < d.seq {
+                            println!("{}", format_delivery(&missed));
+                        }
+                    }
+                }
+                println!("{}", format_delivery(&d));
+                last = d.seq;
+                client.ack_delivered(last).await?;
+            }
+            Some(Push::Receipt(r)) => println!("receipt: {} {:?} by {}", r.message_id, r.kind(), r.by),
+            Some(Push::Closing(c)) => bail!("server closed the connection: {}", c.reason),
+            Some(_) => {}
+            None => bail!("connection lost"),
+        }
+    }
+    Ok(())
+}
+
+async fn history(client: &Client, with: &str) -> Result<Vec<String>> {
+    let (kind, name) = match with.strip_prefix('#') {
+        Some(g) => (ConversationKind::Group, g),
+        None => (ConversationKind::Private, with),
+    };
+    let page = client.history(kind, name, 0, 50).await?;
+    let mut lines: Vec<String> = page.messages.iter().map(format_delivery).collect();
+    lines.reverse();
+    Ok(lines)
+}
+
+const HELP: &str = "  @USER TEXT     private message
+  #GROUP TEXT    group message
+  :olu           online users
+  :create G      create group G
+  :join G        join group G
+  :leave G       leave group G
+  :groups        my groups
+  :members G     members of group G
+  :history X     history with user X or #group X
+  :help          this text
+  :q             quit";
+
+async fn interactive(client: Client, mut pushes: UnboundedReceiver<Push>, user: &str, delivered: u64) -> Result<()> {
+    println!("logged in as {user}; :help for commands");
+    let mut last = delivered;
+    for d in client.sync_all(delivered).await? {
+        println!("{}", format_delivery(&d));
+        last = d.seq;
+    }
+    if last > delivered {
+        client.ack_delivered(last).await?;
+    }
+    let mut lines = tokio::io::BufReader::new(tokio::io::stdin()).lines();
+    loop {
+        tokio::select! {
+            push = pushes.recv() => match push {
+                Some(Push::Delivery(d)) => {
+                    if d.seq > last {
+                        println!("{}", format_delivery(&d));
+                        last = d.seq;
+                        let _ = client.ack_delivered(last).await;
+                    }
+                }
+                Some(Push::Receipt(r)) => println!("  ({:?} by {}: {})", r.kind(), r.by, r.message_id),
+                Some(Push::Closing(c)) => bail!("server closed the connection: {}", c.reason),
+                Some(Push::Error(e)) => eprintln!("server error: {}", e.message),
+                None => bail!("connection lost"),
+            },
+            line = lines.next_line() => {
+                let Some(line) = line? else { return Ok(()) };
+                match command(&client, line.trim()).await {
+                    Ok(true) => return Ok(()),
+                    Ok(false) => {}
+                    Err(e) => eprintln!("error: {e:#}"),
+                }
+            }
+        }
+    }
+}
+
+/// Runs one interactive line; true means quit.
+async fn command(client: &Client, line: &str) -> Result<bool> {
+    let (head, rest) = line.split_once(' ').map_or((line, ""), |(h, r)| (h, r.trim()));
+    let arg = |what: &str| -> Result<&str> {
+        if rest.is_empty() {
+            bail!("usage: {head} {what}")
+        } else {
+            Ok(rest)
+        }
+    };
+    match head {
+        "" => {}
+        ":q" | ":quit" => return Ok(true),
+        ":help" => println!("{HELP}"),
+        ":olu" => println!("online: {}", client.online().await?.join(", ")),
+        ":create" => client.create_group(arg("GROUP")?).await.map(|()| println!("created #{rest}"))?,
+        ":join" => client.join_group(arg("GROUP")?).await.map(|()| println!("joined #{rest}"))?,
+        ":leave" => client.leave_group(arg("GROUP")?).await.map(|()| println!("left #{rest}"))?,
+        ":groups" => println!("groups: {}", client.my_groups().await?.join(", ")),
+        ":members" => println!("members: {}", client.members(arg("GROUP")?).await?.join(", ")),
+        ":history" => {
+            for l in history(client, arg("USER|#GROUP")?).await? {
+                println!("{l}");
+            }
+        }
+        h if h.starts_with('@') && h.len() > 1 => {
+            let ack = client.send_private(&h[1..], arg("TEXT")?).await?;
+            println!("  (sent {})", ack.message_id);
+        }
+        h if h.starts_with('#') && h.len() > 1 => {
+            let ack = client.send_group(&h[1..], arg("TEXT")?).await?;
+            println!("  (sent {})", ack.message_id);
+        }
+        _ => bail!("unknown command {head:?}; :help lists them"),
+    }
+    Ok(false)
+}
