@@ -1,1 +1,357 @@
-//! placeholder
+//! Test harness: starts the real `chat-node` binary on free loopback ports with its own
+//! temporary data folder, and offers clients, raw sockets and polling helpers.
+
+use anyhow::{Context, Result, bail};
+use bytes::BytesMut;
+use chat_client::{Client, Push};
+use chat_protocol::codec::FrameCodec;
+use chat_protocol::v1::ServerFrame;
+use prost::Message;
+use std::future::Future;
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::sync::mpsc::UnboundedReceiver;
+use tokio_util::codec::Decoder;
+
+/// The default deadline for anything a test waits for.
+pub const DEADLINE: Duration = Duration::from_secs(20);
+
+/// A built binary of this workspace (target/<profile>/NAME), next to the test executable.
+pub fn bin(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("test executable path");
+    // target/<profile>/deps/<test> -> target/<profile>/<name>
+    let dir = exe.parent().and_then(Path::parent).expect("target/<profile>");
+    let path = dir.join(name);
+    assert!(
+        path.exists(),
+        "{} is missing: run the suite with `cargo test --workspace` so the binaries are built",
+        path.display()
+    );
+    path
+}
+
+/// Settings the tests commonly change. Everything else stays at the node's defaults,
+/// except argon2's cost, which is lowered so that tests register users quickly.
+#[derive(Debug, Clone)]
+pub struct NodeOpts {
+    /// Extra TOML appended to the generated config (whole sections).
+    pub extra_toml: String,
+    /// `[client]` lines.
+    pub client_toml: String,
+}
+
+impl Default for NodeOpts {
+    fn default() -> Self {
+        Self {
+            extra_toml: String::new(),
+            client_toml: String::new(),
+        }
+    }
+}
+
+/// A running `chat-node` child process; killed when dropped.
+pub struct Node {
+    child: Option<Child>,
+    /// The client address it printed.
+    pub addr: String,
+    dir: tempfile::TempDir,
+    opts: NodeOpts,
+    /// Its stderr log.
+    pub log: PathBuf,
+}
+
+impl Node {
+    /// Starts a node with default test settings.
+    pub fn start() -> Result<Self> {
+        Self::start_with(NodeOpts::default())
+    }
+
+    /// Starts a node with the given settings, in a fresh data folder.
+    pub fn start_with(opts: NodeOpts) -> Result<Self> {
+        let dir = tempfile::tempdir()?;
+        let (child, addr, log) = spawn_node(dir.path(), &opts)?;
+        Ok(Self {
+            child: Some(child),
+            addr,
+            dir,
+            opts,
+            log,
+        })
+    }
+
+    /// The node's process id.
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("running").id()
+    }
+
+    /// Kills the node with SIGKILL and reaps it.
+    pub fn kill9(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Sends SIGTERM and waits for the exit status.
+    pub fn terminate(&mut self) -> Result<std::process::ExitStatus> {
+        let mut child = self.child.take().context("not running")?;
+        signal(child.id(), "TERM")?;
+        let deadline = Instant::now() + DEADLINE;
+        loop {
+            if let Some(status) = child.try_wait()? {
+                return Ok(status);
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                bail!("node did not stop after SIGTERM");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Starts the node again on its data folder (it gets a new port).
+    pub fn restart(&mut self) -> Result<()> {
+        self.kill9();
+        let (child, addr, log) = spawn_node(self.dir.path(), &self.opts)?;
+        self.child = Some(child);
+        self.addr = addr;
+        self.log = log;
+        Ok(())
+    }
+
+    /// A connected client (after Hello).
+    pub async fn connect(&self) -> Result<(Client, UnboundedReceiver<Push>)> {
+        Ok(Client::connect(&self.addr).await?)
+    }
+
+    /// Registers `name` (password "pw-NAME") and logs it in on a new connection.
+    pub async fn user(&self, name: &str) -> Result<(Client, UnboundedReceiver<Push>)> {
+        let (c, p) = self.connect().await?;
+        c.register(name, &password(name)).await?;
+        c.login(name, &password(name)).await?;
+        Ok((c, p))
+    }
+
+    /// Logs an already registered user in on a new connection.
+    pub async fn login(&self, name: &str) -> Result<(Client, UnboundedReceiver<Push>, chat_protocol::v1::LoginOk)> {
+        let (c, p) = self.connect().await?;
+        let ok = c.login(name, &password(name)).await?;
+        Ok((c, p, ok))
+    }
+
+    /// The node's resident memory in KiB (from /proc).
+    pub fn rss_kib(&self) -> Option<u64> {
+        rss_kib(self.pid())
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+/// The password the harness uses for `name`.
+pub fn password(name: &str) -> String {
+    format!("pw-{name}")
+}
+
+/// Resident memory of a process, in KiB.
+pub fn rss_kib(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
+    line.split_whitespace().nth(1)?.parse().ok()
+}
+
+fn signal(pid: u32, sig: &str) -> Result<()> {
+    let status = Command::new("kill").arg(format!("-{sig}")).arg(pid.to_string()).status()?;
+    if !status.success() {
+        bail!("kill -{sig} {pid} failed");
+    }
+    Ok(())
+}
+
+/// Sends SIGSTOP/SIGCONT etc. to a process.
+pub fn send_signal(pid: u32, sig: &str) -> Result<()> {
+    signal(pid, sig)
+}
+
+fn spawn_node(dir: &Path, opts: &NodeOpts) -> Result<(Child, String, PathBuf)> {
+    let config = dir.join("node.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "data_dir = {data:?}\n[client]\nlisten = \"127.0.0.1:0\"\n{client}\n[cluster]\nlisten = \"127.0.0.1:0\"\n[auth]\nargon2_memory_kib = 64\nargon2_iterations = 1\n{extra}\n",
+            data = dir.join("data"),
+            client = opts.client_toml,
+            extra = opts.extra_toml,
+        ),
+    )?;
+    let log = dir.join(format!("node-{}.log", std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_nanos()));
+    let mut child = Command::new(bin("chat-node"))
+        .arg("--config")
+        .arg(&config)
+        .env("RUST_LOG", "info")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(std::fs::File::create(&log)?)
+        .spawn()
+        .context("cannot start chat-node")?;
+    let stdout = child.stdout.take().context("stdout")?;
+    // Read the announcement line on a thread so a silent node cannot hang the test.
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut lines = BufReader::new(stdout).lines();
+        if let Some(Ok(line)) = lines.next() {
+            let _ = tx.send(line);
+        }
+        // Keep draining so the node never blocks on a full pipe.
+        for _ in lines {}
+    });
+    let line = match rx.recv_timeout(DEADLINE) {
+        Ok(line) => line,
+        Err(_) => {
+            let _ = child.kill();
+            bail!("chat-node printed no address; log: {}", std::fs::read_to_string(&log).unwrap_or_default());
+        }
+    };
+    let addr = line
+        .rsplit_once("listening for clients on ")
+        .map(|(_, a)| a.trim().to_owned())
+        .with_context(|| format!("unexpected first line {line:?}"))?;
+    Ok((child, addr, log))
+}
+
+/// Polls `check` until it returns `Some`, or fails after `deadline`.
+pub async fn wait_for<T, F, Fut>(what: &str, deadline: Duration, mut check: F) -> Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let end = Instant::now() + deadline;
+    loop {
+        if let Some(v) = check().await {
+            return Ok(v);
+        }
+        if Instant::now() > end {
+            bail!("timed out waiting for {what}");
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}
+
+/// The next push that `pick` accepts, within the deadline.
+pub async fn next_push<T>(
+    pushes: &mut UnboundedReceiver<Push>,
+    mut pick: impl FnMut(Push) -> Option<T>,
+) -> Result<T> {
+    let end = tokio::time::Instant::now() + DEADLINE;
+    loop {
+        match tokio::time::timeout_at(end, pushes.recv()).await {
+            Ok(Some(p)) => {
+                if let Some(v) = pick(p) {
+                    return Ok(v);
+                }
+            }
+            Ok(None) => bail!("connection closed while waiting for a push"),
+            Err(_) => bail!("no matching push within {DEADLINE:?}"),
+        }
+    }
+}
+
+/// The next delivery pushed.
+pub async fn next_delivery(pushes: &mut UnboundedReceiver<Push>) -> Result<chat_protocol::v1::Delivery> {
+    next_push(pushes, |p| match p {
+        Push::Delivery(d) => Some(d),
+        _ => None,
+    })
+    .await
+}
+
+/// A raw TCP connection for sending arbitrary bytes and reading server frames.
+pub struct Raw {
+    stream: TcpStream,
+    buf: BytesMut,
+    codec: FrameCodec,
+}
+
+/// What a raw read saw.
+#[derive(Debug)]
+pub enum RawEvent {
+    /// A decoded server frame.
+    Frame(ServerFrame),
+    /// The server closed the connection.
+    Closed,
+}
+
+impl Raw {
+    /// Connects to a node.
+    pub async fn connect(addr: &str) -> Result<Self> {
+        Ok(Self {
+            stream: TcpStream::connect(addr).await?,
+            buf: BytesMut::new(),
+            codec: FrameCodec::new(16 * 1024 * 1024),
+        })
+    }
+
+    /// Writes bytes as they are.
+    pub async fn write(&mut self, bytes: &[u8]) -> Result<()> {
+        self.stream.write_all(bytes).await?;
+        Ok(())
+    }
+
+    /// Writes one well-formed client frame.
+    pub async fn send(&mut self, frame: &chat_protocol::v1::ClientFrame) -> Result<()> {
+        self.write(&frame.encode_length_delimited_to_vec()).await
+    }
+
+    /// The next frame, or Closed; fails after the deadline.
+    pub async fn next(&mut self) -> Result<RawEvent> {
+        let end = tokio::time::Instant::now() + DEADLINE;
+        loop {
+            if let Some(frame) = self.codec.decode(&mut self.buf)? {
+                return Ok(RawEvent::Frame(ServerFrame::decode(frame)?));
+            }
+            let mut chunk = [0u8; 4096];
+            match tokio::time::timeout_at(end, self.stream.read(&mut chunk)).await {
+                Ok(Ok(0)) | Ok(Err(_)) => return Ok(RawEvent::Closed),
+                Ok(Ok(n)) => self.buf.extend_from_slice(&chunk[..n]),
+                Err(_) => bail!("no frame and no close within {DEADLINE:?}"),
+            }
+        }
+    }
+
+    /// Reads until the server closes the connection, returning every frame seen.
+    pub async fn until_closed(&mut self) -> Result<Vec<ServerFrame>> {
+        let mut frames = Vec::new();
+        loop {
+            match self.next().await? {
+                RawEvent::Frame(f) => frames.push(f),
+                RawEvent::Closed => return Ok(frames),
+            }
+        }
+    }
+}
+
+/// Runs the `chat` CLI with `args`, returning (success, stdout, stderr).
+pub async fn cli(args: &[&str]) -> Result<(bool, String, String)> {
+    let out = tokio::time::timeout(
+        DEADLINE,
+        tokio::process::Command::new(bin("chat"))
+            .args(args)
+            .stdin(Stdio::null())
+            .kill_on_drop(true)
+            .output(),
+    )
+    .await
+    .context("chat CLI did not finish in time")??;
+    Ok((
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    ))
+}
