@@ -3,7 +3,9 @@
 
 use bytes::Bytes;
 use chat_protocol::codec::{CodecError, FrameCodec};
-use chat_protocol::v1::{self, ClientFrame, ErrorCode, ServerFrame, client_frame::Body as Req, server_frame::Body as Resp};
+use chat_protocol::v1::{
+    self, ClientFrame, ErrorCode, ServerFrame, client_frame::Body as Req, server_frame::Body as Resp,
+};
 use futures::{SinkExt, StreamExt};
 use prost::Message;
 use std::collections::HashMap;
@@ -243,7 +245,11 @@ impl Client {
             .await
     }
 
-    async fn login_with(&self, username: &str, credential: v1::login_request::Credential) -> Result<v1::LoginOk> {
+    async fn login_with(
+        &self,
+        username: &str,
+        credential: v1::login_request::Credential,
+    ) -> Result<v1::LoginOk> {
         match self
             .request(Req::Login(v1::LoginRequest {
                 username: username.into(),
@@ -258,7 +264,10 @@ impl Client {
 
     /// Logs out (the connection stays open).
     pub async fn logout(&self) -> Result<()> {
-        match self.request(Req::Logout(v1::LogoutRequest { revoke_token: false })).await? {
+        match self
+            .request(Req::Logout(v1::LogoutRequest { revoke_token: false }))
+            .await?
+        {
             Resp::LogoutOk(_) => Ok(()),
             other => Err(unexpected(other)),
         }
@@ -278,7 +287,12 @@ impl Client {
     }
 
     /// Sends a private message with the given client message id (resend = same id).
-    pub async fn send_private_with_id(&self, to: &str, client_msg_id: &str, text: &str) -> Result<v1::SendAck> {
+    pub async fn send_private_with_id(
+        &self,
+        to: &str,
+        client_msg_id: &str,
+        text: &str,
+    ) -> Result<v1::SendAck> {
         expect_ack(
             self.request(Req::SendPrivate(v1::SendPrivate {
                 to: to.into(),
@@ -295,7 +309,12 @@ impl Client {
     }
 
     /// Sends a group message with the given client message id.
-    pub async fn send_group_with_id(&self, group: &str, client_msg_id: &str, text: &str) -> Result<v1::SendAck> {
+    pub async fn send_group_with_id(
+        &self,
+        group: &str,
+        client_msg_id: &str,
+        text: &str,
+    ) -> Result<v1::SendAck> {
         expect_ack(
             self.request(Req::SendGroup(v1::SendGroup {
                 group: group.into(),
@@ -308,7 +327,10 @@ impl Client {
 
     /// Marks everything up to `seq` as delivered.
     pub async fn ack_delivered(&self, seq: u64) -> Result<v1::AckOk> {
-        expect_ack_ok(self.request(Req::AckDelivered(v1::AckDelivered { up_to_seq: seq })).await?)
+        expect_ack_ok(
+            self.request(Req::AckDelivered(v1::AckDelivered { up_to_seq: seq }))
+                .await?,
+        )
     }
 
     /// Marks everything up to `seq` as read.
@@ -318,7 +340,10 @@ impl Client {
 
     /// One page of inbox entries after `after_seq`.
     pub async fn sync(&self, after_seq: u64, limit: u32) -> Result<v1::SyncPage> {
-        match self.request(Req::Sync(v1::SyncRequest { after_seq, limit })).await? {
+        match self
+            .request(Req::Sync(v1::SyncRequest { after_seq, limit }))
+            .await?
+        {
             Resp::SyncPage(p) => Ok(p),
             other => Err(unexpected(other)),
         }
@@ -364,17 +389,20 @@ impl Client {
 
     /// Creates a group.
     pub async fn create_group(&self, group: &str) -> Result<()> {
-        self.group_op(Req::CreateGroup(v1::CreateGroup { group: group.into() })).await
+        self.group_op(Req::CreateGroup(v1::CreateGroup { group: group.into() }))
+            .await
     }
 
     /// Joins a group.
     pub async fn join_group(&self, group: &str) -> Result<()> {
-        self.group_op(Req::JoinGroup(v1::JoinGroup { group: group.into() })).await
+        self.group_op(Req::JoinGroup(v1::JoinGroup { group: group.into() }))
+            .await
     }
 
     /// Leaves a group.
     pub async fn leave_group(&self, group: &str) -> Result<()> {
-        self.group_op(Req::LeaveGroup(v1::LeaveGroup { group: group.into() })).await
+        self.group_op(Req::LeaveGroup(v1::LeaveGroup { group: group.into() }))
+            .await
     }
 
     async fn group_op(&self, req: Req) -> Result<()> {
@@ -386,7 +414,10 @@ impl Client {
 
     /// A group's members.
     pub async fn members(&self, group: &str) -> Result<Vec<String>> {
-        match self.request(Req::ListMembers(v1::ListMembers { group: group.into() })).await? {
+        match self
+            .request(Req::ListMembers(v1::ListMembers { group: group.into() }))
+            .await?
+        {
             Resp::MemberList(m) => Ok(m.members),
             other => Err(unexpected(other)),
         }
@@ -405,7 +436,10 @@ impl Client {
         let mut users: Vec<String> = Vec::new();
         loop {
             let after = users.last().cloned().unwrap_or_default();
-            match self.request(Req::ListOnline(v1::ListOnline { after, limit: 0 })).await? {
+            match self
+                .request(Req::ListOnline(v1::ListOnline { after, limit: 0 }))
+                .await?
+            {
                 Resp::OnlineList(page) => {
                     users.extend(page.users);
                     if !page.has_more {

@@ -206,17 +206,35 @@ impl Config {
             c.max_text_bytes >= 1 && c.max_text_bytes + 512 <= c.max_frame_bytes,
             "client.max_text_bytes must be at least 1 and leave 512 bytes of room below client.max_frame_bytes",
         )?;
-        check(c.idle_timeout_ms >= 1000, "client.idle_timeout_ms must be at least 1000")?;
-        check(c.login_timeout_ms >= 100, "client.login_timeout_ms must be at least 100")?;
-        check(c.outbound_queue >= 16, "client.outbound_queue must be at least 16")?;
+        check(
+            c.idle_timeout_ms >= 1000,
+            "client.idle_timeout_ms must be at least 1000",
+        )?;
+        check(
+            c.login_timeout_ms >= 100,
+            "client.login_timeout_ms must be at least 100",
+        )?;
+        check(
+            c.outbound_queue >= 16,
+            "client.outbound_queue must be at least 16",
+        )?;
         check(c.max_in_flight >= 1, "client.max_in_flight must be at least 1")?;
-        check(!self.cluster.cookie.is_empty(), "cluster.cookie must not be empty")?;
-        check(self.auth.token_ttl_secs >= 60, "auth.token_ttl_secs must be at least 60")?;
+        check(
+            !self.cluster.cookie.is_empty(),
+            "cluster.cookie must not be empty",
+        )?;
+        check(
+            self.auth.token_ttl_secs >= 60,
+            "auth.token_ttl_secs must be at least 60",
+        )?;
         check(
             self.auth.argon2_memory_kib >= 8 && self.auth.argon2_iterations >= 1,
             "auth.argon2_memory_kib must be at least 8 and auth.argon2_iterations at least 1",
         )?;
-        check(self.storage.commit_max_batch >= 1, "storage.commit_max_batch must be at least 1")?;
+        check(
+            self.storage.commit_max_batch >= 1,
+            "storage.commit_max_batch must be at least 1",
+        )?;
         check(
             self.storage.retention_max_messages >= 1,
             "storage.retention_max_messages must be at least 1",
@@ -275,7 +293,8 @@ mod tests {
             let path = entry.unwrap().path();
             if path.extension().is_some_and(|e| e == "toml") {
                 let cfg = Config::from_file(&path).unwrap();
-                cfg.validate().unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+                cfg.validate()
+                    .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
                 seen += 1;
             }
         }

@@ -91,7 +91,10 @@ async fn serve(cfg: Config) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("cannot listen on {}", cfg.client.listen))?;
     let addr = listener.local_addr()?;
-    let name = cfg.name.clone().unwrap_or_else(|| chat_node::server::default_name(addr));
+    let name = cfg
+        .name
+        .clone()
+        .unwrap_or_else(|| chat_node::server::default_name(addr));
     // Tests and scripts read this line to learn the real port.
     println!("chat-node {name} listening for clients on {addr}");
     std::io::stdout().flush()?;
@@ -105,7 +108,8 @@ async fn serve(cfg: Config) -> anyhow::Result<()> {
 /// First SIGINT or SIGTERM: orderly shutdown. Second: exit at once.
 async fn watch_signals(shutdown: CancellationToken) {
     use tokio::signal::unix::{SignalKind, signal};
-    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
+    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt()))
+    else {
         tracing::error!("cannot install signal handlers");
         return;
     };

@@ -108,9 +108,23 @@ pub fn default_name(addr: SocketAddr) -> String {
     format!("node-{}", addr.port())
 }
 
+/// Wakes every group whose fan-out a crash interrupted, so it finishes it; the
+/// inboxes drop the copies they already have.
+pub fn resume_interrupted_fanouts(storage: &Storage, router: &Router) -> Result<(), StorageError> {
+    for group in storage.pending_fanouts()? {
+        tracing::info!(group = %group, "finishing an interrupted group fan-out");
+        router.to_group(&group, crate::actors::group::GroupMsg::Wake);
+    }
+    Ok(())
+}
+
 /// Runs a node on an already bound client listener until `shutdown` is cancelled,
 /// then stops in order. The caller binds, so tests can pass `127.0.0.1:0`.
-pub async fn run(config: Config, listener: TcpListener, shutdown: CancellationToken) -> Result<(), NodeError> {
+pub async fn run(
+    config: Config,
+    listener: TcpListener,
+    shutdown: CancellationToken,
+) -> Result<(), NodeError> {
     config.validate()?;
     let config = Arc::new(config);
     let client_addr = listener.local_addr()?;
@@ -153,6 +167,7 @@ pub async fn run(config: Config, listener: TcpListener, shutdown: CancellationTo
         hashing,
         hash_slots: Semaphore::new(parallelism),
     });
+    resume_interrupted_fanouts(&storage, &ctx.router)?;
     tracing::info!(node = %node_name, addr = %client_addr, data = %config.data_dir.display(), "node started");
 
     loop {
@@ -195,4 +210,100 @@ pub async fn run(config: Config, listener: TcpListener, shutdown: CancellationTo
     let _ = registry_handle.await;
     tracing::info!(node = %node_name, "storage flushed; stopped");
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::storage::{TreeId, kind, scoped, seq_key, suffix_key};
+    use chat_protocol::internal::{GroupMessage, GroupRecord};
+    use prost::Message;
+
+    #[tokio::test]
+    async fn a_group_fan_out_cut_short_by_a_crash_is_finished_at_start() {
+        let dir = tempfile::tempdir().unwrap();
+        let storage = Storage::open(dir.path(), 16).unwrap();
+        // What a crash leaves behind: the message is stored and acknowledged, but
+        // bob's inbox never got it, and alice's did.
+        let record = GroupRecord {
+            creator: "alice".into(),
+            created_at_ms: 1,
+            last_seq: 1,
+            fanout_seq: 0,
+        };
+        let message = GroupMessage {
+            message_id: "g:team:1".into(),
+            from: "carol".into(),
+            timestamp_ms: 5,
+            text: "survives".into(),
+            client_msg_id: "c1".into(),
+            recipients: vec!["alice".into(), "bob".into()],
+        };
+        let mut groups = sled::Batch::default();
+        groups.insert(scoped("team", kind::META), record.encode_to_vec());
+        groups.insert(seq_key("team", kind::MESSAGE, 1), message.encode_to_vec());
+        for m in ["alice", "bob", "carol"] {
+            groups.insert(suffix_key("team", kind::MEMBER, m.as_bytes()), &[][..]);
+        }
+        let mut marker = sled::Batch::default();
+        marker.insert(&b"team"[..], &[][..]);
+        storage
+            .commit_wait(vec![(TreeId::Groups, groups), (TreeId::Fanout, marker)])
+            .await
+            .unwrap();
+
+        let (registry, _) = Actor::spawn(
+            None,
+            Registry,
+            RegistryArgs {
+                node: "t".into(),
+                client_addr: "127.0.0.1:1".into(),
+                storage: storage.clone(),
+                max_messages: 100,
+                max_age: None,
+                sessions: Arc::default(),
+            },
+        )
+        .await
+        .unwrap();
+        let router = Router::new(registry.clone());
+        // alice already has it (as if the crash came after her copy).
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        router.to_inbox(
+            "alice",
+            crate::actors::inbox::InboxMsg::Append {
+                origin: crate::actors::inbox::group_origin("team", 1),
+                draft: crate::actors::inbox::Draft {
+                    from: "carol".into(),
+                    kind: chat_protocol::v1::ConversationKind::Group,
+                    conversation: "team".into(),
+                    text: "survives".into(),
+                    group: Some((1, "g:team:1".into(), 5)),
+                },
+                reply: crate::actors::reply(move |r| {
+                    let _ = tx.send(r);
+                }),
+            },
+        );
+        rx.await.unwrap().unwrap();
+
+        resume_interrupted_fanouts(&storage, &router).unwrap();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let bob = storage.inbox_after("bob", 0, 10).unwrap();
+            let alice = storage.inbox_after("alice", 0, 10).unwrap();
+            let cleared = storage.pending_fanouts().unwrap().is_empty();
+            if bob.len() == 1 && cleared {
+                assert_eq!(bob[0].1.text, "survives");
+                assert_eq!(alice.len(), 1, "alice's copy was not stored twice");
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "fan-out not finished: bob {bob:?}, cleared {cleared}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        registry.stop(None);
+    }
 }

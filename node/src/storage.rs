@@ -63,6 +63,8 @@ pub enum TreeId {
     Inbox,
     /// Groups.
     Groups,
+    /// Groups whose latest messages are not yet in every member's inbox.
+    Fanout,
 }
 
 /// A length-prefixed name followed by a kind byte.
@@ -117,6 +119,7 @@ pub struct Storage {
     tokens: sled::Tree,
     inbox: sled::Tree,
     groups: sled::Tree,
+    fanout: sled::Tree,
     committer: mpsc::Sender<Commit>,
 }
 
@@ -130,6 +133,7 @@ impl Storage {
             tokens: db.open_tree("tokens")?,
             inbox: db.open_tree("inbox")?,
             groups: db.open_tree("groups")?,
+            fanout: db.open_tree("fanout")?,
             db,
             committer: tx,
         };
@@ -157,6 +161,7 @@ impl Storage {
             TreeId::Tokens => &self.tokens,
             TreeId::Inbox => &self.inbox,
             TreeId::Groups => &self.groups,
+            TreeId::Fanout => &self.fanout,
         }
     }
 
@@ -363,6 +368,16 @@ impl Storage {
         Ok(out)
     }
 
+    /// Groups whose fan-out a crash may have interrupted.
+    pub fn pending_fanouts(&self) -> Result<Vec<String>> {
+        let mut out = Vec::new();
+        for item in self.fanout.iter() {
+            let (k, _) = item?;
+            out.push(String::from_utf8_lossy(&k).into_owned());
+        }
+        Ok(out)
+    }
+
     /// The group seq a sender's client message id was stored under, if any.
     pub fn group_origin(&self, group: &str, origin: &[u8]) -> Result<Option<u64>> {
         Ok(self
@@ -429,7 +444,12 @@ mod tests {
         append(&mut batch, "bobby", 1, "other user");
         s.commit_wait(vec![(TreeId::Inbox, batch)]).await.unwrap();
 
-        let seqs: Vec<u64> = s.inbox_after("bob", 0, 100).unwrap().iter().map(|e| e.0).collect();
+        let seqs: Vec<u64> = s
+            .inbox_after("bob", 0, 100)
+            .unwrap()
+            .iter()
+            .map(|e| e.0)
+            .collect();
         assert_eq!(seqs, vec![1, 2, 3, 255, 256]);
         let page: Vec<u64> = s.inbox_after("bob", 2, 2).unwrap().iter().map(|e| e.0).collect();
         assert_eq!(page, vec![3, 255]);
@@ -461,7 +481,11 @@ mod tests {
         let s = reopen_when_released(dir.path()).await;
         let got = s.inbox_after("carol", 0, 1000).unwrap();
         assert_eq!(got.len(), 50);
-        assert!(got.iter().enumerate().all(|(i, (seq, e))| *seq == i as u64 + 1 && e.text == format!("m{seq}")));
+        assert!(
+            got.iter()
+                .enumerate()
+                .all(|(i, (seq, e))| *seq == i as u64 + 1 && e.text == format!("m{seq}"))
+        );
     }
 
     /// sled holds a file lock until its last handle (the committer thread's) is dropped.

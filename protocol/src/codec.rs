@@ -121,16 +121,12 @@ pub fn encode_frame<M: prost::Message>(
 ) -> Result<(), CodecError> {
     let len = msg.encoded_len();
     if len > max_frame {
-        return Err(CodecError::OutgoingTooLarge {
-            len,
-            max: max_frame,
-        });
+        return Err(CodecError::OutgoingTooLarge { len, max: max_frame });
     }
     dst.reserve(prost::length_delimiter_len(len) + len);
     prost::encoding::encode_varint(len as u64, dst);
     // Cannot fail: the buffer was reserved above.
-    msg.encode(dst)
-        .expect("buffer reserved for the encoded message");
+    msg.encode(dst).expect("buffer reserved for the encoded message");
     Ok(())
 }
 

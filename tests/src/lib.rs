@@ -36,21 +36,12 @@ pub fn bin(name: &str) -> PathBuf {
 
 /// Settings the tests commonly change. Everything else stays at the node's defaults,
 /// except argon2's cost, which is lowered so that tests register users quickly.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub struct NodeOpts {
     /// Extra TOML appended to the generated config (whole sections).
     pub extra_toml: String,
     /// `[client]` lines.
     pub client_toml: String,
-}
-
-impl Default for NodeOpts {
-    fn default() -> Self {
-        Self {
-            extra_toml: String::new(),
-            client_toml: String::new(),
-        }
-    }
 }
 
 /// A running `chat-node` child process; killed when dropped.
@@ -137,7 +128,10 @@ impl Node {
     }
 
     /// Logs an already registered user in on a new connection.
-    pub async fn login(&self, name: &str) -> Result<(Client, UnboundedReceiver<Push>, chat_protocol::v1::LoginOk)> {
+    pub async fn login(
+        &self,
+        name: &str,
+    ) -> Result<(Client, UnboundedReceiver<Push>, chat_protocol::v1::LoginOk)> {
         let (c, p) = self.connect().await?;
         let ok = c.login(name, &password(name)).await?;
         Ok((c, p, ok))
@@ -168,7 +162,10 @@ pub fn rss_kib(pid: u32) -> Option<u64> {
 }
 
 fn signal(pid: u32, sig: &str) -> Result<()> {
-    let status = Command::new("kill").arg(format!("-{sig}")).arg(pid.to_string()).status()?;
+    let status = Command::new("kill")
+        .arg(format!("-{sig}"))
+        .arg(pid.to_string())
+        .status()?;
     if !status.success() {
         bail!("kill -{sig} {pid} failed");
     }
@@ -191,7 +188,12 @@ fn spawn_node(dir: &Path, opts: &NodeOpts) -> Result<(Child, String, PathBuf)> {
             extra = opts.extra_toml,
         ),
     )?;
-    let log = dir.join(format!("node-{}.log", std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_nanos()));
+    let log = dir.join(format!(
+        "node-{}.log",
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)?
+            .as_nanos()
+    ));
     let mut child = Command::new(bin("chat-node"))
         .arg("--config")
         .arg(&config)
@@ -216,7 +218,10 @@ fn spawn_node(dir: &Path, opts: &NodeOpts) -> Result<(Child, String, PathBuf)> {
         Ok(line) => line,
         Err(_) => {
             let _ = child.kill();
-            bail!("chat-node printed no address; log: {}", std::fs::read_to_string(&log).unwrap_or_default());
+            bail!(
+                "chat-node printed no address; log: {}",
+                std::fs::read_to_string(&log).unwrap_or_default()
+            );
         }
     };
     let addr = line

@@ -2,7 +2,10 @@
 //! naming rules, and requests in the wrong order.
 
 use chat_client::ClientError;
-use chat_client::proto::{ClientFrame, ErrorCode, LoginRequest, Ping, SendPrivate, client_frame::Body, login_request::Credential, server_frame};
+use chat_client::proto::{
+    ClientFrame, ErrorCode, LoginRequest, Ping, SendPrivate, client_frame::Body, login_request::Credential,
+    server_frame,
+};
 use chat_tests::{Node, Raw, RawEvent, password};
 
 fn code(e: &ClientError) -> Option<ErrorCode> {
@@ -84,7 +87,9 @@ async fn requests_before_hello_are_answered_with_unexpected() {
     })
     .await
     .unwrap();
-    let RawEvent::Frame(f) = raw.next().await.unwrap() else { panic!("closed") };
+    let RawEvent::Frame(f) = raw.next().await.unwrap() else {
+        panic!("closed")
+    };
     assert_eq!(f.request_id, 5);
     match f.body {
         Some(server_frame::Body::Error(e)) => assert_eq!(e.code, ErrorCode::Unexpected as i32),
@@ -97,7 +102,9 @@ async fn requests_before_hello_are_answered_with_unexpected() {
     })
     .await
     .unwrap();
-    let RawEvent::Frame(f) = raw.next().await.unwrap() else { panic!("closed") };
+    let RawEvent::Frame(f) = raw.next().await.unwrap() else {
+        panic!("closed")
+    };
     assert!(matches!(f.body, Some(server_frame::Body::Pong(_))));
     // A send before Hello is refused too, not processed.
     raw.send(&ClientFrame {
@@ -110,6 +117,8 @@ async fn requests_before_hello_are_answered_with_unexpected() {
     })
     .await
     .unwrap();
-    let RawEvent::Frame(f) = raw.next().await.unwrap() else { panic!("closed") };
+    let RawEvent::Frame(f) = raw.next().await.unwrap() else {
+        panic!("closed")
+    };
     assert!(matches!(f.body, Some(server_frame::Body::Error(_))));
 }

@@ -13,7 +13,10 @@ async fn private_message_to_an_online_user_is_pushed_at_once() {
     let (_bob, mut bob_rx) = node.user("bob").await.unwrap();
     let ack = alice.send_private("bob", "hello bob").await.unwrap();
     let d = next_delivery(&mut bob_rx).await.unwrap();
-    assert_eq!((d.from.as_str(), d.conversation.as_str(), d.text.as_str()), ("alice", "bob", "hello bob"));
+    assert_eq!(
+        (d.from.as_str(), d.conversation.as_str(), d.text.as_str()),
+        ("alice", "bob", "hello bob")
+    );
     assert_eq!(d.kind, ConversationKind::Private as i32);
     assert_eq!(d.message_id, ack.message_id);
     assert_eq!(d.seq, ack.seq);
@@ -70,9 +73,9 @@ async fn offline_messages_arrive_in_order_on_next_login_none_missing_none_twice(
     assert!(bob.sync(200, 0).await.unwrap().messages.is_empty());
 }
 
-async fn futures_join<F: std::future::Future>(futs: impl Iterator<Item = F>) -> Vec<F::Output>
+async fn futures_join<F>(futs: impl Iterator<Item = F>) -> Vec<F::Output>
 where
-    F: Send + 'static,
+    F: std::future::Future + Send + 'static,
     F::Output: Send + 'static,
 {
     let handles: Vec<_> = futs.map(tokio::spawn).collect();
@@ -120,7 +123,10 @@ async fn group_chat_reaches_members_but_the_sender_and_offline_members_on_login(
     let ack = alice.send_group("rust", "hello group").await.unwrap();
     assert_eq!(ack.seq, 1, "the group's own seq");
     let d = next_delivery(&mut bob_rx).await.unwrap();
-    assert_eq!((d.from.as_str(), d.conversation.as_str(), d.text.as_str()), ("alice", "rust", "hello group"));
+    assert_eq!(
+        (d.from.as_str(), d.conversation.as_str(), d.text.as_str()),
+        ("alice", "rust", "hello group")
+    );
     assert_eq!(d.kind, ConversationKind::Group as i32);
     assert_eq!(d.group_seq, 1);
     assert_eq!(d.message_id, ack.message_id);
@@ -139,7 +145,10 @@ async fn group_chat_reaches_members_but_the_sender_and_offline_members_on_login(
     members.sort();
     assert_eq!(members, ["alice", "bob", "carol"]);
     assert_eq!(bob.my_groups().await.unwrap(), ["rust"]);
-    let history = carol.history(ConversationKind::Group, "rust", 0, 10).await.unwrap();
+    let history = carol
+        .history(ConversationKind::Group, "rust", 0, 10)
+        .await
+        .unwrap();
     let texts: Vec<&str> = history.messages.iter().map(|m| m.text.as_str()).collect();
     assert_eq!(texts, ["reply", "hello group"], "newest first");
 }
@@ -156,7 +165,10 @@ async fn only_members_post_to_or_read_a_group() {
     assert_eq!(err.code(), Some(ErrorCode::NotAMember));
     let err = mallory.members("secret").await.unwrap_err();
     assert_eq!(err.code(), Some(ErrorCode::NotAMember));
-    let err = mallory.history(ConversationKind::Group, "secret", 0, 10).await.unwrap_err();
+    let err = mallory
+        .history(ConversationKind::Group, "secret", 0, 10)
+        .await
+        .unwrap_err();
     assert_eq!(err.code(), Some(ErrorCode::NotAMember));
     let err = mallory.send_group("nosuch", "x").await.unwrap_err();
     assert_eq!(err.code(), Some(ErrorCode::NotFound));
@@ -186,7 +198,10 @@ async fn sender_gets_delivered_and_read_receipts() {
     })
     .await
     .unwrap();
-    assert_eq!((r.kind, r.message_id.as_str(), r.by.as_str()), (ReceiptKind::Delivered as i32, ack.message_id.as_str(), "bob"));
+    assert_eq!(
+        (r.kind, r.message_id.as_str(), r.by.as_str()),
+        (ReceiptKind::Delivered as i32, ack.message_id.as_str(), "bob")
+    );
     let cursors = bob.ack_read(d.seq).await.unwrap();
     assert_eq!((cursors.delivered_seq, cursors.read_seq), (d.seq, d.seq));
     let r = next_push(&mut alice_rx, |p| match p {
@@ -223,11 +238,17 @@ async fn private_history_pages_backwards_through_a_conversation() {
         alice.send_private("bob", &format!("a{i}")).await.unwrap();
         carol.send_private("bob", &format!("c{i}")).await.unwrap();
     }
-    let first = bob.history(ConversationKind::Private, "alice", 0, 3).await.unwrap();
+    let first = bob
+        .history(ConversationKind::Private, "alice", 0, 3)
+        .await
+        .unwrap();
     let texts: Vec<&str> = first.messages.iter().map(|m| m.text.as_str()).collect();
     assert_eq!(texts, ["a5", "a4", "a3"]);
     assert!(first.next_before_seq > 0);
-    let second = bob.history(ConversationKind::Private, "alice", first.next_before_seq, 3).await.unwrap();
+    let second = bob
+        .history(ConversationKind::Private, "alice", first.next_before_seq, 3)
+        .await
+        .unwrap();
     let texts: Vec<&str> = second.messages.iter().map(|m| m.text.as_str()).collect();
     assert_eq!(texts, ["a2", "a1"]);
 }

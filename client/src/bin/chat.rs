@@ -143,7 +143,9 @@ async fn run(cli: Cli) -> Result<()> {
             let ack = client.send_group(&group, &text).await?;
             println!("sent {} (group seq {})", ack.message_id, ack.seq);
         }
-        Command::Recv { wait } => recv(&client, pushes, login.delivered_seq, Duration::from_secs(wait)).await?,
+        Command::Recv { wait } => {
+            recv(&client, pushes, login.delivered_seq, Duration::from_secs(wait)).await?
+        }
         Command::Online => {
             for u in client.online().await? {
                 println!("{u}");
@@ -169,7 +171,9 @@ async fn run(cli: Cli) -> Result<()> {
 }
 
 fn credentials(user: &Option<String>, password: &Option<String>) -> Result<(String, String)> {
-    let user = user.clone().ok_or_else(|| anyhow!("--user is required for this command"))?;
+    let user = user
+        .clone()
+        .ok_or_else(|| anyhow!("--user is required for this command"))?;
     let password = match password {
         Some(p) => p.clone(),
         None => rpassword::prompt_password(format!("password for {user}: "))?,
@@ -178,7 +182,12 @@ fn credentials(user: &Option<String>, password: &Option<String>) -> Result<(Stri
 }
 
 /// Prints offline messages from the inbox, then live ones, acknowledging what it printed.
-async fn recv(client: &Client, mut pushes: UnboundedReceiver<Push>, delivered: u64, wait: Duration) -> Result<()> {
+async fn recv(
+    client: &Client,
+    mut pushes: UnboundedReceiver<Push>,
+    delivered: u64,
+    wait: Duration,
+) -> Result<()> {
     let deadline = tokio::time::Instant::now() + wait;
     // Live pushes that arrive while syncing are newer than the sync's end; printing
     // by seq and skipping what was printed keeps the order and drops nothing.
@@ -241,7 +250,12 @@ const HELP: &str = "  @USER TEXT     private message
   :help          this text
   :q             quit";
 
-async fn interactive(client: Client, mut pushes: UnboundedReceiver<Push>, user: &str, delivered: u64) -> Result<()> {
+async fn interactive(
+    client: Client,
+    mut pushes: UnboundedReceiver<Push>,
+    user: &str,
+    delivered: u64,
+) -> Result<()> {
     println!("logged in as {user}; :help for commands");
     let mut last = delivered;
     for d in client.sync_all(delivered).await? {
@@ -294,9 +308,18 @@ async fn command(client: &Client, line: &str) -> Result<bool> {
         ":q" | ":quit" => return Ok(true),
         ":help" => println!("{HELP}"),
         ":olu" => println!("online: {}", client.online().await?.join(", ")),
-        ":create" => client.create_group(arg("GROUP")?).await.map(|()| println!("created #{rest}"))?,
-        ":join" => client.join_group(arg("GROUP")?).await.map(|()| println!("joined #{rest}"))?,
-        ":leave" => client.leave_group(arg("GROUP")?).await.map(|()| println!("left #{rest}"))?,
+        ":create" => client
+            .create_group(arg("GROUP")?)
+            .await
+            .map(|()| println!("created #{rest}"))?,
+        ":join" => client
+            .join_group(arg("GROUP")?)
+            .await
+            .map(|()| println!("joined #{rest}"))?,
+        ":leave" => client
+            .leave_group(arg("GROUP")?)
+            .await
+            .map(|()| println!("left #{rest}"))?,
         ":groups" => println!("groups: {}", client.my_groups().await?.join(", ")),
         ":members" => println!("members: {}", client.members(arg("GROUP")?).await?.join(", ")),
         ":history" => {

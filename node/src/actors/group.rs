@@ -70,6 +70,8 @@ pub enum GroupMsg {
         /// Gets the page and where to continue.
         reply: Reply<ChatResult<(Vec<v1::Delivery>, u64)>>,
     },
+    /// Start (and so finish any interrupted fan-out); nothing else.
+    Wake,
     /// From the registry: it has forgotten this group; stop.
     Stop,
     /// Internal: the post with this seq is durable (or failed).
@@ -196,34 +198,31 @@ impl Actor for Group {
         match msg {
             GroupMsg::Create { user, reply } => {
                 if state.record.is_some() {
-                    return Ok(reply(Err(ChatError::AlreadyExists(state.args.group.clone()))));
+                    reply(Err(ChatError::AlreadyExists(state.args.group.clone())));
+                } else {
+                    state.record = Some(GroupRecord {
+                        creator: user.clone(),
+                        created_at_ms: storage::now_ms(),
+                        last_seq: 0,
+                        fanout_seq: 0,
+                    });
+                    state.set_member(user, true, reply);
                 }
-                state.record = Some(GroupRecord {
-                    creator: user.clone(),
-                    created_at_ms: storage::now_ms(),
-                    last_seq: 0,
-                    fanout_seq: 0,
-                });
-                state.set_member(user, true, reply);
             }
-            GroupMsg::Join { user, reply } => {
-                if state.record.is_none() {
-                    return Ok(reply(Err(ChatError::NotFound(format!("group {}", state.args.group)))));
-                }
-                if state.members.contains(&user) {
-                    return Ok(reply(Ok(())));
-                }
-                state.set_member(user, true, reply);
-            }
-            GroupMsg::Leave { user, reply } => {
-                if let Err(e) = state.check_member(&user) {
-                    return Ok(reply(Err(e)));
-                }
-                state.set_member(user, false, reply);
-            }
-            GroupMsg::Members { user, reply } => {
-                reply(state.check_member(&user).map(|()| state.members.iter().cloned().collect()))
-            }
+            GroupMsg::Join { user, reply } => match state.check_member(&user) {
+                Ok(()) => reply(Ok(())),
+                Err(ChatError::NotAMember(_)) => state.set_member(user, true, reply),
+                Err(e) => reply(Err(e)),
+            },
+            GroupMsg::Leave { user, reply } => match state.check_member(&user) {
+                Ok(()) => state.set_member(user, false, reply),
+                Err(e) => reply(Err(e)),
+            },
+            GroupMsg::Members { user, reply } => reply(
+                state
+                    .check_member(&user)
+                    .map(|()| state.members.iter().cloned().collect()),
+            ),
             GroupMsg::Post {
                 from,
                 client_msg_id,
@@ -248,6 +247,7 @@ impl Actor for Group {
                 }
                 myself.send_after(inbox::IDLE_AFTER, || GroupMsg::IdleCheck);
             }
+            GroupMsg::Wake => {}
             GroupMsg::Stop => myself.stop(None),
         }
         Ok(())
@@ -325,9 +325,17 @@ impl GroupState {
             client_msg_id,
         };
         let mut batch = sled::Batch::default();
-        batch.insert(storage::seq_key(group, kind::MESSAGE, seq), message.encode_to_vec());
-        batch.insert(storage::suffix_key(group, kind::ORIGIN, &origin), &storage::seq_value(seq)[..]);
+        batch.insert(
+            storage::seq_key(group, kind::MESSAGE, seq),
+            message.encode_to_vec(),
+        );
+        batch.insert(
+            storage::suffix_key(group, kind::ORIGIN, &origin),
+            &storage::seq_value(seq)[..],
+        );
         batch.insert(storage::scoped(group, kind::META), record.encode_to_vec());
+        let mut marker = sled::Batch::default();
+        marker.insert(group.as_bytes(), &[][..]);
         self.pending_origins.insert(origin.clone(), seq);
         self.pending.push_back(PendingPost {
             seq,
@@ -337,7 +345,7 @@ impl GroupState {
         });
         let me = myself.clone();
         self.args.storage.commit(
-            vec![(TreeId::Groups, batch)],
+            vec![(TreeId::Fanout, marker), (TreeId::Groups, batch)],
             Box::new(move |r| {
                 let _ = me.cast(GroupMsg::Persisted {
                     seq,
@@ -440,8 +448,17 @@ impl GroupState {
         };
         record.fanout_seq = record.fanout_seq.max(seq);
         let mut batch = sled::Batch::default();
-        batch.insert(storage::scoped(&self.args.group, kind::META), record.encode_to_vec());
-        self.args.storage.commit(vec![(TreeId::Groups, batch)], Box::new(|_| {}));
+        batch.insert(
+            storage::scoped(&self.args.group, kind::META),
+            record.encode_to_vec(),
+        );
+        let mut writes = vec![(TreeId::Groups, batch)];
+        if record.fanout_seq == record.last_seq {
+            let mut done = sled::Batch::default();
+            done.remove(self.args.group.as_bytes());
+            writes.push((TreeId::Fanout, done));
+        }
+        self.args.storage.commit(writes, Box::new(|_| {}));
     }
 
     /// Redoes the fan-out of messages a crash interrupted.
@@ -450,6 +467,14 @@ impl GroupState {
             return Ok(());
         };
         let (from, to) = (record.fanout_seq + 1, record.last_seq);
+        if from > to {
+            // A crash after the fan-out but before its marker was cleared.
+            let mut done = sled::Batch::default();
+            done.remove(self.args.group.as_bytes());
+            self.args
+                .storage
+                .commit(vec![(TreeId::Fanout, done)], Box::new(|_| {}));
+        }
         for seq in from..=to {
             if let Some(message) = self.args.storage.group_message(&self.args.group, seq)? {
                 tracing::info!(group = %self.args.group, seq, "resuming interrupted fan-out");

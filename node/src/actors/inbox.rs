@@ -186,10 +186,7 @@ impl InboxMsg {
 
     /// True for messages routed through the registry (counted for the idle handshake).
     fn routed(&self) -> bool {
-        !matches!(
-            self,
-            Self::Persisted { .. } | Self::IdleCheck | Self::Stop
-        )
+        !matches!(self, Self::Persisted { .. } | Self::IdleCheck | Self::Stop)
     }
 }
 
@@ -270,7 +267,7 @@ impl Actor for Inbox {
             InboxMsg::Attach { session, reply } => {
                 state.sessions.push(session);
                 state.idle_since = None;
-                let mut meta = state.meta.clone();
+                let mut meta = state.meta;
                 meta.last_seq = state.durable_seq;
                 reply(Ok(meta));
             }
@@ -303,9 +300,13 @@ impl Actor for Inbox {
                     Box::new(move |r| reply(r.map_err(ChatError::from))),
                 );
             }
-            InboxMsg::Groups { reply } => {
-                reply(state.args.storage.user_groups(&state.args.user).map_err(Into::into))
-            }
+            InboxMsg::Groups { reply } => reply(
+                state
+                    .args
+                    .storage
+                    .user_groups(&state.args.user)
+                    .map_err(Into::into),
+            ),
             InboxMsg::IdleCheck => {
                 if state.idle_since.is_some_and(|t| t.elapsed() >= IDLE_AFTER) {
                     state.args.router.registry().cast(RegistryMsg::InboxIdle {
@@ -498,20 +499,23 @@ impl InboxState {
     }
 
     fn history(&self, peer: &str, before: u64, limit: usize) -> ChatResult<(Vec<v1::Delivery>, u64)> {
-        let before = if before == 0 { self.durable_seq + 1 } else { before.min(self.durable_seq + 1) };
-        let (entries, next) = self.args.storage.inbox_before(
-            &self.args.user,
-            before,
-            limit,
-            limit * 20,
-            |e| e.kind == ConversationKind::Private as u32 && e.from == peer,
-        )?;
+        let before = if before == 0 {
+            self.durable_seq + 1
+        } else {
+            before.min(self.durable_seq + 1)
+        };
+        let (entries, next) =
+            self.args
+                .storage
+                .inbox_before(&self.args.user, before, limit, limit * 20, |e| {
+                    e.kind == ConversationKind::Private as u32 && e.from == peer
+                })?;
         Ok((entries.iter().map(|(s, e)| to_delivery(*s, e)).collect(), next))
     }
 
     fn ack(&mut self, kind: AckKind, up_to: u64, reply: Reply<ChatResult<(u64, u64)>>) {
         let up_to = up_to.min(self.durable_seq);
-        let before = self.meta.clone();
+        let before = self.meta;
         match kind {
             AckKind::Delivered => self.meta.delivered_seq = self.meta.delivered_seq.max(up_to),
             AckKind::Read => {
@@ -525,11 +529,18 @@ impl InboxState {
             return reply(Ok(cursors));
         }
         let receipts = match kind {
-            AckKind::Delivered => self.receipts(before.delivered_seq, self.meta.delivered_seq, v1::ReceiptKind::Delivered),
+            AckKind::Delivered => self.receipts(
+                before.delivered_seq,
+                self.meta.delivered_seq,
+                v1::ReceiptKind::Delivered,
+            ),
             AckKind::Read => self.receipts(before.read_seq, self.meta.read_seq, v1::ReceiptKind::Read),
         };
         let mut batch = sled::Batch::default();
-        batch.insert(storage::scoped(&self.args.user, kind::META), self.meta.encode_to_vec());
+        batch.insert(
+            storage::scoped(&self.args.user, kind::META),
+            self.meta.encode_to_vec(),
+        );
         let router = self.args.router.clone();
         self.args.storage.commit(
             vec![(TreeId::Inbox, batch)],

@@ -35,7 +35,9 @@ impl SessionRef {
     /// Pushes an encoded inbox delivery with its seq (the session drops duplicates).
     /// False if the session is gone.
     pub fn deliver(&self, seq: u64, frame: Bytes) -> bool {
-        self.actor.cast(session::SessionMsg::Deliver { seq, frame }).is_ok()
+        self.actor
+            .cast(session::SessionMsg::Deliver { seq, frame })
+            .is_ok()
     }
 
     /// Pushes any other encoded frame (receipts). False if the session is gone.

@@ -11,12 +11,12 @@
 //! cluster issue puts the owner lookup and the forwarding to a peer's
 //! registry behind the same calls.
 
+use super::Reply;
 use super::group::{Group, GroupArgs, GroupMsg};
 use super::inbox::{Inbox, InboxArgs, InboxMsg};
-use super::Reply;
+use crate::error::ChatError;
 use crate::storage::Storage;
 use chat_protocol::v1::NodeInfo;
-use crate::error::ChatError;
 use ractor::{Actor, ActorProcessingErr, ActorRef, MessagingErr};
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
@@ -106,14 +106,22 @@ impl Router {
 
     /// Sends to the inbox of `user`, starting it if needed.
     pub fn to_inbox(&self, user: &str, msg: InboxMsg) {
-        if self.registry.cast(RegistryMsg::Inbox(user.to_owned(), msg)).is_err() {
+        if self
+            .registry
+            .cast(RegistryMsg::Inbox(user.to_owned(), msg))
+            .is_err()
+        {
             tracing::debug!(user, "registry gone; inbox message dropped");
         }
     }
 
     /// Sends to `group`'s actor, starting it if needed.
     pub fn to_group(&self, group: &str, msg: GroupMsg) {
-        if self.registry.cast(RegistryMsg::Group(group.to_owned(), msg)).is_err() {
+        if self
+            .registry
+            .cast(RegistryMsg::Group(group.to_owned(), msg))
+            .is_err()
+        {
             tracing::debug!(group, "registry gone; group message dropped");
         }
     }
@@ -193,7 +201,10 @@ impl Actor for Registry {
             }
             RegistryMsg::ListOnline { after, limit, reply } => {
                 use std::ops::Bound::{Excluded, Unbounded};
-                let mut names = state.online.range::<String, _>((Excluded(&after), Unbounded)).map(|(k, _)| k.clone());
+                let mut names = state
+                    .online
+                    .range::<String, _>((Excluded(&after), Unbounded))
+                    .map(|(k, _)| k.clone());
                 let page: Vec<String> = names.by_ref().take(limit).collect();
                 let more = names.next().is_some();
                 reply((page, more));

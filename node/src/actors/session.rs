@@ -231,13 +231,18 @@ impl Actor for Session {
         match msg {
             SessionMsg::Frame(bytes, permit) => match ClientFrame::decode(bytes) {
                 Ok(frame) => state.request(&myself, frame, permit),
-                Err(e) => state.out.error(0, &ChatError::BadRequest(format!("malformed frame: {e}"))),
+                Err(e) => state
+                    .out
+                    .error(0, &ChatError::BadRequest(format!("malformed frame: {e}"))),
             },
             SessionMsg::ReadFailed(e) => {
                 let code = match e {
                     CodecError::FrameTooLarge { .. } => ErrorCode::FrameTooLarge,
                     CodecError::BadLength => ErrorCode::BadRequest,
-                    _ => return Ok(myself.stop(None)),
+                    _ => {
+                        myself.stop(None);
+                        return Ok(());
+                    }
                 };
                 state.close(&myself, code, &e.to_string());
             }
@@ -276,7 +281,11 @@ impl Actor for Session {
                 match meta {
                     Ok(meta) => {
                         state.next_seq = meta.last_seq + 1;
-                        state.ctx.router.registry().cast(RegistryMsg::Online(user.clone()))?;
+                        state
+                            .ctx
+                            .router
+                            .registry()
+                            .cast(RegistryMsg::Online(user.clone()))?;
                         tracing::debug!(session = state.id, user = %user, "logged in");
                         state.user = Some((user, token.0.clone()));
                         state.out.send(
@@ -317,7 +326,9 @@ impl SessionState {
 
     fn logout(&mut self) {
         if let Some((user, _)) = self.user.take() {
-            self.ctx.router.to_inbox(&user, InboxMsg::Detach { session: self.id });
+            self.ctx
+                .router
+                .to_inbox(&user, InboxMsg::Detach { session: self.id });
             let _ = self.ctx.router.registry().cast(RegistryMsg::Offline(user));
         }
     }
@@ -343,10 +354,14 @@ impl SessionState {
     fn request(&mut self, myself: &ActorRef<SessionMsg>, frame: ClientFrame, permit: Permit) {
         let id = frame.request_id;
         let Some(body) = frame.body else {
-            return self.out.error(id, &ChatError::BadRequest("empty or unknown request type".into()));
+            return self
+                .out
+                .error(id, &ChatError::BadRequest("empty or unknown request type".into()));
         };
         if id == 0 {
-            return self.out.error(0, &ChatError::BadRequest("request_id must not be 0".into()));
+            return self
+                .out
+                .error(0, &ChatError::BadRequest("request_id must not be 0".into()));
         }
         if let Err(e) = self.dispatch(myself, id, body, permit) {
             self.out.error(id, &e);
@@ -475,7 +490,9 @@ impl SessionState {
                 check_name(&h.conversation)?;
                 let limit = page_limit(h.limit, MAX_PAGE);
                 let max_frame = cfg.client.max_frame_bytes;
-                let reply = self.respond(id, permit, move |(msgs, next)| history_page(msgs, next, max_frame));
+                let reply = self.respond(id, permit, move |(msgs, next)| {
+                    history_page(msgs, next, max_frame)
+                });
                 let me = self.me().to_owned();
                 match ConversationKind::try_from(h.kind) {
                     Ok(ConversationKind::Private) => self.ctx.router.to_inbox(
@@ -496,18 +513,31 @@ impl SessionState {
                             reply,
                         },
                     ),
-                    _ => reply(Err(ChatError::BadRequest("history kind must be PRIVATE or GROUP".into()))),
+                    _ => reply(Err(ChatError::BadRequest(
+                        "history kind must be PRIVATE or GROUP".into(),
+                    ))),
                 }
             }
-            B::CreateGroup(g) => self.group_op(id, permit, g.group, |user, reply| GroupMsg::Create { user, reply })?,
-            B::JoinGroup(g) => self.group_op(id, permit, g.group, |user, reply| GroupMsg::Join { user, reply })?,
-            B::LeaveGroup(g) => self.group_op(id, permit, g.group, |user, reply| GroupMsg::Leave { user, reply })?,
+            B::CreateGroup(g) => self.group_op(id, permit, g.group, |user, reply| GroupMsg::Create {
+                user,
+                reply,
+            })?,
+            B::JoinGroup(g) => {
+                self.group_op(id, permit, g.group, |user, reply| GroupMsg::Join { user, reply })?
+            }
+            B::LeaveGroup(g) => {
+                self.group_op(id, permit, g.group, |user, reply| GroupMsg::Leave { user, reply })?
+            }
             B::ListMembers(g) => {
                 check_name(&g.group)?;
                 let group = g.group.clone();
-                let reply = self.respond(id, permit, move |members| Body::MemberList(v1::MemberList { group, members }));
+                let reply = self.respond(id, permit, move |members| {
+                    Body::MemberList(v1::MemberList { group, members })
+                });
                 let user = self.me().to_owned();
-                self.ctx.router.to_group(&g.group, GroupMsg::Members { user, reply });
+                self.ctx
+                    .router
+                    .to_group(&g.group, GroupMsg::Members { user, reply });
             }
             B::ListMyGroups(_) => {
                 let reply = self.respond(id, permit, |groups| Body::GroupList(v1::GroupList { groups }));
@@ -540,9 +570,14 @@ impl SessionState {
 
     fn ack(&self, id: u64, kind: AckKind, up_to: u64, permit: Permit) {
         let reply = self.respond(id, permit, |(delivered_seq, read_seq)| {
-            Body::AckOk(v1::AckOk { delivered_seq, read_seq })
+            Body::AckOk(v1::AckOk {
+                delivered_seq,
+                read_seq,
+            })
         });
-        self.ctx.router.to_inbox(self.me(), InboxMsg::Ack { kind, up_to, reply });
+        self.ctx
+            .router
+            .to_inbox(self.me(), InboxMsg::Ack { kind, up_to, reply });
     }
 
     fn group_op(
@@ -555,7 +590,9 @@ impl SessionState {
         check_name(&group)?;
         let name = group.clone();
         let reply = self.respond(id, permit, move |()| Body::GroupOk(v1::GroupOk { group: name }));
-        self.ctx.router.to_group(&group, make(self.me().to_owned(), reply));
+        self.ctx
+            .router
+            .to_group(&group, make(self.me().to_owned(), reply));
         Ok(())
     }
 
@@ -630,7 +667,10 @@ impl SessionState {
                     );
                 }
                 Err(error) => {
-                    let _ = me.cast(SessionMsg::LoginFailed { request_id: id, error });
+                    let _ = me.cast(SessionMsg::LoginFailed {
+                        request_id: id,
+                        error,
+                    });
                 }
             }
         });
@@ -654,7 +694,13 @@ async fn authenticate(
             let token = auth::new_token();
             let expires = now + ctx.config.auth.token_ttl_secs * 1000;
             ctx.storage
-                .put_token(user, &token, &TokenRecord { expires_at_ms: expires })
+                .put_token(
+                    user,
+                    &token,
+                    &TokenRecord {
+                        expires_at_ms: expires,
+                    },
+                )
                 .await?;
             Ok((token, expires))
         }
@@ -695,7 +741,9 @@ fn check_msg(client_msg_id: &str, text: &str, max_text: usize) -> ChatResult<()>
         )));
     }
     if text.len() > max_text {
-        return Err(ChatError::BadRequest(format!("text is longer than {max_text} bytes")));
+        return Err(ChatError::BadRequest(format!(
+            "text is longer than {max_text} bytes"
+        )));
     }
     Ok(())
 }
@@ -733,7 +781,7 @@ fn fit(messages: &mut Vec<v1::Delivery>, max_frame: usize) -> bool {
 
 fn sync_page(mut page: Page, max_frame: usize) -> Body {
     fit(&mut page.messages, max_frame);
-    let has_more = page.messages.last().map_or(false, |m| m.seq < page.last_seq);
+    let has_more = page.messages.last().is_some_and(|m| m.seq < page.last_seq);
     Body::SyncPage(v1::SyncPage {
         messages: page.messages,
         last_seq: page.last_seq,

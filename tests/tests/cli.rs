@@ -1,0 +1,210 @@
+//! The `chat` CLI's scripting subcommands against a real node: output and exit codes.
+
+use chat_tests::{Node, cli};
+
+#[tokio::test]
+async fn cli_scripting_commands_work_end_to_end() {
+    let node = Node::start().unwrap();
+    let s = node.addr.as_str();
+    let ok = |r: (bool, String, String)| {
+        assert!(r.0, "command failed: {}", r.2);
+        r.1
+    };
+    ok(cli(&["--server", s, "register", "alice", "--password", "pa"])
+        .await
+        .unwrap());
+    ok(cli(&["--server", s, "register", "bob", "--password", "pb"])
+        .await
+        .unwrap());
+    let out = ok(cli(&[
+        "--server",
+        s,
+        "--user",
+        "alice",
+        "--password",
+        "pa",
+        "send",
+        "bob",
+        "hello from the cli",
+    ])
+    .await
+    .unwrap());
+    assert!(out.contains("sent"), "{out}");
+    ok(cli(&[
+        "--server",
+        s,
+        "--user",
+        "alice",
+        "--password",
+        "pa",
+        "group-create",
+        "ops",
+    ])
+    .await
+    .unwrap());
+    ok(cli(&[
+        "--server",
+        s,
+        "--user",
+        "bob",
+        "--password",
+        "pb",
+        "group-join",
+        "ops",
+    ])
+    .await
+    .unwrap());
+    ok(cli(&[
+        "--server",
+        s,
+        "--user",
+        "alice",
+        "--password",
+        "pa",
+        "group-send",
+        "ops",
+        "deploy done",
+    ])
+    .await
+    .unwrap());
+
+    // recv prints offline messages first, one line each with sender, conversation and text.
+    let out = ok(cli(&[
+        "--server",
+        s,
+        "--user",
+        "bob",
+        "--password",
+        "pb",
+        "recv",
+        "--wait",
+        "1",
+    ])
+    .await
+    .unwrap());
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(lines.len(), 2, "{out}");
+    assert!(
+        lines[0].contains("alice") && lines[0].contains("bob") && lines[0].contains("hello from the cli"),
+        "{out}"
+    );
+    assert!(
+        lines[1].contains("alice") && lines[1].contains("#ops") && lines[1].contains("deploy done"),
+        "{out}"
+    );
+    // They were acknowledged as delivered: a second recv prints nothing old.
+    let out = ok(cli(&[
+        "--server",
+        s,
+        "--user",
+        "bob",
+        "--password",
+        "pb",
+        "recv",
+        "--wait",
+        "1",
+    ])
+    .await
+    .unwrap());
+    assert_eq!(out.trim(), "", "{out}");
+
+    let out = ok(
+        cli(&["--server", s, "--user", "alice", "--password", "pa", "online"])
+            .await
+            .unwrap(),
+    );
+    assert_eq!(out.trim(), "alice", "only the CLI's own session is online: {out}");
+}
+
+#[tokio::test]
+async fn recv_prints_live_messages_as_they_arrive() {
+    let node = Node::start().unwrap();
+    node.user("alice").await.unwrap();
+    node.user("bob").await.unwrap();
+    let s = node.addr.clone();
+    let recv = tokio::spawn(async move {
+        cli(&[
+            "--server",
+            &s,
+            "--user",
+            "bob",
+            "--password",
+            "pw-bob",
+            "recv",
+            "--wait",
+            "4",
+        ])
+        .await
+        .unwrap()
+    });
+    let (alice, _, _) = node.login("alice").await.unwrap();
+    // Send once bob's CLI is online, so the message arrives live.
+    chat_tests::wait_for("bob to be online", chat_tests::DEADLINE, || {
+        let a = alice.clone();
+        async move { a.online().await.ok()?.contains(&"bob".to_string()).then_some(()) }
+    })
+    .await
+    .unwrap();
+    alice.send_private("bob", "live one").await.unwrap();
+    let (success, out, err) = recv.await.unwrap();
+    assert!(success, "{err}");
+    assert!(out.contains("alice -> bob: live one"), "{out}");
+}
+
+#[tokio::test]
+async fn cli_failures_exit_non_zero_with_a_clear_message() {
+    let node = Node::start().unwrap();
+    let s = node.addr.as_str();
+    cli(&["--server", s, "register", "carol", "--password", "pc"])
+        .await
+        .unwrap();
+    let (success, _, err) = cli(&["--server", s, "register", "carol", "--password", "pc"])
+        .await
+        .unwrap();
+    assert!(!success);
+    assert!(err.contains("taken"), "{err}");
+    let (success, _, err) = cli(&["--server", s, "--user", "carol", "--password", "bad", "online"])
+        .await
+        .unwrap();
+    assert!(!success);
+    assert!(err.contains("invalid"), "{err}");
+    let (success, _, err) = cli(&[
+        "--server",
+        s,
+        "--user",
+        "carol",
+        "--password",
+        "pc",
+        "send",
+        "nobody",
+        "x",
+    ])
+    .await
+    .unwrap();
+    assert!(!success);
+    assert!(err.contains("not found"), "{err}");
+    let (success, _, err) = cli(&["--server", "127.0.0.1:1", "register", "x", "--password", "p"])
+        .await
+        .unwrap();
+    assert!(!success);
+    assert!(err.contains("cannot connect"), "{err}");
+}
+
+#[tokio::test]
+async fn cli_fails_over_to_the_next_server_address() {
+    let node = Node::start().unwrap();
+    let (success, out, err) = cli(&[
+        "--server",
+        "127.0.0.1:1",
+        "--server",
+        &node.addr,
+        "register",
+        "dan",
+        "--password",
+        "pd",
+    ])
+    .await
+    .unwrap();
+    assert!(success, "{err}");
+    assert!(out.contains("registered dan"));
+}

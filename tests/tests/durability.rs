@@ -1,0 +1,99 @@
+//! Durability through the real binary: what was acknowledged survives `kill -9`, and
+//! SIGTERM shuts down in order and keeps everything.
+
+use chat_tests::Node;
+use std::collections::BTreeMap;
+
+#[tokio::test]
+async fn acknowledged_messages_survive_kill_9_and_arrive_after_restart() {
+    let mut node = Node::start().unwrap();
+    let (alice, _) = node.user("alice").await.unwrap();
+    let (bob, _) = node.user("bob").await.unwrap();
+    let (carol, _) = node.user("carol").await.unwrap();
+    alice.create_group("team").await.unwrap();
+    carol.join_group("team").await.unwrap();
+    bob.logout().await.unwrap();
+    carol.logout().await.unwrap();
+
+    // Many concurrent senders; record exactly what was acknowledged.
+    let mut tasks = Vec::new();
+    for i in 0..300 {
+        let a = alice.clone();
+        tasks.push(tokio::spawn(async move {
+            let text = format!("p{i}");
+            a.send_private("bob", &text).await.ok().map(|ack| (ack.seq, text))
+        }));
+    }
+    let group_send = {
+        let a = alice.clone();
+        tokio::spawn(async move { a.send_group("team", "g1").await.ok() })
+    };
+    let mut acked = BTreeMap::new();
+    for t in tasks {
+        if let Some((seq, text)) = t.await.unwrap() {
+            acked.insert(seq, text);
+        }
+    }
+    let group_ack = group_send.await.unwrap();
+    assert_eq!(acked.len(), 300, "all sends were acknowledged before the kill");
+
+    // No clean shutdown: whatever sled had not flushed is gone, unless it was acknowledged.
+    node.kill9();
+    node.restart().unwrap();
+
+    let (bob, _rx, ok) = node.login("bob").await.unwrap();
+    let got = bob.sync_all(ok.delivered_seq).await.unwrap();
+    let got: BTreeMap<u64, String> = got.into_iter().map(|d| (d.seq, d.text)).collect();
+    assert_eq!(got, acked, "every acknowledged message, at its seq, nothing else");
+
+    if group_ack.is_some() {
+        let (carol, _rx, ok) = node.login("carol").await.unwrap();
+        let got = chat_tests::wait_for("the group message to reach carol", chat_tests::DEADLINE, || {
+            let c = carol.clone();
+            async move {
+                let all = c.sync_all(ok.delivered_seq).await.ok()?;
+                (!all.is_empty()).then_some(all)
+            }
+        })
+        .await
+        .unwrap();
+        assert_eq!(got.len(), 1);
+        assert_eq!(got[0].text, "g1");
+    }
+}
+
+#[tokio::test]
+async fn sigterm_stops_the_node_in_order_and_keeps_its_data() {
+    let mut node = Node::start().unwrap();
+    let (alice, _) = node.user("alice").await.unwrap();
+    node.user("bob").await.unwrap();
+    let (_connected, mut pushes) = node.connect().await.unwrap();
+    let ack = alice.send_private("bob", "before stop").await.unwrap();
+
+    let status = node.terminate().unwrap();
+    assert!(status.success(), "clean exit, got {status}");
+    // Connected clients were told why.
+    let closing = chat_tests::next_push(&mut pushes, |p| match p {
+        chat_client::Push::Closing(c) => Some(c),
+        _ => None,
+    })
+    .await
+    .unwrap();
+    assert!(closing.reason.contains("shutting down"), "{closing:?}");
+    let log = std::fs::read_to_string(&node.log).unwrap();
+    let order = ["no longer accepting", "sessions closed", "storage flushed"];
+    let positions: Vec<usize> = order
+        .iter()
+        .map(|s| log.find(s).unwrap_or_else(|| panic!("log lacks {s:?}:\n{log}")))
+        .collect();
+    assert!(
+        positions.windows(2).all(|w| w[0] < w[1]),
+        "shutdown out of order:\n{log}"
+    );
+
+    node.restart().unwrap();
+    let (bob, _rx, ok) = node.login("bob").await.unwrap();
+    let got = bob.sync_all(ok.delivered_seq).await.unwrap();
+    assert_eq!(got.len(), 1);
+    assert_eq!(got[0].message_id, ack.message_id);
+}
