@@ -9,7 +9,7 @@ use chat_protocol::v1::{
 use futures::{SinkExt, StreamExt};
 use prost::Message;
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::net::TcpStream;
@@ -82,6 +82,7 @@ type Pending = Arc<Mutex<HashMap<u64, oneshot::Sender<Resp>>>>;
 pub struct Client {
     out: mpsc::Sender<ClientFrame>,
     pending: Pending,
+    closed: Arc<AtomicBool>,
     next_id: Arc<AtomicU64>,
     timeout: Duration,
     /// What the server said in HelloOk.
@@ -117,6 +118,8 @@ impl Client {
         });
 
         let reader_pending = pending.clone();
+        let closed = Arc::new(AtomicBool::new(false));
+        let reader_closed = closed.clone();
         tokio::spawn(async move {
             let mut frames = FramedRead::new(read, codec);
             while let Some(Ok(bytes)) = frames.next().await {
@@ -139,13 +142,16 @@ impl Client {
                 };
                 let _ = push_tx.send(push);
             }
-            // Dropping the senders wakes every waiting request with Closed.
+            // Dropping the senders wakes every waiting request with Closed; the flag
+            // stops later requests from waiting for an answer that cannot come.
+            reader_closed.store(true, Ordering::SeqCst);
             reader_pending.lock().expect("lock").clear();
         });
 
         let mut client = Self {
             out: out_tx,
             pending,
+            closed,
             next_id: Arc::new(AtomicU64::new(1)),
             timeout: DEFAULT_TIMEOUT,
             hello: v1::HelloOk::default(),
@@ -182,11 +188,16 @@ impl Client {
         tokio::spawn(async move {
             loop {
                 tokio::time::sleep(every).await;
-                if me.out.is_closed() || me.ping(0).await.is_err() {
+                if me.is_closed() || me.ping(0).await.is_err() {
                     return;
                 }
             }
         });
+    }
+
+    /// True once the server has closed the connection.
+    pub fn is_closed(&self) -> bool {
+        self.closed.load(Ordering::SeqCst)
     }
 
     /// Sends one request and waits for its answer; server errors become `ClientError::Server`.
@@ -194,6 +205,10 @@ impl Client {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = oneshot::channel();
         self.pending.lock().expect("lock").insert(id, tx);
+        if self.closed.load(Ordering::SeqCst) {
+            self.pending.lock().expect("lock").remove(&id);
+            return Err(ClientError::Closed);
+        }
         let frame = ClientFrame {
             request_id: id,
             body: Some(body),

@@ -104,8 +104,10 @@ pub struct AuthConfig {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct StorageConfig {
-    /// Most writes gathered into one flush (group commit). Default: 512.
+    /// Most writes gathered into one flush (group commit). Default: 4096.
     pub commit_max_batch: usize,
+    /// sled's page cache, in MiB: the largest part of a busy node's memory. Default: 256.
+    pub cache_mib: u64,
     /// Most messages kept per inbox; older ones are removed. Default: 100000.
     pub retention_max_messages: u64,
     /// Messages older than this are removed from inboxes, in days; 0 keeps
@@ -163,7 +165,8 @@ impl Default for AuthConfig {
 impl Default for StorageConfig {
     fn default() -> Self {
         Self {
-            commit_max_batch: 512,
+            commit_max_batch: 4096,
+            cache_mib: 256,
             retention_max_messages: 100_000,
             retention_max_age_days: 30,
         }

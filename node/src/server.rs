@@ -133,7 +133,11 @@ pub async fn run(
         path: config.data_dir.display().to_string(),
         source,
     })?;
-    let storage = Storage::open(&config.data_dir, config.storage.commit_max_batch)?;
+    let storage = Storage::open(
+        &config.data_dir,
+        config.storage.commit_max_batch,
+        config.storage.cache_mib << 20,
+    )?;
     let sessions = Arc::new(AtomicUsize::new(0));
     let max_age = match config.storage.retention_max_age_days {
         0 => None,
@@ -222,7 +226,7 @@ mod tests {
     #[tokio::test]
     async fn a_group_fan_out_cut_short_by_a_crash_is_finished_at_start() {
         let dir = tempfile::tempdir().unwrap();
-        let storage = Storage::open(dir.path(), 16).unwrap();
+        let storage = Storage::open(dir.path(), 16, 8 << 20).unwrap();
         // What a crash leaves behind: the message is stored and acknowledged, but
         // bob's inbox never got it, and alice's did.
         let record = GroupRecord {
@@ -239,18 +243,18 @@ mod tests {
             client_msg_id: "c1".into(),
             recipients: vec!["alice".into(), "bob".into()],
         };
-        let mut groups = sled::Batch::default();
-        groups.insert(scoped("team", kind::META), record.encode_to_vec());
-        groups.insert(seq_key("team", kind::MESSAGE, 1), message.encode_to_vec());
+        let mut groups = crate::storage::Writes::default();
+        groups.put(TreeId::Groups, scoped("team", kind::META), record.encode_to_vec());
+        groups.put(
+            TreeId::Groups,
+            seq_key("team", kind::MESSAGE, 1),
+            message.encode_to_vec(),
+        );
         for m in ["alice", "bob", "carol"] {
-            groups.insert(suffix_key("team", kind::MEMBER, m.as_bytes()), &[][..]);
+            groups.put(TreeId::Groups, suffix_key("team", kind::MEMBER, m.as_bytes()), []);
         }
-        let mut marker = sled::Batch::default();
-        marker.insert(&b"team"[..], &[][..]);
-        storage
-            .commit_wait(vec![(TreeId::Groups, groups), (TreeId::Fanout, marker)])
-            .await
-            .unwrap();
+        groups.put(TreeId::Fanout, b"team", []);
+        storage.commit_wait(groups).await.unwrap();
 
         let (registry, _) = Actor::spawn(
             None,

@@ -1,1 +1,376 @@
-fn main() {}
+//! `chat-bench`: a load generator for a running chat node. It measures durable private
+//! message throughput, end-to-end latency percentiles, and node memory per idle connection.
+
+use anyhow::{Context, Result, bail};
+use chat_client::{Client, Push};
+use clap::{Parser, Subcommand};
+use hdrhistogram::Histogram;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+use tokio::sync::{Mutex, Semaphore};
+
+/// Load generator for chat nodes. Users are registered fresh on every run, so run the
+/// node with a low argon2 cost (cluster-config/bench.toml) when using many connections.
+#[derive(Debug, Parser)]
+#[command(version, about, after_help = EXAMPLES)]
+struct Cli {
+    /// Node address (repeatable: connections are spread over them round-robin).
+    #[arg(long = "server", default_value = "127.0.0.1:7400")]
+    servers: Vec<String>,
+    /// The node's process id, to read its memory from /proc.
+    #[arg(long)]
+    node_pid: Option<u32>,
+    #[command(subcommand)]
+    mode: Mode,
+}
+
+const EXAMPLES: &str = "Examples:
+  chat-bench --node-pid $(pgrep chat-node) send --connections 100 --duration 10
+  chat-bench send --connections 100 --rate 5000 --duration 10 --payload 100
+  chat-bench --node-pid $(pgrep chat-node) idle --connections 10000";
+
+#[derive(Debug, Subcommand)]
+enum Mode {
+    /// Private messages: connection i sends to connection i+1 (so every message is pushed live).
+    Send {
+        /// Client connections (each its own user).
+        #[arg(long, default_value_t = 100)]
+        connections: usize,
+        /// Seconds to send for.
+        #[arg(long, default_value_t = 10)]
+        duration: u64,
+        /// Total messages per second across all connections; 0 sends as fast as possible.
+        #[arg(long, default_value_t = 0)]
+        rate: u64,
+        /// Message text size in bytes.
+        #[arg(long, default_value_t = 100)]
+        payload: usize,
+        /// Unacknowledged sends allowed per connection.
+        #[arg(long, default_value_t = 32)]
+        window: usize,
+    },
+    /// Open logged-in connections that stay idle, and report node memory per connection.
+    Idle {
+        /// Connections to open.
+        #[arg(long, default_value_t = 10_000)]
+        connections: usize,
+        /// Distinct users behind the connections (0 = one per connection); the
+        /// rest log in as further devices of those users, with their tokens.
+        #[arg(long, default_value_t = 0)]
+        users: usize,
+        /// Seconds to hold them before measuring (past the login timeout, so its timers are gone).
+        #[arg(long, default_value_t = 12)]
+        hold: u64,
+    },
+}
+
+#[tokio::main]
+async fn main() -> Result<()> {
+    let cli = Cli::parse();
+    match cli.mode {
+        Mode::Send {
+            connections,
+            duration,
+            rate,
+            payload,
+            window,
+        } => {
+            send(
+                &cli.servers,
+                cli.node_pid,
+                connections,
+                duration,
+                rate,
+                payload,
+                window,
+            )
+            .await
+        }
+        Mode::Idle {
+            connections,
+            users,
+            hold,
+        } => idle(&cli.servers, cli.node_pid, connections, users, hold).await,
+    }
+}
+
+fn run_id() -> String {
+    format!("{:08x}", rand::random::<u32>())
+}
+
+/// Registers and logs in `n` users, at most 64 at a time, spread over the servers.
+async fn open_users(
+    servers: &[String],
+    n: usize,
+    prefix: &str,
+) -> Result<Vec<(Client, tokio::sync::mpsc::UnboundedReceiver<Push>, String)>> {
+    let gate = Arc::new(Semaphore::new(64));
+    let mut tasks = Vec::with_capacity(n);
+    for i in 0..n {
+        let addr = servers[i % servers.len()].clone();
+        let user = format!("{prefix}{i}");
+        let gate = gate.clone();
+        tasks.push(tokio::spawn(async move {
+            let _slot = gate.acquire().await?;
+            let (c, rx) = Client::connect(&addr)
+                .await
+                .with_context(|| format!("connect {addr}"))?;
+            c.register(&user, "bench")
+                .await
+                .with_context(|| format!("register {user}"))?;
+            let ok = c
+                .login(&user, "bench")
+                .await
+                .with_context(|| format!("login {user}"))?;
+            anyhow::Ok((c, rx, ok.token))
+        }));
+    }
+    let mut out = Vec::with_capacity(n);
+    for t in tasks {
+        out.push(t.await??);
+    }
+    Ok(out)
+}
+
+fn rss_kib(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
+    line.split_whitespace().nth(1)?.parse().ok()
+}
+
+fn now_ns(origin: Instant) -> u64 {
+    origin.elapsed().as_nanos() as u64
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn send(
+    servers: &[String],
+    node_pid: Option<u32>,
+    connections: usize,
+    duration: u64,
+    rate: u64,
+    payload: usize,
+    window: usize,
+) -> Result<()> {
+    if connections < 2 {
+        bail!("--connections must be at least 2 (each sends to the next)");
+    }
+    let prefix = format!("b{}-", run_id());
+    let users = open_users(servers, connections, &prefix).await?;
+    println!(
+        "connected {connections} users over {} node(s); sending for {duration}s, rate {}, payload {payload} B, window {window}",
+        servers.len(),
+        if rate == 0 {
+            "max".to_string()
+        } else {
+            format!("{rate}/s")
+        }
+    );
+    let origin = Instant::now();
+    let e2e = Arc::new(Mutex::new(Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)?));
+    let ack_lat = Arc::new(Mutex::new(Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)?));
+    let received = Arc::new(AtomicU64::new(0));
+    let acked = Arc::new(AtomicU64::new(0));
+    let errors = Arc::new(AtomicU64::new(0));
+    let stop_at = origin + Duration::from_secs(duration);
+    // Receivers keep going a little after the senders stop, to collect what is in flight.
+    let drain_until = stop_at + Duration::from_secs(3);
+
+    let mut receivers = Vec::new();
+    let mut senders = Vec::new();
+    let clients: Vec<Client> = users.iter().map(|(c, _, _)| c.clone()).collect();
+    for (i, (client, mut pushes, _)) in users.into_iter().enumerate() {
+        let (e2e, received) = (e2e.clone(), received.clone());
+        let me = client.clone();
+        receivers.push(tokio::spawn(async move {
+            let mut local = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).expect("bounds");
+            let mut last_acked = 0;
+            loop {
+                let push = tokio::select! {
+                    p = pushes.recv() => p,
+                    _ = tokio::time::sleep_until(drain_until.into()) => break,
+                };
+                match push {
+                    Some(Push::Delivery(d)) => {
+                        if let Some(sent) = d.text.get(..20).and_then(|t| t.parse::<u64>().ok()) {
+                            let us = now_ns(origin).saturating_sub(sent) / 1000;
+                            let _ = local.record(us.max(1));
+                        }
+                        received.fetch_add(1, Ordering::Relaxed);
+                        // Acknowledge in batches, as a real client would.
+                        if d.seq >= last_acked + 64 {
+                            last_acked = d.seq;
+                            let c = me.clone();
+                            tokio::spawn(async move { c.ack_delivered(d.seq).await });
+                        }
+                    }
+                    Some(_) => {}
+                    None => break,
+                }
+            }
+            e2e.lock().await.add(&local).expect("same bounds");
+        }));
+        let to = format!("{prefix}{}", (i + 1) % connections);
+        let (ack_lat, acked, errors) = (ack_lat.clone(), acked.clone(), errors.clone());
+        let gate = Arc::new(Semaphore::new(window));
+        senders.push(tokio::spawn(async move {
+            let mut tick = (rate > 0).then(|| {
+                let per_conn = Duration::from_secs_f64(connections as f64 / rate as f64);
+                let mut t = tokio::time::interval(per_conn);
+                t.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                t
+            });
+            let pad = "x".repeat(payload.saturating_sub(20));
+            let mut inflight = Vec::new();
+            while Instant::now() < stop_at {
+                if let Some(t) = tick.as_mut() {
+                    t.tick().await;
+                }
+                let permit = gate.clone().acquire_owned().await.expect("open");
+                let (c, to, ack_lat, acked, errors) = (
+                    client.clone(),
+                    to.clone(),
+                    ack_lat.clone(),
+                    acked.clone(),
+                    errors.clone(),
+                );
+                let sent = now_ns(origin);
+                let text = format!("{sent:020}{pad}");
+                inflight.push(tokio::spawn(async move {
+                    let _permit = permit;
+                    match c.send_private(&to, &text).await {
+                        Ok(_) => {
+                            acked.fetch_add(1, Ordering::Relaxed);
+                            let us = now_ns(origin).saturating_sub(sent) / 1000;
+                            let _ = ack_lat.lock().await.record(us.max(1));
+                        }
+                        Err(_) => {
+                            errors.fetch_add(1, Ordering::Relaxed);
+                        }
+                    }
+                }));
+                if inflight.len() > 4 * window {
+                    inflight.retain(|h: &tokio::task::JoinHandle<()>| !h.is_finished());
+                }
+            }
+            for h in inflight {
+                let _ = h.await;
+            }
+        }));
+    }
+    let mut peak_rss = 0;
+    let sampler = node_pid.map(|pid| {
+        tokio::spawn(async move {
+            let mut peak = 0;
+            while Instant::now() < drain_until {
+                peak = peak.max(rss_kib(pid).unwrap_or(0));
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            peak
+        })
+    });
+    for s in senders {
+        s.await?;
+    }
+    let send_elapsed = origin.elapsed().as_secs_f64();
+    let sent = acked.load(Ordering::Relaxed);
+    for r in receivers {
+        r.await?;
+    }
+    if let Some(s) = sampler {
+        peak_rss = s.await?;
+    }
+    drop(clients);
+    let got = received.load(Ordering::Relaxed);
+    let e2e = e2e.lock().await;
+    let ack = ack_lat.lock().await;
+    let ms = |h: &Histogram<u64>, q: f64| h.value_at_quantile(q) as f64 / 1000.0;
+    println!(
+        "acknowledged sends: {sent} in {send_elapsed:.2}s = {:.0} msg/s",
+        sent as f64 / send_elapsed
+    );
+    println!(
+        "deliveries received: {got} ({} send errors)",
+        errors.load(Ordering::Relaxed)
+    );
+    println!(
+        "end-to-end latency ms: p50 {:.2}  p99 {:.2}  p99.9 {:.2}  max {:.2}",
+        ms(&e2e, 0.5),
+        ms(&e2e, 0.99),
+        ms(&e2e, 0.999),
+        e2e.max() as f64 / 1000.0
+    );
+    println!(
+        "send->ack latency ms:  p50 {:.2}  p99 {:.2}  p99.9 {:.2}",
+        ms(&ack, 0.5),
+        ms(&ack, 0.99),
+        ms(&ack, 0.999)
+    );
+    if node_pid.is_some() {
+        println!("node peak RSS: {} MiB", peak_rss / 1024);
+    }
+    if got < sent {
+        println!(
+            "WARNING: {} acknowledged messages were not seen live before the drain ended",
+            sent - got
+        );
+    }
+    Ok(())
+}
+
+async fn idle(
+    servers: &[String],
+    node_pid: Option<u32>,
+    connections: usize,
+    users: usize,
+    hold: u64,
+) -> Result<()> {
+    let pid = node_pid.context("idle mode needs --node-pid to read the node's memory")?;
+    let users = if users == 0 {
+        connections
+    } else {
+        users.min(connections)
+    };
+    let before = rss_kib(pid).context("cannot read the node's RSS")?;
+    let started = Instant::now();
+    let prefix = format!("i{}-", run_id());
+    let mut open = open_users(servers, users, &prefix).await?;
+    // Further devices log in with the first device's token (no password hashing).
+    let gate = Arc::new(Semaphore::new(64));
+    let mut tasks = Vec::new();
+    let tokens: Vec<String> = open.iter().map(|(_, _, t)| t.clone()).collect();
+    for i in users..connections {
+        let addr = servers[i % servers.len()].clone();
+        let user = format!("{prefix}{}", i % users);
+        let token = tokens[i % users].clone();
+        let gate = gate.clone();
+        tasks.push(tokio::spawn(async move {
+            let _slot = gate.acquire().await?;
+            let (c, rx) = Client::connect(&addr).await?;
+            c.login_token(&user, &token).await?;
+            anyhow::Ok((c, rx, token))
+        }));
+    }
+    for t in tasks {
+        open.push(t.await??);
+    }
+    println!(
+        "opened {connections} logged-in connections for {users} users in {:.1}s; holding {hold}s",
+        started.elapsed().as_secs_f64()
+    );
+    tokio::time::sleep(Duration::from_secs(hold)).await;
+    let after = rss_kib(pid).context("cannot read the node's RSS")?;
+    let per = (after.saturating_sub(before)) as f64 * 1024.0 / connections as f64;
+    println!(
+        "node RSS before {} MiB, after {} MiB",
+        before / 1024,
+        after / 1024
+    );
+    println!(
+        "node memory per idle logged-in connection: {:.1} KB",
+        per / 1000.0
+    );
+    drop(open);
+    Ok(())
+}

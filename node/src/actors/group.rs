@@ -10,7 +10,7 @@ use super::inbox::{self, Appended, Draft, InboxMsg};
 use super::registry::{RegistryMsg, Router};
 use super::{Reply, reply};
 use crate::error::{ChatError, ChatResult};
-use crate::storage::{self, Storage, TreeId, kind};
+use crate::storage::{self, Storage, TreeId, Writes, kind};
 use chat_protocol::internal::{GroupMessage, GroupRecord};
 use chat_protocol::v1::{self, ConversationKind};
 use prost::Message;
@@ -268,20 +268,24 @@ impl GroupState {
     /// Persists a membership change, then records it in the user's inbox, then replies.
     fn set_member(&mut self, user: String, joined: bool, reply: Reply<ChatResult<()>>) {
         let group = self.args.group.clone();
-        let mut batch = sled::Batch::default();
+        let mut batch = Writes::default();
         let key = storage::suffix_key(&group, kind::MEMBER, user.as_bytes());
         if joined {
             self.members.insert(user.clone());
-            batch.insert(key, &[][..]);
+            batch.put(TreeId::Groups, key, []);
         } else {
             self.members.remove(&user);
-            batch.remove(key);
+            batch.del(TreeId::Groups, key);
         }
         let record = self.record.as_ref().expect("callers check the group exists");
-        batch.insert(storage::scoped(&group, kind::META), record.encode_to_vec());
+        batch.put(
+            TreeId::Groups,
+            storage::scoped(&group, kind::META),
+            record.encode_to_vec(),
+        );
         let router = self.args.router.clone();
         self.args.storage.commit(
-            vec![(TreeId::Groups, batch)],
+            batch,
             Box::new(move |r| match r {
                 Ok(()) => router.to_inbox(&user, InboxMsg::Membership { group, joined, reply }),
                 Err(e) => reply(Err(e.into())),
@@ -324,18 +328,23 @@ impl GroupState {
             text,
             client_msg_id,
         };
-        let mut batch = sled::Batch::default();
-        batch.insert(
+        let mut batch = Writes::default();
+        batch.put(
+            TreeId::Groups,
             storage::seq_key(group, kind::MESSAGE, seq),
             message.encode_to_vec(),
         );
-        batch.insert(
+        batch.put(
+            TreeId::Groups,
             storage::suffix_key(group, kind::ORIGIN, &origin),
-            &storage::seq_value(seq)[..],
+            storage::seq_value(seq),
         );
-        batch.insert(storage::scoped(group, kind::META), record.encode_to_vec());
-        let mut marker = sled::Batch::default();
-        marker.insert(group.as_bytes(), &[][..]);
+        batch.put(
+            TreeId::Groups,
+            storage::scoped(group, kind::META),
+            record.encode_to_vec(),
+        );
+        batch.put(TreeId::Fanout, group.as_bytes(), []);
         self.pending_origins.insert(origin.clone(), seq);
         self.pending.push_back(PendingPost {
             seq,
@@ -345,7 +354,7 @@ impl GroupState {
         });
         let me = myself.clone();
         self.args.storage.commit(
-            vec![(TreeId::Fanout, marker), (TreeId::Groups, batch)],
+            batch,
             Box::new(move |r| {
                 let _ = me.cast(GroupMsg::Persisted {
                     seq,
@@ -447,18 +456,16 @@ impl GroupState {
             return;
         };
         record.fanout_seq = record.fanout_seq.max(seq);
-        let mut batch = sled::Batch::default();
-        batch.insert(
+        let mut batch = Writes::default();
+        batch.put(
+            TreeId::Groups,
             storage::scoped(&self.args.group, kind::META),
             record.encode_to_vec(),
         );
-        let mut writes = vec![(TreeId::Groups, batch)];
         if record.fanout_seq == record.last_seq {
-            let mut done = sled::Batch::default();
-            done.remove(self.args.group.as_bytes());
-            writes.push((TreeId::Fanout, done));
+            batch.del(TreeId::Fanout, self.args.group.as_bytes());
         }
-        self.args.storage.commit(writes, Box::new(|_| {}));
+        self.args.storage.commit(batch, Box::new(|_| {}));
     }
 
     /// Redoes the fan-out of messages a crash interrupted.
@@ -469,11 +476,9 @@ impl GroupState {
         let (from, to) = (record.fanout_seq + 1, record.last_seq);
         if from > to {
             // A crash after the fan-out but before its marker was cleared.
-            let mut done = sled::Batch::default();
-            done.remove(self.args.group.as_bytes());
-            self.args
-                .storage
-                .commit(vec![(TreeId::Fanout, done)], Box::new(|_| {}));
+            let mut done = Writes::default();
+            done.del(TreeId::Fanout, self.args.group.as_bytes());
+            self.args.storage.commit(done, Box::new(|_| {}));
         }
         for seq in from..=to {
             if let Some(message) = self.args.storage.group_message(&self.args.group, seq)? {

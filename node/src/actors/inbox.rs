@@ -8,7 +8,7 @@
 use super::registry::{RegistryMsg, Router};
 use super::{Reply, SessionRef};
 use crate::error::{ChatError, ChatResult};
-use crate::storage::{self, Storage, TreeId, kind};
+use crate::storage::{self, Storage, TreeId, Writes, kind};
 use bytes::{Bytes, BytesMut};
 use chat_protocol::internal::{InboxEntry, InboxMeta};
 use chat_protocol::v1::{self, ConversationKind, server_frame};
@@ -288,17 +288,17 @@ impl Actor for Inbox {
                 state.sessions.retain(|s| s.push(frame.clone()));
             }
             InboxMsg::Membership { group, joined, reply } => {
-                let mut batch = sled::Batch::default();
+                let mut batch = Writes::default();
                 let key = storage::suffix_key(&state.args.user, kind::GROUP, group.as_bytes());
                 if joined {
-                    batch.insert(key, &[][..]);
+                    batch.put(TreeId::Inbox, key, []);
                 } else {
-                    batch.remove(key);
+                    batch.del(TreeId::Inbox, key);
                 }
-                state.args.storage.commit(
-                    vec![(TreeId::Inbox, batch)],
-                    Box::new(move |r| reply(r.map_err(ChatError::from))),
-                );
+                state
+                    .args
+                    .storage
+                    .commit(batch, Box::new(move |r| reply(r.map_err(ChatError::from))));
             }
             InboxMsg::Groups { reply } => reply(
                 state
@@ -366,18 +366,27 @@ impl InboxState {
             group_seq,
             origin: origin.clone(),
         };
-        let mut batch = sled::Batch::default();
-        batch.insert(storage::seq_key(user, kind::ENTRY, seq), entry.encode_to_vec());
-        batch.insert(
+        let mut batch = Writes::default();
+        batch.put(
+            TreeId::Inbox,
+            storage::seq_key(user, kind::ENTRY, seq),
+            entry.encode_to_vec(),
+        );
+        batch.put(
+            TreeId::Inbox,
             storage::suffix_key(user, kind::ORIGIN, &origin),
-            &storage::seq_value(seq)[..],
+            storage::seq_value(seq),
         );
         self.meta.last_seq = seq;
         if self.meta.first_seq == 0 {
             self.meta.first_seq = seq;
         }
         self.trim(&mut batch);
-        batch.insert(storage::scoped(user, kind::META), self.meta.encode_to_vec());
+        batch.put(
+            TreeId::Inbox,
+            storage::scoped(user, kind::META),
+            self.meta.encode_to_vec(),
+        );
 
         let frame = encode_push(server_frame::Body::Delivery(to_delivery(seq, &entry)));
         let appended = Appended {
@@ -396,7 +405,7 @@ impl InboxState {
         self.idle_since = None;
         let me = myself.clone();
         self.args.storage.commit(
-            vec![(TreeId::Inbox, batch)],
+            batch,
             Box::new(move |r| {
                 let _ = me.cast(InboxMsg::Persisted {
                     seq,
@@ -423,7 +432,7 @@ impl InboxState {
     }
 
     /// Adds removals of the oldest entries beyond the retention limits to `batch`.
-    fn trim(&mut self, batch: &mut sled::Batch) {
+    fn trim(&mut self, batch: &mut Writes) {
         let user = &self.args.user;
         let cutoff = self
             .args
@@ -450,9 +459,9 @@ impl InboxState {
             if !(over_count || too_old) || first == self.meta.last_seq {
                 break;
             }
-            batch.remove(storage::seq_key(user, kind::ENTRY, first));
+            batch.del(TreeId::Inbox, storage::seq_key(user, kind::ENTRY, first));
             if let Some(e) = entry {
-                batch.remove(storage::suffix_key(user, kind::ORIGIN, &e.origin));
+                batch.del(TreeId::Inbox, storage::suffix_key(user, kind::ORIGIN, &e.origin));
             }
             self.meta.first_seq = first + 1;
         }
@@ -536,14 +545,15 @@ impl InboxState {
             ),
             AckKind::Read => self.receipts(before.read_seq, self.meta.read_seq, v1::ReceiptKind::Read),
         };
-        let mut batch = sled::Batch::default();
-        batch.insert(
+        let mut batch = Writes::default();
+        batch.put(
+            TreeId::Inbox,
             storage::scoped(&self.args.user, kind::META),
             self.meta.encode_to_vec(),
         );
         let router = self.args.router.clone();
         self.args.storage.commit(
-            vec![(TreeId::Inbox, batch)],
+            batch,
             Box::new(move |r| match r {
                 Ok(()) => {
                     for (sender, receipt) in receipts {
