@@ -2,7 +2,6 @@
 //! shutdown order (stop accepting, close sessions, stop inboxes and groups, flush sled).
 
 use crate::actors::registry::{Registry, RegistryArgs, RegistryMsg, Router};
-use crate::actors::session::{Session, SessionArgs};
 use crate::auth::PasswordHashing;
 use crate::config::Config;
 use crate::error::{ChatError, ChatResult};
@@ -180,10 +179,7 @@ pub async fn run(
             accepted = listener.accept() => match accepted {
                 Ok((stream, peer)) => {
                     let _ = stream.set_nodelay(true);
-                    let args = SessionArgs { stream, peer, ctx: ctx.clone() };
-                    if let Err(e) = Actor::spawn(None, Session, args).await {
-                        tracing::warn!(peer = %peer, error = %e, "cannot start session");
-                    }
+                    tokio::spawn(crate::actors::session::run(stream, peer, ctx.clone()));
                 }
                 Err(e) => {
                     // Typically out of file descriptors: back off instead of spinning.

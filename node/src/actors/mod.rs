@@ -3,6 +3,7 @@
 //!
 //! Only the registry may ever become remotable; sessions, inboxes and groups
 //! are local-only so that peers never mirror them (see ARCHITECTURE.md).
+//! Sessions run in plain tokio tasks with a mailbox, the cheapest actor shape.
 
 pub mod group;
 pub mod inbox;
@@ -10,7 +11,6 @@ pub mod registry;
 pub mod session;
 
 use bytes::Bytes;
-use ractor::ActorRef;
 
 /// A continuation run with a request's outcome. Replies are closures rather than
 /// ports so that a caller can route the answer wherever it must go (a session's
@@ -28,20 +28,20 @@ pub struct SessionRef {
     /// Unique within this node's lifetime.
     pub id: u64,
     /// Where pushes go.
-    pub actor: ActorRef<session::SessionMsg>,
+    pub mailbox: session::Mailbox,
 }
 
 impl SessionRef {
     /// Pushes an encoded inbox delivery with its seq (the session drops duplicates).
     /// False if the session is gone.
     pub fn deliver(&self, seq: u64, frame: Bytes) -> bool {
-        self.actor
-            .cast(session::SessionMsg::Deliver { seq, frame })
+        self.mailbox
+            .send(session::SessionMsg::Deliver { seq, frame })
             .is_ok()
     }
 
     /// Pushes any other encoded frame (receipts). False if the session is gone.
     pub fn push(&self, frame: Bytes) -> bool {
-        self.actor.cast(session::SessionMsg::Push(frame)).is_ok()
+        self.mailbox.send(session::SessionMsg::Push(frame)).is_ok()
     }
 }

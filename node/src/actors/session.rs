@@ -1,9 +1,10 @@
-//! The session actor: one per client connection, local-only.
+//! The session actor: one per client connection, local-only, in its own tokio task.
 //!
-//! A reader task turns the socket into frames (bounded by a semaphore of
-//! in-flight requests, so a flooding client is simply not read), the actor
-//! turns frames into requests for inboxes, groups and the registry, and a
-//! writer task drains a bounded queue of encoded frames to the socket. A
+//! The session reads frames only while it holds one of a bounded number of
+//! in-flight permits (so a flooding client is simply not read), turns frames
+//! into requests for inboxes, groups and the registry, takes pushes and
+//! completions from its mailbox, and hands encoded frames to a writer task
+//! through a bounded queue. A
 //! client that lets that queue fill up is disconnected: it resyncs from its
 //! inbox when it reconnects, so no message is lost and no memory grows.
 
@@ -21,16 +22,14 @@ use chat_protocol::internal::{AccountRecord, InboxMeta, TokenRecord};
 use chat_protocol::v1::{self, ClientFrame, ConversationKind, ErrorCode, client_frame, server_frame::Body};
 use futures::StreamExt;
 use prost::Message;
-use ractor::{Actor, ActorProcessingErr, ActorRef};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::net::tcp::OwnedWriteHalf;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
-use tokio::task::JoinHandle;
 use tokio_util::codec::FramedRead;
 
 /// Longest client message id, in bytes.
@@ -46,20 +45,8 @@ const PAGE_HEADROOM: usize = 512;
 
 type Permit = OwnedSemaphorePermit;
 
-/// Messages of the session actor.
+/// What a session's mailbox carries: pushes from inboxes and completions of its own requests.
 pub enum SessionMsg {
-    /// A frame from the client, with its in-flight permit.
-    Frame(Bytes, Permit),
-    /// The stream cannot be read further.
-    ReadFailed(CodecError),
-    /// The client closed its side.
-    Eof,
-    /// Nothing arrived for the idle timeout.
-    IdleTimeout,
-    /// The login timeout passed.
-    LoginDeadline,
-    /// The node is shutting down.
-    Shutdown,
     /// The outbound queue overflowed: the client does not read.
     Overflow,
     /// An inbox entry for this user (dropped if this session has seen `seq`).
@@ -71,19 +58,8 @@ pub enum SessionMsg {
     },
     /// Any other encoded push.
     Push(Bytes),
-    /// Login finished: attached to the inbox.
-    LoggedIn {
-        /// The Login's request id.
-        request_id: u64,
-        /// Who.
-        user: String,
-        /// The session token and its expiry.
-        token: (String, u64),
-        /// The cluster view.
-        nodes: Vec<v1::NodeInfo>,
-        /// The inbox cursors, or why attaching failed.
-        meta: ChatResult<InboxMeta>,
-    },
+    /// Login finished: attached to the inbox (boxed: it is much larger than the rest).
+    LoggedIn(Box<LoggedIn>),
     /// Login failed before attaching.
     LoginFailed {
         /// The Login's request id.
@@ -93,13 +69,28 @@ pub enum SessionMsg {
     },
 }
 
-impl ractor::Message for SessionMsg {}
+/// The outcome of a login that reached the inbox.
+pub struct LoggedIn {
+    /// The Login's request id.
+    pub request_id: u64,
+    /// Who.
+    pub user: String,
+    /// The session token and its expiry.
+    pub token: (String, u64),
+    /// The cluster view.
+    pub nodes: Vec<v1::NodeInfo>,
+    /// The inbox cursors, or why attaching failed.
+    pub meta: ChatResult<InboxMeta>,
+}
+
+/// A session's mailbox address.
+pub type Mailbox = mpsc::UnboundedSender<SessionMsg>;
 
 /// Encodes frames into the bounded outbound queue.
 #[derive(Clone)]
 pub struct Outbound {
     tx: mpsc::Sender<Bytes>,
-    session: ActorRef<SessionMsg>,
+    session: Mailbox,
     max_frame: usize,
 }
 
@@ -107,7 +98,7 @@ impl Outbound {
     /// Queues an encoded frame; a full queue marks the client as a slow reader.
     pub fn send_bytes(&self, frame: Bytes) {
         if let Err(mpsc::error::TrySendError::Full(_)) = self.tx.try_send(frame) {
-            let _ = self.session.cast(SessionMsg::Overflow);
+            let _ = self.session.send(SessionMsg::Overflow);
         }
     }
 
@@ -137,158 +128,146 @@ impl Outbound {
     }
 }
 
-/// The session actor.
-pub struct Session;
-
-/// Startup arguments.
-pub struct SessionArgs {
-    /// The accepted connection.
-    pub stream: TcpStream,
-    /// Its peer address.
-    pub peer: SocketAddr,
-    /// The node.
-    pub ctx: Arc<NodeCtx>,
+/// Why the session loop ends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Ending {
+    /// Keep going.
+    No,
+    /// Close after the writer has sent what is queued.
+    Graceful,
+    /// Close at once (the client does not read).
+    Abort,
 }
 
-/// The session's state.
+/// The session's state. The session is an actor in its own tokio task rather than a
+/// ractor actor: a ractor actor costs about 13 KB (measured), and a node holds one
+/// session per connection, which is the dominant per-connection memory.
 pub struct SessionState {
     id: u64,
     peer: SocketAddr,
     ctx: Arc<NodeCtx>,
     out: Outbound,
-    reader: JoinHandle<()>,
-    writer: JoinHandle<()>,
+    mailbox: Mailbox,
     hello: bool,
     login_pending: bool,
     user: Option<(String, String)>,
     next_seq: u64,
+    ending: Ending,
 }
 
-impl Actor for Session {
-    type Msg = SessionMsg;
-    type State = SessionState;
-    type Arguments = SessionArgs;
-
-    async fn pre_start(
-        &self,
-        myself: ActorRef<SessionMsg>,
-        args: SessionArgs,
-    ) -> Result<SessionState, ActorProcessingErr> {
-        let ctx = args.ctx;
-        let cfg = &ctx.config.client;
-        let (read, write) = args.stream.into_split();
-        let (tx, rx) = mpsc::channel(cfg.outbound_queue);
-        let permits = Arc::new(Semaphore::new(cfg.max_in_flight));
-        let reader = tokio::spawn(read_loop(
-            read,
-            myself.clone(),
-            FrameCodec::new(cfg.max_frame_bytes),
-            ctx.config.idle_timeout(),
-            permits,
-            ctx.shutdown.clone(),
-        ));
-        let writer = tokio::spawn(write_loop(write, rx));
-        myself.send_after(ctx.config.login_timeout(), || SessionMsg::LoginDeadline);
-        ctx.sessions.fetch_add(1, Ordering::Relaxed);
-        let id = ctx.next_session_id.fetch_add(1, Ordering::Relaxed);
-        tracing::debug!(session = id, peer = %args.peer, "session opened");
-        Ok(SessionState {
-            id,
-            peer: args.peer,
-            out: Outbound {
-                tx,
-                session: myself,
-                max_frame: cfg.max_frame_bytes,
-            },
-            ctx,
-            reader,
-            writer,
-            hello: false,
-            login_pending: false,
-            user: None,
-            next_seq: 1,
-        })
-    }
-
-    async fn post_stop(
-        &self,
-        _myself: ActorRef<SessionMsg>,
-        state: &mut SessionState,
-    ) -> Result<(), ActorProcessingErr> {
-        state.reader.abort();
-        state.logout();
-        state.ctx.sessions.fetch_sub(1, Ordering::Relaxed);
-        tracing::debug!(session = state.id, peer = %state.peer, "session closed");
-        Ok(())
-    }
-
-    async fn handle(
-        &self,
-        myself: ActorRef<SessionMsg>,
-        msg: SessionMsg,
-        state: &mut SessionState,
-    ) -> Result<(), ActorProcessingErr> {
-        match msg {
-            SessionMsg::Frame(bytes, permit) => match ClientFrame::decode(bytes) {
-                Ok(frame) => state.request(&myself, frame, permit),
-                Err(e) => state
-                    .out
-                    .error(0, &ChatError::BadRequest(format!("malformed frame: {e}"))),
-            },
-            SessionMsg::ReadFailed(e) => {
-                let code = match e {
-                    CodecError::FrameTooLarge { .. } => ErrorCode::FrameTooLarge,
-                    CodecError::BadLength => ErrorCode::BadRequest,
-                    _ => {
-                        myself.stop(None);
-                        return Ok(());
-                    }
-                };
-                state.close(&myself, code, &e.to_string());
+/// Runs one client connection until it closes: reads frames, handles them and the
+/// mailbox, one at a time, and tears down in order (detach, log out, drain the writer).
+pub async fn run(stream: TcpStream, peer: SocketAddr, ctx: Arc<NodeCtx>) {
+    let cfg = &ctx.config.client;
+    let (read, write) = stream.into_split();
+    let (tx, rx) = mpsc::channel(cfg.outbound_queue);
+    let (mailbox, mut inbox_rx) = mpsc::unbounded_channel();
+    let permits = Arc::new(Semaphore::new(cfg.max_in_flight));
+    let mut frames = FramedRead::with_capacity(read, FrameCodec::new(cfg.max_frame_bytes), 256);
+    let writer = tokio::spawn(write_loop(write, rx));
+    let idle_timeout = ctx.config.idle_timeout();
+    let login_deadline = tokio::time::sleep(ctx.config.login_timeout());
+    let idle = tokio::time::sleep(idle_timeout);
+    tokio::pin!(login_deadline, idle);
+    ctx.sessions.fetch_add(1, Ordering::Relaxed);
+    let mut state = SessionState {
+        id: ctx.next_session_id.fetch_add(1, Ordering::Relaxed),
+        peer,
+        out: Outbound {
+            tx,
+            session: mailbox.clone(),
+            max_frame: cfg.max_frame_bytes,
+        },
+        mailbox,
+        ctx: ctx.clone(),
+        hello: false,
+        login_pending: false,
+        user: None,
+        next_seq: 1,
+        ending: Ending::No,
+    };
+    tracing::debug!(session = state.id, peer = %peer, "session opened");
+    // A frame is read only with a permit in hand, so at most max_in_flight requests
+    // are being served; further frames wait in the socket.
+    let mut permit: Option<Permit> = None;
+    while state.ending == Ending::No {
+        tokio::select! {
+            biased;
+            Some(msg) = inbox_rx.recv() => state.handle(msg),
+            _ = ctx.shutdown.cancelled() => state.close(ErrorCode::Unavailable, "node shutting down"),
+            _ = &mut login_deadline, if state.user.is_none() && !state.login_pending => {
+                state.close(ErrorCode::NotAuthenticated, "login timeout");
             }
-            SessionMsg::Eof => myself.stop(None),
-            SessionMsg::IdleTimeout => state.close(&myself, ErrorCode::Unavailable, "idle timeout"),
-            SessionMsg::LoginDeadline => {
-                if state.user.is_none() && !state.login_pending {
-                    state.close(&myself, ErrorCode::NotAuthenticated, "login timeout");
+            _ = &mut idle => state.close(ErrorCode::Unavailable, "idle timeout"),
+            p = permits.clone().acquire_owned(), if permit.is_none() => permit = p.ok(),
+            next = frames.next(), if permit.is_some() => {
+                idle.as_mut().reset(tokio::time::Instant::now() + idle_timeout);
+                match next {
+                    Some(Ok(bytes)) => {
+                        let permit = permit.take().expect("guarded by the branch condition");
+                        match ClientFrame::decode(bytes) {
+                            Ok(frame) => state.request(frame, permit),
+                            Err(e) => state.out.error(0, &ChatError::BadRequest(format!("malformed frame: {e}"))),
+                        }
+                    }
+                    Some(Err(e)) => {
+                        let code = match e {
+                            CodecError::FrameTooLarge { .. } => Some(ErrorCode::FrameTooLarge),
+                            CodecError::BadLength => Some(ErrorCode::BadRequest),
+                            _ => None,
+                        };
+                        match code {
+                            Some(code) => state.close(code, &e.to_string()),
+                            None => state.ending = Ending::Graceful,
+                        }
+                    }
+                    None => state.ending = Ending::Graceful,
                 }
             }
-            SessionMsg::Shutdown => state.close(&myself, ErrorCode::Unavailable, "node shutting down"),
-            SessionMsg::Overflow => {
-                tracing::info!(session = state.id, peer = %state.peer, "slow reader disconnected");
-                state.writer.abort();
-                myself.stop(Some("slow reader".into()));
-            }
+        }
+    }
+    if state.ending == Ending::Abort {
+        tracing::info!(session = state.id, peer = %state.peer, "slow reader disconnected");
+        writer.abort();
+    }
+    state.logout();
+    ctx.sessions.fetch_sub(1, Ordering::Relaxed);
+    tracing::debug!(session = state.id, peer = %state.peer, "session closed");
+    // Dropping the state drops the outbound sender: the writer sends what is queued
+    // (and answers still in flight), then closes the socket.
+}
+
+impl SessionState {
+    fn handle(&mut self, msg: SessionMsg) {
+        match msg {
+            SessionMsg::Overflow => self.ending = Ending::Abort,
             SessionMsg::Deliver { seq, frame } => {
-                if state.user.is_some() && seq >= state.next_seq {
-                    state.next_seq = seq + 1;
-                    state.out.send_bytes(frame);
+                if self.user.is_some() && seq >= self.next_seq {
+                    self.next_seq = seq + 1;
+                    self.out.send_bytes(frame);
                 }
             }
             SessionMsg::Push(frame) => {
-                if state.user.is_some() {
-                    state.out.send_bytes(frame);
+                if self.user.is_some() {
+                    self.out.send_bytes(frame);
                 }
             }
-            SessionMsg::LoggedIn {
-                request_id,
-                user,
-                token,
-                nodes,
-                meta,
-            } => {
-                state.login_pending = false;
+            SessionMsg::LoggedIn(done) => {
+                let LoggedIn {
+                    request_id,
+                    user,
+                    token,
+                    nodes,
+                    meta,
+                } = *done;
+                self.login_pending = false;
                 match meta {
                     Ok(meta) => {
-                        state.next_seq = meta.last_seq + 1;
-                        state
-                            .ctx
-                            .router
-                            .registry()
-                            .cast(RegistryMsg::Online(user.clone()))?;
-                        tracing::debug!(session = state.id, user = %user, "logged in");
-                        state.user = Some((user, token.0.clone()));
-                        state.out.send(
+                        self.next_seq = meta.last_seq + 1;
+                        let _ = self.ctx.router.registry().cast(RegistryMsg::Online(user.clone()));
+                        tracing::debug!(session = self.id, user = %user, "logged in");
+                        self.user = Some((user, token.0.clone()));
+                        self.out.send(
                             request_id,
                             Body::LoginOk(v1::LoginOk {
                                 token: token.0,
@@ -299,21 +278,18 @@ impl Actor for Session {
                             }),
                         );
                     }
-                    Err(e) => state.out.error(request_id, &e),
+                    Err(e) => self.out.error(request_id, &e),
                 }
             }
             SessionMsg::LoginFailed { request_id, error } => {
-                state.login_pending = false;
-                state.out.error(request_id, &error);
+                self.login_pending = false;
+                self.out.error(request_id, &error);
             }
         }
-        Ok(())
     }
-}
 
-impl SessionState {
-    /// Says why, then stops; the writer sends what is queued and closes the socket.
-    fn close(&mut self, myself: &ActorRef<SessionMsg>, code: ErrorCode, reason: &str) {
+    /// Says why, then ends the session; the writer sends what is queued and closes the socket.
+    fn close(&mut self, code: ErrorCode, reason: &str) {
         self.out.send(
             0,
             Body::Closing(v1::Closing {
@@ -321,7 +297,9 @@ impl SessionState {
                 reason: reason.to_owned(),
             }),
         );
-        myself.stop(Some(reason.to_owned()));
+        if self.ending == Ending::No {
+            self.ending = Ending::Graceful;
+        }
     }
 
     fn logout(&mut self) {
@@ -351,7 +329,7 @@ impl SessionState {
         })
     }
 
-    fn request(&mut self, myself: &ActorRef<SessionMsg>, frame: ClientFrame, permit: Permit) {
+    fn request(&mut self, frame: ClientFrame, permit: Permit) {
         let id = frame.request_id;
         let Some(body) = frame.body else {
             return self
@@ -363,18 +341,12 @@ impl SessionState {
                 .out
                 .error(0, &ChatError::BadRequest("request_id must not be 0".into()));
         }
-        if let Err(e) = self.dispatch(myself, id, body, permit) {
+        if let Err(e) = self.dispatch(id, body, permit) {
             self.out.error(id, &e);
         }
     }
 
-    fn dispatch(
-        &mut self,
-        myself: &ActorRef<SessionMsg>,
-        id: u64,
-        body: client_frame::Body,
-        permit: Permit,
-    ) -> ChatResult<()> {
+    fn dispatch(&mut self, id: u64, body: client_frame::Body, permit: Permit) -> ChatResult<()> {
         use client_frame::Body as B;
         let cfg = &self.ctx.config;
         match body {
@@ -395,7 +367,7 @@ impl SessionState {
                             message: msg.clone(),
                         }),
                     );
-                    self.close(myself, ErrorCode::UnsupportedVersion, &msg);
+                    self.close(ErrorCode::UnsupportedVersion, &msg);
                     return Ok(());
                 }
                 self.hello = true;
@@ -418,7 +390,7 @@ impl SessionState {
             ),
             _ if !self.hello => return Err(ChatError::Unexpected("send Hello first".into())),
             B::Register(r) => self.register(id, r, permit)?,
-            B::Login(l) => self.login(myself, id, l, permit)?,
+            B::Login(l) => self.login(id, l, permit)?,
             _ if self.user.is_none() => return Err(ChatError::NotAuthenticated),
             B::Logout(l) => {
                 if let Some((user, token)) = &self.user {
@@ -620,13 +592,7 @@ impl SessionState {
         Ok(())
     }
 
-    fn login(
-        &mut self,
-        myself: &ActorRef<SessionMsg>,
-        id: u64,
-        l: v1::LoginRequest,
-        permit: Permit,
-    ) -> ChatResult<()> {
+    fn login(&mut self, id: u64, l: v1::LoginRequest, permit: Permit) -> ChatResult<()> {
         if self.user.is_some() {
             return Err(ChatError::Unexpected("already logged in; log out first".into()));
         }
@@ -641,11 +607,11 @@ impl SessionState {
         let ctx = self.ctx.clone();
         let session = SessionRef {
             id: self.id,
-            actor: myself.clone(),
+            mailbox: self.mailbox.clone(),
         };
         tokio::spawn(async move {
             let _permit = permit;
-            let me = session.actor.clone();
+            let me = session.mailbox.clone();
             let user = l.username;
             match authenticate(&ctx, &user, credential).await {
                 Ok(token) => {
@@ -655,19 +621,19 @@ impl SessionState {
                         InboxMsg::Attach {
                             session,
                             reply: reply(move |meta| {
-                                let _ = me.cast(SessionMsg::LoggedIn {
+                                let _ = me.send(SessionMsg::LoggedIn(Box::new(LoggedIn {
                                     request_id: id,
                                     user,
                                     token,
                                     nodes,
                                     meta,
-                                });
+                                })));
                             }),
                         },
                     );
                 }
                 Err(error) => {
-                    let _ = me.cast(SessionMsg::LoginFailed {
+                    let _ = me.send(SessionMsg::LoginFailed {
                         request_id: id,
                         error,
                     });
@@ -800,45 +766,6 @@ fn history_page(mut messages: Vec<v1::Delivery>, next: u64, max_frame: usize) ->
         messages,
         next_before_seq,
     })
-}
-
-async fn read_loop(
-    read: OwnedReadHalf,
-    session: ActorRef<SessionMsg>,
-    codec: FrameCodec,
-    idle: Duration,
-    permits: Arc<Semaphore>,
-    shutdown: tokio_util::sync::CancellationToken,
-) {
-    // A small initial buffer keeps idle connections cheap; it grows for large frames.
-    let mut frames = FramedRead::with_capacity(read, codec, 256);
-    loop {
-        let permit = tokio::select! {
-            _ = shutdown.cancelled() => break,
-            p = permits.clone().acquire_owned() => match p {
-                Ok(p) => p,
-                Err(_) => return,
-            },
-        };
-        let next = tokio::select! {
-            _ = shutdown.cancelled() => break,
-            next = tokio::time::timeout(idle, frames.next()) => next,
-        };
-        let msg = match next {
-            Err(_) => SessionMsg::IdleTimeout,
-            Ok(None) => SessionMsg::Eof,
-            Ok(Some(Ok(frame))) => {
-                if session.cast(SessionMsg::Frame(frame, permit)).is_err() {
-                    return;
-                }
-                continue;
-            }
-            Ok(Some(Err(e))) => SessionMsg::ReadFailed(e),
-        };
-        let _ = session.cast(msg);
-        return;
-    }
-    let _ = session.cast(SessionMsg::Shutdown);
 }
 
 async fn write_loop(mut write: OwnedWriteHalf, mut rx: mpsc::Receiver<Bytes>) {
