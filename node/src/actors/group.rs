@@ -16,7 +16,7 @@ use chat_protocol::v1::{self, ConversationKind};
 use prost::Message;
 use ractor::{Actor, ActorProcessingErr, ActorRef};
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
-use std::time::Instant;
+use tokio::time::Instant;
 
 /// Messages of the group actor.
 pub enum GroupMsg {
@@ -181,7 +181,7 @@ impl Actor for Group {
             idle_since: Some(Instant::now()),
         };
         state.resume_fanout(&myself)?;
-        myself.send_after(inbox::IDLE_AFTER, || GroupMsg::IdleCheck);
+        myself.send_after(inbox::IDLE_CHECK_EVERY, || GroupMsg::IdleCheck);
         Ok(state)
     }
 
@@ -245,7 +245,7 @@ impl Actor for Group {
                         handled: state.handled,
                     })?;
                 }
-                myself.send_after(inbox::IDLE_AFTER, || GroupMsg::IdleCheck);
+                myself.send_after(inbox::IDLE_CHECK_EVERY, || GroupMsg::IdleCheck);
             }
             GroupMsg::Wake => {}
             GroupMsg::Stop => myself.stop(None),

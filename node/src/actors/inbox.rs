@@ -15,10 +15,13 @@ use chat_protocol::v1::{self, ConversationKind, server_frame};
 use prost::Message;
 use ractor::{Actor, ActorProcessingErr, ActorRef};
 use std::collections::{HashMap, VecDeque};
-use std::time::{Duration, Instant};
+use std::time::Duration;
+use tokio::time::Instant;
 
 /// How long an inbox with no sessions and no pending writes lives on.
 pub const IDLE_AFTER: Duration = Duration::from_secs(30);
+/// How often an inbox or group checks whether it has been idle.
+pub const IDLE_CHECK_EVERY: Duration = Duration::from_secs(10);
 /// Most receipts one acknowledgement sends.
 const MAX_RECEIPTS_PER_ACK: usize = 1000;
 /// Most entries one append removes for retention.
@@ -205,6 +208,8 @@ pub struct InboxArgs {
     pub max_messages: u64,
     /// Entries older than this are removed (None: no age limit).
     pub max_age: Option<Duration>,
+    /// Sessions attached while the inbox was stopped (kept by the registry).
+    pub sessions: Vec<SessionRef>,
 }
 
 struct Pending {
@@ -225,7 +230,7 @@ pub struct InboxState {
     pending_origins: HashMap<Vec<u8>, u64>,
     sessions: Vec<SessionRef>,
     handled: u64,
-    idle_since: Option<Instant>,
+    last_active: Instant,
 }
 
 impl Actor for Inbox {
@@ -236,19 +241,20 @@ impl Actor for Inbox {
     async fn pre_start(
         &self,
         myself: ActorRef<InboxMsg>,
-        args: InboxArgs,
+        mut args: InboxArgs,
     ) -> Result<InboxState, ActorProcessingErr> {
         let meta = args.storage.inbox_meta(&args.user)?;
-        myself.send_after(IDLE_AFTER, || InboxMsg::IdleCheck);
+        myself.send_after(IDLE_CHECK_EVERY, || InboxMsg::IdleCheck);
+        let sessions = std::mem::take(&mut args.sessions);
         Ok(InboxState {
+            sessions,
             durable_seq: meta.last_seq,
             meta,
             args,
             pending: VecDeque::new(),
             pending_origins: HashMap::new(),
-            sessions: Vec::new(),
             handled: 0,
-            idle_since: Some(Instant::now()),
+            last_active: Instant::now(),
         })
     }
 
@@ -260,20 +266,19 @@ impl Actor for Inbox {
     ) -> Result<(), ActorProcessingErr> {
         if msg.routed() {
             state.handled += 1;
+            state.last_active = Instant::now();
         }
         match msg {
             InboxMsg::Append { origin, draft, reply } => state.append(&myself, origin, draft, reply),
             InboxMsg::Persisted { seq, result } => state.persisted(seq, result),
             InboxMsg::Attach { session, reply } => {
                 state.sessions.push(session);
-                state.idle_since = None;
                 let mut meta = state.meta;
                 meta.last_seq = state.durable_seq;
                 reply(Ok(meta));
             }
             InboxMsg::Detach { session } => {
                 state.sessions.retain(|s| s.id != session);
-                state.mark_idle_if_quiet();
             }
             InboxMsg::Fetch { after, limit, reply } => reply(state.fetch(after, limit)),
             InboxMsg::History {
@@ -308,13 +313,16 @@ impl Actor for Inbox {
                     .map_err(Into::into),
             ),
             InboxMsg::IdleCheck => {
-                if state.idle_since.is_some_and(|t| t.elapsed() >= IDLE_AFTER) {
+                // Idle means no traffic and no pending write; attached sessions do not
+                // keep an inbox alive: the registry holds them until it starts again.
+                if state.pending.is_empty() && state.last_active.elapsed() >= IDLE_AFTER {
                     state.args.router.registry().cast(RegistryMsg::InboxIdle {
                         user: state.args.user.clone(),
                         handled: state.handled,
+                        sessions: state.sessions.clone(),
                     })?;
                 }
-                myself.send_after(IDLE_AFTER, || InboxMsg::IdleCheck);
+                myself.send_after(IDLE_CHECK_EVERY, || InboxMsg::IdleCheck);
             }
             InboxMsg::Stop => myself.stop(None),
         }
@@ -323,12 +331,6 @@ impl Actor for Inbox {
 }
 
 impl InboxState {
-    fn mark_idle_if_quiet(&mut self) {
-        if self.sessions.is_empty() && self.pending.is_empty() {
-            self.idle_since.get_or_insert_with(Instant::now);
-        }
-    }
-
     fn append(
         &mut self,
         myself: &ActorRef<InboxMsg>,
@@ -402,7 +404,6 @@ impl InboxState {
             frame,
             replies: vec![reply],
         });
-        self.idle_since = None;
         let me = myself.clone();
         self.args.storage.commit(
             batch,
@@ -489,7 +490,6 @@ impl InboxState {
                 }
             }
         }
-        self.mark_idle_if_quiet();
     }
 
     fn fetch(&self, after: u64, limit: usize) -> ChatResult<Page> {

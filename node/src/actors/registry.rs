@@ -11,9 +11,9 @@
 //! cluster issue puts the owner lookup and the forwarding to a peer's
 //! registry behind the same calls.
 
-use super::Reply;
 use super::group::{Group, GroupArgs, GroupMsg};
 use super::inbox::{Inbox, InboxArgs, InboxMsg};
+use super::{Reply, SessionRef};
 use crate::error::ChatError;
 use crate::storage::Storage;
 use chat_protocol::v1::NodeInfo;
@@ -52,6 +52,8 @@ pub enum RegistryMsg {
         user: String,
         /// Routed messages it handled.
         handled: u64,
+        /// Its attached sessions, kept here until the inbox starts again.
+        sessions: Vec<SessionRef>,
     },
     /// A group has been idle.
     GroupIdle {
@@ -78,6 +80,11 @@ pub enum RegistryMsg {
         /// Gets them.
         reply: Reply<Vec<NodeInfo>>,
     },
+    /// Counts of what this registry holds.
+    Stats {
+        /// Gets them.
+        reply: Reply<RegistryStats>,
+    },
     /// Stop every inbox and group after their pending writes; reply when done.
     Drain {
         /// Runs when all have stopped.
@@ -86,6 +93,19 @@ pub enum RegistryMsg {
 }
 
 impl ractor::Message for RegistryMsg {}
+
+/// What a registry holds, for operators and tests.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct RegistryStats {
+    /// Running inbox actors.
+    pub inboxes: usize,
+    /// Running group actors.
+    pub groups: usize,
+    /// Users whose sessions are parked here while their inbox is stopped.
+    pub parked_users: usize,
+    /// Users with at least one session on this node.
+    pub online_users: usize,
+}
 
 /// A cheap handle for routing to entities wherever they live.
 #[derive(Clone)]
@@ -140,6 +160,8 @@ pub struct RegistryState {
     args: RegistryArgs,
     router: Router,
     inboxes: HashMap<String, Routed<InboxMsg>>,
+    /// Sessions of users whose inbox is stopped; handed back when it starts.
+    parked: HashMap<String, Vec<SessionRef>>,
     groups: HashMap<String, Routed<GroupMsg>>,
     online: BTreeMap<String, u32>,
 }
@@ -158,6 +180,7 @@ impl Actor for Registry {
             args,
             router: Router::new(myself),
             inboxes: HashMap::new(),
+            parked: HashMap::new(),
             groups: HashMap::new(),
             online: BTreeMap::new(),
         })
@@ -170,18 +193,35 @@ impl Actor for Registry {
         state: &mut RegistryState,
     ) -> Result<(), ActorProcessingErr> {
         match msg {
+            RegistryMsg::Inbox(user, InboxMsg::Detach { session }) if !state.inboxes.contains_key(&user) => {
+                // No need to start an inbox to forget a parked session.
+                if let Some(parked) = state.parked.get_mut(&user) {
+                    parked.retain(|s| s.id != session);
+                    if parked.is_empty() {
+                        state.parked.remove(&user);
+                    }
+                }
+            }
             RegistryMsg::Inbox(user, msg) => {
-                let args = || inbox_args(&state.args, &state.router, &user);
+                let parked = &mut state.parked;
+                let args = || inbox_args(&state.args, &state.router, &user, parked.remove(&user));
                 route(&mut state.inboxes, &user, msg, Inbox, args, InboxMsg::fail).await;
             }
             RegistryMsg::Group(group, msg) => {
                 let args = || group_args(&state.args, &state.router, &group);
                 route(&mut state.groups, &group, msg, Group, args, GroupMsg::fail).await;
             }
-            RegistryMsg::InboxIdle { user, handled } => {
+            RegistryMsg::InboxIdle {
+                user,
+                handled,
+                sessions,
+            } => {
                 if state.inboxes.get(&user).is_some_and(|i| i.routed == handled) {
                     let inbox = state.inboxes.remove(&user).expect("checked above");
                     inbox.actor.cast(InboxMsg::Stop)?;
+                    if !sessions.is_empty() {
+                        state.parked.insert(user, sessions);
+                    }
                 }
             }
             RegistryMsg::GroupIdle { group, handled } => {
@@ -215,6 +255,12 @@ impl Actor for Registry {
                 up: true,
                 sessions: state.args.sessions.load(Ordering::Relaxed) as u32,
             }]),
+            RegistryMsg::Stats { reply } => reply(RegistryStats {
+                inboxes: state.inboxes.len(),
+                groups: state.groups.len(),
+                parked_users: state.parked.len(),
+                online_users: state.online.len(),
+            }),
             RegistryMsg::Drain { reply } => {
                 // Stop is queued behind every message already routed, so pending
                 // writes are submitted first; the storage barrier then covers them.
@@ -239,8 +285,14 @@ impl Actor for Registry {
     }
 }
 
-fn inbox_args(args: &RegistryArgs, router: &Router, user: &str) -> InboxArgs {
+fn inbox_args(
+    args: &RegistryArgs,
+    router: &Router,
+    user: &str,
+    parked: Option<Vec<SessionRef>>,
+) -> InboxArgs {
     InboxArgs {
+        sessions: parked.unwrap_or_default(),
         user: user.to_owned(),
         storage: args.storage.clone(),
         router: router.clone(),
@@ -297,5 +349,86 @@ async fn route<A: Actor>(
             tracing::error!(key, error = %e, "cannot start actor");
             fail(msg, ChatError::Internal("cannot load this entity".into()));
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::actors::inbox::{Draft, IDLE_AFTER};
+    use crate::actors::reply;
+    use crate::actors::session::SessionMsg;
+    use chat_protocol::v1::ConversationKind;
+    use tokio::sync::{mpsc, oneshot};
+
+    async fn ask<T: Send + 'static>(send: impl FnOnce(Reply<T>)) -> T {
+        let (tx, rx) = oneshot::channel();
+        send(reply(move |v| {
+            let _ = tx.send(v);
+        }));
+        rx.await.expect("answered")
+    }
+
+    async fn stats(router: &Router) -> RegistryStats {
+        ask(|reply| router.registry().cast(RegistryMsg::Stats { reply }).unwrap()).await
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_idle_inbox_stops_and_hands_its_sessions_to_the_next_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let storage = Storage::open(dir.path(), 16, 8 << 20).unwrap();
+        let (registry, _) = Actor::spawn(
+            None,
+            Registry,
+            RegistryArgs {
+                node: "t".into(),
+                client_addr: "127.0.0.1:1".into(),
+                storage,
+                max_messages: 100,
+                max_age: None,
+                sessions: Arc::default(),
+            },
+        )
+        .await
+        .unwrap();
+        let router = Router::new(registry.clone());
+        let (mailbox, mut pushes) = mpsc::unbounded_channel();
+        let session = SessionRef { id: 7, mailbox };
+        ask(|reply| router.to_inbox("bob", InboxMsg::Attach { session, reply }))
+            .await
+            .unwrap();
+        assert_eq!(stats(&router).await.inboxes, 1);
+
+        // Paused time runs ahead while nothing else happens: the inbox goes idle and stops,
+        // although bob is still logged in.
+        tokio::time::sleep(IDLE_AFTER * 3).await;
+        let s = stats(&router).await;
+        assert_eq!((s.inboxes, s.parked_users), (0, 1), "{s:?}");
+
+        // A message for bob starts a new inbox, which still knows bob's session.
+        let draft = Draft {
+            from: "alice".into(),
+            kind: ConversationKind::Private,
+            conversation: "bob".into(),
+            text: "wake up".into(),
+            group: None,
+        };
+        let origin = crate::actors::inbox::private_origin("alice", "c1");
+        let appended = ask(|reply| router.to_inbox("bob", InboxMsg::Append { origin, draft, reply }))
+            .await
+            .unwrap();
+        match pushes.recv().await {
+            Some(SessionMsg::Deliver { seq, .. }) => assert_eq!(seq, appended.seq),
+            _ => panic!("the parked session got no delivery"),
+        }
+        let s = stats(&router).await;
+        assert_eq!((s.inboxes, s.parked_users), (1, 0), "{s:?}");
+
+        // Detaching while the inbox is stopped forgets the parked session without starting it.
+        tokio::time::sleep(IDLE_AFTER * 3).await;
+        router.to_inbox("bob", InboxMsg::Detach { session: 7 });
+        let s = stats(&router).await;
+        assert_eq!((s.inboxes, s.parked_users), (0, 0), "{s:?}");
+        registry.stop(None);
     }
 }
