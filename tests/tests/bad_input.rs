@@ -207,7 +207,8 @@ async fn a_reader_that_stops_reading_is_disconnected_and_others_carry_on() {
     bystanders_still_chat(&node, 5).await;
 
     // Memory is bounded, not merely slow to grow: a second flood of the same size
-    // (another 32 MB) must not add anything like its size to the node's memory.
+    // must not add its size (32 MB) to the node's memory. The margin is wide because
+    // RSS is noisy while other tests load the machine.
     // The first flood warms sled's cache and the allocator, so it is the baseline.
     let after_first = node.rss_kib();
     let frames = flood_a_sloth(&node, "sloth2", 2000).await;
