@@ -154,7 +154,13 @@ impl Storage {
     /// Opens (or creates) the database in `dir` with a page cache of `cache_bytes`
     /// and starts the committer thread.
     pub fn open(dir: &Path, max_batch: usize, cache_bytes: u64) -> Result<Self> {
-        let db = sled::Config::new().path(dir).cache_capacity(cache_bytes).open()?;
+        // The committer flushes after every round; sled's own periodic flusher would only
+        // compete with it for the disk.
+        let db = sled::Config::new()
+            .path(dir)
+            .cache_capacity(cache_bytes)
+            .flush_every_ms(None)
+            .open()?;
         let (tx, rx) = mpsc::channel::<Commit>();
         let storage = Self {
             accounts: db.open_tree("accounts")?,
