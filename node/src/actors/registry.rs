@@ -431,8 +431,8 @@ mod tests {
             Some(SessionMsg::Deliver { seq, .. }) => assert_eq!(seq, appended.seq),
             _ => panic!("the parked session got no delivery"),
         }
-        let s = stats(&router).await;
-        assert_eq!((s.inboxes, s.parked_users), (1, 0), "{s:?}");
+        // (No check that the inbox runs now: paused time jumps ahead while the test
+        // waits for the committer thread, so it may already have gone idle again.)
 
         // Paused time runs ahead while nothing else happens: the inbox goes idle and
         // stops, although bob is still logged in, and hands the session back.
