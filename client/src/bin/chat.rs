@@ -181,16 +181,10 @@ fn credentials(user: &Option<String>, password: &Option<String>) -> Result<(Stri
     Ok((user, password))
 }
 
-/// Prints offline messages from the inbox, then live ones, acknowledging what it printed.
-async fn recv(
-    client: &Client,
-    mut pushes: UnboundedReceiver<Push>,
-    delivered: u64,
-    wait: Duration,
-) -> Result<()> {
-    let deadline = tokio::time::Instant::now() + wait;
-    // Live pushes that arrive while syncing are newer than the sync's end; printing
-    // by seq and skipping what was printed keeps the order and drops nothing.
+/// Prints what arrived after `delivered`, acknowledges it, and returns the last seq printed.
+/// Live pushes that arrive meanwhile are newer than the sync's end; callers print pushes
+/// above the returned seq only, which keeps the order and drops nothing.
+async fn print_backlog(client: &Client, delivered: u64) -> Result<u64> {
     let mut last = delivered;
     for d in client.sync_all(delivered).await? {
         println!("{}", format_delivery(&d));
@@ -199,6 +193,18 @@ async fn recv(
     if last > delivered {
         client.ack_delivered(last).await?;
     }
+    Ok(last)
+}
+
+/// Prints offline messages from the inbox, then live ones, acknowledging what it printed.
+async fn recv(
+    client: &Client,
+    mut pushes: UnboundedReceiver<Push>,
+    delivered: u64,
+    wait: Duration,
+) -> Result<()> {
+    let deadline = tokio::time::Instant::now() + wait;
+    let mut last = print_backlog(client, delivered).await?;
     loop {
         let push = tokio::select! {
             _ = tokio::time::sleep_until(deadline) => break,
@@ -257,14 +263,7 @@ async fn interactive(
     delivered: u64,
 ) -> Result<()> {
     println!("logged in as {user}; :help for commands");
-    let mut last = delivered;
-    for d in client.sync_all(delivered).await? {
-        println!("{}", format_delivery(&d));
-        last = d.seq;
-    }
-    if last > delivered {
-        client.ack_delivered(last).await?;
-    }
+    let mut last = print_backlog(&client, delivered).await?;
     let mut lines = tokio::io::BufReader::new(tokio::io::stdin()).lines();
     loop {
         tokio::select! {
