@@ -252,3 +252,35 @@ async fn private_history_pages_backwards_through_a_conversation() {
     let texts: Vec<&str> = second.messages.iter().map(|m| m.text.as_str()).collect();
     assert_eq!(texts, ["a2", "a1"]);
 }
+
+#[tokio::test]
+async fn retention_keeps_the_newest_messages_and_says_where_history_starts() {
+    let node = Node::start_with(chat_tests::NodeOpts {
+        extra_toml: "[storage]\nretention_max_messages = 5".into(),
+        ..Default::default()
+    })
+    .unwrap();
+    let (alice, _) = node.user("alice").await.unwrap();
+    let (bob, _) = node.user("bob").await.unwrap();
+    bob.logout().await.unwrap();
+    for i in 1..=8 {
+        alice
+            .send_private_with_id("bob", &format!("c{i}"), &format!("m{i}"))
+            .await
+            .unwrap();
+    }
+    let (bob2, _rx, ok) = node.login("bob").await.unwrap();
+    assert_eq!(ok.last_seq, 8, "seqs keep counting past what is retained");
+    let page = bob2.sync(0, 0).await.unwrap();
+    let seqs: Vec<u64> = page.messages.iter().map(|m| m.seq).collect();
+    assert_eq!(seqs, [4, 5, 6, 7, 8]);
+    assert_eq!(
+        page.first_available_seq, 4,
+        "the client learns that 1..=3 are gone"
+    );
+    // A retained message still dedupes.
+    let again = alice.send_private_with_id("bob", "c8", "m8").await.unwrap();
+    assert_eq!(again.seq, 8);
+    assert_eq!(bob2.sync(0, 0).await.unwrap().messages.len(), 5);
+    drop(bob);
+}
