@@ -3,6 +3,7 @@
 
 use crate::actors::registry::{Registry, RegistryArgs, RegistryMsg, Router};
 use crate::auth::PasswordHashing;
+use crate::cluster::Cluster;
 use crate::config::Config;
 use crate::error::{ChatError, ChatResult};
 use crate::storage::{Storage, StorageError};
@@ -39,6 +40,9 @@ pub enum NodeError {
     /// An actor could not start.
     #[error("cannot start {0}")]
     Spawn(String),
+    /// The cluster listener could not start.
+    #[error(transparent)]
+    Cluster(#[from] crate::cluster::ClusterError),
     /// The listener failed.
     #[error("listener: {0}")]
     Io(#[from] std::io::Error),
@@ -138,6 +142,15 @@ pub async fn run(
         config.storage.cache_mib << 20,
     )?;
     let sessions = Arc::new(AtomicUsize::new(0));
+    let cluster = Cluster::start(
+        &node_name,
+        config.cluster.listen,
+        &config.cluster.cookie,
+        &client_addr.to_string(),
+        config.cluster.seeds.clone(),
+        sessions.clone(),
+    )
+    .await?;
     let max_age = match config.storage.retention_max_age_days {
         0 => None,
         days => Some(Duration::from_secs(days * 24 * 3600)),
@@ -152,6 +165,7 @@ pub async fn run(
             max_messages: config.storage.retention_max_messages,
             max_age,
             sessions: sessions.clone(),
+            view: cluster.view.clone(),
         },
     )
     .await
@@ -208,7 +222,9 @@ pub async fn run(
     storage.flush()?;
     registry.stop(None);
     let _ = registry_handle.await;
-    tracing::info!(node = %node_name, "storage flushed; stopped");
+    tracing::info!(node = %node_name, "storage flushed; leaving the cluster");
+    cluster.stop();
+    tracing::info!(node = %node_name, "stopped");
     Ok(())
 }
 
@@ -262,6 +278,7 @@ mod tests {
                 max_messages: 100,
                 max_age: None,
                 sessions: Arc::default(),
+                view: crate::cluster::ClusterView::default(),
             },
         )
         .await

@@ -38,10 +38,38 @@ pub fn bin(name: &str) -> PathBuf {
 /// except argon2's cost, which is lowered so that tests register users quickly.
 #[derive(Debug, Clone, Default)]
 pub struct NodeOpts {
+    /// The node's name (default: derived from its client port).
+    pub name: Option<String>,
     /// Extra TOML appended to the generated config (whole sections).
     pub extra_toml: String,
     /// `[client]` lines.
     pub client_toml: String,
+    /// `[cluster]` lines (the listen address defaults to a port chosen by the OS).
+    pub cluster_toml: String,
+}
+
+/// A currently free TCP port on 127.0.0.1 (bound and released; for cluster listeners,
+/// whose real port a node cannot report when given port 0).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port()
+}
+
+impl NodeOpts {
+    /// Options for a cluster member: a name, a fixed cluster port, seeds and a cookie.
+    pub fn member(name: &str, cluster_port: u16, seeds: &[u16], cookie: &str) -> Self {
+        let seeds: Vec<String> = seeds.iter().map(|p| format!("\"127.0.0.1:{p}\"")).collect();
+        Self {
+            name: Some(name.to_owned()),
+            cluster_toml: format!(
+                "listen = \"127.0.0.1:{cluster_port}\"\nseeds = [{}]\ncookie = {cookie:?}\n",
+                seeds.join(", ")
+            ),
+            ..Self::default()
+        }
+    }
 }
 
 /// A running `chat-node` child process; killed when dropped.
@@ -179,12 +207,23 @@ pub fn send_signal(pid: u32, sig: &str) -> Result<()> {
 
 fn spawn_node(dir: &Path, opts: &NodeOpts) -> Result<(Child, String, PathBuf)> {
     let config = dir.join("node.toml");
+    let name = opts
+        .name
+        .as_ref()
+        .map(|n| format!("name = {n:?}\n"))
+        .unwrap_or_default();
+    let cluster_listen = if opts.cluster_toml.contains("listen") {
+        ""
+    } else {
+        "listen = \"127.0.0.1:0\"\n"
+    };
     std::fs::write(
         &config,
         format!(
-            "data_dir = {data:?}\n[client]\nlisten = \"127.0.0.1:0\"\n{client}\n[cluster]\nlisten = \"127.0.0.1:0\"\n[auth]\nargon2_memory_kib = 64\nargon2_iterations = 1\n{extra}\n",
+            "{name}data_dir = {data:?}\n[client]\nlisten = \"127.0.0.1:0\"\n{client}\n[cluster]\n{cluster_listen}{cluster}\n[auth]\nargon2_memory_kib = 64\nargon2_iterations = 1\n{extra}\n",
             data = dir.join("data"),
             client = opts.client_toml,
+            cluster = opts.cluster_toml,
             extra = opts.extra_toml,
         ),
     )?;

@@ -192,6 +192,7 @@ async fn a_reader_that_stops_reading_is_disconnected_and_others_carry_on() {
     let node = node_with_bystanders(NodeOpts {
         client_toml: "outbound_queue = 16\nmax_text_bytes = 16000".into(),
         extra_toml: "[storage]\ncache_mib = 16".into(),
+        ..NodeOpts::default()
     })
     .await;
     // 2000 messages of 16 KB (32 MB) cannot sit in socket buffers and a 16-frame queue.

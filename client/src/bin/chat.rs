@@ -32,7 +32,8 @@ const EXAMPLES: &str = "Examples:
   chat --user bob --password pw recv --wait 5
   chat --user alice --password secret group-create rust
   chat --user alice --password secret group-send rust \"hello all\"
-  chat --user alice --password secret online";
+  chat --user alice --password secret online
+  chat --user alice --password secret nodes";
 
 #[derive(Debug, Subcommand)]
 enum Command {
@@ -85,6 +86,8 @@ enum Command {
         /// Group name.
         group: String,
     },
+    /// Print the cluster's nodes: name, client address, up or down, sessions.
+    Nodes,
     /// Print the history of a conversation: USER or #GROUP.
     History {
         /// A username, or a group name prefixed with '#'.
@@ -159,6 +162,12 @@ async fn run(cli: Cli) -> Result<()> {
         Command::Members { group } => {
             for m in client.members(&group).await? {
                 println!("{m}");
+            }
+        }
+        Command::Nodes => {
+            for n in &login.nodes {
+                let state = if n.up { "up" } else { "down" };
+                println!("{} {} {state} {}", n.name, n.client_addr, n.sessions);
             }
         }
         Command::History { with } => {

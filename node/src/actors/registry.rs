@@ -14,8 +14,10 @@
 use super::group::{Group, GroupArgs, GroupMsg};
 use super::inbox::{Inbox, InboxArgs, InboxMsg};
 use super::{Reply, SessionRef};
+use crate::cluster::ClusterView;
 use crate::error::ChatError;
 use crate::storage::Storage;
+use chat_protocol::internal::NodeCard;
 use chat_protocol::v1::NodeInfo;
 use ractor::{Actor, ActorProcessingErr, ActorRef, MessagingErr};
 use std::collections::{BTreeMap, HashMap};
@@ -38,6 +40,8 @@ pub struct RegistryArgs {
     pub max_age: Option<Duration>,
     /// Connected sessions on this node.
     pub sessions: Arc<AtomicUsize>,
+    /// The other nodes, as the cluster membership sees them.
+    pub view: ClusterView,
 }
 
 /// Messages of the registry.
@@ -263,12 +267,15 @@ impl Actor for Registry {
                 let more = names.next().is_some();
                 reply((page, more));
             }
-            RegistryMsg::Nodes { reply } => reply(vec![NodeInfo {
-                name: state.args.node.clone(),
-                client_addr: state.args.client_addr.clone(),
-                up: true,
-                sessions: state.args.sessions.load(Ordering::Relaxed) as u32,
-            }]),
+            RegistryMsg::Nodes { reply } => {
+                let me = NodeCard {
+                    name: state.args.node.clone(),
+                    client_addr: state.args.client_addr.clone(),
+                    cluster_addr: String::new(),
+                    sessions: state.args.sessions.load(Ordering::Relaxed) as u32,
+                };
+                reply(state.args.view.nodes(&me));
+            }
             RegistryMsg::Stats { reply } => reply(RegistryStats {
                 inboxes: state.inboxes.len(),
                 groups: state.groups.len(),
@@ -401,6 +408,7 @@ mod tests {
                 max_messages: 100,
                 max_age: None,
                 sessions: Arc::default(),
+                view: ClusterView::default(),
             },
         )
         .await

@@ -1,0 +1,375 @@
+//! Cluster membership: the ractor_cluster NodeServer, dialing seeds and lost peers with
+//! backoff, and the member actor whose heartbeat keeps the view of which nodes are up.
+//!
+//! ractor_cluster forms the mesh (Transitive mode) and authenticates peers with
+//! the cookie, but it detects neither frozen peers nor reconnects. So each
+//! node runs one remotable [`Member`] actor in the pg group [`PG_GROUP`]; every
+//! second it asks every other member for its [`NodeCard`] with a timeout, and
+//! a peer that misses [`MISSES_DOWN`] answers in a row is marked down. Peers
+//! that are down or gone are redialed with backoff, seeds included.
+//!
+//! The member actor is the only remotable actor of a node (see ARCHITECTURE.md).
+
+use chat_protocol::internal::NodeCard;
+use chat_protocol::v1::NodeInfo;
+use prost::Message;
+use ractor::concurrency::Duration;
+use ractor::{Actor, ActorCell, ActorId, ActorProcessingErr, ActorRef, RpcReplyPort, pg};
+use ractor_cluster::{NodeEventSubscription, NodeServer, NodeServerMessage, RactorClusterMessage};
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use tokio::time::Instant;
+
+/// The pg group every node's member actor joins.
+pub const PG_GROUP: &str = "chat/nodes";
+/// How often members ask each other for their cards.
+pub const HEARTBEAT: Duration = Duration::from_secs(1);
+/// How long one heartbeat call may take.
+pub const HEARTBEAT_TIMEOUT: Duration = Duration::from_millis(900);
+/// Missed heartbeats in a row after which a peer counts as down.
+pub const MISSES_DOWN: u32 = 3;
+/// Longest pause between two dials of a lost peer.
+pub const MAX_BACKOFF: Duration = Duration::from_secs(10);
+
+/// Messages of the member actor. Every variant must cross the network.
+#[derive(RactorClusterMessage)]
+pub enum MemberMsg {
+    /// A peer's heartbeat: answer with this node's card (a prost-encoded [`NodeCard`]).
+    #[rpc]
+    Card(RpcReplyPort<Vec<u8>>),
+    /// Local tick: ask every peer, redial the lost.
+    Tick,
+}
+
+/// One node as this node sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Peer {
+    /// What it said about itself last.
+    pub card: NodeCard,
+    /// Whether it answers.
+    pub up: bool,
+}
+
+/// The membership view, shared with the registry (for LoginOk) and tests.
+#[derive(Clone, Default)]
+pub struct ClusterView {
+    inner: Arc<Mutex<ViewState>>,
+}
+
+#[derive(Default)]
+struct ViewState {
+    /// By node name; never shrinks, so lost peers can be redialed.
+    peers: BTreeMap<String, Peer>,
+    /// Consecutive missed heartbeats, by member actor.
+    misses: HashMap<ActorId, (String, u32)>,
+}
+
+impl ClusterView {
+    /// Every known node but this one.
+    pub fn peers(&self) -> Vec<Peer> {
+        self.inner
+            .lock()
+            .expect("view lock")
+            .peers
+            .values()
+            .cloned()
+            .collect()
+    }
+
+    /// The view as the protocol lists it: this node first, then the others by name.
+    pub fn nodes(&self, me: &NodeCard) -> Vec<NodeInfo> {
+        let mut out = vec![to_info(me, true)];
+        out.extend(self.peers().iter().map(|p| to_info(&p.card, p.up)));
+        out
+    }
+
+    fn seen(&self, id: ActorId, card: NodeCard) {
+        let mut v = self.inner.lock().expect("view lock");
+        if !v.peers.get(&card.name).is_some_and(|p| p.up) {
+            tracing::info!(peer = %card.name, addr = %card.cluster_addr, "peer up");
+        }
+        v.misses.insert(id, (card.name.clone(), 0));
+        v.peers.insert(card.name.clone(), Peer { card, up: true });
+    }
+
+    fn missed(&self, id: ActorId) {
+        let mut v = self.inner.lock().expect("view lock");
+        let Some((name, misses)) = v.misses.get_mut(&id) else {
+            return;
+        };
+        *misses += 1;
+        if *misses == MISSES_DOWN {
+            let name = name.clone();
+            if let Some(p) = v.peers.get_mut(&name) {
+                p.up = false;
+                tracing::warn!(peer = %name, "peer down: no heartbeat answer");
+            }
+        }
+    }
+
+    /// Marks down every peer whose member actor is no longer in the group.
+    fn keep_only(&self, present: &HashSet<ActorId>) {
+        let mut v = self.inner.lock().expect("view lock");
+        let gone: Vec<(ActorId, String)> = v
+            .misses
+            .iter()
+            .filter(|(id, _)| !present.contains(id))
+            .map(|(id, (name, _))| (*id, name.clone()))
+            .collect();
+        for (id, name) in gone {
+            v.misses.remove(&id);
+            // Another member actor of the same name (a restarted node) may be up already.
+            if !v.misses.values().any(|(n, _)| *n == name) {
+                if let Some(p) = v.peers.get_mut(&name) {
+                    if p.up {
+                        tracing::warn!(peer = %name, "peer down: disconnected");
+                    }
+                    p.up = false;
+                }
+            }
+        }
+    }
+}
+
+fn to_info(card: &NodeCard, up: bool) -> NodeInfo {
+    NodeInfo {
+        name: card.name.clone(),
+        client_addr: card.client_addr.clone(),
+        up,
+        sessions: card.sessions,
+    }
+}
+
+/// What the member actor needs.
+pub struct MemberArgs {
+    /// This node's card, without the live session count.
+    pub card: NodeCard,
+    /// Live session count.
+    pub sessions: Arc<AtomicUsize>,
+    /// The view to keep.
+    pub view: ClusterView,
+    /// The NodeServer, for dialing.
+    pub server: ActorRef<NodeServerMessage>,
+    /// Cluster addresses to keep dialing until they answer.
+    pub seeds: Vec<String>,
+}
+
+/// The member actor.
+pub struct Member;
+
+/// Its state.
+pub struct MemberState {
+    args: MemberArgs,
+    /// Next dial time and current backoff, by cluster address.
+    dials: HashMap<String, (Instant, Duration)>,
+}
+
+impl Actor for Member {
+    type Msg = MemberMsg;
+    type State = MemberState;
+    type Arguments = MemberArgs;
+
+    async fn pre_start(
+        &self,
+        myself: ActorRef<MemberMsg>,
+        args: MemberArgs,
+    ) -> Result<MemberState, ActorProcessingErr> {
+        pg::join(PG_GROUP.to_owned(), vec![myself.get_cell()]);
+        myself.send_interval(HEARTBEAT, || MemberMsg::Tick);
+        let _ = myself.cast(MemberMsg::Tick);
+        Ok(MemberState {
+            args,
+            dials: HashMap::new(),
+        })
+    }
+
+    async fn handle(
+        &self,
+        myself: ActorRef<MemberMsg>,
+        msg: MemberMsg,
+        state: &mut MemberState,
+    ) -> Result<(), ActorProcessingErr> {
+        match msg {
+            MemberMsg::Card(reply) => {
+                let mut card = state.args.card.clone();
+                card.sessions = state.args.sessions.load(Ordering::Relaxed) as u32;
+                let _ = reply.send(card.encode_to_vec());
+            }
+            MemberMsg::Tick => {
+                let members: Vec<ActorCell> = pg::get_members(&PG_GROUP.to_owned())
+                    .into_iter()
+                    .filter(|m| m.get_id() != myself.get_id())
+                    .collect();
+                let present: HashSet<ActorId> = members.iter().map(|m| m.get_id()).collect();
+                state.args.view.keep_only(&present);
+                for member in members {
+                    let view = state.args.view.clone();
+                    tokio::spawn(async move { heartbeat(member, view).await });
+                }
+                state.redial();
+            }
+        }
+        Ok(())
+    }
+}
+
+async fn heartbeat(member: ActorCell, view: ClusterView) {
+    let id = member.get_id();
+    let peer: ActorRef<MemberMsg> = member.into();
+    match peer.call(MemberMsg::Card, Some(HEARTBEAT_TIMEOUT)).await {
+        Ok(ractor::rpc::CallResult::Success(bytes)) => match NodeCard::decode(bytes.as_slice()) {
+            Ok(card) => view.seen(id, card),
+            Err(e) => tracing::warn!(error = %e, "undecodable node card from a peer"),
+        },
+        _ => view.missed(id),
+    }
+}
+
+impl MemberState {
+    /// Dials every seed and known peer that is not up, each with its own backoff.
+    fn redial(&mut self) {
+        let peers = self.args.view.peers();
+        let up: HashSet<&str> = peers
+            .iter()
+            .filter(|p| p.up)
+            .map(|p| p.card.cluster_addr.as_str())
+            .collect();
+        let mut wanted: Vec<String> = self.args.seeds.clone();
+        wanted.extend(
+            peers
+                .iter()
+                .filter(|p| !p.up)
+                .map(|p| p.card.cluster_addr.clone()),
+        );
+        wanted.retain(|a| a != &self.args.card.cluster_addr && !up.contains(a.as_str()));
+        let now = Instant::now();
+        // Forget backoffs of peers that came back, so the next loss starts fast.
+        self.dials.retain(|addr, _| wanted.contains(addr));
+        for addr in wanted {
+            let (next, backoff) = self.dials.entry(addr.clone()).or_insert((now, HEARTBEAT));
+            if *next > now {
+                continue;
+            }
+            *backoff = (*backoff * 2).min(MAX_BACKOFF);
+            *next = now + *backoff;
+            let server = self.args.server.clone();
+            tokio::spawn(async move {
+                tracing::debug!(peer = %addr, "dialing");
+                if let Err(e) = ractor_cluster::client_connect(&server, addr.as_str()).await {
+                    tracing::debug!(peer = %addr, error = %e, "dial failed");
+                }
+            });
+        }
+    }
+}
+
+/// Logs sessions that close before they authenticate: almost always a wrong cookie.
+struct AuthWatch {
+    authenticated: Mutex<HashSet<u64>>,
+}
+
+impl NodeEventSubscription for AuthWatch {
+    fn node_session_opened(&self, _ses: ractor_cluster::node::NodeServerSessionInformation) {}
+
+    fn node_session_authenticated(&self, ses: ractor_cluster::node::NodeServerSessionInformation) {
+        self.authenticated.lock().expect("lock").insert(ses.node_id);
+    }
+
+    fn node_session_disconnected(&self, ses: ractor_cluster::node::NodeServerSessionInformation) {
+        if !self.authenticated.lock().expect("lock").remove(&ses.node_id) {
+            tracing::warn!(
+                peer = %ses.peer_addr,
+                "cluster peer refused: it closed before authenticating (wrong cookie or not a chat node)"
+            );
+        }
+    }
+}
+
+/// A running cluster membership.
+pub struct Cluster {
+    /// The view of the other nodes.
+    pub view: ClusterView,
+    /// This node's card (sessions filled in on demand).
+    pub card: NodeCard,
+    server: ActorRef<NodeServerMessage>,
+    member: ActorRef<MemberMsg>,
+}
+
+/// Why the cluster side could not start.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot start the cluster listener on {addr}: {reason}")]
+pub struct ClusterError {
+    addr: SocketAddr,
+    reason: String,
+}
+
+impl Cluster {
+    /// Starts the NodeServer on `listen`, the member actor, and the dialing of `seeds`.
+    pub async fn start(
+        name: &str,
+        listen: SocketAddr,
+        cookie: &str,
+        client_addr: &str,
+        seeds: Vec<String>,
+        sessions: Arc<AtomicUsize>,
+    ) -> Result<Self, ClusterError> {
+        let err = |reason: String| ClusterError { addr: listen, reason };
+        // Peers dial us at hostname:port, so the hostname is the listen address.
+        let server = NodeServer::new(
+            listen.port(),
+            cookie.to_owned(),
+            name.to_owned(),
+            listen.ip().to_string(),
+            None,
+            Some(ractor_cluster::node::NodeConnectionMode::Transitive),
+        )
+        .with_listen_addr(listen.ip());
+        let (server, _) = Actor::spawn(None, server, ())
+            .await
+            .map_err(|e| err(e.to_string()))?;
+        server
+            .cast(NodeServerMessage::SubscribeToEvents {
+                id: "chat-auth-watch".into(),
+                subscription: Box::new(AuthWatch {
+                    authenticated: Mutex::default(),
+                }),
+            })
+            .map_err(|e| err(e.to_string()))?;
+        let card = NodeCard {
+            name: name.to_owned(),
+            client_addr: client_addr.to_owned(),
+            cluster_addr: listen.to_string(),
+            sessions: 0,
+        };
+        let view = ClusterView::default();
+        let (member, _) = Actor::spawn(
+            None,
+            Member,
+            MemberArgs {
+                card: card.clone(),
+                sessions,
+                view: view.clone(),
+                server: server.clone(),
+                seeds,
+            },
+        )
+        .await
+        .map_err(|e| err(e.to_string()))?;
+        tracing::info!(node = %name, addr = %listen, "cluster listener started");
+        Ok(Self {
+            view,
+            card,
+            server,
+            member,
+        })
+    }
+
+    /// Leaves the group and closes every peer connection.
+    pub fn stop(&self) {
+        pg::leave(PG_GROUP.to_owned(), vec![self.member.get_cell()]);
+        self.member.stop(None);
+        self.server.stop(None);
+    }
+}
