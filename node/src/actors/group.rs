@@ -7,6 +7,7 @@
 //! is simply redone from `fanout_seq` when the group starts again.
 
 use super::inbox::{self, Appended, Draft, InboxMsg};
+use super::pending::{self, PendingWrites};
 use super::registry::{RegistryMsg, Router};
 use super::{Reply, reply};
 use crate::error::{ChatError, ChatResult};
@@ -15,7 +16,7 @@ use chat_protocol::internal::{GroupMessage, GroupRecord};
 use chat_protocol::v1::{self, ConversationKind};
 use prost::Message;
 use ractor::{Actor, ActorProcessingErr, ActorRef};
-use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet};
 use tokio::time::Instant;
 
 /// Messages of the group actor.
@@ -129,13 +130,6 @@ pub struct GroupArgs {
     pub router: Router,
 }
 
-struct PendingPost {
-    seq: u64,
-    origin: Vec<u8>,
-    message: GroupMessage,
-    replies: Vec<Reply<ChatResult<Appended>>>,
-}
-
 #[derive(Default)]
 struct Fanout {
     remaining: usize,
@@ -147,8 +141,7 @@ pub struct GroupState {
     args: GroupArgs,
     record: Option<GroupRecord>,
     members: BTreeSet<String>,
-    pending: VecDeque<PendingPost>,
-    pending_origins: HashMap<Vec<u8>, u64>,
+    pending: PendingWrites<GroupMessage>,
     fanouts: BTreeMap<u64, Fanout>,
     handled: u64,
     idle_since: Option<Instant>,
@@ -174,8 +167,7 @@ impl Actor for Group {
             args,
             record,
             members,
-            pending: VecDeque::new(),
-            pending_origins: HashMap::new(),
+            pending: PendingWrites::default(),
             fanouts: BTreeMap::new(),
             handled: 0,
             idle_since: Some(Instant::now()),
@@ -305,12 +297,9 @@ impl GroupState {
             return reply(Err(e));
         }
         let origin = inbox::private_origin(&from, &client_msg_id);
-        if let Some(seq) = self.pending_origins.get(&origin) {
-            if let Some(p) = self.pending.iter_mut().find(|p| p.seq == *seq) {
-                p.replies.push(reply);
-                return;
-            }
-        }
+        let Some(reply) = self.pending.wait_for(&origin, reply) else {
+            return;
+        };
         match self.already_stored(&origin) {
             Ok(Some(done)) => return reply(Ok(done)),
             Ok(None) => {}
@@ -345,23 +334,10 @@ impl GroupState {
             record.encode_to_vec(),
         );
         batch.put(TreeId::Fanout, group.as_bytes(), []);
-        self.pending_origins.insert(origin.clone(), seq);
-        self.pending.push_back(PendingPost {
-            seq,
-            origin,
-            message,
-            replies: vec![reply],
+        self.pending.push(seq, origin, message, reply);
+        pending::commit_then(&self.args.storage, batch, myself, seq, |seq, result| {
+            GroupMsg::Persisted { seq, result }
         });
-        let me = myself.clone();
-        self.args.storage.commit(
-            batch,
-            Box::new(move |r| {
-                let _ = me.cast(GroupMsg::Persisted {
-                    seq,
-                    result: r.map_err(|e| e.to_string()),
-                });
-            }),
-        );
     }
 
     fn already_stored(&self, origin: &[u8]) -> ChatResult<Option<Appended>> {
@@ -377,27 +353,26 @@ impl GroupState {
     }
 
     fn persisted(&mut self, myself: &ActorRef<GroupMsg>, seq: u64, result: Result<(), String>) {
-        let Some(p) = self.pending.pop_front() else {
+        let Some(w) = self.pending.complete(seq) else {
             tracing::error!(group = %self.args.group, seq, "completion without a pending post");
             return;
         };
-        self.pending_origins.remove(&p.origin);
         if let Err(e) = result {
             tracing::error!(group = %self.args.group, seq, error = %e, "group write failed");
-            for r in p.replies {
+            for r in w.replies {
                 r(Err(ChatError::Internal("storage write failed".into())));
             }
             return;
         }
         let appended = Appended {
-            message_id: p.message.message_id.clone(),
-            seq: p.seq,
-            timestamp_ms: p.message.timestamp_ms,
+            message_id: w.payload.message_id.clone(),
+            seq: w.seq,
+            timestamp_ms: w.payload.timestamp_ms,
         };
-        for r in p.replies {
+        for r in w.replies {
             r(Ok(appended.clone()));
         }
-        self.fan_out(myself, p.seq, &p.message);
+        self.fan_out(myself, w.seq, &w.payload);
     }
 
     /// Sends the message to every recipient's inbox and tracks their answers.

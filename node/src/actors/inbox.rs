@@ -5,6 +5,7 @@
 //! acknowledges the sender and pushes the entry to every attached session.
 //! Offline messages are simply the entries above the delivered cursor.
 
+use super::pending::{self, PendingWrites};
 use super::registry::{RegistryMsg, Router};
 use super::{Reply, SessionRef};
 use crate::error::{ChatError, ChatResult};
@@ -14,7 +15,6 @@ use chat_protocol::internal::{InboxEntry, InboxMeta};
 use chat_protocol::v1::{self, ConversationKind, server_frame};
 use prost::Message;
 use ractor::{Actor, ActorProcessingErr, ActorRef};
-use std::collections::{HashMap, VecDeque};
 use std::time::Duration;
 use tokio::time::Instant;
 
@@ -212,12 +212,10 @@ pub struct InboxArgs {
     pub sessions: Vec<SessionRef>,
 }
 
-struct Pending {
-    seq: u64,
-    origin: Vec<u8>,
+/// What a pending inbox write delivers once durable.
+struct Durable {
     appended: Appended,
     frame: Bytes,
-    replies: Vec<Reply<ChatResult<Appended>>>,
 }
 
 /// The inbox's state.
@@ -226,8 +224,7 @@ pub struct InboxState {
     meta: InboxMeta,
     /// Highest seq whose write is durable; last_seq may be ahead while writes are pending.
     durable_seq: u64,
-    pending: VecDeque<Pending>,
-    pending_origins: HashMap<Vec<u8>, u64>,
+    pending: PendingWrites<Durable>,
     sessions: Vec<SessionRef>,
     handled: u64,
     last_active: Instant,
@@ -251,8 +248,7 @@ impl Actor for Inbox {
             durable_seq: meta.last_seq,
             meta,
             args,
-            pending: VecDeque::new(),
-            pending_origins: HashMap::new(),
+            pending: PendingWrites::default(),
             handled: 0,
             last_active: Instant::now(),
         })
@@ -339,12 +335,9 @@ impl InboxState {
         reply: Reply<ChatResult<Appended>>,
     ) {
         // A resend while the first copy is still being written waits for that write.
-        if let Some(seq) = self.pending_origins.get(&origin) {
-            if let Some(p) = self.pending.iter_mut().find(|p| p.seq == *seq) {
-                p.replies.push(reply);
-                return;
-            }
-        }
+        let Some(reply) = self.pending.wait_for(&origin, reply) else {
+            return;
+        };
         match self.already_stored(&origin) {
             Ok(Some(done)) => return reply(Ok(done)),
             Ok(None) => {}
@@ -396,24 +389,10 @@ impl InboxState {
             seq,
             timestamp_ms,
         };
-        self.pending_origins.insert(origin.clone(), seq);
-        self.pending.push_back(Pending {
-            seq,
-            origin,
-            appended,
-            frame,
-            replies: vec![reply],
+        self.pending.push(seq, origin, Durable { appended, frame }, reply);
+        pending::commit_then(&self.args.storage, batch, myself, seq, |seq, result| {
+            InboxMsg::Persisted { seq, result }
         });
-        let me = myself.clone();
-        self.args.storage.commit(
-            batch,
-            Box::new(move |r| {
-                let _ = me.cast(InboxMsg::Persisted {
-                    seq,
-                    result: r.map_err(|e| e.to_string()),
-                });
-            }),
-        );
     }
 
     /// The earlier answer for an origin that is already durable.
@@ -469,23 +448,22 @@ impl InboxState {
     }
 
     fn persisted(&mut self, seq: u64, result: Result<(), String>) {
-        let Some(p) = self.pending.pop_front() else {
+        let Some(w) = self.pending.complete(seq) else {
             tracing::error!(user = %self.args.user, seq, "completion without a pending write");
             return;
         };
-        debug_assert_eq!(p.seq, seq, "the committer completes in order");
-        self.pending_origins.remove(&p.origin);
         match result {
             Ok(()) => {
-                self.durable_seq = p.seq;
-                self.sessions.retain(|s| s.deliver(p.seq, p.frame.clone()));
-                for r in p.replies {
-                    r(Ok(p.appended.clone()));
+                self.durable_seq = w.seq;
+                let Durable { appended, frame } = w.payload;
+                self.sessions.retain(|s| s.deliver(w.seq, frame.clone()));
+                for r in w.replies {
+                    r(Ok(appended.clone()));
                 }
             }
             Err(e) => {
                 tracing::error!(user = %self.args.user, seq, error = %e, "inbox write failed");
-                for r in p.replies {
+                for r in w.replies {
                     r(Err(ChatError::Internal("storage write failed".into())));
                 }
             }

@@ -7,6 +7,7 @@
 
 pub mod group;
 pub mod inbox;
+pub mod pending;
 pub mod registry;
 pub mod session;
 
