@@ -182,12 +182,29 @@ impl Client {
         Err(last)
     }
 
+    /// Pings while the connection is idle. It holds only a weak handle, so dropping the
+    /// last `Client` still closes the connection.
     fn spawn_keepalive(&self) {
         let every = Duration::from_millis(u64::from(self.hello.idle_timeout_ms.max(3000)) / 3);
-        let me = self.clone();
+        let weak = self.out.downgrade();
+        let (pending, closed, next_id, hello) = (
+            self.pending.clone(),
+            self.closed.clone(),
+            self.next_id.clone(),
+            self.hello.clone(),
+        );
         tokio::spawn(async move {
             loop {
                 tokio::time::sleep(every).await;
+                let Some(out) = weak.upgrade() else { return };
+                let me = Client {
+                    out,
+                    pending: pending.clone(),
+                    closed: closed.clone(),
+                    next_id: next_id.clone(),
+                    timeout: DEFAULT_TIMEOUT,
+                    hello: hello.clone(),
+                };
                 if me.is_closed() || me.ping(0).await.is_err() {
                     return;
                 }

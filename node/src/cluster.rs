@@ -10,7 +10,8 @@
 //!
 //! The member actor is the only remotable actor of a node (see ARCHITECTURE.md).
 
-use chat_protocol::internal::NodeCard;
+use crate::actors::registry::RegistryMsg;
+use chat_protocol::internal::{NodeCard, OnlinePage};
 use chat_protocol::v1::NodeInfo;
 use prost::Message;
 use ractor::concurrency::Duration;
@@ -39,6 +40,10 @@ pub enum MemberMsg {
     /// A peer's heartbeat: answer with this node's card (a prost-encoded [`NodeCard`]).
     #[rpc]
     Card(RpcReplyPort<Vec<u8>>),
+    /// A peer's online list: this node's users with names > the first field, at most the
+    /// second; answered with a prost-encoded [`OnlinePage`].
+    #[rpc]
+    Online(String, u32, RpcReplyPort<Vec<u8>>),
     /// Local tick: ask every peer, redial the lost.
     Tick,
 }
@@ -154,6 +159,8 @@ pub struct MemberArgs {
     pub server: ActorRef<NodeServerMessage>,
     /// Cluster addresses to keep dialing until they answer.
     pub seeds: Vec<String>,
+    /// This node's registry, for questions about its users.
+    pub registry: ActorRef<RegistryMsg>,
 }
 
 /// The member actor.
@@ -196,6 +203,25 @@ impl Actor for Member {
                 let mut card = state.args.card.clone();
                 card.sessions = state.args.sessions.load(Ordering::Relaxed) as u32;
                 let _ = reply.send(card.encode_to_vec());
+            }
+            MemberMsg::Online(after, limit, reply) => {
+                let registry = state.args.registry.clone();
+                tokio::spawn(async move {
+                    let (tx, rx) = tokio::sync::oneshot::channel();
+                    let ask = RegistryMsg::ListOnline {
+                        after,
+                        limit: (limit as usize).min(crate::actors::session::MAX_ONLINE_PAGE),
+                        local_only: true,
+                        reply: crate::actors::reply(move |page| {
+                            let _ = tx.send(page);
+                        }),
+                    };
+                    if registry.cast(ask).is_ok() {
+                        if let Ok((users, has_more)) = rx.await {
+                            let _ = reply.send(OnlinePage { users, has_more }.encode_to_vec());
+                        }
+                    }
+                });
             }
             MemberMsg::Tick => {
                 let members: Vec<ActorCell> = pg::get_members(&PG_GROUP.to_owned())
@@ -306,7 +332,9 @@ pub struct ClusterError {
 }
 
 impl Cluster {
-    /// Starts the NodeServer on `listen`, the member actor, and the dialing of `seeds`.
+    /// Starts the NodeServer on `listen`, the member actor, and the dialing of `seeds`;
+    /// keeps `view` up to date.
+    #[allow(clippy::too_many_arguments)]
     pub async fn start(
         name: &str,
         listen: SocketAddr,
@@ -314,6 +342,8 @@ impl Cluster {
         client_addr: &str,
         seeds: Vec<String>,
         sessions: Arc<AtomicUsize>,
+        view: ClusterView,
+        registry: ActorRef<RegistryMsg>,
     ) -> Result<Self, ClusterError> {
         let err = |reason: String| ClusterError { addr: listen, reason };
         // Peers dial us at hostname:port, so the hostname is the listen address.
@@ -343,7 +373,6 @@ impl Cluster {
             cluster_addr: listen.to_string(),
             sessions: 0,
         };
-        let view = ClusterView::default();
         let (member, _) = Actor::spawn(
             None,
             Member,
@@ -353,6 +382,7 @@ impl Cluster {
                 view: view.clone(),
                 server: server.clone(),
                 seeds,
+                registry,
             },
         )
         .await
@@ -372,4 +402,40 @@ impl Cluster {
         self.member.stop(None);
         self.server.stop(None);
     }
+}
+
+/// Online users across the cluster: `local` (this node's page) merged with every reachable
+/// peer's page, sorted and without duplicates; names > `after`, at most `limit`. A peer that
+/// does not answer in time is left out.
+pub async fn online_everywhere(
+    after: String,
+    limit: usize,
+    local: (Vec<String>, bool),
+) -> (Vec<String>, bool) {
+    let peers: Vec<ActorRef<MemberMsg>> = pg::get_members(&PG_GROUP.to_owned())
+        .into_iter()
+        .filter(|m| !m.get_id().is_local())
+        .map(ActorRef::from)
+        .collect();
+    let asks = peers.into_iter().map(|peer| {
+        let after = after.clone();
+        async move {
+            let call = peer.call(
+                |reply| MemberMsg::Online(after, limit as u32, reply),
+                Some(HEARTBEAT_TIMEOUT),
+            );
+            match call.await {
+                Ok(ractor::rpc::CallResult::Success(bytes)) => OnlinePage::decode(bytes.as_slice()).ok(),
+                _ => None,
+            }
+        }
+    });
+    let mut names: std::collections::BTreeSet<String> = local.0.into_iter().collect();
+    let mut more = local.1;
+    for page in futures::future::join_all(asks).await.into_iter().flatten() {
+        more |= page.has_more;
+        names.extend(page.users);
+    }
+    more |= names.len() > limit;
+    (names.into_iter().take(limit).collect(), more)
 }

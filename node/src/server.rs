@@ -142,15 +142,7 @@ pub async fn run(
         config.storage.cache_mib << 20,
     )?;
     let sessions = Arc::new(AtomicUsize::new(0));
-    let cluster = Cluster::start(
-        &node_name,
-        config.cluster.listen,
-        &config.cluster.cookie,
-        &client_addr.to_string(),
-        config.cluster.seeds.clone(),
-        sessions.clone(),
-    )
-    .await?;
+    let view = crate::cluster::ClusterView::default();
     let max_age = match config.storage.retention_max_age_days {
         0 => None,
         days => Some(Duration::from_secs(days * 24 * 3600)),
@@ -165,11 +157,22 @@ pub async fn run(
             max_messages: config.storage.retention_max_messages,
             max_age,
             sessions: sessions.clone(),
-            view: cluster.view.clone(),
+            view: view.clone(),
         },
     )
     .await
     .map_err(|e| NodeError::Spawn(format!("registry: {e}")))?;
+    let cluster = Cluster::start(
+        &node_name,
+        config.cluster.listen,
+        &config.cluster.cookie,
+        &client_addr.to_string(),
+        config.cluster.seeds.clone(),
+        sessions.clone(),
+        view,
+        registry.clone(),
+    )
+    .await?;
     let hashing = PasswordHashing::new(config.auth.argon2_memory_kib, config.auth.argon2_iterations)
         .map_err(|e| NodeError::Config(crate::config::ConfigError::Invalid(e)))?;
     let parallelism = std::thread::available_parallelism().map_or(2, |n| n.get());

@@ -115,3 +115,35 @@ async fn a_frozen_peer_is_marked_down_and_up_again_when_it_thaws() {
     );
     wait_view(&n1, &[("f1", true), ("f2", true)], DEADLINE).await;
 }
+
+#[tokio::test]
+async fn the_online_list_is_cluster_wide_from_every_node() {
+    let ports = [free_port(), free_port(), free_port()];
+    let n1 = Node::start_with(NodeOpts::member("o1", ports[0], &[], COOKIE)).unwrap();
+    let n2 = Node::start_with(NodeOpts::member("o2", ports[1], &[ports[0]], COOKIE)).unwrap();
+    let n3 = Node::start_with(NodeOpts::member("o3", ports[2], &[ports[0]], COOKIE)).unwrap();
+    let all = [("o1", true), ("o2", true), ("o3", true)];
+    for node in [&n1, &n2, &n3] {
+        wait_view(node, &all, DEADLINE).await;
+    }
+    let (alice, _) = n1.user("alice").await.unwrap();
+    let (bob, _) = n2.user("bob").await.unwrap();
+    let (carol, _) = n3.user("carol").await.unwrap();
+    // The probes of wait_view logged out when their connections closed.
+    for client in [&alice, &bob, &carol] {
+        let c = client.clone();
+        wait_for("everyone in every online list", DEADLINE, || {
+            let c = c.clone();
+            async move { (c.online().await.ok()? == ["alice", "bob", "carol"]).then_some(()) }
+        })
+        .await
+        .unwrap();
+    }
+    bob.logout().await.unwrap();
+    wait_for("bob to leave alice's list", DEADLINE, || {
+        let a = alice.clone();
+        async move { (a.online().await.ok()? == ["alice", "carol"]).then_some(()) }
+    })
+    .await
+    .unwrap();
+}

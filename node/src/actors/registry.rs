@@ -76,6 +76,8 @@ pub enum RegistryMsg {
         after: String,
         /// Most names.
         limit: usize,
+        /// Only this node's users (a peer asking), not the whole cluster's.
+        local_only: bool,
         /// Gets the page.
         reply: Reply<(Vec<String>, bool)>,
     },
@@ -257,7 +259,12 @@ impl Actor for Registry {
                     }
                 }
             }
-            RegistryMsg::ListOnline { after, limit, reply } => {
+            RegistryMsg::ListOnline {
+                after,
+                limit,
+                local_only,
+                reply,
+            } => {
                 use std::ops::Bound::{Excluded, Unbounded};
                 let mut names = state
                     .online
@@ -265,7 +272,14 @@ impl Actor for Registry {
                     .map(|(k, _)| k.clone());
                 let page: Vec<String> = names.by_ref().take(limit).collect();
                 let more = names.next().is_some();
-                reply((page, more));
+                if local_only {
+                    reply((page, more));
+                } else {
+                    // Peers answer on their own time; the registry does not wait for them.
+                    tokio::spawn(async move {
+                        reply(crate::cluster::online_everywhere(after, limit, (page, more)).await);
+                    });
+                }
             }
             RegistryMsg::Nodes { reply } => {
                 let me = NodeCard {

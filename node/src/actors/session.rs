@@ -528,6 +528,7 @@ impl SessionState {
                     .cast(RegistryMsg::ListOnline {
                         after: l.after,
                         limit,
+                        local_only: false,
                         reply,
                     })
                     .map_err(|_| ChatError::Unavailable("node is shutting down".into()))?;
