@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Runs a local cluster of N chat nodes on loopback, with logs and data under one folder.
-#   scripts/cluster.sh up N     start N nodes (clients on 127.0.0.1:7401.., cluster on 7501..)
+#   scripts/cluster.sh up N     start N nodes (clients on 127.0.0.1:7401.., cluster on 7501.., admin on 7601..)
 #   scripts/cluster.sh status   show the running nodes and the cluster view
 #   scripts/cluster.sh down     stop them (SIGTERM: orderly shutdown)
 # CLUSTER_DIR (default ./cluster-run) holds node<i>.log, node<i>.pid and data/node<i>.
@@ -21,7 +21,7 @@ up() {
         local seed=$((7500 + (i == 1 ? 2 : 1)))
         CHAT_COOKIE=$cookie target/release/chat-node --name "node$i" \
             --listen "127.0.0.1:$((7400 + i))" --cluster-listen "127.0.0.1:$((7500 + i))" \
-            --seed "127.0.0.1:$seed" --data-dir "$dir/data/node$i" \
+            --admin-listen "127.0.0.1:$((7600 + i))" --seed "127.0.0.1:$seed" --data-dir "$dir/data/node$i" \
             >"$dir/node$i.out" 2>"$dir/node$i.log" &
         echo $! >"$dir/node$i.pid"
         echo "node$i: clients 127.0.0.1:$((7400 + i)), cluster 127.0.0.1:$((7500 + i)), pid $!"

@@ -49,6 +49,27 @@ pub struct Config {
     pub auth: AuthConfig,
     /// Durability and retention.
     pub storage: StorageConfig,
+    /// The operators' HTTP endpoint.
+    pub admin: AdminConfig,
+}
+
+/// The operators' HTTP endpoint (`/health`, `/metrics`, `/cluster`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AdminConfig {
+    /// Serve it at all. Default: true.
+    pub enabled: bool,
+    /// Its address; keep it on loopback or a private network. Default: `127.0.0.1:7600`.
+    pub listen: SocketAddr,
+}
+
+impl Default for AdminConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            listen: SocketAddr::from(([127, 0, 0, 1], 7600)),
+        }
+    }
 }
 
 /// The client-facing side of a node.
@@ -124,6 +145,7 @@ impl Default for Config {
             cluster: ClusterConfig::default(),
             auth: AuthConfig::default(),
             storage: StorageConfig::default(),
+            admin: AdminConfig::default(),
         }
     }
 }

@@ -3,10 +3,12 @@
 //! The binary (`main.rs`) parses flags and binds; [`server::run`] does the rest.
 
 pub mod actors;
+pub mod admin;
 pub mod auth;
 pub mod cluster;
 pub mod config;
 pub mod error;
+pub mod metrics;
 pub mod server;
 pub mod storage;
 

@@ -36,6 +36,9 @@ struct Cli {
     /// Folder for this node's database.
     #[arg(long)]
     data_dir: Option<PathBuf>,
+    /// Admin HTTP listen address (/health, /metrics, /cluster).
+    #[arg(long)]
+    admin_listen: Option<SocketAddr>,
     /// Shared cluster secret.
     #[arg(long, env = "CHAT_COOKIE", hide_env_values = true)]
     cookie: Option<String>,
@@ -64,6 +67,9 @@ impl Cli {
         }
         if !self.seeds.is_empty() {
             cfg.cluster.seeds = self.seeds;
+        }
+        if let Some(addr) = self.admin_listen {
+            cfg.admin.listen = addr;
         }
         if let Some(dir) = self.data_dir {
             cfg.data_dir = dir;
@@ -100,13 +106,24 @@ async fn serve(cfg: Config) -> anyhow::Result<()> {
         .name
         .clone()
         .unwrap_or_else(|| chat_node::server::default_name(addr));
-    // Tests and scripts read this line to learn the real port.
+    let admin = if cfg.admin.enabled {
+        let l = tokio::net::TcpListener::bind(cfg.admin.listen)
+            .await
+            .with_context(|| format!("cannot listen on {} (admin)", cfg.admin.listen))?;
+        Some(l)
+    } else {
+        None
+    };
+    // Tests and scripts read these lines to learn the real ports.
     println!("chat-node {name} listening for clients on {addr}");
+    if let Some(l) = &admin {
+        println!("chat-node {name} admin endpoint on http://{}", l.local_addr()?);
+    }
     std::io::stdout().flush()?;
 
     let shutdown = CancellationToken::new();
     tokio::spawn(watch_signals(shutdown.clone()));
-    chat_node::run(cfg, listener, shutdown).await?;
+    chat_node::run(cfg, listener, admin, shutdown).await?;
     Ok(())
 }
 

@@ -64,6 +64,10 @@ pub struct NodeCtx {
     pub next_session_id: AtomicU64,
     /// Cancelled when the node shuts down.
     pub shutdown: CancellationToken,
+    /// Counters for `/metrics`.
+    pub metrics: crate::metrics::Metrics,
+    /// The other nodes, as membership sees them.
+    pub view: crate::cluster::ClusterView,
     hashing: PasswordHashing,
     /// argon2 is memory-hard: bound how many hashes run at once.
     hash_slots: Semaphore,
@@ -121,11 +125,13 @@ pub fn resume_interrupted_fanouts(storage: &Storage, router: &Router) -> Result<
     Ok(())
 }
 
-/// Runs a node on an already bound client listener until `shutdown` is cancelled,
-/// then stops in order. The caller binds, so tests can pass `127.0.0.1:0`.
+/// Runs a node on an already bound client listener (and admin listener, if any) until
+/// `shutdown` is cancelled, then stops in order. The caller binds, so tests can pass
+/// `127.0.0.1:0`.
 pub async fn run(
     config: Config,
     listener: TcpListener,
+    admin: Option<TcpListener>,
     shutdown: CancellationToken,
 ) -> Result<(), NodeError> {
     config.validate()?;
@@ -184,10 +190,13 @@ pub async fn run(
         sessions: sessions.clone(),
         next_session_id: AtomicU64::new(1),
         shutdown: shutdown.clone(),
+        metrics: crate::metrics::Metrics::default(),
+        view: cluster.view.clone(),
         hashing,
         hash_slots: Semaphore::new(parallelism),
     });
     resume_interrupted_fanouts(&storage, &ctx.router)?;
+    let admin = admin.map(|l| tokio::spawn(crate::admin::serve(l, ctx.clone(), shutdown.clone())));
     tracing::info!(node = %node_name, addr = %client_addr, data = %config.data_dir.display(), "node started");
 
     loop {
@@ -209,6 +218,9 @@ pub async fn run(
 
     tracing::info!(node = %node_name, "shutting down: no longer accepting");
     drop(listener);
+    if let Some(admin) = admin {
+        let _ = admin.await;
+    }
     let deadline = Instant::now() + DRAIN_SESSIONS;
     while sessions.load(Ordering::Relaxed) > 0 && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(20)).await;

@@ -77,6 +77,8 @@ pub struct Node {
     child: Option<Child>,
     /// The client address it printed.
     pub addr: String,
+    /// The admin endpoint's base URL it printed (`http://host:port`).
+    pub admin: String,
     dir: tempfile::TempDir,
     opts: NodeOpts,
     /// Its stderr log.
@@ -92,10 +94,11 @@ impl Node {
     /// Starts a node with the given settings, in a fresh data folder.
     pub fn start_with(opts: NodeOpts) -> Result<Self> {
         let dir = tempfile::tempdir()?;
-        let (child, addr, log) = spawn_node(dir.path(), &opts)?;
+        let (child, addr, admin, log) = spawn_node(dir.path(), &opts)?;
         Ok(Self {
             child: Some(child),
             addr,
+            admin,
             dir,
             opts,
             log,
@@ -135,9 +138,10 @@ impl Node {
     /// Starts the node again on its data folder (it gets a new port).
     pub fn restart(&mut self) -> Result<()> {
         self.kill9();
-        let (child, addr, log) = spawn_node(self.dir.path(), &self.opts)?;
+        let (child, addr, admin, log) = spawn_node(self.dir.path(), &self.opts)?;
         self.child = Some(child);
         self.addr = addr;
+        self.admin = admin;
         self.log = log;
         Ok(())
     }
@@ -205,7 +209,7 @@ pub fn send_signal(pid: u32, sig: &str) -> Result<()> {
     signal(pid, sig)
 }
 
-fn spawn_node(dir: &Path, opts: &NodeOpts) -> Result<(Child, String, PathBuf)> {
+fn spawn_node(dir: &Path, opts: &NodeOpts) -> Result<(Child, String, String, PathBuf)> {
     let config = dir.join("node.toml");
     let name = opts
         .name
@@ -220,7 +224,7 @@ fn spawn_node(dir: &Path, opts: &NodeOpts) -> Result<(Child, String, PathBuf)> {
     std::fs::write(
         &config,
         format!(
-            "{name}data_dir = {data:?}\n[client]\nlisten = \"127.0.0.1:0\"\n{client}\n[cluster]\n{cluster_listen}{cluster}\n[auth]\nargon2_memory_kib = 64\nargon2_iterations = 1\n{extra}\n",
+            "{name}data_dir = {data:?}\n[client]\nlisten = \"127.0.0.1:0\"\n{client}\n[cluster]\n{cluster_listen}{cluster}\n[auth]\nargon2_memory_kib = 64\nargon2_iterations = 1\n[admin]\nlisten = \"127.0.0.1:0\"\n{extra}\n",
             data = dir.join("data"),
             client = opts.client_toml,
             cluster = opts.cluster_toml,
@@ -247,27 +251,38 @@ fn spawn_node(dir: &Path, opts: &NodeOpts) -> Result<(Child, String, PathBuf)> {
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
         let mut lines = BufReader::new(stdout).lines();
-        if let Some(Ok(line)) = lines.next() {
-            let _ = tx.send(line);
+        // The client address line, then the admin endpoint line.
+        for _ in 0..2 {
+            if let Some(Ok(line)) = lines.next() {
+                let _ = tx.send(line);
+            }
         }
         // Keep draining so the node never blocks on a full pipe.
         for _ in lines {}
     });
-    let line = match rx.recv_timeout(DEADLINE) {
-        Ok(line) => line,
-        Err(_) => {
-            let _ = child.kill();
-            bail!(
-                "chat-node printed no address; log: {}",
-                std::fs::read_to_string(&log).unwrap_or_default()
-            );
+    let mut next_line = || -> Result<String> {
+        match rx.recv_timeout(DEADLINE) {
+            Ok(line) => Ok(line),
+            Err(_) => {
+                let _ = child.kill();
+                bail!(
+                    "chat-node printed no address; log: {}",
+                    std::fs::read_to_string(&log).unwrap_or_default()
+                );
+            }
         }
     };
+    let line = next_line()?;
     let addr = line
         .rsplit_once("listening for clients on ")
         .map(|(_, a)| a.trim().to_owned())
         .with_context(|| format!("unexpected first line {line:?}"))?;
-    Ok((child, addr, log))
+    let line = next_line()?;
+    let admin = line
+        .rsplit_once("admin endpoint on ")
+        .map(|(_, a)| a.trim().to_owned())
+        .with_context(|| format!("unexpected second line {line:?}"))?;
+    Ok((child, addr, admin, log))
 }
 
 /// Polls `check` until it returns `Some`, or fails after `deadline`.
@@ -398,4 +413,23 @@ pub async fn cli(args: &[&str]) -> Result<(bool, String, String)> {
         String::from_utf8_lossy(&out.stdout).into_owned(),
         String::from_utf8_lossy(&out.stderr).into_owned(),
     ))
+}
+
+/// A plain HTTP GET against `base` (`http://host:port`); returns (status, body).
+pub async fn http_get(base: &str, path: &str) -> Result<(u16, String)> {
+    let host = base.trim_start_matches("http://");
+    let mut stream = TcpStream::connect(host).await?;
+    stream
+        .write_all(format!("GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n").as_bytes())
+        .await?;
+    let mut raw = Vec::new();
+    tokio::time::timeout(DEADLINE, stream.read_to_end(&mut raw)).await??;
+    let text = String::from_utf8_lossy(&raw).into_owned();
+    let (head, body) = text.split_once("\r\n\r\n").context("no end of headers")?;
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .context("no status code")?;
+    Ok((status, body.to_owned()))
 }

@@ -244,6 +244,7 @@ impl SessionState {
             SessionMsg::Deliver { seq, frame } => {
                 if self.user.is_some() && seq >= self.next_seq {
                     self.next_seq = seq + 1;
+                    self.ctx.metrics.delivered();
                     self.out.send_bytes(frame);
                 }
             }
@@ -266,6 +267,7 @@ impl SessionState {
                         self.next_seq = meta.last_seq + 1;
                         let _ = self.ctx.router.registry().cast(RegistryMsg::Online(user.clone()));
                         tracing::debug!(session = self.id, user = %user, "logged in");
+                        self.ctx.metrics.login();
                         self.user = Some((user, token.0.clone()));
                         self.out.send(
                             request_id,
@@ -326,6 +328,16 @@ impl SessionState {
             };
             out.send(request_id, body);
             drop(permit);
+        })
+    }
+
+    /// The answer to a send: a SendAck, counted with its latency.
+    fn send_reply(&self, id: u64, permit: Permit, client_msg_id: String) -> Reply<ChatResult<Appended>> {
+        let ctx = self.ctx.clone();
+        let started = std::time::Instant::now();
+        self.respond(id, permit, move |a: Appended| {
+            ctx.metrics.sent(started.elapsed());
+            send_ack(client_msg_id, a)
         })
     }
 
@@ -409,8 +421,7 @@ impl SessionState {
                 if self.ctx.storage.account(&m.to)?.is_none() {
                     return Err(ChatError::NotFound(format!("user {}", m.to)));
                 }
-                let cmid = m.client_msg_id.clone();
-                let reply = self.respond(id, permit, move |a: Appended| send_ack(cmid, a));
+                let reply = self.send_reply(id, permit, m.client_msg_id.clone());
                 self.ctx.router.to_inbox(
                     &m.to,
                     InboxMsg::Append {
@@ -429,8 +440,7 @@ impl SessionState {
             B::SendGroup(m) => {
                 check_name(&m.group)?;
                 check_msg(&m.client_msg_id, &m.text, cfg.client.max_text_bytes)?;
-                let cmid = m.client_msg_id.clone();
-                let reply = self.respond(id, permit, move |a: Appended| send_ack(cmid, a));
+                let reply = self.send_reply(id, permit, m.client_msg_id.clone());
                 let from = self.me().to_owned();
                 self.ctx.router.to_group(
                     &m.group,

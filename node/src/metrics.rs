@@ -1,0 +1,174 @@
+//! Counters and a latency histogram, rendered in Prometheus' text format by the admin endpoint.
+
+use std::fmt::Write;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+/// Upper bounds of the send-latency histogram buckets, in seconds.
+const BUCKETS: [f64; 12] = [
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+];
+
+/// The node's counters; shared by every session.
+#[derive(Debug, Default)]
+pub struct Metrics {
+    logins: AtomicU64,
+    sends: AtomicU64,
+    deliveries: AtomicU64,
+    buckets: [AtomicU64; BUCKETS.len()],
+    latency_count: AtomicU64,
+    latency_sum_us: AtomicU64,
+}
+
+/// Gauges read at scrape time.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Gauges {
+    /// Open client connections.
+    pub connections: u64,
+    /// Users with a session on this node.
+    pub online_users: u64,
+    /// Running inbox actors.
+    pub inboxes: u64,
+    /// Running group actors.
+    pub groups: u64,
+    /// Peers up and down.
+    pub peers_up: u64,
+    /// Peers known but down.
+    pub peers_down: u64,
+    /// Bytes sled uses on disk.
+    pub sled_bytes: u64,
+}
+
+impl Metrics {
+    /// A login succeeded.
+    pub fn login(&self) {
+        self.logins.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// A message was acknowledged as durable, `took` after the request arrived.
+    pub fn sent(&self, took: Duration) {
+        self.sends.fetch_add(1, Ordering::Relaxed);
+        let secs = took.as_secs_f64();
+        if let Some(i) = BUCKETS.iter().position(|b| secs <= *b) {
+            self.buckets[i].fetch_add(1, Ordering::Relaxed);
+        }
+        self.latency_count.fetch_add(1, Ordering::Relaxed);
+        self.latency_sum_us
+            .fetch_add(took.as_micros() as u64, Ordering::Relaxed);
+    }
+
+    /// An inbox entry was pushed to a session.
+    pub fn delivered(&self) {
+        self.deliveries.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// The Prometheus text exposition of everything.
+    pub fn render(&self, g: Gauges) -> String {
+        let mut out = String::new();
+        let mut metric = |name: &str, kind: &str, help: &str, value: u64| {
+            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}");
+        };
+        metric(
+            "chat_connections",
+            "gauge",
+            "Open client connections.",
+            g.connections,
+        );
+        metric(
+            "chat_online_users",
+            "gauge",
+            "Users with a session on this node.",
+            g.online_users,
+        );
+        metric(
+            "chat_inboxes_running",
+            "gauge",
+            "Running inbox actors.",
+            g.inboxes,
+        );
+        metric("chat_groups_running", "gauge", "Running group actors.", g.groups);
+        metric(
+            "chat_sled_size_bytes",
+            "gauge",
+            "Bytes the database uses on disk.",
+            g.sled_bytes,
+        );
+        let load = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        metric(
+            "chat_logins_total",
+            "counter",
+            "Successful logins.",
+            load(&self.logins),
+        );
+        metric(
+            "chat_messages_in_total",
+            "counter",
+            "Messages accepted and made durable.",
+            load(&self.sends),
+        );
+        metric(
+            "chat_messages_out_total",
+            "counter",
+            "Messages pushed to sessions.",
+            load(&self.deliveries),
+        );
+        let _ = writeln!(
+            out,
+            "# HELP chat_cluster_peers Known peers by state.\n# TYPE chat_cluster_peers gauge\n\
+             chat_cluster_peers{{state=\"up\"}} {}\nchat_cluster_peers{{state=\"down\"}} {}",
+            g.peers_up, g.peers_down
+        );
+        let _ = writeln!(
+            out,
+            "# HELP chat_send_latency_seconds From a send request to its durable acknowledgement.\n\
+             # TYPE chat_send_latency_seconds histogram"
+        );
+        let mut cumulative = 0;
+        for (bound, count) in BUCKETS.iter().zip(&self.buckets) {
+            cumulative += load(count);
+            let _ = writeln!(
+                out,
+                "chat_send_latency_seconds_bucket{{le=\"{bound}\"}} {cumulative}"
+            );
+        }
+        let total = load(&self.latency_count);
+        let _ = writeln!(out, "chat_send_latency_seconds_bucket{{le=\"+Inf\"}} {total}");
+        let _ = writeln!(
+            out,
+            "chat_send_latency_seconds_sum {}\nchat_send_latency_seconds_count {total}",
+            load(&self.latency_sum_us) as f64 / 1e6
+        );
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn histogram_buckets_are_cumulative_and_count_everything() {
+        let m = Metrics::default();
+        m.sent(Duration::from_micros(300));
+        m.sent(Duration::from_millis(3));
+        m.sent(Duration::from_secs(10));
+        let text = m.render(Gauges::default());
+        assert!(
+            text.contains("chat_send_latency_seconds_bucket{le=\"0.0005\"} 1\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("chat_send_latency_seconds_bucket{le=\"0.005\"} 2\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("chat_send_latency_seconds_bucket{le=\"2.5\"} 2\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("chat_send_latency_seconds_bucket{le=\"+Inf\"} 3\n"),
+            "{text}"
+        );
+        assert!(text.contains("chat_messages_in_total 3\n"), "{text}");
+    }
+}

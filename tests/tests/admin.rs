@@ -1,0 +1,65 @@
+//! The admin HTTP endpoint of a real node: `/health`, `/metrics` and `/cluster`.
+
+use chat_tests::{DEADLINE, Node, NodeOpts, free_port, http_get, next_delivery, wait_for};
+
+/// The value of an unlabelled metric line `name value`.
+fn metric(text: &str, name: &str) -> Option<f64> {
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+}
+
+#[tokio::test]
+async fn a_single_node_is_healthy_and_lists_itself() {
+    let node = Node::start().unwrap();
+    let (status, body) = http_get(&node.admin, "/health").await.unwrap();
+    assert_eq!((status, body.trim()), (200, "ok"));
+    let (status, body) = http_get(&node.admin, "/cluster").await.unwrap();
+    assert_eq!(status, 200);
+    assert!(
+        body.contains(&format!("\"client_addr\":\"{}\"", node.addr)),
+        "{body}"
+    );
+    let (status, _) = http_get(&node.admin, "/nope").await.unwrap();
+    assert_eq!(status, 404);
+}
+
+#[tokio::test]
+async fn a_node_with_seeds_is_not_ready_until_it_has_joined() {
+    let ports = [free_port(), free_port()];
+    let joiner = Node::start_with(NodeOpts::member("late", ports[1], &[ports[0]], "c")).unwrap();
+    let (status, body) = http_get(&joiner.admin, "/health").await.unwrap();
+    assert_eq!(status, 503, "{body}");
+    let _seed = Node::start_with(NodeOpts::member("seed", ports[0], &[], "c")).unwrap();
+    wait_for("the joiner to become ready", DEADLINE, || async {
+        let (status, _) = http_get(&joiner.admin, "/health").await.ok()?;
+        (status == 200).then_some(())
+    })
+    .await
+    .unwrap();
+}
+
+#[tokio::test]
+async fn metrics_count_connections_logins_and_messages() {
+    let node = Node::start().unwrap();
+    let (alice, _) = node.user("alice").await.unwrap();
+    let (_bob, mut rx) = node.user("bob").await.unwrap();
+    alice.send_private("bob", "counted").await.unwrap();
+    next_delivery(&mut rx).await.unwrap();
+    let (status, text) = http_get(&node.admin, "/metrics").await.unwrap();
+    assert_eq!(status, 200);
+    assert_eq!(metric(&text, "chat_connections"), Some(2.0), "{text}");
+    assert_eq!(metric(&text, "chat_online_users"), Some(2.0), "{text}");
+    assert_eq!(metric(&text, "chat_logins_total"), Some(2.0), "{text}");
+    assert_eq!(metric(&text, "chat_messages_in_total"), Some(1.0), "{text}");
+    assert_eq!(metric(&text, "chat_messages_out_total"), Some(1.0), "{text}");
+    assert_eq!(
+        metric(&text, "chat_send_latency_seconds_count"),
+        Some(1.0),
+        "{text}"
+    );
+    assert!(
+        metric(&text, "chat_sled_size_bytes").unwrap_or(0.0) > 0.0,
+        "{text}"
+    );
+    assert!(text.contains("chat_cluster_peers{state=\"up\"} 0"), "{text}");
+}
