@@ -338,6 +338,7 @@ impl Cluster {
     pub async fn start(
         name: &str,
         listen: SocketAddr,
+        advertised: &str,
         cookie: &str,
         client_addr: &str,
         seeds: Vec<String>,
@@ -346,12 +347,17 @@ impl Cluster {
         registry: ActorRef<RegistryMsg>,
     ) -> Result<Self, ClusterError> {
         let err = |reason: String| ClusterError { addr: listen, reason };
-        // Peers dial us at hostname:port, so the hostname is the listen address.
+        // Peers dial us at hostname:port (ractor_cluster takes the port from the listener),
+        // so the hostname is the advertised host.
+        let host = advertised
+            .rsplit_once(':')
+            .map_or(advertised, |(h, _)| h)
+            .trim_matches(|c| c == '[' || c == ']');
         let server = NodeServer::new(
             listen.port(),
             cookie.to_owned(),
             name.to_owned(),
-            listen.ip().to_string(),
+            host.to_owned(),
             None,
             Some(ractor_cluster::node::NodeConnectionMode::Transitive),
         )
@@ -370,7 +376,7 @@ impl Cluster {
         let card = NodeCard {
             name: name.to_owned(),
             client_addr: client_addr.to_owned(),
-            cluster_addr: listen.to_string(),
+            cluster_addr: advertised.to_owned(),
             sessions: 0,
         };
         let (member, _) = Actor::spawn(

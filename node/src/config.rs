@@ -104,6 +104,9 @@ pub struct ClusterConfig {
     pub listen: SocketAddr,
     /// Peers to join at start (host:port of their cluster listeners).
     pub seeds: Vec<String>,
+    /// The host or IP peers use to reach this node's cluster port (the port is the
+    /// listen port). Default: the listen IP; required when that is 0.0.0.0 or [::].
+    pub advertise_host: Option<String>,
     /// Shared secret every node of a cluster must have. Default: "chat-cluster-dev-cookie";
     /// set your own for anything but a local trial.
     pub cookie: String,
@@ -169,6 +172,7 @@ impl Default for ClusterConfig {
         Self {
             listen: SocketAddr::from(([127, 0, 0, 1], 7500)),
             seeds: Vec::new(),
+            advertise_host: None,
             cookie: "chat-cluster-dev-cookie".to_owned(),
         }
     }
@@ -249,6 +253,10 @@ impl Config {
             "cluster.cookie must not be empty",
         )?;
         check(
+            !self.cluster.listen.ip().is_unspecified() || self.cluster.advertise_host.is_some(),
+            "cluster.listen is a wildcard address: set cluster.advertise_host to an address peers can reach",
+        )?;
+        check(
             self.auth.token_ttl_secs >= 60,
             "auth.token_ttl_secs must be at least 60",
         )?;
@@ -276,6 +284,15 @@ impl Config {
     /// The idle timeout as a duration.
     pub fn idle_timeout(&self) -> Duration {
         Duration::from_millis(self.client.idle_timeout_ms)
+    }
+
+    /// The host:port peers dial to reach this node's cluster listener.
+    pub fn cluster_advertised(&self) -> String {
+        let port = self.cluster.listen.port();
+        match &self.cluster.advertise_host {
+            Some(host) => format!("{host}:{port}"),
+            None => self.cluster.listen.to_string(),
+        }
     }
 
     /// The login timeout as a duration.
@@ -308,6 +325,16 @@ mod tests {
         cfg.client.max_frame_bytes = 10;
         let err = cfg.validate().unwrap_err().to_string();
         assert!(err.contains("client.max_frame_bytes"), "{err}");
+    }
+
+    #[test]
+    fn a_wildcard_cluster_address_needs_an_advertised_host() {
+        let mut cfg = Config::from_toml("[cluster]\nlisten = \"0.0.0.0:7500\"\n").unwrap();
+        let err = cfg.validate().unwrap_err().to_string();
+        assert!(err.contains("advertise_host"), "{err}");
+        cfg.cluster.advertise_host = Some("node1.internal".into());
+        cfg.validate().unwrap();
+        assert_eq!(cfg.cluster_advertised(), "node1.internal:7500");
     }
 
     #[test]

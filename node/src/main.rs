@@ -30,6 +30,9 @@ struct Cli {
     /// Cluster listen address.
     #[arg(long)]
     cluster_listen: Option<SocketAddr>,
+    /// Host or IP peers use to reach the cluster port (needed when it listens on 0.0.0.0).
+    #[arg(long)]
+    cluster_advertise: Option<String>,
     /// A peer's cluster address to join (repeatable).
     #[arg(long = "seed")]
     seeds: Vec<String>,
@@ -64,6 +67,9 @@ impl Cli {
         }
         if let Some(addr) = self.cluster_listen {
             cfg.cluster.listen = addr;
+        }
+        if let Some(host) = self.cluster_advertise {
+            cfg.cluster.advertise_host = Some(host);
         }
         if !self.seeds.is_empty() {
             cfg.cluster.seeds = self.seeds;

@@ -171,6 +171,7 @@ pub async fn run(
     let cluster = Cluster::start(
         &node_name,
         config.cluster.listen,
+        &config.cluster_advertised(),
         &config.cluster.cookie,
         &client_addr.to_string(),
         config.cluster.seeds.clone(),
