@@ -12,8 +12,12 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, oneshot};
+use tokio_rustls::TlsConnector;
+use tokio_rustls::rustls::pki_types::pem::PemObject;
+use tokio_rustls::rustls::pki_types::{CertificateDer, ServerName};
 use tokio_util::codec::{FramedRead, FramedWrite};
 
 pub use chat_protocol::v1 as proto;
@@ -44,6 +48,9 @@ pub enum ClientError {
     /// No answer in time.
     #[error("no answer within {0:?}")]
     Timeout(Duration),
+    /// TLS could not be set up.
+    #[error("TLS: {0}")]
+    Tls(String),
     /// The server answered with something unexpected.
     #[error("unexpected answer: {0}")]
     Unexpected(String),
@@ -75,6 +82,34 @@ pub enum Push {
     Error(v1::Error),
 }
 
+/// What a client needs to speak TLS: the roots it trusts and, optionally, the name to
+/// verify the server against (by default the host part of the address).
+#[derive(Clone)]
+pub struct TlsClient {
+    connector: TlsConnector,
+    server_name: Option<String>,
+}
+
+impl TlsClient {
+    /// Trusts the certificates in a PEM file (a CA, or a self-signed server certificate).
+    pub fn from_ca_file(path: &std::path::Path, server_name: Option<String>) -> Result<Self> {
+        let mut roots = tokio_rustls::rustls::RootCertStore::empty();
+        let certs = CertificateDer::pem_file_iter(path)
+            .map_err(|e| ClientError::Tls(format!("{}: {e}", path.display())))?;
+        for cert in certs {
+            let cert = cert.map_err(|e| ClientError::Tls(format!("{}: {e}", path.display())))?;
+            roots.add(cert).map_err(|e| ClientError::Tls(e.to_string()))?;
+        }
+        let config = tokio_rustls::rustls::ClientConfig::builder()
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        Ok(Self {
+            connector: TlsConnector::from(Arc::new(config)),
+            server_name,
+        })
+    }
+}
+
 type Pending = Arc<Mutex<HashMap<u64, oneshot::Sender<Resp>>>>;
 
 /// A connection to a chat node. Cheap to clone; all clones share the connection.
@@ -94,7 +129,48 @@ impl Client {
     pub async fn connect(addr: &str) -> Result<(Self, mpsc::UnboundedReceiver<Push>)> {
         let stream = TcpStream::connect(addr).await?;
         stream.set_nodelay(true)?;
-        let (read, write) = stream.into_split();
+        Self::start(stream).await
+    }
+
+    /// Connects over TLS, verifying the server against `tls`'s trusted roots.
+    pub async fn connect_tls(addr: &str, tls: &TlsClient) -> Result<(Self, mpsc::UnboundedReceiver<Push>)> {
+        let stream = TcpStream::connect(addr).await?;
+        stream.set_nodelay(true)?;
+        let host = addr
+            .rsplit_once(':')
+            .map_or(addr, |(h, _)| h)
+            .trim_matches(|c| c == '[' || c == ']');
+        let name = tls.server_name.clone().unwrap_or_else(|| host.to_owned());
+        let name = ServerName::try_from(name).map_err(|e| ClientError::Tls(e.to_string()))?;
+        let stream = tls.connector.connect(name, stream).await?;
+        Self::start(stream).await
+    }
+
+    /// Tries each address in turn (over TLS if `tls` is given) and returns the first
+    /// connection that works.
+    pub async fn connect_any_with(
+        addrs: &[String],
+        tls: Option<&TlsClient>,
+    ) -> Result<(Self, mpsc::UnboundedReceiver<Push>)> {
+        let mut last = ClientError::Unexpected("no server address given".into());
+        for addr in addrs {
+            let attempt = match tls {
+                Some(tls) => Self::connect_tls(addr, tls).await,
+                None => Self::connect(addr).await,
+            };
+            match attempt {
+                Ok(c) => return Ok(c),
+                Err(e) => last = e,
+            }
+        }
+        Err(last)
+    }
+
+    async fn start<S>(stream: S) -> Result<(Self, mpsc::UnboundedReceiver<Push>)>
+    where
+        S: AsyncRead + AsyncWrite + Send + 'static,
+    {
+        let (read, write) = tokio::io::split(stream);
         let codec = FrameCodec::new(16 * 1024 * 1024);
         let (out_tx, mut out_rx) = mpsc::channel::<ClientFrame>(1024);
         let (push_tx, push_rx) = mpsc::unbounded_channel();
@@ -115,6 +191,9 @@ impl Client {
                     return;
                 }
             }
+            // Every Client is gone: close our side so the server ends the session (a split
+            // stream is not closed by dropping one half).
+            let _ = tokio::io::AsyncWriteExt::shutdown(sink.get_mut()).await;
         });
 
         let reader_pending = pending.clone();
@@ -172,14 +251,7 @@ impl Client {
 
     /// Tries each address in turn and returns the first connection that works.
     pub async fn connect_any(addrs: &[String]) -> Result<(Self, mpsc::UnboundedReceiver<Push>)> {
-        let mut last = ClientError::Unexpected("no server address given".into());
-        for addr in addrs {
-            match Self::connect(addr).await {
-                Ok(c) => return Ok(c),
-                Err(e) => last = e,
-            }
-        }
-        Err(last)
+        Self::connect_any_with(addrs, None).await
     }
 
     /// Pings while the connection is idle. It holds only a weak handle, so dropping the

@@ -93,6 +93,18 @@ pub struct ClientConfig {
     /// Requests one connection may have in flight; further frames wait
     /// unread, so a flood cannot grow the node's memory. Default: 256.
     pub max_in_flight: usize,
+    /// Serve clients over TLS with this certificate and key. Default: none (plain TCP).
+    pub tls: Option<TlsFiles>,
+}
+
+/// A certificate chain and its private key, both PEM files.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsFiles {
+    /// PEM certificate chain, leaf first.
+    pub cert: PathBuf,
+    /// PEM private key (PKCS#8, PKCS#1 or SEC1).
+    pub key: PathBuf,
 }
 
 /// The cluster side of a node. Clustering arrives with the cluster issue;
@@ -163,6 +175,7 @@ impl Default for ClientConfig {
             login_timeout_ms: 10_000,
             outbound_queue: 1024,
             max_in_flight: 256,
+            tls: None,
         }
     }
 }

@@ -11,6 +11,7 @@ pub mod error;
 pub mod metrics;
 pub mod server;
 pub mod storage;
+pub mod tls;
 
 pub use config::Config;
 pub use server::{NodeError, run};

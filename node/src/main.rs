@@ -104,6 +104,10 @@ fn main() -> anyhow::Result<()> {
 }
 
 async fn serve(cfg: Config) -> anyhow::Result<()> {
+    // Fail before announcing an address if the TLS files are unusable.
+    if let Some(files) = &cfg.client.tls {
+        chat_node::tls::acceptor(files)?;
+    }
     let listener = tokio::net::TcpListener::bind(cfg.client.listen)
         .await
         .with_context(|| format!("cannot listen on {}", cfg.client.listen))?;

@@ -40,6 +40,9 @@ pub enum NodeError {
     /// An actor could not start.
     #[error("cannot start {0}")]
     Spawn(String),
+    /// The TLS certificate or key could not be loaded.
+    #[error("TLS: {0}")]
+    Tls(String),
     /// The cluster listener could not start.
     #[error(transparent)]
     Cluster(#[from] crate::cluster::ClusterError),
@@ -135,6 +138,7 @@ pub async fn run(
     shutdown: CancellationToken,
 ) -> Result<(), NodeError> {
     config.validate()?;
+    let tls = config.client.tls.as_ref().map(crate::tls::acceptor).transpose()?;
     let config = Arc::new(config);
     let client_addr = listener.local_addr()?;
     let node_name = config.name.clone().unwrap_or_else(|| default_name(client_addr));
@@ -206,7 +210,14 @@ pub async fn run(
             accepted = listener.accept() => match accepted {
                 Ok((stream, peer)) => {
                     let _ = stream.set_nodelay(true);
-                    tokio::spawn(crate::actors::session::run(stream, peer, ctx.clone()));
+                    match &tls {
+                        None => {
+                            tokio::spawn(crate::actors::session::run(stream, peer, ctx.clone()));
+                        }
+                        Some(acceptor) => {
+                            tokio::spawn(crate::tls::serve(acceptor.clone(), stream, peer, ctx.clone()));
+                        }
+                    }
                 }
                 Err(e) => {
                     // Typically out of file descriptors: back off instead of spinning.

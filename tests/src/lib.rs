@@ -48,13 +48,20 @@ pub struct NodeOpts {
     pub cluster_toml: String,
 }
 
-/// A currently free TCP port on 127.0.0.1 (bound and released; for cluster listeners,
-/// whose real port a node cannot report when given port 0).
+/// A currently free TCP port on 127.0.0.1 for a cluster listener, whose real port a node
+/// cannot report when given port 0. It is drawn below the kernel's ephemeral range, so
+/// the port-0 listeners of other nodes started meanwhile cannot take it.
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("a free port")
-        .port()
+    use std::sync::atomic::{AtomicU16, Ordering};
+    // Spread parallel test binaries apart, then walk upwards within this process.
+    static NEXT: AtomicU16 = AtomicU16::new(0);
+    let base = 20_000 + (std::process::id() % 100) as u16 * 100;
+    loop {
+        let port = base + NEXT.fetch_add(1, Ordering::Relaxed) % 100;
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
 }
 
 impl NodeOpts {

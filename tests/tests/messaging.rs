@@ -284,3 +284,24 @@ async fn retention_keeps_the_newest_messages_and_says_where_history_starts() {
     assert_eq!(bob2.sync(0, 0).await.unwrap().messages.len(), 5);
     drop(bob);
 }
+
+#[tokio::test]
+async fn dropping_the_last_client_handle_closes_the_connection_and_the_user_goes_offline() {
+    let node = Node::start().unwrap();
+    let (alice, _) = node.user("alice").await.unwrap();
+    let (bob, bob_rx) = node.user("bob").await.unwrap();
+    let bob_copy = bob.clone();
+    drop((bob, bob_rx));
+    assert_eq!(
+        alice.online().await.unwrap(),
+        ["alice", "bob"],
+        "a clone keeps it open"
+    );
+    drop(bob_copy);
+    wait_for("bob to go offline", DEADLINE, || {
+        let a = alice.clone();
+        async move { (a.online().await.ok()? == ["alice"]).then_some(()) }
+    })
+    .await
+    .unwrap();
+}

@@ -2,7 +2,7 @@
 
 use anyhow::{Context, Result, anyhow, bail};
 use chat_client::proto::ConversationKind;
-use chat_client::{Client, Push, format_delivery};
+use chat_client::{Client, Push, TlsClient, format_delivery};
 use clap::{Parser, Subcommand};
 use std::time::Duration;
 use tokio::io::AsyncBufReadExt;
@@ -18,6 +18,12 @@ struct Cli {
     /// Username to log in as.
     #[arg(long, global = true)]
     user: Option<String>,
+    /// Connect over TLS, trusting the certificates in this PEM file.
+    #[arg(long, global = true)]
+    ca: Option<std::path::PathBuf>,
+    /// The name to verify the server's certificate against (default: the host of --server).
+    #[arg(long, global = true, requires = "ca")]
+    tls_name: Option<String>,
     /// Password (prompted for when missing and needed).
     #[arg(long, global = true, env = "CHAT_PASSWORD", hide_env_values = true)]
     password: Option<String>,
@@ -105,7 +111,11 @@ async fn main() {
 }
 
 async fn run(cli: Cli) -> Result<()> {
-    let (client, pushes) = Client::connect_any(&cli.servers)
+    let tls = match &cli.ca {
+        Some(path) => Some(TlsClient::from_ca_file(path, cli.tls_name.clone())?),
+        None => None,
+    };
+    let (client, pushes) = Client::connect_any_with(&cli.servers, tls.as_ref())
         .await
         .with_context(|| format!("cannot connect to {}", cli.servers.join(", ")))?;
     let Some(command) = cli.command else {

@@ -26,9 +26,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
-use tokio::io::AsyncWriteExt;
-use tokio::net::TcpStream;
-use tokio::net::tcp::OwnedWriteHalf;
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 use tokio_util::codec::FramedRead;
 
@@ -157,9 +155,12 @@ pub struct SessionState {
 
 /// Runs one client connection until it closes: reads frames, handles them and the
 /// mailbox, one at a time, and tears down in order (detach, log out, drain the writer).
-pub async fn run(stream: TcpStream, peer: SocketAddr, ctx: Arc<NodeCtx>) {
+pub async fn run<S>(stream: S, peer: SocketAddr, ctx: Arc<NodeCtx>)
+where
+    S: AsyncRead + AsyncWrite + Send + 'static,
+{
     let cfg = &ctx.config.client;
-    let (read, write) = stream.into_split();
+    let (read, write) = tokio::io::split(stream);
     let (tx, rx) = mpsc::channel(cfg.outbound_queue);
     let (mailbox, mut inbox_rx) = mpsc::unbounded_channel();
     let permits = Arc::new(Semaphore::new(cfg.max_in_flight));
@@ -779,7 +780,7 @@ fn history_page(mut messages: Vec<v1::Delivery>, next: u64, max_frame: usize) ->
     })
 }
 
-async fn write_loop(mut write: OwnedWriteHalf, mut rx: mpsc::Receiver<Bytes>) {
+async fn write_loop<W: AsyncWrite + Unpin>(mut write: W, mut rx: mpsc::Receiver<Bytes>) {
     const GATHER: usize = 64 * 1024;
     while let Some(first) = rx.recv().await {
         let result = if rx.is_empty() {
