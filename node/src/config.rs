@@ -95,6 +95,9 @@ pub struct ClientConfig {
     pub max_in_flight: usize,
     /// Serve clients over TLS with this certificate and key. Default: none (plain TCP).
     pub tls: Option<TlsFiles>,
+    /// Also accept clients over WebSocket here (binary messages, one protobuf message
+    /// each). Default: none (off).
+    pub websocket_listen: Option<SocketAddr>,
 }
 
 /// A certificate chain and its private key, both PEM files.
@@ -176,6 +179,7 @@ impl Default for ClientConfig {
             outbound_queue: 1024,
             max_in_flight: 256,
             tls: None,
+            websocket_listen: None,
         }
     }
 }

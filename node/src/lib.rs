@@ -12,6 +12,7 @@ pub mod metrics;
 pub mod server;
 pub mod storage;
 pub mod tls;
+pub mod websocket;
 
 pub use config::Config;
-pub use server::{NodeError, run};
+pub use server::{Listeners, NodeError, run};

@@ -39,6 +39,9 @@ struct Cli {
     /// Folder for this node's database.
     #[arg(long)]
     data_dir: Option<PathBuf>,
+    /// Also accept clients over WebSocket on this address.
+    #[arg(long)]
+    ws_listen: Option<SocketAddr>,
     /// Admin HTTP listen address (/health, /metrics, /cluster).
     #[arg(long)]
     admin_listen: Option<SocketAddr>,
@@ -73,6 +76,9 @@ impl Cli {
         }
         if !self.seeds.is_empty() {
             cfg.cluster.seeds = self.seeds;
+        }
+        if let Some(addr) = self.ws_listen {
+            cfg.client.websocket_listen = Some(addr);
         }
         if let Some(addr) = self.admin_listen {
             cfg.admin.listen = addr;
@@ -124,16 +130,32 @@ async fn serve(cfg: Config) -> anyhow::Result<()> {
     } else {
         None
     };
+    let websocket = match cfg.client.websocket_listen {
+        Some(ws) => Some(
+            tokio::net::TcpListener::bind(ws)
+                .await
+                .with_context(|| format!("cannot listen on {ws} (websocket)"))?,
+        ),
+        None => None,
+    };
     // Tests and scripts read these lines to learn the real ports.
     println!("chat-node {name} listening for clients on {addr}");
     if let Some(l) = &admin {
         println!("chat-node {name} admin endpoint on http://{}", l.local_addr()?);
     }
+    if let Some(l) = &websocket {
+        println!("chat-node {name} websocket clients on ws://{}", l.local_addr()?);
+    }
     std::io::stdout().flush()?;
 
     let shutdown = CancellationToken::new();
     tokio::spawn(watch_signals(shutdown.clone()));
-    chat_node::run(cfg, listener, admin, shutdown).await?;
+    let listeners = chat_node::Listeners {
+        client: listener,
+        admin,
+        websocket,
+    };
+    chat_node::run(cfg, listeners, shutdown).await?;
     Ok(())
 }
 

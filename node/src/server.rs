@@ -118,6 +118,25 @@ pub fn default_name(addr: SocketAddr) -> String {
     format!("node-{}", addr.port())
 }
 
+/// Accepts WebSocket clients until shutdown.
+async fn accept_websockets(listener: TcpListener, ctx: Arc<NodeCtx>) {
+    loop {
+        tokio::select! {
+            _ = ctx.shutdown.cancelled() => return,
+            accepted = listener.accept() => match accepted {
+                Ok((stream, peer)) => {
+                    let _ = stream.set_nodelay(true);
+                    tokio::spawn(crate::websocket::serve(stream, peer, ctx.clone()));
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "websocket accept failed");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            },
+        }
+    }
+}
+
 /// Wakes every group whose fan-out a crash interrupted, so it finishes it; the
 /// inboxes drop the copies they already have.
 pub fn resume_interrupted_fanouts(storage: &Storage, router: &Router) -> Result<(), StorageError> {
@@ -128,15 +147,23 @@ pub fn resume_interrupted_fanouts(storage: &Storage, router: &Router) -> Result<
     Ok(())
 }
 
-/// Runs a node on an already bound client listener (and admin listener, if any) until
-/// `shutdown` is cancelled, then stops in order. The caller binds, so tests can pass
-/// `127.0.0.1:0`.
-pub async fn run(
-    config: Config,
-    listener: TcpListener,
-    admin: Option<TcpListener>,
-    shutdown: CancellationToken,
-) -> Result<(), NodeError> {
+/// The sockets a node serves on, bound by the caller (so tests can use port 0).
+pub struct Listeners {
+    /// Clients over TCP (or TLS).
+    pub client: TcpListener,
+    /// The admin HTTP endpoint.
+    pub admin: Option<TcpListener>,
+    /// Clients over WebSocket.
+    pub websocket: Option<TcpListener>,
+}
+
+/// Runs a node on its listeners until `shutdown` is cancelled, then stops in order.
+pub async fn run(config: Config, listeners: Listeners, shutdown: CancellationToken) -> Result<(), NodeError> {
+    let Listeners {
+        client: listener,
+        admin,
+        websocket,
+    } = listeners;
     config.validate()?;
     let tls = config.client.tls.as_ref().map(crate::tls::acceptor).transpose()?;
     let config = Arc::new(config);
@@ -202,6 +229,7 @@ pub async fn run(
     });
     resume_interrupted_fanouts(&storage, &ctx.router)?;
     let admin = admin.map(|l| tokio::spawn(crate::admin::serve(l, ctx.clone(), shutdown.clone())));
+    let websocket = websocket.map(|l| tokio::spawn(accept_websockets(l, ctx.clone())));
     tracing::info!(node = %node_name, addr = %client_addr, data = %config.data_dir.display(), "node started");
 
     loop {
@@ -232,6 +260,9 @@ pub async fn run(
     drop(listener);
     if let Some(admin) = admin {
         let _ = admin.await;
+    }
+    if let Some(websocket) = websocket {
+        let _ = websocket.await;
     }
     let deadline = Instant::now() + DRAIN_SESSIONS;
     while sessions.load(Ordering::Relaxed) > 0 && Instant::now() < deadline {

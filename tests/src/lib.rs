@@ -86,6 +86,8 @@ pub struct Node {
     pub addr: String,
     /// The admin endpoint's base URL it printed (`http://host:port`).
     pub admin: String,
+    /// The WebSocket URL it printed (`ws://host:port`), if it serves WebSocket.
+    pub ws: Option<String>,
     dir: tempfile::TempDir,
     opts: NodeOpts,
     /// Its stderr log.
@@ -101,11 +103,12 @@ impl Node {
     /// Starts a node with the given settings, in a fresh data folder.
     pub fn start_with(opts: NodeOpts) -> Result<Self> {
         let dir = tempfile::tempdir()?;
-        let (child, addr, admin, log) = spawn_node(dir.path(), &opts)?;
+        let (child, addr, admin, ws, log) = spawn_node(dir.path(), &opts)?;
         Ok(Self {
             child: Some(child),
             addr,
             admin,
+            ws,
             dir,
             opts,
             log,
@@ -145,10 +148,11 @@ impl Node {
     /// Starts the node again on its data folder (it gets a new port).
     pub fn restart(&mut self) -> Result<()> {
         self.kill9();
-        let (child, addr, admin, log) = spawn_node(self.dir.path(), &self.opts)?;
+        let (child, addr, admin, ws, log) = spawn_node(self.dir.path(), &self.opts)?;
         self.child = Some(child);
         self.addr = addr;
         self.admin = admin;
+        self.ws = ws;
         self.log = log;
         Ok(())
     }
@@ -216,7 +220,9 @@ pub fn send_signal(pid: u32, sig: &str) -> Result<()> {
     signal(pid, sig)
 }
 
-fn spawn_node(dir: &Path, opts: &NodeOpts) -> Result<(Child, String, String, PathBuf)> {
+type Spawned = (Child, String, String, Option<String>, PathBuf);
+
+fn spawn_node(dir: &Path, opts: &NodeOpts) -> Result<Spawned> {
     let config = dir.join("node.toml");
     let name = opts
         .name
@@ -258,8 +264,8 @@ fn spawn_node(dir: &Path, opts: &NodeOpts) -> Result<(Child, String, String, Pat
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
         let mut lines = BufReader::new(stdout).lines();
-        // The client address line, then the admin endpoint line.
-        for _ in 0..2 {
+        // The client address line, the admin endpoint line, and the WebSocket line if any.
+        for _ in 0..3 {
             if let Some(Ok(line)) = lines.next() {
                 let _ = tx.send(line);
             }
@@ -289,7 +295,17 @@ fn spawn_node(dir: &Path, opts: &NodeOpts) -> Result<(Child, String, String, Pat
         .rsplit_once("admin endpoint on ")
         .map(|(_, a)| a.trim().to_owned())
         .with_context(|| format!("unexpected second line {line:?}"))?;
-    Ok((child, addr, admin, log))
+    let ws = if opts.client_toml.contains("websocket_listen") {
+        let line = next_line()?;
+        let url = line
+            .rsplit_once("websocket clients on ")
+            .map(|(_, a)| a.trim().to_owned())
+            .with_context(|| format!("unexpected third line {line:?}"))?;
+        Some(url)
+    } else {
+        None
+    };
+    Ok((child, addr, admin, ws, log))
 }
 
 /// Polls `check` until it returns `Some`, or fails after `deadline`.
