@@ -47,3 +47,39 @@ fn chat_bench_help_names_its_modes() {
     let help = String::from_utf8_lossy(&out.stdout);
     assert!(help.contains("send") && help.contains("idle"), "{help}");
 }
+
+#[test]
+fn chat_prints_shell_completions_and_examples_for_every_command() {
+    let out = Command::new(env!("CARGO_BIN_EXE_chat"))
+        .args(["completions", "bash"])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let script = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        script.contains("group-send") && script.contains("complete"),
+        "{script}"
+    );
+    for cmd in [
+        "register",
+        "send",
+        "group-create",
+        "group-join",
+        "group-leave",
+        "group-send",
+        "recv",
+        "online",
+        "groups",
+        "members",
+        "nodes",
+        "history",
+        "completions",
+    ] {
+        let out = Command::new(env!("CARGO_BIN_EXE_chat"))
+            .args([cmd, "--help"])
+            .output()
+            .unwrap();
+        let help = String::from_utf8_lossy(&out.stdout);
+        assert!(help.contains("Example"), "{cmd} --help has no example:\n{help}");
+    }
+}

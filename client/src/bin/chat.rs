@@ -44,11 +44,13 @@ const EXAMPLES: &str = "Examples:
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Create an account.
+    #[command(after_help = "Example:\n  chat --server 127.0.0.1:7400 register alice --password wonderland")]
     Register {
         /// The new username (1 to 32 of A-Z a-z 0-9 _ . -).
         name: String,
     },
     /// Send a private message and wait for the server's acknowledgement.
+    #[command(after_help = "Example:\n  chat --user alice --password wonderland send bob \"see you at 5\"")]
     Send {
         /// Recipient.
         to: String,
@@ -56,21 +58,27 @@ enum Command {
         text: String,
     },
     /// Create a group (you become its first member).
+    #[command(after_help = "Example:\n  chat --user alice --password wonderland group-create rust")]
     GroupCreate {
         /// Group name.
         group: String,
     },
     /// Join a group.
+    #[command(after_help = "Example:\n  chat --user bob --password builder group-join rust")]
     GroupJoin {
         /// Group name.
         group: String,
     },
     /// Leave a group.
+    #[command(after_help = "Example:\n  chat --user bob --password builder group-leave rust")]
     GroupLeave {
         /// Group name.
         group: String,
     },
     /// Send a message to a group.
+    #[command(
+        after_help = "Example:\n  chat --user alice --password wonderland group-send rust \"release is out\""
+    )]
     GroupSend {
         /// Group name.
         group: String,
@@ -78,23 +86,39 @@ enum Command {
         text: String,
     },
     /// Print messages (offline ones first, then live ones) for SECS seconds.
+    #[command(after_help = "Example:\n  chat --user bob --password builder recv --wait 30")]
     Recv {
         /// How long to listen, in seconds.
         #[arg(long, default_value_t = 5)]
         wait: u64,
     },
     /// Print online users, one per line.
+    #[command(after_help = "Example:\n  chat --user bob --password builder online")]
     Online,
     /// Print your groups, one per line.
+    #[command(after_help = "Example:\n  chat --user bob --password builder groups")]
     Groups,
     /// Print a group's members, one per line.
+    #[command(after_help = "Example:\n  chat --user bob --password builder members rust")]
     Members {
         /// Group name.
         group: String,
     },
     /// Print the cluster's nodes: name, client address, up or down, sessions.
+    #[command(
+        after_help = "Example:\n  chat --server 127.0.0.1:7401 --server 127.0.0.1:7402 --user bob --password builder nodes"
+    )]
     Nodes,
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
+    #[command(after_help = "Example:\n  chat completions bash > /etc/bash_completion.d/chat")]
+    Completions {
+        /// The shell.
+        shell: clap_complete::Shell,
+    },
     /// Print the history of a conversation: USER or #GROUP.
+    #[command(
+        after_help = "Examples:\n  chat --user bob --password builder history alice\n  chat --user bob --password builder history '#rust'"
+    )]
     History {
         /// A username, or a group name prefixed with '#'.
         with: String,
@@ -111,6 +135,11 @@ async fn main() {
 }
 
 async fn run(cli: Cli) -> Result<()> {
+    if let Some(Command::Completions { shell }) = &cli.command {
+        use clap::CommandFactory;
+        clap_complete::generate(*shell, &mut Cli::command(), "chat", &mut std::io::stdout());
+        return Ok(());
+    }
     let tls = match &cli.ca {
         Some(path) => Some(TlsClient::from_ca_file(path, cli.tls_name.clone())?),
         None => None,
@@ -135,7 +164,7 @@ async fn run(cli: Cli) -> Result<()> {
     let (user, password) = credentials(&cli.user, &cli.password)?;
     let login = client.login(&user, &password).await?;
     match command {
-        Command::Register { .. } => unreachable!("handled above"),
+        Command::Register { .. } | Command::Completions { .. } => unreachable!("handled above"),
         Command::Send { to, text } => {
             let ack = client.send_private(&to, &text).await?;
             println!("sent {} (seq {})", ack.message_id, ack.seq);
