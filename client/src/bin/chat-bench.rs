@@ -21,6 +21,12 @@ struct Cli {
     /// The node's process id, to read its memory from /proc.
     #[arg(long)]
     node_pid: Option<u32>,
+    /// Also write the results as JSON to this file.
+    #[arg(long)]
+    json: Option<std::path::PathBuf>,
+    /// send: also draw the latency distribution as an SVG plot to this file.
+    #[arg(long)]
+    plot: Option<std::path::PathBuf>,
     #[command(subcommand)]
     mode: Mode,
 }
@@ -33,23 +39,7 @@ const EXAMPLES: &str = "Examples:
 #[derive(Debug, Subcommand)]
 enum Mode {
     /// Private messages: connection i sends to connection i+1 (so every message is pushed live).
-    Send {
-        /// Client connections (each its own user).
-        #[arg(long, default_value_t = 100)]
-        connections: usize,
-        /// Seconds to send for.
-        #[arg(long, default_value_t = 10)]
-        duration: u64,
-        /// Total messages per second across all connections; 0 sends as fast as possible.
-        #[arg(long, default_value_t = 0)]
-        rate: u64,
-        /// Message text size in bytes.
-        #[arg(long, default_value_t = 100)]
-        payload: usize,
-        /// Unacknowledged sends allowed per connection.
-        #[arg(long, default_value_t = 32)]
-        window: usize,
-    },
+    Send(SendOpts),
     /// Open logged-in connections that stay idle, and report node memory per connection.
     Idle {
         /// Connections to open.
@@ -65,34 +55,42 @@ enum Mode {
     },
 }
 
+/// What `send` does.
+#[derive(Debug, Clone, clap::Args)]
+struct SendOpts {
+    /// Client connections (each its own user).
+    #[arg(long, default_value_t = 100)]
+    connections: usize,
+    /// Seconds to send for.
+    #[arg(long, default_value_t = 10)]
+    duration: u64,
+    /// Total messages per second across all connections; 0 sends as fast as possible.
+    #[arg(long, default_value_t = 0)]
+    rate: u64,
+    /// Message text size in bytes.
+    #[arg(long, default_value_t = 100)]
+    payload: usize,
+    /// Unacknowledged sends allowed per connection.
+    #[arg(long, default_value_t = 32)]
+    window: usize,
+}
+
 #[tokio::main]
 async fn main() -> Result<()> {
     let cli = Cli::parse();
-    match cli.mode {
-        Mode::Send {
-            connections,
-            duration,
-            rate,
-            payload,
-            window,
-        } => {
-            send(
-                &cli.servers,
-                cli.node_pid,
-                connections,
-                duration,
-                rate,
-                payload,
-                window,
-            )
-            .await
-        }
+    let result = match &cli.mode {
+        Mode::Send(opts) => send(&cli.servers, cli.node_pid, opts, cli.plot.as_deref()).await?,
         Mode::Idle {
             connections,
             users,
             hold,
-        } => idle(&cli.servers, cli.node_pid, connections, users, hold).await,
+        } => idle(&cli.servers, cli.node_pid, *connections, *users, *hold).await?,
+    };
+    if let Some(path) = &cli.json {
+        std::fs::write(path, serde_json::to_string_pretty(&result)?)
+            .with_context(|| format!("cannot write {}", path.display()))?;
     }
+    Ok(())
 }
 
 fn run_id() -> String {
@@ -143,16 +141,19 @@ fn now_ns(origin: Instant) -> u64 {
     origin.elapsed().as_nanos() as u64
 }
 
-#[allow(clippy::too_many_arguments)]
 async fn send(
     servers: &[String],
     node_pid: Option<u32>,
-    connections: usize,
-    duration: u64,
-    rate: u64,
-    payload: usize,
-    window: usize,
-) -> Result<()> {
+    opts: &SendOpts,
+    plot: Option<&std::path::Path>,
+) -> Result<serde_json::Value> {
+    let SendOpts {
+        connections,
+        duration,
+        rate,
+        payload,
+        window,
+    } = opts.clone();
     if connections < 2 {
         bail!("--connections must be at least 2 (each sends to the next)");
     }
@@ -270,9 +271,26 @@ async fn send(
             peak
         })
     });
+    let progress = indicatif::ProgressBar::new(duration);
+    progress.set_style(
+        indicatif::ProgressStyle::with_template("{elapsed_precise} [{bar:40}] {pos}/{len} s  {msg}")
+            .expect("valid template"),
+    );
+    let ticker = {
+        let (progress, acked) = (progress.clone(), acked.clone());
+        tokio::spawn(async move {
+            while Instant::now() < stop_at {
+                tokio::time::sleep(Duration::from_millis(250)).await;
+                progress.set_position(origin.elapsed().as_secs().min(duration));
+                progress.set_message(format!("{} acknowledged", acked.load(Ordering::Relaxed)));
+            }
+        })
+    };
     for s in senders {
         s.await?;
     }
+    ticker.abort();
+    progress.finish_and_clear();
     let send_elapsed = origin.elapsed().as_secs_f64();
     let sent = acked.load(Ordering::Relaxed);
     for r in receivers {
@@ -316,7 +334,90 @@ async fn send(
             sent - got
         );
     }
-    Ok(())
+    if let Some(path) = plot {
+        std::fs::write(path, latency_svg(&e2e, &ack, opts))
+            .with_context(|| format!("cannot write {}", path.display()))?;
+    }
+    let summary = |h: &Histogram<u64>| {
+        serde_json::json!({
+            "p50": ms(h, 0.5), "p90": ms(h, 0.9), "p99": ms(h, 0.99), "p999": ms(h, 0.999),
+            "max": h.max() as f64 / 1000.0,
+        })
+    };
+    Ok(serde_json::json!({
+        "mode": "send",
+        "servers": servers.len(),
+        "connections": connections,
+        "duration_s": duration,
+        "rate": rate,
+        "payload_bytes": payload,
+        "window": window,
+        "acknowledged": sent,
+        "received": got,
+        "errors": errors.load(Ordering::Relaxed),
+        "messages_per_s": sent as f64 / send_elapsed,
+        "end_to_end_ms": summary(&e2e),
+        "send_to_ack_ms": summary(&ack),
+        "node_peak_rss_mib": node_pid.map(|_| peak_rss / 1024),
+    }))
+}
+
+/// The latency distributions as an SVG line chart: latency (ms) against percentile, with
+/// the percentile axis stretched towards the tail as HdrHistogram plots do.
+fn latency_svg(e2e: &Histogram<u64>, ack: &Histogram<u64>, opts: &SendOpts) -> String {
+    const W: f64 = 800.0;
+    const H: f64 = 420.0;
+    const PAD: f64 = 60.0;
+    // x = log10(1 / (1 - q)) / 4: 0 at p0, 1/4 at p90, 2/4 at p99, 3/4 at p99.9, 1 at p99.99.
+    let qs: Vec<f64> = (0..=400).map(|i| 1.0 - 10f64.powf(-(i as f64) / 100.0)).collect();
+    let max_ms = (e2e.max().max(ack.max()) as f64 / 1000.0).max(0.001);
+    let x = |q: f64| PAD + (-(1.0 - q).max(1e-4).log10() / 4.0) * (W - 2.0 * PAD);
+    let y = |ms: f64| H - PAD - ms / max_ms * (H - 2.0 * PAD);
+    let line = |h: &Histogram<u64>| {
+        qs.iter()
+            .map(|q| format!("{:.1},{:.1}", x(*q), y(h.value_at_quantile(*q) as f64 / 1000.0)))
+            .collect::<Vec<_>>()
+            .join(" ")
+    };
+    let rate = if opts.rate == 0 {
+        "max".to_string()
+    } else {
+        format!("{}/s", opts.rate)
+    };
+    let mut svg = format!(
+        "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{W}\" height=\"{H}\" font-family=\"sans-serif\" font-size=\"12\">\n\
+         <rect width=\"100%\" height=\"100%\" fill=\"white\"/>\n\
+         <text x=\"{PAD}\" y=\"24\" font-size=\"14\">chat-bench send: {} connections, rate {rate}, {} B: latency by percentile</text>\n",
+        opts.connections, opts.payload
+    );
+    for (i, label) in ["p0", "p90", "p99", "p99.9", "p99.99"].iter().enumerate() {
+        let gx = PAD + i as f64 / 4.0 * (W - 2.0 * PAD);
+        svg += &format!(
+            "<line x1=\"{gx:.1}\" y1=\"{PAD}\" x2=\"{gx:.1}\" y2=\"{:.1}\" stroke=\"#ddd\"/>\n\
+             <text x=\"{gx:.1}\" y=\"{:.1}\" text-anchor=\"middle\">{label}</text>\n",
+            H - PAD,
+            H - PAD + 18.0
+        );
+    }
+    for i in 0..=4 {
+        let ms = max_ms * i as f64 / 4.0;
+        svg += &format!(
+            "<text x=\"{:.1}\" y=\"{:.1}\" text-anchor=\"end\">{ms:.1} ms</text>\n",
+            PAD - 6.0,
+            y(ms) + 4.0
+        );
+    }
+    svg += &format!(
+        "<polyline fill=\"none\" stroke=\"#1f77b4\" stroke-width=\"2\" points=\"{}\"/>\n\
+         <polyline fill=\"none\" stroke=\"#ff7f0e\" stroke-width=\"2\" points=\"{}\"/>\n\
+         <text x=\"{:.1}\" y=\"44\" fill=\"#1f77b4\">end to end</text>\n\
+         <text x=\"{:.1}\" y=\"60\" fill=\"#ff7f0e\">send to durable ack</text>\n</svg>\n",
+        line(e2e),
+        line(ack),
+        PAD + 10.0,
+        PAD + 10.0
+    );
+    svg
 }
 
 async fn idle(
@@ -325,7 +426,7 @@ async fn idle(
     connections: usize,
     users: usize,
     hold: u64,
-) -> Result<()> {
+) -> Result<serde_json::Value> {
     let pid = node_pid.context("idle mode needs --node-pid to read the node's memory")?;
     let users = if users == 0 {
         connections
@@ -372,5 +473,12 @@ async fn idle(
         per / 1000.0
     );
     drop(open);
-    Ok(())
+    Ok(serde_json::json!({
+        "mode": "idle",
+        "connections": connections,
+        "users": users,
+        "node_rss_before_kib": before,
+        "node_rss_after_kib": after,
+        "bytes_per_connection": per,
+    }))
 }
