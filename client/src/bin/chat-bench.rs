@@ -410,12 +410,14 @@ fn latency_svg(e2e: &Histogram<u64>, ack: &Histogram<u64>, opts: &SendOpts) -> S
     svg += &format!(
         "<polyline fill=\"none\" stroke=\"#1f77b4\" stroke-width=\"2\" points=\"{}\"/>\n\
          <polyline fill=\"none\" stroke=\"#ff7f0e\" stroke-width=\"2\" points=\"{}\"/>\n\
-         <text x=\"{:.1}\" y=\"44\" fill=\"#1f77b4\">end to end</text>\n\
-         <text x=\"{:.1}\" y=\"60\" fill=\"#ff7f0e\">send to durable ack</text>\n</svg>\n",
+         <text x=\"{:.1}\" y=\"{:.1}\" fill=\"#1f77b4\">end to end</text>\n\
+         <text x=\"{:.1}\" y=\"{:.1}\" fill=\"#ff7f0e\">send to durable ack</text>\n</svg>\n",
         line(e2e),
         line(ack),
-        PAD + 10.0,
-        PAD + 10.0
+        W - PAD - 150.0,
+        H - PAD - 40.0,
+        W - PAD - 150.0,
+        H - PAD - 24.0
     );
     svg
 }
