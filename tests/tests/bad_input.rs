@@ -245,3 +245,29 @@ fn login(id: u64, user: &str) -> ClientFrame {
         )),
     }
 }
+
+#[tokio::test]
+async fn after_logout_the_connection_gets_a_fresh_login_window() {
+    let node = Node::start_with(NodeOpts {
+        client_toml: "login_timeout_ms = 400".into(),
+        ..NodeOpts::default()
+    })
+    .unwrap();
+    node.user("walt").await.unwrap();
+    let (c, mut pushes, _) = node.login("walt").await.unwrap();
+    // Stay logged in well past the login timeout, then log out.
+    tokio::time::sleep(std::time::Duration::from_millis(800)).await;
+    c.logout().await.unwrap();
+    // The old deadline has long passed, yet the connection is still usable...
+    c.ping(1).await.unwrap();
+    c.login("walt", &chat_tests::password("walt")).await.unwrap();
+    c.logout().await.unwrap();
+    // ...and without a new login it is closed once the fresh window ends.
+    let closing = chat_tests::next_push(&mut pushes, |p| match p {
+        chat_client::Push::Closing(c) => Some(c),
+        _ => None,
+    })
+    .await
+    .unwrap();
+    assert!(closing.reason.contains("login timeout"), "{closing:?}");
+}

@@ -148,6 +148,8 @@ pub struct SessionState {
     mailbox: Mailbox,
     hello: bool,
     login_pending: bool,
+    /// Set by Logout: the connection gets a fresh login timeout for its next Login.
+    new_login_window: bool,
     user: Option<(String, String)>,
     next_seq: u64,
     ending: Ending,
@@ -186,12 +188,18 @@ where
         user: None,
         next_seq: 1,
         ending: Ending::No,
+        new_login_window: false,
     };
     tracing::debug!(session = state.id, peer = %peer, "session opened");
     // A frame is read only with a permit in hand, so at most max_in_flight requests
     // are being served; further frames wait in the socket.
     let mut permit: Option<Permit> = None;
     while state.ending == Ending::No {
+        if std::mem::take(&mut state.new_login_window) {
+            login_deadline
+                .as_mut()
+                .reset(tokio::time::Instant::now() + ctx.config.login_timeout());
+        }
         tokio::select! {
             biased;
             Some(msg) = inbox_rx.recv() => state.handle(msg),
@@ -413,6 +421,7 @@ impl SessionState {
                     }
                 }
                 self.logout();
+                self.new_login_window = true;
                 self.out.send(id, Body::LogoutOk(v1::LogoutOk {}));
             }
             B::SendPrivate(m) => {
