@@ -98,6 +98,9 @@ pub struct ClientConfig {
     /// Also accept clients over WebSocket here (binary messages, one protobuf message
     /// each). Default: none (off).
     pub websocket_listen: Option<SocketAddr>,
+    /// Folder with the built web client (`index.html`, `app.js`; see `scripts/build-web.sh`),
+    /// served at `/` on the WebSocket address. Default: none.
+    pub web_dir: Option<PathBuf>,
 }
 
 /// A certificate chain and its private key, both PEM files.
@@ -180,6 +183,7 @@ impl Default for ClientConfig {
             max_in_flight: 256,
             tls: None,
             websocket_listen: None,
+            web_dir: None,
         }
     }
 }

@@ -144,7 +144,10 @@ async fn serve(cfg: Config) -> anyhow::Result<()> {
         println!("chat-node {name} admin endpoint on http://{}", l.local_addr()?);
     }
     if let Some(l) = &websocket {
-        println!("chat-node {name} websocket clients on ws://{}", l.local_addr()?);
+        println!(
+            "chat-node {name} websocket clients on ws://{}/ws",
+            l.local_addr()?
+        );
     }
     std::io::stdout().flush()?;
 

@@ -118,25 +118,6 @@ pub fn default_name(addr: SocketAddr) -> String {
     format!("node-{}", addr.port())
 }
 
-/// Accepts WebSocket clients until shutdown.
-async fn accept_websockets(listener: TcpListener, ctx: Arc<NodeCtx>) {
-    loop {
-        tokio::select! {
-            _ = ctx.shutdown.cancelled() => return,
-            accepted = listener.accept() => match accepted {
-                Ok((stream, peer)) => {
-                    let _ = stream.set_nodelay(true);
-                    tokio::spawn(crate::websocket::serve(stream, peer, ctx.clone()));
-                }
-                Err(e) => {
-                    tracing::warn!(error = %e, "websocket accept failed");
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                }
-            },
-        }
-    }
-}
-
 /// Wakes every group whose fan-out a crash interrupted, so it finishes it; the
 /// inboxes drop the copies they already have.
 pub fn resume_interrupted_fanouts(storage: &Storage, router: &Router) -> Result<(), StorageError> {
@@ -229,7 +210,7 @@ pub async fn run(config: Config, listeners: Listeners, shutdown: CancellationTok
     });
     resume_interrupted_fanouts(&storage, &ctx.router)?;
     let admin = admin.map(|l| tokio::spawn(crate::admin::serve(l, ctx.clone(), shutdown.clone())));
-    let websocket = websocket.map(|l| tokio::spawn(accept_websockets(l, ctx.clone())));
+    let websocket = websocket.map(|l| tokio::spawn(crate::websocket::serve(l, ctx.clone())));
     tracing::info!(node = %node_name, addr = %client_addr, data = %config.data_dir.display(), "node started");
 
     loop {

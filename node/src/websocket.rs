@@ -1,42 +1,85 @@
-//! Clients over WebSocket: binary messages, one protobuf message (no length prefix) each,
-//! the same envelopes as over TCP.
+//! Clients over WebSocket, and the web page: `GET /ws` upgrades to a WebSocket whose
+//! binary messages each carry one protobuf message (the same envelopes as over TCP);
+//! `GET /` and `GET /app.js` serve the single-page client from `client.web_dir`.
 //!
 //! A WebSocket connection is bridged to an in-memory byte stream carrying the usual
 //! varint-delimited frames, so the session loop, its limits and its codec are the same
 //! for every transport.
 
 use crate::server::NodeCtx;
+use axum::Router;
+use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
+use axum::extract::{ConnectInfo, State};
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
 use bytes::{Bytes, BytesMut};
 use chat_protocol::codec::{FrameCodec, encode_raw_frame};
 use futures::{SinkExt, StreamExt};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use tokio::io::{AsyncWriteExt, DuplexStream};
-use tokio::net::TcpStream;
-use tokio_tungstenite::tungstenite::Message;
-use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
+use tokio::net::TcpListener;
 use tokio_util::codec::FramedRead;
 
-/// Upgrades an accepted connection (bounded by the login timeout) and runs its session.
-pub async fn serve(stream: TcpStream, peer: SocketAddr, ctx: Arc<NodeCtx>) {
-    let max = ctx.config.client.max_frame_bytes;
-    let mut config = WebSocketConfig::default();
-    config.max_message_size = Some(max);
-    config.max_frame_size = Some(max);
-    let upgrade = tokio_tungstenite::accept_async_with_config(stream, Some(config));
-    let ws = match tokio::time::timeout(ctx.config.login_timeout(), upgrade).await {
-        Ok(Ok(ws)) => ws,
-        Ok(Err(e)) => return tracing::info!(peer = %peer, error = %e, "websocket upgrade failed"),
-        Err(_) => return tracing::info!(peer = %peer, "websocket upgrade timed out"),
+/// Serves WebSocket clients (and the web page, if configured) until shutdown.
+pub async fn serve(listener: TcpListener, ctx: Arc<NodeCtx>) {
+    let shutdown = ctx.shutdown.clone();
+    let app = Router::new()
+        .route("/ws", get(upgrade))
+        .route(
+            "/",
+            get(|s: State<Arc<NodeCtx>>| page(s, "index.html", "text/html; charset=utf-8")),
+        )
+        .route(
+            "/app.js",
+            get(|s: State<Arc<NodeCtx>>| page(s, "app.js", "text/javascript")),
+        )
+        .with_state(ctx);
+    let served = axum::serve(listener, app.into_make_service_with_connect_info::<SocketAddr>())
+        .with_graceful_shutdown(async move { shutdown.cancelled().await })
+        .await;
+    if let Err(e) = served {
+        tracing::error!(error = %e, "websocket listener failed");
+    }
+}
+
+/// One file of the web client, read from `client.web_dir` at request time.
+async fn page(State(ctx): State<Arc<NodeCtx>>, file: &'static str, kind: &'static str) -> Response {
+    let Some(dir) = &ctx.config.client.web_dir else {
+        return (
+            StatusCode::NOT_FOUND,
+            "no web client configured (client.web_dir)\n",
+        )
+            .into_response();
     };
-    let (session_side, bridge_side) = tokio::io::duplex(max + 16);
-    let bridge = tokio::spawn(bridge(ws, bridge_side, max));
-    crate::actors::session::run(session_side, peer, ctx).await;
-    let _ = bridge.await;
+    match tokio::fs::read(dir.join(file)).await {
+        Ok(body) => ([(header::CONTENT_TYPE, kind)], body).into_response(),
+        Err(e) => {
+            tracing::warn!(file, error = %e, "web client file missing");
+            (StatusCode::NOT_FOUND, "web client file missing\n").into_response()
+        }
+    }
+}
+
+async fn upgrade(
+    ws: WebSocketUpgrade,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    State(ctx): State<Arc<NodeCtx>>,
+) -> Response {
+    let max = ctx.config.client.max_frame_bytes;
+    ws.max_message_size(max)
+        .max_frame_size(max)
+        .on_upgrade(move |socket| async move {
+            let (session_side, bridge_side) = tokio::io::duplex(max + 16);
+            let bridge = tokio::spawn(bridge(socket, bridge_side, max));
+            crate::actors::session::run(session_side, peer, ctx).await;
+            let _ = bridge.await;
+        })
 }
 
 /// Moves messages between the WebSocket and the session's byte stream until either ends.
-async fn bridge(ws: tokio_tungstenite::WebSocketStream<TcpStream>, stream: DuplexStream, max: usize) {
+async fn bridge(ws: WebSocket, stream: DuplexStream, max: usize) {
     let (mut ws_tx, mut ws_rx) = ws.split();
     let (read, mut write) = tokio::io::split(stream);
     let inbound = async move {
@@ -46,7 +89,7 @@ async fn bridge(ws: tokio_tungstenite::WebSocketStream<TcpStream>, stream: Duple
                 Message::Close(_) => break,
                 // Text is not the protocol: it goes on as a frame the session cannot
                 // decode, which it answers with BAD_REQUEST like any malformed frame.
-                Message::Text(t) => Bytes::copy_from_slice(t.as_bytes()),
+                Message::Text(t) => Bytes::copy_from_slice(t.as_str().as_bytes()),
                 _ => continue,
             };
             let mut framed = BytesMut::with_capacity(payload.len() + 5);
