@@ -144,8 +144,9 @@ async fn serve(cfg: Config) -> anyhow::Result<()> {
         println!("chat-node {name} admin endpoint on http://{}", l.local_addr()?);
     }
     if let Some(l) = &websocket {
+        let scheme = if cfg.client.tls.is_some() { "wss" } else { "ws" };
         println!(
-            "chat-node {name} websocket clients on ws://{}/ws",
+            "chat-node {name} websocket clients on {scheme}://{}/ws",
             l.local_addr()?
         );
     }

@@ -210,7 +210,7 @@ pub async fn run(config: Config, listeners: Listeners, shutdown: CancellationTok
     });
     resume_interrupted_fanouts(&storage, &ctx.router)?;
     let admin = admin.map(|l| tokio::spawn(crate::admin::serve(l, ctx.clone(), shutdown.clone())));
-    let websocket = websocket.map(|l| tokio::spawn(crate::websocket::serve(l, ctx.clone())));
+    let websocket = websocket.map(|l| tokio::spawn(crate::websocket::serve(l, tls.clone(), ctx.clone())));
     tracing::info!(node = %node_name, addr = %client_addr, data = %config.data_dir.display(), "node started");
 
     loop {

@@ -2,6 +2,8 @@
 //! binary messages each carry one protobuf message (the same envelopes as over TCP);
 //! `GET /` and `GET /app.js` serve the single-page client from `client.web_dir`.
 //!
+//! With `client.tls` set, this port speaks TLS too (wss:// and https://).
+//!
 //! A WebSocket connection is bridged to an in-memory byte stream carrying the usual
 //! varint-delimited frames, so the session loop, its limits and its codec are the same
 //! for every transport.
@@ -19,11 +21,15 @@ use futures::{SinkExt, StreamExt};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use tokio::io::{AsyncWriteExt, DuplexStream};
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::mpsc;
+use tokio_rustls::TlsAcceptor;
+use tokio_rustls::server::TlsStream;
 use tokio_util::codec::FramedRead;
 
-/// Serves WebSocket clients (and the web page, if configured) until shutdown.
-pub async fn serve(listener: TcpListener, ctx: Arc<NodeCtx>) {
+/// Serves WebSocket clients (and the web page, if configured) until shutdown, over TLS
+/// (wss, https) when the client side has a certificate.
+pub async fn serve(listener: TcpListener, tls: Option<TlsAcceptor>, ctx: Arc<NodeCtx>) {
     let shutdown = ctx.shutdown.clone();
     let app = Router::new()
         .route("/ws", get(upgrade))
@@ -35,12 +41,91 @@ pub async fn serve(listener: TcpListener, ctx: Arc<NodeCtx>) {
             "/app.js",
             get(|s: State<Arc<NodeCtx>>| page(s, "app.js", "text/javascript")),
         )
-        .with_state(ctx);
-    let served = axum::serve(listener, app.into_make_service_with_connect_info::<SocketAddr>())
-        .with_graceful_shutdown(async move { shutdown.cancelled().await })
-        .await;
+        .with_state(ctx.clone())
+        .into_make_service_with_connect_info::<Peer>();
+    let done = async move { shutdown.cancelled().await };
+    let served = match tls {
+        None => axum::serve(listener, app).with_graceful_shutdown(done).await,
+        Some(acceptor) => match TlsListener::start(listener, acceptor, ctx) {
+            Ok(listener) => axum::serve(listener, app).with_graceful_shutdown(done).await,
+            Err(e) => Err(e),
+        },
+    };
     if let Err(e) = served {
         tracing::error!(error = %e, "websocket listener failed");
+    }
+}
+
+/// The client's address, for both the plain and the TLS listener.
+#[derive(Debug, Clone, Copy)]
+struct Peer(SocketAddr);
+
+impl axum::extract::connect_info::Connected<axum::serve::IncomingStream<'_, TcpListener>> for Peer {
+    fn connect_info(stream: axum::serve::IncomingStream<'_, TcpListener>) -> Self {
+        Peer(*stream.remote_addr())
+    }
+}
+
+impl axum::extract::connect_info::Connected<axum::serve::IncomingStream<'_, TlsListener>> for Peer {
+    fn connect_info(stream: axum::serve::IncomingStream<'_, TlsListener>) -> Self {
+        Peer(*stream.remote_addr())
+    }
+}
+
+/// A listener whose connections have finished their TLS handshake. Handshakes run in
+/// their own tasks (bounded by the login timeout), so a client that never completes one
+/// cannot hold up the others.
+struct TlsListener {
+    ready: mpsc::Receiver<(TlsStream<TcpStream>, SocketAddr)>,
+    local: SocketAddr,
+}
+
+impl TlsListener {
+    fn start(listener: TcpListener, acceptor: TlsAcceptor, ctx: Arc<NodeCtx>) -> std::io::Result<Self> {
+        let local = listener.local_addr()?;
+        let (tx, ready) = mpsc::channel(64);
+        tokio::spawn(async move {
+            loop {
+                let (stream, peer) = tokio::select! {
+                    _ = ctx.shutdown.cancelled() => return,
+                    accepted = listener.accept() => match accepted {
+                        Ok(a) => a,
+                        Err(e) => {
+                            tracing::warn!(error = %e, "websocket accept failed");
+                            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                            continue;
+                        }
+                    },
+                };
+                let (acceptor, tx, limit) = (acceptor.clone(), tx.clone(), ctx.config.login_timeout());
+                tokio::spawn(async move {
+                    match tokio::time::timeout(limit, acceptor.accept(stream)).await {
+                        Ok(Ok(tls)) => {
+                            let _ = tx.send((tls, peer)).await;
+                        }
+                        _ => tracing::info!(peer = %peer, "websocket TLS handshake failed or timed out"),
+                    }
+                });
+            }
+        });
+        Ok(Self { ready, local })
+    }
+}
+
+impl axum::serve::Listener for TlsListener {
+    type Io = TlsStream<TcpStream>;
+    type Addr = SocketAddr;
+
+    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
+        match self.ready.recv().await {
+            Some(conn) => conn,
+            // The accept task ended (shutdown): wait for the graceful shutdown to finish.
+            None => std::future::pending().await,
+        }
+    }
+
+    fn local_addr(&self) -> std::io::Result<Self::Addr> {
+        Ok(self.local)
     }
 }
 
@@ -64,7 +149,7 @@ async fn page(State(ctx): State<Arc<NodeCtx>>, file: &'static str, kind: &'stati
 
 async fn upgrade(
     ws: WebSocketUpgrade,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    ConnectInfo(Peer(peer)): ConnectInfo<Peer>,
     State(ctx): State<Arc<NodeCtx>>,
 ) -> Response {
     let max = ctx.config.client.max_frame_bytes;

@@ -95,3 +95,73 @@ async fn a_missing_key_file_stops_the_node_with_a_clear_error() {
     };
     assert!(message.contains("nope.pem"), "{message}");
 }
+
+#[tokio::test]
+async fn websocket_clients_get_tls_too() {
+    use futures::{SinkExt, StreamExt};
+    use prost::Message as _;
+    use tokio_rustls::rustls::pki_types::pem::PemObject;
+    use tokio_rustls::rustls::pki_types::{CertificateDer, ServerName};
+
+    let certs = self_signed();
+    let node = Node::start_with(NodeOpts {
+        client_toml: format!(
+            "tls = {{ cert = {:?}, key = {:?} }}\nwebsocket_listen = \"127.0.0.1:0\"",
+            certs.cert, certs.key
+        ),
+        ..NodeOpts::default()
+    })
+    .unwrap();
+    let url = node.ws.clone().unwrap();
+    assert!(url.starts_with("wss://"), "{url}");
+    let mut roots = tokio_rustls::rustls::RootCertStore::empty();
+    for cert in CertificateDer::pem_file_iter(&certs.cert).unwrap() {
+        roots.add(cert.unwrap()).unwrap();
+    }
+    let config = tokio_rustls::rustls::ClientConfig::builder()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let connector = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config));
+    let host = url
+        .trim_start_matches("wss://")
+        .trim_end_matches("/ws")
+        .to_owned();
+    let tcp = tokio::net::TcpStream::connect(&host).await.unwrap();
+    let tls = connector
+        .connect(ServerName::try_from("localhost").unwrap(), tcp)
+        .await
+        .unwrap();
+    let (mut ws, _) = tokio_tungstenite::client_async("wss://localhost/ws", tls)
+        .await
+        .unwrap();
+    let hello = chat_client::proto::ClientFrame {
+        request_id: 1,
+        body: Some(chat_client::proto::client_frame::Body::Hello(
+            chat_client::proto::Hello {
+                protocol_version: 1,
+                client_name: "wss".into(),
+            },
+        )),
+    };
+    ws.send(tokio_tungstenite::tungstenite::Message::Binary(
+        hello.encode_to_vec().into(),
+    ))
+    .await
+    .unwrap();
+    let answer = tokio::time::timeout(chat_tests::DEADLINE, ws.next())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    let frame = chat_client::proto::ServerFrame::decode(answer.into_data()).unwrap();
+    assert!(
+        matches!(
+            frame.body,
+            Some(chat_client::proto::server_frame::Body::HelloOk(_))
+        ),
+        "{frame:?}"
+    );
+    // Plain ws:// to the same port gets no service.
+    let plain = url.replace("wss://", "ws://");
+    assert!(tokio_tungstenite::connect_async(plain).await.is_err());
+}
