@@ -1,7 +1,7 @@
 //! Counters and a latency histogram, rendered in Prometheus' text format by the admin endpoint.
 
 use std::fmt::Write;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::time::Duration;
 
 /// Upper bounds of the send-latency histogram buckets, in seconds.
@@ -9,15 +9,48 @@ const BUCKETS: [f64; 12] = [
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
 ];
 
-/// The node's counters; shared by every session.
+/// A latency histogram with fixed buckets, updated with relaxed atomics.
+#[derive(Debug, Default)]
+pub struct LatencyHistogram {
+    buckets: [AtomicU64; BUCKETS.len()],
+    count: AtomicU64,
+    sum_us: AtomicU64,
+}
+
+impl LatencyHistogram {
+    /// Records one observation.
+    pub fn observe(&self, took: Duration) {
+        let secs = took.as_secs_f64();
+        if let Some(i) = BUCKETS.iter().position(|b| secs <= *b) {
+            self.buckets[i].fetch_add(1, Ordering::Relaxed);
+        }
+        self.count.fetch_add(1, Ordering::Relaxed);
+        self.sum_us.fetch_add(took.as_micros() as u64, Ordering::Relaxed);
+    }
+
+    fn render(&self, out: &mut String, name: &str, help: &str) {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} histogram");
+        let mut cumulative = 0;
+        for (bound, count) in BUCKETS.iter().zip(&self.buckets) {
+            cumulative += count.load(Ordering::Relaxed);
+            let _ = writeln!(out, "{name}_bucket{{le=\"{bound}\"}} {cumulative}");
+        }
+        let total = self.count.load(Ordering::Relaxed);
+        let _ = writeln!(out, "{name}_bucket{{le=\"+Inf\"}} {total}");
+        let sum = self.sum_us.load(Ordering::Relaxed) as f64 / 1e6;
+        let _ = writeln!(out, "{name}_sum {sum}\n{name}_count {total}");
+    }
+}
+
+/// The node's counters; shared by every session and inbox.
 #[derive(Debug, Default)]
 pub struct Metrics {
     logins: AtomicU64,
     sends: AtomicU64,
     deliveries: AtomicU64,
-    buckets: [AtomicU64; BUCKETS.len()],
-    latency_count: AtomicU64,
-    latency_sum_us: AtomicU64,
+    inbox_messages: AtomicI64,
+    send_latency: LatencyHistogram,
+    delivery_latency: LatencyHistogram,
 }
 
 /// Gauges read at scrape time.
@@ -48,18 +81,18 @@ impl Metrics {
     /// A message was acknowledged as durable, `took` after the request arrived.
     pub fn sent(&self, took: Duration) {
         self.sends.fetch_add(1, Ordering::Relaxed);
-        let secs = took.as_secs_f64();
-        if let Some(i) = BUCKETS.iter().position(|b| secs <= *b) {
-            self.buckets[i].fetch_add(1, Ordering::Relaxed);
-        }
-        self.latency_count.fetch_add(1, Ordering::Relaxed);
-        self.latency_sum_us
-            .fetch_add(took.as_micros() as u64, Ordering::Relaxed);
+        self.send_latency.observe(took);
     }
 
-    /// An inbox entry was pushed to a session.
-    pub fn delivered(&self) {
+    /// An inbox entry was pushed to a session, `took` after it reached the inbox.
+    pub fn delivered(&self, took: Duration) {
         self.deliveries.fetch_add(1, Ordering::Relaxed);
+        self.delivery_latency.observe(took);
+    }
+
+    /// Messages stored in inboxes changed by `delta` (appends, retention).
+    pub fn inbox_messages(&self, delta: i64) {
+        self.inbox_messages.fetch_add(delta, Ordering::Relaxed);
     }
 
     /// The Prometheus text exposition of everything.
@@ -93,6 +126,13 @@ impl Metrics {
             "Bytes the database uses on disk.",
             g.sled_bytes,
         );
+        let inbox = self.inbox_messages.load(Ordering::Relaxed).max(0) as u64;
+        metric(
+            "chat_inbox_messages",
+            "gauge",
+            "Messages stored in this node's inboxes (mailbox sizes, summed).",
+            inbox,
+        );
         let load = |c: &AtomicU64| c.load(Ordering::Relaxed);
         metric(
             "chat_logins_total",
@@ -118,25 +158,15 @@ impl Metrics {
              chat_cluster_peers{{state=\"up\"}} {}\nchat_cluster_peers{{state=\"down\"}} {}",
             g.peers_up, g.peers_down
         );
-        let _ = writeln!(
-            out,
-            "# HELP chat_send_latency_seconds From a send request to its durable acknowledgement.\n\
-             # TYPE chat_send_latency_seconds histogram"
+        self.send_latency.render(
+            &mut out,
+            "chat_send_latency_seconds",
+            "From a send request to its durable acknowledgement.",
         );
-        let mut cumulative = 0;
-        for (bound, count) in BUCKETS.iter().zip(&self.buckets) {
-            cumulative += load(count);
-            let _ = writeln!(
-                out,
-                "chat_send_latency_seconds_bucket{{le=\"{bound}\"}} {cumulative}"
-            );
-        }
-        let total = load(&self.latency_count);
-        let _ = writeln!(out, "chat_send_latency_seconds_bucket{{le=\"+Inf\"}} {total}");
-        let _ = writeln!(
-            out,
-            "chat_send_latency_seconds_sum {}\nchat_send_latency_seconds_count {total}",
-            load(&self.latency_sum_us) as f64 / 1e6
+        self.delivery_latency.render(
+            &mut out,
+            "chat_delivery_latency_seconds",
+            "From a message reaching its inbox to its push to a session.",
         );
         out
     }
@@ -170,5 +200,12 @@ mod tests {
             "{text}"
         );
         assert!(text.contains("chat_messages_in_total 3\n"), "{text}");
+        m.delivered(Duration::from_millis(30));
+        let text = m.render(Gauges::default());
+        assert!(
+            text.contains("chat_delivery_latency_seconds_bucket{le=\"0.05\"} 1\n"),
+            "{text}"
+        );
+        assert!(text.contains("chat_delivery_latency_seconds_count 1\n"), "{text}");
     }
 }

@@ -68,7 +68,7 @@ pub struct NodeCtx {
     /// Cancelled when the node shuts down.
     pub shutdown: CancellationToken,
     /// Counters for `/metrics`.
-    pub metrics: crate::metrics::Metrics,
+    pub metrics: Arc<crate::metrics::Metrics>,
     /// The other nodes, as membership sees them.
     pub view: crate::cluster::ClusterView,
     hashing: PasswordHashing,
@@ -161,6 +161,16 @@ pub async fn run(config: Config, listeners: Listeners, shutdown: CancellationTok
     )?;
     let sessions = Arc::new(AtomicUsize::new(0));
     let view = crate::cluster::ClusterView::default();
+    let metrics = Arc::new(crate::metrics::Metrics::default());
+    {
+        // The stored-message gauge starts from what is on disk; counting it is a scan,
+        // so it runs beside startup rather than before it.
+        let (storage, metrics) = (storage.clone(), metrics.clone());
+        tokio::task::spawn_blocking(move || match storage.count_inbox_entries() {
+            Ok(n) => metrics.inbox_messages(n as i64),
+            Err(e) => tracing::warn!(error = %e, "cannot count stored messages"),
+        });
+    }
     let max_age = match config.storage.retention_max_age_days {
         0 => None,
         days => Some(Duration::from_secs(days * 24 * 3600)),
@@ -176,6 +186,7 @@ pub async fn run(config: Config, listeners: Listeners, shutdown: CancellationTok
             max_age,
             sessions: sessions.clone(),
             view: view.clone(),
+            metrics: metrics.clone(),
         },
     )
     .await
@@ -203,7 +214,7 @@ pub async fn run(config: Config, listeners: Listeners, shutdown: CancellationTok
         sessions: sessions.clone(),
         next_session_id: AtomicU64::new(1),
         shutdown: shutdown.clone(),
-        metrics: crate::metrics::Metrics::default(),
+        metrics: metrics.clone(),
         view: cluster.view.clone(),
         hashing,
         hash_slots: Semaphore::new(parallelism),
@@ -318,6 +329,7 @@ mod tests {
                 max_age: None,
                 sessions: Arc::default(),
                 view: crate::cluster::ClusterView::default(),
+                metrics: Arc::default(),
             },
         )
         .await

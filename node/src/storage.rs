@@ -389,6 +389,19 @@ impl Storage {
             .map(|v| seq_of(&v)))
     }
 
+    /// How many inbox entries are stored, over all users (a full scan of the keys).
+    pub fn count_inbox_entries(&self) -> Result<u64> {
+        let mut n = 0;
+        for key in self.inbox.iter().keys() {
+            let key = key?;
+            let len = key.first().copied().unwrap_or(0) as usize;
+            if key.get(1 + len) == Some(&kind::ENTRY) {
+                n += 1;
+            }
+        }
+        Ok(n)
+    }
+
     /// The groups `user` belongs to, sorted.
     pub fn user_groups(&self, user: &str) -> Result<Vec<String>> {
         names_under(&self.inbox, &scoped(user, kind::GROUP))

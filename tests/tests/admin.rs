@@ -62,4 +62,31 @@ async fn metrics_count_connections_logins_and_messages() {
         "{text}"
     );
     assert!(text.contains("chat_cluster_peers{state=\"up\"} 0"), "{text}");
+    assert_eq!(metric(&text, "chat_inbox_messages"), Some(1.0), "{text}");
+    assert_eq!(
+        metric(&text, "chat_delivery_latency_seconds_count"),
+        Some(1.0),
+        "{text}"
+    );
+}
+
+#[tokio::test]
+async fn the_stored_message_gauge_is_counted_from_disk_after_a_restart() {
+    let mut node = Node::start().unwrap();
+    let (alice, _) = node.user("alice").await.unwrap();
+    node.user("bob").await.unwrap();
+    for i in 0..3 {
+        alice.send_private("bob", &format!("m{i}")).await.unwrap();
+    }
+    node.restart().unwrap();
+    let admin = node.admin.clone();
+    wait_for("the gauge to count the 3 stored messages", DEADLINE, || {
+        let admin = admin.clone();
+        async move {
+            let (_, text) = http_get(&admin, "/metrics").await.ok()?;
+            (metric(&text, "chat_inbox_messages") == Some(3.0)).then_some(())
+        }
+    })
+    .await
+    .unwrap();
 }

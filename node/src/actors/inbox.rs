@@ -15,6 +15,7 @@ use chat_protocol::internal::{InboxEntry, InboxMeta};
 use chat_protocol::v1::{self, ConversationKind, server_frame};
 use prost::Message;
 use ractor::{Actor, ActorProcessingErr, ActorRef};
+use std::sync::Arc;
 use std::time::Duration;
 use tokio::time::Instant;
 
@@ -210,12 +211,15 @@ pub struct InboxArgs {
     pub max_age: Option<Duration>,
     /// Sessions attached while the inbox was stopped (kept by the registry).
     pub sessions: Vec<SessionRef>,
+    /// Node counters (stored message count).
+    pub metrics: Arc<crate::metrics::Metrics>,
 }
 
 /// What a pending inbox write delivers once durable.
 struct Durable {
     appended: Appended,
     frame: Bytes,
+    since: Instant,
 }
 
 /// The inbox's state.
@@ -389,7 +393,16 @@ impl InboxState {
             seq,
             timestamp_ms,
         };
-        self.pending.push(seq, origin, Durable { appended, frame }, reply);
+        self.pending.push(
+            seq,
+            origin,
+            Durable {
+                appended,
+                frame,
+                since: Instant::now(),
+            },
+            reply,
+        );
         pending::commit_then(&self.args.storage, batch, myself, seq, |seq, result| {
             InboxMsg::Persisted { seq, result }
         });
@@ -444,6 +457,7 @@ impl InboxState {
                 batch.del(TreeId::Inbox, storage::suffix_key(user, kind::ORIGIN, &e.origin));
             }
             self.meta.first_seq = first + 1;
+            self.args.metrics.inbox_messages(-1);
         }
     }
 
@@ -455,8 +469,13 @@ impl InboxState {
         match result {
             Ok(()) => {
                 self.durable_seq = w.seq;
-                let Durable { appended, frame } = w.payload;
-                self.sessions.retain(|s| s.deliver(w.seq, frame.clone()));
+                let Durable {
+                    appended,
+                    frame,
+                    since,
+                } = w.payload;
+                self.args.metrics.inbox_messages(1);
+                self.sessions.retain(|s| s.deliver(w.seq, frame.clone(), since));
                 for r in w.replies {
                     r(Ok(appended.clone()));
                 }

@@ -35,9 +35,9 @@ pub struct SessionRef {
 impl SessionRef {
     /// Pushes an encoded inbox delivery with its seq (the session drops duplicates).
     /// False if the session is gone.
-    pub fn deliver(&self, seq: u64, frame: Bytes) -> bool {
+    pub fn deliver(&self, seq: u64, frame: Bytes, since: tokio::time::Instant) -> bool {
         self.mailbox
-            .send(session::SessionMsg::Deliver { seq, frame })
+            .send(session::SessionMsg::Deliver { seq, frame, since })
             .is_ok()
     }
 

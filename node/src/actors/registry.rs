@@ -42,6 +42,8 @@ pub struct RegistryArgs {
     pub sessions: Arc<AtomicUsize>,
     /// The other nodes, as the cluster membership sees them.
     pub view: ClusterView,
+    /// Node counters, handed to inboxes.
+    pub metrics: Arc<crate::metrics::Metrics>,
 }
 
 /// Messages of the registry.
@@ -333,6 +335,7 @@ fn inbox_args(
         router: router.clone(),
         max_messages: args.max_messages,
         max_age: args.max_age,
+        metrics: args.metrics.clone(),
     }
 }
 
@@ -423,6 +426,7 @@ mod tests {
                 max_age: None,
                 sessions: Arc::default(),
                 view: ClusterView::default(),
+                metrics: Arc::default(),
             },
         )
         .await

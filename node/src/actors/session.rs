@@ -53,6 +53,8 @@ pub enum SessionMsg {
         seq: u64,
         /// Encoded push frame.
         frame: Bytes,
+        /// When the message reached its inbox (for the delivery latency metric).
+        since: tokio::time::Instant,
     },
     /// Any other encoded push.
     Push(Bytes),
@@ -250,10 +252,10 @@ impl SessionState {
     fn handle(&mut self, msg: SessionMsg) {
         match msg {
             SessionMsg::Overflow => self.ending = Ending::Abort,
-            SessionMsg::Deliver { seq, frame } => {
+            SessionMsg::Deliver { seq, frame, since } => {
                 if self.user.is_some() && seq >= self.next_seq {
                     self.next_seq = seq + 1;
-                    self.ctx.metrics.delivered();
+                    self.ctx.metrics.delivered(since.elapsed());
                     self.out.send_bytes(frame);
                 }
             }
