@@ -318,22 +318,7 @@ mod tests {
         groups.put(TreeId::Fanout, b"team", []);
         storage.commit_wait(groups).await.unwrap();
 
-        let (registry, _) = Actor::spawn(
-            None,
-            Registry,
-            RegistryArgs {
-                node: "t".into(),
-                client_addr: "127.0.0.1:1".into(),
-                storage: storage.clone(),
-                max_messages: 100,
-                max_age: None,
-                sessions: Arc::default(),
-                view: crate::cluster::ClusterView::default(),
-                metrics: Arc::default(),
-            },
-        )
-        .await
-        .unwrap();
+        let registry = crate::actors::registry::test_registry(storage.clone()).await;
         let router = Router::new(registry.clone());
         // alice already has it (as if the crash came after her copy).
         let (tx, rx) = tokio::sync::oneshot::channel();

@@ -390,6 +390,25 @@ async fn route<A: Actor>(
     }
 }
 
+/// A registry over `storage` with test settings (retention 100, no cluster peers).
+#[cfg(test)]
+pub(crate) async fn test_registry(storage: Storage) -> ActorRef<RegistryMsg> {
+    let args = RegistryArgs {
+        node: "t".into(),
+        client_addr: "127.0.0.1:1".into(),
+        storage,
+        max_messages: 100,
+        max_age: None,
+        sessions: Arc::default(),
+        view: ClusterView::default(),
+        metrics: Arc::default(),
+    };
+    Actor::spawn(None, Registry, args)
+        .await
+        .expect("registry starts")
+        .0
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -415,22 +434,7 @@ mod tests {
     async fn logged_in_users_need_no_running_inbox_and_an_idle_inbox_parks_its_sessions() {
         let dir = tempfile::tempdir().unwrap();
         let storage = Storage::open(dir.path(), 16, 8 << 20).unwrap();
-        let (registry, _) = Actor::spawn(
-            None,
-            Registry,
-            RegistryArgs {
-                node: "t".into(),
-                client_addr: "127.0.0.1:1".into(),
-                storage,
-                max_messages: 100,
-                max_age: None,
-                sessions: Arc::default(),
-                view: ClusterView::default(),
-                metrics: Arc::default(),
-            },
-        )
-        .await
-        .unwrap();
+        let registry = test_registry(storage).await;
         let router = Router::new(registry.clone());
         let (mailbox, mut pushes) = mpsc::unbounded_channel();
         let session = SessionRef { id: 7, mailbox };
