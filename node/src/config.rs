@@ -93,6 +93,11 @@ pub struct ClientConfig {
     /// Requests one connection may have in flight; further frames wait
     /// unread, so a flood cannot grow the node's memory. Default: 256.
     pub max_in_flight: usize,
+    /// Requests per second one connection may make on average (Ping is exempt); more
+    /// get RATE_LIMITED. 0 means no limit. Default: 1000.
+    pub max_requests_per_sec: u32,
+    /// Requests one connection may make at once above that rate. Default: 2000.
+    pub request_burst: u32,
     /// Serve clients over TLS with this certificate and key. Default: none (plain TCP).
     pub tls: Option<TlsFiles>,
     /// Also accept clients over WebSocket here (binary messages, one protobuf message
@@ -181,6 +186,8 @@ impl Default for ClientConfig {
             login_timeout_ms: 10_000,
             outbound_queue: 1024,
             max_in_flight: 256,
+            max_requests_per_sec: 1000,
+            request_burst: 2000,
             tls: None,
             websocket_listen: None,
             web_dir: None,
@@ -269,6 +276,10 @@ impl Config {
             "client.outbound_queue must be at least 16",
         )?;
         check(c.max_in_flight >= 1, "client.max_in_flight must be at least 1")?;
+        check(
+            c.max_requests_per_sec == 0 || c.request_burst >= 1,
+            "client.request_burst must be at least 1 when client.max_requests_per_sec is set",
+        )?;
         check(
             !self.cluster.cookie.is_empty(),
             "cluster.cookie must not be empty",

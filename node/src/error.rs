@@ -32,6 +32,9 @@ pub enum ChatError {
     /// Valid request, wrong moment.
     #[error("{0}")]
     Unexpected(String),
+    /// The connection sends faster than its limit.
+    #[error("too many requests: at most {0} per second, retry later")]
+    RateLimited(u32),
     /// The request cannot be served now; retrying later may work.
     #[error("{0}")]
     Unavailable(String),
@@ -56,6 +59,7 @@ impl ChatError {
             Self::NotAMember(_) => ErrorCode::NotAMember,
             Self::AlreadyExists(_) => ErrorCode::AlreadyExists,
             Self::Unexpected(_) => ErrorCode::Unexpected,
+            Self::RateLimited(_) => ErrorCode::RateLimited,
             Self::Unavailable(_) => ErrorCode::Unavailable,
             Self::Internal(_) => ErrorCode::Internal,
         }

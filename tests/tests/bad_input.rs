@@ -271,3 +271,39 @@ async fn after_logout_the_connection_gets_a_fresh_login_window() {
     .unwrap();
     assert!(closing.reason.contains("login timeout"), "{closing:?}");
 }
+
+#[tokio::test]
+async fn a_connection_over_its_request_rate_gets_rate_limited_and_recovers() {
+    let node = node_with_bystanders(NodeOpts {
+        client_toml: "max_requests_per_sec = 5\nrequest_burst = 5".into(),
+        ..NodeOpts::default()
+    })
+    .await;
+    let (c, _, _) = node.login("alice").await.unwrap();
+    // Twenty requests at once: the burst of 5 passes (login took one), the rest are refused.
+    let asks = (0..20).map(|_| {
+        let c = c.clone();
+        tokio::spawn(async move { c.my_groups().await })
+    });
+    let mut limited = 0;
+    for ask in asks {
+        if let Err(e) = ask.await.unwrap() {
+            assert_eq!(e.code(), Some(ErrorCode::RateLimited), "{e}");
+            assert!(e.to_string().contains("5 per second"), "{e}");
+            limited += 1;
+        }
+    }
+    assert!(limited >= 10, "only {limited} of 20 were limited");
+    // Pings are exempt, so keep-alives never fail.
+    for i in 0..10 {
+        c.ping(i).await.unwrap();
+    }
+    // The bucket refills: after a while the connection is served again.
+    chat_tests::wait_for("the rate limit to lift", chat_tests::DEADLINE, || {
+        let c = c.clone();
+        async move { c.my_groups().await.ok() }
+    })
+    .await
+    .unwrap();
+    bystanders_still_chat(&node, 6).await;
+}

@@ -152,6 +152,10 @@ pub struct SessionState {
     login_pending: bool,
     /// Set by Logout: the connection gets a fresh login timeout for its next Login.
     new_login_window: bool,
+    /// Request tokens left (a token bucket refilled at `max_requests_per_sec`).
+    tokens: f64,
+    /// When the bucket was last refilled.
+    refilled: tokio::time::Instant,
     user: Option<(String, String)>,
     next_seq: u64,
     ending: Ending,
@@ -191,6 +195,8 @@ where
         next_seq: 1,
         ending: Ending::No,
         new_login_window: false,
+        tokens: f64::from(cfg.request_burst),
+        refilled: tokio::time::Instant::now(),
     };
     tracing::debug!(session = state.id, peer = %peer, "session opened");
     // A frame is read only with a permit in hand, so at most max_in_flight requests
@@ -364,8 +370,31 @@ impl SessionState {
                 .out
                 .error(0, &ChatError::BadRequest("request_id must not be 0".into()));
         }
+        // Ping is exempt, so a busy client's keep-alive never fails.
+        if !matches!(body, client_frame::Body::Ping(_)) && !self.take_token() {
+            let limit = self.ctx.config.client.max_requests_per_sec;
+            return self.out.error(id, &ChatError::RateLimited(limit));
+        }
         if let Err(e) = self.dispatch(id, body, permit) {
             self.out.error(id, &e);
+        }
+    }
+
+    /// Takes one request token, refilling the bucket for the time since the last one.
+    fn take_token(&mut self) -> bool {
+        let cfg = &self.ctx.config.client;
+        if cfg.max_requests_per_sec == 0 {
+            return true;
+        }
+        let now = tokio::time::Instant::now();
+        let refill = now.duration_since(self.refilled).as_secs_f64() * f64::from(cfg.max_requests_per_sec);
+        self.tokens = (self.tokens + refill).min(f64::from(cfg.request_burst));
+        self.refilled = now;
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            true
+        } else {
+            false
         }
     }
 
