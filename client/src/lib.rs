@@ -1,7 +1,6 @@
 //! A Rust client for the chat protocol: one connection, concurrent requests matched by
 //! request id, server pushes on a channel, and a keep-alive ping.
 
-use bytes::Bytes;
 use chat_protocol::codec::{CodecError, FrameCodec};
 use chat_protocol::v1::{
     self, ClientFrame, ErrorCode, ServerFrame, client_frame::Body as Req, server_frame::Body as Resp,
@@ -577,11 +576,6 @@ fn unexpected(resp: Resp) -> ClientError {
 /// A random client message id (128 bits, hex).
 pub fn new_client_msg_id() -> String {
     format!("{:032x}", rand::random::<u128>())
-}
-
-/// Encodes a client frame as it goes on the wire (for tests that write raw bytes).
-pub fn encode_client_frame(frame: &ClientFrame) -> Bytes {
-    Bytes::from(frame.encode_length_delimited_to_vec())
 }
 
 /// One line describing a delivery: `[seq] from -> to: text` (`#group` for group messages).

@@ -50,11 +50,6 @@ impl FrameCodec {
     pub fn new(max_frame: usize) -> Self {
         Self { max_frame }
     }
-
-    /// The largest frame this codec accepts.
-    pub fn max_frame(&self) -> usize {
-        self.max_frame
-    }
 }
 
 impl Default for FrameCodec {

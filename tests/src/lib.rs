@@ -131,7 +131,7 @@ impl Node {
     /// Sends SIGTERM and waits for the exit status.
     pub fn terminate(&mut self) -> Result<std::process::ExitStatus> {
         let mut child = self.child.take().context("not running")?;
-        signal(child.id(), "TERM")?;
+        send_signal(child.id(), "TERM")?;
         let deadline = Instant::now() + DEADLINE;
         loop {
             if let Some(status) = child.try_wait()? {
@@ -204,7 +204,8 @@ pub fn rss_kib(pid: u32) -> Option<u64> {
     line.split_whitespace().nth(1)?.parse().ok()
 }
 
-fn signal(pid: u32, sig: &str) -> Result<()> {
+/// Sends a signal (TERM, STOP, CONT...) to a process.
+pub fn send_signal(pid: u32, sig: &str) -> Result<()> {
     let status = Command::new("kill")
         .arg(format!("-{sig}"))
         .arg(pid.to_string())
@@ -213,11 +214,6 @@ fn signal(pid: u32, sig: &str) -> Result<()> {
         bail!("kill -{sig} {pid} failed");
     }
     Ok(())
-}
-
-/// Sends SIGSTOP/SIGCONT etc. to a process.
-pub fn send_signal(pid: u32, sig: &str) -> Result<()> {
-    signal(pid, sig)
 }
 
 type Spawned = (Child, String, String, Option<String>, PathBuf);

@@ -1,16 +1,11 @@
 //! Accounts and login through the real binary: register, login, wrong password, tokens,
 //! naming rules, and requests in the wrong order.
 
-use chat_client::ClientError;
 use chat_client::proto::{
     ClientFrame, ErrorCode, LoginRequest, Ping, SendPrivate, client_frame::Body, login_request::Credential,
     server_frame,
 };
 use chat_tests::{Node, Raw, RawEvent, password};
-
-fn code(e: &ClientError) -> Option<ErrorCode> {
-    e.code()
-}
 
 #[tokio::test]
 async fn register_then_login_gives_a_token_that_logs_in_another_device() {
@@ -27,7 +22,7 @@ async fn register_then_login_gives_a_token_that_logs_in_another_device() {
     d.login_token("alice", &ok.token).await.unwrap();
     let (e, _) = node.connect().await.unwrap();
     let err = e.login_token("alice", &"0".repeat(64)).await.unwrap_err();
-    assert_eq!(code(&err), Some(ErrorCode::InvalidCredentials));
+    assert_eq!(err.code(), Some(ErrorCode::InvalidCredentials));
 }
 
 #[tokio::test]
@@ -37,8 +32,8 @@ async fn wrong_password_and_unknown_user_are_refused_alike() {
     c.register("bob", "right").await.unwrap();
     let wrong = c.login("bob", "wrong").await.unwrap_err();
     let unknown = c.login("nobody", "right").await.unwrap_err();
-    assert_eq!(code(&wrong), Some(ErrorCode::InvalidCredentials));
-    assert_eq!(code(&unknown), Some(ErrorCode::InvalidCredentials));
+    assert_eq!(wrong.code(), Some(ErrorCode::InvalidCredentials));
+    assert_eq!(unknown.code(), Some(ErrorCode::InvalidCredentials));
     // The session is still usable after a failed login.
     c.login("bob", "right").await.unwrap();
 }
@@ -49,14 +44,14 @@ async fn taken_and_invalid_usernames_get_clear_errors() {
     let (c, _) = node.connect().await.unwrap();
     c.register("carol", "pw").await.unwrap();
     let taken = c.register("carol", "other").await.unwrap_err();
-    assert_eq!(code(&taken), Some(ErrorCode::UsernameTaken));
+    assert_eq!(taken.code(), Some(ErrorCode::UsernameTaken));
     assert!(taken.to_string().contains("carol"), "{taken}");
     for bad in ["", "has space", "slash/name", &"x".repeat(33)] {
         let err = c.register(bad, "pw").await.unwrap_err();
-        assert_eq!(code(&err), Some(ErrorCode::InvalidName), "{bad:?}: {err}");
+        assert_eq!(err.code(), Some(ErrorCode::InvalidName), "{bad:?}: {err}");
     }
     let empty_pw = c.register("dave", "").await.unwrap_err();
-    assert_eq!(code(&empty_pw), Some(ErrorCode::BadRequest));
+    assert_eq!(empty_pw.code(), Some(ErrorCode::BadRequest));
 }
 
 #[tokio::test]
@@ -64,14 +59,14 @@ async fn requests_before_login_are_refused_and_the_session_carries_on() {
     let node = Node::start().unwrap();
     let (c, _) = node.connect().await.unwrap();
     let err = c.send_private("anyone", "hi").await.unwrap_err();
-    assert_eq!(code(&err), Some(ErrorCode::NotAuthenticated));
+    assert_eq!(err.code(), Some(ErrorCode::NotAuthenticated));
     let err = c.sync(0, 10).await.unwrap_err();
-    assert_eq!(code(&err), Some(ErrorCode::NotAuthenticated));
+    assert_eq!(err.code(), Some(ErrorCode::NotAuthenticated));
     c.ping(7).await.unwrap();
     c.register("erin", "pw").await.unwrap();
     c.login("erin", "pw").await.unwrap();
     let again = c.login("erin", "pw").await.unwrap_err();
-    assert_eq!(code(&again), Some(ErrorCode::Unexpected));
+    assert_eq!(again.code(), Some(ErrorCode::Unexpected));
 }
 
 #[tokio::test]
