@@ -179,11 +179,6 @@ impl Node {
         let ok = c.login(name, &password(name)).await?;
         Ok((c, p, ok))
     }
-
-    /// The node's resident memory in KiB (from /proc).
-    pub fn rss_kib(&self) -> Option<u64> {
-        rss_kib(self.pid())
-    }
 }
 
 impl Drop for Node {
@@ -195,13 +190,6 @@ impl Drop for Node {
 /// The password the harness uses for `name`.
 pub fn password(name: &str) -> String {
     format!("pw-{name}")
-}
-
-/// Resident memory of a process, in KiB.
-pub fn rss_kib(pid: u32) -> Option<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
-    line.split_whitespace().nth(1)?.parse().ok()
 }
 
 /// Sends a signal (TERM, STOP, CONT...) to a process.
