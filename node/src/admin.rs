@@ -31,16 +31,15 @@ pub async fn serve(listener: TcpListener, ctx: Arc<NodeCtx>, shutdown: Cancellat
 }
 
 /// Ready when storage is open (it is, once the node serves) and, if the node was given
-/// seeds, it has joined: at least one peer is up.
+/// seeds, it has joined: it has met one of its seeds.
 async fn health(State(ctx): State<Arc<NodeCtx>>) -> impl IntoResponse {
     if ctx.shutdown.is_cancelled() {
         return (StatusCode::SERVICE_UNAVAILABLE, "shutting down\n");
     }
-    let joined = ctx.config.cluster.seeds.is_empty() || ctx.view.peers().iter().any(|p| p.up);
-    if joined {
+    if registry_stats(&ctx).await.joined {
         (StatusCode::OK, "ok\n")
     } else {
-        (StatusCode::SERVICE_UNAVAILABLE, "not joined: no peer is up yet\n")
+        (StatusCode::SERVICE_UNAVAILABLE, "not joined: no seed met yet\n")
     }
 }
 
@@ -77,7 +76,19 @@ async fn cluster(State(ctx): State<Arc<NodeCtx>>) -> impl IntoResponse {
             })
         })
         .collect();
-    let body = serde_json::json!({ "node": ctx.node_name, "nodes": nodes });
+    let stats = registry_stats(&ctx).await;
+    let body = serde_json::json!({
+        "node": ctx.node_name,
+        "nodes": nodes,
+        "joined": stats.joined,
+        "members": stats.members,
+        "partitions": {
+            "total": crate::partition::PARTITIONS,
+            "held": stats.held_partitions,
+            "moving": stats.moving,
+            "waiting_requests": stats.waiting,
+        },
+    });
     ([(header::CONTENT_TYPE, "application/json")], body.to_string())
 }
 

@@ -62,6 +62,11 @@ impl PasswordHashing {
     }
 }
 
+/// A random number (session id bases).
+pub fn random_u64() -> u64 {
+    rand::rng().next_u64()
+}
+
 /// A random 256-bit session token, hex encoded.
 pub fn new_token() -> String {
     let mut bytes = [0u8; 32];

@@ -11,6 +11,9 @@
 //! The member actor is the only remotable actor of a node (see ARCHITECTURE.md).
 
 use crate::actors::registry::RegistryMsg;
+use crate::actors::wire;
+use crate::remote::Remote;
+use chat_protocol::internal::item;
 use chat_protocol::internal::{NodeCard, OnlinePage};
 use chat_protocol::v1::NodeInfo;
 use prost::Message;
@@ -44,6 +47,8 @@ pub enum MemberMsg {
     /// second; answered with a prost-encoded [`OnlinePage`].
     #[rpc]
     Online(String, u32, RpcReplyPort<Vec<u8>>),
+    /// Traffic for this node's router: a prost-encoded [`chat_protocol::internal::Envelope`].
+    Envelope(Vec<u8>),
     /// Local tick: ask every peer, redial the lost.
     Tick,
 }
@@ -69,6 +74,17 @@ struct ViewState {
     peers: BTreeMap<String, Peer>,
     /// Consecutive missed heartbeats, by member actor.
     misses: HashMap<ActorId, (String, u32)>,
+    /// The member actor of each node seen, for sending to it.
+    cells: HashMap<String, ActorCell>,
+    /// What this node says about the membership (from the registry).
+    local: LocalView,
+}
+
+#[derive(Default, Clone)]
+struct LocalView {
+    members: Vec<String>,
+    left: Vec<String>,
+    leaving: bool,
 }
 
 impl ClusterView {
@@ -90,8 +106,35 @@ impl ClusterView {
         out
     }
 
-    fn seen(&self, id: ActorId, card: NodeCard) {
+    /// The member actor of `node`, if it is up.
+    pub fn member(&self, node: &str) -> Option<ActorCell> {
+        let v = self.inner.lock().expect("view lock");
+        if !v.peers.get(node).is_some_and(|p| p.up) {
+            return None;
+        }
+        v.cells.get(node).cloned()
+    }
+
+    /// Sets what this node tells its peers about the membership.
+    pub fn set_local(&self, members: Vec<String>, left: Vec<String>, leaving: bool) {
+        self.inner.lock().expect("view lock").local = LocalView {
+            members,
+            left,
+            leaving,
+        };
+    }
+
+    fn fill_card(&self, card: &mut NodeCard) {
+        let local = self.inner.lock().expect("view lock").local.clone();
+        card.members = local.members;
+        card.left = local.left;
+        card.leaving = local.leaving;
+    }
+
+    fn seen(&self, cell: ActorCell, card: NodeCard) {
+        let id = cell.get_id();
         let mut v = self.inner.lock().expect("view lock");
+        v.cells.insert(card.name.clone(), cell);
         if !v.peers.get(&card.name).is_some_and(|p| p.up) {
             tracing::info!(peer = %card.name, addr = %card.cluster_addr, "peer up");
         }
@@ -125,6 +168,9 @@ impl ClusterView {
             .collect();
         for (id, name) in gone {
             v.misses.remove(&id);
+            if v.cells.get(&name).is_some_and(|c| c.get_id() == id) {
+                v.cells.remove(&name);
+            }
             // Another member actor of the same name (a restarted node) may be up already.
             if !v.misses.values().any(|(n, _)| *n == name) {
                 if let Some(p) = v.peers.get_mut(&name) {
@@ -161,6 +207,8 @@ pub struct MemberArgs {
     pub seeds: Vec<String>,
     /// This node's registry, for questions about its users.
     pub registry: ActorRef<RegistryMsg>,
+    /// Links to the other nodes (responses and session pushes are handled here).
+    pub remote: Arc<Remote>,
 }
 
 /// The member actor.
@@ -202,6 +250,7 @@ impl Actor for Member {
             MemberMsg::Card(reply) => {
                 let mut card = state.args.card.clone();
                 card.sessions = state.args.sessions.load(Ordering::Relaxed) as u32;
+                state.args.view.fill_card(&mut card);
                 let _ = reply.send(card.encode_to_vec());
             }
             MemberMsg::Online(after, limit, reply) => {
@@ -223,6 +272,7 @@ impl Actor for Member {
                     }
                 });
             }
+            MemberMsg::Envelope(bytes) => state.dispatch(&bytes),
             MemberMsg::Tick => {
                 let members: Vec<ActorCell> = pg::get_members(&PG_GROUP.to_owned())
                     .into_iter()
@@ -243,10 +293,10 @@ impl Actor for Member {
 
 async fn heartbeat(member: ActorCell, view: ClusterView) {
     let id = member.get_id();
-    let peer: ActorRef<MemberMsg> = member.into();
+    let peer: ActorRef<MemberMsg> = member.clone().into();
     match peer.call(MemberMsg::Card, Some(HEARTBEAT_TIMEOUT)).await {
         Ok(ractor::rpc::CallResult::Success(bytes)) => match NodeCard::decode(bytes.as_slice()) {
-            Ok(card) => view.seen(id, card),
+            Ok(card) => view.seen(member, card),
             Err(e) => tracing::warn!(error = %e, "undecodable node card from a peer"),
         },
         _ => view.missed(id),
@@ -254,6 +304,33 @@ async fn heartbeat(member: ActorCell, view: ClusterView) {
 }
 
 impl MemberState {
+    /// Hands every item of a peer's envelope to whoever handles it here.
+    fn dispatch(&self, bytes: &[u8]) {
+        let Some(items) = crate::remote::decode_envelope(bytes) else {
+            return;
+        };
+        let (remote, registry) = (&self.args.remote, &self.args.registry);
+        for item in items {
+            match item.body {
+                Some(item::Body::Request(req)) => {
+                    let (origin, id, hops) = (req.origin.clone(), req.id, req.hops);
+                    match wire::from_request(req, remote) {
+                        Ok(target) => {
+                            let _ = registry.cast(RegistryMsg::Route { target, hops });
+                        }
+                        Err(why) => wire::refuse(remote, &origin, id, why),
+                    }
+                }
+                Some(item::Body::Response(resp)) => remote.complete(resp),
+                Some(item::Body::Push(push)) => remote.push_to_session(push),
+                Some(body) => {
+                    let _ = registry.cast(RegistryMsg::Handoff(body));
+                }
+                None => tracing::warn!("empty item from a peer; dropped"),
+            }
+        }
+    }
+
     /// Dials every seed and known peer that is not up, each with its own backoff.
     fn redial(&mut self) {
         let peers = self.args.view.peers();
@@ -345,6 +422,7 @@ impl Cluster {
         sessions: Arc<AtomicUsize>,
         view: ClusterView,
         registry: ActorRef<RegistryMsg>,
+        remote: Arc<Remote>,
     ) -> Result<Self, ClusterError> {
         let err = |reason: String| ClusterError { addr: listen, reason };
         // Peers dial us at hostname:port (ractor_cluster takes the port from the listener),
@@ -377,7 +455,7 @@ impl Cluster {
             name: name.to_owned(),
             client_addr: client_addr.to_owned(),
             cluster_addr: advertised.to_owned(),
-            sessions: 0,
+            ..Default::default()
         };
         let (member, _) = Actor::spawn(
             None,
@@ -389,6 +467,7 @@ impl Cluster {
                 server: server.clone(),
                 seeds,
                 registry,
+                remote,
             },
         )
         .await

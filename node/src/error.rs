@@ -41,6 +41,14 @@ pub enum ChatError {
     /// An internal failure (storage, bug).
     #[error("internal error: {0}")]
     Internal(String),
+    /// An error another node answered with, as it sent it.
+    #[error("{message}")]
+    Peer {
+        /// Its code.
+        code: ErrorCode,
+        /// Its text.
+        message: String,
+    },
 }
 
 /// Result alias for chat requests.
@@ -62,6 +70,15 @@ impl ChatError {
             Self::RateLimited(_) => ErrorCode::RateLimited,
             Self::Unavailable(_) => ErrorCode::Unavailable,
             Self::Internal(_) => ErrorCode::Internal,
+            Self::Peer { code, .. } => *code,
+        }
+    }
+
+    /// An error received from another node.
+    pub fn from_proto(e: v1::Error) -> Self {
+        Self::Peer {
+            code: ErrorCode::try_from(e.code).unwrap_or(ErrorCode::Internal),
+            message: e.message,
         }
     }
 

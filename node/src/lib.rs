@@ -9,6 +9,8 @@ pub mod cluster;
 pub mod config;
 pub mod error;
 pub mod metrics;
+pub mod partition;
+pub mod remote;
 pub mod server;
 pub mod storage;
 pub mod tls;

@@ -17,6 +17,8 @@ use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
+/// How long a leaving node waits for its partitions to be taken over.
+const LEAVE_LIMIT: Duration = Duration::from_secs(30);
 /// How long shutdown waits for sessions to say goodbye.
 const DRAIN_SESSIONS: Duration = Duration::from_secs(5);
 
@@ -71,6 +73,8 @@ pub struct NodeCtx {
     pub metrics: Arc<crate::metrics::Metrics>,
     /// The other nodes, as membership sees them.
     pub view: crate::cluster::ClusterView,
+    /// Links to the other nodes, and this node's session directory.
+    pub remote: Arc<crate::remote::Remote>,
     hashing: PasswordHashing,
     /// argon2 is memory-hard: bound how many hashes run at once.
     hash_slots: Semaphore,
@@ -161,6 +165,7 @@ pub async fn run(config: Config, listeners: Listeners, shutdown: CancellationTok
     )?;
     let sessions = Arc::new(AtomicUsize::new(0));
     let view = crate::cluster::ClusterView::default();
+    let remote = crate::remote::Remote::new(&node_name, view.clone());
     let metrics = Arc::new(crate::metrics::Metrics::default());
     {
         // The stored-message gauge starts from what is on disk; counting it is a scan,
@@ -187,6 +192,8 @@ pub async fn run(config: Config, listeners: Listeners, shutdown: CancellationTok
             sessions: sessions.clone(),
             view: view.clone(),
             metrics: metrics.clone(),
+            remote: remote.clone(),
+            seeds: config.cluster.seeds.clone(),
         },
     )
     .await
@@ -201,6 +208,7 @@ pub async fn run(config: Config, listeners: Listeners, shutdown: CancellationTok
         sessions.clone(),
         view,
         registry.clone(),
+        remote.clone(),
     )
     .await?;
     let hashing = PasswordHashing::new(config.auth.argon2_memory_kib, config.auth.argon2_iterations)
@@ -212,10 +220,12 @@ pub async fn run(config: Config, listeners: Listeners, shutdown: CancellationTok
         storage: storage.clone(),
         router: Router::new(registry.clone()),
         sessions: sessions.clone(),
-        next_session_id: AtomicU64::new(1),
+        // Session ids are unique in the cluster: remote inboxes know sessions by id.
+        next_session_id: AtomicU64::new(crate::auth::random_u64() >> 1),
         shutdown: shutdown.clone(),
         metrics: metrics.clone(),
         view: cluster.view.clone(),
+        remote,
         hashing,
         hash_slots: Semaphore::new(parallelism),
     });
@@ -260,7 +270,24 @@ pub async fn run(config: Config, listeners: Listeners, shutdown: CancellationTok
     while sessions.load(Ordering::Relaxed) > 0 && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    tracing::info!(node = %node_name, left = sessions.load(Ordering::Relaxed), "sessions closed; stopping inboxes and groups");
+    tracing::info!(node = %node_name, left = sessions.load(Ordering::Relaxed), "sessions closed");
+    if cluster.view.peers().iter().any(|p| p.up) {
+        // Hand every partition held here to the nodes that own it without this one.
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let leave = RegistryMsg::Leave {
+            deadline: tokio::time::Instant::now() + LEAVE_LIMIT,
+            reply: crate::actors::reply(move |done| {
+                let _ = tx.send(done);
+            }),
+        };
+        if registry.cast(leave).is_ok() {
+            match rx.await {
+                Ok(true) => tracing::info!(node = %node_name, "partitions handed off"),
+                _ => tracing::warn!(node = %node_name, "some partitions were not handed off; they stay here"),
+            }
+        }
+    }
+    tracing::info!(node = %node_name, "stopping inboxes and groups");
     let (tx, rx) = tokio::sync::oneshot::channel();
     let reply = crate::actors::reply(move |()| {
         let _ = tx.send(());

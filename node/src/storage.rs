@@ -13,6 +13,7 @@
 //! `scope(name)` is a length byte then the name, so no name's keys are a
 //! prefix of another's.
 
+use crate::partition::{Entity, PARTITIONS, partition};
 use chat_protocol::internal::{AccountRecord, GroupMessage, GroupRecord, InboxEntry, InboxMeta, TokenRecord};
 use prost::Message;
 use std::path::Path;
@@ -65,7 +66,49 @@ pub enum TreeId {
     Groups,
     /// Groups whose latest messages are not yet in every member's inbox.
     Fanout,
+    /// Node metadata: the partitions held here, the known members.
+    Meta,
 }
+
+impl TreeId {
+    /// The wire number of a tree (handoff records).
+    pub fn number(self) -> u32 {
+        self as u32
+    }
+
+    /// The tree with this wire number; the meta tree never travels.
+    pub fn from_number(n: u32) -> Option<Self> {
+        TREES.into_iter().find(|t| t.number() == n && *t != Self::Meta)
+    }
+
+    /// The partition a key of this tree belongs to.
+    pub fn partition_of(self, key: &[u8]) -> Option<crate::partition::Partition> {
+        self.owner_of(key).map(partition)
+    }
+
+    /// What the keys of this tree belong to: a user or a group, and how to read its name.
+    fn owner_of(self, key: &[u8]) -> Option<Entity<'_>> {
+        let scoped_name = || {
+            let len = *key.first()? as usize;
+            std::str::from_utf8(key.get(1..1 + len)?).ok()
+        };
+        match self {
+            Self::Accounts => std::str::from_utf8(key).ok().map(Entity::User),
+            Self::Tokens | Self::Inbox => scoped_name().map(Entity::User),
+            Self::Groups => scoped_name().map(Entity::Group),
+            Self::Fanout => std::str::from_utf8(key).ok().map(Entity::Group),
+            Self::Meta => None,
+        }
+    }
+}
+
+/// Meta key: the bitmap of partitions this node holds.
+const META_HELD: &[u8] = b"held";
+/// Meta key: the cluster members this node knows, newline-separated.
+const META_MEMBERS: &[u8] = b"members";
+
+/// One stored record of a partition, as a handoff ships it.
+pub type Record = (TreeId, Vec<u8>, Vec<u8>);
 
 /// A length-prefixed name followed by a kind byte.
 pub fn scoped(name: &str, kind: u8) -> Vec<u8> {
@@ -130,12 +173,13 @@ struct Commit {
     done: Completion,
 }
 
-const TREES: [TreeId; 5] = [
+const TREES: [TreeId; 6] = [
     TreeId::Accounts,
     TreeId::Tokens,
     TreeId::Inbox,
     TreeId::Groups,
     TreeId::Fanout,
+    TreeId::Meta,
 ];
 
 /// A handle to the node's database; cheap to clone.
@@ -147,6 +191,7 @@ pub struct Storage {
     inbox: sled::Tree,
     groups: sled::Tree,
     fanout: sled::Tree,
+    meta: sled::Tree,
     committer: mpsc::Sender<Commit>,
 }
 
@@ -168,6 +213,7 @@ impl Storage {
             inbox: db.open_tree("inbox")?,
             groups: db.open_tree("groups")?,
             fanout: db.open_tree("fanout")?,
+            meta: db.open_tree("meta")?,
             db,
             committer: tx,
         };
@@ -196,6 +242,7 @@ impl Storage {
             TreeId::Inbox => &self.inbox,
             TreeId::Groups => &self.groups,
             TreeId::Fanout => &self.fanout,
+            TreeId::Meta => &self.meta,
         }
     }
 
@@ -278,6 +325,68 @@ impl Storage {
     pub fn flush(&self) -> Result<()> {
         self.db.flush()?;
         Ok(())
+    }
+
+    // ---- partitions --------------------------------------------------------
+
+    /// The partitions held here, or None if this database has never recorded any
+    /// (a new node).
+    pub fn held_partitions(&self) -> Result<Option<Vec<bool>>> {
+        Ok(self.meta.get(META_HELD)?.map(|bits| {
+            (0..PARTITIONS as usize)
+                .map(|p| bits.get(p / 8).is_some_and(|b| b & (1 << (p % 8)) != 0))
+                .collect()
+        }))
+    }
+
+    /// Adds the write of `held` (one flag per partition) to `writes`.
+    pub fn put_held(writes: &mut Writes, held: &[bool]) {
+        let mut bits = vec![0u8; PARTITIONS as usize / 8];
+        for (p, h) in held.iter().enumerate() {
+            if *h {
+                bits[p / 8] |= 1 << (p % 8);
+            }
+        }
+        writes.put(TreeId::Meta, META_HELD, bits);
+    }
+
+    /// The cluster members recorded here.
+    pub fn members(&self) -> Result<Vec<String>> {
+        Ok(self
+            .meta
+            .get(META_MEMBERS)?
+            .map(|v| {
+                String::from_utf8_lossy(&v)
+                    .split('\n')
+                    .filter(|m| !m.is_empty())
+                    .map(str::to_owned)
+                    .collect()
+            })
+            .unwrap_or_default())
+    }
+
+    /// Adds the write of the member list to `writes`.
+    pub fn put_members<'a>(writes: &mut Writes, members: impl IntoIterator<Item = &'a String>) {
+        let joined: Vec<&str> = members.into_iter().map(String::as_str).collect();
+        writes.put(TreeId::Meta, META_MEMBERS, joined.join("\n"));
+    }
+
+    /// Every record of the given partitions, in every data tree. A full scan: handoffs
+    /// are rare, and one scan serves all the partitions moving to one node.
+    pub fn export(&self, partitions: &[bool]) -> Result<Vec<Record>> {
+        let mut out = Vec::new();
+        for tree in TREES {
+            for item in self.tree(tree).iter() {
+                let (k, v) = item?;
+                let Some(entity) = tree.owner_of(&k) else {
+                    continue;
+                };
+                if partitions[partition(entity) as usize] {
+                    out.push((tree, k.to_vec(), v.to_vec()));
+                }
+            }
+        }
+        Ok(out)
     }
 
     /// Bytes sled uses on disk.

@@ -422,6 +422,15 @@ pub async fn cli(args: &[&str]) -> Result<(bool, String, String)> {
     ))
 }
 
+/// The node's `/cluster` admin JSON (view, membership, partitions), if it answers.
+pub async fn cluster_status(node: &Node) -> Option<serde_json::Value> {
+    let (status, body) = http_get(&node.admin, "/cluster").await.ok()?;
+    if status != 200 {
+        return None;
+    }
+    serde_json::from_str(&body).ok()
+}
+
 /// A plain HTTP GET against `base` (`http://host:port`); returns (status, body).
 pub async fn http_get(base: &str, path: &str) -> Result<(u16, String)> {
     let host = base.trim_start_matches("http://");

@@ -145,6 +145,8 @@ pub struct GroupState {
     fanouts: BTreeMap<u64, Fanout>,
     handled: u64,
     idle_since: Option<Instant>,
+    /// Stop was asked for while posts were being written: stop once they are durable.
+    stopping: bool,
 }
 
 impl Actor for Group {
@@ -171,6 +173,7 @@ impl Actor for Group {
             fanouts: BTreeMap::new(),
             handled: 0,
             idle_since: Some(Instant::now()),
+            stopping: false,
         };
         state.resume_fanout(&myself)?;
         myself.send_after(inbox::IDLE_CHECK_EVERY, || GroupMsg::IdleCheck);
@@ -240,7 +243,11 @@ impl Actor for Group {
                 myself.send_after(inbox::IDLE_CHECK_EVERY, || GroupMsg::IdleCheck);
             }
             GroupMsg::Wake => {}
-            GroupMsg::Stop => myself.stop(None),
+            GroupMsg::Stop => state.stopping = true,
+        }
+        // Posts being written are answered before the group stops (their senders wait).
+        if state.stopping && state.pending.is_empty() {
+            myself.stop(None);
         }
         Ok(())
     }

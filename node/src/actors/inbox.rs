@@ -158,8 +158,14 @@ pub enum InboxMsg {
         /// Gets the names.
         reply: Reply<ChatResult<Vec<String>>>,
     },
-    /// From the registry: it has forgotten this inbox; stop.
+    /// From the registry: it has forgotten this inbox; stop once pending writes are durable.
     Stop,
+    /// From the registry, which hands this inbox to another node: stop once pending
+    /// writes are durable, handing back the attached sessions.
+    Release {
+        /// Gets the sessions.
+        reply: Reply<Vec<SessionRef>>,
+    },
     /// Internal: the write of `seq` is durable (or failed).
     Persisted {
         /// The seq written.
@@ -190,7 +196,10 @@ impl InboxMsg {
 
     /// True for messages routed through the registry (counted for the idle handshake).
     fn routed(&self) -> bool {
-        !matches!(self, Self::Persisted { .. } | Self::IdleCheck | Self::Stop)
+        !matches!(
+            self,
+            Self::Persisted { .. } | Self::IdleCheck | Self::Stop | Self::Release { .. }
+        )
     }
 }
 
@@ -232,6 +241,8 @@ pub struct InboxState {
     sessions: Vec<SessionRef>,
     handled: u64,
     last_active: Instant,
+    /// Stop (and who gets the sessions) was asked for while writes were pending.
+    stopping: Option<Option<Reply<Vec<SessionRef>>>>,
 }
 
 impl Actor for Inbox {
@@ -255,6 +266,7 @@ impl Actor for Inbox {
             pending: PendingWrites::default(),
             handled: 0,
             last_active: Instant::now(),
+            stopping: None,
         })
     }
 
@@ -324,7 +336,15 @@ impl Actor for Inbox {
                 }
                 myself.send_after(IDLE_CHECK_EVERY, || InboxMsg::IdleCheck);
             }
-            InboxMsg::Stop => myself.stop(None),
+            InboxMsg::Stop => state.stopping = Some(None),
+            InboxMsg::Release { reply } => state.stopping = Some(Some(reply)),
+        }
+        // Writes in flight are answered before the inbox stops (their senders wait).
+        if state.stopping.is_some() && state.pending.is_empty() {
+            if let Some(Some(reply)) = state.stopping.take() {
+                reply(std::mem::take(&mut state.sessions));
+            }
+            myself.stop(None);
         }
         Ok(())
     }
@@ -338,6 +358,14 @@ impl InboxState {
         draft: Draft,
         reply: Reply<ChatResult<Appended>>,
     ) {
+        // The account lives in this inbox's partition, so the owner checks it.
+        if draft.group.is_none() {
+            match self.args.storage.account(&self.args.user) {
+                Ok(Some(_)) => {}
+                Ok(None) => return reply(Err(ChatError::NotFound(format!("user {}", self.args.user)))),
+                Err(e) => return reply(Err(e.into())),
+            }
+        }
         // A resend while the first copy is still being written waits for that write.
         let Some(reply) = self.pending.wait_for(&origin, reply) else {
             return;

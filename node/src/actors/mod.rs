@@ -10,6 +10,7 @@ pub mod inbox;
 pub mod pending;
 pub mod registry;
 pub mod session;
+pub mod wire;
 
 use bytes::Bytes;
 
@@ -26,23 +27,75 @@ pub fn reply<T>(f: impl FnOnce(T) + Send + 'static) -> Reply<T> {
 /// The identity of one connected session, as inboxes see it.
 #[derive(Clone)]
 pub struct SessionRef {
-    /// Unique within this node's lifetime.
+    /// Unique in the cluster (each node starts its ids at a random point).
     pub id: u64,
     /// Where pushes go.
-    pub mailbox: session::Mailbox,
+    pub target: SessionTarget,
+}
+
+/// Where a session lives.
+#[derive(Clone)]
+pub enum SessionTarget {
+    /// On this node.
+    Local(session::Mailbox),
+    /// On another node: pushes cross the link to it.
+    Remote {
+        /// The node.
+        node: std::sync::Arc<str>,
+        /// This node's links.
+        remote: std::sync::Arc<crate::remote::Remote>,
+    },
 }
 
 impl SessionRef {
+    /// A session of this node.
+    pub fn local(id: u64, mailbox: session::Mailbox) -> Self {
+        Self {
+            id,
+            target: SessionTarget::Local(mailbox),
+        }
+    }
+
+    /// The node of a remote session (None: this node).
+    pub fn node(&self) -> Option<&str> {
+        match &self.target {
+            SessionTarget::Local(_) => None,
+            SessionTarget::Remote { node, .. } => Some(node),
+        }
+    }
+
     /// Pushes an encoded inbox delivery with its seq (the session drops duplicates).
     /// False if the session is gone.
     pub fn deliver(&self, seq: u64, frame: Bytes, since: tokio::time::Instant) -> bool {
-        self.mailbox
-            .send(session::SessionMsg::Deliver { seq, frame, since })
-            .is_ok()
+        match &self.target {
+            SessionTarget::Local(mailbox) => mailbox
+                .send(session::SessionMsg::Deliver { seq, frame, since })
+                .is_ok(),
+            SessionTarget::Remote { node, remote } => self.push_remote(remote, node, seq, frame),
+        }
     }
 
     /// Pushes any other encoded frame (receipts). False if the session is gone.
     pub fn push(&self, frame: Bytes) -> bool {
-        self.mailbox.send(session::SessionMsg::Push(frame)).is_ok()
+        match &self.target {
+            SessionTarget::Local(mailbox) => mailbox.send(session::SessionMsg::Push(frame)).is_ok(),
+            SessionTarget::Remote { node, remote } => self.push_remote(remote, node, 0, frame),
+        }
+    }
+
+    fn push_remote(
+        &self,
+        remote: &std::sync::Arc<crate::remote::Remote>,
+        node: &str,
+        seq: u64,
+        frame: Bytes,
+    ) -> bool {
+        use chat_protocol::internal::{SessionPush, item};
+        let push = SessionPush {
+            session: self.id,
+            seq,
+            frame: frame.to_vec(),
+        };
+        remote.send(node, item::Body::Push(push))
     }
 }

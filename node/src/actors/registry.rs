@@ -1,29 +1,60 @@
-//! The node registry: routes every request to the actor that owns its entity, and keeps
-//! the node's view of who is online.
+//! The node registry: the router of everything addressed to a user or a group, the
+//! partition map, and the handoff of partitions between nodes.
+//!
+//! Every user (account, tokens, inbox) and every group lives in one of
+//! [`PARTITIONS`] partitions, and every partition has one owner among the
+//! cluster's members (rendezvous hashing, see [`crate::partition`]). A node
+//! *holds* a partition when it has its data and serves it. A request for an
+//! entity goes to the local actor if this node holds its partition; to the
+//! owner's registry, through [`Remote`], if another node owns it; and waits
+//! here if this node owns it but is still taking it over.
+//!
+//! Taking over: a node that owns partitions it does not hold asks every other
+//! node ([`TakeoverAsk`]). A node that holds one and agrees on the owner
+//! freezes it (stops its actors once their writes are durable, so every
+//! later request is forwarded to the new owner, which buffers it), ships its
+//! records in [`HandoffChunk`]s and a [`HandoffDone`]; the new owner makes
+//! them durable, serves the partition, and acknowledges with [`HandoffDone`],
+//! after which the old holder deletes its copy. A partition nobody holds is
+//! claimed only when every member answered and agreed.
 //!
 //! Inboxes and groups are started here on demand and forgotten through an
 //! idle handshake: an idle actor reports how many routed messages it has
 //! handled, and the registry stops it only if that equals the number it has
 //! routed to it, so no message can be lost in a stopping actor.
-//!
-//! [`Router`] is the one entry point the rest of the node uses
-//! (`to_inbox`, `to_group`). Today every entity is owned by this node; the
-//! cluster issue puts the owner lookup and the forwarding to a peer's
-//! registry behind the same calls.
 
 use super::group::{Group, GroupArgs, GroupMsg};
 use super::inbox::{Inbox, InboxArgs, InboxMsg};
-use super::{Reply, SessionRef};
+use super::{Reply, SessionRef, SessionTarget, wire};
 use crate::cluster::ClusterView;
-use crate::error::ChatError;
-use crate::storage::Storage;
-use chat_protocol::internal::NodeCard;
+use crate::error::{ChatError, ChatResult};
+use crate::partition::{self, PARTITIONS, Partition};
+use crate::remote::Remote;
+use crate::storage::{Storage, TreeId, Writes};
+use chat_protocol::internal::{
+    AccountRecord, HandoffChunk, HandoffDone, NodeCard, TakeoverAnswer, TakeoverAsk, TokenRecord,
+    handoff_chunk, item,
+};
 use chat_protocol::v1::NodeInfo;
 use ractor::{Actor, ActorProcessingErr, ActorRef, MessagingErr};
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
+use tokio::time::Instant;
+
+/// How often the registry compares the membership view with its partition map.
+pub const TICK: Duration = Duration::from_millis(250);
+/// Most times a request may be forwarded before it is refused (views disagree briefly).
+const MAX_HOPS: u32 = 4;
+/// Requests waiting for a partition being taken over, at most.
+const MAX_WAITING: usize = 100_000;
+/// How long a request waits for a partition being taken over.
+const WAIT_LIMIT: Duration = Duration::from_secs(10);
+/// A takeover round whose answers do not all arrive in this time is retried.
+const ROUND_LIMIT: Duration = Duration::from_secs(2);
+/// Bytes of records per handoff chunk.
+const CHUNK_BYTES: usize = 1 << 20;
 
 /// How the registry starts inboxes and groups.
 #[derive(Clone)]
@@ -44,14 +75,102 @@ pub struct RegistryArgs {
     pub view: ClusterView,
     /// Node counters, handed to inboxes.
     pub metrics: Arc<crate::metrics::Metrics>,
+    /// Links to the other nodes.
+    pub remote: Arc<Remote>,
+    /// The seeds this node was given. A new node with seeds holds nothing, and no node
+    /// with seeds claims or answers for partitions, until it has met one of its seeds;
+    /// a new node without seeds starts a cluster and holds everything.
+    pub seeds: Vec<String>,
+}
+
+/// Requests about a user's account, served by the node holding the user's partition.
+pub enum AccountMsg {
+    /// The account record.
+    Get {
+        /// Gets it (None: no such user).
+        reply: Reply<ChatResult<Option<AccountRecord>>>,
+    },
+    /// Creates the account unless the name is taken (false).
+    Create {
+        /// The record.
+        record: AccountRecord,
+        /// Gets whether it was created, once durable.
+        reply: Reply<ChatResult<bool>>,
+    },
+    /// Stores a session token.
+    PutToken {
+        /// The token.
+        token: String,
+        /// Its record.
+        record: TokenRecord,
+        /// Runs once durable.
+        reply: Reply<ChatResult<()>>,
+    },
+    /// Looks a token up.
+    GetToken {
+        /// The token.
+        token: String,
+        /// Gets its record.
+        reply: Reply<ChatResult<Option<TokenRecord>>>,
+    },
+    /// Revokes a token.
+    RevokeToken {
+        /// The token.
+        token: String,
+        /// Runs once durable.
+        reply: Reply<ChatResult<()>>,
+    },
+}
+
+impl AccountMsg {
+    fn fail(self, err: ChatError) {
+        match self {
+            Self::Get { reply } => reply(Err(err)),
+            Self::Create { reply, .. } => reply(Err(err)),
+            Self::PutToken { reply, .. } | Self::RevokeToken { reply, .. } => reply(Err(err)),
+            Self::GetToken { reply, .. } => reply(Err(err)),
+        }
+    }
+}
+
+/// What a routed request is for.
+pub enum Target {
+    /// A user's inbox.
+    Inbox(String, InboxMsg),
+    /// A group.
+    Group(String, GroupMsg),
+    /// A user's account.
+    Account(String, AccountMsg),
+}
+
+impl Target {
+    /// The partition of the entity.
+    pub fn partition(&self) -> Partition {
+        match self {
+            Self::Inbox(user, _) | Self::Account(user, _) => partition::of_user(user),
+            Self::Group(group, _) => partition::of_group(group),
+        }
+    }
+
+    /// Answers the request, if it expects an answer, with `err`.
+    pub fn fail(self, err: ChatError) {
+        match self {
+            Self::Inbox(_, m) => m.fail(err),
+            Self::Group(_, m) => m.fail(err),
+            Self::Account(_, m) => m.fail(err),
+        }
+    }
 }
 
 /// Messages of the registry.
 pub enum RegistryMsg {
-    /// Route to a user's inbox.
-    Inbox(String, InboxMsg),
-    /// Route to a group.
-    Group(String, GroupMsg),
+    /// Route a request to its entity, wherever it lives; `hops` counts forwards so far.
+    Route {
+        /// What for.
+        target: Target,
+        /// Forwards so far.
+        hops: u32,
+    },
     /// An inbox has been idle; `handled` is how many routed messages it processed.
     InboxIdle {
         /// Whose inbox.
@@ -98,6 +217,25 @@ pub enum RegistryMsg {
         /// Runs when all have stopped.
         reply: Reply<()>,
     },
+    /// Leave the cluster: own nothing, hand everything held to the other members.
+    /// The reply says whether everything was handed off before `deadline`.
+    Leave {
+        /// Give up waiting then.
+        deadline: Instant,
+        /// Gets the outcome.
+        reply: Reply<bool>,
+    },
+    /// Partition traffic from a peer (takeover and handoff items).
+    Handoff(item::Body),
+    /// Internal: the records received for these partitions from `from` are durable.
+    Installed {
+        /// The old holder.
+        from: String,
+        /// The partitions.
+        partitions: Vec<Partition>,
+    },
+    /// Internal: compare the view with the partition map.
+    Tick,
 }
 
 impl ractor::Message for RegistryMsg {}
@@ -113,6 +251,16 @@ pub struct RegistryStats {
     pub parked_users: usize,
     /// Users with at least one session on this node.
     pub online_users: usize,
+    /// Partitions this node holds.
+    pub held_partitions: usize,
+    /// Requests waiting for a partition being taken over.
+    pub waiting: usize,
+    /// Partitions on their way here or away from here.
+    pub moving: usize,
+    /// Nodes counted as members (owning partitions).
+    pub members: usize,
+    /// Whether this node has met the cluster (see [`RegistryArgs::seeds`]).
+    pub joined: bool,
 }
 
 /// A cheap handle for routing to entities wherever they live.
@@ -132,32 +280,63 @@ impl Router {
         &self.registry
     }
 
-    /// Sends to the inbox of `user`, starting it if needed.
-    pub fn to_inbox(&self, user: &str, msg: InboxMsg) {
-        if self
-            .registry
-            .cast(RegistryMsg::Inbox(user.to_owned(), msg))
-            .is_err()
+    /// Routes a request; if the registry is gone, the request is answered UNAVAILABLE.
+    pub fn route(&self, target: Target) {
+        if let Err(MessagingErr::SendErr(RegistryMsg::Route { target, .. })) =
+            self.registry.cast(RegistryMsg::Route { target, hops: 0 })
         {
-            tracing::debug!(user, "registry gone; inbox message dropped");
+            target.fail(ChatError::Unavailable("node is shutting down".into()));
         }
     }
 
-    /// Sends to `group`'s actor, starting it if needed.
+    /// Sends to the inbox of `user`, wherever it lives.
+    pub fn to_inbox(&self, user: &str, msg: InboxMsg) {
+        self.route(Target::Inbox(user.to_owned(), msg));
+    }
+
+    /// Sends to `group`'s actor, wherever it lives.
     pub fn to_group(&self, group: &str, msg: GroupMsg) {
-        if self
-            .registry
-            .cast(RegistryMsg::Group(group.to_owned(), msg))
-            .is_err()
-        {
-            tracing::debug!(group, "registry gone; group message dropped");
-        }
+        self.route(Target::Group(group.to_owned(), msg));
+    }
+
+    /// Asks the holder of `user`'s account.
+    pub async fn account<T: Send + 'static>(
+        &self,
+        user: &str,
+        make: impl FnOnce(Reply<ChatResult<T>>) -> AccountMsg,
+    ) -> ChatResult<T> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let msg = make(Box::new(move |r| {
+            let _ = tx.send(r);
+        }));
+        self.route(Target::Account(user.to_owned(), msg));
+        rx.await
+            .unwrap_or_else(|_| Err(ChatError::Unavailable("node is shutting down".into())))
     }
 }
 
 struct Routed<M> {
     actor: ActorRef<M>,
     routed: u64,
+}
+
+/// A takeover in progress: the question sent to every other node, and the answers.
+struct Round {
+    id: u64,
+    partitions: Vec<Partition>,
+    expect: BTreeSet<String>,
+    answered: BTreeSet<String>,
+    not_held: HashMap<Partition, usize>,
+    refused: BTreeSet<Partition>,
+    started: Instant,
+}
+
+/// Where a request should go.
+enum Decision {
+    Local,
+    Forward(String),
+    Wait,
+    Unavailable(String),
 }
 
 /// The registry actor.
@@ -172,6 +351,33 @@ pub struct RegistryState {
     parked: HashMap<String, Vec<SessionRef>>,
     groups: HashMap<String, Routed<GroupMsg>>,
     online: BTreeMap<String, u32>,
+    /// Nodes that own partitions (this one included unless it is leaving).
+    members: BTreeSet<String>,
+    /// Nodes that left gracefully; they rejoin only by showing up themselves.
+    left: BTreeSet<String>,
+    /// Peers that answer heartbeats.
+    up: BTreeSet<String>,
+    /// Partitions whose data is here and served here.
+    held: Vec<bool>,
+    /// Knows the cluster: has no seeds, or has met one. Only then does it claim
+    /// partitions or answer for them (two groups of new nodes that have not met
+    /// must not both claim the same partitions).
+    joined: bool,
+    /// The seeds, as given and as resolved.
+    seeds: (BTreeSet<String>, BTreeSet<std::net::SocketAddr>),
+    /// Leaving the cluster (for good: this node is shutting down).
+    leaving: bool,
+    /// Who waits for the leave to finish, and until when.
+    leave_reply: Option<(Instant, Reply<bool>)>,
+    round: Option<Round>,
+    next_round: u64,
+    /// Partitions on their way here, by the node sending them.
+    receiving: HashMap<Partition, String>,
+    /// Partitions on their way out, by the node receiving them (until it acknowledges).
+    giving: HashMap<Partition, String>,
+    /// Requests for partitions being taken over.
+    waiting: HashMap<Partition, VecDeque<(Instant, Target)>>,
+    waiting_count: usize,
 }
 
 impl Actor for Registry {
@@ -184,14 +390,51 @@ impl Actor for Registry {
         myself: ActorRef<RegistryMsg>,
         args: RegistryArgs,
     ) -> Result<RegistryState, ActorProcessingErr> {
-        Ok(RegistryState {
-            args,
+        let held = match args.storage.held_partitions()? {
+            Some(held) => held,
+            None => {
+                // A new database: a node without seeds starts a cluster of its own.
+                let held = vec![args.seeds.is_empty(); PARTITIONS as usize];
+                let mut w = Writes::default();
+                Storage::put_held(&mut w, &held);
+                args.storage.commit_wait(w).await?;
+                held
+            }
+        };
+        let mut members: BTreeSet<String> = args.storage.members()?.into_iter().collect();
+        members.insert(args.node.clone());
+        let mut resolved = BTreeSet::new();
+        for seed in &args.seeds {
+            match tokio::net::lookup_host(seed.as_str()).await {
+                Ok(addrs) => resolved.extend(addrs),
+                Err(e) => tracing::warn!(seed = %seed, error = %e, "cannot resolve seed"),
+            }
+        }
+        myself.send_interval(TICK, || RegistryMsg::Tick);
+        let state = RegistryState {
             router: Router::new(myself),
             inboxes: HashMap::new(),
             parked: HashMap::new(),
             groups: HashMap::new(),
             online: BTreeMap::new(),
-        })
+            members,
+            left: BTreeSet::new(),
+            up: BTreeSet::new(),
+            joined: args.seeds.is_empty(),
+            seeds: (args.seeds.iter().cloned().collect(), resolved),
+            held,
+            leaving: false,
+            leave_reply: None,
+            round: None,
+            next_round: 1,
+            receiving: HashMap::new(),
+            giving: HashMap::new(),
+            waiting: HashMap::new(),
+            waiting_count: 0,
+            args,
+        };
+        state.publish();
+        Ok(state)
     }
 
     async fn handle(
@@ -201,38 +444,7 @@ impl Actor for Registry {
         state: &mut RegistryState,
     ) -> Result<(), ActorProcessingErr> {
         match msg {
-            RegistryMsg::Inbox(user, InboxMsg::Detach { session }) if !state.inboxes.contains_key(&user) => {
-                // No need to start an inbox to forget a parked session.
-                if let Some(parked) = state.parked.get_mut(&user) {
-                    parked.retain(|s| s.id != session);
-                    if parked.is_empty() {
-                        state.parked.remove(&user);
-                    }
-                }
-            }
-            RegistryMsg::Inbox(user, InboxMsg::Attach { session, reply })
-                if !state.inboxes.contains_key(&user) =>
-            {
-                // A login needs no running inbox: with none running nothing is pending, so
-                // the stored cursors are current. Parking the session here keeps idle
-                // logged-in users down to a few bytes each.
-                match state.args.storage.inbox_meta(&user) {
-                    Ok(meta) => {
-                        state.parked.entry(user).or_default().push(session);
-                        reply(Ok(meta));
-                    }
-                    Err(e) => reply(Err(e.into())),
-                }
-            }
-            RegistryMsg::Inbox(user, msg) => {
-                let parked = &mut state.parked;
-                let args = || inbox_args(&state.args, &state.router, &user, parked.remove(&user));
-                route(&mut state.inboxes, &user, msg, Inbox, args, InboxMsg::fail).await;
-            }
-            RegistryMsg::Group(group, msg) => {
-                let args = || group_args(&state.args, &state.router, &group);
-                route(&mut state.groups, &group, msg, Group, args, GroupMsg::fail).await;
-            }
+            RegistryMsg::Route { target, hops } => state.route(target, hops).await,
             RegistryMsg::InboxIdle {
                 user,
                 handled,
@@ -287,8 +499,8 @@ impl Actor for Registry {
                 let me = NodeCard {
                     name: state.args.node.clone(),
                     client_addr: state.args.client_addr.clone(),
-                    cluster_addr: String::new(),
                     sessions: state.args.sessions.load(Ordering::Relaxed) as u32,
+                    ..Default::default()
                 };
                 reply(state.args.view.nodes(&me));
             }
@@ -297,10 +509,15 @@ impl Actor for Registry {
                 groups: state.groups.len(),
                 parked_users: state.parked.len(),
                 online_users: state.online.len(),
+                held_partitions: state.held.iter().filter(|h| **h).count(),
+                waiting: state.waiting_count,
+                moving: state.receiving.len() + state.giving.len(),
+                members: state.members.len(),
+                joined: state.joined,
             }),
             RegistryMsg::Drain { reply } => {
-                // Stop is queued behind every message already routed, so pending
-                // writes are submitted first; the storage barrier then covers them.
+                // Stop is queued behind every message already routed, and an actor
+                // stops only once its writes are durable.
                 let mut waits = Vec::new();
                 for (_, i) in state.inboxes.drain() {
                     waits.push(i.actor.get_cell());
@@ -317,8 +534,729 @@ impl Actor for Registry {
                     reply(());
                 });
             }
+            RegistryMsg::Leave { deadline, reply } => {
+                tracing::info!("leaving the cluster: handing off every partition held here");
+                state.members.remove(&state.args.node);
+                state.leaving = true;
+                state.leave_reply = Some((deadline, reply));
+                state.publish();
+                state.check_left();
+            }
+            RegistryMsg::Handoff(body) => state.handoff(body).await,
+            RegistryMsg::Installed { from, partitions } => state.installed(from, partitions).await,
+            RegistryMsg::Tick => state.tick().await,
         }
         Ok(())
+    }
+}
+
+impl RegistryState {
+    fn me(&self) -> &str {
+        &self.args.node
+    }
+
+    /// The owner of `p` in this node's view.
+    fn owner(&self, p: Partition) -> Option<&str> {
+        partition::owner(self.members.iter().map(String::as_str), p)
+    }
+
+    fn decide(&self, p: Partition) -> Decision {
+        if self.held[p as usize] {
+            return Decision::Local;
+        }
+        match self.owner(p) {
+            None => Decision::Unavailable("this node has no cluster members".into()),
+            Some(o) if o == self.me() => Decision::Wait,
+            // A partition frozen here moves to its new owner, which buffers until it has the data.
+            Some(o) if self.up.contains(o) || self.giving.get(&p).is_some_and(|g| g == o) => {
+                Decision::Forward(o.to_owned())
+            }
+            Some(o) => Decision::Unavailable(format!("node {o}, which owns this data, is down; retry later")),
+        }
+    }
+
+    async fn route(&mut self, target: Target, hops: u32) {
+        let p = target.partition();
+        match self.decide(p) {
+            Decision::Local => self.route_local(target).await,
+            Decision::Forward(node) => {
+                if hops >= MAX_HOPS {
+                    target.fail(ChatError::Unavailable("the cluster is rebalancing; retry".into()));
+                    return;
+                }
+                match wire::to_request(target, self.me()) {
+                    Some((op, Some(on))) => self.args.remote.request(&node, hops + 1, op, on),
+                    Some((op, None)) => self.args.remote.tell(&node, hops + 1, op),
+                    None => tracing::error!("a node-local message was routed to a peer"),
+                }
+            }
+            Decision::Wait => {
+                if self.waiting_count >= MAX_WAITING {
+                    target.fail(ChatError::Unavailable("too many requests waiting; retry".into()));
+                } else {
+                    self.waiting_count += 1;
+                    self.waiting
+                        .entry(p)
+                        .or_default()
+                        .push_back((Instant::now(), target));
+                }
+            }
+            Decision::Unavailable(why) => target.fail(ChatError::Unavailable(why)),
+        }
+    }
+
+    async fn route_local(&mut self, target: Target) {
+        match target {
+            Target::Inbox(user, InboxMsg::Detach { session }) if !self.inboxes.contains_key(&user) => {
+                // No need to start an inbox to forget a parked session.
+                if let Some(parked) = self.parked.get_mut(&user) {
+                    parked.retain(|s| s.id != session);
+                    if parked.is_empty() {
+                        self.parked.remove(&user);
+                    }
+                }
+            }
+            Target::Inbox(user, InboxMsg::Attach { session, reply }) if !self.inboxes.contains_key(&user) => {
+                // A login needs no running inbox: with none running nothing is pending, so
+                // the stored cursors are current. Parking the session here keeps idle
+                // logged-in users down to a few bytes each.
+                match self.args.storage.inbox_meta(&user) {
+                    Ok(meta) => {
+                        self.parked.entry(user).or_default().push(session);
+                        reply(Ok(meta));
+                    }
+                    Err(e) => reply(Err(e.into())),
+                }
+            }
+            Target::Inbox(user, msg) => {
+                let parked = &mut self.parked;
+                let args = || inbox_args(&self.args, &self.router, &user, parked.remove(&user));
+                route(&mut self.inboxes, &user, msg, Inbox, args, InboxMsg::fail).await;
+            }
+            Target::Group(group, msg) => {
+                let args = || group_args(&self.args, &self.router, &group);
+                route(&mut self.groups, &group, msg, Group, args, GroupMsg::fail).await;
+            }
+            Target::Account(user, msg) => account(&self.args.storage, user, msg),
+        }
+    }
+
+    /// Tells the member actor what to say about this node.
+    fn publish(&self) {
+        self.args.view.set_local(
+            self.members.iter().cloned().collect(),
+            self.left.iter().cloned().collect(),
+            self.leaving,
+        );
+    }
+
+    fn persist_members(&self) {
+        let mut w = Writes::default();
+        Storage::put_members(&mut w, &self.members);
+        self.args.storage.commit(w, Box::new(|_| {}));
+    }
+
+    fn persist_held(&self) {
+        let mut w = Writes::default();
+        Storage::put_held(&mut w, &self.held);
+        self.args.storage.commit(w, Box::new(|_| {}));
+    }
+
+    async fn tick(&mut self) {
+        self.update_membership().await;
+        self.args.remote.sweep();
+        self.expire_waiting();
+        if self
+            .round
+            .as_ref()
+            .is_some_and(|r| r.started.elapsed() > ROUND_LIMIT)
+        {
+            tracing::debug!("takeover round timed out; retrying");
+            self.round = None;
+        }
+        if self.round.is_none() && self.joined && !self.leaving {
+            self.start_round().await;
+        }
+        self.check_left();
+    }
+
+    /// Folds the heartbeat view into the member list.
+    async fn update_membership(&mut self) {
+        let me = self.args.node.clone();
+        let peers = self.args.view.peers();
+        let up: BTreeSet<String> = peers
+            .iter()
+            .filter(|p| p.up)
+            .map(|p| p.card.name.clone())
+            .collect();
+        for gone in self.up.difference(&up) {
+            self.args.remote.fail_node(gone);
+        }
+        if !self.joined {
+            let (names, addrs) = &self.seeds;
+            let is_seed = |addr: &str| {
+                names.contains(addr)
+                    || addr
+                        .parse::<std::net::SocketAddr>()
+                        .is_ok_and(|a| addrs.contains(&a))
+            };
+            if let Some(seed) = peers.iter().find(|p| p.up && is_seed(&p.card.cluster_addr)) {
+                tracing::info!(seed = %seed.card.name, "met a seed: joined the cluster");
+                self.joined = true;
+            }
+        }
+        let before = (self.members.clone(), self.left.clone());
+        // What a node says about itself wins over what others say about it.
+        let mut direct = BTreeSet::new();
+        for p in peers.iter().filter(|p| p.up) {
+            direct.insert(p.card.name.clone());
+            if p.card.leaving {
+                self.members.remove(&p.card.name);
+                self.left.insert(p.card.name.clone());
+            } else {
+                self.members.insert(p.card.name.clone());
+                self.left.remove(&p.card.name);
+            }
+        }
+        for p in peers.iter().filter(|p| p.up) {
+            for name in &p.card.left {
+                if !direct.contains(name) && *name != me {
+                    self.members.remove(name);
+                    self.left.insert(name.clone());
+                }
+            }
+            for name in &p.card.members {
+                if !direct.contains(name) && !self.left.contains(name) && *name != me {
+                    self.members.insert(name.clone());
+                }
+            }
+        }
+        if self.leaving {
+            self.members.remove(&me);
+        }
+        self.up = up;
+        if before != (self.members.clone(), self.left.clone()) {
+            tracing::info!(members = ?self.members, left = ?self.left, "cluster members changed");
+            self.persist_members();
+            self.publish();
+            // Requests parked for partitions that are no longer ours go where they belong now.
+            self.release_waiting(|_| true).await;
+        }
+    }
+
+    fn expire_waiting(&mut self) {
+        let now = Instant::now();
+        let mut expired = Vec::new();
+        for queue in self.waiting.values_mut() {
+            while queue.front().is_some_and(|(t, _)| now - *t > WAIT_LIMIT) {
+                expired.extend(queue.pop_front().map(|(_, target)| target));
+            }
+        }
+        self.waiting.retain(|_, q| !q.is_empty());
+        self.waiting_count -= expired.len();
+        for target in expired {
+            target.fail(ChatError::Unavailable(
+                "this part of the cluster is being moved; retry".into(),
+            ));
+        }
+    }
+
+    /// Routes again the waiting requests of the partitions `which` selects that this
+    /// node holds now or no longer owns.
+    /// They are routed in arrival order, before anything that arrives later.
+    async fn release_waiting(&mut self, which: impl Fn(Partition) -> bool) {
+        let ready: Vec<Partition> = self
+            .waiting
+            .keys()
+            .copied()
+            .filter(|p| which(*p) && (self.held[*p as usize] || self.owner(*p) != Some(self.me())))
+            .collect();
+        for p in ready {
+            let queue = self.waiting.remove(&p).unwrap_or_default();
+            self.waiting_count -= queue.len();
+            for (_, target) in queue {
+                Box::pin(self.route(target, 0)).await;
+            }
+        }
+    }
+
+    /// Asks every other node for the partitions this node owns but does not hold.
+    async fn start_round(&mut self) {
+        let wanted: Vec<Partition> = (0..PARTITIONS)
+            .filter(|p| {
+                !self.held[*p as usize]
+                    && !self.receiving.contains_key(p)
+                    && self.owner(*p) == Some(self.me())
+            })
+            .collect();
+        if wanted.is_empty() {
+            return;
+        }
+        let me = self.me().to_owned();
+        let expect: BTreeSet<String> = self.up.iter().filter(|n| **n != me).cloned().collect();
+        if expect.is_empty() && self.members.len() > 1 {
+            // Every other member is down: nobody can hand anything over or agree.
+            return;
+        }
+        let id = self.next_round;
+        self.next_round += 1;
+        tracing::debug!(
+            round = id,
+            partitions = wanted.len(),
+            asking = ?expect,
+            "asking for partitions"
+        );
+        for node in &expect {
+            let ask = TakeoverAsk {
+                from: me.clone(),
+                partitions: wanted.iter().map(|p| u32::from(*p)).collect(),
+                round: id,
+            };
+            self.args.remote.send(node, item::Body::TakeoverAsk(ask));
+        }
+        self.round = Some(Round {
+            id,
+            partitions: wanted,
+            expect,
+            answered: BTreeSet::new(),
+            not_held: HashMap::new(),
+            refused: BTreeSet::new(),
+            started: Instant::now(),
+        });
+        self.finish_round_if_answered().await;
+    }
+
+    async fn finish_round_if_answered(&mut self) {
+        let Some(round) = &self.round else {
+            return;
+        };
+        if round.answered != round.expect {
+            return;
+        }
+        let round = self.round.take().expect("checked above");
+        // A partition nobody holds is new only if every member has said so.
+        let everyone = self
+            .members
+            .iter()
+            .all(|m| m == self.me() || round.answered.contains(m));
+        let mut claimed = Vec::new();
+        for p in round.partitions {
+            let all_said_no = round.not_held.get(&p).copied().unwrap_or(0) == round.expect.len();
+            if everyone
+                && all_said_no
+                && !round.refused.contains(&p)
+                && !self.receiving.contains_key(&p)
+                && self.owner(p) == Some(self.me())
+            {
+                self.held[p as usize] = true;
+                claimed.push(p);
+            }
+        }
+        if !claimed.is_empty() {
+            tracing::info!(
+                round = round.id,
+                partitions = claimed.len(),
+                "claimed new partitions"
+            );
+            self.persist_held();
+            self.release_waiting(|p| claimed.contains(&p)).await;
+        }
+    }
+
+    async fn handoff(&mut self, body: item::Body) {
+        match body {
+            item::Body::TakeoverAsk(ask) => self.answer_takeover(ask).await,
+            item::Body::TakeoverAnswer(answer) => {
+                for p in answer.given.iter().filter_map(|p| valid_partition(*p)) {
+                    self.receiving.insert(p, answer.from.clone());
+                }
+                if let Some(round) = self.round.as_mut().filter(|r| r.id == answer.round) {
+                    if round.expect.contains(&answer.from) && round.answered.insert(answer.from.clone()) {
+                        for p in answer.not_held.iter().filter_map(|p| valid_partition(*p)) {
+                            *round.not_held.entry(p).or_default() += 1;
+                        }
+                        round
+                            .refused
+                            .extend(answer.refused.iter().filter_map(|p| valid_partition(*p)));
+                    }
+                }
+                self.finish_round_if_answered().await;
+            }
+            item::Body::HandoffChunk(chunk) => self.install_chunk(chunk),
+            item::Body::HandoffDone(done) => {
+                let parts: Vec<Partition> = done
+                    .partitions
+                    .iter()
+                    .filter_map(|p| valid_partition(*p))
+                    .collect();
+                let incoming: Vec<Partition> = parts
+                    .iter()
+                    .copied()
+                    .filter(|p| self.receiving.get(p) == Some(&done.from))
+                    .collect();
+                if !incoming.is_empty() {
+                    // Everything the old holder sent is queued before this; a barrier makes it durable.
+                    let (storage, registry, from) = (
+                        self.args.storage.clone(),
+                        self.router.registry().clone(),
+                        done.from.clone(),
+                    );
+                    tokio::spawn(async move {
+                        match storage.barrier().await {
+                            Ok(()) => {
+                                let _ = registry.cast(RegistryMsg::Installed {
+                                    from,
+                                    partitions: incoming,
+                                });
+                            }
+                            Err(e) => tracing::error!(error = %e, "cannot store handed-off partitions"),
+                        }
+                    });
+                }
+                let acked: Vec<Partition> = parts
+                    .into_iter()
+                    .filter(|p| self.giving.get(p) == Some(&done.from))
+                    .collect();
+                if !acked.is_empty() {
+                    self.forget(&acked);
+                }
+            }
+            _ => tracing::warn!("unexpected item routed to the registry"),
+        }
+    }
+
+    async fn answer_takeover(&mut self, ask: TakeoverAsk) {
+        let asker = ask.from.clone();
+        let mut answer = TakeoverAnswer {
+            from: self.me().to_owned(),
+            round: ask.round,
+            ..Default::default()
+        };
+        let mut give = Vec::new();
+        for p in ask.partitions.iter().filter_map(|p| valid_partition(*p)) {
+            // A node that has not met the cluster yet cannot speak for it.
+            let theirs = self.joined && self.owner(p) == Some(asker.as_str());
+            let wire = u32::from(p);
+            if !theirs {
+                answer.refused.push(wire);
+            } else if self.held[p as usize] {
+                answer.given.push(wire);
+                give.push(p);
+            } else if self.receiving.contains_key(&p)
+                || self.round.as_ref().is_some_and(|r| r.partitions.contains(&p))
+            {
+                answer.refused.push(wire);
+            } else if self.giving.contains_key(&p) {
+                // Already on its way to the asker.
+                answer.refused.push(wire);
+            } else {
+                answer.not_held.push(wire);
+            }
+        }
+        self.args.remote.send(&asker, item::Body::TakeoverAnswer(answer));
+        if !give.is_empty() {
+            self.give(asker, give);
+        }
+    }
+
+    /// Freezes `parts` and ships them to `to`: later requests are forwarded to it.
+    fn give(&mut self, to: String, parts: Vec<Partition>) {
+        tracing::info!(to = %to, partitions = parts.len(), "handing off partitions");
+        let mut set = vec![false; PARTITIONS as usize];
+        for p in &parts {
+            set[*p as usize] = true;
+            self.held[*p as usize] = false;
+            self.giving.insert(*p, to.clone());
+        }
+        let mut inboxes = Vec::new();
+        let users: Vec<String> = self
+            .inboxes
+            .keys()
+            .filter(|u| set[partition::of_user(u) as usize])
+            .cloned()
+            .collect();
+        for user in users {
+            let i = self.inboxes.remove(&user).expect("listed above");
+            inboxes.push((user, i.actor));
+        }
+        let groups: Vec<String> = self
+            .groups
+            .keys()
+            .filter(|g| set[partition::of_group(g) as usize])
+            .cloned()
+            .collect();
+        let mut group_cells = Vec::new();
+        for g in groups {
+            let routed = self.groups.remove(&g).expect("listed above");
+            let _ = routed.actor.cast(GroupMsg::Stop);
+            group_cells.push(routed.actor.get_cell());
+        }
+        let mut sessions: Vec<(String, SessionRef)> = Vec::new();
+        let parked: Vec<String> = self
+            .parked
+            .keys()
+            .filter(|u| set[partition::of_user(u) as usize])
+            .cloned()
+            .collect();
+        for user in parked {
+            for s in self.parked.remove(&user).unwrap_or_default() {
+                sessions.push((user.clone(), s));
+            }
+        }
+        let (storage, remote, me) = (
+            self.args.storage.clone(),
+            self.args.remote.clone(),
+            self.me().to_owned(),
+        );
+        tokio::spawn(async move {
+            for (user, actor) in inboxes {
+                let (tx, rx) = tokio::sync::oneshot::channel();
+                let release = InboxMsg::Release {
+                    reply: Box::new(move |s| {
+                        let _ = tx.send(s);
+                    }),
+                };
+                if actor.cast(release).is_ok() {
+                    if let Ok(Ok(list)) = tokio::time::timeout(Duration::from_secs(10), rx).await {
+                        sessions.extend(list.into_iter().map(|s| (user.clone(), s)));
+                    }
+                }
+                let _ = actor.get_cell().wait(Some(Duration::from_secs(5))).await;
+            }
+            for cell in group_cells {
+                let _ = cell.wait(Some(Duration::from_secs(10))).await;
+            }
+            if let Err(e) = storage.barrier().await {
+                tracing::error!(error = %e, "handoff: storage barrier failed");
+                return;
+            }
+            let records = match tokio::task::spawn_blocking(move || storage.export(&set)).await {
+                Ok(Ok(r)) => r,
+                other => {
+                    tracing::error!(result = ?other.map(|r| r.map(|v| v.len())), "handoff: export failed");
+                    return;
+                }
+            };
+            let attached: Vec<handoff_chunk::AttachedSession> = sessions
+                .into_iter()
+                .map(|(user, s)| handoff_chunk::AttachedSession {
+                    user,
+                    node: s.node().unwrap_or(&me).to_owned(),
+                    session: s.id,
+                })
+                .collect();
+            let count = records.len();
+            let mut chunk = HandoffChunk {
+                from: me.clone(),
+                records: Vec::new(),
+                sessions: attached,
+            };
+            let mut bytes = 0;
+            for (tree, key, value) in records {
+                bytes += key.len() + value.len() + 8;
+                chunk.records.push(handoff_chunk::Record {
+                    tree: tree.number(),
+                    key,
+                    value,
+                });
+                if bytes >= CHUNK_BYTES {
+                    bytes = 0;
+                    let full = std::mem::replace(
+                        &mut chunk,
+                        HandoffChunk {
+                            from: me.clone(),
+                            ..Default::default()
+                        },
+                    );
+                    send_reliably(&remote, &to, item::Body::HandoffChunk(full)).await;
+                }
+            }
+            send_reliably(&remote, &to, item::Body::HandoffChunk(chunk)).await;
+            let done = HandoffDone {
+                from: me,
+                partitions: parts.iter().map(|p| u32::from(*p)).collect(),
+            };
+            send_reliably(&remote, &to, item::Body::HandoffDone(done)).await;
+            tracing::info!(to = %to, records = count, "handoff sent");
+        });
+    }
+
+    fn install_chunk(&mut self, chunk: HandoffChunk) {
+        let from = chunk.from;
+        let mut writes = Writes::default();
+        let mut dropped = 0;
+        for r in chunk.records {
+            let tree = TreeId::from_number(r.tree);
+            let ok = tree.is_some_and(|t| {
+                t.partition_of(&r.key)
+                    .is_some_and(|p| self.receiving.get(&p) == Some(&from))
+            });
+            match (ok, tree) {
+                (true, Some(t)) => writes.put(t, r.key, r.value),
+                _ => dropped += 1,
+            }
+        }
+        if dropped > 0 {
+            tracing::warn!(from = %from, dropped, "handoff records for partitions not expected from that node");
+        }
+        self.args.storage.commit(
+            writes,
+            Box::new(|r| {
+                if let Err(e) = r {
+                    tracing::error!(error = %e, "cannot store handed-off records");
+                }
+            }),
+        );
+        for s in chunk.sessions {
+            if self.receiving.get(&partition::of_user(&s.user)) != Some(&from) {
+                continue;
+            }
+            let session = if s.node == self.me() {
+                match self.args.remote.session(s.session) {
+                    Some(mailbox) => SessionRef::local(s.session, mailbox),
+                    None => continue,
+                }
+            } else {
+                SessionRef {
+                    id: s.session,
+                    target: SessionTarget::Remote {
+                        node: s.node.into(),
+                        remote: self.args.remote.clone(),
+                    },
+                }
+            };
+            self.parked.entry(s.user).or_default().push(session);
+        }
+    }
+
+    async fn installed(&mut self, from: String, partitions: Vec<Partition>) {
+        let mut now_held = Vec::new();
+        for p in partitions {
+            if self.receiving.get(&p) == Some(&from) {
+                self.receiving.remove(&p);
+                self.held[p as usize] = true;
+                now_held.push(p);
+            }
+        }
+        if now_held.is_empty() {
+            return;
+        }
+        tracing::info!(from = %from, partitions = now_held.len(), "partitions taken over");
+        let mut w = Writes::default();
+        Storage::put_held(&mut w, &self.held);
+        if let Err(e) = self.args.storage.commit_wait(w).await {
+            tracing::error!(error = %e, "cannot record held partitions");
+        }
+        let done = HandoffDone {
+            from: self.me().to_owned(),
+            partitions: now_held.iter().map(|p| u32::from(*p)).collect(),
+        };
+        self.args.remote.send(&from, item::Body::HandoffDone(done));
+        // Group fan-outs the old holder had not finished are finished here.
+        if let Ok(groups) = self.args.storage.pending_fanouts() {
+            for g in groups {
+                if now_held.contains(&partition::of_group(&g)) {
+                    self.router.to_group(&g, GroupMsg::Wake);
+                }
+            }
+        }
+        self.release_waiting(|p| now_held.contains(&p)).await;
+    }
+
+    /// The new holder has the data of `parts`: delete this node's copy.
+    fn forget(&mut self, parts: &[Partition]) {
+        let mut set = vec![false; PARTITIONS as usize];
+        for p in parts {
+            self.giving.remove(p);
+            if !self.held[*p as usize] {
+                set[*p as usize] = true;
+            }
+        }
+        let mut held = Writes::default();
+        Storage::put_held(&mut held, &self.held);
+        let storage = self.args.storage.clone();
+        tokio::spawn(async move {
+            let s = storage.clone();
+            let records = tokio::task::spawn_blocking(move || s.export(&set)).await;
+            let mut w = held;
+            if let Ok(Ok(records)) = records {
+                for (tree, key, _) in records {
+                    w.del(tree, key);
+                }
+            }
+            if let Err(e) = storage.commit_wait(w).await {
+                tracing::error!(error = %e, "cannot delete handed-off partitions");
+            }
+        });
+        self.check_left();
+    }
+
+    fn check_left(&mut self) {
+        let Some((deadline, _)) = &self.leave_reply else {
+            return;
+        };
+        let done = !self.held.iter().any(|h| *h) && self.giving.is_empty();
+        let others_up = self.up.iter().any(|n| self.members.contains(n));
+        if done || Instant::now() >= *deadline || !others_up {
+            let (_, reply) = self.leave_reply.take().expect("checked above");
+            if !done {
+                tracing::warn!(
+                    held = self.held.iter().filter(|h| **h).count(),
+                    "left the cluster before every partition was handed off"
+                );
+            }
+            // `leaving` stays set: this node is shutting down and must not be a member again.
+            reply(done);
+        }
+    }
+}
+
+/// Sends an item that must not be dropped, waiting while the link is full.
+async fn send_reliably(remote: &Arc<Remote>, to: &str, body: item::Body) {
+    let mut body = Some(body);
+    for _ in 0..600 {
+        let b = body.take().expect("kept until sent");
+        if remote.send(to, b.clone()) {
+            return;
+        }
+        body = Some(b);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    tracing::error!(to, "handoff item not sent: the link stayed full");
+}
+
+fn valid_partition(p: u32) -> Option<Partition> {
+    (p < u32::from(PARTITIONS)).then_some(p as Partition)
+}
+
+/// Serves an account request from this node's storage.
+fn account(storage: &Storage, user: String, msg: AccountMsg) {
+    match msg {
+        AccountMsg::Get { reply } => reply(storage.account(&user).map_err(Into::into)),
+        AccountMsg::GetToken { token, reply } => reply(storage.token(&user, &token).map_err(Into::into)),
+        AccountMsg::Create { record, reply } => {
+            let storage = storage.clone();
+            tokio::spawn(async move {
+                reply(storage.create_account(&user, &record).await.map_err(Into::into));
+            });
+        }
+        AccountMsg::PutToken { token, record, reply } => {
+            let storage = storage.clone();
+            tokio::spawn(async move {
+                reply(
+                    storage
+                        .put_token(&user, &token, &record)
+                        .await
+                        .map_err(Into::into),
+                );
+            });
+        }
+        AccountMsg::RevokeToken { token, reply } => {
+            let storage = storage.clone();
+            tokio::spawn(async move {
+                reply(storage.revoke_token(&user, &token).await.map_err(Into::into));
+            });
+        }
     }
 }
 
@@ -402,6 +1340,8 @@ pub(crate) async fn test_registry(storage: Storage) -> ActorRef<RegistryMsg> {
         sessions: Arc::default(),
         view: ClusterView::default(),
         metrics: Arc::default(),
+        remote: Remote::new("t", ClusterView::default()),
+        seeds: Vec::new(),
     };
     Actor::spawn(None, Registry, args)
         .await
@@ -434,10 +1374,16 @@ mod tests {
     async fn logged_in_users_need_no_running_inbox_and_an_idle_inbox_parks_its_sessions() {
         let dir = tempfile::tempdir().unwrap();
         let storage = Storage::open(dir.path(), 16, 8 << 20).unwrap();
+        assert!(
+            storage
+                .create_account("bob", &AccountRecord::default())
+                .await
+                .unwrap()
+        );
         let registry = test_registry(storage).await;
         let router = Router::new(registry.clone());
         let (mailbox, mut pushes) = mpsc::unbounded_channel();
-        let session = SessionRef { id: 7, mailbox };
+        let session = SessionRef::local(7, mailbox);
         ask(|reply| router.to_inbox("bob", InboxMsg::Attach { session, reply }))
             .await
             .unwrap();

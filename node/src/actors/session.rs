@@ -10,7 +10,7 @@
 
 use super::group::GroupMsg;
 use super::inbox::{self, AckKind, Appended, Draft, InboxMsg, Page};
-use super::registry::RegistryMsg;
+use super::registry::{AccountMsg, RegistryMsg};
 use super::{Reply, SessionRef, reply};
 use crate::auth;
 use crate::error::{ChatError, ChatResult};
@@ -198,6 +198,8 @@ where
         tokens: f64::from(cfg.request_burst),
         refilled: tokio::time::Instant::now(),
     };
+    // Remote inboxes push to this session through the directory.
+    ctx.remote.add_session(state.id, state.mailbox.clone());
     tracing::debug!(session = state.id, peer = %peer, "session opened");
     // A frame is read only with a permit in hand, so at most max_in_flight requests
     // are being served; further frames wait in the socket.
@@ -248,6 +250,7 @@ where
         writer.abort();
     }
     state.logout();
+    ctx.remote.remove_session(state.id);
     ctx.sessions.fetch_sub(1, Ordering::Relaxed);
     tracing::debug!(session = state.id, peer = %state.peer, "session closed");
     // Dropping the state drops the outbound sender: the writer sends what is queued
@@ -447,8 +450,13 @@ impl SessionState {
             B::Logout(l) => {
                 if let Some((user, token)) = &self.user {
                     if l.revoke_token {
-                        let (storage, user, token) = (self.ctx.storage.clone(), user.clone(), token.clone());
-                        tokio::spawn(async move { storage.revoke_token(&user, &token).await });
+                        let (router, user, token) = (self.ctx.router.clone(), user.clone(), token.clone());
+                        tokio::spawn(async move {
+                            let revoke = |reply| AccountMsg::RevokeToken { token, reply };
+                            if let Err(e) = router.account(&user, revoke).await {
+                                tracing::warn!(user = %user, error = %e, "token not revoked");
+                            }
+                        });
                     }
                 }
                 self.logout();
@@ -459,9 +467,6 @@ impl SessionState {
                 let me = self.me().to_owned();
                 check_name(&m.to)?;
                 check_msg(&m.client_msg_id, &m.text, cfg.client.max_text_bytes)?;
-                if self.ctx.storage.account(&m.to)?.is_none() {
-                    return Err(ChatError::NotFound(format!("user {}", m.to)));
-                }
                 let reply = self.send_reply(id, permit, m.client_msg_id.clone());
                 self.ctx.router.to_inbox(
                     &m.to,
@@ -632,7 +637,8 @@ impl SessionState {
                     password_hash: hash,
                     created_at_ms: storage::now_ms(),
                 };
-                if ctx.storage.create_account(&r.username, &record).await? {
+                let create = |reply| AccountMsg::Create { record, reply };
+                if ctx.router.account(&r.username, create).await? {
                     tracing::info!(user = %r.username, "registered");
                     Ok(())
                 } else {
@@ -657,13 +663,10 @@ impl SessionState {
             .ok_or_else(|| ChatError::BadRequest("login needs a password or a token".into()))?;
         self.login_pending = true;
         let ctx = self.ctx.clone();
-        let session = SessionRef {
-            id: self.id,
-            mailbox: self.mailbox.clone(),
-        };
+        let session = SessionRef::local(self.id, self.mailbox.clone());
+        let me = self.mailbox.clone();
         tokio::spawn(async move {
             let _permit = permit;
-            let me = session.mailbox.clone();
             let user = l.username;
             match authenticate(&ctx, &user, credential).await {
                 Ok(token) => {
@@ -707,26 +710,34 @@ async fn authenticate(
     match credential {
         Credential::Password(password) => {
             check_password(&password)?;
-            let account = ctx.storage.account(user)?.ok_or(ChatError::InvalidCredentials)?;
+            let account = ctx
+                .router
+                .account(user, |reply| AccountMsg::Get { reply })
+                .await?
+                .ok_or(ChatError::InvalidCredentials)?;
             ctx.verify_password(password, account.password_hash).await?;
             let token = auth::new_token();
             let expires = now + ctx.config.auth.token_ttl_secs * 1000;
-            ctx.storage
-                .put_token(
-                    user,
-                    &token,
-                    &TokenRecord {
-                        expires_at_ms: expires,
-                    },
-                )
-                .await?;
+            let record = TokenRecord {
+                expires_at_ms: expires,
+            };
+            let put = |reply| AccountMsg::PutToken {
+                token: token.clone(),
+                record,
+                reply,
+            };
+            ctx.router.account(user, put).await?;
             Ok((token, expires))
         }
         Credential::Token(token) => {
             if !auth::plausible_token(&token) {
                 return Err(ChatError::InvalidCredentials);
             }
-            match ctx.storage.token(user, &token)? {
+            let get = |reply| AccountMsg::GetToken {
+                token: token.clone(),
+                reply,
+            };
+            match ctx.router.account(user, get).await? {
                 Some(t) if t.expires_at_ms > now => Ok((token, t.expires_at_ms)),
                 _ => Err(ChatError::InvalidCredentials),
             }
