@@ -1,0 +1,398 @@
+//! Location transparency and rebalancing through real processes: users on different
+//! nodes chat as on one node, a node joining under traffic takes over its partitions
+//! with every message delivered exactly once, a node leaving gracefully loses nothing,
+//! and a frozen node does not stop the others from serving what they own.
+
+use chat_client::proto::{ConversationKind, ErrorCode};
+use chat_client::{Client, Push};
+use chat_node::partition::{self, PARTITIONS};
+use chat_tests::{
+    DEADLINE, Node, NodeOpts, cluster_status, free_port, next_delivery, next_push, send_signal, wait_for,
+};
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+use tokio::sync::Mutex;
+
+const COOKIE: &str = "partition-cookie";
+
+/// Starts `names.len()` nodes; the first without seeds, every other seeded with the first.
+fn start(names: &[&str]) -> (Vec<Node>, u16) {
+    let seed = free_port();
+    let mut nodes = vec![Node::start_with(NodeOpts::member(names[0], seed, &[], COOKIE)).unwrap()];
+    for name in &names[1..] {
+        nodes.push(Node::start_with(NodeOpts::member(name, free_port(), &[seed], COOKIE)).unwrap());
+    }
+    (nodes, seed)
+}
+
+/// Waits until `nodes` agree on `nodes.len()` members and hold every partition once between them.
+async fn settled(nodes: &[&Node]) {
+    let want = nodes.len() as u64;
+    wait_for("the partitions to settle", Duration::from_secs(40), || async {
+        let mut held = 0;
+        for n in nodes {
+            let s = cluster_status(n).await?;
+            let p = &s["partitions"];
+            if s["members"].as_u64()? != want || p["moving"].as_u64()? != 0 || !s["joined"].as_bool()? {
+                return None;
+            }
+            held += p["held"].as_u64()?;
+        }
+        (held == u64::from(PARTITIONS)).then_some(())
+    })
+    .await
+    .unwrap();
+}
+
+async fn held(node: &Node) -> u64 {
+    cluster_status(node).await.unwrap()["partitions"]["held"]
+        .as_u64()
+        .unwrap()
+}
+
+#[tokio::test]
+async fn users_on_different_nodes_chat_as_if_on_one_node() {
+    let (nodes, _) = start(&["a1", "a2", "a3"]);
+    let [n1, n2, n3] = [&nodes[0], &nodes[1], &nodes[2]];
+    settled(&[n1, n2, n3]).await;
+    for n in [n1, n2, n3] {
+        assert!(held(n).await > 0, "every node owns a share");
+    }
+
+    // Registered through three different nodes...
+    let (alice, _) = n1.user("alice").await.unwrap();
+    let (bob, mut bob_rx) = n2.user("bob").await.unwrap();
+    let (carol, _) = n3.user("carol").await.unwrap();
+    // ...and logged in through another one.
+    let (alice2, mut alice2_rx, _) = n3.login("alice").await.unwrap();
+
+    // Private, across nodes, both ways, with receipts.
+    let ack = alice.send_private_with_id("bob", "c-1", "hi bob").await.unwrap();
+    let d = next_delivery(&mut bob_rx).await.unwrap();
+    assert_eq!(
+        (d.from.as_str(), d.text.as_str(), d.seq),
+        ("alice", "hi bob", ack.seq)
+    );
+    bob.ack_delivered(d.seq).await.unwrap();
+    let receipt = next_push(&mut alice2_rx, |p| match p {
+        Push::Receipt(r) => Some(r),
+        _ => None,
+    })
+    .await
+    .unwrap();
+    assert_eq!(
+        (receipt.message_id.as_str(), receipt.by.as_str()),
+        (ack.message_id.as_str(), "bob")
+    );
+    bob.send_private("alice", "hi alice").await.unwrap();
+    assert_eq!(next_delivery(&mut alice2_rx).await.unwrap().text, "hi alice");
+
+    // A resend through yet another node is the same message, delivered once.
+    let again = alice2.send_private_with_id("bob", "c-1", "hi bob").await.unwrap();
+    assert_eq!(again.message_id, ack.message_id);
+    let all = bob.sync_all(0).await.unwrap();
+    assert_eq!(all.iter().filter(|d| d.text == "hi bob").count(), 1);
+
+    // Unknown users are unknown from every node.
+    let err = alice.send_private("nobody", "x").await.unwrap_err();
+    assert_eq!(err.code(), Some(ErrorCode::NotFound));
+
+    // A group with members on three nodes; carol is offline when the message is sent.
+    alice.create_group("crew").await.unwrap();
+    bob.join_group("crew").await.unwrap();
+    carol.join_group("crew").await.unwrap();
+    assert_eq!(bob.members("crew").await.unwrap(), ["alice", "bob", "carol"]);
+    assert_eq!(carol.my_groups().await.unwrap(), ["crew"]);
+    carol.logout().await.unwrap();
+    alice.send_group("crew", "to the crew").await.unwrap();
+    let g = next_push(&mut bob_rx, |p| match p {
+        Push::Delivery(d) if d.kind == ConversationKind::Group as i32 => Some(d),
+        _ => None,
+    })
+    .await
+    .unwrap();
+    assert_eq!(
+        (g.conversation.as_str(), g.text.as_str()),
+        ("crew", "to the crew")
+    );
+    bob.send_private("carol", "while you were out").await.unwrap();
+
+    // Carol comes back through the first node and finds both, in order.
+    let (carol_again, _, ok) = n1.login("carol").await.unwrap();
+    let missed = carol_again.sync_all(ok.delivered_seq).await.unwrap();
+    let texts: Vec<&str> = missed.iter().map(|d| d.text.as_str()).collect();
+    assert_eq!(texts, ["to the crew", "while you were out"]);
+    assert!(
+        missed.windows(2).all(|w| w[1].seq == w[0].seq + 1),
+        "gap-free seqs"
+    );
+    assert_eq!(ok.nodes.len(), 3, "LoginOk lists the cluster");
+
+    // The online list is the same from every node.
+    for n in [n1, n2, n3] {
+        let (c, _, _) = n.login("bob").await.unwrap();
+        let online = c.online().await.unwrap();
+        assert!(
+            ["alice", "bob", "carol"]
+                .iter()
+                .all(|u| online.iter().any(|o| o == u)),
+            "{online:?}"
+        );
+    }
+}
+
+/// One sender's acknowledged messages: client message id -> text.
+type Acked = Arc<Mutex<BTreeMap<String, String>>>;
+
+/// Sends private messages to `to` until `stop`, resending each with the same client
+/// message id (through a new connection to any node, if need be) until acknowledged.
+async fn keep_sending(addrs: Vec<String>, me: String, to: String, stop: Arc<AtomicBool>, acked: Acked) {
+    let mut client: Option<Client> = None;
+    let mut i = 0;
+    while !stop.load(Ordering::Relaxed) {
+        let cmid = format!("{me}-{i}");
+        let text = format!("{me} #{i}");
+        let give_up = std::time::Instant::now() + DEADLINE;
+        loop {
+            assert!(std::time::Instant::now() < give_up, "{cmid} never acknowledged");
+            if client.as_ref().is_none_or(Client::is_closed) {
+                let addr = &addrs[i % addrs.len()];
+                client = match Client::connect(addr).await {
+                    Ok((c, _)) if c.login(&me, &chat_tests::password(&me)).await.is_ok() => Some(c),
+                    _ => None,
+                };
+            }
+            if let Some(c) = &client {
+                match c.send_private_with_id(&to, &cmid, &text).await {
+                    Ok(_) => break,
+                    Err(e) if e.code() == Some(ErrorCode::Unavailable) => {}
+                    Err(_) => client = None,
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        acked.lock().await.insert(cmid, text);
+        i += 1;
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+/// Checks that `user`'s inbox holds exactly the acknowledged messages of its senders,
+/// each once, with gap-free seqs; returns how many.
+async fn check_inbox(node: &Node, user: &str, senders: &BTreeMap<String, Acked>) -> usize {
+    let (c, _, _) = node.login(user).await.unwrap();
+    let all = c.sync_all(0).await.unwrap();
+    assert!(
+        all.windows(2).all(|w| w[1].seq == w[0].seq + 1),
+        "{user}: seqs have gaps"
+    );
+    assert_eq!(all.first().map(|d| d.seq), Some(1), "{user}: starts at 1");
+    let got: Vec<(String, String)> = all.iter().map(|d| (d.from.clone(), d.text.clone())).collect();
+    let unique: BTreeSet<&(String, String)> = got.iter().collect();
+    assert_eq!(unique.len(), got.len(), "{user}: a message was delivered twice");
+    let mut want = BTreeSet::new();
+    for (from, acked) in senders {
+        for text in acked.lock().await.values() {
+            want.insert((from.clone(), text.clone()));
+        }
+    }
+    let got: BTreeSet<(String, String)> = got.into_iter().collect();
+    // The sender may stop between a send reaching the inbox and its ack: extra is fine
+    // only for such a last message, never a lost acknowledged one.
+    let lost: Vec<_> = want.difference(&got).collect();
+    assert!(lost.is_empty(), "{user}: acknowledged but lost: {lost:?}");
+    assert!(
+        got.len() <= want.len() + senders.len(),
+        "{user}: unexpected extra messages"
+    );
+    got.len()
+}
+
+#[tokio::test]
+async fn a_fourth_node_joins_under_traffic_and_every_message_arrives_exactly_once() {
+    let (mut nodes, seed) = start(&["j1", "j2", "j3"]);
+    settled(&[&nodes[0], &nodes[1], &nodes[2]]).await;
+    // Six users chat in a ring, each connected to some node. Three of their inboxes
+    // are in partitions that move to the new node, three stay where they are.
+    let three = ["j1", "j2", "j3"];
+    let four = ["j1", "j2", "j3", "j4"];
+    let moves = |u: &String| partition::owner(four, partition::of_user(u)) == Some("j4");
+    let candidates: Vec<String> = (0..1000).map(|i| format!("ring{i}")).collect();
+    let mut users: Vec<String> = candidates.iter().filter(|u| moves(u)).take(3).cloned().collect();
+    users.extend(candidates.iter().filter(|u| !moves(u)).take(3).cloned());
+    // Interleave movers and stayers around the ring.
+    users = vec![
+        users[0].clone(),
+        users[3].clone(),
+        users[1].clone(),
+        users[4].clone(),
+        users[2].clone(),
+        users[5].clone(),
+    ];
+    assert!(
+        users
+            .iter()
+            .all(|u| partition::owner(three, partition::of_user(u)).is_some())
+    );
+    for (i, u) in users.iter().enumerate() {
+        nodes[i % 3].user(u).await.unwrap();
+    }
+    let addrs: Vec<String> = nodes.iter().map(|n| n.addr.clone()).collect();
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut acked: BTreeMap<String, Acked> = BTreeMap::new();
+    let mut tasks = Vec::new();
+    for (i, u) in users.iter().enumerate() {
+        let a = Acked::default();
+        acked.insert(u.clone(), a.clone());
+        let to = users[(i + 1) % users.len()].clone();
+        let mine: Vec<String> = addrs.iter().cycle().skip(i).take(3).cloned().collect();
+        tasks.push(tokio::spawn(keep_sending(mine, u.clone(), to, stop.clone(), a)));
+    }
+    // Let traffic flow, then add a node.
+    wait_for("some traffic", DEADLINE, || async {
+        let mut n = 0;
+        for a in acked.values() {
+            n += a.lock().await.len();
+        }
+        (n >= 60).then_some(())
+    })
+    .await
+    .unwrap();
+    let before: usize = {
+        let mut n = 0;
+        for a in acked.values() {
+            n += a.lock().await.len();
+        }
+        n
+    };
+    nodes.push(Node::start_with(NodeOpts::member("j4", free_port(), &[seed], COOKIE)).unwrap());
+    settled(&[&nodes[0], &nodes[1], &nodes[2], &nodes[3]]).await;
+    assert!(held(&nodes[3]).await > 0, "the new node took over partitions");
+    // And keep going a little after the move.
+    let after_join = before + 60;
+    wait_for("traffic after the join", DEADLINE, || async {
+        let mut n = 0;
+        for a in acked.values() {
+            n += a.lock().await.len();
+        }
+        (n >= after_join).then_some(())
+    })
+    .await
+    .unwrap();
+    stop.store(true, Ordering::Relaxed);
+    for t in tasks {
+        t.await.unwrap();
+    }
+    // Every inbox, read through the new node, has every acknowledged message once.
+    let mut total = 0;
+    for (i, u) in users.iter().enumerate() {
+        let sender = &users[(i + users.len() - 1) % users.len()];
+        let senders = BTreeMap::from([(sender.clone(), acked[sender].clone())]);
+        total += check_inbox(&nodes[3], u, &senders).await;
+    }
+    assert!(total >= after_join, "{total} messages checked");
+}
+
+#[tokio::test]
+async fn a_node_leaving_gracefully_hands_everything_over() {
+    let (mut nodes, _) = start(&["l1", "l2", "l3"]);
+    settled(&[&nodes[0], &nodes[1], &nodes[2]]).await;
+    // Offline mailboxes and a group spread over every node's partitions.
+    let (sender, _) = nodes[0].user("sender").await.unwrap();
+    let receivers: Vec<String> = (0..12).map(|i| format!("rcv{i}")).collect();
+    for r in &receivers {
+        nodes[1]
+            .connect()
+            .await
+            .unwrap()
+            .0
+            .register(r, &chat_tests::password(r))
+            .await
+            .unwrap();
+    }
+    sender.create_group("club").await.unwrap();
+    for r in &receivers {
+        let (c, _, _) = nodes[2].login(r).await.unwrap();
+        c.join_group("club").await.unwrap();
+    }
+    for r in &receivers {
+        for k in 0..3 {
+            sender.send_private(r, &format!("{r} {k}")).await.unwrap();
+        }
+    }
+    sender.send_group("club", "club news").await.unwrap();
+    let held_by_leaver = held(&nodes[2]).await;
+    assert!(held_by_leaver > 0);
+
+    // The third node leaves (SIGTERM): it hands off before it stops.
+    let status = nodes[2].terminate().unwrap();
+    assert!(status.success(), "{status:?}");
+    let log = std::fs::read_to_string(&nodes[2].log).unwrap();
+    assert!(log.contains("partitions handed off"), "{log}");
+    settled(&[&nodes[0], &nodes[1]]).await;
+
+    for r in &receivers {
+        let (c, _, _) = nodes[1].login(r).await.unwrap();
+        let texts: Vec<String> = c.sync_all(0).await.unwrap().into_iter().map(|d| d.text).collect();
+        assert_eq!(
+            texts,
+            [
+                format!("{r} 0"),
+                format!("{r} 1"),
+                format!("{r} 2"),
+                "club news".into()
+            ],
+            "{r}"
+        );
+    }
+    assert_eq!(sender.members("club").await.unwrap().len(), receivers.len() + 1);
+}
+
+#[tokio::test]
+async fn a_frozen_node_is_marked_down_and_the_others_keep_serving_what_they_own() {
+    let (nodes, _) = start(&["s1", "s2", "s3"]);
+    let [n1, n2, n3] = [&nodes[0], &nodes[1], &nodes[2]];
+    settled(&[n1, n2, n3]).await;
+    let members = ["s1", "s2", "s3"];
+    let owner = |user: &str| partition::owner(members, partition::of_user(user)).unwrap();
+    // Two users owned by s1 and s2, and one owned by the node that will freeze.
+    let pick = |want: &[&str]| {
+        (0..1000)
+            .map(|i| format!("user{i}"))
+            .find(|u| want.contains(&owner(u)))
+            .unwrap()
+    };
+    let (x, y, z) = (pick(&["s1"]), pick(&["s2"]), pick(&["s3"]));
+    let (xc, _) = n1.user(&x).await.unwrap();
+    let (_yc, mut y_rx) = n2.user(&y).await.unwrap();
+    n1.user(&z).await.unwrap();
+
+    send_signal(n3.pid(), "STOP").unwrap();
+    wait_for("s3 to be marked down", Duration::from_secs(10), || async {
+        let s = cluster_status(n1).await?;
+        let nodes = s["nodes"].as_array()?;
+        nodes
+            .iter()
+            .any(|n| n["name"] == "s3" && n["up"] == false)
+            .then_some(())
+    })
+    .await
+    .unwrap();
+    // Partitions of s1 and s2 are served as before.
+    xc.send_private(&y, "still here").await.unwrap();
+    assert_eq!(next_delivery(&mut y_rx).await.unwrap().text, "still here");
+    let (x2, _, _) = n2.login(&x).await.unwrap();
+    assert!(x2.sync_all(0).await.is_ok());
+    // Those of the frozen node say so at once instead of hanging.
+    let err = xc.send_private(&z, "are you there").await.unwrap_err();
+    assert_eq!(err.code(), Some(ErrorCode::Unavailable), "{err}");
+
+    send_signal(n3.pid(), "CONT").unwrap();
+    wait_for("s3 to serve again", DEADLINE, || async {
+        xc.send_private(&z, "welcome back").await.ok()
+    })
+    .await
+    .unwrap();
+}
