@@ -55,6 +55,8 @@ async fn metrics(State(ctx): State<Arc<NodeCtx>>) -> impl IntoResponse {
         peers_up: up,
         peers_down: peers.len() as u64 - up,
         sled_bytes: ctx.storage.size_on_disk().unwrap_or(0),
+        partitions_held: stats.held_partitions as u64,
+        requests_waiting: stats.waiting as u64,
     };
     (
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],

@@ -133,6 +133,11 @@ pub struct ClusterConfig {
     /// Shared secret every node of a cluster must have. Default: "chat-cluster-dev-cookie";
     /// set your own for anything but a local trial.
     pub cookie: String,
+    /// On SIGTERM, hand every partition held here to the other members before stopping
+    /// (the node leaves the cluster; it takes its share back when it starts again).
+    /// False: stop at once; this node's users are unavailable until it is back.
+    /// Default: true.
+    pub handoff_on_shutdown: bool,
 }
 
 /// Accounts and tokens.
@@ -202,6 +207,7 @@ impl Default for ClusterConfig {
             seeds: Vec::new(),
             advertise_host: None,
             cookie: "chat-cluster-dev-cookie".to_owned(),
+            handoff_on_shutdown: true,
         }
     }
 }

@@ -70,6 +70,10 @@ pub struct Gauges {
     pub peers_down: u64,
     /// Bytes sled uses on disk.
     pub sled_bytes: u64,
+    /// Partitions whose data this node holds and serves.
+    pub partitions_held: u64,
+    /// Requests waiting for a partition this node is taking over.
+    pub requests_waiting: u64,
 }
 
 impl Metrics {
@@ -120,6 +124,18 @@ impl Metrics {
             g.inboxes,
         );
         metric("chat_groups_running", "gauge", "Running group actors.", g.groups);
+        metric(
+            "chat_partitions_held",
+            "gauge",
+            "Partitions whose data this node holds and serves.",
+            g.partitions_held,
+        );
+        metric(
+            "chat_requests_waiting",
+            "gauge",
+            "Requests waiting for a partition this node is taking over.",
+            g.requests_waiting,
+        );
         metric(
             "chat_sled_size_bytes",
             "gauge",

@@ -271,7 +271,7 @@ pub async fn run(config: Config, listeners: Listeners, shutdown: CancellationTok
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     tracing::info!(node = %node_name, left = sessions.load(Ordering::Relaxed), "sessions closed");
-    if cluster.view.peers().iter().any(|p| p.up) {
+    if config.cluster.handoff_on_shutdown && cluster.view.peers().iter().any(|p| p.up) {
         // Hand every partition held here to the nodes that own it without this one.
         let (tx, rx) = tokio::sync::oneshot::channel();
         let leave = RegistryMsg::Leave {

@@ -27,20 +27,33 @@ fn start(names: &[&str]) -> (Vec<Node>, u16) {
     (nodes, seed)
 }
 
-/// Waits until `nodes` agree on `nodes.len()` members and hold every partition once between them.
+/// Waits until `nodes` agree on `nodes.len()` members and each holds exactly the
+/// partitions it owns by rendezvous over their names, none moving.
 async fn settled(nodes: &[&Node]) {
     let want = nodes.len() as u64;
     wait_for("the partitions to settle", Duration::from_secs(40), || async {
-        let mut held = 0;
+        let mut statuses = Vec::new();
         for n in nodes {
-            let s = cluster_status(n).await?;
+            statuses.push(cluster_status(n).await?);
+        }
+        let names: Vec<String> = statuses
+            .iter()
+            .map(|s| s["node"].as_str().map(str::to_owned))
+            .collect::<Option<_>>()?;
+        for s in &statuses {
             let p = &s["partitions"];
             if s["members"].as_u64()? != want || p["moving"].as_u64()? != 0 || !s["joined"].as_bool()? {
                 return None;
             }
-            held += p["held"].as_u64()?;
+            let me = s["node"].as_str()?;
+            let owned = (0..PARTITIONS)
+                .filter(|p| partition::owner(names.iter().map(String::as_str), *p) == Some(me))
+                .count() as u64;
+            if p["held"].as_u64()? != owned {
+                return None;
+            }
         }
-        (held == u64::from(PARTITIONS)).then_some(())
+        Some(())
     })
     .await
     .unwrap();
