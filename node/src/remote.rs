@@ -48,7 +48,13 @@ pub struct Remote {
     links: Mutex<HashMap<String, mpsc::Sender<Item>>>,
     pending: Mutex<HashMap<u64, Waiting>>,
     next_id: AtomicU64,
-    sessions: Mutex<HashMap<u64, Mailbox>>,
+    sessions: Mutex<HashMap<u64, LocalSession>>,
+}
+
+struct LocalSession {
+    mailbox: Mailbox,
+    /// The logged-in user, if any.
+    user: Option<String>,
 }
 
 fn unavailable(node: &str) -> ChatError {
@@ -195,6 +201,19 @@ impl Remote {
         }
     }
 
+    /// Registers `on_response` for a request id, as [`Remote::request`] does (tests).
+    #[cfg(test)]
+    pub(crate) fn wait_for_response(&self, id: u64, on_response: OnResponse) {
+        self.pending.lock().expect("pending lock").insert(
+            id,
+            Waiting {
+                node: self.me.clone(),
+                deadline: Instant::now() + REQUEST_TIMEOUT,
+                on_response,
+            },
+        );
+    }
+
     /// Requests waiting for a response.
     pub fn waiting(&self) -> usize {
         self.pending.lock().expect("pending lock").len()
@@ -202,7 +221,27 @@ impl Remote {
 
     /// A session of this node, reachable for pushes from remote inboxes.
     pub fn add_session(&self, id: u64, mailbox: Mailbox) {
-        self.sessions.lock().expect("sessions lock").insert(id, mailbox);
+        self.sessions
+            .lock()
+            .expect("sessions lock")
+            .insert(id, LocalSession { mailbox, user: None });
+    }
+
+    /// The session logged in as `user` (or logged out: None).
+    pub fn set_session_user(&self, id: u64, user: Option<String>) {
+        if let Some(s) = self.sessions.lock().expect("sessions lock").get_mut(&id) {
+            s.user = user;
+        }
+    }
+
+    /// This node's logged-in sessions: id, user, mailbox.
+    pub fn logged_in(&self) -> Vec<(u64, String, Mailbox)> {
+        self.sessions
+            .lock()
+            .expect("sessions lock")
+            .iter()
+            .filter_map(|(id, s)| Some((*id, s.user.clone()?, s.mailbox.clone())))
+            .collect()
     }
 
     /// The session closed.
@@ -212,7 +251,11 @@ impl Remote {
 
     /// The mailbox of a session of this node.
     pub fn session(&self, id: u64) -> Option<Mailbox> {
-        self.sessions.lock().expect("sessions lock").get(&id).cloned()
+        self.sessions
+            .lock()
+            .expect("sessions lock")
+            .get(&id)
+            .map(|s| s.mailbox.clone())
     }
 
     /// A push from a remote inbox to one of this node's sessions.

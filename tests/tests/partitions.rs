@@ -409,3 +409,57 @@ async fn a_frozen_node_is_marked_down_and_the_others_keep_serving_what_they_own(
     .await
     .unwrap();
 }
+
+#[tokio::test]
+async fn after_a_node_restarts_its_users_get_pushes_again_and_group_fan_outs_complete() {
+    let (mut nodes, _) = start(&["r1", "r2", "r3"]);
+    settled(&[&nodes[0], &nodes[1], &nodes[2]]).await;
+    let members = ["r1", "r2", "r3"];
+    let user_owner = |u: &str| partition::owner(members, partition::of_user(u)).unwrap();
+    let pick = |owner: &str| {
+        (0..1000)
+            .map(|i| format!("member{i}"))
+            .find(|u| user_owner(u) == owner)
+            .unwrap()
+    };
+    // v's inbox lives on r3; v is connected to r1. The group lives elsewhere.
+    let (v, w) = (pick("r3"), pick("r1"));
+    let group = (0..1000)
+        .map(|i| format!("grp{i}"))
+        .find(|g| partition::owner(members, partition::of_group(g)) != Some("r3"))
+        .unwrap();
+    let (_v_client, mut v_rx) = nodes[0].user(&v).await.unwrap();
+    let (w_client, _) = nodes[1].user(&w).await.unwrap();
+    w_client.create_group(&group).await.unwrap();
+    let (v_joiner, _, _) = nodes[1].login(&v).await.unwrap();
+    v_joiner.join_group(&group).await.unwrap();
+    v_joiner.logout().await.unwrap();
+
+    nodes[2].kill9();
+    wait_for("r3 to be seen down", DEADLINE, || async {
+        let s = cluster_status(&nodes[0]).await?;
+        s["nodes"]
+            .as_array()?
+            .iter()
+            .any(|n| n["name"] == "r3" && n["up"] == false)
+            .then_some(())
+    })
+    .await
+    .unwrap();
+    // The group is up, so the post is acknowledged; v's inbox is not, so its copy waits.
+    w_client.send_group(&group, "posted while r3 was down").await.unwrap();
+    let err = w_client.send_private(&v, "not now").await.unwrap_err();
+    assert_eq!(err.code(), Some(ErrorCode::Unavailable));
+
+    nodes[2].restart().unwrap();
+    // The group's fan-out is retried and reaches v, whose session on r1 was attached
+    // again to the restarted inbox.
+    let d = next_delivery(&mut v_rx).await.unwrap();
+    assert_eq!(d.text, "posted while r3 was down");
+    wait_for("private messages to v to be served again", DEADLINE, || async {
+        w_client.send_private(&v, "welcome back").await.ok()
+    })
+    .await
+    .unwrap();
+    assert_eq!(next_delivery(&mut v_rx).await.unwrap().text, "welcome back");
+}

@@ -89,17 +89,30 @@ pub enum GroupMsg {
         /// Whether the inbox stored it.
         ok: bool,
     },
+    /// Internal: retry the fan-out of a message some inbox did not store (its node was
+    /// down or unreachable); inboxes drop the copies they already have.
+    RetryFanout {
+        /// Group seq.
+        seq: u64,
+    },
     /// Internal: time to check for idleness.
     IdleCheck,
 }
 
 impl ractor::Message for GroupMsg {}
 
+/// Wait before a failed fan-out is tried again.
+const FANOUT_RETRY: std::time::Duration = std::time::Duration::from_secs(1);
+
 impl GroupMsg {
     fn routed(&self) -> bool {
         !matches!(
             self,
-            Self::Persisted { .. } | Self::FanoutAck { .. } | Self::IdleCheck | Self::Stop
+            Self::Persisted { .. }
+                | Self::FanoutAck { .. }
+                | Self::RetryFanout { .. }
+                | Self::IdleCheck
+                | Self::Stop
         )
     }
 
@@ -225,7 +238,12 @@ impl Actor for Group {
                 reply,
             } => state.post(&myself, from, client_msg_id, text, reply),
             GroupMsg::Persisted { seq, result } => state.persisted(&myself, seq, result),
-            GroupMsg::FanoutAck { seq, ok } => state.fanout_ack(seq, ok),
+            GroupMsg::FanoutAck { seq, ok } => state.fanout_ack(&myself, seq, ok),
+            GroupMsg::RetryFanout { seq } => {
+                if let Some(message) = state.args.storage.group_message(&state.args.group, seq)? {
+                    state.fan_out(&myself, seq, &message);
+                }
+            }
             GroupMsg::History {
                 user,
                 before,
@@ -414,10 +432,15 @@ impl GroupState {
         self.fanout_ack_done();
     }
 
-    fn fanout_ack(&mut self, seq: u64, ok: bool) {
+    fn fanout_ack(&mut self, myself: &ActorRef<GroupMsg>, seq: u64, ok: bool) {
         if let Some(f) = self.fanouts.get_mut(&seq) {
             f.remaining = f.remaining.saturating_sub(1);
             f.failed |= !ok;
+            if f.remaining == 0 && f.failed {
+                // The entry stays (failed) so that fanout_seq does not pass it.
+                tracing::debug!(group = %self.args.group, seq, "fan-out incomplete; retrying");
+                myself.send_after(FANOUT_RETRY, move || GroupMsg::RetryFanout { seq });
+            }
         }
         self.fanout_ack_done();
     }

@@ -284,6 +284,8 @@ impl Actor for Inbox {
             InboxMsg::Append { origin, draft, reply } => state.append(&myself, origin, draft, reply),
             InboxMsg::Persisted { seq, result } => state.persisted(seq, result),
             InboxMsg::Attach { session, reply } => {
+                // Attached again (its node re-announces it after this node restarted): once.
+                state.sessions.retain(|s| s.id != session.id);
                 state.sessions.push(session);
                 let mut meta = state.meta;
                 meta.last_seq = state.durable_seq;

@@ -622,7 +622,9 @@ impl RegistryState {
                 // logged-in users down to a few bytes each.
                 match self.args.storage.inbox_meta(&user) {
                     Ok(meta) => {
-                        self.parked.entry(user).or_default().push(session);
+                        let parked = self.parked.entry(user).or_default();
+                        parked.retain(|s| s.id != session.id);
+                        parked.push(session);
                         reply(Ok(meta));
                     }
                     Err(e) => reply(Err(e.into())),
@@ -692,6 +694,7 @@ impl RegistryState {
         for gone in self.up.difference(&up) {
             self.args.remote.fail_node(gone);
         }
+        let back: Vec<String> = up.difference(&self.up).cloned().collect();
         if !self.joined {
             let (names, addrs) = &self.seeds;
             let is_seed = |addr: &str| {
@@ -735,6 +738,9 @@ impl RegistryState {
             self.members.remove(&me);
         }
         self.up = up;
+        if !back.is_empty() {
+            self.reattach(&back).await;
+        }
         if before != (self.members.clone(), self.left.clone()) {
             tracing::info!(members = ?self.members, left = ?self.left, "cluster members changed");
             self.persist_members();
@@ -777,6 +783,23 @@ impl RegistryState {
             for (_, target) in queue {
                 Box::pin(self.route(target, 0)).await;
             }
+        }
+    }
+
+    /// Attaches this node's logged-in sessions again to their inboxes on `nodes`, which
+    /// have just come (back) up: a node that restarted has forgotten every session
+    /// attached to its inboxes. Attaching twice is harmless (inboxes keep one per id).
+    async fn reattach(&mut self, nodes: &[String]) {
+        for (id, user, mailbox) in self.args.remote.logged_in() {
+            let p = partition::of_user(&user);
+            if self.held[p as usize] || !self.owner(p).is_some_and(|o| nodes.iter().any(|n| n == o)) {
+                continue;
+            }
+            let attach = InboxMsg::Attach {
+                session: SessionRef::local(id, mailbox),
+                reply: Box::new(|_| {}),
+            };
+            self.route(Target::Inbox(user, attach), 0).await;
         }
     }
 

@@ -288,6 +288,7 @@ impl SessionState {
                         let _ = self.ctx.router.registry().cast(RegistryMsg::Online(user.clone()));
                         tracing::debug!(session = self.id, user = %user, "logged in");
                         self.ctx.metrics.login();
+                        self.ctx.remote.set_session_user(self.id, Some(user.clone()));
                         self.user = Some((user, token.0.clone()));
                         self.out.send(
                             request_id,
@@ -326,6 +327,7 @@ impl SessionState {
 
     fn logout(&mut self) {
         if let Some((user, _)) = self.user.take() {
+            self.ctx.remote.set_session_user(self.id, None);
             self.ctx
                 .router
                 .to_inbox(&user, InboxMsg::Detach { session: self.id });

@@ -197,7 +197,11 @@ fn group_to_wire(msg: GroupMsg) -> Option<(group_op::Op, Option<OnResponse>)> {
             expect(reply, messages),
         ),
         GroupMsg::Wake => (Op::Wake(Empty {}), None),
-        GroupMsg::Stop | GroupMsg::Persisted { .. } | GroupMsg::FanoutAck { .. } | GroupMsg::IdleCheck => {
+        GroupMsg::Stop
+        | GroupMsg::Persisted { .. }
+        | GroupMsg::FanoutAck { .. }
+        | GroupMsg::RetryFanout { .. }
+        | GroupMsg::IdleCheck => {
             return None;
         }
     })
@@ -456,4 +460,152 @@ pub fn refuse(remote: &Arc<Remote>, origin: &str, id: u64, why: String) {
         id,
         response::Result::Error(ChatError::BadRequest(why).to_proto()),
     );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cluster::ClusterView;
+    use chat_protocol::internal::{InboxOp, Request};
+    use std::sync::Mutex;
+
+    fn remote() -> Arc<Remote> {
+        Remote::new("here", ClusterView::default())
+    }
+
+    #[test]
+    fn requests_missing_parts_are_errors_not_panics() {
+        let r = remote();
+        let bare = Request {
+            id: 1,
+            origin: "there".into(),
+            hops: 0,
+            op: None,
+        };
+        assert!(from_request(bare, &r).is_err());
+        let no_inbox_op = Request {
+            id: 1,
+            origin: "there".into(),
+            hops: 0,
+            op: Some(request::Op::Inbox(InboxOp {
+                user: "bob".into(),
+                op: None,
+            })),
+        };
+        assert!(from_request(no_inbox_op, &r).is_err());
+        let bad_kind = Request {
+            id: 1,
+            origin: "there".into(),
+            hops: 0,
+            op: Some(request::Op::Inbox(InboxOp {
+                user: "bob".into(),
+                op: Some(inbox_op::Op::Append(inbox_op::Append {
+                    kind: 99,
+                    ..Default::default()
+                })),
+            })),
+        };
+        assert!(from_request(bad_kind, &r).is_err());
+        // A session of this node that has closed cannot be attached.
+        let gone = Request {
+            id: 1,
+            origin: "there".into(),
+            hops: 0,
+            op: Some(request::Op::Inbox(InboxOp {
+                user: "bob".into(),
+                op: Some(inbox_op::Op::Attach(inbox_op::Attach {
+                    node: "here".into(),
+                    session: 42,
+                })),
+            })),
+        };
+        assert!(from_request(gone, &r).is_err());
+        assert!(crate::remote::decode_envelope(&[0xff, 0xff, 0xff, 0x01, 0x02]).is_none());
+    }
+
+    /// Sends `target` through its wire form and back, answers it on the far side with
+    /// `answer`, and returns what the original reply received.
+    fn round_trip<T: Send + 'static>(
+        make: impl FnOnce(Reply<ChatResult<T>>) -> Target,
+        answer: impl FnOnce(Target),
+    ) -> ChatResult<T> {
+        let r = remote();
+        let got = Arc::new(Mutex::new(None));
+        let slot = got.clone();
+        let target = make(Box::new(move |v| *slot.lock().unwrap() = Some(v)));
+        let (op, on) = to_request(target, "here").expect("routable");
+        r.wait_for_response(9, on.expect("expects an answer"));
+        let req = Request {
+            id: 9,
+            origin: "here".into(),
+            hops: 1,
+            op: Some(op),
+        };
+        answer(from_request(req, &r).expect("decodes"));
+        got.lock().unwrap().take().expect("answered")
+    }
+
+    #[test]
+    fn an_append_crosses_both_ways_with_its_fields_and_its_answer() {
+        let got = round_trip(
+            |reply| {
+                Target::Inbox(
+                    "bob".into(),
+                    InboxMsg::Append {
+                        origin: b"origin".to_vec(),
+                        draft: Draft {
+                            from: "alice".into(),
+                            kind: ConversationKind::Group,
+                            conversation: "crew".into(),
+                            text: "hello".into(),
+                            group: Some((7, "g:crew:7".into(), 123)),
+                        },
+                        reply,
+                    },
+                )
+            },
+            |target| match target {
+                Target::Inbox(user, InboxMsg::Append { origin, draft, reply }) => {
+                    assert_eq!((user.as_str(), origin.as_slice()), ("bob", &b"origin"[..]));
+                    assert_eq!(draft.group, Some((7, "g:crew:7".into(), 123)));
+                    assert_eq!((draft.from.as_str(), draft.text.as_str()), ("alice", "hello"));
+                    assert_eq!(draft.kind, ConversationKind::Group);
+                    reply(Ok(Appended {
+                        message_id: "g:crew:7".into(),
+                        seq: 5,
+                        timestamp_ms: 123,
+                    }));
+                }
+                _ => panic!("not an append"),
+            },
+        );
+        assert_eq!(got.unwrap().seq, 5);
+    }
+
+    #[test]
+    fn errors_and_missing_accounts_come_back_as_sent() {
+        let err = round_trip(
+            |reply| {
+                Target::Group(
+                    "crew".into(),
+                    GroupMsg::Members {
+                        user: "eve".into(),
+                        reply,
+                    },
+                )
+            },
+            |target| target.fail(ChatError::NotAMember("crew".into())),
+        )
+        .unwrap_err();
+        assert_eq!(err.code(), v1::ErrorCode::NotAMember);
+        assert_eq!(err.to_string(), ChatError::NotAMember("crew".into()).to_string());
+        let missing = round_trip(
+            |reply| Target::Account("nobody".into(), AccountMsg::Get { reply }),
+            |target| match target {
+                Target::Account(_, AccountMsg::Get { reply }) => reply(Ok(None)),
+                _ => panic!("not an account get"),
+            },
+        );
+        assert_eq!(missing.unwrap(), None);
+    }
 }
