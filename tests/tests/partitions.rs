@@ -447,7 +447,10 @@ async fn after_a_node_restarts_its_users_get_pushes_again_and_group_fan_outs_com
     .await
     .unwrap();
     // The group is up, so the post is acknowledged; v's inbox is not, so its copy waits.
-    w_client.send_group(&group, "posted while r3 was down").await.unwrap();
+    w_client
+        .send_group(&group, "posted while r3 was down")
+        .await
+        .unwrap();
     let err = w_client.send_private(&v, "not now").await.unwrap_err();
     assert_eq!(err.code(), Some(ErrorCode::Unavailable));
 
@@ -462,4 +465,45 @@ async fn after_a_node_restarts_its_users_get_pushes_again_and_group_fan_outs_com
     .await
     .unwrap();
     assert_eq!(next_delivery(&mut v_rx).await.unwrap().text, "welcome back");
+}
+
+#[tokio::test]
+async fn a_whole_cluster_stopped_and_started_again_delivers_everything_acknowledged() {
+    let (mut nodes, _) = start(&["w1", "w2", "w3"]);
+    settled(&[&nodes[0], &nodes[1], &nodes[2]]).await;
+    let (sender, _) = nodes[0].user("sender").await.unwrap();
+    let receivers: Vec<String> = (0..9).map(|i| format!("away{i}")).collect();
+    sender.create_group("all").await.unwrap();
+    for (i, r) in receivers.iter().enumerate() {
+        let (c, _) = nodes[i % 3].user(r).await.unwrap();
+        c.join_group("all").await.unwrap();
+        c.logout().await.unwrap();
+    }
+    let mut acked: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for r in &receivers {
+        for k in 0..3 {
+            let text = format!("for {r} #{k}");
+            sender.send_private(r, &text).await.unwrap();
+            acked.entry(r.clone()).or_default().push(text);
+        }
+    }
+    sender.send_group("all", "to all").await.unwrap();
+    drop(sender);
+
+    // Stop every node (each hands its partitions to those still up), then start them all.
+    for n in nodes.iter_mut().rev() {
+        assert!(n.terminate().unwrap().success());
+    }
+    for n in nodes.iter_mut() {
+        n.restart().unwrap();
+    }
+    settled(&[&nodes[0], &nodes[1], &nodes[2]]).await;
+    for (i, r) in receivers.iter().enumerate() {
+        let (c, _, ok) = nodes[(i + 1) % 3].login(r).await.unwrap();
+        assert_eq!(ok.delivered_seq, 0);
+        let texts: Vec<String> = c.sync_all(0).await.unwrap().into_iter().map(|d| d.text).collect();
+        let mut want = acked[r].clone();
+        want.push("to all".into());
+        assert_eq!(texts, want, "{r}");
+    }
 }
