@@ -85,6 +85,7 @@ struct LocalView {
     members: Vec<String>,
     left: Vec<String>,
     leaving: bool,
+    holds: Vec<u8>,
 }
 
 impl ClusterView {
@@ -116,11 +117,12 @@ impl ClusterView {
     }
 
     /// Sets what this node tells its peers about the membership.
-    pub fn set_local(&self, members: Vec<String>, left: Vec<String>, leaving: bool) {
+    pub fn set_local(&self, members: Vec<String>, left: Vec<String>, leaving: bool, holds: Vec<u8>) {
         self.inner.lock().expect("view lock").local = LocalView {
             members,
             left,
             leaving,
+            holds,
         };
     }
 
@@ -129,6 +131,7 @@ impl ClusterView {
         card.members = local.members;
         card.left = local.left;
         card.leaving = local.leaving;
+        card.holds = local.holds;
     }
 
     fn seen(&self, cell: ActorCell, card: NodeCard) {

@@ -79,6 +79,13 @@ impl Remote {
         &self.me
     }
 
+    /// Queues a push for a session on `node`. False only if the link is gone; a full
+    /// link drops the push but keeps the session attached (pushes are a shortcut: the
+    /// client sees the gap in seqs, and the entry waits in the inbox for its sync).
+    pub fn push(self: &Arc<Self>, node: &str, push: SessionPush) -> bool {
+        self.send(node, item::Body::Push(push)) || self.links.lock().expect("links lock").contains_key(node)
+    }
+
     /// Queues `body` for `node`; false if its link is full.
     pub fn send(self: &Arc<Self>, node: &str, body: item::Body) -> bool {
         let item = Item { body: Some(body) };

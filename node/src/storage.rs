@@ -13,7 +13,7 @@
 //! `scope(name)` is a length byte then the name, so no name's keys are a
 //! prefix of another's.
 
-use crate::partition::{Entity, PARTITIONS, partition};
+use crate::partition::{Entity, PARTITIONS, Partition, partition};
 use chat_protocol::internal::{AccountRecord, GroupMessage, GroupRecord, InboxEntry, InboxMeta, TokenRecord};
 use prost::Message;
 use std::path::Path;
@@ -106,6 +106,10 @@ impl TreeId {
 const META_HELD: &[u8] = b"held";
 /// Meta key: the cluster members this node knows, newline-separated.
 const META_MEMBERS: &[u8] = b"members";
+/// Meta key: nodes known to have left, newline-separated.
+const META_LEFT: &[u8] = b"left";
+/// Meta key: partitions handed off but not yet acknowledged, as `partition node` lines.
+const META_GIVING: &[u8] = b"giving";
 
 /// One stored record of a partition, as a handoff ships it.
 pub type Record = (TreeId, Vec<u8>, Vec<u8>);
@@ -133,9 +137,13 @@ pub fn suffix_key(name: &str, kind: u8, suffix: &[u8]) -> Vec<u8> {
     key
 }
 
+/// The big-endian seq at the end of a key or value; 0 if it is too short (a corrupt
+/// record, for example one shipped by a faulty peer, must not panic the node).
 fn seq_of(key: &[u8]) -> u64 {
-    let tail: [u8; 8] = key[key.len() - 8..].try_into().expect("seq keys end in 8 bytes");
-    u64::from_be_bytes(tail)
+    key.len()
+        .checked_sub(8)
+        .and_then(|start| key[start..].try_into().ok())
+        .map_or(0, u64::from_be_bytes)
 }
 
 /// Milliseconds since the Unix epoch.
@@ -350,11 +358,10 @@ impl Storage {
         writes.put(TreeId::Meta, META_HELD, bits);
     }
 
-    /// The cluster members recorded here.
-    pub fn members(&self) -> Result<Vec<String>> {
+    fn meta_lines(&self, key: &[u8]) -> Result<Vec<String>> {
         Ok(self
             .meta
-            .get(META_MEMBERS)?
+            .get(key)?
             .map(|v| {
                 String::from_utf8_lossy(&v)
                     .split('\n')
@@ -365,10 +372,48 @@ impl Storage {
             .unwrap_or_default())
     }
 
-    /// Adds the write of the member list to `writes`.
-    pub fn put_members<'a>(writes: &mut Writes, members: impl IntoIterator<Item = &'a String>) {
+    /// The cluster members recorded here.
+    pub fn members(&self) -> Result<Vec<String>> {
+        self.meta_lines(META_MEMBERS)
+    }
+
+    /// The nodes recorded as having left.
+    pub fn left_nodes(&self) -> Result<Vec<String>> {
+        self.meta_lines(META_LEFT)
+    }
+
+    /// Partitions handed off but not acknowledged, with the node they went to.
+    pub fn giving(&self) -> Result<Vec<(Partition, String)>> {
+        Ok(self
+            .meta_lines(META_GIVING)?
+            .iter()
+            .filter_map(|line| {
+                let (p, node) = line.split_once(' ')?;
+                let p: Partition = p.parse().ok().filter(|p| *p < PARTITIONS)?;
+                Some((p, node.to_owned()))
+            })
+            .collect())
+    }
+
+    /// Adds the writes of the member list and the departed nodes to `writes`.
+    pub fn put_members<'a>(
+        writes: &mut Writes,
+        members: impl IntoIterator<Item = &'a String>,
+        left: impl IntoIterator<Item = &'a String>,
+    ) {
         let joined: Vec<&str> = members.into_iter().map(String::as_str).collect();
         writes.put(TreeId::Meta, META_MEMBERS, joined.join("\n"));
+        let gone: Vec<&str> = left.into_iter().map(String::as_str).collect();
+        writes.put(TreeId::Meta, META_LEFT, gone.join("\n"));
+    }
+
+    /// Adds the write of the unacknowledged handoffs to `writes`.
+    pub fn put_giving<'a>(
+        writes: &mut Writes,
+        giving: impl IntoIterator<Item = (&'a Partition, &'a String)>,
+    ) {
+        let lines: Vec<String> = giving.into_iter().map(|(p, n)| format!("{p} {n}")).collect();
+        writes.put(TreeId::Meta, META_GIVING, lines.join("\n"));
     }
 
     /// Every record of the given partitions, in every data tree. A full scan: handoffs
@@ -404,25 +449,37 @@ impl Storage {
     /// Creates the account unless the name is taken; returns false if taken.
     /// Durable when this returns true.
     pub async fn create_account(&self, user: &str, record: &AccountRecord) -> Result<bool> {
-        let created = self
-            .accounts
-            .compare_and_swap(user.as_bytes(), None::<&[u8]>, Some(record.encode_to_vec()))?
-            .is_ok();
+        let created = self.try_create_account(user, record)?;
         if created {
             self.barrier().await?;
         }
         Ok(created)
     }
 
+    /// Creates the account unless the name is taken, at once but not yet durably
+    /// ([`Storage::barrier`] makes it durable); returns false if taken.
+    pub fn try_create_account(&self, user: &str, record: &AccountRecord) -> Result<bool> {
+        Ok(self
+            .accounts
+            .compare_and_swap(user.as_bytes(), None::<&[u8]>, Some(record.encode_to_vec()))?
+            .is_ok())
+    }
+
+    /// The write that stores (Some) or revokes (None) a token of `user`.
+    pub fn token_write(user: &str, token: &str, record: Option<&TokenRecord>) -> Writes {
+        let mut writes = Writes::default();
+        let key = suffix_key(user, 0, token.as_bytes());
+        match record {
+            Some(r) => writes.put(TreeId::Tokens, key, r.encode_to_vec()),
+            None => writes.del(TreeId::Tokens, key),
+        }
+        writes
+    }
+
     /// Stores a session token of `user`; durable when this returns.
     pub async fn put_token(&self, user: &str, token: &str, record: &TokenRecord) -> Result<()> {
-        let mut writes = Writes::default();
-        writes.put(
-            TreeId::Tokens,
-            suffix_key(user, 0, token.as_bytes()),
-            record.encode_to_vec(),
-        );
-        self.commit_wait(writes).await
+        self.commit_wait(Self::token_write(user, token, Some(record)))
+            .await
     }
 
     /// The token record of `user`, if the token exists.
@@ -432,9 +489,7 @@ impl Storage {
 
     /// Removes a token of `user`.
     pub async fn revoke_token(&self, user: &str, token: &str) -> Result<()> {
-        let mut writes = Writes::default();
-        writes.del(TreeId::Tokens, suffix_key(user, 0, token.as_bytes()));
-        self.commit_wait(writes).await
+        self.commit_wait(Self::token_write(user, token, None)).await
     }
 
     // ---- inboxes ------------------------------------------------------------
@@ -719,5 +774,49 @@ mod tests {
         let (_dir, s) = open();
         s.accounts.insert("mallory", &[0xff, 0xff, 0xff][..]).unwrap();
         assert!(matches!(s.account("mallory"), Err(StorageError::Corrupt(_))));
+        // Records a faulty peer could hand off: a dedupe value and a seq key too short
+        // to hold a seq. Reading them must not panic.
+        let mut w = Writes::default();
+        w.put(TreeId::Inbox, suffix_key("bob", kind::ORIGIN, b"o"), [1u8, 2]);
+        w.put(
+            TreeId::Inbox,
+            scoped("bob", kind::ENTRY),
+            entry("short key").encode_to_vec(),
+        );
+        s.commit_wait(w).await.unwrap();
+        assert_eq!(s.inbox_origin("bob", b"o").unwrap(), Some(0));
+        let _ = s.inbox_after("bob", 0, 10);
+        let _ = s.inbox_before("bob", u64::MAX, 10, 100, |_| true);
+    }
+
+    #[tokio::test]
+    async fn an_export_holds_exactly_the_records_of_its_partitions() {
+        let (_dir, s) = open();
+        let mut w = Writes::default();
+        for user in ["ann", "ben", "cat", "dan"] {
+            append(&mut w, user, 1, "hi");
+            w.put(TreeId::Accounts, user, b"acct");
+        }
+        w.put(TreeId::Groups, scoped("club", kind::META), b"meta");
+        w.put(TreeId::Fanout, "club", b"");
+        Storage::put_held(&mut w, &[true; PARTITIONS as usize]);
+        s.commit_wait(w).await.unwrap();
+        let mut set = vec![false; PARTITIONS as usize];
+        set[crate::partition::of_user("ben") as usize] = true;
+        set[crate::partition::of_group("club") as usize] = true;
+        let records = s.export(&set).unwrap();
+        for (tree, key, _) in &records {
+            let p = tree.partition_of(key).expect("a data record");
+            assert!(
+                set[p as usize],
+                "{tree:?} {key:?} is not in the exported partitions"
+            );
+        }
+        // ben's account and inbox entry, the group's meta and fan-out marker; never the meta tree.
+        let trees: Vec<TreeId> = records.iter().map(|r| r.0).collect();
+        assert!(trees.contains(&TreeId::Accounts) && trees.contains(&TreeId::Inbox));
+        assert!(trees.contains(&TreeId::Groups) && trees.contains(&TreeId::Fanout));
+        assert!(!trees.contains(&TreeId::Meta));
+        assert_eq!(TreeId::from_number(TreeId::Meta.number()), None);
     }
 }

@@ -507,3 +507,48 @@ async fn a_whole_cluster_stopped_and_started_again_delivers_everything_acknowled
         assert_eq!(texts, want, "{r}");
     }
 }
+
+#[tokio::test]
+async fn a_joining_node_killed_during_its_takeover_and_restarted_loses_nothing() {
+    let (nodes, seed) = start(&["k1", "k2", "k3"]);
+    settled(&[&nodes[0], &nodes[1], &nodes[2]]).await;
+    let four = ["k1", "k2", "k3", "k4"];
+    // Receivers whose inboxes will move to k4, each with a stored backlog.
+    let movers: Vec<String> = (0..2000)
+        .map(|i| format!("mv{i}"))
+        .filter(|u| partition::owner(four, partition::of_user(u)) == Some("k4"))
+        .take(8)
+        .collect();
+    let (sender, _) = nodes[0].user("sender").await.unwrap();
+    for r in &movers {
+        nodes[1]
+            .connect()
+            .await
+            .unwrap()
+            .0
+            .register(r, &chat_tests::password(r))
+            .await
+            .unwrap();
+        for k in 0..20 {
+            sender.send_private(r, &format!("{r} {k}")).await.unwrap();
+        }
+    }
+    let mut k4 = Node::start_with(NodeOpts::member("k4", free_port(), &[seed], COOKIE)).unwrap();
+    // Kill it as soon as partitions start moving to it.
+    wait_for("the takeover to start", DEADLINE, || async {
+        let s = cluster_status(&k4).await?;
+        let p = &s["partitions"];
+        (p["moving"].as_u64()? > 0 || p["held"].as_u64()? > 0).then_some(())
+    })
+    .await
+    .unwrap();
+    k4.kill9();
+    k4.restart().unwrap();
+    settled(&[&nodes[0], &nodes[1], &nodes[2], &k4]).await;
+    for r in &movers {
+        let (c, _, _) = k4.login(r).await.unwrap();
+        let texts: Vec<String> = c.sync_all(0).await.unwrap().into_iter().map(|d| d.text).collect();
+        let want: Vec<String> = (0..20).map(|k| format!("{r} {k}")).collect();
+        assert_eq!(texts, want, "{r}");
+    }
+}

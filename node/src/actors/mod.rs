@@ -90,12 +90,12 @@ impl SessionRef {
         seq: u64,
         frame: Bytes,
     ) -> bool {
-        use chat_protocol::internal::{SessionPush, item};
+        use chat_protocol::internal::SessionPush;
         let push = SessionPush {
             session: self.id,
             seq,
             frame: frame.to_vec(),
         };
-        remote.send(node, item::Body::Push(push))
+        remote.push(node, push)
     }
 }

@@ -55,6 +55,11 @@ const WAIT_LIMIT: Duration = Duration::from_secs(10);
 const ROUND_LIMIT: Duration = Duration::from_secs(2);
 /// Bytes of records per handoff chunk.
 const CHUNK_BYTES: usize = 1 << 20;
+/// A handoff that sends nothing for this long is asked for again (the giver ships
+/// it again: handoffs are idempotent).
+const RECEIVE_LIMIT: Duration = Duration::from_secs(30);
+/// How often a giver repeats its HandoffDone until the new holder acknowledges it.
+const DONE_REPEAT: Duration = Duration::from_secs(5);
 
 /// How the registry starts inboxes and groups.
 #[derive(Clone)]
@@ -234,6 +239,11 @@ pub enum RegistryMsg {
         /// The partitions.
         partitions: Vec<Partition>,
     },
+    /// Internal: the local copy of these partitions is deleted.
+    Forgotten {
+        /// The partitions.
+        partitions: Vec<Partition>,
+    },
     /// Internal: compare the view with the partition map.
     Tick,
 }
@@ -373,8 +383,15 @@ pub struct RegistryState {
     next_round: u64,
     /// Partitions on their way here, by the node sending them.
     receiving: HashMap<Partition, String>,
-    /// Partitions on their way out, by the node receiving them (until it acknowledges).
+    /// When each of them last showed progress.
+    receiving_seen: HashMap<Partition, Instant>,
+    /// Partitions on their way out, by the node receiving them (until it acknowledges;
+    /// stored, so that a restart resumes the handoff instead of serving them again).
     giving: HashMap<Partition, String>,
+    /// When the HandoffDone of the unacknowledged handoffs was last sent.
+    done_sent: Instant,
+    /// Partitions whose local copy is being deleted; not asked for until it is gone.
+    forgetting: BTreeSet<Partition>,
     /// Requests for partitions being taken over.
     waiting: HashMap<Partition, VecDeque<(Instant, Target)>>,
     waiting_count: usize,
@@ -418,7 +435,7 @@ impl Actor for Registry {
             groups: HashMap::new(),
             online: BTreeMap::new(),
             members,
-            left: BTreeSet::new(),
+            left: args.storage.left_nodes()?.into_iter().collect(),
             up: BTreeSet::new(),
             joined: args.seeds.is_empty(),
             seeds: (args.seeds.iter().cloned().collect(), resolved),
@@ -428,7 +445,10 @@ impl Actor for Registry {
             round: None,
             next_round: 1,
             receiving: HashMap::new(),
-            giving: HashMap::new(),
+            receiving_seen: HashMap::new(),
+            giving: args.storage.giving()?.into_iter().collect(),
+            done_sent: Instant::now(),
+            forgetting: BTreeSet::new(),
             waiting: HashMap::new(),
             waiting_count: 0,
             args,
@@ -539,11 +559,19 @@ impl Actor for Registry {
                 state.members.remove(&state.args.node);
                 state.leaving = true;
                 state.leave_reply = Some((deadline, reply));
+                state.persist_members();
                 state.publish();
+                // Requests waiting for partitions this node would have taken go elsewhere.
+                state.release_waiting(|_| true).await;
                 state.check_left();
             }
             RegistryMsg::Handoff(body) => state.handoff(body).await,
             RegistryMsg::Installed { from, partitions } => state.installed(from, partitions).await,
+            RegistryMsg::Forgotten { partitions } => {
+                for p in partitions {
+                    state.forgetting.remove(&p);
+                }
+            }
             RegistryMsg::Tick => state.tick().await,
         }
         Ok(())
@@ -649,19 +677,35 @@ impl RegistryState {
             self.members.iter().cloned().collect(),
             self.left.iter().cloned().collect(),
             self.leaving,
+            self.holds_bitmap(),
         );
+    }
+
+    /// The partitions whose data is here: held, or handed off but not acknowledged.
+    fn holds_bitmap(&self) -> Vec<u8> {
+        let mut bits = vec![0u8; PARTITIONS as usize / 8];
+        for p in 0..PARTITIONS as usize {
+            if self.held[p] || self.giving.contains_key(&(p as Partition)) {
+                bits[p / 8] |= 1 << (p % 8);
+            }
+        }
+        bits
     }
 
     fn persist_members(&self) {
         let mut w = Writes::default();
-        Storage::put_members(&mut w, &self.members);
+        Storage::put_members(&mut w, &self.members, &self.left);
         self.args.storage.commit(w, Box::new(|_| {}));
     }
 
+    /// Queues the write of the held partitions and the unacknowledged handoffs, and
+    /// tells the peers.
     fn persist_held(&self) {
         let mut w = Writes::default();
         Storage::put_held(&mut w, &self.held);
+        Storage::put_giving(&mut w, &self.giving);
         self.args.storage.commit(w, Box::new(|_| {}));
+        self.publish();
     }
 
     async fn tick(&mut self) {
@@ -676,10 +720,44 @@ impl RegistryState {
             tracing::debug!("takeover round timed out; retrying");
             self.round = None;
         }
+        let now = Instant::now();
+        let stalled: Vec<Partition> = self
+            .receiving_seen
+            .iter()
+            .filter(|(_, seen)| now - **seen > RECEIVE_LIMIT)
+            .map(|(p, _)| *p)
+            .collect();
+        for p in stalled {
+            tracing::warn!(partition = p, from = ?self.receiving.get(&p), "handoff stalled; asking again");
+            self.receiving.remove(&p);
+            self.receiving_seen.remove(&p);
+        }
+        if !self.giving.is_empty() && now - self.done_sent > DONE_REPEAT {
+            self.repeat_done();
+        }
         if self.round.is_none() && self.joined && !self.leaving {
             self.start_round().await;
         }
         self.check_left();
+    }
+
+    /// Sends HandoffDone again for every handoff not acknowledged yet: a new holder that
+    /// has the partition acknowledges it again (its first answer may have been lost).
+    fn repeat_done(&mut self) {
+        self.done_sent = Instant::now();
+        let mut by_node: BTreeMap<&String, Vec<u32>> = BTreeMap::new();
+        for (p, node) in &self.giving {
+            by_node.entry(node).or_default().push(u32::from(*p));
+        }
+        for (node, partitions) in by_node {
+            if self.up.contains(node) {
+                let done = HandoffDone {
+                    from: self.me().to_owned(),
+                    partitions,
+                };
+                self.args.remote.send(node, item::Body::HandoffDone(done));
+            }
+        }
     }
 
     /// Folds the heartbeat view into the member list.
@@ -809,6 +887,8 @@ impl RegistryState {
             .filter(|p| {
                 !self.held[*p as usize]
                     && !self.receiving.contains_key(p)
+                    && !self.giving.contains_key(p)
+                    && !self.forgetting.contains(p)
                     && self.owner(*p) == Some(self.me())
             })
             .collect();
@@ -857,16 +937,31 @@ impl RegistryState {
             return;
         }
         let round = self.round.take().expect("checked above");
-        // A partition nobody holds is new only if every member has said so.
+        // A partition nobody holds is new only if every member has said so, and no node
+        // that did not answer (down, or gone) last said it has the partition's data.
         let everyone = self
             .members
             .iter()
             .all(|m| m == self.me() || round.answered.contains(m));
+        let silent_holds: Vec<Vec<u8>> = self
+            .args
+            .view
+            .peers()
+            .into_iter()
+            .filter(|p| !round.answered.contains(&p.card.name))
+            .map(|p| p.card.holds)
+            .collect();
+        let held_elsewhere = |p: Partition| {
+            silent_holds
+                .iter()
+                .any(|bits| bits.get(p as usize / 8).is_some_and(|b| b & (1 << (p % 8)) != 0))
+        };
         let mut claimed = Vec::new();
         for p in round.partitions {
             let all_said_no = round.not_held.get(&p).copied().unwrap_or(0) == round.expect.len();
             if everyone
                 && all_said_no
+                && !held_elsewhere(p)
                 && !round.refused.contains(&p)
                 && !self.receiving.contains_key(&p)
                 && self.owner(p) == Some(self.me())
@@ -892,6 +987,7 @@ impl RegistryState {
             item::Body::TakeoverAnswer(answer) => {
                 for p in answer.given.iter().filter_map(|p| valid_partition(*p)) {
                     self.receiving.insert(p, answer.from.clone());
+                    self.receiving_seen.insert(p, Instant::now());
                 }
                 if let Some(round) = self.round.as_mut().filter(|r| r.id == answer.round) {
                     if round.expect.contains(&answer.from) && round.answered.insert(answer.from.clone()) {
@@ -936,6 +1032,19 @@ impl RegistryState {
                         }
                     });
                 }
+                // A repeated HandoffDone for partitions already installed here: acknowledge again.
+                let reack: Vec<u32> = parts
+                    .iter()
+                    .filter(|p| self.held[**p as usize] && self.receiving.get(p) != Some(&done.from))
+                    .map(|p| u32::from(*p))
+                    .collect();
+                if !reack.is_empty() {
+                    let ack = HandoffDone {
+                        from: self.me().to_owned(),
+                        partitions: reack,
+                    };
+                    self.args.remote.send(&done.from, item::Body::HandoffDone(ack));
+                }
                 let acked: Vec<Partition> = parts
                     .into_iter()
                     .filter(|p| self.giving.get(p) == Some(&done.from))
@@ -956,21 +1065,24 @@ impl RegistryState {
             ..Default::default()
         };
         let mut give = Vec::new();
+        // A node that has not met the cluster yet cannot speak for it, and data can only
+        // be shipped to a node this one can reach.
+        let can_answer = self.joined && self.up.contains(&asker);
         for p in ask.partitions.iter().filter_map(|p| valid_partition(*p)) {
-            // A node that has not met the cluster yet cannot speak for it.
-            let theirs = self.joined && self.owner(p) == Some(asker.as_str());
+            let theirs = can_answer && self.owner(p) == Some(asker.as_str());
             let wire = u32::from(p);
             if !theirs {
                 answer.refused.push(wire);
-            } else if self.held[p as usize] {
+            } else if self.held[p as usize] || self.giving.get(&p) == Some(&asker) {
+                // Held, or shipped to the asker before and not acknowledged (lost, or the
+                // asker restarted): ship it (again; installing twice is harmless).
                 answer.given.push(wire);
                 give.push(p);
-            } else if self.receiving.contains_key(&p)
+            } else if self.giving.contains_key(&p)
+                || self.receiving.contains_key(&p)
+                || self.forgetting.contains(&p)
                 || self.round.as_ref().is_some_and(|r| r.partitions.contains(&p))
             {
-                answer.refused.push(wire);
-            } else if self.giving.contains_key(&p) {
-                // Already on its way to the asker.
                 answer.refused.push(wire);
             } else {
                 answer.not_held.push(wire);
@@ -991,6 +1103,10 @@ impl RegistryState {
             self.held[*p as usize] = false;
             self.giving.insert(*p, to.clone());
         }
+        // Recorded before anything is shipped (the export waits for a barrier behind
+        // it): after a crash this node resumes the handoff instead of serving them.
+        self.persist_held();
+        self.done_sent = Instant::now();
         let mut inboxes = Vec::new();
         let users: Vec<String> = self
             .inboxes
@@ -1106,6 +1222,11 @@ impl RegistryState {
 
     fn install_chunk(&mut self, chunk: HandoffChunk) {
         let from = chunk.from;
+        for (p, giver) in &self.receiving {
+            if *giver == from {
+                self.receiving_seen.insert(*p, Instant::now());
+            }
+        }
         let mut writes = Writes::default();
         let mut dropped = 0;
         for r in chunk.records {
@@ -1157,6 +1278,7 @@ impl RegistryState {
         for p in partitions {
             if self.receiving.get(&p) == Some(&from) {
                 self.receiving.remove(&p);
+                self.receiving_seen.remove(&p);
                 self.held[p as usize] = true;
                 now_held.push(p);
             }
@@ -1167,9 +1289,11 @@ impl RegistryState {
         tracing::info!(from = %from, partitions = now_held.len(), "partitions taken over");
         let mut w = Writes::default();
         Storage::put_held(&mut w, &self.held);
+        Storage::put_giving(&mut w, &self.giving);
         if let Err(e) = self.args.storage.commit_wait(w).await {
             tracing::error!(error = %e, "cannot record held partitions");
         }
+        self.publish();
         let done = HandoffDone {
             from: self.me().to_owned(),
             partitions: now_held.iter().map(|p| u32::from(*p)).collect(),
@@ -1189,19 +1313,23 @@ impl RegistryState {
     /// The new holder has the data of `parts`: delete this node's copy.
     fn forget(&mut self, parts: &[Partition]) {
         let mut set = vec![false; PARTITIONS as usize];
+        let mut forgotten = Vec::new();
         for p in parts {
             self.giving.remove(p);
             if !self.held[*p as usize] {
                 set[*p as usize] = true;
+                // Not asked for again until the copy is gone, so the delete below
+                // cannot remove records that came back meanwhile.
+                self.forgetting.insert(*p);
+                forgotten.push(*p);
             }
         }
-        let mut held = Writes::default();
-        Storage::put_held(&mut held, &self.held);
-        let storage = self.args.storage.clone();
+        self.persist_held();
+        let (storage, registry) = (self.args.storage.clone(), self.router.registry().clone());
         tokio::spawn(async move {
             let s = storage.clone();
             let records = tokio::task::spawn_blocking(move || s.export(&set)).await;
-            let mut w = held;
+            let mut w = Writes::default();
             if let Ok(Ok(records)) = records {
                 for (tree, key, _) in records {
                     w.del(tree, key);
@@ -1210,6 +1338,9 @@ impl RegistryState {
             if let Err(e) = storage.commit_wait(w).await {
                 tracing::error!(error = %e, "cannot delete handed-off partitions");
             }
+            let _ = registry.cast(RegistryMsg::Forgotten {
+                partitions: forgotten,
+            });
         });
         self.check_left();
     }
@@ -1257,29 +1388,26 @@ fn account(storage: &Storage, user: String, msg: AccountMsg) {
     match msg {
         AccountMsg::Get { reply } => reply(storage.account(&user).map_err(Into::into)),
         AccountMsg::GetToken { token, reply } => reply(storage.token(&user, &token).map_err(Into::into)),
-        AccountMsg::Create { record, reply } => {
-            let storage = storage.clone();
-            tokio::spawn(async move {
-                reply(storage.create_account(&user, &record).await.map_err(Into::into));
-            });
-        }
-        AccountMsg::PutToken { token, record, reply } => {
-            let storage = storage.clone();
-            tokio::spawn(async move {
-                reply(
-                    storage
-                        .put_token(&user, &token, &record)
-                        .await
-                        .map_err(Into::into),
+        // Writes are applied or queued here, not in a task, so that a handoff's export
+        // (which waits for a barrier queued after them) cannot miss them.
+        AccountMsg::Create { record, reply } => match storage.try_create_account(&user, &record) {
+            Ok(true) => {
+                let storage = storage.clone();
+                tokio::spawn(
+                    async move { reply(storage.barrier().await.map(|()| true).map_err(Into::into)) },
                 );
-            });
-        }
-        AccountMsg::RevokeToken { token, reply } => {
-            let storage = storage.clone();
-            tokio::spawn(async move {
-                reply(storage.revoke_token(&user, &token).await.map_err(Into::into));
-            });
-        }
+            }
+            Ok(false) => reply(Ok(false)),
+            Err(e) => reply(Err(e.into())),
+        },
+        AccountMsg::PutToken { token, record, reply } => storage.commit(
+            Storage::token_write(&user, &token, Some(&record)),
+            Box::new(move |r| reply(r.map_err(Into::into))),
+        ),
+        AccountMsg::RevokeToken { token, reply } => storage.commit(
+            Storage::token_write(&user, &token, None),
+            Box::new(move |r| reply(r.map_err(Into::into))),
+        ),
     }
 }
 
