@@ -17,7 +17,7 @@ use chat_protocol::internal::{Envelope, Item, Request, Response, SessionPush, it
 use prost::Message;
 use ractor::ActorRef;
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::mpsc;
@@ -25,6 +25,8 @@ use tokio::time::Instant;
 
 /// Items one link may queue before it refuses more.
 pub const LINK_QUEUE: usize = 65_536;
+/// Bytes (encoded) one link may queue before it refuses more.
+pub const LINK_BYTES: usize = 64 << 20;
 /// Most items in one envelope.
 pub const MAX_BATCH_ITEMS: usize = 1024;
 /// Envelopes stop growing past this many bytes (ractor_cluster refuses frames over 16 MiB).
@@ -34,6 +36,12 @@ pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Runs with the response to a request (or the reason there is none).
 pub type OnResponse = Box<dyn FnOnce(ChatResult<response::Result>) + Send>;
+
+/// The queue to one peer, bounded in items and in bytes.
+struct Link {
+    tx: mpsc::Sender<Item>,
+    bytes: Arc<AtomicUsize>,
+}
 
 struct Waiting {
     node: String,
@@ -45,7 +53,7 @@ struct Waiting {
 pub struct Remote {
     me: String,
     view: ClusterView,
-    links: Mutex<HashMap<String, mpsc::Sender<Item>>>,
+    links: Mutex<HashMap<String, Link>>,
     pending: Mutex<HashMap<u64, Waiting>>,
     next_id: AtomicU64,
     sessions: Mutex<HashMap<u64, LocalSession>>,
@@ -89,19 +97,29 @@ impl Remote {
     /// Queues `body` for `node`; false if its link is full.
     pub fn send(self: &Arc<Self>, node: &str, body: item::Body) -> bool {
         let item = Item { body: Some(body) };
+        let size = item.encoded_len();
         let mut links = self.links.lock().expect("links lock");
         let link = links.entry(node.to_owned()).or_insert_with(|| {
             let (tx, rx) = mpsc::channel(LINK_QUEUE);
-            tokio::spawn(pump(Arc::downgrade(self), node.to_owned(), rx));
-            tx
+            let bytes = Arc::new(AtomicUsize::new(0));
+            tokio::spawn(pump(Arc::downgrade(self), node.to_owned(), rx, bytes.clone()));
+            Link { tx, bytes }
         });
-        match link.try_send(item) {
+        // Counted before it is queued, so the pump never subtracts what was not added.
+        if link.bytes.fetch_add(size, Ordering::Relaxed) + size > LINK_BYTES {
+            link.bytes.fetch_sub(size, Ordering::Relaxed);
+            tracing::warn!(peer = node, "link full (bytes); refusing");
+            return false;
+        }
+        match link.tx.try_send(item) {
             Ok(()) => true,
-            Err(mpsc::error::TrySendError::Full(_)) => {
-                tracing::warn!(peer = node, "link full; refusing");
+            Err(e) => {
+                link.bytes.fetch_sub(size, Ordering::Relaxed);
+                if matches!(e, mpsc::error::TrySendError::Full(_)) {
+                    tracing::warn!(peer = node, "link full; refusing");
+                }
                 false
             }
-            Err(mpsc::error::TrySendError::Closed(_)) => false,
         }
     }
 
@@ -284,7 +302,12 @@ impl Remote {
 }
 
 /// Drains one link: packs waiting items into envelopes and casts them to the peer.
-async fn pump(remote: std::sync::Weak<Remote>, peer: String, mut rx: mpsc::Receiver<Item>) {
+async fn pump(
+    remote: std::sync::Weak<Remote>,
+    peer: String,
+    mut rx: mpsc::Receiver<Item>,
+    queued: Arc<AtomicUsize>,
+) {
     let mut batch: Vec<Item> = Vec::new();
     while let Some(first) = rx.recv().await {
         let mut bytes = first.encoded_len();
@@ -298,6 +321,7 @@ async fn pump(remote: std::sync::Weak<Remote>, peer: String, mut rx: mpsc::Recei
                 Err(_) => break,
             }
         }
+        queued.fetch_sub(bytes, Ordering::Relaxed);
         let Some(remote) = remote.upgrade() else {
             return;
         };
@@ -335,5 +359,48 @@ pub fn decode_envelope(bytes: &[u8]) -> Option<Vec<Item>> {
             tracing::warn!(error = %e, len = bytes.len(), "undecodable envelope from a peer; dropped");
             None
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_link_refuses_what_would_exceed_its_byte_bound_and_fails_requests_it_cannot_send() {
+        let remote = Remote::new("here", ClusterView::default());
+        let huge = SessionPush {
+            session: 1,
+            seq: 1,
+            frame: vec![0; LINK_BYTES + 1],
+        };
+        assert!(!remote.send("there", item::Body::Push(huge)));
+        let small = SessionPush {
+            session: 1,
+            seq: 2,
+            frame: vec![0; 16],
+        };
+        assert!(remote.send("there", item::Body::Push(small)));
+
+        // "there" is not up: a request to it is answered UNAVAILABLE, not left waiting.
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let op = request::Op::Account(chat_protocol::internal::AccountOp {
+            user: "bob".into(),
+            op: None,
+        });
+        remote.request(
+            "there",
+            0,
+            op,
+            Box::new(move |r| {
+                let _ = tx.send(r);
+            }),
+        );
+        let answer = tokio::time::timeout(Duration::from_secs(5), rx)
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(matches!(answer, Err(ChatError::Unavailable(_))), "{answer:?}");
+        assert_eq!(remote.waiting(), 0);
     }
 }

@@ -420,6 +420,24 @@ impl Storage {
     /// are rare, and one scan serves all the partitions moving to one node.
     pub fn export(&self, partitions: &[bool]) -> Result<Vec<Record>> {
         let mut out = Vec::new();
+        self.export_chunks(partitions, usize::MAX, |chunk| {
+            out.extend(chunk);
+            true
+        })?;
+        Ok(out)
+    }
+
+    /// Like [`Storage::export`], handed to `take` in chunks of about `chunk_bytes`, so
+    /// that a large share never sits in memory at once. Stops early when `take` returns
+    /// false. Blocking: run it on a blocking thread.
+    pub fn export_chunks(
+        &self,
+        partitions: &[bool],
+        chunk_bytes: usize,
+        mut take: impl FnMut(Vec<Record>) -> bool,
+    ) -> Result<()> {
+        let mut chunk = Vec::new();
+        let mut bytes = 0usize;
         for tree in TREES {
             for item in self.tree(tree).iter() {
                 let (k, v) = item?;
@@ -427,11 +445,21 @@ impl Storage {
                     continue;
                 };
                 if partitions[partition(entity) as usize] {
-                    out.push((tree, k.to_vec(), v.to_vec()));
+                    bytes += k.len() + v.len() + 8;
+                    chunk.push((tree, k.to_vec(), v.to_vec()));
+                    if bytes >= chunk_bytes {
+                        bytes = 0;
+                        if !take(std::mem::take(&mut chunk)) {
+                            return Ok(());
+                        }
+                    }
                 }
             }
         }
-        Ok(out)
+        if !chunk.is_empty() {
+            take(chunk);
+        }
+        Ok(())
     }
 
     /// Bytes sled uses on disk.
@@ -818,5 +846,14 @@ mod tests {
         assert!(trees.contains(&TreeId::Groups) && trees.contains(&TreeId::Fanout));
         assert!(!trees.contains(&TreeId::Meta));
         assert_eq!(TreeId::from_number(TreeId::Meta.number()), None);
+        // In small chunks: the same records, split.
+        let mut chunks = Vec::new();
+        s.export_chunks(&set, 16, |c| {
+            chunks.push(c);
+            true
+        })
+        .unwrap();
+        assert!(chunks.len() > 1, "{} chunks", chunks.len());
+        assert_eq!(chunks.concat(), records);
     }
 }

@@ -158,6 +158,9 @@ pub enum InboxMsg {
         /// Gets the names.
         reply: Reply<ChatResult<Vec<String>>>,
     },
+    /// From the registry: `node` is down; forget the sessions attached from it (if it
+    /// was only cut off, it attaches them again when it sees this node back).
+    ForgetNode(String),
     /// From the registry: it has forgotten this inbox; stop once pending writes are durable.
     Stop,
     /// From the registry, which hands this inbox to another node: stop once pending
@@ -198,7 +201,11 @@ impl InboxMsg {
     fn routed(&self) -> bool {
         !matches!(
             self,
-            Self::Persisted { .. } | Self::IdleCheck | Self::Stop | Self::Release { .. }
+            Self::Persisted { .. }
+                | Self::IdleCheck
+                | Self::Stop
+                | Self::Release { .. }
+                | Self::ForgetNode(_)
         )
     }
 }
@@ -302,6 +309,7 @@ impl Actor for Inbox {
                 reply,
             } => reply(state.history(&peer, before, limit)),
             InboxMsg::Ack { kind, up_to, reply } => state.ack(kind, up_to, reply),
+            InboxMsg::ForgetNode(node) => state.sessions.retain(|s| s.node() != Some(node.as_str())),
             InboxMsg::Receipt(receipt) => {
                 let frame = encode_push(server_frame::Body::Receipt(receipt));
                 state.sessions.retain(|s| s.push(frame.clone()));

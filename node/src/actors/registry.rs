@@ -771,6 +771,14 @@ impl RegistryState {
             .collect();
         for gone in self.up.difference(&up) {
             self.args.remote.fail_node(gone);
+            // Its sessions are gone, or will be attached again when it is back.
+            for parked in self.parked.values_mut() {
+                parked.retain(|s| s.node() != Some(gone.as_str()));
+            }
+            self.parked.retain(|_, parked| !parked.is_empty());
+            for inbox in self.inboxes.values() {
+                let _ = inbox.actor.cast(InboxMsg::ForgetNode(gone.clone()));
+            }
         }
         let back: Vec<String> = up.difference(&self.up).cloned().collect();
         if !self.joined {
@@ -818,6 +826,12 @@ impl RegistryState {
         self.up = up;
         if !back.is_empty() {
             self.reattach(&back).await;
+            // They may not have seen this node go away, yet their sessions were dropped
+            // here when they went down: ask them to attach them again.
+            for node in &back {
+                let me = self.me().to_owned();
+                self.args.remote.send(node, item::Body::Reattach(me));
+            }
         }
         if before != (self.members.clone(), self.left.clone()) {
             tracing::info!(members = ?self.members, left = ?self.left, "cluster members changed");
@@ -1002,6 +1016,11 @@ impl RegistryState {
                 self.finish_round_if_answered().await;
             }
             item::Body::HandoffChunk(chunk) => self.install_chunk(chunk),
+            item::Body::Reattach(node) => {
+                if self.up.contains(&node) {
+                    self.reattach(&[node]).await;
+                }
+            }
             item::Body::HandoffDone(done) => {
                 let parts: Vec<Partition> = done
                     .partitions
@@ -1169,13 +1188,6 @@ impl RegistryState {
                 tracing::error!(error = %e, "handoff: storage barrier failed");
                 return;
             }
-            let records = match tokio::task::spawn_blocking(move || storage.export(&set)).await {
-                Ok(Ok(r)) => r,
-                other => {
-                    tracing::error!(result = ?other.map(|r| r.map(|v| v.len())), "handoff: export failed");
-                    return;
-                }
-            };
             let attached: Vec<handoff_chunk::AttachedSession> = sessions
                 .into_iter()
                 .map(|(user, s)| handoff_chunk::AttachedSession {
@@ -1184,33 +1196,47 @@ impl RegistryState {
                     session: s.id,
                 })
                 .collect();
-            let count = records.len();
-            let mut chunk = HandoffChunk {
-                from: me.clone(),
-                records: Vec::new(),
-                sessions: attached,
-            };
-            let mut bytes = 0;
-            for (tree, key, value) in records {
-                bytes += key.len() + value.len() + 8;
-                chunk.records.push(handoff_chunk::Record {
-                    tree: tree.number(),
-                    key,
-                    value,
-                });
-                if bytes >= CHUNK_BYTES {
-                    bytes = 0;
-                    let full = std::mem::replace(
-                        &mut chunk,
-                        HandoffChunk {
-                            from: me.clone(),
-                            ..Default::default()
-                        },
-                    );
-                    send_reliably(&remote, &to, item::Body::HandoffChunk(full)).await;
+            send_reliably(
+                &remote,
+                &to,
+                item::Body::HandoffChunk(HandoffChunk {
+                    from: me.clone(),
+                    records: Vec::new(),
+                    sessions: attached,
+                }),
+            )
+            .await;
+            // The scan runs on a blocking thread and hands over a few chunks at a time,
+            // so a large share is never in memory at once.
+            let (chunks_tx, mut chunks) = tokio::sync::mpsc::channel::<Vec<crate::storage::Record>>(2);
+            let scan = tokio::task::spawn_blocking(move || {
+                storage.export_chunks(&set, CHUNK_BYTES, |chunk| chunks_tx.blocking_send(chunk).is_ok())
+            });
+            let mut count = 0;
+            while let Some(records) = chunks.recv().await {
+                count += records.len();
+                let chunk = HandoffChunk {
+                    from: me.clone(),
+                    records: records
+                        .into_iter()
+                        .map(|(tree, key, value)| handoff_chunk::Record {
+                            tree: tree.number(),
+                            key,
+                            value,
+                        })
+                        .collect(),
+                    sessions: Vec::new(),
+                };
+                send_reliably(&remote, &to, item::Body::HandoffChunk(chunk)).await;
+            }
+            match scan.await {
+                Ok(Ok(())) => {}
+                other => {
+                    // No HandoffDone: the new owner asks again and gets it shipped again.
+                    tracing::error!(result = ?other, "handoff: export failed");
+                    return;
                 }
             }
-            send_reliably(&remote, &to, item::Body::HandoffChunk(chunk)).await;
             let done = HandoffDone {
                 from: me,
                 partitions: parts.iter().map(|p| u32::from(*p)).collect(),
@@ -1328,15 +1354,23 @@ impl RegistryState {
         let (storage, registry) = (self.args.storage.clone(), self.router.registry().clone());
         tokio::spawn(async move {
             let s = storage.clone();
-            let records = tokio::task::spawn_blocking(move || s.export(&set)).await;
-            let mut w = Writes::default();
-            if let Ok(Ok(records)) = records {
-                for (tree, key, _) in records {
-                    w.del(tree, key);
-                }
-            }
-            if let Err(e) = storage.commit_wait(w).await {
+            // Deleted a chunk at a time, as the scan finds them.
+            let scan = tokio::task::spawn_blocking(move || {
+                s.export_chunks(&set, CHUNK_BYTES, |records| {
+                    let mut w = Writes::default();
+                    for (tree, key, _) in records {
+                        w.del(tree, key);
+                    }
+                    s.commit(w, Box::new(|_| {}));
+                    true
+                })
+            });
+            let scanned = scan.await;
+            if let Err(e) = storage.barrier().await {
                 tracing::error!(error = %e, "cannot delete handed-off partitions");
+            }
+            if !matches!(scanned, Ok(Ok(()))) {
+                tracing::error!(result = ?scanned, "handed-off partitions not fully deleted");
             }
             let _ = registry.cast(RegistryMsg::Forgotten {
                 partitions: forgotten,

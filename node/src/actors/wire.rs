@@ -157,7 +157,11 @@ fn inbox_to_wire(msg: InboxMsg, me: &str) -> Option<(inbox_op::Op, Option<OnResp
             expect(reply, done),
         ),
         InboxMsg::Groups { reply } => (Op::Groups(Empty {}), expect(reply, names)),
-        InboxMsg::Stop | InboxMsg::Release { .. } | InboxMsg::Persisted { .. } | InboxMsg::IdleCheck => {
+        InboxMsg::Stop
+        | InboxMsg::Release { .. }
+        | InboxMsg::ForgetNode(_)
+        | InboxMsg::Persisted { .. }
+        | InboxMsg::IdleCheck => {
             return None;
         }
     })
