@@ -580,6 +580,9 @@ pub fn new_client_msg_id() -> String {
 
 /// One line describing a delivery: `[seq] from -> to: text` (`#group` for group messages).
 pub fn format_delivery(d: &v1::Delivery) -> String {
+    if let Some(r) = &d.receipt {
+        return format!("[{}] receipt: {} {:?} by {}", d.seq, r.message_id, r.kind(), r.by);
+    }
     let to = if d.kind == v1::ConversationKind::Group as i32 {
         format!("#{}", d.conversation)
     } else {

@@ -57,6 +57,8 @@ pub struct Remote {
     pending: Mutex<HashMap<u64, Waiting>>,
     next_id: AtomicU64,
     sessions: Mutex<HashMap<u64, LocalSession>>,
+    /// The runtime links are spawned on: replies may be sent from the committer thread.
+    runtime: Option<tokio::runtime::Handle>,
 }
 
 struct LocalSession {
@@ -79,6 +81,7 @@ impl Remote {
             pending: Mutex::default(),
             next_id: AtomicU64::new(1),
             sessions: Mutex::default(),
+            runtime: tokio::runtime::Handle::try_current().ok(),
         })
     }
 
@@ -102,7 +105,11 @@ impl Remote {
         let link = links.entry(node.to_owned()).or_insert_with(|| {
             let (tx, rx) = mpsc::channel(LINK_QUEUE);
             let bytes = Arc::new(AtomicUsize::new(0));
-            tokio::spawn(pump(Arc::downgrade(self), node.to_owned(), rx, bytes.clone()));
+            let pump = pump(Arc::downgrade(self), node.to_owned(), rx, bytes.clone());
+            match &self.runtime {
+                Some(runtime) => drop(runtime.spawn(pump)),
+                None => drop(tokio::spawn(pump)),
+            }
             Link { tx, bytes }
         });
         // Counted before it is queued, so the pump never subtracts what was not added.
@@ -402,5 +409,24 @@ mod tests {
             .unwrap();
         assert!(matches!(answer, Err(ChatError::Unavailable(_))), "{answer:?}");
         assert_eq!(remote.waiting(), 0);
+    }
+
+    #[tokio::test]
+    async fn replies_can_be_sent_from_the_committer_thread() {
+        // Completions of storage writes run on a plain thread; a reply sent from there
+        // may open the first link to a peer.
+        let remote = Remote::new("here", ClusterView::default());
+        let r = remote.clone();
+        let sent = std::thread::spawn(move || {
+            r.respond(
+                "elsewhere",
+                7,
+                response::Result::Done(chat_protocol::internal::Empty {}),
+            );
+            r.links.lock().unwrap().contains_key("elsewhere")
+        })
+        .join()
+        .expect("no panic off the runtime");
+        assert!(sent);
     }
 }

@@ -359,6 +359,7 @@ mod tests {
                     conversation: "team".into(),
                     text: "survives".into(),
                     group: Some((1, "g:team:1".into(), 5)),
+                    receipt: None,
                 },
                 reply: crate::actors::reply(move |r| {
                     let _ = tx.send(r);

@@ -293,12 +293,16 @@ impl Storage {
                 "group commit"
             );
             for commit in pending.drain(..) {
-                (commit.done)(
-                    flushed
-                        .as_ref()
-                        .map(|_| ())
-                        .map_err(|e| StorageError::Sled(e.clone())),
-                );
+                let outcome = flushed
+                    .as_ref()
+                    .map(|_| ())
+                    .map_err(|e| StorageError::Sled(e.clone()));
+                // A completion that panics must not take the committer (and so every
+                // later write of the node) down with it.
+                let done = commit.done;
+                if std::panic::catch_unwind(std::panic::AssertUnwindSafe(move || done(outcome))).is_err() {
+                    tracing::error!("a commit completion panicked");
+                }
             }
         }
         tracing::debug!("committer stopped");

@@ -347,6 +347,7 @@ pub struct Raw {
 
 /// What a raw read saw.
 #[derive(Debug)]
+#[allow(clippy::large_enum_variant)] // a test helper: one event at a time
 pub enum RawEvent {
     /// A decoded server frame.
     Frame(ServerFrame),

@@ -211,6 +211,59 @@ async fn sender_gets_delivered_and_read_receipts() {
     .await
     .unwrap();
     assert_eq!(r.kind, ReceiptKind::Read as i32);
+    // Receipts are entries of alice's inbox: pushed with their seq, after the delivered one.
+    assert!(r.seq > 0);
+}
+
+#[tokio::test]
+async fn receipts_wait_in_an_offline_senders_inbox_and_cover_earlier_messages() {
+    let node = Node::start().unwrap();
+    let (alice, _) = node.user("alice").await.unwrap();
+    let (bob, _) = node.user("bob").await.unwrap();
+    let mut acks = Vec::new();
+    for i in 0..3 {
+        acks.push(alice.send_private("bob", &format!("m{i}")).await.unwrap());
+    }
+    alice.logout().await.unwrap();
+    let all = bob.sync_all(0).await.unwrap();
+    assert_eq!(all.len(), 3);
+    bob.ack_delivered(all[2].seq).await.unwrap();
+    bob.ack_read(all[2].seq).await.unwrap();
+
+    // Alice comes back: two receipts wait for her, each covering all three messages.
+    let (alice2, _, ok) = node.login("alice").await.unwrap();
+    let waiting = wait_for("both receipts in alice's inbox", DEADLINE, || {
+        let a = alice2.clone();
+        async move {
+            let w = a.sync_all(ok.delivered_seq).await.ok()?;
+            (w.len() == 2).then_some(w)
+        }
+    })
+    .await
+    .unwrap();
+    let kinds: Vec<(i32, &str, &str)> = waiting
+        .iter()
+        .map(|d| {
+            let r = d.receipt.as_ref().expect("a receipt entry");
+            assert_eq!((r.seq, d.text.as_str()), (d.seq, ""));
+            (r.kind, r.message_id.as_str(), r.by.as_str())
+        })
+        .collect();
+    let last = acks[2].message_id.as_str();
+    assert_eq!(
+        kinds,
+        [
+            (ReceiptKind::Delivered as i32, last, "bob"),
+            (ReceiptKind::Read as i32, last, "bob")
+        ]
+    );
+    assert_eq!(waiting[1].seq, waiting[0].seq + 1);
+    // Acknowledging receipts makes no receipts for bob, and history shows messages only.
+    alice2.ack_read(waiting[1].seq).await.unwrap();
+    let history = alice2.history(ConversationKind::Private, "bob", 0, 10).await;
+    assert!(history.unwrap().messages.is_empty(), "bob never wrote to alice");
+    let bob_inbox = bob.sync_all(0).await.unwrap();
+    assert!(bob_inbox.iter().all(|d| d.receipt.is_none()), "{bob_inbox:?}");
 }
 
 #[tokio::test]

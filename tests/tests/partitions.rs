@@ -552,3 +552,46 @@ async fn a_joining_node_killed_during_its_takeover_and_restarted_loses_nothing()
         assert_eq!(texts, want, "{r}");
     }
 }
+
+#[tokio::test]
+async fn receipts_cross_nodes_and_wait_for_an_offline_sender() {
+    let (nodes, _) = start(&["c1", "c2", "c3"]);
+    settled(&[&nodes[0], &nodes[1], &nodes[2]]).await;
+    let members = ["c1", "c2", "c3"];
+    let owned_by = |node: &str, prefix: &str| {
+        (0..1000)
+            .map(|i| format!("{prefix}{i}"))
+            .find(|u| partition::owner(members, partition::of_user(u)) == Some(node))
+            .unwrap()
+    };
+    // The sender's inbox is on c1, the recipient's on c2; they connect through c3 and c1.
+    let (sender, recipient) = (owned_by("c1", "snd"), owned_by("c2", "rcp"));
+    let (s, _) = nodes[2].user(&sender).await.unwrap();
+    let (r, _) = nodes[0].user(&recipient).await.unwrap();
+    s.send_private(&recipient, "one").await.unwrap();
+    let ack = s.send_private(&recipient, "two").await.unwrap();
+    s.logout().await.unwrap();
+    let got = r.sync_all(0).await.unwrap();
+    r.ack_read(got.last().unwrap().seq).await.unwrap();
+
+    let (back, _, ok) = nodes[1].login(&sender).await.unwrap();
+    let receipts = wait_for("the read receipt in the sender's inbox", DEADLINE, || {
+        let b = back.clone();
+        async move {
+            let w = b.sync_all(ok.delivered_seq).await.ok()?;
+            (!w.is_empty()).then_some(w)
+        }
+    })
+    .await
+    .unwrap();
+    let rc = receipts[0].receipt.as_ref().expect("a receipt");
+    assert_eq!(
+        (rc.message_id.as_str(), rc.by.as_str(), rc.kind),
+        (
+            ack.message_id.as_str(),
+            recipient.as_str(),
+            chat_client::proto::ReceiptKind::Read as i32
+        )
+    );
+    assert_eq!(receipts.len(), 1, "one receipt covers both messages");
+}

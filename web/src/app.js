@@ -78,6 +78,8 @@ function addMessage({ id, from, to, text, mine }) {
 
 function showDelivery(d) {
   if (d.seq && d.seq <= lastSeq) return;
+  // A stored receipt (returned by sync) for messages I sent.
+  if (d.receipt) return showReceipt(d.receipt);
   const to = d.kind === "GROUP" ? `#${d.conversation}` : d.conversation;
   addMessage({ id: d.message_id, from: d.from, to, text: d.text, mine: false });
   if (d.seq) {
@@ -87,6 +89,11 @@ function showDelivery(d) {
 }
 
 function showReceipt(r) {
+  // Receipts are inbox entries too: acknowledge them like messages.
+  if (r.seq && r.seq > lastSeq) {
+    lastSeq = r.seq;
+    request("ack_delivered", { up_to_seq: r.seq }).catch(() => {});
+  }
   const el = document.querySelector(`.msg.mine[data-id="${CSS.escape(r.message_id)}"] .tick`);
   if (!el) return;
   if (r.kind === "READ") { el.textContent = "✓✓"; el.classList.add("read"); el.title = "read"; }

@@ -272,7 +272,14 @@ async fn recv(
                 last = d.seq;
                 client.ack_delivered(last).await?;
             }
-            Some(Push::Receipt(r)) => println!("receipt: {} {:?} by {}", r.message_id, r.kind(), r.by),
+            Some(Push::Receipt(r)) => {
+                println!("receipt: {} {:?} by {}", r.message_id, r.kind(), r.by);
+                // Stored receipts take inbox seqs: acknowledge them like messages.
+                if r.seq > last {
+                    last = r.seq;
+                    client.ack_delivered(last).await?;
+                }
+            }
             Some(Push::Closing(c)) => bail!("server closed the connection: {}", c.reason),
             Some(_) => {}
             None => bail!("connection lost"),
@@ -323,7 +330,13 @@ async fn interactive(
                         let _ = client.ack_delivered(last).await;
                     }
                 }
-                Some(Push::Receipt(r)) => println!("  ({:?} by {}: {})", r.kind(), r.by, r.message_id),
+                Some(Push::Receipt(r)) => {
+                    println!("  ({:?} by {}: {})", r.kind(), r.by, r.message_id);
+                    if r.seq > last {
+                        last = r.seq;
+                        let _ = client.ack_delivered(last).await;
+                    }
+                }
                 Some(Push::Closing(c)) => bail!("server closed the connection: {}", c.reason),
                 Some(Push::Error(e)) => eprintln!("server error: {}", e.message),
                 None => bail!("connection lost"),

@@ -417,6 +417,7 @@ impl GroupState {
                 conversation: self.args.group.clone(),
                 text: message.text.clone(),
                 group: Some((seq, message.message_id.clone(), message.timestamp_ms)),
+                receipt: None,
             };
             self.args.router.to_inbox(
                 member,
@@ -513,6 +514,7 @@ impl GroupState {
                 timestamp_ms: m.timestamp_ms,
                 text: m.text,
                 group_seq: seq,
+                receipt: None,
             })
             .collect();
         Ok((messages, next))

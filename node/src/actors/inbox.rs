@@ -52,7 +52,34 @@ pub struct Draft {
     pub text: String,
     /// For group messages: the group's seq, id and timestamp.
     pub group: Option<(u64, String, u64)>,
+    /// For receipts stored in a sender's inbox: the receipt (its seq is assigned here).
+    pub receipt: Option<v1::Receipt>,
 }
+
+impl Draft {
+    /// A receipt for the sender of the receipted message.
+    pub fn receipt(receipt: v1::Receipt) -> Self {
+        Self {
+            from: receipt.by.clone(),
+            kind: ConversationKind::Private,
+            conversation: receipt.by.clone(),
+            text: String::new(),
+            group: None,
+            receipt: Some(receipt),
+        }
+    }
+}
+
+/// Dedupe key of a receipt: its kind, who acknowledged, and the message.
+pub fn receipt_origin(r: &v1::Receipt) -> Vec<u8> {
+    let mut o = vec![b'r', r.kind as u8, r.by.len() as u8];
+    o.extend_from_slice(r.by.as_bytes());
+    o.extend_from_slice(r.message_id.as_bytes());
+    o
+}
+
+/// Attempts to store one receipt in its sender's inbox before giving up.
+const RECEIPT_ATTEMPTS: u32 = 12;
 
 /// Dedupe key of a private message: sender and its client message id.
 pub fn private_origin(from: &str, client_msg_id: &str) -> Vec<u8> {
@@ -142,8 +169,6 @@ pub enum InboxMsg {
         /// Gets (delivered, read) once durable.
         reply: Reply<ChatResult<(u64, u64)>>,
     },
-    /// A receipt for a message this user sent: pushed to the user's sessions.
-    Receipt(v1::Receipt),
     /// Record that the user joined (true) or left (false) a group.
     Membership {
         /// The group.
@@ -310,10 +335,6 @@ impl Actor for Inbox {
             } => reply(state.history(&peer, before, limit)),
             InboxMsg::Ack { kind, up_to, reply } => state.ack(kind, up_to, reply),
             InboxMsg::ForgetNode(node) => state.sessions.retain(|s| s.node() != Some(node.as_str())),
-            InboxMsg::Receipt(receipt) => {
-                let frame = encode_push(server_frame::Body::Receipt(receipt));
-                state.sessions.retain(|s| s.push(frame.clone()));
-            }
             InboxMsg::Membership { group, joined, reply } => {
                 let mut batch = Writes::default();
                 let key = storage::suffix_key(&state.args.user, kind::GROUP, group.as_bytes());
@@ -369,7 +390,7 @@ impl InboxState {
         reply: Reply<ChatResult<Appended>>,
     ) {
         // The account lives in this inbox's partition, so the owner checks it.
-        if draft.group.is_none() {
+        if draft.group.is_none() && draft.receipt.is_none() {
             match self.args.storage.account(&self.args.user) {
                 Ok(Some(_)) => {}
                 Ok(None) => return reply(Err(ChatError::NotFound(format!("user {}", self.args.user)))),
@@ -389,9 +410,10 @@ impl InboxState {
         let seq = self.meta.last_seq + 1;
         let user = self.args.user.clone();
         let user = &user;
-        let (message_id, timestamp_ms, group_seq) = match &draft.group {
-            Some((gseq, id, ts)) => (id.clone(), *ts, *gseq),
-            None => (format!("p:{user}:{seq}"), storage::now_ms(), 0),
+        let (message_id, timestamp_ms, group_seq) = match (&draft.group, &draft.receipt) {
+            (Some((gseq, id, ts)), _) => (id.clone(), *ts, *gseq),
+            (None, Some(r)) => (format!("r:{user}:{seq}"), r.timestamp_ms, 0),
+            (None, None) => (format!("p:{user}:{seq}"), storage::now_ms(), 0),
         };
         let entry = InboxEntry {
             message_id: message_id.clone(),
@@ -402,6 +424,7 @@ impl InboxState {
             text: draft.text,
             group_seq,
             origin: origin.clone(),
+            receipt: draft.receipt,
         };
         let mut batch = Writes::default();
         batch.put(
@@ -425,7 +448,11 @@ impl InboxState {
             self.meta.encode_to_vec(),
         );
 
-        let frame = encode_push(server_frame::Body::Delivery(to_delivery(seq, &entry)));
+        // A receipt is pushed as a Receipt (with its seq), a message as a Delivery.
+        let frame = match &entry.receipt {
+            Some(r) => encode_push(server_frame::Body::Receipt(v1::Receipt { seq, ..r.clone() })),
+            None => encode_push(server_frame::Body::Delivery(to_delivery(seq, &entry))),
+        };
         let appended = Appended {
             message_id,
             seq,
@@ -552,7 +579,7 @@ impl InboxState {
             self.args
                 .storage
                 .inbox_before(&self.args.user, before, limit, limit * 20, |e| {
-                    e.kind == ConversationKind::Private as u32 && e.from == peer
+                    e.kind == ConversationKind::Private as u32 && e.from == peer && e.receipt.is_none()
                 })?;
         Ok((entries.iter().map(|(s, e)| to_delivery(*s, e)).collect(), next))
     }
@@ -587,12 +614,14 @@ impl InboxState {
             self.meta.encode_to_vec(),
         );
         let router = self.args.router.clone();
+        // The completion runs on the committer thread, outside the runtime.
+        let runtime = tokio::runtime::Handle::current();
         self.args.storage.commit(
             batch,
             Box::new(move |r| match r {
                 Ok(()) => {
                     for (sender, receipt) in receipts {
-                        router.to_inbox(&sender, InboxMsg::Receipt(receipt));
+                        runtime.spawn(store_receipt(router.clone(), sender, receipt));
                     }
                     reply(Ok(cursors));
                 }
@@ -601,7 +630,8 @@ impl InboxState {
         );
     }
 
-    /// Receipts for the private messages in (from, to], for their senders.
+    /// Receipts for the private messages in (from, to]: one per sender, for its latest
+    /// message there (a receipt covers the earlier ones too).
     fn receipts(&self, from: u64, to: u64, kind: v1::ReceiptKind) -> Vec<(String, v1::Receipt)> {
         let count = ((to - from) as usize).min(MAX_RECEIPTS_PER_ACK);
         let entries = match self.args.storage.inbox_after(&self.args.user, from, count) {
@@ -612,27 +642,65 @@ impl InboxState {
             }
         };
         let now = storage::now_ms();
-        entries
+        let mut latest: std::collections::BTreeMap<String, String> = std::collections::BTreeMap::new();
+        for (_, e) in entries {
+            // Not for group messages, own copies, or receipts themselves.
+            if e.kind == ConversationKind::Private as u32 && e.from != self.args.user && e.receipt.is_none() {
+                latest.insert(e.from, e.message_id);
+            }
+        }
+        latest
             .into_iter()
-            .filter(|(_, e)| e.kind == ConversationKind::Private as u32 && e.from != self.args.user)
-            .map(|(_, e)| {
-                (
-                    e.from,
-                    v1::Receipt {
-                        kind: kind as i32,
-                        message_id: e.message_id,
-                        by: self.args.user.clone(),
-                        timestamp_ms: now,
-                    },
-                )
+            .map(|(sender, message_id)| {
+                let receipt = v1::Receipt {
+                    kind: kind as i32,
+                    message_id,
+                    by: self.args.user.clone(),
+                    timestamp_ms: now,
+                    seq: 0,
+                };
+                (sender, receipt)
             })
             .collect()
+    }
+}
+
+/// Stores a receipt in the inbox of the message's sender, wherever it lives, retrying
+/// with backoff while that inbox is unreachable (its node down or moving).
+async fn store_receipt(router: Router, sender: String, receipt: v1::Receipt) {
+    let origin = receipt_origin(&receipt);
+    let mut wait = Duration::from_millis(500);
+    for attempt in 1..=RECEIPT_ATTEMPTS {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        router.to_inbox(
+            &sender,
+            InboxMsg::Append {
+                origin: origin.clone(),
+                draft: Draft::receipt(receipt.clone()),
+                reply: Box::new(move |r| {
+                    let _ = tx.send(r);
+                }),
+            },
+        );
+        match rx.await {
+            Ok(Ok(_)) => return,
+            Ok(Err(ChatError::NotFound(_))) => return,
+            outcome => {
+                if attempt == RECEIPT_ATTEMPTS {
+                    tracing::warn!(sender = %sender, outcome = ?outcome.map(|r| r.map(|_| ())), "receipt not stored");
+                    return;
+                }
+            }
+        }
+        tokio::time::sleep(wait).await;
+        wait = (wait * 2).min(Duration::from_secs(10));
     }
 }
 
 /// The wire form of a stored entry.
 pub fn to_delivery(seq: u64, e: &InboxEntry) -> v1::Delivery {
     v1::Delivery {
+        receipt: e.receipt.clone().map(|r| v1::Receipt { seq, ..r }),
         seq,
         message_id: e.message_id.clone(),
         from: e.from.clone(),

@@ -1583,6 +1583,7 @@ mod tests {
             conversation: "bob".into(),
             text: "wake up".into(),
             group: None,
+            receipt: None,
         };
         let origin = crate::actors::inbox::private_origin("alice", "c1");
         let appended = ask(|reply| router.to_inbox("bob", InboxMsg::Append { origin, draft, reply }))

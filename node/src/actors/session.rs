@@ -480,6 +480,7 @@ impl SessionState {
                             conversation: m.to.clone(),
                             text: m.text,
                             group: None,
+                            receipt: None,
                         },
                         reply,
                     },

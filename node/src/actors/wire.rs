@@ -96,6 +96,7 @@ fn inbox_to_wire(msg: InboxMsg, me: &str) -> Option<(inbox_op::Op, Option<OnResp
                 group_seq,
                 group_message_id,
                 group_timestamp_ms,
+                receipt: draft.receipt,
             });
             (op, expect(reply, appended))
         }
@@ -151,7 +152,6 @@ fn inbox_to_wire(msg: InboxMsg, me: &str) -> Option<(inbox_op::Op, Option<OnResp
             });
             (op, on)
         }
-        InboxMsg::Receipt(receipt) => (Op::Receipt(receipt), None),
         InboxMsg::Membership { group, joined, reply } => (
             Op::Membership(inbox_op::Membership { group, joined }),
             expect(reply, done),
@@ -331,6 +331,7 @@ fn inbox_from_wire(op: inbox_op::Op, a: &Answer, remote: &Arc<Remote>) -> Result
                     group: m
                         .in_group
                         .then_some((m.group_seq, m.group_message_id, m.group_timestamp_ms)),
+                    receipt: m.receipt,
                 },
                 reply: a.with(put_appended),
             }
@@ -377,7 +378,6 @@ fn inbox_from_wire(op: inbox_op::Op, a: &Answer, remote: &Arc<Remote>) -> Result
             reply: a
                 .with(|(delivered, read)| response::Result::Cursors(response::Cursors { delivered, read })),
         },
-        Op::Receipt(r) => InboxMsg::Receipt(r),
         Op::Membership(m) => InboxMsg::Membership {
             group: m.group,
             joined: m.joined,
@@ -563,6 +563,7 @@ mod tests {
                             conversation: "crew".into(),
                             text: "hello".into(),
                             group: Some((7, "g:crew:7".into(), 123)),
+                            receipt: None,
                         },
                         reply,
                     },
