@@ -515,6 +515,20 @@ impl Client {
         }
     }
 
+    /// Where a group message stands for each member it was sent to.
+    pub async fn group_receipts(&self, group: &str, group_seq: u64) -> Result<Vec<v1::MemberReceipt>> {
+        match self
+            .request(Req::GroupReceipts(v1::GroupReceiptsRequest {
+                group: group.into(),
+                group_seq,
+            }))
+            .await?
+        {
+            Resp::GroupReceipts(r) => Ok(r.members),
+            other => Err(unexpected(other)),
+        }
+    }
+
     /// A group's members.
     pub async fn members(&self, group: &str) -> Result<Vec<String>> {
         match self

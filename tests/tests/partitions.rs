@@ -595,3 +595,41 @@ async fn receipts_cross_nodes_and_wait_for_an_offline_sender() {
     );
     assert_eq!(receipts.len(), 1, "one receipt covers both messages");
 }
+
+#[tokio::test]
+async fn a_group_message_reports_per_member_delivered_and_read_across_nodes() {
+    let (nodes, _) = start(&["g1", "g2", "g3"]);
+    settled(&[&nodes[0], &nodes[1], &nodes[2]]).await;
+    let (ann, _) = nodes[0].user("ann").await.unwrap();
+    let (bea, mut bea_rx) = nodes[1].user("bea").await.unwrap();
+    let (cy, mut cy_rx) = nodes[2].user("cy").await.unwrap();
+    let (dot, _) = nodes[0].user("dot").await.unwrap();
+    ann.create_group("team").await.unwrap();
+    for c in [&bea, &cy, &dot] {
+        c.join_group("team").await.unwrap();
+    }
+    let sent = ann.send_group("team", "status?").await.unwrap();
+    let b = next_delivery(&mut bea_rx).await.unwrap();
+    let c = next_delivery(&mut cy_rx).await.unwrap();
+    bea.ack_delivered(b.seq).await.unwrap();
+    cy.ack_read(c.seq).await.unwrap();
+    let states = dot.group_receipts("team", sent.seq).await.unwrap();
+    let got: Vec<(&str, bool, bool, bool)> = states
+        .iter()
+        .map(|m| (m.user.as_str(), m.delivered, m.read, m.unknown))
+        .collect();
+    assert_eq!(
+        got,
+        [
+            ("bea", true, false, false),
+            ("cy", true, true, false),
+            ("dot", false, false, false)
+        ]
+    );
+    // Members only, and only messages that exist.
+    let (eve, _) = nodes[1].user("eve").await.unwrap();
+    let err = eve.group_receipts("team", sent.seq).await.unwrap_err();
+    assert_eq!(err.code(), Some(ErrorCode::NotAMember));
+    let err = ann.group_receipts("team", sent.seq + 5).await.unwrap_err();
+    assert_eq!(err.code(), Some(ErrorCode::NotFound));
+}

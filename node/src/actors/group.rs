@@ -71,6 +71,15 @@ pub enum GroupMsg {
         /// Gets the page and where to continue.
         reply: Reply<ChatResult<(Vec<v1::Delivery>, u64)>>,
     },
+    /// Where a message stands for each recipient, for a member.
+    Receipts {
+        /// Who asks.
+        user: String,
+        /// The message's group seq.
+        group_seq: u64,
+        /// Gets one entry per recipient, sorted.
+        reply: Reply<ChatResult<Vec<v1::MemberReceipt>>>,
+    },
     /// Start (and so finish any interrupted fan-out); nothing else.
     Wake,
     /// From the registry: it has forgotten this group; stop.
@@ -125,6 +134,7 @@ impl GroupMsg {
             Self::Members { reply, .. } => reply(Err(err)),
             Self::Post { reply, .. } => reply(Err(err)),
             Self::History { reply, .. } => reply(Err(err)),
+            Self::Receipts { reply, .. } => reply(Err(err)),
             _ => {}
         }
     }
@@ -260,6 +270,11 @@ impl Actor for Group {
                 }
                 myself.send_after(inbox::IDLE_CHECK_EVERY, || GroupMsg::IdleCheck);
             }
+            GroupMsg::Receipts {
+                user,
+                group_seq,
+                reply,
+            } => state.receipts(&user, group_seq, reply),
             GroupMsg::Wake => {}
             GroupMsg::Stop => state.stopping = true,
         }
@@ -271,7 +286,65 @@ impl Actor for Group {
     }
 }
 
+/// How long a receipts query waits for the members' inboxes.
+const RECEIPTS_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
+
 impl GroupState {
+    /// Asks every recipient's inbox, wherever it is, and answers once all have replied
+    /// (or the wait is over: those are `unknown`).
+    fn receipts(&self, user: &str, group_seq: u64, reply: Reply<ChatResult<Vec<v1::MemberReceipt>>>) {
+        if let Err(e) = self.check_member(user) {
+            return reply(Err(e));
+        }
+        let message = match self.args.storage.group_message(&self.args.group, group_seq) {
+            Ok(Some(m)) if group_seq <= self.record.as_ref().map_or(0, |r| r.last_seq) => m,
+            Ok(_) => {
+                return reply(Err(ChatError::NotFound(format!(
+                    "message {group_seq} of #{}",
+                    self.args.group
+                ))));
+            }
+            Err(e) => return reply(Err(e.into())),
+        };
+        let mut asks = Vec::new();
+        for member in message.recipients {
+            let (tx, rx) = tokio::sync::oneshot::channel();
+            self.args.router.to_inbox(
+                &member,
+                InboxMsg::GroupState {
+                    group: self.args.group.clone(),
+                    group_seq,
+                    reply: super::reply(move |r| {
+                        let _ = tx.send(r);
+                    }),
+                },
+            );
+            asks.push((member, rx));
+        }
+        tokio::spawn(async move {
+            let deadline = tokio::time::Instant::now() + RECEIPTS_WAIT;
+            let mut out = Vec::new();
+            for (user, rx) in asks {
+                let state = tokio::time::timeout_at(deadline, rx).await;
+                out.push(match state {
+                    Ok(Ok(Ok((delivered, read)))) => v1::MemberReceipt {
+                        user,
+                        delivered,
+                        read,
+                        unknown: false,
+                    },
+                    _ => v1::MemberReceipt {
+                        user,
+                        unknown: true,
+                        ..Default::default()
+                    },
+                });
+            }
+            out.sort_by(|a, b| a.user.cmp(&b.user));
+            reply(Ok(out));
+        });
+    }
+
     fn check_member(&self, user: &str) -> ChatResult<()> {
         if self.record.is_none() {
             Err(ChatError::NotFound(format!("group {}", self.args.group)))

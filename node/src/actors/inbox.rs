@@ -178,6 +178,15 @@ pub enum InboxMsg {
         /// Runs once durable.
         reply: Reply<ChatResult<()>>,
     },
+    /// Whether this inbox's copy of a group message is (delivered, read).
+    GroupState {
+        /// The group.
+        group: String,
+        /// The message's group seq.
+        group_seq: u64,
+        /// Gets the flags.
+        reply: Reply<ChatResult<(bool, bool)>>,
+    },
     /// The user's groups.
     Groups {
         /// Gets the names.
@@ -218,6 +227,7 @@ impl InboxMsg {
             Self::Ack { reply, .. } => reply(Err(err)),
             Self::Membership { reply, .. } => reply(Err(err)),
             Self::Groups { reply, .. } => reply(Err(err)),
+            Self::GroupState { reply, .. } => reply(Err(err)),
             _ => {}
         }
     }
@@ -347,6 +357,19 @@ impl Actor for Inbox {
                     .args
                     .storage
                     .commit(batch, Box::new(move |r| reply(r.map_err(ChatError::from))));
+            }
+            InboxMsg::GroupState {
+                group,
+                group_seq,
+                reply,
+            } => {
+                let origin = group_origin(&group, group_seq);
+                let seq = state.args.storage.inbox_origin(&state.args.user, &origin);
+                let (delivered, read) = (state.meta.delivered_seq, state.meta.read_seq);
+                reply(
+                    seq.map(|s| s.map_or((false, false), |s| (s <= delivered, s <= read)))
+                        .map_err(Into::into),
+                );
             }
             InboxMsg::Groups { reply } => reply(
                 state

@@ -570,6 +570,26 @@ impl SessionState {
                     .router
                     .to_group(&g.group, GroupMsg::Members { user, reply });
             }
+            B::GroupReceipts(g) => {
+                check_name(&g.group)?;
+                let (group, group_seq) = (g.group.clone(), g.group_seq);
+                let reply = self.respond(id, permit, move |members| {
+                    Body::GroupReceipts(v1::GroupReceipts {
+                        group,
+                        group_seq,
+                        members,
+                    })
+                });
+                let user = self.me().to_owned();
+                self.ctx.router.to_group(
+                    &g.group,
+                    GroupMsg::Receipts {
+                        user,
+                        group_seq,
+                        reply,
+                    },
+                );
+            }
             B::ListMyGroups(_) => {
                 let reply = self.respond(id, permit, |groups| Body::GroupList(v1::GroupList { groups }));
                 let me = self.me().to_owned();

@@ -157,6 +157,17 @@ fn inbox_to_wire(msg: InboxMsg, me: &str) -> Option<(inbox_op::Op, Option<OnResp
             expect(reply, done),
         ),
         InboxMsg::Groups { reply } => (Op::Groups(Empty {}), expect(reply, names)),
+        InboxMsg::GroupState {
+            group,
+            group_seq,
+            reply,
+        } => (
+            Op::GroupState(inbox_op::GroupState { group, group_seq }),
+            expect(reply, |r| match r {
+                response::Result::Flags(f) => Some((f.delivered, f.read)),
+                _ => None,
+            }),
+        ),
         InboxMsg::Stop
         | InboxMsg::Release { .. }
         | InboxMsg::ForgetNode(_)
@@ -199,6 +210,17 @@ fn group_to_wire(msg: GroupMsg) -> Option<(group_op::Op, Option<OnResponse>)> {
                 limit: limit as u32,
             }),
             expect(reply, messages),
+        ),
+        GroupMsg::Receipts {
+            user,
+            group_seq,
+            reply,
+        } => (
+            Op::Receipts(group_op::Receipts { user, group_seq }),
+            expect(reply, |r| match r {
+                response::Result::MemberReceipts(m) => Some(m.members),
+                _ => None,
+            }),
         ),
         GroupMsg::Wake => (Op::Wake(Empty {}), None),
         GroupMsg::Stop
@@ -386,6 +408,11 @@ fn inbox_from_wire(op: inbox_op::Op, a: &Answer, remote: &Arc<Remote>) -> Result
         Op::Groups(_) => InboxMsg::Groups {
             reply: a.with(put_names),
         },
+        Op::GroupState(g) => InboxMsg::GroupState {
+            group: g.group,
+            group_seq: g.group_seq,
+            reply: a.with(|(delivered, read)| response::Result::Flags(response::Flags { delivered, read })),
+        },
     })
 }
 
@@ -419,6 +446,11 @@ fn group_from_wire(op: group_op::Op, a: &Answer) -> GroupMsg {
             before: h.before,
             limit: h.limit as usize,
             reply: a.with(put_messages),
+        },
+        Op::Receipts(r) => GroupMsg::Receipts {
+            user: r.user,
+            group_seq: r.group_seq,
+            reply: a.with(|members| response::Result::MemberReceipts(response::MemberReceipts { members })),
         },
         Op::Wake(_) => GroupMsg::Wake,
     }
