@@ -165,6 +165,9 @@ pub struct StorageConfig {
     /// Messages older than this are removed from inboxes, in days; 0 keeps
     /// them until the count limit. Default: 30.
     pub retention_max_age_days: u64,
+    /// How often, in minutes, every inbox is checked for messages past the age
+    /// limit (an inbox also trims itself whenever a message arrives). Default: 60.
+    pub retention_sweep_minutes: u64,
 }
 
 impl Default for Config {
@@ -229,6 +232,7 @@ impl Default for StorageConfig {
             cache_mib: 256,
             retention_max_messages: 100_000,
             retention_max_age_days: 30,
+            retention_sweep_minutes: 60,
         }
     }
 }

@@ -189,6 +189,7 @@ pub async fn run(config: Config, listeners: Listeners, shutdown: CancellationTok
             storage: storage.clone(),
             max_messages: config.storage.retention_max_messages,
             max_age,
+            sweep_every: Duration::from_secs(config.storage.retention_sweep_minutes.max(1) * 60),
             sessions: sessions.clone(),
             view: view.clone(),
             metrics: metrics.clone(),

@@ -466,6 +466,39 @@ impl Storage {
         Ok(())
     }
 
+    /// Users of the given partitions whose oldest kept inbox entry is older than
+    /// `cutoff_ms`. A scan of every inbox's cursors and first entry: for a periodic sweep.
+    pub fn inboxes_older_than(&self, cutoff_ms: u64, partitions: &[bool]) -> Result<Vec<String>> {
+        let mut out = Vec::new();
+        for item in self.inbox.iter() {
+            let (k, v) = item?;
+            let Some(len) = k.first().map(|l| *l as usize) else {
+                continue;
+            };
+            if k.len() != len + 2 || k[len + 1] != kind::META {
+                continue;
+            }
+            let Ok(user) = std::str::from_utf8(&k[1..1 + len]) else {
+                continue;
+            };
+            if !partitions[partition(Entity::User(user)) as usize] {
+                continue;
+            }
+            let Ok(meta) = InboxMeta::decode(v.as_ref()) else {
+                continue;
+            };
+            if meta.first_seq == 0 || meta.first_seq > meta.last_seq {
+                continue;
+            }
+            if let Some(e) = self.inbox_entry(user, meta.first_seq)? {
+                if e.timestamp_ms < cutoff_ms {
+                    out.push(user.to_owned());
+                }
+            }
+        }
+        Ok(out)
+    }
+
     /// Bytes sled uses on disk.
     pub fn size_on_disk(&self) -> Result<u64> {
         Ok(self.db.size_on_disk()?)

@@ -27,6 +27,8 @@ pub const IDLE_CHECK_EVERY: Duration = Duration::from_secs(10);
 const MAX_RECEIPTS_PER_ACK: usize = 1000;
 /// Most entries one append removes for retention.
 const MAX_TRIM_PER_APPEND: usize = 64;
+/// Most entries one sweep message removes (the next sweep continues).
+const MAX_TRIM_PER_SWEEP: usize = 10_000;
 
 /// What a sender learns once its message is durable.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -195,6 +197,8 @@ pub enum InboxMsg {
     /// From the registry: `node` is down; forget the sessions attached from it (if it
     /// was only cut off, it attaches them again when it sees this node back).
     ForgetNode(String),
+    /// From the registry's retention sweep: remove entries past the age limit.
+    Sweep,
     /// From the registry: it has forgotten this inbox; stop once pending writes are durable.
     Stop,
     /// From the registry, which hands this inbox to another node: stop once pending
@@ -344,6 +348,19 @@ impl Actor for Inbox {
                 reply,
             } => reply(state.history(&peer, before, limit)),
             InboxMsg::Ack { kind, up_to, reply } => state.ack(kind, up_to, reply),
+            InboxMsg::Sweep => {
+                let mut batch = Writes::default();
+                let before = state.meta.first_seq;
+                state.trim_up_to(&mut batch, MAX_TRIM_PER_SWEEP, false);
+                if state.meta.first_seq != before {
+                    batch.put(
+                        TreeId::Inbox,
+                        storage::scoped(&state.args.user, kind::META),
+                        state.meta.encode_to_vec(),
+                    );
+                    state.args.storage.commit(batch, Box::new(|_| {}));
+                }
+            }
             InboxMsg::ForgetNode(node) => state.sessions.retain(|s| s.node() != Some(node.as_str())),
             InboxMsg::Membership { group, joined, reply } => {
                 let mut batch = Writes::default();
@@ -514,12 +531,18 @@ impl InboxState {
 
     /// Adds removals of the oldest entries beyond the retention limits to `batch`.
     fn trim(&mut self, batch: &mut Writes) {
+        self.trim_up_to(batch, MAX_TRIM_PER_APPEND, true);
+    }
+
+    /// Adds removals of at most `most` of the oldest entries beyond the retention limits;
+    /// `keep_newest` spares the newest entry (the one an append is writing).
+    fn trim_up_to(&mut self, batch: &mut Writes, most: usize, keep_newest: bool) {
         let user = &self.args.user;
         let cutoff = self
             .args
             .max_age
             .map(|age| storage::now_ms().saturating_sub(age.as_millis() as u64));
-        for _ in 0..MAX_TRIM_PER_APPEND {
+        for _ in 0..most {
             let first = self.meta.first_seq;
             if first == 0 || first > self.meta.last_seq {
                 break;
@@ -536,8 +559,7 @@ impl InboxState {
                 (Some(e), Some(cutoff)) => e.timestamp_ms < cutoff,
                 _ => false,
             };
-            // The newest entry is never trimmed here: it is the one being appended.
-            if !(over_count || too_old) || first == self.meta.last_seq {
+            if !(over_count || too_old) || (keep_newest && first == self.meta.last_seq) {
                 break;
             }
             batch.del(TreeId::Inbox, storage::seq_key(user, kind::ENTRY, first));

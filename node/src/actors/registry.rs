@@ -74,6 +74,8 @@ pub struct RegistryArgs {
     pub max_messages: u64,
     /// Inbox retention: oldest message.
     pub max_age: Option<Duration>,
+    /// How often every inbox of the held partitions is checked against `max_age`.
+    pub sweep_every: Duration,
     /// Connected sessions on this node.
     pub sessions: Arc<AtomicUsize>,
     /// The other nodes, as the cluster membership sees them.
@@ -244,6 +246,8 @@ pub enum RegistryMsg {
         /// The partitions.
         partitions: Vec<Partition>,
     },
+    /// Internal: these users' inboxes have entries past the age limit.
+    Sweep(Vec<String>),
     /// Internal: compare the view with the partition map.
     Tick,
 }
@@ -392,6 +396,8 @@ pub struct RegistryState {
     done_sent: Instant,
     /// Partitions whose local copy is being deleted; not asked for until it is gone.
     forgetting: BTreeSet<Partition>,
+    /// When the last retention sweep started.
+    swept: Instant,
     /// Requests for partitions being taken over.
     waiting: HashMap<Partition, VecDeque<(Instant, Target)>>,
     waiting_count: usize,
@@ -449,6 +455,7 @@ impl Actor for Registry {
             giving: args.storage.giving()?.into_iter().collect(),
             done_sent: Instant::now(),
             forgetting: BTreeSet::new(),
+            swept: Instant::now(),
             waiting: HashMap::new(),
             waiting_count: 0,
             args,
@@ -570,6 +577,11 @@ impl Actor for Registry {
             RegistryMsg::Forgotten { partitions } => {
                 for p in partitions {
                     state.forgetting.remove(&p);
+                }
+            }
+            RegistryMsg::Sweep(users) => {
+                for user in users {
+                    state.route(Target::Inbox(user, InboxMsg::Sweep), 0).await;
                 }
             }
             RegistryMsg::Tick => state.tick().await,
@@ -735,10 +747,37 @@ impl RegistryState {
         if !self.giving.is_empty() && now - self.done_sent > DONE_REPEAT {
             self.repeat_done();
         }
+        if let Some(max_age) = self
+            .args
+            .max_age
+            .filter(|_| now - self.swept >= self.args.sweep_every)
+        {
+            self.swept = now;
+            self.sweep(max_age);
+        }
         if self.round.is_none() && self.joined && !self.leaving {
             self.start_round().await;
         }
         self.check_left();
+    }
+
+    /// Finds, off the actor, the inboxes held here with entries past `max_age` and has
+    /// each trim itself (through the normal route, so ordering with appends holds).
+    fn sweep(&self, max_age: Duration) {
+        let (storage, registry, held) = (
+            self.args.storage.clone(),
+            self.router.registry().clone(),
+            self.held.clone(),
+        );
+        let cutoff = crate::storage::now_ms().saturating_sub(max_age.as_millis() as u64);
+        tokio::task::spawn_blocking(move || match storage.inboxes_older_than(cutoff, &held) {
+            Ok(users) if !users.is_empty() => {
+                tracing::info!(inboxes = users.len(), "retention sweep");
+                let _ = registry.cast(RegistryMsg::Sweep(users));
+            }
+            Ok(_) => {}
+            Err(e) => tracing::warn!(error = %e, "retention sweep failed"),
+        });
     }
 
     /// Sends HandoffDone again for every handoff not acknowledged yet: a new holder that
@@ -1516,18 +1555,29 @@ async fn route<A: Actor>(
 /// A registry over `storage` with test settings (retention 100, no cluster peers).
 #[cfg(test)]
 pub(crate) async fn test_registry(storage: Storage) -> ActorRef<RegistryMsg> {
-    let args = RegistryArgs {
+    test_registry_with(storage, |_| {}).await
+}
+
+/// Like [`test_registry`], with changes to the arguments.
+#[cfg(test)]
+pub(crate) async fn test_registry_with(
+    storage: Storage,
+    change: impl FnOnce(&mut RegistryArgs),
+) -> ActorRef<RegistryMsg> {
+    let mut args = RegistryArgs {
         node: "t".into(),
         client_addr: "127.0.0.1:1".into(),
         storage,
         max_messages: 100,
         max_age: None,
+        sweep_every: Duration::from_secs(3600),
         sessions: Arc::default(),
         view: ClusterView::default(),
         metrics: Arc::default(),
         remote: Remote::new("t", ClusterView::default()),
         seeds: Vec::new(),
     };
+    change(&mut args);
     Actor::spawn(None, Registry, args)
         .await
         .expect("registry starts")
@@ -1606,6 +1656,55 @@ mod tests {
         router.to_inbox("bob", InboxMsg::Detach { session: 7 });
         let s = stats(&router).await;
         assert_eq!((s.inboxes, s.parked_users), (0, 0), "{s:?}");
+        registry.stop(None);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_retention_sweep_trims_inboxes_that_receive_nothing() {
+        use crate::storage::{TreeId, Writes, kind, scoped, seq_key};
+        use chat_protocol::internal::{InboxEntry, InboxMeta};
+        use prost::Message;
+        let dir = tempfile::tempdir().unwrap();
+        let storage = Storage::open(dir.path(), 16, 8 << 20).unwrap();
+        // Three ancient entries and a fresh one, and nothing arriving any more.
+        let now = crate::storage::now_ms();
+        let mut w = Writes::default();
+        for (seq, ts) in [(1, 1), (2, 2), (3, 3), (4, now)] {
+            let e = InboxEntry {
+                text: format!("m{seq}"),
+                timestamp_ms: ts,
+                ..Default::default()
+            };
+            w.put(TreeId::Inbox, seq_key("bob", kind::ENTRY, seq), e.encode_to_vec());
+        }
+        let meta = InboxMeta {
+            last_seq: 4,
+            first_seq: 1,
+            ..Default::default()
+        };
+        w.put(TreeId::Inbox, scoped("bob", kind::META), meta.encode_to_vec());
+        storage.commit_wait(w).await.unwrap();
+        let registry = test_registry_with(storage.clone(), |a| {
+            a.max_age = Some(Duration::from_secs(24 * 3600));
+            a.sweep_every = Duration::from_secs(60);
+        })
+        .await;
+        let mut first = 0;
+        for _ in 0..200 {
+            first = storage.inbox_meta("bob").unwrap().first_seq;
+            if first == 4 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
+        assert_eq!(first, 4, "the old entries were not swept");
+        let left: Vec<u64> = storage
+            .inbox_after("bob", 0, 10)
+            .unwrap()
+            .into_iter()
+            .map(|(s, _)| s)
+            .collect();
+        assert_eq!(left, [4]);
         registry.stop(None);
     }
 }

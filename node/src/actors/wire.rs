@@ -171,6 +171,7 @@ fn inbox_to_wire(msg: InboxMsg, me: &str) -> Option<(inbox_op::Op, Option<OnResp
         InboxMsg::Stop
         | InboxMsg::Release { .. }
         | InboxMsg::ForgetNode(_)
+        | InboxMsg::Sweep
         | InboxMsg::Persisted { .. }
         | InboxMsg::IdleCheck => {
             return None;
