@@ -59,6 +59,29 @@ async fn settled(nodes: &[&Node]) {
     .unwrap();
 }
 
+/// The first name `prefix0`, `prefix1`... whose partition `members` assign to `node`.
+fn user_owned_by(members: &[&str], node: &str, prefix: &str) -> String {
+    (0..10_000)
+        .map(|i| format!("{prefix}{i}"))
+        .find(|u| partition::owner(members.iter().copied(), partition::of_user(u)) == Some(node))
+        .expect("some name hashes there")
+}
+
+/// Registers `name` through `node` without logging in.
+async fn register(node: &Node, name: &str) {
+    let (c, _) = node.connect().await.unwrap();
+    c.register(name, &chat_tests::password(name)).await.unwrap();
+}
+
+/// Messages acknowledged so far, over all senders.
+async fn total(acked: &BTreeMap<String, Acked>) -> usize {
+    let mut n = 0;
+    for a in acked.values() {
+        n += a.lock().await.len();
+    }
+    n
+}
+
 async fn held(node: &Node) -> u64 {
     cluster_status(node).await.unwrap()["partitions"]["held"]
         .as_u64()
@@ -265,32 +288,18 @@ async fn a_fourth_node_joins_under_traffic_and_every_message_arrives_exactly_onc
     }
     // Let traffic flow, then add a node.
     wait_for("some traffic", DEADLINE, || async {
-        let mut n = 0;
-        for a in acked.values() {
-            n += a.lock().await.len();
-        }
-        (n >= 60).then_some(())
+        (total(&acked).await >= 60).then_some(())
     })
     .await
     .unwrap();
-    let before: usize = {
-        let mut n = 0;
-        for a in acked.values() {
-            n += a.lock().await.len();
-        }
-        n
-    };
+    let before = total(&acked).await;
     nodes.push(Node::start_with(NodeOpts::member("j4", free_port(), &[seed], COOKIE)).unwrap());
     settled(&[&nodes[0], &nodes[1], &nodes[2], &nodes[3]]).await;
     assert!(held(&nodes[3]).await > 0, "the new node took over partitions");
     // And keep going a little after the move.
     let after_join = before + 60;
     wait_for("traffic after the join", DEADLINE, || async {
-        let mut n = 0;
-        for a in acked.values() {
-            n += a.lock().await.len();
-        }
-        (n >= after_join).then_some(())
+        (total(&acked).await >= after_join).then_some(())
     })
     .await
     .unwrap();
@@ -316,14 +325,7 @@ async fn a_node_leaving_gracefully_hands_everything_over() {
     let (sender, _) = nodes[0].user("sender").await.unwrap();
     let receivers: Vec<String> = (0..12).map(|i| format!("rcv{i}")).collect();
     for r in &receivers {
-        nodes[1]
-            .connect()
-            .await
-            .unwrap()
-            .0
-            .register(r, &chat_tests::password(r))
-            .await
-            .unwrap();
+        register(&nodes[1], r).await;
     }
     sender.create_group("club").await.unwrap();
     for r in &receivers {
@@ -369,15 +371,9 @@ async fn a_frozen_node_is_marked_down_and_the_others_keep_serving_what_they_own(
     let [n1, n2, n3] = [&nodes[0], &nodes[1], &nodes[2]];
     settled(&[n1, n2, n3]).await;
     let members = ["s1", "s2", "s3"];
-    let owner = |user: &str| partition::owner(members, partition::of_user(user)).unwrap();
     // Two users owned by s1 and s2, and one owned by the node that will freeze.
-    let pick = |want: &[&str]| {
-        (0..1000)
-            .map(|i| format!("user{i}"))
-            .find(|u| want.contains(&owner(u)))
-            .unwrap()
-    };
-    let (x, y, z) = (pick(&["s1"]), pick(&["s2"]), pick(&["s3"]));
+    let pick = |node| user_owned_by(&members, node, "user");
+    let (x, y, z) = (pick("s1"), pick("s2"), pick("s3"));
     let (xc, _) = n1.user(&x).await.unwrap();
     let (_yc, mut y_rx) = n2.user(&y).await.unwrap();
     n1.user(&z).await.unwrap();
@@ -415,15 +411,11 @@ async fn after_a_node_restarts_its_users_get_pushes_again_and_group_fan_outs_com
     let (mut nodes, _) = start(&["r1", "r2", "r3"]);
     settled(&[&nodes[0], &nodes[1], &nodes[2]]).await;
     let members = ["r1", "r2", "r3"];
-    let user_owner = |u: &str| partition::owner(members, partition::of_user(u)).unwrap();
-    let pick = |owner: &str| {
-        (0..1000)
-            .map(|i| format!("member{i}"))
-            .find(|u| user_owner(u) == owner)
-            .unwrap()
-    };
     // v's inbox lives on r3; v is connected to r1. The group lives elsewhere.
-    let (v, w) = (pick("r3"), pick("r1"));
+    let (v, w) = (
+        user_owned_by(&members, "r3", "member"),
+        user_owned_by(&members, "r1", "member"),
+    );
     let group = (0..1000)
         .map(|i| format!("grp{i}"))
         .find(|g| partition::owner(members, partition::of_group(g)) != Some("r3"))
@@ -521,14 +513,7 @@ async fn a_joining_node_killed_during_its_takeover_and_restarted_loses_nothing()
         .collect();
     let (sender, _) = nodes[0].user("sender").await.unwrap();
     for r in &movers {
-        nodes[1]
-            .connect()
-            .await
-            .unwrap()
-            .0
-            .register(r, &chat_tests::password(r))
-            .await
-            .unwrap();
+        register(&nodes[1], r).await;
         for k in 0..20 {
             sender.send_private(r, &format!("{r} {k}")).await.unwrap();
         }
@@ -558,14 +543,11 @@ async fn receipts_cross_nodes_and_wait_for_an_offline_sender() {
     let (nodes, _) = start(&["c1", "c2", "c3"]);
     settled(&[&nodes[0], &nodes[1], &nodes[2]]).await;
     let members = ["c1", "c2", "c3"];
-    let owned_by = |node: &str, prefix: &str| {
-        (0..1000)
-            .map(|i| format!("{prefix}{i}"))
-            .find(|u| partition::owner(members, partition::of_user(u)) == Some(node))
-            .unwrap()
-    };
     // The sender's inbox is on c1, the recipient's on c2; they connect through c3 and c1.
-    let (sender, recipient) = (owned_by("c1", "snd"), owned_by("c2", "rcp"));
+    let (sender, recipient) = (
+        user_owned_by(&members, "c1", "snd"),
+        user_owned_by(&members, "c2", "rcp"),
+    );
     let (s, _) = nodes[2].user(&sender).await.unwrap();
     let (r, _) = nodes[0].user(&recipient).await.unwrap();
     s.send_private(&recipient, "one").await.unwrap();

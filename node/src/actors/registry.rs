@@ -25,6 +25,7 @@
 
 use super::group::{Group, GroupArgs, GroupMsg};
 use super::inbox::{Inbox, InboxArgs, InboxMsg};
+use super::session::SessionMsg;
 use super::{Reply, SessionRef, SessionTarget, wire};
 use crate::cluster::ClusterView;
 use crate::error::{ChatError, ChatResult};
@@ -926,9 +927,17 @@ impl RegistryState {
             if self.held[p as usize] || !self.owner(p).is_some_and(|o| nodes.iter().any(|n| n == o)) {
                 continue;
             }
+            let catch_up = mailbox.clone();
             let attach = InboxMsg::Attach {
                 session: SessionRef::local(id, mailbox),
-                reply: Box::new(|_| {}),
+                // Pushes made while it was not attached are caught up.
+                reply: Box::new(move |meta| {
+                    if let Ok(meta) = meta {
+                        let _ = catch_up.send(SessionMsg::CatchUp {
+                            last_seq: meta.last_seq,
+                        });
+                    }
+                }),
             };
             self.route(Target::Inbox(user, attach), 0).await;
         }

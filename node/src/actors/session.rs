@@ -58,6 +58,12 @@ pub enum SessionMsg {
     },
     /// Any other encoded push.
     Push(Bytes),
+    /// Attached again to an inbox whose newest seq is `last_seq` (its node came back):
+    /// push what this session has not seen yet, since it may have missed pushes.
+    CatchUp {
+        /// The inbox's newest durable seq.
+        last_seq: u64,
+    },
     /// Login finished: attached to the inbox (boxed: it is much larger than the rest).
     LoggedIn(Box<LoggedIn>),
     /// Login failed before attaching.
@@ -272,6 +278,31 @@ impl SessionState {
                 if self.user.is_some() {
                     self.out.send_bytes(frame);
                 }
+            }
+            SessionMsg::CatchUp { last_seq } => {
+                if self.user.is_none() || last_seq < self.next_seq {
+                    return;
+                }
+                let mailbox = self.mailbox.clone();
+                let fetch = InboxMsg::Fetch {
+                    after: self.next_seq - 1,
+                    limit: MAX_PAGE,
+                    reply: reply(move |page: ChatResult<Page>| {
+                        let Ok(page) = page else { return };
+                        let since = tokio::time::Instant::now();
+                        for mut d in page.messages {
+                            let seq = d.seq;
+                            let body = match d.receipt.take() {
+                                Some(r) => Body::Receipt(r),
+                                None => Body::Delivery(d),
+                            };
+                            let frame = inbox::encode_push(body);
+                            let _ = mailbox.send(SessionMsg::Deliver { seq, frame, since });
+                        }
+                    }),
+                };
+                let me = self.me().to_owned();
+                self.ctx.router.to_inbox(&me, fetch);
             }
             SessionMsg::LoggedIn(done) => {
                 let LoggedIn {
