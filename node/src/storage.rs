@@ -108,6 +108,8 @@ const META_HELD: &[u8] = b"held";
 const META_MEMBERS: &[u8] = b"members";
 /// Meta key: nodes known to have left, newline-separated.
 const META_LEFT: &[u8] = b"left";
+/// Meta key: leaving nodes last seen still holding data, newline-separated.
+const META_DEPARTING: &[u8] = b"departing";
 /// Meta key: partitions handed off but not yet acknowledged, as `partition node` lines.
 const META_GIVING: &[u8] = b"giving";
 
@@ -386,6 +388,11 @@ impl Storage {
         self.meta_lines(META_LEFT)
     }
 
+    /// Leaving nodes last seen still holding data.
+    pub fn departing_nodes(&self) -> Result<Vec<String>> {
+        self.meta_lines(META_DEPARTING)
+    }
+
     /// Partitions handed off but not acknowledged, with the node they went to.
     pub fn giving(&self) -> Result<Vec<(Partition, String)>> {
         Ok(self
@@ -399,16 +406,21 @@ impl Storage {
             .collect())
     }
 
-    /// Adds the writes of the member list and the departed nodes to `writes`.
+    /// Adds the writes of the member list, the departed nodes and the departing ones.
     pub fn put_members<'a>(
         writes: &mut Writes,
         members: impl IntoIterator<Item = &'a String>,
         left: impl IntoIterator<Item = &'a String>,
+        departing: impl IntoIterator<Item = &'a String>,
     ) {
-        let joined: Vec<&str> = members.into_iter().map(String::as_str).collect();
-        writes.put(TreeId::Meta, META_MEMBERS, joined.join("\n"));
-        let gone: Vec<&str> = left.into_iter().map(String::as_str).collect();
-        writes.put(TreeId::Meta, META_LEFT, gone.join("\n"));
+        let lines = |names: Vec<&'a String>| names.iter().map(|n| n.as_str()).collect::<Vec<_>>().join("\n");
+        writes.put(TreeId::Meta, META_MEMBERS, lines(members.into_iter().collect()));
+        writes.put(TreeId::Meta, META_LEFT, lines(left.into_iter().collect()));
+        writes.put(
+            TreeId::Meta,
+            META_DEPARTING,
+            lines(departing.into_iter().collect()),
+        );
     }
 
     /// Adds the write of the unacknowledged handoffs to `writes`.

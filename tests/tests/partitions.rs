@@ -615,3 +615,59 @@ async fn a_group_message_reports_per_member_delivered_and_read_across_nodes() {
     let err = ann.group_receipts("team", sent.seq + 5).await.unwrap_err();
     assert_eq!(err.code(), Some(ErrorCode::NotFound));
 }
+
+#[tokio::test]
+async fn a_leave_cut_short_leaves_its_partitions_to_nobody_else_until_the_node_returns() {
+    let (mut nodes, _) = start(&["t1", "t2", "t3"]);
+    settled(&[&nodes[0], &nodes[1], &nodes[2]]).await;
+    let (sender, _) = nodes[0].user("sender").await.unwrap();
+    let receivers: Vec<String> = (0..12).map(|i| format!("quiet{i}")).collect();
+    for r in &receivers {
+        register(&nodes[1], r).await;
+        sender.send_private(r, &format!("for {r}")).await.unwrap();
+    }
+    drop(sender);
+    // t1 freezes, so t3's leave cannot hand t1 its share; t2 sees t3 leaving, then t3
+    // dies before it is done.
+    send_signal(nodes[0].pid(), "STOP").unwrap();
+    send_signal(nodes[2].pid(), "TERM").unwrap();
+    wait_for("t2 to see t3 leaving", DEADLINE, || async {
+        let s = cluster_status(&nodes[1]).await?;
+        (s["members"].as_u64()? == 2).then_some(())
+    })
+    .await
+    .unwrap();
+    nodes[2].kill9();
+    send_signal(nodes[0].pid(), "CONT").unwrap();
+    // t1 and t2 must not take what t3 still has as new: watch them for a while.
+    wait_for("t1 to see t2 again", DEADLINE, || async {
+        let s = cluster_status(&nodes[0]).await?;
+        let nodes = s["nodes"].as_array()?;
+        nodes
+            .iter()
+            .any(|n| n["name"] == "t2" && n["up"] == true)
+            .then_some(())
+    })
+    .await
+    .unwrap();
+    let members = ["t1", "t2", "t3"];
+    let t1_share = (0..PARTITIONS)
+        .filter(|p| partition::owner(members, *p) == Some("t1"))
+        .count() as u64;
+    let watching = std::time::Instant::now();
+    while watching.elapsed() < Duration::from_secs(3) {
+        assert!(
+            held(&nodes[0]).await <= t1_share,
+            "t1 claimed partitions t3 still has"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // When t3 is back, every acknowledged message is where it belongs, once.
+    nodes[2].restart().unwrap();
+    settled(&[&nodes[0], &nodes[1], &nodes[2]]).await;
+    for (i, r) in receivers.iter().enumerate() {
+        let (c, _, _) = nodes[i % 3].login(r).await.unwrap();
+        let texts: Vec<String> = c.sync_all(0).await.unwrap().into_iter().map(|d| d.text).collect();
+        assert_eq!(texts, [format!("for {r}")], "{r}");
+    }
+}

@@ -370,6 +370,9 @@ pub struct RegistryState {
     members: BTreeSet<String>,
     /// Nodes that left gracefully; they rejoin only by showing up themselves.
     left: BTreeSet<String>,
+    /// Leaving nodes last seen still holding data (a leave cut short): not owners, but
+    /// no partition is claimed as new without their answer.
+    departing: BTreeSet<String>,
     /// Peers that answer heartbeats.
     up: BTreeSet<String>,
     /// Partitions whose data is here and served here.
@@ -443,6 +446,7 @@ impl Actor for Registry {
             online: BTreeMap::new(),
             members,
             left: args.storage.left_nodes()?.into_iter().collect(),
+            departing: args.storage.departing_nodes()?.into_iter().collect(),
             up: BTreeSet::new(),
             joined: args.seeds.is_empty(),
             seeds: (args.seeds.iter().cloned().collect(), resolved),
@@ -707,7 +711,7 @@ impl RegistryState {
 
     fn persist_members(&self) {
         let mut w = Writes::default();
-        Storage::put_members(&mut w, &self.members, &self.left);
+        Storage::put_members(&mut w, &self.members, &self.left, &self.departing);
         self.args.storage.commit(w, Box::new(|_| {}));
     }
 
@@ -834,23 +838,32 @@ impl RegistryState {
                 self.joined = true;
             }
         }
-        let before = (self.members.clone(), self.left.clone());
+        let before = (self.members.clone(), self.left.clone(), self.departing.clone());
         // What a node says about itself wins over what others say about it.
         let mut direct = BTreeSet::new();
         for p in peers.iter().filter(|p| p.up) {
-            direct.insert(p.card.name.clone());
+            let name = &p.card.name;
+            direct.insert(name.clone());
             if p.card.leaving {
-                self.members.remove(&p.card.name);
-                self.left.insert(p.card.name.clone());
+                self.members.remove(name);
+                // Gone for good only once it has handed everything over.
+                if p.card.holds.iter().all(|b| *b == 0) {
+                    self.left.insert(name.clone());
+                    self.departing.remove(name);
+                } else {
+                    self.departing.insert(name.clone());
+                }
             } else {
-                self.members.insert(p.card.name.clone());
-                self.left.remove(&p.card.name);
+                self.members.insert(name.clone());
+                self.left.remove(name);
+                self.departing.remove(name);
             }
         }
         for p in peers.iter().filter(|p| p.up) {
             for name in &p.card.left {
                 if !direct.contains(name) && *name != me {
                     self.members.remove(name);
+                    self.departing.remove(name);
                     self.left.insert(name.clone());
                 }
             }
@@ -873,8 +886,13 @@ impl RegistryState {
                 self.args.remote.send(node, item::Body::Reattach(me));
             }
         }
-        if before != (self.members.clone(), self.left.clone()) {
-            tracing::info!(members = ?self.members, left = ?self.left, "cluster members changed");
+        if before != (self.members.clone(), self.left.clone(), self.departing.clone()) {
+            tracing::info!(
+                members = ?self.members,
+                left = ?self.left,
+                departing = ?self.departing,
+                "cluster members changed"
+            );
             self.persist_members();
             self.publish();
             // Requests parked for partitions that are no longer ours go where they belong now.
@@ -1004,6 +1022,7 @@ impl RegistryState {
         let everyone = self
             .members
             .iter()
+            .chain(&self.departing)
             .all(|m| m == self.me() || round.answered.contains(m));
         let silent_holds: Vec<Vec<u8>> = self
             .args
@@ -1064,6 +1083,16 @@ impl RegistryState {
                 self.finish_round_if_answered().await;
             }
             item::Body::HandoffChunk(chunk) => self.install_chunk(chunk),
+            item::Body::Departed(node) => {
+                if node != self.me() && !self.left.contains(&node) {
+                    tracing::info!(node = %node, "a node left the cluster");
+                    self.members.remove(&node);
+                    self.departing.remove(&node);
+                    self.left.insert(node);
+                    self.persist_members();
+                    self.publish();
+                }
+            }
             item::Body::Reattach(node) => {
                 if self.up.contains(&node) {
                     self.reattach(&[node]).await;
@@ -1442,6 +1471,12 @@ impl RegistryState {
                 );
             }
             // `leaving` stays set: this node is shutting down and must not be a member again.
+            if done {
+                let me = self.me().to_owned();
+                for node in &self.up {
+                    self.args.remote.send(node, item::Body::Departed(me.clone()));
+                }
+            }
             reply(done);
         }
     }
