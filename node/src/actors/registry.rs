@@ -58,7 +58,7 @@ const ROUND_LIMIT: Duration = Duration::from_secs(2);
 const CHUNK_BYTES: usize = 1 << 20;
 /// A handoff that sends nothing for this long is asked for again (the giver ships
 /// it again: handoffs are idempotent).
-const RECEIVE_LIMIT: Duration = Duration::from_secs(30);
+const RECEIVE_LIMIT: Duration = Duration::from_secs(10);
 /// How often a giver repeats its HandoffDone until the new holder acknowledges it.
 const DONE_REPEAT: Duration = Duration::from_secs(5);
 
@@ -341,7 +341,7 @@ struct Round {
     partitions: Vec<Partition>,
     expect: BTreeSet<String>,
     answered: BTreeSet<String>,
-    not_held: HashMap<Partition, usize>,
+    not_held: HashMap<Partition, BTreeSet<String>>,
     refused: BTreeSet<Partition>,
     started: Instant,
 }
@@ -744,10 +744,14 @@ impl RegistryState {
             .filter(|(_, seen)| now - **seen > RECEIVE_LIMIT)
             .map(|(p, _)| *p)
             .collect();
-        for p in stalled {
-            tracing::warn!(partition = p, from = ?self.receiving.get(&p), "handoff stalled; asking again");
-            self.receiving.remove(&p);
-            self.receiving_seen.remove(&p);
+        if !stalled.is_empty() {
+            for p in &stalled {
+                tracing::warn!(partition = p, from = ?self.receiving.get(p), "handoff stalled; asking again");
+                self.receiving.remove(p);
+                self.receiving_seen.remove(p);
+            }
+            // What arrived of them is incomplete: delete it before asking again.
+            self.forget(&stalled);
         }
         if !self.giving.is_empty() && now - self.done_sent > DONE_REPEAT {
             self.repeat_done();
@@ -798,6 +802,7 @@ impl RegistryState {
                 let done = HandoffDone {
                     from: self.me().to_owned(),
                     partitions,
+                    repeat: true,
                 };
                 self.args.remote.send(node, item::Body::HandoffDone(done));
             }
@@ -825,6 +830,19 @@ impl RegistryState {
             }
         }
         let back: Vec<String> = up.difference(&self.up).cloned().collect();
+        // A giver that went away and came back (perhaps restarted) has lost its
+        // shipment: treat what was coming from it as stalled, so it is asked again.
+        let lost: Vec<Partition> = self
+            .receiving
+            .iter()
+            .filter(|(_, giver)| back.contains(giver) || !up.contains(*giver))
+            .map(|(p, _)| *p)
+            .collect();
+        for p in lost {
+            let long_ago = Instant::now().checked_sub(RECEIVE_LIMIT * 2);
+            self.receiving_seen
+                .insert(p, long_ago.unwrap_or_else(Instant::now));
+        }
         if !self.joined {
             let (names, addrs) = &self.seeds;
             let is_seed = |addr: &str| {
@@ -967,7 +985,6 @@ impl RegistryState {
             .filter(|p| {
                 !self.held[*p as usize]
                     && !self.receiving.contains_key(p)
-                    && !self.giving.contains_key(p)
                     && !self.forgetting.contains(p)
                     && self.owner(*p) == Some(self.me())
             })
@@ -1039,7 +1056,20 @@ impl RegistryState {
         };
         let mut claimed = Vec::new();
         for p in round.partitions {
-            let all_said_no = round.not_held.get(&p).copied().unwrap_or(0) == round.expect.len();
+            let said_no = round.not_held.get(&p);
+            let all_said_no = said_no.map_or(0, BTreeSet::len) == round.expect.len();
+            if let Some(to) = self.giving.get(&p).cloned() {
+                // Owned here again while a handoff of it to `to` was never acknowledged:
+                // if `to` does not have it, the handoff never finished, and the copy here
+                // (never deleted) is the partition. If it has it, it ships it back.
+                if said_no.is_some_and(|n| n.contains(&to)) && self.owner(p) == Some(self.me()) {
+                    tracing::info!(partition = p, to = %to, "unfinished handoff cancelled");
+                    self.giving.remove(&p);
+                    self.held[p as usize] = true;
+                    claimed.push(p);
+                }
+                continue;
+            }
             if everyone
                 && all_said_no
                 && !held_elsewhere(p)
@@ -1066,14 +1096,24 @@ impl RegistryState {
         match body {
             item::Body::TakeoverAsk(ask) => self.answer_takeover(ask).await,
             item::Body::TakeoverAnswer(answer) => {
+                let mut superseded = false;
                 for p in answer.given.iter().filter_map(|p| valid_partition(*p)) {
                     self.receiving.insert(p, answer.from.clone());
                     self.receiving_seen.insert(p, Instant::now());
+                    // Shipped back by the node it was being handed to: that handoff is over,
+                    // and no late acknowledgement of it may delete what is arriving now.
+                    if self.giving.get(&p) == Some(&answer.from) {
+                        self.giving.remove(&p);
+                        superseded = true;
+                    }
+                }
+                if superseded {
+                    self.persist_held();
                 }
                 if let Some(round) = self.round.as_mut().filter(|r| r.id == answer.round) {
                     if round.expect.contains(&answer.from) && round.answered.insert(answer.from.clone()) {
                         for p in answer.not_held.iter().filter_map(|p| valid_partition(*p)) {
-                            *round.not_held.entry(p).or_default() += 1;
+                            round.not_held.entry(p).or_default().insert(answer.from.clone());
                         }
                         round
                             .refused
@@ -1104,10 +1144,11 @@ impl RegistryState {
                     .iter()
                     .filter_map(|p| valid_partition(*p))
                     .collect();
+                // Only the giver's own end of shipment completes a handoff, never a reminder.
                 let incoming: Vec<Partition> = parts
                     .iter()
                     .copied()
-                    .filter(|p| self.receiving.get(p) == Some(&done.from))
+                    .filter(|p| !done.repeat && self.receiving.get(p) == Some(&done.from))
                     .collect();
                 if !incoming.is_empty() {
                     // Everything the old holder sent is queued before this; a barrier makes it durable.
@@ -1138,6 +1179,7 @@ impl RegistryState {
                     let ack = HandoffDone {
                         from: self.me().to_owned(),
                         partitions: reack,
+                        repeat: false,
                     };
                     self.args.remote.send(&done.from, item::Body::HandoffDone(ack));
                 }
@@ -1317,6 +1359,7 @@ impl RegistryState {
             let done = HandoffDone {
                 from: me,
                 partitions: parts.iter().map(|p| u32::from(*p)).collect(),
+                repeat: false,
             };
             send_reliably(&remote, &to, item::Body::HandoffDone(done)).await;
             tracing::info!(to = %to, records = count, "handoff sent");
@@ -1382,6 +1425,8 @@ impl RegistryState {
             if self.receiving.get(&p) == Some(&from) {
                 self.receiving.remove(&p);
                 self.receiving_seen.remove(&p);
+                // Shipped back by the node it was being handed to: that handoff is over.
+                self.giving.remove(&p);
                 self.held[p as usize] = true;
                 now_held.push(p);
             }
@@ -1400,6 +1445,7 @@ impl RegistryState {
         let done = HandoffDone {
             from: self.me().to_owned(),
             partitions: now_held.iter().map(|p| u32::from(*p)).collect(),
+            repeat: false,
         };
         self.args.remote.send(&from, item::Body::HandoffDone(done));
         // Group fan-outs the old holder had not finished are finished here.
@@ -1419,7 +1465,8 @@ impl RegistryState {
         let mut forgotten = Vec::new();
         for p in parts {
             self.giving.remove(p);
-            if !self.held[*p as usize] {
+            // Never delete a partition held here again or on its way here.
+            if !self.held[*p as usize] && !self.receiving.contains_key(p) {
                 set[*p as usize] = true;
                 // Not asked for again until the copy is gone, so the delete below
                 // cannot remove records that came back meanwhile.
