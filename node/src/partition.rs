@@ -71,6 +71,23 @@ where
     members.into_iter().max_by_key(|m| (weight(m, p), *m))
 }
 
+/// A set of partitions as a bitmap (bit p%8 of byte p/8), as stored and as nodes
+/// tell each other: the partitions for which `member` is true.
+pub fn to_bits(member: impl Fn(Partition) -> bool) -> Vec<u8> {
+    let mut bits = vec![0u8; PARTITIONS as usize / 8];
+    for p in 0..PARTITIONS {
+        if member(p) {
+            bits[p as usize / 8] |= 1 << (p % 8);
+        }
+    }
+    bits
+}
+
+/// Whether a bitmap from [`to_bits`] has `p` (false past its end).
+pub fn has_bit(bits: &[u8], p: Partition) -> bool {
+    bits.get(p as usize / 8).is_some_and(|b| b & (1 << (p % 8)) != 0)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -124,6 +141,13 @@ mod tests {
             hit[of_user(&format!("user{i}")) as usize] = true;
         }
         assert!(hit.iter().all(|h| *h), "5000 users leave a partition empty");
+    }
+
+    #[test]
+    fn bitmaps_round_trip() {
+        let bits = to_bits(|p| p % 3 == 0);
+        assert!((0..PARTITIONS).all(|p| has_bit(&bits, p) == (p % 3 == 0)));
+        assert!(!has_bit(&[], 5));
     }
 
     #[test]

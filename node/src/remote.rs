@@ -39,7 +39,8 @@ pub type OnResponse = Box<dyn FnOnce(ChatResult<response::Result>) + Send>;
 
 /// The queue to one peer, bounded in items and in bytes.
 struct Link {
-    tx: mpsc::Sender<Item>,
+    /// Items with their encoded size (measured once, on the way in).
+    tx: mpsc::Sender<(Item, usize)>,
     bytes: Arc<AtomicUsize>,
 }
 
@@ -118,7 +119,7 @@ impl Remote {
             tracing::warn!(peer = node, "link full (bytes); refusing");
             return false;
         }
-        match link.tx.try_send(item) {
+        match link.tx.try_send((item, size)) {
             Ok(()) => true,
             Err(e) => {
                 link.bytes.fetch_sub(size, Ordering::Relaxed);
@@ -312,17 +313,16 @@ impl Remote {
 async fn pump(
     remote: std::sync::Weak<Remote>,
     peer: String,
-    mut rx: mpsc::Receiver<Item>,
+    mut rx: mpsc::Receiver<(Item, usize)>,
     queued: Arc<AtomicUsize>,
 ) {
     let mut batch: Vec<Item> = Vec::new();
-    while let Some(first) = rx.recv().await {
-        let mut bytes = first.encoded_len();
+    while let Some((first, mut bytes)) = rx.recv().await {
         batch.push(first);
         while batch.len() < MAX_BATCH_ITEMS && bytes < MAX_BATCH_BYTES {
             match rx.try_recv() {
-                Ok(item) => {
-                    bytes += item.encoded_len();
+                Ok((item, size)) => {
+                    bytes += size;
                     batch.push(item);
                 }
                 Err(_) => break,

@@ -13,7 +13,7 @@
 //! `scope(name)` is a length byte then the name, so no name's keys are a
 //! prefix of another's.
 
-use crate::partition::{Entity, PARTITIONS, Partition, partition};
+use crate::partition::{Entity, PARTITIONS, Partition, has_bit, partition, to_bits};
 use chat_protocol::internal::{AccountRecord, GroupMessage, GroupRecord, InboxEntry, InboxMeta, TokenRecord};
 use prost::Message;
 use std::path::Path;
@@ -346,22 +346,15 @@ impl Storage {
     /// The partitions held here, or None if this database has never recorded any
     /// (a new node).
     pub fn held_partitions(&self) -> Result<Option<Vec<bool>>> {
-        Ok(self.meta.get(META_HELD)?.map(|bits| {
-            (0..PARTITIONS as usize)
-                .map(|p| bits.get(p / 8).is_some_and(|b| b & (1 << (p % 8)) != 0))
-                .collect()
-        }))
+        Ok(self
+            .meta
+            .get(META_HELD)?
+            .map(|bits| (0..PARTITIONS).map(|p| has_bit(&bits, p)).collect()))
     }
 
     /// Adds the write of `held` (one flag per partition) to `writes`.
     pub fn put_held(writes: &mut Writes, held: &[bool]) {
-        let mut bits = vec![0u8; PARTITIONS as usize / 8];
-        for (p, h) in held.iter().enumerate() {
-            if *h {
-                bits[p / 8] |= 1 << (p % 8);
-            }
-        }
-        writes.put(TreeId::Meta, META_HELD, bits);
+        writes.put(TreeId::Meta, META_HELD, to_bits(|p| held[p as usize]));
     }
 
     fn meta_lines(&self, key: &[u8]) -> Result<Vec<String>> {

@@ -700,13 +700,7 @@ impl RegistryState {
 
     /// The partitions whose data is here: held, or handed off but not acknowledged.
     fn holds_bitmap(&self) -> Vec<u8> {
-        let mut bits = vec![0u8; PARTITIONS as usize / 8];
-        for p in 0..PARTITIONS as usize {
-            if self.held[p] || self.giving.contains_key(&(p as Partition)) {
-                bits[p / 8] |= 1 << (p % 8);
-            }
-        }
-        bits
+        partition::to_bits(|p| self.held[p as usize] || self.giving.contains_key(&p))
     }
 
     fn persist_members(&self) {
@@ -1049,11 +1043,7 @@ impl RegistryState {
             .filter(|p| !round.answered.contains(&p.card.name))
             .map(|p| p.card.holds)
             .collect();
-        let held_elsewhere = |p: Partition| {
-            silent_holds
-                .iter()
-                .any(|bits| bits.get(p as usize / 8).is_some_and(|b| b & (1 << (p % 8)) != 0))
-        };
+        let held_elsewhere = |p: Partition| silent_holds.iter().any(|bits| partition::has_bit(bits, p));
         let mut claimed = Vec::new();
         for p in round.partitions {
             let said_no = round.not_held.get(&p);
@@ -1245,40 +1235,19 @@ impl RegistryState {
         // it): after a crash this node resumes the handoff instead of serving them.
         self.persist_held();
         self.done_sent = Instant::now();
-        let mut inboxes = Vec::new();
-        let users: Vec<String> = self
-            .inboxes
-            .keys()
-            .filter(|u| set[partition::of_user(u) as usize])
-            .cloned()
-            .collect();
-        for user in users {
-            let i = self.inboxes.remove(&user).expect("listed above");
-            inboxes.push((user, i.actor));
-        }
-        let groups: Vec<String> = self
-            .groups
-            .keys()
-            .filter(|g| set[partition::of_group(g) as usize])
-            .cloned()
+        let moving_user = |u: &String| set[partition::of_user(u) as usize];
+        let inboxes: Vec<(String, ActorRef<InboxMsg>)> = take_where(&mut self.inboxes, moving_user)
+            .into_iter()
+            .map(|(u, i)| (u, i.actor))
             .collect();
         let mut group_cells = Vec::new();
-        for g in groups {
-            let routed = self.groups.remove(&g).expect("listed above");
-            let _ = routed.actor.cast(GroupMsg::Stop);
-            group_cells.push(routed.actor.get_cell());
+        for (_, g) in take_where(&mut self.groups, |g| set[partition::of_group(g) as usize]) {
+            let _ = g.actor.cast(GroupMsg::Stop);
+            group_cells.push(g.actor.get_cell());
         }
         let mut sessions: Vec<(String, SessionRef)> = Vec::new();
-        let parked: Vec<String> = self
-            .parked
-            .keys()
-            .filter(|u| set[partition::of_user(u) as usize])
-            .cloned()
-            .collect();
-        for user in parked {
-            for s in self.parked.remove(&user).unwrap_or_default() {
-                sessions.push((user.clone(), s));
-            }
+        for (user, parked) in take_where(&mut self.parked, moving_user) {
+            sessions.extend(parked.into_iter().map(|s| (user.clone(), s)));
         }
         let (storage, remote, me) = (
             self.args.storage.clone(),
@@ -1527,6 +1496,14 @@ impl RegistryState {
             reply(done);
         }
     }
+}
+
+/// Removes and returns the entries whose key `pick` selects.
+fn take_where<V>(map: &mut HashMap<String, V>, pick: impl Fn(&String) -> bool) -> Vec<(String, V)> {
+    let keys: Vec<String> = map.keys().filter(|k| pick(k)).cloned().collect();
+    keys.into_iter()
+        .filter_map(|k| map.remove(&k).map(|v| (k, v)))
+        .collect()
 }
 
 /// Sends an item that must not be dropped, waiting while the link is full.
