@@ -57,6 +57,8 @@ async fn metrics(State(ctx): State<Arc<NodeCtx>>) -> impl IntoResponse {
         sled_bytes: ctx.storage.size_on_disk().unwrap_or(0),
         partitions_held: stats.held_partitions as u64,
         requests_waiting: stats.waiting as u64,
+        partitions_under_replicated: stats.under_replicated as u64,
+        partition_copies: stats.copies as u64,
     };
     (
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
@@ -89,6 +91,8 @@ async fn cluster(State(ctx): State<Arc<NodeCtx>>) -> impl IntoResponse {
             "held": stats.held_partitions,
             "moving": stats.moving,
             "waiting_requests": stats.waiting,
+            "under_replicated": stats.under_replicated,
+            "copies": stats.copies,
         },
     });
     ([(header::CONTENT_TYPE, "application/json")], body.to_string())

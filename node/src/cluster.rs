@@ -80,12 +80,19 @@ struct ViewState {
     local: LocalView,
 }
 
+/// What this node says about itself in its card (set by the registry).
 #[derive(Default, Clone)]
-struct LocalView {
-    members: Vec<String>,
-    left: Vec<String>,
-    leaving: bool,
-    holds: Vec<u8>,
+pub struct LocalView {
+    /// The nodes it counts as members.
+    pub members: Vec<String>,
+    /// The nodes it knows have left.
+    pub left: Vec<String>,
+    /// Whether it is leaving.
+    pub leaving: bool,
+    /// Bitmap of the partitions whose data is here.
+    pub holds: Vec<u8>,
+    /// Bitmap of the partitions served here.
+    pub serving: Vec<u8>,
 }
 
 impl ClusterView {
@@ -117,13 +124,8 @@ impl ClusterView {
     }
 
     /// Sets what this node tells its peers about the membership.
-    pub fn set_local(&self, members: Vec<String>, left: Vec<String>, leaving: bool, holds: Vec<u8>) {
-        self.inner.lock().expect("view lock").local = LocalView {
-            members,
-            left,
-            leaving,
-            holds,
-        };
+    pub fn set_local(&self, local: LocalView) {
+        self.inner.lock().expect("view lock").local = local;
     }
 
     fn fill_card(&self, card: &mut NodeCard) {
@@ -132,6 +134,7 @@ impl ClusterView {
         card.left = local.left;
         card.leaving = local.leaving;
         card.holds = local.holds;
+        card.serving = local.serving;
     }
 
     fn seen(&self, cell: ActorCell, card: NodeCard) {

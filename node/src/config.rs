@@ -138,6 +138,11 @@ pub struct ClusterConfig {
     /// False: stop at once; this node's users are unavailable until it is back.
     /// Default: true.
     pub handoff_on_shutdown: bool,
+    /// Copies of every partition, on different nodes, the holder's included: a send is
+    /// acknowledged once it is durable on all of them (capped by the nodes that are
+    /// up), and when a node dies a node with a whole copy takes its partitions over.
+    /// 1 keeps no copies: a down node's users wait for it. Between 1 and 5. Default: 2.
+    pub replicas: usize,
 }
 
 /// Accounts and tokens.
@@ -211,6 +216,7 @@ impl Default for ClusterConfig {
             advertise_host: None,
             cookie: "chat-cluster-dev-cookie".to_owned(),
             handoff_on_shutdown: true,
+            replicas: 2,
         }
     }
 }
@@ -286,6 +292,10 @@ impl Config {
             "client.outbound_queue must be at least 16",
         )?;
         check(c.max_in_flight >= 1, "client.max_in_flight must be at least 1")?;
+        check(
+            (1..=5).contains(&self.cluster.replicas),
+            "cluster.replicas must be between 1 and 5",
+        )?;
         check(
             c.max_requests_per_sec == 0 || c.request_burst >= 1,
             "client.request_burst must be at least 1 when client.max_requests_per_sec is set",

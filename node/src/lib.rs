@@ -11,6 +11,7 @@ pub mod error;
 pub mod metrics;
 pub mod partition;
 pub mod remote;
+pub mod replication;
 pub mod server;
 pub mod storage;
 pub mod tls;

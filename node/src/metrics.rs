@@ -74,6 +74,10 @@ pub struct Gauges {
     pub partitions_held: u64,
     /// Requests waiting for a partition this node is taking over.
     pub requests_waiting: u64,
+    /// Held partitions lacking a whole copy on one of their replicas.
+    pub partitions_under_replicated: u64,
+    /// Whole copies of other nodes' partitions kept here.
+    pub partition_copies: u64,
 }
 
 impl Metrics {
@@ -135,6 +139,18 @@ impl Metrics {
             "gauge",
             "Requests waiting for a partition this node is taking over.",
             g.requests_waiting,
+        );
+        metric(
+            "chat_partitions_under_replicated",
+            "gauge",
+            "Held partitions lacking a whole copy on one of their replicas.",
+            g.partitions_under_replicated,
+        );
+        metric(
+            "chat_partition_copies",
+            "gauge",
+            "Whole copies of other nodes' partitions kept here.",
+            g.partition_copies,
         );
         metric(
             "chat_sled_size_bytes",

@@ -71,6 +71,17 @@ where
     members.into_iter().max_by_key(|m| (weight(m, p), *m))
 }
 
+/// `members` from the owner of `p` down, by rendezvous weight: the owner, then the
+/// node that would own `p` without it, and so on. Replicas are taken from the front.
+pub fn ranked<'a, I>(members: I, p: Partition) -> Vec<&'a str>
+where
+    I: IntoIterator<Item = &'a str>,
+{
+    let mut all: Vec<&str> = members.into_iter().collect();
+    all.sort_by_key(|m| std::cmp::Reverse((weight(m, p), *m)));
+    all
+}
+
 /// A set of partitions as a bitmap (bit p%8 of byte p/8), as stored and as nodes
 /// tell each other: the partitions for which `member` is true.
 pub fn to_bits(member: impl Fn(Partition) -> bool) -> Vec<u8> {
@@ -148,6 +159,20 @@ mod tests {
         let bits = to_bits(|p| p % 3 == 0);
         assert!((0..PARTITIONS).all(|p| has_bit(&bits, p) == (p % 3 == 0)));
         assert!(!has_bit(&[], 5));
+    }
+
+    #[test]
+    fn ranking_starts_with_the_owner_and_is_what_remains_when_it_goes() {
+        let members = names(4);
+        for p in 0..PARTITIONS {
+            let order = ranked(members.iter().map(String::as_str), p);
+            assert_eq!(order.len(), 4);
+            assert_eq!(Some(order[0]), owner(members.iter().map(String::as_str), p));
+            // Without the first, the second owns it: a replica taken from the front
+            // of the ranking is the node that takes over.
+            let rest = members.iter().map(String::as_str).filter(|m| *m != order[0]);
+            assert_eq!(Some(order[1]), owner(rest, p));
+        }
     }
 
     #[test]

@@ -166,6 +166,8 @@ pub async fn run(config: Config, listeners: Listeners, shutdown: CancellationTok
     let sessions = Arc::new(AtomicUsize::new(0));
     let view = crate::cluster::ClusterView::default();
     let remote = crate::remote::Remote::new(&node_name, view.clone());
+    let replicator = crate::replication::Replicator::new(&node_name, remote.clone());
+    storage.set_replicator(replicator.clone());
     let metrics = Arc::new(crate::metrics::Metrics::default());
     {
         // The stored-message gauge starts from what is on disk; counting it is a scan,
@@ -195,6 +197,8 @@ pub async fn run(config: Config, listeners: Listeners, shutdown: CancellationTok
             metrics: metrics.clone(),
             remote: remote.clone(),
             seeds: config.cluster.seeds.clone(),
+            replicas: config.cluster.replicas,
+            replicator,
         },
     )
     .await

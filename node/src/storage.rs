@@ -14,10 +14,11 @@
 //! prefix of another's.
 
 use crate::partition::{Entity, PARTITIONS, Partition, has_bit, partition, to_bits};
+use crate::replication::Replicator;
 use chat_protocol::internal::{AccountRecord, GroupMessage, GroupRecord, InboxEntry, InboxMeta, TokenRecord};
 use prost::Message;
 use std::path::Path;
-use std::sync::mpsc;
+use std::sync::{Arc, OnceLock, mpsc};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 /// Storage failures.
@@ -32,6 +33,9 @@ pub enum StorageError {
     /// The committer has stopped (the node is shutting down).
     #[error("storage is closed")]
     Closed,
+    /// Durable here, but a replica of the partition did not confirm it: not acknowledged.
+    #[error("not copied to a replica: {0}")]
+    NotReplicated(String),
 }
 
 /// Result alias for storage operations.
@@ -162,8 +166,11 @@ pub type Completion = Box<dyn FnOnce(Result<()>) + Send>;
 /// The writes of one commit, applied atomically per tree and made durable together.
 #[derive(Debug, Default)]
 pub struct Writes {
-    ops: Vec<(TreeId, Vec<u8>, Option<Vec<u8>>)>,
+    ops: Vec<Op>,
 }
+
+/// One write: a key of a tree set to a value, or removed (None).
+pub type Op = (TreeId, Vec<u8>, Option<Vec<u8>>);
 
 impl Writes {
     /// Sets `key` to `value` in `tree`.
@@ -203,6 +210,8 @@ pub struct Storage {
     fanout: sled::Tree,
     meta: sled::Tree,
     committer: mpsc::Sender<Commit>,
+    /// Ships the writes of held partitions to their replicas, once set.
+    replicator: Arc<OnceLock<Arc<Replicator>>>,
 }
 
 impl Storage {
@@ -226,6 +235,7 @@ impl Storage {
             meta: db.open_tree("meta")?,
             db,
             committer: tx,
+            replicator: Arc::default(),
         };
         let worker = storage.clone_trees();
         std::thread::Builder::new()
@@ -310,10 +320,34 @@ impl Storage {
         tracing::debug!("committer stopped");
     }
 
-    /// Queues writes to be applied and flushed; `done` runs once they are durable.
-    /// Commits are applied in submission order, so a later write to a key wins.
+    /// From now on, writes of the partitions `replicator` copies are also shipped to
+    /// their replicas, and complete only once those have them too.
+    pub fn set_replicator(&self, replicator: Arc<Replicator>) {
+        let _ = self.replicator.set(replicator);
+    }
+
+    /// Queues writes to be applied and flushed; `done` runs once they are durable (here,
+    /// and on every replica of their partitions). Commits are applied in submission
+    /// order, so a later write to a key wins.
     pub fn commit(&self, writes: Writes, done: Completion) {
-        if let Err(mpsc::SendError(commit)) = self.committer.send(Commit { writes, done }) {
+        match self.replicator.get() {
+            Some(r) => {
+                let committer = &self.committer;
+                r.commit(writes.ops, done, move |ops, done| {
+                    Self::commit_here(committer, Writes { ops }, done);
+                });
+            }
+            None => Self::commit_here(&self.committer, writes, done),
+        }
+    }
+
+    /// Writes to this node's database only: the replicas' own applying of shipped writes.
+    pub fn commit_unreplicated(&self, writes: Writes, done: Completion) {
+        Self::commit_here(&self.committer, writes, done);
+    }
+
+    fn commit_here(committer: &mpsc::Sender<Commit>, writes: Writes, done: Completion) {
+        if let Err(mpsc::SendError(commit)) = committer.send(Commit { writes, done }) {
             (commit.done)(Err(StorageError::Closed));
         }
     }
@@ -517,22 +551,42 @@ impl Storage {
     }
 
     /// Creates the account unless the name is taken; returns false if taken.
-    /// Durable when this returns true.
+    /// Durable (and replicated) when this returns true.
     pub async fn create_account(&self, user: &str, record: &AccountRecord) -> Result<bool> {
-        let created = self.try_create_account(user, record)?;
-        if created {
-            self.barrier().await?;
-        }
-        Ok(created)
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        self.create_account_then(
+            user,
+            record,
+            Box::new(move |r| {
+                let _ = tx.send(r);
+            }),
+        );
+        rx.await.map_err(|_| StorageError::Closed)?
     }
 
-    /// Creates the account unless the name is taken, at once but not yet durably
-    /// ([`Storage::barrier`] makes it durable); returns false if taken.
-    pub fn try_create_account(&self, user: &str, record: &AccountRecord) -> Result<bool> {
-        Ok(self
+    /// Creates the account unless the name is taken: at once (a second create of the
+    /// name sees it), durably and on the replicas when `done` gets true.
+    pub fn create_account_then(
+        &self,
+        user: &str,
+        record: &AccountRecord,
+        done: Box<dyn FnOnce(Result<bool>) + Send>,
+    ) {
+        let value = record.encode_to_vec();
+        match self
             .accounts
-            .compare_and_swap(user.as_bytes(), None::<&[u8]>, Some(record.encode_to_vec()))?
-            .is_ok())
+            .compare_and_swap(user.as_bytes(), None::<&[u8]>, Some(value.clone()))
+        {
+            Ok(Ok(())) => {
+                // The same record again, through the committer: flushed, and shipped to
+                // the partition's replicas like any other write.
+                let mut w = Writes::default();
+                w.put(TreeId::Accounts, user, value);
+                self.commit(w, Box::new(move |r| done(r.map(|()| true))));
+            }
+            Ok(Err(_)) => done(Ok(false)),
+            Err(e) => done(Err(e.into())),
+        }
     }
 
     /// The write that stores (Some) or revokes (None) a token of `user`.

@@ -31,14 +31,15 @@ use crate::cluster::ClusterView;
 use crate::error::{ChatError, ChatResult};
 use crate::partition::{self, PARTITIONS, Partition};
 use crate::remote::Remote;
+use crate::replication::{Bootstrap, Replicator, StreamError};
 use crate::storage::{Storage, TreeId, Writes};
 use chat_protocol::internal::{
-    AccountRecord, HandoffChunk, HandoffDone, NodeCard, TakeoverAnswer, TakeoverAsk, TokenRecord,
-    handoff_chunk, item,
+    AccountRecord, HandoffChunk, HandoffDone, NodeCard, Replication, ReplicationAck, TakeoverAnswer,
+    TakeoverAsk, TokenRecord, handoff_chunk, item, replication,
 };
 use chat_protocol::v1::NodeInfo;
 use ractor::{Actor, ActorProcessingErr, ActorRef, MessagingErr};
-use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
@@ -61,6 +62,9 @@ const CHUNK_BYTES: usize = 1 << 20;
 const RECEIVE_LIMIT: Duration = Duration::from_secs(10);
 /// How often a giver repeats its HandoffDone until the new holder acknowledges it.
 const DONE_REPEAT: Duration = Duration::from_secs(5);
+/// Two nodes serving one partition for this long (longer than a card takes to
+/// refresh) is a real conflict, not a stale card: the owner stops serving it.
+const CONFLICT_LIMIT: Duration = Duration::from_secs(3);
 
 /// How the registry starts inboxes and groups.
 #[derive(Clone)]
@@ -89,6 +93,10 @@ pub struct RegistryArgs {
     /// with seeds claims or answers for partitions, until it has met one of its seeds;
     /// a new node without seeds starts a cluster and holds everything.
     pub seeds: Vec<String>,
+    /// Copies of each partition (the holder's included); 1 keeps no replicas.
+    pub replicas: usize,
+    /// Ships the writes of held partitions to their replicas (set on `storage` too).
+    pub replicator: Arc<Replicator>,
 }
 
 /// Requests about a user's account, served by the node holding the user's partition.
@@ -242,11 +250,6 @@ pub enum RegistryMsg {
         /// The partitions.
         partitions: Vec<Partition>,
     },
-    /// Internal: the local copy of these partitions is deleted.
-    Forgotten {
-        /// The partitions.
-        partitions: Vec<Partition>,
-    },
     /// Internal: these users' inboxes have entries past the age limit.
     Sweep(Vec<String>),
     /// Internal: compare the view with the partition map.
@@ -276,6 +279,10 @@ pub struct RegistryStats {
     pub members: usize,
     /// Whether this node has met the cluster (see [`RegistryArgs::seeds`]).
     pub joined: bool,
+    /// Held partitions with fewer whole copies on other nodes than they should have.
+    pub under_replicated: usize,
+    /// Whole copies of other nodes' partitions kept here.
+    pub copies: usize,
 }
 
 /// A cheap handle for routing to entities wherever they live.
@@ -343,7 +350,23 @@ struct Round {
     answered: BTreeSet<String>,
     not_held: HashMap<Partition, BTreeSet<String>>,
     refused: BTreeSet<Partition>,
+    /// Partitions some node is shipping here.
+    given: BTreeSet<Partition>,
     started: Instant,
+}
+
+/// A replication stream from the holder of partitions copied here.
+struct InStream {
+    id: u64,
+    /// The number the next item must have.
+    next: u64,
+    /// Partitions this stream copies here.
+    partitions: BTreeSet<Partition>,
+    /// Those whose snapshot is still arriving.
+    syncing: BTreeSet<Partition>,
+    /// Keys written by the stream since their partition started: the snapshot's older
+    /// record of such a key must not overwrite them.
+    touched: HashSet<(u32, Vec<u8>)>,
 }
 
 /// Where a request should go.
@@ -398,8 +421,17 @@ pub struct RegistryState {
     giving: HashMap<Partition, String>,
     /// When the HandoffDone of the unacknowledged handoffs was last sent.
     done_sent: Instant,
-    /// Partitions whose local copy is being deleted; not asked for until it is gone.
-    forgetting: BTreeSet<Partition>,
+    /// Partitions whose data is here from before a restart, not served until it is
+    /// known that nobody else took them over meanwhile (replicated clusters only).
+    suspect: Vec<bool>,
+    /// Whole copies of partitions held by another node (its replica here), by holder.
+    copies: Vec<Option<String>>,
+    /// Replication streams from the holders of partitions copied here.
+    streams_in: HashMap<String, InStream>,
+    /// Streams refused here, by holder: their later items are dropped without a word.
+    refused_streams: HashMap<String, u64>,
+    /// Since when another node serves a partition this node serves too.
+    conflicts: HashMap<Partition, Instant>,
     /// When the last retention sweep started.
     swept: Instant,
     /// Requests for partitions being taken over.
@@ -430,6 +462,20 @@ impl Actor for Registry {
         };
         let mut members: BTreeSet<String> = args.storage.members()?.into_iter().collect();
         members.insert(args.node.clone());
+        // With replicas, another node may have taken these partitions over while this one
+        // was down: serve them only once that is ruled out.
+        let mut held = held;
+        let mut suspect = vec![false; PARTITIONS as usize];
+        if args.replicas > 1 && members.len() > 1 {
+            std::mem::swap(&mut held, &mut suspect);
+            let n = suspect.iter().filter(|s| **s).count();
+            if n > 0 {
+                tracing::info!(
+                    partitions = n,
+                    "not serving what was held before the restart until the cluster agrees"
+                );
+            }
+        }
         let mut resolved = BTreeSet::new();
         for seed in &args.seeds {
             match tokio::net::lookup_host(seed.as_str()).await {
@@ -459,7 +505,11 @@ impl Actor for Registry {
             receiving_seen: HashMap::new(),
             giving: args.storage.giving()?.into_iter().collect(),
             done_sent: Instant::now(),
-            forgetting: BTreeSet::new(),
+            suspect,
+            copies: vec![None; PARTITIONS as usize],
+            streams_in: HashMap::new(),
+            refused_streams: HashMap::new(),
+            conflicts: HashMap::new(),
             swept: Instant::now(),
             waiting: HashMap::new(),
             waiting_count: 0,
@@ -546,6 +596,8 @@ impl Actor for Registry {
                 moving: state.receiving.len() + state.giving.len(),
                 members: state.members.len(),
                 joined: state.joined,
+                under_replicated: state.under_replicated(),
+                copies: state.copies.iter().filter(|c| c.is_some()).count(),
             }),
             RegistryMsg::Drain { reply } => {
                 // Stop is queued behind every message already routed, and an actor
@@ -579,11 +631,6 @@ impl Actor for Registry {
             }
             RegistryMsg::Handoff(body) => state.handoff(body).await,
             RegistryMsg::Installed { from, partitions } => state.installed(from, partitions).await,
-            RegistryMsg::Forgotten { partitions } => {
-                for p in partitions {
-                    state.forgetting.remove(&p);
-                }
-            }
             RegistryMsg::Sweep(users) => {
                 for user in users {
                     state.route(Target::Inbox(user, InboxMsg::Sweep), 0).await;
@@ -600,9 +647,61 @@ impl RegistryState {
         &self.args.node
     }
 
-    /// The owner of `p` in this node's view.
+    /// The owner of `p` in this node's view: the first member by rendezvous weight,
+    /// among those up if partitions are replicated (a replica takes over from a node
+    /// that is down); without replicas, a down owner's partitions wait for it.
     fn owner(&self, p: Partition) -> Option<&str> {
-        partition::owner(self.members.iter().map(String::as_str), p)
+        let me = self.me();
+        let candidates = self
+            .members
+            .iter()
+            .map(String::as_str)
+            .filter(|m| self.args.replicas < 2 || *m == me || self.up.contains(*m));
+        partition::owner(candidates, p)
+    }
+
+    /// The nodes that should keep a copy of `p`, held here: the next members by
+    /// rendezvous weight that are up, skipping the owner if that is not this node
+    /// (it is about to take the partition over).
+    fn replica_targets(&self, p: Partition) -> Vec<&str> {
+        let me = self.me();
+        let owner = self.owner(p);
+        partition::ranked(self.members.iter().map(String::as_str), p)
+            .into_iter()
+            .filter(|n| *n != me && self.up.contains(*n) && (Some(*n) != owner || owner == Some(me)))
+            .take(self.args.replicas.saturating_sub(1))
+            .collect()
+    }
+
+    /// Held partitions without a whole copy on each of their replica targets.
+    fn under_replicated(&self) -> usize {
+        let synced = self.args.replicator.synced();
+        (0..PARTITIONS)
+            .filter(|p| {
+                self.held[*p as usize]
+                    && !self
+                        .replica_targets(*p)
+                        .iter()
+                        .all(|t| synced[*p as usize].contains(*t))
+            })
+            .count()
+    }
+
+    /// Starts and stops copies so that every held partition is copied to its targets,
+    /// and sends the snapshots of new copies.
+    fn plan_replicas(&self) {
+        let mut want: BTreeMap<String, BTreeSet<Partition>> = BTreeMap::new();
+        if self.args.replicas > 1 && self.joined {
+            for p in (0..PARTITIONS).filter(|p| self.held[*p as usize]) {
+                for t in self.replica_targets(p) {
+                    want.entry(t.to_owned()).or_default().insert(p);
+                }
+            }
+        }
+        for boot in self.args.replicator.plan(&want) {
+            let (storage, replicator) = (self.args.storage.clone(), self.args.replicator.clone());
+            tokio::spawn(send_snapshot(storage, replicator, boot));
+        }
     }
 
     fn decide(&self, p: Partition) -> Decision {
@@ -690,17 +789,31 @@ impl RegistryState {
 
     /// Tells the member actor what to say about this node.
     fn publish(&self) {
-        self.args.view.set_local(
-            self.members.iter().cloned().collect(),
-            self.left.iter().cloned().collect(),
-            self.leaving,
-            self.holds_bitmap(),
-        );
+        self.args.view.set_local(crate::cluster::LocalView {
+            members: self.members.iter().cloned().collect(),
+            left: self.left.iter().cloned().collect(),
+            leaving: self.leaving,
+            holds: self.holds_bitmap(),
+            serving: partition::to_bits(|p| self.held[p as usize]),
+        });
     }
 
-    /// The partitions whose data is here: held, or handed off but not acknowledged.
+    /// The partitions whose data is here: held, handed off but not acknowledged, or
+    /// held before a restart and not settled yet.
     fn holds_bitmap(&self) -> Vec<u8> {
-        partition::to_bits(|p| self.held[p as usize] || self.giving.contains_key(&p))
+        partition::to_bits(|p| {
+            self.held[p as usize] || self.suspect[p as usize] || self.giving.contains_key(&p)
+        })
+    }
+
+    /// What is stored as held: the partitions served here and those held before a
+    /// restart and not settled yet (a second restart must not forget them).
+    fn stored_held(&self) -> Vec<bool> {
+        self.held
+            .iter()
+            .zip(&self.suspect)
+            .map(|(h, s)| *h || *s)
+            .collect()
     }
 
     fn persist_members(&self) {
@@ -713,7 +826,7 @@ impl RegistryState {
     /// tells the peers.
     fn persist_held(&self) {
         let mut w = Writes::default();
-        Storage::put_held(&mut w, &self.held);
+        Storage::put_held(&mut w, &self.stored_held());
         Storage::put_giving(&mut w, &self.giving);
         self.args.storage.commit(w, Box::new(|_| {}));
         self.publish();
@@ -722,6 +835,7 @@ impl RegistryState {
     async fn tick(&mut self) {
         self.update_membership().await;
         self.args.remote.sweep();
+        self.args.replicator.sweep();
         self.expire_waiting();
         if self
             .round
@@ -745,7 +859,7 @@ impl RegistryState {
                 self.receiving_seen.remove(p);
             }
             // What arrived of them is incomplete: delete it before asking again.
-            self.forget(&stalled);
+            self.forget(&stalled).await;
         }
         if !self.giving.is_empty() && now - self.done_sent > DONE_REPEAT {
             self.repeat_done();
@@ -758,10 +872,54 @@ impl RegistryState {
             self.swept = now;
             self.sweep(max_age);
         }
+        self.resolve_conflicts();
         if self.round.is_none() && self.joined && !self.leaving {
             self.start_round().await;
         }
+        self.plan_replicas();
         self.check_left();
+    }
+
+    /// Stops serving a partition that another node serves too, if this node is its
+    /// owner: the other one took it over while this node was counted down (its copy
+    /// got the writes since; this node's writes were refused by its replica), so
+    /// this node asks for it back.
+    fn resolve_conflicts(&mut self) {
+        let serving: Vec<(String, Vec<u8>)> = self
+            .args
+            .view
+            .peers()
+            .into_iter()
+            .filter(|p| p.up)
+            .map(|p| (p.card.name, p.card.serving))
+            .collect();
+        let now = Instant::now();
+        let mut seen = HashMap::new();
+        for p in (0..PARTITIONS).filter(|p| self.held[*p as usize]) {
+            if serving.iter().any(|(_, bits)| partition::has_bit(bits, p)) {
+                seen.insert(p, self.conflicts.get(&p).copied().unwrap_or(now));
+            }
+        }
+        self.conflicts = seen;
+        let mut stepped_down = Vec::new();
+        for (p, since) in &self.conflicts {
+            if now - *since > CONFLICT_LIMIT && self.owner(*p) == Some(self.me()) {
+                tracing::warn!(
+                    partition = p,
+                    "another node serves this partition too; taking its copy"
+                );
+                self.held[*p as usize] = false;
+                self.suspect[*p as usize] = true;
+                stepped_down.push(*p);
+            }
+        }
+        if !stepped_down.is_empty() {
+            for p in &stepped_down {
+                self.conflicts.remove(p);
+            }
+            self.stop_actors(&stepped_down);
+            self.persist_held();
+        }
     }
 
     /// Finds, off the actor, the inboxes held here with entries past `max_age` and has
@@ -814,6 +972,7 @@ impl RegistryState {
             .collect();
         for gone in self.up.difference(&up) {
             self.args.remote.fail_node(gone);
+            self.args.replicator.node_down(gone);
             // Its sessions are gone, or will be attached again when it is back.
             for parked in self.parked.values_mut() {
                 parked.retain(|s| s.node() != Some(gone.as_str()));
@@ -979,7 +1138,6 @@ impl RegistryState {
             .filter(|p| {
                 !self.held[*p as usize]
                     && !self.receiving.contains_key(p)
-                    && !self.forgetting.contains(p)
                     && self.owner(*p) == Some(self.me())
             })
             .collect();
@@ -1015,6 +1173,7 @@ impl RegistryState {
             answered: BTreeSet::new(),
             not_held: HashMap::new(),
             refused: BTreeSet::new(),
+            given: BTreeSet::new(),
             started: Instant::now(),
         });
         self.finish_round_if_answered().await;
@@ -1048,6 +1207,27 @@ impl RegistryState {
         for p in round.partitions {
             let said_no = round.not_held.get(&p);
             let all_said_no = said_no.map_or(0, BTreeSet::len) == round.expect.len();
+            let gave = round.given.contains(&p);
+            if let Some(source) = self.copies[p as usize].clone() {
+                // A whole copy whose holder is down, and nobody up has the partition:
+                // the copy has every acknowledged write (they waited for it). Serve it.
+                if !self.up.contains(&source)
+                    && !gave
+                    && !round.refused.contains(&p)
+                    && !self.receiving.contains_key(&p)
+                    && self.owner(p) == Some(self.me())
+                {
+                    tracing::info!(partition = p, holder = %source, "holder down: serving the copy kept here");
+                    self.copies[p as usize] = None;
+                    if let Some(s) = self.streams_in.get_mut(&source) {
+                        s.partitions.remove(&p);
+                        s.syncing.remove(&p);
+                    }
+                    self.held[p as usize] = true;
+                    claimed.push(p);
+                }
+                continue;
+            }
             if let Some(to) = self.giving.get(&p).cloned() {
                 // Owned here again while a handoff of it to `to` was never acknowledged:
                 // if `to` does not have it, the handoff never finished, and the copy here
@@ -1067,7 +1247,9 @@ impl RegistryState {
                 && !self.receiving.contains_key(&p)
                 && self.owner(p) == Some(self.me())
             {
+                // New, or (suspect) held here before a restart and nobody has it since.
                 self.held[p as usize] = true;
+                self.suspect[p as usize] = false;
                 claimed.push(p);
             }
         }
@@ -1087,7 +1269,25 @@ impl RegistryState {
             item::Body::TakeoverAsk(ask) => self.answer_takeover(ask).await,
             item::Body::TakeoverAnswer(answer) => {
                 let mut superseded = false;
-                for p in answer.given.iter().filter_map(|p| valid_partition(*p)) {
+                let given: Vec<Partition> = answer
+                    .given
+                    .iter()
+                    .filter_map(|p| valid_partition(*p))
+                    .filter(|p| self.receiving.get(p).is_none_or(|g| *g == answer.from))
+                    .collect();
+                // Whatever is here of them (a copy, or data from before a restart) is
+                // older than what is coming: delete it before the records arrive.
+                let stale: Vec<Partition> = given
+                    .iter()
+                    .copied()
+                    .filter(|p| !self.receiving.contains_key(p))
+                    .collect();
+                self.drop_copies(&stale);
+                wipe(self.args.storage.clone(), stale.to_vec()).await;
+                if let Some(round) = self.round.as_mut().filter(|r| r.id == answer.round) {
+                    round.given.extend(given.iter().copied());
+                }
+                for p in given {
                     self.receiving.insert(p, answer.from.clone());
                     self.receiving_seen.insert(p, Instant::now());
                     // Shipped back by the node it was being handed to: that handoff is over,
@@ -1123,6 +1323,8 @@ impl RegistryState {
                     self.publish();
                 }
             }
+            item::Body::Replication(r) => self.replicate(r).await,
+            item::Body::ReplicationAck(a) => self.args.replicator.acked(&a.from, a.stream, a.seq, a.ok),
             item::Body::Reattach(node) => {
                 if self.up.contains(&node) {
                     self.reattach(&[node]).await;
@@ -1178,7 +1380,7 @@ impl RegistryState {
                     .filter(|p| self.giving.get(p) == Some(&done.from))
                     .collect();
                 if !acked.is_empty() {
-                    self.forget(&acked);
+                    self.forget(&acked).await;
                 }
             }
             _ => tracing::warn!("unexpected item routed to the registry"),
@@ -1201,14 +1403,22 @@ impl RegistryState {
             let wire = u32::from(p);
             if !theirs {
                 answer.refused.push(wire);
-            } else if self.held[p as usize] || self.giving.get(&p) == Some(&asker) {
-                // Held, or shipped to the asker before and not acknowledged (lost, or the
-                // asker restarted): ship it (again; installing twice is harmless).
+            } else if self.held[p as usize]
+                || self.giving.get(&p) == Some(&asker)
+                || self.copies[p as usize]
+                    .as_ref()
+                    .is_some_and(|s| !self.up.contains(s))
+                || (self.suspect[p as usize] && self.suspect_is_latest(p))
+            {
+                // Held; or shipped to the asker before and not acknowledged (lost, or the
+                // asker restarted); or a whole copy whose holder is down; or held before a
+                // restart with nobody else having it since: ship it (again; installing
+                // twice is harmless).
                 answer.given.push(wire);
                 give.push(p);
             } else if self.giving.contains_key(&p)
                 || self.receiving.contains_key(&p)
-                || self.forgetting.contains(&p)
+                || self.suspect[p as usize]
                 || self.round.as_ref().is_some_and(|r| r.partitions.contains(&p))
             {
                 answer.refused.push(wire);
@@ -1222,10 +1432,55 @@ impl RegistryState {
         }
     }
 
+    /// Whether this node's data of `p`, held before a restart, is the latest there is:
+    /// every member is up, and none of them serves `p`.
+    fn suspect_is_latest(&self, p: Partition) -> bool {
+        let peers = self.args.view.peers();
+        let card = |m: &String| peers.iter().find(|peer| peer.up && peer.card.name == *m);
+        self.members
+            .iter()
+            .filter(|m| *m != self.me())
+            .all(|m| card(m).is_some_and(|peer| !partition::has_bit(&peer.card.serving, p)))
+    }
+
+    /// Forgets that the copies of `parts` kept here are whole (they are about to be
+    /// replaced or deleted), and that the data from before a restart is pending.
+    fn drop_copies(&mut self, parts: &[Partition]) {
+        for p in parts {
+            if let Some(source) = self.copies[*p as usize].take() {
+                if let Some(s) = self.streams_in.get_mut(&source) {
+                    s.partitions.remove(p);
+                    s.syncing.remove(p);
+                }
+            }
+            self.suspect[*p as usize] = false;
+        }
+    }
+
+    /// Stops the inboxes and groups of `parts` (after their pending writes); their
+    /// requests are routed afresh from now on.
+    fn stop_actors(&mut self, parts: &[Partition]) {
+        let user_in = |u: &String| parts.contains(&partition::of_user(u));
+        for (_, i) in take_where(&mut self.inboxes, user_in) {
+            let _ = i.actor.cast(InboxMsg::Stop);
+        }
+        take_where(&mut self.parked, user_in);
+        for (_, g) in take_where(&mut self.groups, |g| parts.contains(&partition::of_group(g))) {
+            let _ = g.actor.cast(GroupMsg::Stop);
+        }
+    }
+
     /// Freezes `parts` and ships them to `to`: later requests are forwarded to it.
     fn give(&mut self, to: String, parts: Vec<Partition>) {
         tracing::info!(to = %to, partitions = parts.len(), "handing off partitions");
         let mut set = vec![false; PARTITIONS as usize];
+        // A copy or pre-restart data shipped from here is no longer either.
+        let copies: Vec<Partition> = parts
+            .iter()
+            .copied()
+            .filter(|p| self.copies[*p as usize].is_some() || self.suspect[*p as usize])
+            .collect();
+        self.drop_copies(&copies);
         for p in &parts {
             set[*p as usize] = true;
             self.held[*p as usize] = false;
@@ -1234,6 +1489,8 @@ impl RegistryState {
         // Recorded before anything is shipped (the export waits for a barrier behind
         // it): after a crash this node resumes the handoff instead of serving them.
         self.persist_held();
+        // Its replicas stop copying them (the new holder picks its own).
+        self.plan_replicas();
         self.done_sent = Instant::now();
         let moving_user = |u: &String| set[partition::of_user(u) as usize];
         let inboxes: Vec<(String, ActorRef<InboxMsg>)> = take_where(&mut self.inboxes, moving_user)
@@ -1311,6 +1568,7 @@ impl RegistryState {
                             tree: tree.number(),
                             key,
                             value,
+                            delete: false,
                         })
                         .collect(),
                     sessions: Vec::new(),
@@ -1405,7 +1663,7 @@ impl RegistryState {
         }
         tracing::info!(from = %from, partitions = now_held.len(), "partitions taken over");
         let mut w = Writes::default();
-        Storage::put_held(&mut w, &self.held);
+        Storage::put_held(&mut w, &self.stored_held());
         Storage::put_giving(&mut w, &self.giving);
         if let Err(e) = self.args.storage.commit_wait(w).await {
             tracing::error!(error = %e, "cannot record held partitions");
@@ -1429,49 +1687,248 @@ impl RegistryState {
     }
 
     /// The new holder has the data of `parts`: delete this node's copy.
-    fn forget(&mut self, parts: &[Partition]) {
-        let mut set = vec![false; PARTITIONS as usize];
+    async fn forget(&mut self, parts: &[Partition]) {
         let mut forgotten = Vec::new();
         for p in parts {
             self.giving.remove(p);
             // Never delete a partition held here again or on its way here.
             if !self.held[*p as usize] && !self.receiving.contains_key(p) {
-                set[*p as usize] = true;
-                // Not asked for again until the copy is gone, so the delete below
-                // cannot remove records that came back meanwhile.
-                self.forgetting.insert(*p);
                 forgotten.push(*p);
             }
         }
         self.persist_held();
-        let (storage, registry) = (self.args.storage.clone(), self.router.registry().clone());
-        tokio::spawn(async move {
-            let s = storage.clone();
-            // Deleted a chunk at a time, as the scan finds them.
-            let scan = tokio::task::spawn_blocking(move || {
-                s.export_chunks(&set, CHUNK_BYTES, |records| {
-                    let mut w = Writes::default();
-                    for (tree, key, _) in records {
-                        w.del(tree, key);
-                    }
-                    s.commit(w, Box::new(|_| {}));
-                    true
-                })
-            });
-            let scanned = scan.await;
-            if let Err(e) = storage.barrier().await {
-                tracing::error!(error = %e, "cannot delete handed-off partitions");
-            }
-            if !matches!(scanned, Ok(Ok(()))) {
-                tracing::error!(result = ?scanned, "handed-off partitions not fully deleted");
-            }
-            let _ = registry.cast(RegistryMsg::Forgotten {
-                partitions: forgotten,
-            });
-        });
+        wipe(self.args.storage.clone(), forgotten.to_vec()).await;
         self.check_left();
     }
 
+    /// An item of a replication stream from the holder of partitions copied here.
+    async fn replicate(&mut self, r: Replication) {
+        let Replication {
+            from,
+            stream,
+            seq,
+            body,
+        } = r;
+        if self.refused_streams.get(&from) == Some(&stream) {
+            return;
+        }
+        let known = self.streams_in.get(&from).is_some_and(|s| s.id == stream);
+        if !known && seq == 1 {
+            // A new stream from this holder: whatever its old one copied is not whole.
+            self.drop_stream(&from);
+            self.streams_in.insert(
+                from.clone(),
+                InStream {
+                    id: stream,
+                    next: 1,
+                    partitions: BTreeSet::new(),
+                    syncing: BTreeSet::new(),
+                    touched: HashSet::new(),
+                },
+            );
+        }
+        let in_order = self
+            .streams_in
+            .get(&from)
+            .is_some_and(|s| s.id == stream && s.next == seq);
+        if !in_order {
+            tracing::warn!(holder = %from, stream, seq, "replication item out of order; refusing the stream");
+            self.refuse_stream(&from, stream, seq);
+            return;
+        }
+        if let Some(s) = self.streams_in.get_mut(&from) {
+            s.next += 1;
+        }
+        let valid = |ps: &replication::Partitions| -> Vec<Partition> {
+            ps.partitions.iter().filter_map(|p| valid_partition(*p)).collect()
+        };
+        match body {
+            Some(replication::Body::Start(ps)) => {
+                let parts = valid(&ps);
+                if parts.iter().any(|p| {
+                    self.held[*p as usize] || self.receiving.contains_key(p) || self.giving.contains_key(p)
+                }) {
+                    // This node has the partition as more than a copy: the views disagree.
+                    tracing::warn!(holder = %from, "asked to copy a partition held or moving here; refusing");
+                    self.refuse_stream(&from, stream, seq);
+                    return;
+                }
+                self.drop_copies(&parts);
+                wipe(self.args.storage.clone(), parts.to_vec()).await;
+                if let Some(s) = self.streams_in.get_mut(&from) {
+                    s.partitions.extend(parts.iter().copied());
+                    s.syncing.extend(parts.iter().copied());
+                }
+            }
+            Some(replication::Body::Write(records)) => {
+                let Some(s) = self.streams_in.get_mut(&from) else {
+                    return;
+                };
+                let mut w = Writes::default();
+                for r in records.records {
+                    let Some(tree) = TreeId::from_number(r.tree) else {
+                        continue;
+                    };
+                    let Some(p) = tree.partition_of(&r.key) else {
+                        continue;
+                    };
+                    if !s.partitions.contains(&p) {
+                        continue;
+                    }
+                    if s.syncing.contains(&p) {
+                        s.touched.insert((r.tree, r.key.clone()));
+                    }
+                    if r.delete {
+                        w.del(tree, r.key);
+                    } else {
+                        w.put(tree, r.key, r.value);
+                    }
+                }
+                let (remote, me) = (self.args.remote.clone(), self.me().to_owned());
+                self.args.storage.commit_unreplicated(
+                    w,
+                    Box::new(move |r| {
+                        let ack = ReplicationAck {
+                            from: me,
+                            stream,
+                            seq,
+                            ok: r.is_ok(),
+                        };
+                        remote.send(&from, item::Body::ReplicationAck(ack));
+                    }),
+                );
+            }
+            Some(replication::Body::Chunk(records)) => {
+                let Some(s) = self.streams_in.get(&from) else {
+                    return;
+                };
+                let mut w = Writes::default();
+                for r in records.records {
+                    let Some(tree) = TreeId::from_number(r.tree) else {
+                        continue;
+                    };
+                    let fresh = tree.partition_of(&r.key).is_some_and(|p| s.syncing.contains(&p))
+                        && !s.touched.contains(&(r.tree, r.key.clone()));
+                    if fresh && !r.delete {
+                        w.put(tree, r.key, r.value);
+                    }
+                }
+                self.args.storage.commit_unreplicated(w, Box::new(|_| {}));
+            }
+            Some(replication::Body::Synced(ps)) => {
+                let parts = valid(&ps);
+                let Some(s) = self.streams_in.get_mut(&from) else {
+                    return;
+                };
+                let mut whole = Vec::new();
+                for p in parts {
+                    if s.syncing.remove(&p) {
+                        whole.push(p);
+                    }
+                }
+                if s.syncing.is_empty() {
+                    s.touched = HashSet::new();
+                }
+                for p in &whole {
+                    self.copies[*p as usize] = Some(from.clone());
+                }
+                tracing::info!(holder = %from, partitions = whole.len(), "copies complete");
+                // Acknowledged once everything before it is durable.
+                let (remote, me) = (self.args.remote.clone(), self.me().to_owned());
+                self.args.storage.commit_unreplicated(
+                    Writes::default(),
+                    Box::new(move |r| {
+                        let ack = ReplicationAck {
+                            from: me,
+                            stream,
+                            seq,
+                            ok: r.is_ok(),
+                        };
+                        remote.send(&from, item::Body::ReplicationAck(ack));
+                    }),
+                );
+            }
+            Some(replication::Body::Stop(ps)) => {
+                let parts: Vec<Partition> = valid(&ps)
+                    .into_iter()
+                    .filter(|p| {
+                        self.streams_in
+                            .get(&from)
+                            .is_some_and(|s| s.partitions.contains(p))
+                    })
+                    .collect();
+                self.drop_copies(&parts);
+                if let Some(s) = self.streams_in.get_mut(&from) {
+                    for p in &parts {
+                        s.partitions.remove(p);
+                        s.syncing.remove(p);
+                    }
+                }
+                let idle: Vec<Partition> = parts
+                    .into_iter()
+                    .filter(|p| !self.held[*p as usize] && !self.receiving.contains_key(p))
+                    .collect();
+                wipe(self.args.storage.clone(), idle.to_vec()).await;
+            }
+            None => {}
+        }
+    }
+
+    /// Ends the stream from `holder`: the copies it fed are no longer whole.
+    fn drop_stream(&mut self, holder: &str) {
+        if let Some(s) = self.streams_in.remove(holder) {
+            for p in s.partitions {
+                if self.copies[p as usize].as_deref() == Some(holder) {
+                    self.copies[p as usize] = None;
+                }
+            }
+        }
+    }
+
+    /// Refuses stream `stream` of `holder` (once): the holder starts a new one.
+    fn refuse_stream(&mut self, holder: &str, stream: u64, seq: u64) {
+        self.drop_stream(holder);
+        self.refused_streams.insert(holder.to_owned(), stream);
+        let nack = ReplicationAck {
+            from: self.me().to_owned(),
+            stream,
+            seq,
+            ok: false,
+        };
+        self.args.remote.send(holder, item::Body::ReplicationAck(nack));
+    }
+}
+
+/// Deletes this node's records of `parts`. The registry awaits it, so the deletes are
+/// queued (a chunk at a time, as the scan finds them) before it handles anything
+/// else, and no record that arrives later can be deleted by them. A scan of every
+/// tree: rare (copies starting or moving), and the registry waits for it.
+async fn wipe(storage: Storage, parts: Vec<Partition>) {
+    if parts.is_empty() {
+        return;
+    }
+    let mut set = vec![false; PARTITIONS as usize];
+    for p in &parts {
+        set[*p as usize] = true;
+    }
+    let s = storage;
+    let scanned = tokio::task::spawn_blocking(move || {
+        s.export_chunks(&set, CHUNK_BYTES, |records| {
+            let mut w = Writes::default();
+            for (tree, key, _) in records {
+                w.del(tree, key);
+            }
+            s.commit_unreplicated(w, Box::new(|_| {}));
+            true
+        })
+    })
+    .await;
+    if !matches!(scanned, Ok(Ok(()))) {
+        tracing::error!(result = ?scanned, "partitions not fully deleted");
+    }
+}
+
+impl RegistryState {
     fn check_left(&mut self) {
         let Some((deadline, _)) = &self.leave_reply else {
             return;
@@ -1506,6 +1963,67 @@ fn take_where<V>(map: &mut HashMap<String, V>, pick: impl Fn(&String) -> bool) -
         .collect()
 }
 
+/// Sends the snapshot of a new replica's partitions on its stream, then `synced`.
+/// Writes of those partitions travel on the stream from its `start` on; the scan
+/// begins after a barrier, so every write before the start is in the scan.
+async fn send_snapshot(storage: Storage, replicator: Arc<Replicator>, boot: Bootstrap) {
+    let Bootstrap {
+        node,
+        stream,
+        partitions,
+    } = boot;
+    if storage.barrier().await.is_err() {
+        return;
+    }
+    let mut set = vec![false; PARTITIONS as usize];
+    for p in &partitions {
+        set[*p as usize] = true;
+    }
+    let send = |body: replication::Body| {
+        let (replicator, node) = (replicator.clone(), node.clone());
+        async move {
+            for _ in 0..1200 {
+                match replicator.send_snapshot(&node, stream, body.clone()) {
+                    Ok(()) => return true,
+                    Err(StreamError::Gone) => return false,
+                    Err(StreamError::Full) => tokio::time::sleep(Duration::from_millis(50)).await,
+                }
+            }
+            false
+        }
+    };
+    let (chunks_tx, mut chunks) = tokio::sync::mpsc::channel::<Vec<crate::storage::Record>>(2);
+    let scan = tokio::task::spawn_blocking(move || {
+        storage.export_chunks(&set, CHUNK_BYTES, |chunk| chunks_tx.blocking_send(chunk).is_ok())
+    });
+    let mut count = 0;
+    while let Some(records) = chunks.recv().await {
+        count += records.len();
+        let records = records
+            .into_iter()
+            .map(|(tree, key, value)| handoff_chunk::Record {
+                tree: tree.number(),
+                key,
+                value,
+                delete: false,
+            })
+            .collect();
+        if !send(replication::Body::Chunk(replication::Records { records })).await {
+            return;
+        }
+    }
+    if !matches!(scan.await, Ok(Ok(()))) {
+        tracing::error!(replica = %node, "snapshot scan failed; the copy stays incomplete");
+        return;
+    }
+    let synced = replication::Partitions {
+        partitions: partitions.iter().map(|p| u32::from(*p)).collect(),
+    };
+    if send(replication::Body::Synced(synced)).await {
+        tracing::info!(replica = %node, records = count, partitions = partitions.len(), "snapshot sent");
+    }
+}
+
 /// Sends an item that must not be dropped, waiting while the link is full.
 async fn send_reliably(remote: &Arc<Remote>, to: &str, body: item::Body) {
     let mut body = Some(body);
@@ -1531,16 +2049,9 @@ fn account(storage: &Storage, user: String, msg: AccountMsg) {
         AccountMsg::GetToken { token, reply } => reply(storage.token(&user, &token).map_err(Into::into)),
         // Writes are applied or queued here, not in a task, so that a handoff's export
         // (which waits for a barrier queued after them) cannot miss them.
-        AccountMsg::Create { record, reply } => match storage.try_create_account(&user, &record) {
-            Ok(true) => {
-                let storage = storage.clone();
-                tokio::spawn(
-                    async move { reply(storage.barrier().await.map(|()| true).map_err(Into::into)) },
-                );
-            }
-            Ok(false) => reply(Ok(false)),
-            Err(e) => reply(Err(e.into())),
-        },
+        AccountMsg::Create { record, reply } => {
+            storage.create_account_then(&user, &record, Box::new(move |r| reply(r.map_err(Into::into))));
+        }
         AccountMsg::PutToken { token, record, reply } => storage.commit(
             Storage::token_write(&user, &token, Some(&record)),
             Box::new(move |r| reply(r.map_err(Into::into))),
@@ -1644,6 +2155,8 @@ pub(crate) async fn test_registry_with(
         metrics: Arc::default(),
         remote: Remote::new("t", ClusterView::default()),
         seeds: Vec::new(),
+        replicas: 1,
+        replicator: Replicator::new("t", Remote::new("t", ClusterView::default())),
     };
     change(&mut args);
     Actor::spawn(None, Registry, args)

@@ -1,0 +1,512 @@
+//! Synchronous copies of partitions on other nodes: the primary's side.
+//!
+//! The node holding a partition (its primary) streams every write of it to the
+//! partition's replicas, and a write's completion (the client's acknowledgement)
+//! runs only once the local flush *and* every replica's acknowledgement are in.
+//! So every acknowledged write is durable on every replica the partition had
+//! when it was written, and a replica whose copy is whole (synced) can take over
+//! the partition when the primary dies.
+//!
+//! One [`OutStream`] runs to each replica node. Its items are numbered and travel
+//! in order on the link to that node, so a replica applies writes in the order
+//! the primary committed them; a replica that sees a number out of order refuses
+//! the stream, and the primary starts a new one. A new replica of a partition gets
+//! `start` (it deletes what it had), then the live writes and, alongside, the
+//! snapshot in chunks, then `synced` once the snapshot is complete.
+//!
+//! Writes enter here from [`crate::storage::Storage::commit`]: every write carries
+//! its key, and [`TreeId::partition_of`] says which partition it belongs to.
+
+use crate::partition::{PARTITIONS, Partition};
+use crate::remote::Remote;
+use crate::storage::{Completion, Op, StorageError};
+use chat_protocol::internal::{Replication, handoff_chunk, item, replication};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::time::Instant;
+
+/// A replica that has not acknowledged a write after this long breaks its stream
+/// (the write fails, and the replica is copied afresh).
+pub const ACK_LIMIT: Duration = Duration::from_secs(10);
+
+/// Counts the arrivals a write waits for (the local flush and each replica's
+/// acknowledgement) and runs the completion after the last one.
+struct Gate {
+    state: Mutex<GateState>,
+}
+
+struct GateState {
+    waiting: usize,
+    failed: Option<StorageError>,
+    done: Option<Completion>,
+}
+
+impl Gate {
+    fn new(waiting: usize, done: Completion) -> Arc<Self> {
+        Arc::new(Self {
+            state: Mutex::new(GateState {
+                waiting,
+                failed: None,
+                done: Some(done),
+            }),
+        })
+    }
+
+    fn arrive(&self, outcome: Result<(), StorageError>) {
+        let done = {
+            let mut s = self.state.lock().expect("gate lock");
+            if let Err(e) = outcome {
+                s.failed.get_or_insert(e);
+            }
+            s.waiting = s.waiting.saturating_sub(1);
+            if s.waiting > 0 {
+                return;
+            }
+            (s.done.take(), s.failed.take())
+        };
+        if let (Some(done), failed) = done {
+            done(failed.map_or(Ok(()), Err));
+        }
+    }
+}
+
+/// The stream to one replica node.
+struct OutStream {
+    id: u64,
+    next_seq: u64,
+    /// Partitions copied to this node, and whether the copy is whole yet.
+    partitions: BTreeMap<Partition, bool>,
+    /// Writes waiting for this node's acknowledgement, by item number.
+    pending: BTreeMap<u64, (Instant, Arc<Gate>)>,
+    /// `synced` items not yet acknowledged: their partitions become whole when they are.
+    syncing: BTreeMap<u64, Vec<Partition>>,
+    /// A send failed or the replica refused: replaced by a new stream at the next plan.
+    broken: bool,
+}
+
+/// A snapshot to send: the partitions a new stream member needs, on stream `stream` to `node`.
+pub struct Bootstrap {
+    /// The replica.
+    pub node: String,
+    /// The stream the snapshot travels on.
+    pub stream: u64,
+    /// The partitions to copy.
+    pub partitions: Vec<Partition>,
+}
+
+/// Why an item could not be put on a stream.
+#[derive(Debug, PartialEq, Eq)]
+pub enum StreamError {
+    /// The stream was replaced or removed: whatever was being sent on it is moot.
+    Gone,
+    /// The link is full for now; try again shortly.
+    Full,
+}
+
+/// The primary's side of replication, shared by the storage (which ships writes)
+/// and the registry (which decides who copies what).
+pub struct Replicator {
+    me: String,
+    remote: Arc<Remote>,
+    streams: Mutex<HashMap<String, OutStream>>,
+    next_stream: Mutex<u64>,
+}
+
+impl Replicator {
+    /// The replicator of node `me`.
+    pub fn new(me: &str, remote: Arc<Remote>) -> Arc<Self> {
+        // Stream ids differ across restarts of this node, so a replica never takes a
+        // new stream for the continuation of an old one.
+        let base = crate::storage::now_ms() << 16;
+        Arc::new(Self {
+            me: me.to_owned(),
+            remote,
+            streams: Mutex::default(),
+            next_stream: Mutex::new(base),
+        })
+    }
+
+    fn send(&self, node: &str, stream: &mut OutStream, body: replication::Body) -> Option<u64> {
+        let seq = stream.next_seq;
+        let item = Replication {
+            from: self.me.clone(),
+            stream: stream.id,
+            seq,
+            body: Some(body),
+        };
+        if self.remote.send(node, item::Body::Replication(item)) {
+            stream.next_seq += 1;
+            Some(seq)
+        } else {
+            None
+        }
+    }
+
+    /// Ships `ops` to the replicas of their partitions, and returns the completion the
+    /// local commit must run: `done` runs once it and every replica have the writes.
+    /// `local` is called with the lock held, so the local commit order is the stream order.
+    pub fn commit(&self, ops: Vec<Op>, done: Completion, local: impl FnOnce(Vec<Op>, Completion)) {
+        let mut streams = self.streams.lock().expect("streams lock");
+        if streams.is_empty() {
+            drop(streams);
+            return local(ops, done);
+        }
+        let mut shipments: Vec<(&String, Vec<handoff_chunk::Record>)> = Vec::new();
+        for (node, stream) in streams.iter() {
+            if stream.broken {
+                continue;
+            }
+            let records: Vec<handoff_chunk::Record> = ops
+                .iter()
+                .filter(|(tree, key, _)| {
+                    tree.partition_of(key)
+                        .is_some_and(|p| stream.partitions.contains_key(&p))
+                })
+                .map(|(tree, key, value)| handoff_chunk::Record {
+                    tree: tree.number(),
+                    key: key.clone(),
+                    value: value.clone().unwrap_or_default(),
+                    delete: value.is_none(),
+                })
+                .collect();
+            if !records.is_empty() {
+                shipments.push((node, records));
+            }
+        }
+        if shipments.is_empty() {
+            drop(streams);
+            return local(ops, done);
+        }
+        let nodes: Vec<String> = shipments.iter().map(|(n, _)| (*n).clone()).collect();
+        let gate = Gate::new(nodes.len() + 1, done);
+        let mut records_of: HashMap<String, Vec<handoff_chunk::Record>> =
+            shipments.into_iter().map(|(n, r)| (n.clone(), r)).collect();
+        for node in nodes {
+            let stream = streams.get_mut(&node).expect("listed above");
+            let records = records_of.remove(&node).unwrap_or_default();
+            let body = replication::Body::Write(replication::Records { records });
+            match self.send(&node, stream, body) {
+                Some(seq) => {
+                    stream.pending.insert(seq, (Instant::now(), gate.clone()));
+                }
+                None => {
+                    // The replica would miss this write: it is not acknowledged, and the
+                    // replica is copied afresh.
+                    stream.broken = true;
+                    gate.arrive(Err(StorageError::NotReplicated(format!(
+                        "the link to replica {node} is full"
+                    ))));
+                }
+            }
+        }
+        let g = gate.clone();
+        local(ops, Box::new(move |r| g.arrive(r)));
+    }
+
+    /// A replica answered item `seq` of stream `stream`.
+    pub fn acked(&self, node: &str, stream: u64, seq: u64, ok: bool) {
+        let mut arrivals = Vec::new();
+        {
+            let mut streams = self.streams.lock().expect("streams lock");
+            let Some(s) = streams.get_mut(node).filter(|s| s.id == stream) else {
+                return;
+            };
+            if ok {
+                if let Some((_, gate)) = s.pending.remove(&seq) {
+                    arrivals.push((gate, Ok(())));
+                }
+                if let Some(parts) = s.syncing.remove(&seq) {
+                    for p in parts {
+                        if let Some(synced) = s.partitions.get_mut(&p) {
+                            *synced = true;
+                        }
+                    }
+                    tracing::info!(replica = node, stream, "replica copy complete");
+                }
+            } else {
+                tracing::warn!(replica = node, stream, seq, "replica refused the stream");
+                s.broken = true;
+                for (_, (_, gate)) in std::mem::take(&mut s.pending) {
+                    arrivals.push((
+                        gate,
+                        Err(StorageError::NotReplicated(format!(
+                            "replica {node} refused the write"
+                        ))),
+                    ));
+                }
+            }
+        }
+        for (gate, outcome) in arrivals {
+            gate.arrive(outcome);
+        }
+    }
+
+    /// `node` is down: its stream ends, and the writes waiting for it go on without it
+    /// (it is no longer a replica; its copy is taken afresh when it is back).
+    pub fn node_down(&self, node: &str) {
+        let stream = self.streams.lock().expect("streams lock").remove(node);
+        if let Some(s) = stream {
+            tracing::info!(replica = node, "replica down; its stream ends");
+            for (_, (_, gate)) in s.pending {
+                gate.arrive(Ok(()));
+            }
+        }
+    }
+
+    /// Breaks the streams with writes unacknowledged for longer than [`ACK_LIMIT`].
+    pub fn sweep(&self) {
+        let mut late = Vec::new();
+        {
+            let mut streams = self.streams.lock().expect("streams lock");
+            for (node, s) in streams.iter_mut() {
+                if s.pending
+                    .values()
+                    .next()
+                    .is_some_and(|(t, _)| t.elapsed() > ACK_LIMIT)
+                {
+                    tracing::warn!(replica = %node, "replica does not acknowledge; breaking its stream");
+                    s.broken = true;
+                    late.extend(std::mem::take(&mut s.pending).into_values().map(|(_, g)| g));
+                }
+            }
+        }
+        for gate in late {
+            gate.arrive(Err(StorageError::NotReplicated(
+                "a replica did not acknowledge in time".into(),
+            )));
+        }
+    }
+
+    /// Makes the streams copy exactly `want` (replica node -> partitions): stops what is
+    /// no longer wanted, replaces broken streams, and starts what is new. Returns the
+    /// snapshots to send for the started partitions.
+    pub fn plan(&self, want: &BTreeMap<String, BTreeSet<Partition>>) -> Vec<Bootstrap> {
+        let mut boots = Vec::new();
+        let mut failed = Vec::new();
+        {
+            let mut streams = self.streams.lock().expect("streams lock");
+            let gone: Vec<String> = streams
+                .keys()
+                .filter(|n| want.get(*n).is_none_or(BTreeSet::is_empty))
+                .cloned()
+                .collect();
+            for node in gone {
+                let mut s = streams.remove(&node).expect("listed above");
+                let parts: Vec<u32> = s.partitions.keys().map(|p| u32::from(*p)).collect();
+                if !s.broken && !parts.is_empty() {
+                    let stop = replication::Body::Stop(replication::Partitions { partitions: parts });
+                    self.send(&node, &mut s, stop);
+                }
+                failed.extend(s.pending.into_values().map(|(_, g)| g));
+            }
+            for (node, parts) in want.iter().filter(|(_, p)| !p.is_empty()) {
+                if streams.get(node).is_some_and(|s| s.broken) {
+                    let s = streams.remove(node).expect("checked");
+                    failed.extend(s.pending.into_values().map(|(_, g)| g));
+                }
+                let stream = match streams.get_mut(node) {
+                    Some(s) => s,
+                    None => {
+                        let mut next = self.next_stream.lock().expect("stream ids");
+                        *next += 1;
+                        streams.entry(node.clone()).or_insert(OutStream {
+                            id: *next,
+                            next_seq: 1,
+                            partitions: BTreeMap::new(),
+                            pending: BTreeMap::new(),
+                            syncing: BTreeMap::new(),
+                            broken: false,
+                        })
+                    }
+                };
+                let stop: Vec<Partition> = stream
+                    .partitions
+                    .keys()
+                    .filter(|p| !parts.contains(p))
+                    .copied()
+                    .collect();
+                if !stop.is_empty() {
+                    let body = replication::Body::Stop(replication::Partitions {
+                        partitions: stop.iter().map(|p| u32::from(*p)).collect(),
+                    });
+                    if self.send(node, stream, body).is_none() {
+                        stream.broken = true;
+                        continue;
+                    }
+                    for p in &stop {
+                        stream.partitions.remove(p);
+                    }
+                }
+                let start: Vec<Partition> = parts
+                    .iter()
+                    .filter(|p| !stream.partitions.contains_key(p))
+                    .copied()
+                    .collect();
+                if start.is_empty() {
+                    continue;
+                }
+                let body = replication::Body::Start(replication::Partitions {
+                    partitions: start.iter().map(|p| u32::from(*p)).collect(),
+                });
+                if self.send(node, stream, body).is_none() {
+                    stream.broken = true;
+                    continue;
+                }
+                tracing::info!(replica = %node, stream = stream.id, partitions = start.len(), "copying partitions to a replica");
+                for p in &start {
+                    stream.partitions.insert(*p, false);
+                }
+                boots.push(Bootstrap {
+                    node: node.clone(),
+                    stream: stream.id,
+                    partitions: start,
+                });
+            }
+        }
+        for gate in failed {
+            gate.arrive(Err(StorageError::NotReplicated("the replica set changed".into())));
+        }
+        boots
+    }
+
+    /// Puts a snapshot item on stream `stream` to `node`; a `synced` item is then
+    /// awaited: its partitions count as copied once the replica acknowledges it.
+    pub fn send_snapshot(&self, node: &str, stream: u64, body: replication::Body) -> Result<(), StreamError> {
+        let mut streams = self.streams.lock().expect("streams lock");
+        let Some(s) = streams.get_mut(node).filter(|s| s.id == stream && !s.broken) else {
+            return Err(StreamError::Gone);
+        };
+        let synced: Option<Vec<Partition>> = match &body {
+            replication::Body::Synced(p) => Some(
+                p.partitions
+                    .iter()
+                    .filter_map(|p| (*p < u32::from(PARTITIONS)).then_some(*p as Partition))
+                    .collect(),
+            ),
+            _ => None,
+        };
+        match self.send(node, s, body) {
+            Some(seq) => {
+                if let Some(parts) = synced {
+                    s.syncing.insert(seq, parts);
+                }
+                Ok(())
+            }
+            None => Err(StreamError::Full),
+        }
+    }
+
+    /// For each partition, the replica nodes whose copy is whole.
+    pub fn synced(&self) -> Vec<BTreeSet<String>> {
+        let mut out = vec![BTreeSet::new(); PARTITIONS as usize];
+        for (node, s) in self.streams.lock().expect("streams lock").iter() {
+            if s.broken {
+                continue;
+            }
+            for (p, synced) in &s.partitions {
+                if *synced {
+                    out[*p as usize].insert(node.clone());
+                }
+            }
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cluster::ClusterView;
+
+    use crate::storage::TreeId;
+
+    fn ops(user: &str) -> Vec<Op> {
+        vec![(TreeId::Accounts, user.as_bytes().to_vec(), Some(b"rec".to_vec()))]
+    }
+
+    fn completion() -> (Completion, std::sync::mpsc::Receiver<Result<(), StorageError>>) {
+        let (tx, rx) = std::sync::mpsc::channel();
+        (
+            Box::new(move |r| {
+                let _ = tx.send(r);
+            }),
+            rx,
+        )
+    }
+
+    #[tokio::test]
+    async fn a_write_completes_only_once_the_local_flush_and_every_replica_have_it() {
+        let r = Replicator::new("p", Remote::new("p", ClusterView::default()));
+        let p = crate::partition::of_user("bob");
+        let want = BTreeMap::from([("r1".to_owned(), BTreeSet::from([p]))]);
+        let boots = r.plan(&want);
+        assert_eq!(boots.len(), 1);
+        let stream = boots[0].stream;
+
+        let (done, rx) = completion();
+        let mut local_done = None;
+        r.commit(ops("bob"), done, |_, d| local_done = Some(d));
+        (local_done.take().expect("local commit called"))(Ok(()));
+        assert!(
+            rx.try_recv().is_err(),
+            "completed before the replica acknowledged"
+        );
+        // item 1 was `start`; the write is item 2.
+        r.acked("r1", stream, 2, true);
+        assert!(rx.try_recv().unwrap().is_ok());
+
+        // A write of another partition is not shipped and completes on the local flush.
+        let other = (0..1000)
+            .map(|i| format!("u{i}"))
+            .find(|u| crate::partition::of_user(u) != p)
+            .unwrap();
+        let (done, rx) = completion();
+        r.commit(ops(&other), done, |_, d| d(Ok(())));
+        assert!(rx.try_recv().unwrap().is_ok());
+
+        // A refusal fails the waiting write; a down replica lets the others go on.
+        let (done, rx) = completion();
+        r.commit(ops("bob"), done, |_, d| d(Ok(())));
+        r.acked("r1", stream, 3, false);
+        assert!(matches!(
+            rx.try_recv().unwrap(),
+            Err(StorageError::NotReplicated(_))
+        ));
+        let boots = r.plan(&want);
+        assert_eq!(
+            boots.len(),
+            1,
+            "a broken stream is replaced and the copy restarted"
+        );
+        assert_ne!(boots[0].stream, stream);
+        let (done, rx) = completion();
+        r.commit(ops("bob"), done, |_, d| d(Ok(())));
+        assert!(rx.try_recv().is_err());
+        r.node_down("r1");
+        assert!(rx.try_recv().unwrap().is_ok());
+    }
+
+    #[tokio::test]
+    async fn a_copy_counts_as_whole_once_its_synced_item_is_acknowledged() {
+        let r = Replicator::new("p", Remote::new("p", ClusterView::default()));
+        let want = BTreeMap::from([("r1".to_owned(), BTreeSet::from([3, 4]))]);
+        let boot = r.plan(&want).pop().unwrap();
+        assert_eq!(boot.partitions, vec![3, 4]);
+        assert!(r.plan(&want).is_empty(), "nothing new to start");
+        let synced = replication::Body::Synced(replication::Partitions {
+            partitions: vec![3, 4],
+        });
+        r.send_snapshot("r1", boot.stream, synced).unwrap();
+        assert!(r.synced()[3].is_empty());
+        r.acked("r1", boot.stream, 2, true);
+        assert!(r.synced()[3].contains("r1") && r.synced()[4].contains("r1"));
+        assert_eq!(
+            r.send_snapshot("r1", boot.stream + 1, replication::Body::Stop(Default::default())),
+            Err(StreamError::Gone)
+        );
+        // No longer wanted: stopped.
+        r.plan(&BTreeMap::new());
+        assert!(r.synced()[3].is_empty());
+    }
+}
