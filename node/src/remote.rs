@@ -333,7 +333,16 @@ async fn pump(
             return;
         };
         let items = std::mem::take(&mut batch);
-        let target = remote.view.member(&peer).map(ActorRef::<MemberMsg>::from);
+        let mut target = remote.view.member(&peer).map(ActorRef::<MemberMsg>::from);
+        // A peer that has just connected may talk to this node before this node's
+        // heartbeat has seen it up: give it a moment before dropping what is for it.
+        for _ in 0..20 {
+            if target.is_some() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            target = remote.view.member(&peer).map(ActorRef::<MemberMsg>::from);
+        }
         let undelivered = match target {
             Some(member) => {
                 let envelope = Envelope { items }.encode_to_vec();

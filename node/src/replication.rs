@@ -29,6 +29,8 @@ use tokio::time::Instant;
 /// A replica that has not acknowledged a write after this long breaks its stream
 /// (the write fails, and the replica is copied afresh).
 pub const ACK_LIMIT: Duration = Duration::from_secs(10);
+/// A broken stream is replaced by a new one (and a new snapshot) after this long.
+const RESTART_AFTER: Duration = Duration::from_millis(500);
 
 /// Counts the arrivals a write waits for (the local flush and each replica's
 /// acknowledgement) and runs the completion after the last one.
@@ -79,10 +81,14 @@ struct OutStream {
     partitions: BTreeMap<Partition, bool>,
     /// Writes waiting for this node's acknowledgement, by item number.
     pending: BTreeMap<u64, (Instant, Arc<Gate>)>,
-    /// `synced` items not yet acknowledged: their partitions become whole when they are.
-    syncing: BTreeMap<u64, Vec<Partition>>,
-    /// A send failed or the replica refused: replaced by a new stream at the next plan.
+    /// `synced` items not yet acknowledged (and when they were sent): their partitions
+    /// become whole when they are.
+    syncing: BTreeMap<u64, (Instant, Vec<Partition>)>,
+    /// A send failed or the replica refused: replaced by a new stream by a later plan.
     broken: bool,
+    /// When a plan first found it broken: it is replaced a moment later, so that a
+    /// replica that keeps refusing is not sent a snapshot four times a second.
+    broken_seen: Option<Instant>,
 }
 
 /// A snapshot to send: the partitions a new stream member needs, on stream `stream` to `node`.
@@ -216,7 +222,7 @@ impl Replicator {
                 if let Some((_, gate)) = s.pending.remove(&seq) {
                     arrivals.push((gate, Ok(())));
                 }
-                if let Some(parts) = s.syncing.remove(&seq) {
+                if let Some((_, parts)) = s.syncing.remove(&seq) {
                     for p in parts {
                         if let Some(synced) = s.partitions.get_mut(&p) {
                             *synced = true;
@@ -254,17 +260,24 @@ impl Replicator {
         }
     }
 
-    /// Breaks the streams with writes unacknowledged for longer than [`ACK_LIMIT`].
+    /// Breaks the streams with writes or completed copies unacknowledged for longer than
+    /// [`ACK_LIMIT`] (the replica is copied afresh).
     pub fn sweep(&self) {
         let mut late = Vec::new();
         {
             let mut streams = self.streams.lock().expect("streams lock");
             for (node, s) in streams.iter_mut() {
-                if s.pending
+                let late_write = s
+                    .pending
                     .values()
                     .next()
-                    .is_some_and(|(t, _)| t.elapsed() > ACK_LIMIT)
-                {
+                    .is_some_and(|(t, _)| t.elapsed() > ACK_LIMIT);
+                let late_copy = s
+                    .syncing
+                    .values()
+                    .next()
+                    .is_some_and(|(t, _)| t.elapsed() > ACK_LIMIT);
+                if late_write || late_copy {
                     tracing::warn!(replica = %node, "replica does not acknowledge; breaking its stream");
                     s.broken = true;
                     late.extend(std::mem::take(&mut s.pending).into_values().map(|(_, g)| g));
@@ -301,7 +314,10 @@ impl Replicator {
                 failed.extend(s.pending.into_values().map(|(_, g)| g));
             }
             for (node, parts) in want.iter().filter(|(_, p)| !p.is_empty()) {
-                if streams.get(node).is_some_and(|s| s.broken) {
+                if let Some(s) = streams.get_mut(node).filter(|s| s.broken) {
+                    if s.broken_seen.get_or_insert_with(Instant::now).elapsed() < RESTART_AFTER {
+                        continue;
+                    }
                     let s = streams.remove(node).expect("checked");
                     failed.extend(s.pending.into_values().map(|(_, g)| g));
                 }
@@ -317,6 +333,7 @@ impl Replicator {
                             pending: BTreeMap::new(),
                             syncing: BTreeMap::new(),
                             broken: false,
+                            broken_seen: None,
                         })
                     }
                 };
@@ -389,7 +406,7 @@ impl Replicator {
         match self.send(node, s, body) {
             Some(seq) => {
                 if let Some(parts) = synced {
-                    s.syncing.insert(seq, parts);
+                    s.syncing.insert(seq, (Instant::now(), parts));
                 }
                 Ok(())
             }
@@ -435,7 +452,7 @@ mod tests {
         )
     }
 
-    #[tokio::test]
+    #[tokio::test(start_paused = true)]
     async fn a_write_completes_only_once_the_local_flush_and_every_replica_have_it() {
         let r = Replicator::new("p", Remote::new("p", ClusterView::default()));
         let p = crate::partition::of_user("bob");
@@ -473,6 +490,8 @@ mod tests {
             rx.try_recv().unwrap(),
             Err(StorageError::NotReplicated(_))
         ));
+        assert!(r.plan(&want).is_empty(), "not replaced at once");
+        tokio::time::advance(RESTART_AFTER * 2).await;
         let boots = r.plan(&want);
         assert_eq!(
             boots.len(),

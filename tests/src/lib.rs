@@ -184,6 +184,19 @@ impl Node {
 impl Drop for Node {
     fn drop(&mut self) {
         self.kill9();
+        // For debugging a failed run: CHAT_TEST_LOGS=folder keeps every node's logs there.
+        if let Some(keep) = std::env::var_os("CHAT_TEST_LOGS") {
+            let name = self.opts.name.clone().unwrap_or_else(|| "node".into());
+            if let Ok(entries) = std::fs::read_dir(self.dir.path()) {
+                for e in entries.flatten() {
+                    let file = e.file_name().to_string_lossy().into_owned();
+                    if file.ends_with(".log") {
+                        let _ = std::fs::create_dir_all(&keep);
+                        let _ = std::fs::copy(e.path(), PathBuf::from(&keep).join(format!("{name}-{file}")));
+                    }
+                }
+            }
+        }
     }
 }
 

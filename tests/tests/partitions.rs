@@ -19,10 +19,20 @@ const COOKIE: &str = "partition-cookie";
 
 /// Starts `names.len()` nodes; the first without seeds, every other seeded with the first.
 fn start(names: &[&str]) -> (Vec<Node>, u16) {
+    start_with_replicas(names, 2)
+}
+
+/// Like [`start`], keeping `replicas` copies of every partition.
+fn start_with_replicas(names: &[&str], replicas: usize) -> (Vec<Node>, u16) {
     let seed = free_port();
-    let mut nodes = vec![Node::start_with(NodeOpts::member(names[0], seed, &[], COOKIE)).unwrap()];
+    let opts = |name: &str, port: u16, seeds: &[u16]| {
+        let mut o = NodeOpts::member(name, port, seeds, COOKIE);
+        o.cluster_toml.push_str(&format!("replicas = {replicas}\n"));
+        o
+    };
+    let mut nodes = vec![Node::start_with(opts(names[0], seed, &[])).unwrap()];
     for name in &names[1..] {
-        nodes.push(Node::start_with(NodeOpts::member(name, free_port(), &[seed], COOKIE)).unwrap());
+        nodes.push(Node::start_with(opts(name, free_port(), &[seed])).unwrap());
     }
     (nodes, seed)
 }
@@ -367,7 +377,8 @@ async fn a_node_leaving_gracefully_hands_everything_over() {
 
 #[tokio::test]
 async fn a_frozen_node_is_marked_down_and_the_others_keep_serving_what_they_own() {
-    let (nodes, _) = start(&["s1", "s2", "s3"]);
+    // Without replicas: nobody else has the frozen node's data.
+    let (nodes, _) = start_with_replicas(&["s1", "s2", "s3"], 1);
     let [n1, n2, n3] = [&nodes[0], &nodes[1], &nodes[2]];
     settled(&[n1, n2, n3]).await;
     let members = ["s1", "s2", "s3"];
@@ -408,7 +419,8 @@ async fn a_frozen_node_is_marked_down_and_the_others_keep_serving_what_they_own(
 
 #[tokio::test]
 async fn after_a_node_restarts_its_users_get_pushes_again_and_group_fan_outs_complete() {
-    let (mut nodes, _) = start(&["r1", "r2", "r3"]);
+    // Without replicas, so that v's inbox is down with r3.
+    let (mut nodes, _) = start_with_replicas(&["r1", "r2", "r3"], 1);
     settled(&[&nodes[0], &nodes[1], &nodes[2]]).await;
     let members = ["r1", "r2", "r3"];
     // v's inbox lives on r3; v is connected to r1. The group lives elsewhere.

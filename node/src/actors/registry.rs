@@ -1047,7 +1047,11 @@ impl RegistryState {
         if self.leaving {
             self.members.remove(&me);
         }
-        self.up = up;
+        let old_up = std::mem::replace(&mut self.up, up);
+        let gone: Vec<String> = old_up.difference(&self.up).cloned().collect();
+        if self.args.replicas > 1 && !gone.is_empty() {
+            self.reattach_orphans(&old_up, &gone).await;
+        }
         if !back.is_empty() {
             self.reattach(&back).await;
             // They may not have seen this node go away, yet their sessions were dropped
@@ -1068,7 +1072,32 @@ impl RegistryState {
             self.publish();
             // Requests parked for partitions that are no longer ours go where they belong now.
             self.release_waiting(|_| true).await;
+        } else if self.args.replicas > 1 && old_up != self.up {
+            // With replicas, owners are chosen among the nodes up: the same applies.
+            self.release_waiting(|_| true).await;
         }
+    }
+
+    /// Attaches this node's logged-in sessions again to their inboxes where the node
+    /// that served them is gone: another node takes those inboxes over from its copy.
+    async fn reattach_orphans(&mut self, old_up: &BTreeSet<String>, gone: &[String]) {
+        let me = self.me().to_owned();
+        let served_by_gone = |p: Partition| {
+            let candidates = self
+                .members
+                .iter()
+                .map(String::as_str)
+                .filter(|m| *m == me || old_up.contains(*m));
+            partition::owner(candidates, p).is_some_and(|o| gone.iter().any(|g| g == o))
+        };
+        let orphans: Vec<_> = self
+            .args
+            .remote
+            .logged_in()
+            .into_iter()
+            .filter(|(_, user, _)| served_by_gone(partition::of_user(user)))
+            .collect();
+        self.attach_sessions(orphans).await;
     }
 
     fn expire_waiting(&mut self) {
@@ -1111,11 +1140,22 @@ impl RegistryState {
     /// have just come (back) up: a node that restarted has forgotten every session
     /// attached to its inboxes. Attaching twice is harmless (inboxes keep one per id).
     async fn reattach(&mut self, nodes: &[String]) {
-        for (id, user, mailbox) in self.args.remote.logged_in() {
-            let p = partition::of_user(&user);
-            if self.held[p as usize] || !self.owner(p).is_some_and(|o| nodes.iter().any(|n| n == o)) {
-                continue;
-            }
+        let sessions: Vec<_> = self
+            .args
+            .remote
+            .logged_in()
+            .into_iter()
+            .filter(|(_, user, _)| {
+                let p = partition::of_user(user);
+                !self.held[p as usize] && self.owner(p).is_some_and(|o| nodes.iter().any(|n| n == o))
+            })
+            .collect();
+        self.attach_sessions(sessions).await;
+    }
+
+    /// Attaches these local sessions to their users' inboxes, wherever they are now.
+    async fn attach_sessions(&mut self, sessions: Vec<(u64, String, crate::actors::session::Mailbox)>) {
+        for (id, user, mailbox) in sessions {
             let catch_up = mailbox.clone();
             let attach = InboxMsg::Attach {
                 session: SessionRef::local(id, mailbox),
@@ -1204,6 +1244,7 @@ impl RegistryState {
             .collect();
         let held_elsewhere = |p: Partition| silent_holds.iter().any(|bits| partition::has_bit(bits, p));
         let mut claimed = Vec::new();
+        let mut promoted: BTreeMap<String, Vec<Partition>> = BTreeMap::new();
         for p in round.partitions {
             let said_no = round.not_held.get(&p);
             let all_said_no = said_no.map_or(0, BTreeSet::len) == round.expect.len();
@@ -1217,7 +1258,7 @@ impl RegistryState {
                     && !self.receiving.contains_key(&p)
                     && self.owner(p) == Some(self.me())
                 {
-                    tracing::info!(partition = p, holder = %source, "holder down: serving the copy kept here");
+                    promoted.entry(source.clone()).or_default().push(p);
                     self.copies[p as usize] = None;
                     if let Some(s) = self.streams_in.get_mut(&source) {
                         s.partitions.remove(&p);
@@ -1253,13 +1294,14 @@ impl RegistryState {
                 claimed.push(p);
             }
         }
+        for (holder, parts) in &promoted {
+            tracing::warn!(holder = %holder, partitions = parts.len(), "holder down: serving the copies kept here");
+        }
         if !claimed.is_empty() {
-            tracing::info!(
-                round = round.id,
-                partitions = claimed.len(),
-                "claimed new partitions"
-            );
+            tracing::info!(round = round.id, partitions = claimed.len(), "claimed partitions");
             self.persist_held();
+            // Group fan-outs the old holder had not finished are finished here.
+            self.wake_fanouts(&claimed);
             self.release_waiting(|p| claimed.contains(&p)).await;
         }
     }
@@ -1676,14 +1718,19 @@ impl RegistryState {
         };
         self.args.remote.send(&from, item::Body::HandoffDone(done));
         // Group fan-outs the old holder had not finished are finished here.
+        self.wake_fanouts(&now_held);
+        self.release_waiting(|p| now_held.contains(&p)).await;
+    }
+
+    /// Wakes the groups of `parts` whose fan-out their last holder may not have finished.
+    fn wake_fanouts(&self, parts: &[Partition]) {
         if let Ok(groups) = self.args.storage.pending_fanouts() {
             for g in groups {
-                if now_held.contains(&partition::of_group(&g)) {
+                if parts.contains(&partition::of_group(&g)) {
                     self.router.to_group(&g, GroupMsg::Wake);
                 }
             }
         }
-        self.release_waiting(|p| now_held.contains(&p)).await;
     }
 
     /// The new holder has the data of `parts`: delete this node's copy.
