@@ -114,6 +114,11 @@ impl ClusterView {
         out
     }
 
+    /// Whether `node` has ever answered this node's heartbeat.
+    pub fn knows(&self, node: &str) -> bool {
+        self.inner.lock().expect("view lock").peers.contains_key(node)
+    }
+
     /// The member actor of `node`, if it is up.
     pub fn member(&self, node: &str) -> Option<ActorCell> {
         let v = self.inner.lock().expect("view lock");

@@ -334,10 +334,11 @@ async fn pump(
         };
         let items = std::mem::take(&mut batch);
         let mut target = remote.view.member(&peer).map(ActorRef::<MemberMsg>::from);
-        // A peer that has just connected may talk to this node before this node's
-        // heartbeat has seen it up: give it a moment before dropping what is for it.
+        // A new peer may talk to this node before this node's heartbeat has ever seen
+        // it: give it a moment before dropping what is for it. (A known peer that is
+        // down gets nothing: a request failed for it must not arrive later.)
         for _ in 0..20 {
-            if target.is_some() {
+            if target.is_some() || remote.view.knows(&peer) {
                 break;
             }
             tokio::time::sleep(Duration::from_millis(50)).await;

@@ -22,6 +22,7 @@ use crate::remote::Remote;
 use crate::storage::{Completion, Op, StorageError};
 use chat_protocol::internal::{Replication, handoff_chunk, item, replication};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::time::Instant;
@@ -115,6 +116,9 @@ pub enum StreamError {
 pub struct Replicator {
     me: String,
     remote: Arc<Remote>,
+    /// Copies on other nodes every write of a held partition must reach to be
+    /// acknowledged (the replica count, capped by the members, less this node's).
+    required: AtomicUsize,
     streams: Mutex<HashMap<String, OutStream>>,
     next_stream: Mutex<u64>,
 }
@@ -128,6 +132,7 @@ impl Replicator {
         Arc::new(Self {
             me: me.to_owned(),
             remote,
+            required: AtomicUsize::new(0),
             streams: Mutex::default(),
             next_stream: Mutex::new(base),
         })
@@ -152,8 +157,41 @@ impl Replicator {
     /// Ships `ops` to the replicas of their partitions, and returns the completion the
     /// local commit must run: `done` runs once it and every replica have the writes.
     /// `local` is called with the lock held, so the local commit order is the stream order.
+    ///
+    /// A write of a partition that fewer replicas than required copy (they are down,
+    /// or their stream broke) is still stored here and shipped where it can be, but
+    /// not acknowledged: a resend is answered once it is copied (see
+    /// [`crate::actors::pending::confirm_again`]).
     pub fn commit(&self, ops: Vec<Op>, done: Completion, local: impl FnOnce(Vec<Op>, Completion)) {
+        let required = self.required.load(Ordering::Relaxed);
         let mut streams = self.streams.lock().expect("streams lock");
+        let short = (required > 0)
+            .then(|| {
+                ops.iter()
+                    .filter_map(|(tree, key, _)| tree.partition_of(key))
+                    .find(|p| {
+                        streams
+                            .values()
+                            .filter(|s| !s.broken && s.partitions.contains_key(p))
+                            .count()
+                            < required
+                    })
+            })
+            .flatten();
+        let done: Completion = match short {
+            None => done,
+            Some(p) => {
+                let have = streams
+                    .values()
+                    .filter(|s| !s.broken && s.partitions.contains_key(&p))
+                    .count();
+                Box::new(move |_| {
+                    done(Err(StorageError::NotReplicated(format!(
+                        "{have} of {required} other copies of its partition are up"
+                    ))))
+                })
+            }
+        };
         if streams.is_empty() {
             drop(streams);
             return local(ops, done);
@@ -208,6 +246,11 @@ impl Replicator {
         }
         let g = gate.clone();
         local(ops, Box::new(move |r| g.arrive(r)));
+    }
+
+    /// Sets how many copies on other nodes a write needs to be acknowledged.
+    pub fn set_required(&self, copies: usize) {
+        self.required.store(copies, Ordering::Relaxed);
     }
 
     /// A replica answered item `seq` of stream `stream`.

@@ -89,7 +89,7 @@ pub enum GroupMsg {
         /// Group seq.
         seq: u64,
         /// Outcome.
-        result: Result<(), String>,
+        result: Result<(), pending::WriteFailed>,
     },
     /// Internal: one recipient's inbox has stored the message.
     FanoutAck {
@@ -399,7 +399,7 @@ impl GroupState {
             return;
         };
         match self.already_stored(&origin) {
-            Ok(Some(done)) => return reply(Ok(done)),
+            Ok(Some((done, again))) => return pending::confirm_again(&self.args.storage, again, done, reply),
             Ok(None) => {}
             Err(e) => return reply(Err(e)),
         }
@@ -438,27 +438,49 @@ impl GroupState {
         });
     }
 
-    fn already_stored(&self, origin: &[u8]) -> ChatResult<Option<Appended>> {
-        let storage = &self.args.storage;
-        let Some(seq) = storage.group_origin(&self.args.group, origin)? else {
+    /// The earlier answer for a post already stored, and its records to write again
+    /// (see [`pending::confirm_again`]).
+    fn already_stored(&self, origin: &[u8]) -> ChatResult<Option<(Appended, Writes)>> {
+        let (storage, group) = (&self.args.storage, &self.args.group);
+        let Some(seq) = storage.group_origin(group, origin)? else {
             return Ok(None);
         };
-        Ok(storage.group_message(&self.args.group, seq)?.map(|m| Appended {
+        let Some(m) = storage.group_message(group, seq)? else {
+            return Ok(None);
+        };
+        let mut again = Writes::default();
+        again.put(
+            TreeId::Groups,
+            storage::seq_key(group, kind::MESSAGE, seq),
+            m.encode_to_vec(),
+        );
+        again.put(
+            TreeId::Groups,
+            storage::suffix_key(group, kind::ORIGIN, origin),
+            storage::seq_value(seq),
+        );
+        let done = Appended {
             message_id: m.message_id,
             seq,
             timestamp_ms: m.timestamp_ms,
-        }))
+        };
+        Ok(Some((done, again)))
     }
 
-    fn persisted(&mut self, myself: &ActorRef<GroupMsg>, seq: u64, result: Result<(), String>) {
+    fn persisted(&mut self, myself: &ActorRef<GroupMsg>, seq: u64, result: Result<(), pending::WriteFailed>) {
         let Some(w) = self.pending.complete(seq) else {
             tracing::error!(group = %self.args.group, seq, "completion without a pending post");
             return;
         };
         if let Err(e) = result {
-            tracing::error!(group = %self.args.group, seq, error = %e, "group write failed");
+            tracing::warn!(group = %self.args.group, seq, error = %e.error, "group write failed");
             for r in w.replies {
-                r(Err(ChatError::Internal("storage write failed".into())));
+                r(Err(e.error.clone()));
+            }
+            // Stored here though not acknowledged: it is in the log, so it is fanned
+            // out like the others (its sender may resend it; dedupe answers then).
+            if e.stored_here {
+                self.fan_out(myself, w.seq, &w.payload);
             }
             return;
         }

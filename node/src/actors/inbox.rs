@@ -212,7 +212,7 @@ pub enum InboxMsg {
         /// The seq written.
         seq: u64,
         /// The outcome.
-        result: Result<(), String>,
+        result: Result<(), pending::WriteFailed>,
     },
     /// Internal: time to check for idleness.
     IdleCheck,
@@ -442,7 +442,7 @@ impl InboxState {
             return;
         };
         match self.already_stored(&origin) {
-            Ok(Some(done)) => return reply(Ok(done)),
+            Ok(Some((done, again))) => return pending::confirm_again(&self.args.storage, again, done, reply),
             Ok(None) => {}
             Err(e) => return reply(Err(e)),
         }
@@ -513,20 +513,36 @@ impl InboxState {
         });
     }
 
-    /// The earlier answer for an origin that is already durable.
-    fn already_stored(&self, origin: &[u8]) -> ChatResult<Option<Appended>> {
-        let storage = &self.args.storage;
-        let Some(seq) = storage.inbox_origin(&self.args.user, origin)? else {
+    /// The earlier answer for an origin that is already stored, and its records to
+    /// write again (see [`pending::confirm_again`]).
+    fn already_stored(&self, origin: &[u8]) -> ChatResult<Option<(Appended, Writes)>> {
+        let (storage, user) = (&self.args.storage, &self.args.user);
+        let Some(seq) = storage.inbox_origin(user, origin)? else {
             return Ok(None);
         };
-        let Some(entry) = storage.inbox_entry(&self.args.user, seq)? else {
+        let Some(entry) = storage.inbox_entry(user, seq)? else {
             return Ok(None);
         };
-        Ok(Some(Appended {
+        let mut again = Writes::default();
+        // Not if retention is removing it (a later trim is already queued).
+        if seq >= self.meta.first_seq {
+            again.put(
+                TreeId::Inbox,
+                storage::seq_key(user, kind::ENTRY, seq),
+                entry.encode_to_vec(),
+            );
+            again.put(
+                TreeId::Inbox,
+                storage::suffix_key(user, kind::ORIGIN, origin),
+                storage::seq_value(seq),
+            );
+        }
+        let done = Appended {
             message_id: entry.message_id,
             seq,
             timestamp_ms: entry.timestamp_ms,
-        }))
+        };
+        Ok(Some((done, again)))
     }
 
     /// Adds removals of the oldest entries beyond the retention limits to `batch`.
@@ -571,7 +587,7 @@ impl InboxState {
         }
     }
 
-    fn persisted(&mut self, seq: u64, result: Result<(), String>) {
+    fn persisted(&mut self, seq: u64, result: Result<(), pending::WriteFailed>) {
         let Some(w) = self.pending.complete(seq) else {
             tracing::error!(user = %self.args.user, seq, "completion without a pending write");
             return;
@@ -591,9 +607,11 @@ impl InboxState {
                 }
             }
             Err(e) => {
-                tracing::error!(user = %self.args.user, seq, error = %e, "inbox write failed");
+                // Not acknowledged; a resend (same origin) is answered once the entry,
+                // stored here in any case, is on every replica.
+                tracing::warn!(user = %self.args.user, seq, error = %e.error, "inbox write failed");
                 for r in w.replies {
-                    r(Err(ChatError::Internal("storage write failed".into())));
+                    r(Err(e.error.clone()));
                 }
             }
         }

@@ -7,7 +7,7 @@
 
 use super::Reply;
 use super::inbox::Appended;
-use crate::error::ChatResult;
+use crate::error::{ChatError, ChatResult};
 use crate::storage::{Storage, Writes};
 use ractor::ActorRef;
 use std::collections::{HashMap, VecDeque};
@@ -75,10 +75,16 @@ impl<T> PendingWrites<T> {
         });
     }
 
-    /// Takes the oldest write, which the committer has just completed.
+    /// Takes the write of `seq`, just completed. Completions come in order (the
+    /// committer's, and each replica's acknowledgements, are in order), so it is the
+    /// oldest; a search covers a write failed early (its stream broke).
     pub fn complete(&mut self, seq: u64) -> Option<InFlight<T>> {
-        let w = self.queue.pop_front()?;
-        debug_assert_eq!(w.seq, seq, "the committer completes in order");
+        let at = if self.queue.front().is_some_and(|w| w.seq == seq) {
+            0
+        } else {
+            self.queue.iter().position(|w| w.seq == seq)?
+        };
+        let w = self.queue.remove(at)?;
         self.by_origin.remove(&w.origin);
         Some(w)
     }
@@ -90,13 +96,37 @@ pub fn commit_then<M: ractor::Message>(
     writes: Writes,
     actor: &ActorRef<M>,
     seq: u64,
-    done: fn(u64, Result<(), String>) -> M,
+    done: fn(u64, Result<(), WriteFailed>) -> M,
 ) {
     let actor = actor.clone();
     storage.commit(
         writes,
         Box::new(move |r| {
-            let _ = actor.cast(done(seq, r.map_err(|e| e.to_string())));
+            let outcome = r.map_err(|e| WriteFailed {
+                // Durable here, though not (yet) on every replica.
+                stored_here: matches!(e, crate::storage::StorageError::NotReplicated(_)),
+                error: e.into(),
+            });
+            let _ = actor.cast(done(seq, outcome));
         }),
     );
+}
+
+/// Answers a resend of something already stored: `writes` (its records, again) are
+/// written before the answer, so that the answer waits, like the first one, for every
+/// replica to have them (the first write may have reached only this node).
+pub fn confirm_again(storage: &Storage, writes: Writes, done: Appended, reply: Reply<ChatResult<Appended>>) {
+    storage.commit(
+        writes,
+        Box::new(move |r| reply(r.map(|()| done).map_err(ChatError::from))),
+    );
+}
+
+/// Why a write did not complete.
+#[derive(Debug, Clone)]
+pub struct WriteFailed {
+    /// What to answer.
+    pub error: ChatError,
+    /// The write is durable on this node, only its replicas may lack it.
+    pub stored_here: bool,
 }

@@ -690,6 +690,8 @@ impl RegistryState {
     /// Starts and stops copies so that every held partition is copied to its targets,
     /// and sends the snapshots of new copies.
     fn plan_replicas(&self) {
+        let copies = self.args.replicas.min(self.members.len().max(1));
+        self.args.replicator.set_required(copies - 1);
         let mut want: BTreeMap<String, BTreeSet<Partition>> = BTreeMap::new();
         if self.args.replicas > 1 && self.joined {
             for p in (0..PARTITIONS).filter(|p| self.held[*p as usize]) {
@@ -1300,6 +1302,7 @@ impl RegistryState {
         if !claimed.is_empty() {
             tracing::info!(round = round.id, partitions = claimed.len(), "claimed partitions");
             self.persist_held();
+            self.plan_replicas();
             // Group fan-outs the old holder had not finished are finished here.
             self.wake_fanouts(&claimed);
             self.release_waiting(|p| claimed.contains(&p)).await;
@@ -1658,7 +1661,8 @@ impl RegistryState {
         if dropped > 0 {
             tracing::warn!(from = %from, dropped, "handoff records for partitions not expected from that node");
         }
-        self.args.storage.commit(
+        // Not held here yet: copied to replicas once it is, by a snapshot.
+        self.args.storage.commit_unreplicated(
             writes,
             Box::new(|r| {
                 if let Err(e) = r {
@@ -1717,6 +1721,7 @@ impl RegistryState {
             repeat: false,
         };
         self.args.remote.send(&from, item::Body::HandoffDone(done));
+        self.plan_replicas();
         // Group fan-outs the old holder had not finished are finished here.
         self.wake_fanouts(&now_held);
         self.release_waiting(|p| now_held.contains(&p)).await;
