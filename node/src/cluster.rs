@@ -60,6 +60,8 @@ pub struct Peer {
     pub card: NodeCard,
     /// Whether it answers.
     pub up: bool,
+    /// When its card last arrived.
+    pub seen_at: std::time::Instant,
 }
 
 /// The membership view, shared with the registry (for LoginOk) and tests.
@@ -150,7 +152,12 @@ impl ClusterView {
             tracing::info!(peer = %card.name, addr = %card.cluster_addr, "peer up");
         }
         v.misses.insert(id, (card.name.clone(), 0));
-        v.peers.insert(card.name.clone(), Peer { card, up: true });
+        let peer = Peer {
+            card,
+            up: true,
+            seen_at: std::time::Instant::now(),
+        };
+        v.peers.insert(peer.card.name.clone(), peer);
     }
 
     fn missed(&self, id: ActorId) {

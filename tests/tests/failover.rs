@@ -359,3 +359,62 @@ async fn nothing_acknowledged_is_lost_or_duplicated_when_nodes_are_killed_seed_5
 async fn nothing_acknowledged_is_lost_or_duplicated_when_nodes_are_killed_seed_8() {
     run(8).await;
 }
+
+/// A holder frozen with SIGSTOP is replaced by its replica; when it thaws it finds
+/// the partition served elsewhere, stops serving it and takes the newer copy back:
+/// every acknowledged message is there once, in order.
+#[tokio::test]
+async fn a_frozen_holder_is_replaced_and_gives_way_when_it_thaws() {
+    let names = ["z1", "z2", "z3"];
+    let first = free_port();
+    let mut nodes = vec![Node::start_with(NodeOpts::member(names[0], first, &[], COOKIE)).unwrap()];
+    for name in &names[1..] {
+        nodes.push(Node::start_with(NodeOpts::member(name, free_port(), &[first], COOKIE)).unwrap());
+    }
+    let all = [&nodes[0], &nodes[1], &nodes[2]];
+    fully_replicated(&all).await;
+    // The victim's inbox is held by z3, the node that will freeze.
+    let victim = (0..10_000)
+        .map(|i| format!("iced{i}"))
+        .find(|u| chat_node::partition::owner(names, chat_node::partition::of_user(u)) == Some("z3"))
+        .unwrap();
+    nodes[2].user(&victim).await.unwrap();
+    let (sender, _) = nodes[0].user("thawer").await.unwrap();
+    let mut want = Vec::new();
+    let send = |text: String| {
+        let sender = &sender;
+        let victim = &victim;
+        async move {
+            wait_for("a send to be acknowledged", MESSAGE_DEADLINE, || async {
+                sender
+                    .send_private_with_id(victim, &format!("id-{text}"), &text)
+                    .await
+                    .ok()
+            })
+            .await
+            .unwrap();
+            text
+        }
+    };
+    for i in 0..3 {
+        want.push(send(format!("before {i}")).await);
+    }
+    chat_tests::send_signal(nodes[2].pid(), "STOP").unwrap();
+    seen_down(&nodes[0], "z3").await;
+    for i in 0..3 {
+        want.push(send(format!("while frozen {i}")).await);
+    }
+    chat_tests::send_signal(nodes[2].pid(), "CONT").unwrap();
+    fully_replicated(&all).await;
+    for i in 0..3 {
+        want.push(send(format!("after {i}")).await);
+    }
+    for via in all {
+        let (c, _, _) = via.login(&victim).await.unwrap();
+        let inbox = c.sync_all(0).await.unwrap();
+        let texts: Vec<String> = inbox.iter().map(|d| d.text.clone()).collect();
+        assert_eq!(texts, want, "through {}", via.addr);
+        let seqs: Vec<u64> = inbox.iter().map(|d| d.seq).collect();
+        assert_eq!(seqs, (1..=want.len() as u64).collect::<Vec<_>>());
+    }
+}

@@ -887,12 +887,14 @@ impl RegistryState {
     /// got the writes since; this node's writes were refused by its replica), so
     /// this node asks for it back.
     fn resolve_conflicts(&mut self) {
+        // Only fresh cards count: a peer that stopped answering (frozen) keeps its last
+        // card, which may predate a handoff of the partition to this node.
         let serving: Vec<(String, Vec<u8>)> = self
             .args
             .view
             .peers()
             .into_iter()
-            .filter(|p| p.up)
+            .filter(|p| p.up && p.seen_at.elapsed() < crate::cluster::HEARTBEAT * 2)
             .map(|p| (p.card.name, p.card.serving))
             .collect();
         let now = Instant::now();
@@ -906,16 +908,16 @@ impl RegistryState {
         let mut stepped_down = Vec::new();
         for (p, since) in &self.conflicts {
             if now - *since > CONFLICT_LIMIT && self.owner(*p) == Some(self.me()) {
-                tracing::warn!(
-                    partition = p,
-                    "another node serves this partition too; taking its copy"
-                );
                 self.held[*p as usize] = false;
                 self.suspect[*p as usize] = true;
                 stepped_down.push(*p);
             }
         }
         if !stepped_down.is_empty() {
+            tracing::warn!(
+                partitions = ?stepped_down,
+                "another node serves these too (it took them over while this one was counted down): taking its copies"
+            );
             for p in &stepped_down {
                 self.conflicts.remove(p);
             }
@@ -1813,6 +1815,24 @@ impl RegistryState {
                 }
             }
             Some(replication::Body::Write(records)) => {
+                // A write of a partition this stream does not copy here means the holder
+                // and this node disagree (this node took it over while the holder was
+                // counted down): refuse, so that the holder cannot acknowledge it.
+                let foreign = records.records.iter().any(|r| {
+                    TreeId::from_number(r.tree)
+                        .and_then(|t| t.partition_of(&r.key))
+                        .is_some_and(|p| {
+                            !self
+                                .streams_in
+                                .get(&from)
+                                .is_some_and(|s| s.partitions.contains(&p))
+                        })
+                });
+                if foreign {
+                    tracing::warn!(holder = %from, "a write of a partition not copied here; refusing the stream");
+                    self.refuse_stream(&from, stream, seq);
+                    return;
+                }
                 let Some(s) = self.streams_in.get_mut(&from) else {
                     return;
                 };
@@ -1824,9 +1844,6 @@ impl RegistryState {
                     let Some(p) = tree.partition_of(&r.key) else {
                         continue;
                     };
-                    if !s.partitions.contains(&p) {
-                        continue;
-                    }
                     if s.syncing.contains(&p) {
                         s.touched.insert((r.tree, r.key.clone()));
                     }
