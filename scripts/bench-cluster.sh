@@ -1,31 +1,37 @@
 #!/usr/bin/env bash
-# Cross-node against single-node throughput and latency, in the same run on the same machine
-# (the "Cluster" table of BENCHMARKS.md).
-# Usage: scripts/bench-cluster.sh [RUNS]   (default 3)
+# Cross-node against single-node throughput and latency, and the cost of keeping two
+# copies of everything, in the same run on the same machine (the "Cluster" and
+# "Replication" tables of BENCHMARKS.md).
+# Usage: scripts/bench-cluster.sh [RUNS] [MODES]   (default 3 runs; modes "single cross cross-r2")
 # Each run measures, on fresh data folders:
-#   1. one node: max rate, then 5,000 messages/s;
-#   2. two nodes: the same, with users spread over both nodes so that every message's
-#      sender and recipient are on different nodes (user i on node i mod 2 sends to user i+1).
+#   1. single: one node: max rate, then 5,000 messages/s;
+#   2. cross: two nodes, one copy of each partition (replicas = 1), with users spread
+#      over both nodes so that every message's sender and recipient are on different
+#      nodes (user i on node i mod 2 sends to user i+1);
+#   3. cross-r2: the same with two copies (replicas = 2): every send is acknowledged
+#      only once both nodes have it.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 runs=${1:-3}
+modes=${2:-single cross cross-r2}
 cargo build --release -q -p chat-node -p chat-client
 work=$(mktemp -d)
 pids=()
 trap 'kill "${pids[@]}" 2>/dev/null || true; rm -rf "$work"' EXIT
 
-# start_node I [SEED_PORT]: node I on clients 1930I, cluster 1940I, admin 1950I.
+# start_node I [SEED_PORT]: node I on clients 1930I, cluster 1940I, admin 1950I,
+# keeping $replicas copies.
 start_node() {
     local i=$1 seed=()
     [ -n "${2:-}" ] && seed=(--seed "127.0.0.1:$2")
     target/release/chat-node --config cluster-config/bench.toml --name "bench$i" \
         --listen "127.0.0.1:$((19300 + i))" --cluster-listen "127.0.0.1:$((19400 + i))" \
         --admin-listen "127.0.0.1:$((19500 + i))" --cookie bench-cookie "${seed[@]}" \
-        --data-dir "$work/data$i" >"$work/out$i" 2>"$work/log$i" &
+        --data-dir "$work/data$i" --replicas "$replicas" >"$work/out$i" 2>"$work/log$i" &
     pids+=($!)
 }
 
-# Waits until the nodes 1..N together hold all 256 partitions, none moving.
+# Waits until the nodes 1..N together hold all 256 partitions, none moving, every copy whole.
 wait_settled() {
     local n=$1
     for _ in $(seq 300); do
@@ -35,6 +41,7 @@ wait_settled() {
             s=$(curl -s "http://127.0.0.1:$((19500 + i))/cluster" || true)
             held=$((held + $(echo "$s" | sed -n 's/.*"held":\([0-9]*\).*/\1/p' | grep . || echo 0)))
             moving=$((moving + $(echo "$s" | sed -n 's/.*"moving":\([0-9]*\).*/\1/p' | grep . || echo 1)))
+            moving=$((moving + $(echo "$s" | sed -n 's/.*"under_replicated":\([0-9]*\).*/\1/p' | grep . || echo 1)))
         done
         [ "$held" = 256 ] && [ "$moving" = 0 ] && return 0
         sleep 0.2
@@ -55,12 +62,14 @@ stop_nodes() {
 
 echo "machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs), $(free -g | awk '/Mem:/ {print $2}') GiB"
 for r in $(seq "$runs"); do
-    for mode in single cross; do
+    for mode in $modes; do
+        replicas=1
+        [ "$mode" = cross-r2 ] && replicas=2
         for rate in 0 5000; do
             echo "== run $r: $mode, rate ${rate/#0/max}, 100 connections, 100-byte messages, 10 s"
             start_node 1
             servers=(--server 127.0.0.1:19301)
-            if [ "$mode" = cross ]; then
+            if [ "$mode" != single ]; then
                 start_node 2 19401
                 servers+=(--server 127.0.0.1:19302)
                 wait_settled 2

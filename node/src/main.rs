@@ -48,6 +48,9 @@ struct Cli {
     /// Shared cluster secret.
     #[arg(long, env = "CHAT_COOKIE", hide_env_values = true)]
     cookie: Option<String>,
+    /// Copies of every partition on different nodes (cluster.replicas).
+    #[arg(long)]
+    replicas: Option<usize>,
 }
 
 const EXAMPLES: &str = "Examples:
@@ -88,6 +91,9 @@ impl Cli {
         }
         if let Some(cookie) = self.cookie {
             cfg.cluster.cookie = cookie;
+        }
+        if let Some(n) = self.replicas {
+            cfg.cluster.replicas = n;
         }
         cfg.validate()?;
         Ok(cfg)

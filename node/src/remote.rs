@@ -60,6 +60,9 @@ pub struct Remote {
     sessions: Mutex<HashMap<u64, LocalSession>>,
     /// The runtime links are spawned on: replies may be sent from the committer thread.
     runtime: Option<tokio::runtime::Handle>,
+    /// Where replicas' acknowledgements go (straight from the member actor: they
+    /// complete clients' writes, so they skip the registry's queue).
+    replicator: std::sync::OnceLock<std::sync::Weak<crate::replication::Replicator>>,
 }
 
 struct LocalSession {
@@ -83,7 +86,20 @@ impl Remote {
             next_id: AtomicU64::new(1),
             sessions: Mutex::default(),
             runtime: tokio::runtime::Handle::try_current().ok(),
+            replicator: std::sync::OnceLock::new(),
         })
+    }
+
+    /// Hands replicas' acknowledgements to `replicator` from now on.
+    pub fn set_replicator(&self, replicator: &Arc<crate::replication::Replicator>) {
+        let _ = self.replicator.set(Arc::downgrade(replicator));
+    }
+
+    /// A replica's acknowledgement arrived.
+    pub fn replication_ack(&self, ack: chat_protocol::internal::ReplicationAck) {
+        if let Some(r) = self.replicator.get().and_then(std::sync::Weak::upgrade) {
+            r.acked(&ack.from, ack.stream, ack.seq, ack.ok);
+        }
     }
 
     /// This node's name.

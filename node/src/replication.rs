@@ -129,13 +129,15 @@ impl Replicator {
         // Stream ids differ across restarts of this node, so a replica never takes a
         // new stream for the continuation of an old one.
         let base = crate::storage::now_ms() << 16;
-        Arc::new(Self {
+        let replicator = Arc::new(Self {
             me: me.to_owned(),
             remote,
             required: AtomicUsize::new(0),
             streams: Mutex::default(),
             next_stream: Mutex::new(base),
-        })
+        });
+        replicator.remote.set_replicator(&replicator);
+        replicator
     }
 
     fn send(&self, node: &str, stream: &mut OutStream, body: replication::Body) -> Option<u64> {

@@ -1371,7 +1371,6 @@ impl RegistryState {
                 }
             }
             item::Body::Replication(r) => self.replicate(r).await,
-            item::Body::ReplicationAck(a) => self.args.replicator.acked(&a.from, a.stream, a.seq, a.ok),
             item::Body::Reattach(node) => {
                 if self.up.contains(&node) {
                     self.reattach(&[node]).await;
