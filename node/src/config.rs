@@ -139,8 +139,9 @@ pub struct ClusterConfig {
     /// Default: true.
     pub handoff_on_shutdown: bool,
     /// Copies of every partition, on different nodes, the holder's included: a send is
-    /// acknowledged once it is durable on all of them (capped by the nodes that are
-    /// up), and when a node dies a node with a whole copy takes its partitions over.
+    /// acknowledged once it is durable on all of them (capped by the number of members,
+    /// down ones included: with fewer nodes up than copies, sends get UNAVAILABLE), and
+    /// when a node dies a node with a whole copy takes its partitions over.
     /// 1 keeps no copies: a down node's users wait for it. Between 1 and 5. Default: 2.
     pub replicas: usize,
 }

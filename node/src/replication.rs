@@ -20,7 +20,7 @@
 use crate::partition::{PARTITIONS, Partition};
 use crate::remote::Remote;
 use crate::storage::{Completion, Op, StorageError};
-use chat_protocol::internal::{Replication, handoff_chunk, item, replication};
+use chat_protocol::internal::{Empty, Replication, handoff_chunk, item, replication};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -74,22 +74,37 @@ impl Gate {
     }
 }
 
+/// One partition copied on a stream.
+#[derive(Clone, Copy)]
+struct Copy {
+    /// The number of the `start` item that began this copy (its snapshot's generation).
+    start: u64,
+    /// The replica has acknowledged the end of the snapshot: the copy is whole.
+    whole: bool,
+}
+
 /// The stream to one replica node.
 struct OutStream {
     id: u64,
     next_seq: u64,
-    /// Partitions copied to this node, and whether the copy is whole yet.
-    partitions: BTreeMap<Partition, bool>,
+    /// Partitions copied to this node.
+    partitions: BTreeMap<Partition, Copy>,
     /// Writes waiting for this node's acknowledgement, by item number.
     pending: BTreeMap<u64, (Instant, Arc<Gate>)>,
-    /// `synced` items not yet acknowledged (and when they were sent): their partitions
-    /// become whole when they are.
-    syncing: BTreeMap<u64, (Instant, Vec<Partition>)>,
+    /// `synced` items not yet acknowledged (when sent, the snapshot's start, its
+    /// partitions): they become whole when it is.
+    syncing: BTreeMap<u64, (Instant, u64, Vec<Partition>)>,
     /// A send failed or the replica refused: replaced by a new stream by a later plan.
     broken: bool,
     /// When a plan first found it broken: it is replaced a moment later, so that a
     /// replica that keeps refusing is not sent a snapshot four times a second.
     broken_seen: Option<Instant>,
+}
+
+impl OutStream {
+    fn whole(&self) -> impl Iterator<Item = Partition> + '_ {
+        self.partitions.iter().filter(|(_, c)| c.whole).map(|(p, _)| *p)
+    }
 }
 
 /// A snapshot to send: the partitions a new stream member needs, on stream `stream` to `node`.
@@ -98,6 +113,8 @@ pub struct Bootstrap {
     pub node: String,
     /// The stream the snapshot travels on.
     pub stream: u64,
+    /// The number of the `start` item (the snapshot's generation).
+    pub start: u64,
     /// The partitions to copy.
     pub partitions: Vec<Partition>,
 }
@@ -105,10 +122,52 @@ pub struct Bootstrap {
 /// Why an item could not be put on a stream.
 #[derive(Debug, PartialEq, Eq)]
 pub enum StreamError {
-    /// The stream was replaced or removed: whatever was being sent on it is moot.
+    /// The stream was replaced or removed, or the partitions restarted: whatever was
+    /// being sent for them is moot.
     Gone,
     /// The link is full for now; try again shortly.
     Full,
+}
+
+#[derive(Default)]
+struct State {
+    streams: HashMap<String, OutStream>,
+}
+
+impl State {
+    /// Drops the stream to `node`: its waiting writes fail (the replica may not have
+    /// them; their resends are copied elsewhere).
+    fn drop_stream(&mut self, node: &str, gates: &mut Vec<Arc<Gate>>) {
+        if let Some(s) = self.streams.remove(node) {
+            gates.extend(s.pending.into_values().map(|(_, g)| g));
+        }
+    }
+
+    /// Marks a stream broken: its waiting writes fail; a later plan replaces it.
+    fn break_stream(&mut self, node: &str, gates: &mut Vec<Arc<Gate>>) {
+        let Some(s) = self.streams.get_mut(node) else {
+            return;
+        };
+        if s.broken {
+            return;
+        }
+        s.broken = true;
+        gates.extend(std::mem::take(&mut s.pending).into_values().map(|(_, g)| g));
+    }
+
+    /// Live copies of `p` on other nodes (whole or being made).
+    fn copies(&self, p: Partition) -> usize {
+        self.streams
+            .values()
+            .filter(|s| !s.broken && s.partitions.contains_key(&p))
+            .count()
+    }
+}
+
+fn fail_all(gates: Vec<Arc<Gate>>, why: &str) {
+    for gate in gates {
+        gate.arrive(Err(StorageError::NotReplicated(why.to_owned())));
+    }
 }
 
 /// The primary's side of replication, shared by the storage (which ships writes)
@@ -119,7 +178,7 @@ pub struct Replicator {
     /// Copies on other nodes every write of a held partition must reach to be
     /// acknowledged (the replica count, capped by the members, less this node's).
     required: AtomicUsize,
-    streams: Mutex<HashMap<String, OutStream>>,
+    state: Mutex<State>,
     next_stream: Mutex<u64>,
 }
 
@@ -133,20 +192,21 @@ impl Replicator {
             me: me.to_owned(),
             remote,
             required: AtomicUsize::new(0),
-            streams: Mutex::default(),
+            state: Mutex::default(),
             next_stream: Mutex::new(base),
         });
         replicator.remote.set_replicator(&replicator);
         replicator
     }
 
-    fn send(&self, node: &str, stream: &mut OutStream, body: replication::Body) -> Option<u64> {
+    fn send(&self, node: &str, stream: &mut OutStream, start: u64, body: replication::Body) -> Option<u64> {
         let seq = stream.next_seq;
         let item = Replication {
             from: self.me.clone(),
             stream: stream.id,
             seq,
             body: Some(body),
+            generation: start,
         };
         if self.remote.send(node, item::Body::Replication(item)) {
             stream.next_seq += 1;
@@ -166,43 +226,27 @@ impl Replicator {
     /// [`crate::actors::pending::confirm_again`]).
     pub fn commit(&self, ops: Vec<Op>, done: Completion, local: impl FnOnce(Vec<Op>, Completion)) {
         let required = self.required.load(Ordering::Relaxed);
-        let mut streams = self.streams.lock().expect("streams lock");
-        let short = (required > 0)
-            .then(|| {
-                ops.iter()
-                    .filter_map(|(tree, key, _)| tree.partition_of(key))
-                    .find(|p| {
-                        streams
-                            .values()
-                            .filter(|s| !s.broken && s.partitions.contains_key(p))
-                            .count()
-                            < required
-                    })
-            })
-            .flatten();
+        let mut state = self.state.lock().expect("replication lock");
+        let short = ops
+            .iter()
+            .filter_map(|(tree, key, _)| tree.partition_of(key))
+            .find(|p| state.copies(*p) < required);
         let done: Completion = match short {
             None => done,
             Some(p) => {
-                let have = streams
-                    .values()
-                    .filter(|s| !s.broken && s.partitions.contains_key(&p))
-                    .count();
-                Box::new(move |_| {
-                    done(Err(StorageError::NotReplicated(format!(
-                        "{have} of {required} other copies of its partition are up"
-                    ))))
-                })
+                let why = format!(
+                    "{} of {required} other copies of its partition are up",
+                    state.copies(p)
+                );
+                Box::new(move |_| done(Err(StorageError::NotReplicated(why))))
             }
         };
-        if streams.is_empty() {
-            drop(streams);
+        if state.streams.is_empty() {
+            drop(state);
             return local(ops, done);
         }
-        let mut shipments: Vec<(&String, Vec<handoff_chunk::Record>)> = Vec::new();
-        for (node, stream) in streams.iter() {
-            if stream.broken {
-                continue;
-            }
+        let mut shipments: Vec<(String, Vec<handoff_chunk::Record>)> = Vec::new();
+        for (node, stream) in state.streams.iter().filter(|(_, s)| !s.broken) {
             let records: Vec<handoff_chunk::Record> = ops
                 .iter()
                 .filter(|(tree, key, _)| {
@@ -217,37 +261,35 @@ impl Replicator {
                 })
                 .collect();
             if !records.is_empty() {
-                shipments.push((node, records));
+                shipments.push((node.clone(), records));
             }
         }
         if shipments.is_empty() {
-            drop(streams);
+            drop(state);
             return local(ops, done);
         }
-        let nodes: Vec<String> = shipments.iter().map(|(n, _)| (*n).clone()).collect();
-        let gate = Gate::new(nodes.len() + 1, done);
-        let mut records_of: HashMap<String, Vec<handoff_chunk::Record>> =
-            shipments.into_iter().map(|(n, r)| (n.clone(), r)).collect();
-        for node in nodes {
-            let stream = streams.get_mut(&node).expect("listed above");
-            let records = records_of.remove(&node).unwrap_or_default();
+        let gate = Gate::new(shipments.len() + 1, done);
+        let mut failed = Vec::new();
+        for (node, records) in shipments {
+            let stream = state.streams.get_mut(&node).expect("listed above");
             let body = replication::Body::Write(replication::Records { records });
-            match self.send(&node, stream, body) {
+            match self.send(&node, stream, 0, body) {
                 Some(seq) => {
                     stream.pending.insert(seq, (Instant::now(), gate.clone()));
                 }
                 None => {
                     // The replica would miss this write: it is not acknowledged, and the
                     // replica is copied afresh.
-                    stream.broken = true;
-                    gate.arrive(Err(StorageError::NotReplicated(format!(
-                        "the link to replica {node} is full"
-                    ))));
+                    tracing::warn!(replica = %node, "link to a replica full; breaking its stream");
+                    state.break_stream(&node, &mut failed);
+                    failed.push(gate.clone());
                 }
             }
         }
         let g = gate.clone();
         local(ops, Box::new(move |r| g.arrive(r)));
+        drop(state);
+        fail_all(failed, "the link to a replica is full");
     }
 
     /// Sets how many copies on other nodes a write needs to be acknowledged.
@@ -257,61 +299,67 @@ impl Replicator {
 
     /// A replica answered item `seq` of stream `stream`.
     pub fn acked(&self, node: &str, stream: u64, seq: u64, ok: bool) {
-        let mut arrivals = Vec::new();
+        let mut done = None;
+        let mut failed = Vec::new();
         {
-            let mut streams = self.streams.lock().expect("streams lock");
-            let Some(s) = streams.get_mut(node).filter(|s| s.id == stream) else {
+            let mut state = self.state.lock().expect("replication lock");
+            let Some(s) = state.streams.get_mut(node).filter(|s| s.id == stream) else {
                 return;
             };
             if ok {
-                if let Some((_, gate)) = s.pending.remove(&seq) {
-                    arrivals.push((gate, Ok(())));
-                }
-                if let Some((_, parts)) = s.syncing.remove(&seq) {
+                done = s.pending.remove(&seq).map(|(_, gate)| gate);
+                if let Some((_, start, parts)) = s.syncing.remove(&seq) {
                     for p in parts {
-                        if let Some(synced) = s.partitions.get_mut(&p) {
-                            *synced = true;
+                        // Only the copy that snapshot was for (not a later restart of it).
+                        if let Some(c) = s.partitions.get_mut(&p).filter(|c| c.start == start) {
+                            c.whole = true;
                         }
                     }
                     tracing::info!(replica = node, stream, "replica copy complete");
                 }
             } else {
                 tracing::warn!(replica = node, stream, seq, "replica refused the stream");
-                s.broken = true;
-                for (_, (_, gate)) in std::mem::take(&mut s.pending) {
-                    arrivals.push((
-                        gate,
-                        Err(StorageError::NotReplicated(format!(
-                            "replica {node} refused the write"
-                        ))),
-                    ));
-                }
+                state.break_stream(node, &mut failed);
             }
         }
-        for (gate, outcome) in arrivals {
-            gate.arrive(outcome);
+        if let Some(gate) = done {
+            gate.arrive(Ok(()));
         }
+        fail_all(failed, "a replica refused the write");
     }
 
-    /// `node` is down: its stream ends, and the writes waiting for it go on without it
-    /// (it is no longer a replica; its copy is taken afresh when it is back).
+    /// `node` is down: its stream ends and the writes waiting for it fail (it may not
+    /// have them; their resends are copied elsewhere). Its copy is taken afresh when
+    /// it is back.
     pub fn node_down(&self, node: &str) {
-        let stream = self.streams.lock().expect("streams lock").remove(node);
-        if let Some(s) = stream {
-            tracing::info!(replica = node, "replica down; its stream ends");
-            for (_, (_, gate)) in s.pending {
-                gate.arrive(Ok(()));
-            }
+        let mut failed = Vec::new();
+        self.state
+            .lock()
+            .expect("replication lock")
+            .drop_stream(node, &mut failed);
+        if !failed.is_empty() {
+            tracing::info!(
+                replica = node,
+                writes = failed.len(),
+                "replica down; its waiting writes fail"
+            );
         }
+        fail_all(failed, "a replica went down");
     }
 
     /// Breaks the streams with writes or completed copies unacknowledged for longer than
-    /// [`ACK_LIMIT`] (the replica is copied afresh).
-    pub fn sweep(&self) {
-        let mut late = Vec::new();
+    /// [`ACK_LIMIT`] (the replica is copied afresh), and sends a keepalive on the others
+    /// (so that a link which no longer drains fills up and breaks its stream).
+    pub fn tick(&self) {
+        let mut failed = Vec::new();
         {
-            let mut streams = self.streams.lock().expect("streams lock");
-            for (node, s) in streams.iter_mut() {
+            let mut state = self.state.lock().expect("replication lock");
+            let nodes: Vec<String> = state.streams.keys().cloned().collect();
+            for node in nodes {
+                let s = state.streams.get_mut(&node).expect("listed above");
+                if s.broken {
+                    continue;
+                }
                 let late_write = s
                     .pending
                     .values()
@@ -321,19 +369,19 @@ impl Replicator {
                     .syncing
                     .values()
                     .next()
-                    .is_some_and(|(t, _)| t.elapsed() > ACK_LIMIT);
-                if late_write || late_copy {
+                    .is_some_and(|(t, _, _)| t.elapsed() > ACK_LIMIT);
+                let alive = !late_write
+                    && !late_copy
+                    && self
+                        .send(&node, s, 0, replication::Body::Keepalive(Empty {}))
+                        .is_some();
+                if !alive {
                     tracing::warn!(replica = %node, "replica does not acknowledge; breaking its stream");
-                    s.broken = true;
-                    late.extend(std::mem::take(&mut s.pending).into_values().map(|(_, g)| g));
+                    state.break_stream(&node, &mut failed);
                 }
             }
         }
-        for gate in late {
-            gate.arrive(Err(StorageError::NotReplicated(
-                "a replica did not acknowledge in time".into(),
-            )));
-        }
+        fail_all(failed, "a replica did not acknowledge in time");
     }
 
     /// Makes the streams copy exactly `want` (replica node -> partitions): stops what is
@@ -343,35 +391,47 @@ impl Replicator {
         let mut boots = Vec::new();
         let mut failed = Vec::new();
         {
-            let mut streams = self.streams.lock().expect("streams lock");
-            let gone: Vec<String> = streams
+            let mut state = self.state.lock().expect("replication lock");
+            let gone: Vec<String> = state
+                .streams
                 .keys()
                 .filter(|n| want.get(*n).is_none_or(BTreeSet::is_empty))
                 .cloned()
                 .collect();
             for node in gone {
-                let mut s = streams.remove(&node).expect("listed above");
+                let s = state.streams.get_mut(&node).expect("listed above");
                 let parts: Vec<u32> = s.partitions.keys().map(|p| u32::from(*p)).collect();
-                if !s.broken && !parts.is_empty() {
-                    let stop = replication::Body::Stop(replication::Partitions { partitions: parts });
-                    self.send(&node, &mut s, stop);
+                let told = !s.broken
+                    && !parts.is_empty()
+                    && self
+                        .send(
+                            &node,
+                            s,
+                            0,
+                            replication::Body::Stop(replication::Partitions { partitions: parts }),
+                        )
+                        .is_some();
+                if told {
+                    // It drops the copies before anything later on its link.
+                    let s = state.streams.remove(&node).expect("listed above");
+                    failed.extend(s.pending.into_values().map(|(_, g)| g));
+                } else {
+                    state.drop_stream(&node, &mut failed);
                 }
-                failed.extend(s.pending.into_values().map(|(_, g)| g));
             }
             for (node, parts) in want.iter().filter(|(_, p)| !p.is_empty()) {
-                if let Some(s) = streams.get_mut(node).filter(|s| s.broken) {
+                if let Some(s) = state.streams.get_mut(node).filter(|s| s.broken) {
                     if s.broken_seen.get_or_insert_with(Instant::now).elapsed() < RESTART_AFTER {
                         continue;
                     }
-                    let s = streams.remove(node).expect("checked");
-                    failed.extend(s.pending.into_values().map(|(_, g)| g));
+                    state.drop_stream(node, &mut failed);
                 }
-                let stream = match streams.get_mut(node) {
-                    Some(s) => s,
-                    None => {
-                        let mut next = self.next_stream.lock().expect("stream ids");
-                        *next += 1;
-                        streams.entry(node.clone()).or_insert(OutStream {
+                if !state.streams.contains_key(node) {
+                    let mut next = self.next_stream.lock().expect("stream ids");
+                    *next += 1;
+                    state.streams.insert(
+                        node.clone(),
+                        OutStream {
                             id: *next,
                             next_seq: 1,
                             partitions: BTreeMap::new(),
@@ -379,9 +439,10 @@ impl Replicator {
                             syncing: BTreeMap::new(),
                             broken: false,
                             broken_seen: None,
-                        })
-                    }
-                };
+                        },
+                    );
+                }
+                let stream = state.streams.get_mut(node).expect("inserted above");
                 let stop: Vec<Partition> = stream
                     .partitions
                     .keys()
@@ -392,8 +453,8 @@ impl Replicator {
                     let body = replication::Body::Stop(replication::Partitions {
                         partitions: stop.iter().map(|p| u32::from(*p)).collect(),
                     });
-                    if self.send(node, stream, body).is_none() {
-                        stream.broken = true;
+                    if self.send(node, stream, 0, body).is_none() {
+                        state.break_stream(node, &mut failed);
                         continue;
                     }
                     for p in &stop {
@@ -411,47 +472,55 @@ impl Replicator {
                 let body = replication::Body::Start(replication::Partitions {
                     partitions: start.iter().map(|p| u32::from(*p)).collect(),
                 });
-                if self.send(node, stream, body).is_none() {
-                    stream.broken = true;
+                let Some(seq) = self.send(node, stream, 0, body) else {
+                    state.break_stream(node, &mut failed);
                     continue;
-                }
+                };
                 tracing::info!(replica = %node, stream = stream.id, partitions = start.len(), "copying partitions to a replica");
                 for p in &start {
-                    stream.partitions.insert(*p, false);
+                    stream.partitions.insert(
+                        *p,
+                        Copy {
+                            start: seq,
+                            whole: false,
+                        },
+                    );
                 }
                 boots.push(Bootstrap {
                     node: node.clone(),
                     stream: stream.id,
+                    start: seq,
                     partitions: start,
                 });
             }
         }
-        for gate in failed {
-            gate.arrive(Err(StorageError::NotReplicated("the replica set changed".into())));
-        }
+        fail_all(failed, "the replica set changed");
         boots
     }
 
-    /// Puts a snapshot item on stream `stream` to `node`; a `synced` item is then
+    /// Puts an item of `boot`'s snapshot on its stream; a `synced` item is then
     /// awaited: its partitions count as copied once the replica acknowledges it.
-    pub fn send_snapshot(&self, node: &str, stream: u64, body: replication::Body) -> Result<(), StreamError> {
-        let mut streams = self.streams.lock().expect("streams lock");
-        let Some(s) = streams.get_mut(node).filter(|s| s.id == stream && !s.broken) else {
+    /// `Gone` once the stream was replaced or none of the partitions is still on the
+    /// copy this snapshot began.
+    pub fn send_snapshot(&self, boot: &Bootstrap, body: replication::Body) -> Result<(), StreamError> {
+        let mut state = self.state.lock().expect("replication lock");
+        let Some(s) = state
+            .streams
+            .get_mut(&boot.node)
+            .filter(|s| s.id == boot.stream && !s.broken)
+        else {
             return Err(StreamError::Gone);
         };
-        let synced: Option<Vec<Partition>> = match &body {
-            replication::Body::Synced(p) => Some(
-                p.partitions
-                    .iter()
-                    .filter_map(|p| (*p < u32::from(PARTITIONS)).then_some(*p as Partition))
-                    .collect(),
-            ),
-            _ => None,
-        };
-        match self.send(node, s, body) {
+        let current = |p: &Partition| s.partitions.get(p).is_some_and(|c| c.start == boot.start);
+        if !boot.partitions.iter().any(current) {
+            return Err(StreamError::Gone);
+        }
+        let synced = matches!(body, replication::Body::Synced(_));
+        match self.send(&boot.node, s, boot.start, body) {
             Some(seq) => {
-                if let Some(parts) = synced {
-                    s.syncing.insert(seq, (Instant::now(), parts));
+                if synced {
+                    s.syncing
+                        .insert(seq, (Instant::now(), boot.start, boot.partitions.clone()));
                 }
                 Ok(())
             }
@@ -459,17 +528,28 @@ impl Replicator {
         }
     }
 
+    /// A snapshot could not be completed: the stream is broken, so that the next plan
+    /// starts the copies again on a new one.
+    pub fn abandon(&self, boot: &Bootstrap) {
+        let mut failed = Vec::new();
+        {
+            let mut state = self.state.lock().expect("replication lock");
+            if state.streams.get(&boot.node).is_some_and(|s| s.id == boot.stream) {
+                state.break_stream(&boot.node, &mut failed);
+            }
+        }
+        fail_all(failed, "a replica's copy could not be made");
+    }
+
     /// For each partition, the replica nodes whose copy is whole.
     pub fn synced(&self) -> Vec<BTreeSet<String>> {
         let mut out = vec![BTreeSet::new(); PARTITIONS as usize];
-        for (node, s) in self.streams.lock().expect("streams lock").iter() {
+        for (node, s) in self.state.lock().expect("replication lock").streams.iter() {
             if s.broken {
                 continue;
             }
-            for (p, synced) in &s.partitions {
-                if *synced {
-                    out[*p as usize].insert(node.clone());
-                }
+            for p in s.whole() {
+                out[p as usize].insert(node.clone());
             }
         }
         out
@@ -547,30 +627,71 @@ mod tests {
         let (done, rx) = completion();
         r.commit(ops("bob"), done, |_, d| d(Ok(())));
         assert!(rx.try_recv().is_err());
+        // A replica that goes down fails the writes waiting for it (it may lack them).
         r.node_down("r1");
-        assert!(rx.try_recv().unwrap().is_ok());
+        assert!(matches!(
+            rx.try_recv().unwrap(),
+            Err(StorageError::NotReplicated(_))
+        ));
     }
 
-    #[tokio::test]
-    async fn a_copy_counts_as_whole_once_its_synced_item_is_acknowledged() {
+    #[tokio::test(start_paused = true)]
+    async fn a_copy_counts_as_whole_once_its_own_snapshot_is_acknowledged() {
         let r = Replicator::new("p", Remote::new("p", ClusterView::default()));
         let want = BTreeMap::from([("r1".to_owned(), BTreeSet::from([3, 4]))]);
         let boot = r.plan(&want).pop().unwrap();
         assert_eq!(boot.partitions, vec![3, 4]);
         assert!(r.plan(&want).is_empty(), "nothing new to start");
-        let synced = replication::Body::Synced(replication::Partitions {
-            partitions: vec![3, 4],
-        });
-        r.send_snapshot("r1", boot.stream, synced).unwrap();
+        let synced = || {
+            replication::Body::Synced(replication::Partitions {
+                partitions: vec![3, 4],
+            })
+        };
+        r.send_snapshot(&boot, synced()).unwrap();
         assert!(r.synced()[3].is_empty());
+        // item 1 was `start`, item 2 `synced`.
         r.acked("r1", boot.stream, 2, true);
         assert!(r.synced()[3].contains("r1") && r.synced()[4].contains("r1"));
-        assert_eq!(
-            r.send_snapshot("r1", boot.stream + 1, replication::Body::Stop(Default::default())),
-            Err(StreamError::Gone)
-        );
-        // No longer wanted: stopped.
-        r.plan(&BTreeMap::new());
+
+        // 4 is stopped and started again on the same stream: the first snapshot's items
+        // are moot for it, and only the new snapshot's acknowledgement makes it whole.
+        r.plan(&BTreeMap::from([("r1".to_owned(), BTreeSet::from([3]))]));
+        let again = r.plan(&want).pop().unwrap();
+        assert_eq!(again.partitions, vec![4]);
+        assert_eq!(again.stream, boot.stream);
+        let stale = Bootstrap {
+            node: "r1".into(),
+            stream: boot.stream,
+            start: boot.start,
+            partitions: vec![4],
+        };
+        assert_eq!(r.send_snapshot(&stale, synced()), Err(StreamError::Gone));
+        assert!(r.synced()[4].is_empty());
+        r.send_snapshot(&again, synced()).unwrap();
+        // items 3 `stop`, 4 `start`, 5 `synced`.
+        r.acked("r1", boot.stream, 5, true);
+        assert!(r.synced()[4].contains("r1"));
+
+        // The replica goes down: its copies no longer count.
+        r.node_down("r1");
         assert!(r.synced()[3].is_empty());
+        let user3 = (0..100_000)
+            .map(|i| format!("u{i}"))
+            .find(|u| crate::partition::of_user(u) == 3)
+            .unwrap();
+
+        // With a copy required and none up, a write is stored here but not acknowledged.
+        r.set_required(1);
+        let (done, rx) = completion();
+        let mut stored = false;
+        r.commit(ops(&user3), done, |_, d| {
+            stored = true;
+            d(Ok(()))
+        });
+        assert!(stored);
+        assert!(matches!(
+            rx.try_recv().unwrap(),
+            Err(StorageError::NotReplicated(_))
+        ));
     }
 }

@@ -236,7 +236,11 @@ async fn compare(via: &Node, users: &[String], group: &str, logs: &[Log]) -> Rep
                     }
                 }
             }
-            report.lost += wanted.iter().filter(|t| !seen.contains(t)).count();
+            let lost: Vec<&(bool, String)> = wanted.iter().filter(|t| !seen.contains(t)).collect();
+            if !lost.is_empty() {
+                eprintln!("{user}: lost from {sender}: {:?}", &lost[..lost.len().min(5)]);
+            }
+            report.lost += lost.len();
         }
         report.unexpected += got.values().map(Vec::len).sum::<usize>();
     }

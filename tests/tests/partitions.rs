@@ -38,7 +38,7 @@ fn start_with_replicas(names: &[&str], replicas: usize) -> (Vec<Node>, u16) {
 }
 
 /// Waits until `nodes` agree on `nodes.len()` members and each holds exactly the
-/// partitions it owns by rendezvous over their names, none moving.
+/// partitions it owns by rendezvous over their names, none moving, every copy whole.
 async fn settled(nodes: &[&Node]) {
     let want = nodes.len() as u64;
     wait_for("the partitions to settle", Duration::from_secs(40), || async {
@@ -52,7 +52,11 @@ async fn settled(nodes: &[&Node]) {
             .collect::<Option<_>>()?;
         for s in &statuses {
             let p = &s["partitions"];
-            if s["members"].as_u64()? != want || p["moving"].as_u64()? != 0 || !s["joined"].as_bool()? {
+            if s["members"].as_u64()? != want
+                || p["moving"].as_u64()? != 0
+                || p["under_replicated"].as_u64()? != 0
+                || !s["joined"].as_bool()?
+            {
                 return None;
             }
             let me = s["node"].as_str()?;

@@ -399,7 +399,18 @@ impl GroupState {
             return;
         };
         match self.already_stored(&origin) {
-            Ok(Some((done, again))) => return pending::confirm_again(&self.args.storage, again, done, reply),
+            Ok(Some((done, again))) => {
+                // Written again, and once that is copied, fanned out again (the first
+                // write may have failed before its fan-out; inboxes drop duplicates).
+                let (me, seq) = (myself.clone(), done.seq);
+                let refan: Reply<ChatResult<Appended>> = Box::new(move |r| {
+                    if r.is_ok() {
+                        let _ = me.cast(GroupMsg::RetryFanout { seq });
+                    }
+                    reply(r);
+                });
+                return pending::confirm_again(&self.args.storage, again, done, refan);
+            }
             Ok(None) => {}
             Err(e) => return reply(Err(e)),
         }
@@ -477,11 +488,9 @@ impl GroupState {
             for r in w.replies {
                 r(Err(e.error.clone()));
             }
-            // Stored here though not acknowledged: it is in the log, so it is fanned
-            // out like the others (its sender may resend it; dedupe answers then).
-            if e.stored_here {
-                self.fan_out(myself, w.seq, &w.payload);
-            }
+            // Not fanned out: it may be missing from the replica that takes the group
+            // over, which would give its seq to another post. A resend fans it out
+            // once it is copied.
             return;
         }
         let appended = Appended {

@@ -214,6 +214,12 @@ pub enum InboxMsg {
         /// The outcome.
         result: Result<(), pending::WriteFailed>,
     },
+    /// Internal: a resend found entry `seq` stored and has had it copied: it (and
+    /// what is stored before it) counts as durable now.
+    Confirmed {
+        /// The seq confirmed.
+        seq: u64,
+    },
     /// Internal: time to check for idleness.
     IdleCheck,
 }
@@ -241,6 +247,7 @@ impl InboxMsg {
         !matches!(
             self,
             Self::Persisted { .. }
+                | Self::Confirmed { .. }
                 | Self::IdleCheck
                 | Self::Stop
                 | Self::Release { .. }
@@ -329,6 +336,7 @@ impl Actor for Inbox {
         match msg {
             InboxMsg::Append { origin, draft, reply } => state.append(&myself, origin, draft, reply),
             InboxMsg::Persisted { seq, result } => state.persisted(seq, result),
+            InboxMsg::Confirmed { seq } => state.confirmed(seq),
             InboxMsg::Attach { session, reply } => {
                 // Attached again (its node re-announces it after this node restarted): once.
                 state.sessions.retain(|s| s.id != session.id);
@@ -442,7 +450,18 @@ impl InboxState {
             return;
         };
         match self.already_stored(&origin) {
-            Ok(Some((done, again))) => return pending::confirm_again(&self.args.storage, again, done, reply),
+            Ok(Some((done, again))) => {
+                // Its first write may have failed to reach a replica: then it did not
+                // count as durable, and the entries after it may not either.
+                let (me, seq) = (myself.clone(), done.seq);
+                let confirm: Reply<ChatResult<Appended>> = Box::new(move |r| {
+                    if r.is_ok() {
+                        let _ = me.cast(InboxMsg::Confirmed { seq });
+                    }
+                    reply(r);
+                });
+                return pending::confirm_again(&self.args.storage, again, done, confirm);
+            }
             Ok(None) => {}
             Err(e) => return reply(Err(e)),
         }
@@ -511,6 +530,36 @@ impl InboxState {
         pending::commit_then(&self.args.storage, batch, myself, seq, |seq, result| {
             InboxMsg::Persisted { seq, result }
         });
+    }
+
+    /// Entries up to `seq` are durable on every copy (a resend confirmed them): they
+    /// become visible to syncs, and are pushed to the sessions, in order.
+    fn confirmed(&mut self, seq: u64) {
+        if seq <= self.durable_seq {
+            return;
+        }
+        let from = self.durable_seq;
+        match self
+            .args
+            .storage
+            .inbox_after(&self.args.user, from, (seq - from) as usize)
+        {
+            Ok(entries) => {
+                for (s, entry) in entries.into_iter().filter(|(s, _)| *s <= seq) {
+                    let frame = match &entry.receipt {
+                        Some(r) => {
+                            encode_push(server_frame::Body::Receipt(v1::Receipt { seq: s, ..r.clone() }))
+                        }
+                        None => encode_push(server_frame::Body::Delivery(to_delivery(s, &entry))),
+                    };
+                    let now = Instant::now();
+                    self.sessions
+                        .retain(|session| session.deliver(s, frame.clone(), now));
+                }
+            }
+            Err(e) => tracing::warn!(user = %self.args.user, error = %e, "confirmed entries not pushed"),
+        }
+        self.durable_seq = seq;
     }
 
     /// The earlier answer for an origin that is already stored, and its records to
@@ -594,7 +643,9 @@ impl InboxState {
         };
         match result {
             Ok(()) => {
-                self.durable_seq = w.seq;
+                // With replicas, a later write can complete first (its copy went to a
+                // faster replica after the set changed): never go back.
+                self.durable_seq = self.durable_seq.max(w.seq);
                 let Durable {
                     appended,
                     frame,

@@ -62,6 +62,12 @@ const CHUNK_BYTES: usize = 1 << 20;
 const RECEIVE_LIMIT: Duration = Duration::from_secs(10);
 /// How often a giver repeats its HandoffDone until the new holder acknowledges it.
 const DONE_REPEAT: Duration = Duration::from_secs(5);
+/// A registry whose ticks are this far apart was not running in between (see
+/// `RegistryState::tick`); a holder counts a replica down after about 3 s of silence.
+const STALL_LIMIT: Duration = Duration::from_secs(2);
+/// Keys a replica remembers as written during snapshots, at most; a snapshot that
+/// would need more is refused (the holder starts again), bounding the memory.
+const MAX_TOUCHED: usize = 1_000_000;
 /// Two nodes serving one partition for this long (longer than a card takes to
 /// refresh) is a real conflict, not a stale card: the owner stops serving it.
 const CONFLICT_LIMIT: Duration = Duration::from_secs(3);
@@ -362,11 +368,25 @@ struct InStream {
     next: u64,
     /// Partitions this stream copies here.
     partitions: BTreeSet<Partition>,
-    /// Those whose snapshot is still arriving.
-    syncing: BTreeSet<Partition>,
-    /// Keys written by the stream since their partition started: the snapshot's older
-    /// record of such a key must not overwrite them.
-    touched: HashSet<(u32, Vec<u8>)>,
+    /// Those whose snapshot is still arriving, with the number of their `start` item
+    /// (a late item of an earlier snapshot of the same partition is ignored).
+    syncing: BTreeMap<Partition, u64>,
+    /// Keys written by the stream since their partition started, by partition: the
+    /// snapshot's older record of such a key must not overwrite them.
+    touched: HashMap<Partition, HashSet<(u32, Vec<u8>)>>,
+    /// Keys in `touched`, over all partitions (bounded by [`MAX_TOUCHED`]).
+    touched_count: usize,
+}
+
+impl InStream {
+    /// Stops copying `p` on this stream.
+    fn forget(&mut self, p: Partition) {
+        self.partitions.remove(&p);
+        self.syncing.remove(&p);
+        if let Some(keys) = self.touched.remove(&p) {
+            self.touched_count -= keys.len();
+        }
+    }
 }
 
 /// Where a request should go.
@@ -432,6 +452,8 @@ pub struct RegistryState {
     refused_streams: HashMap<String, u64>,
     /// Since when another node serves a partition this node serves too.
     conflicts: HashMap<Partition, Instant>,
+    /// When the last tick ran.
+    last_tick: Instant,
     /// When the last retention sweep started.
     swept: Instant,
     /// Requests for partitions being taken over.
@@ -510,6 +532,7 @@ impl Actor for Registry {
             streams_in: HashMap::new(),
             refused_streams: HashMap::new(),
             conflicts: HashMap::new(),
+            last_tick: Instant::now(),
             swept: Instant::now(),
             waiting: HashMap::new(),
             waiting_count: 0,
@@ -694,8 +717,18 @@ impl RegistryState {
         self.args.replicator.set_required(copies - 1);
         let mut want: BTreeMap<String, BTreeSet<Partition>> = BTreeMap::new();
         if self.args.replicas > 1 && self.joined {
+            let whole = self.args.replicator.synced();
             for p in (0..PARTITIONS).filter(|p| self.held[*p as usize]) {
-                for t in self.replica_targets(p) {
+                let targets = self.replica_targets(p);
+                // Make before break: a whole copy is kept until the new targets are whole.
+                if !targets.iter().all(|t| whole[p as usize].contains(*t)) {
+                    for w in &whole[p as usize] {
+                        if self.up.contains(w) {
+                            want.entry(w.clone()).or_default().insert(p);
+                        }
+                    }
+                }
+                for t in targets {
                     want.entry(t.to_owned()).or_default().insert(p);
                 }
             }
@@ -835,9 +868,24 @@ impl RegistryState {
     }
 
     async fn tick(&mut self) {
+        let now = Instant::now();
+        let stalled = now - std::mem::replace(&mut self.last_tick, now);
+        if stalled > STALL_LIMIT && !self.streams_in.is_empty() {
+            // This node did not run for a while (frozen, or starved): its holders may
+            // have counted it down and gone on with other replicas, so its copies may
+            // be behind. They no longer count; the holders copy them again.
+            tracing::warn!(
+                stalled_ms = stalled.as_millis() as u64,
+                "this node stalled; dropping its copies of others' partitions"
+            );
+            let holders: Vec<String> = self.streams_in.keys().cloned().collect();
+            for h in holders {
+                self.drop_stream(&h);
+            }
+        }
         self.update_membership().await;
         self.args.remote.sweep();
-        self.args.replicator.sweep();
+        self.args.replicator.tick();
         self.expire_waiting();
         if self
             .round
@@ -974,9 +1022,11 @@ impl RegistryState {
             .filter(|p| p.up)
             .map(|p| p.card.name.clone())
             .collect();
-        for gone in self.up.difference(&up) {
+        let went_down: Vec<String> = self.up.difference(&up).cloned().collect();
+        for gone in &went_down {
             self.args.remote.fail_node(gone);
             self.args.replicator.node_down(gone);
+
             // Its sessions are gone, or will be attached again when it is back.
             for parked in self.parked.values_mut() {
                 parked.retain(|s| s.node() != Some(gone.as_str()));
@@ -1265,8 +1315,7 @@ impl RegistryState {
                     promoted.entry(source.clone()).or_default().push(p);
                     self.copies[p as usize] = None;
                     if let Some(s) = self.streams_in.get_mut(&source) {
-                        s.partitions.remove(&p);
-                        s.syncing.remove(&p);
+                        s.forget(p);
                     }
                     self.held[p as usize] = true;
                     claimed.push(p);
@@ -1493,11 +1542,9 @@ impl RegistryState {
     /// replaced or deleted), and that the data from before a restart is pending.
     fn drop_copies(&mut self, parts: &[Partition]) {
         for p in parts {
-            if let Some(source) = self.copies[*p as usize].take() {
-                if let Some(s) = self.streams_in.get_mut(&source) {
-                    s.partitions.remove(p);
-                    s.syncing.remove(p);
-                }
+            self.copies[*p as usize] = None;
+            for s in self.streams_in.values_mut() {
+                s.forget(*p);
             }
             self.suspect[*p as usize] = false;
         }
@@ -1761,6 +1808,7 @@ impl RegistryState {
             stream,
             seq,
             body,
+            generation: start,
         } = r;
         if self.refused_streams.get(&from) == Some(&stream) {
             return;
@@ -1775,8 +1823,9 @@ impl RegistryState {
                     id: stream,
                     next: 1,
                     partitions: BTreeSet::new(),
-                    syncing: BTreeSet::new(),
-                    touched: HashSet::new(),
+                    syncing: BTreeMap::new(),
+                    touched: HashMap::new(),
+                    touched_count: 0,
                 },
             );
         }
@@ -1809,8 +1858,13 @@ impl RegistryState {
                 self.drop_copies(&parts);
                 wipe(self.args.storage.clone(), parts.to_vec()).await;
                 if let Some(s) = self.streams_in.get_mut(&from) {
-                    s.partitions.extend(parts.iter().copied());
-                    s.syncing.extend(parts.iter().copied());
+                    for p in &parts {
+                        s.partitions.insert(*p);
+                        s.syncing.insert(*p, seq);
+                        if let Some(old) = s.touched.insert(*p, HashSet::new()) {
+                            s.touched_count -= old.len();
+                        }
+                    }
                 }
             }
             Some(replication::Body::Write(records)) => {
@@ -1843,14 +1897,21 @@ impl RegistryState {
                     let Some(p) = tree.partition_of(&r.key) else {
                         continue;
                     };
-                    if s.syncing.contains(&p) {
-                        s.touched.insert((r.tree, r.key.clone()));
+                    if let Some(keys) = s.touched.get_mut(&p) {
+                        if keys.insert((r.tree, r.key.clone())) {
+                            s.touched_count += 1;
+                        }
                     }
                     if r.delete {
                         w.del(tree, r.key);
                     } else {
                         w.put(tree, r.key, r.value);
                     }
+                }
+                if s.touched_count > MAX_TOUCHED {
+                    tracing::warn!(holder = %from, "too many writes during a snapshot; refusing the stream");
+                    self.refuse_stream(&from, stream, seq);
+                    return;
                 }
                 let (remote, me) = (self.args.remote.clone(), self.me().to_owned());
                 self.args.storage.commit_unreplicated(
@@ -1875,8 +1936,13 @@ impl RegistryState {
                     let Some(tree) = TreeId::from_number(r.tree) else {
                         continue;
                     };
-                    let fresh = tree.partition_of(&r.key).is_some_and(|p| s.syncing.contains(&p))
-                        && !s.touched.contains(&(r.tree, r.key.clone()));
+                    let fresh = tree.partition_of(&r.key).is_some_and(|p| {
+                        s.syncing.get(&p) == Some(&start)
+                            && !s
+                                .touched
+                                .get(&p)
+                                .is_some_and(|keys| keys.contains(&(r.tree, r.key.clone())))
+                    });
                     if fresh && !r.delete {
                         w.put(tree, r.key, r.value);
                     }
@@ -1890,12 +1956,13 @@ impl RegistryState {
                 };
                 let mut whole = Vec::new();
                 for p in parts {
-                    if s.syncing.remove(&p) {
+                    if s.syncing.get(&p) == Some(&start) {
+                        s.syncing.remove(&p);
+                        if let Some(keys) = s.touched.remove(&p) {
+                            s.touched_count -= keys.len();
+                        }
                         whole.push(p);
                     }
-                }
-                if s.syncing.is_empty() {
-                    s.touched = HashSet::new();
                 }
                 for p in &whole {
                     self.copies[*p as usize] = Some(from.clone());
@@ -1928,8 +1995,7 @@ impl RegistryState {
                 self.drop_copies(&parts);
                 if let Some(s) = self.streams_in.get_mut(&from) {
                     for p in &parts {
-                        s.partitions.remove(p);
-                        s.syncing.remove(p);
+                        s.forget(*p);
                     }
                 }
                 let idle: Vec<Partition> = parts
@@ -1938,7 +2004,7 @@ impl RegistryState {
                     .collect();
                 wipe(self.args.storage.clone(), idle.to_vec()).await;
             }
-            None => {}
+            Some(replication::Body::Keepalive(_)) | None => {}
         }
     }
 
@@ -1973,6 +2039,12 @@ impl RegistryState {
 /// tree: rare (copies starting or moving), and the registry waits for it.
 async fn wipe(storage: Storage, parts: Vec<Partition>) {
     if parts.is_empty() {
+        return;
+    }
+    // Writes already queued (an old stream's, a handoff's) must be visible to the scan,
+    // or they would land after the deletes and survive them.
+    if let Err(e) = storage.barrier().await {
+        tracing::error!(error = %e, "cannot delete partitions: storage closed");
         return;
     }
     let mut set = vec![false; PARTITIONS as usize];
@@ -2035,29 +2107,26 @@ fn take_where<V>(map: &mut HashMap<String, V>, pick: impl Fn(&String) -> bool) -
 /// Writes of those partitions travel on the stream from its `start` on; the scan
 /// begins after a barrier, so every write before the start is in the scan.
 async fn send_snapshot(storage: Storage, replicator: Arc<Replicator>, boot: Bootstrap) {
-    let Bootstrap {
-        node,
-        stream,
-        partitions,
-    } = boot;
     if storage.barrier().await.is_err() {
-        return;
+        return replicator.abandon(&boot);
     }
     let mut set = vec![false; PARTITIONS as usize];
-    for p in &partitions {
+    for p in &boot.partitions {
         set[*p as usize] = true;
     }
+    // Waits while the link is full; false once the snapshot is moot (or the link stayed
+    // full for a minute).
     let send = |body: replication::Body| {
-        let (replicator, node) = (replicator.clone(), node.clone());
+        let (replicator, boot) = (replicator.clone(), &boot);
         async move {
             for _ in 0..1200 {
-                match replicator.send_snapshot(&node, stream, body.clone()) {
-                    Ok(()) => return true,
-                    Err(StreamError::Gone) => return false,
+                match replicator.send_snapshot(boot, body.clone()) {
+                    Ok(()) => return Ok(()),
+                    Err(StreamError::Gone) => return Err(StreamError::Gone),
                     Err(StreamError::Full) => tokio::time::sleep(Duration::from_millis(50)).await,
                 }
             }
-            false
+            Err(StreamError::Full)
         }
     };
     let (chunks_tx, mut chunks) = tokio::sync::mpsc::channel::<Vec<crate::storage::Record>>(2);
@@ -2065,6 +2134,7 @@ async fn send_snapshot(storage: Storage, replicator: Arc<Replicator>, boot: Boot
         storage.export_chunks(&set, CHUNK_BYTES, |chunk| chunks_tx.blocking_send(chunk).is_ok())
     });
     let mut count = 0;
+    let mut outcome = Ok(());
     while let Some(records) = chunks.recv().await {
         count += records.len();
         let records = records
@@ -2076,19 +2146,30 @@ async fn send_snapshot(storage: Storage, replicator: Arc<Replicator>, boot: Boot
                 delete: false,
             })
             .collect();
-        if !send(replication::Body::Chunk(replication::Records { records })).await {
-            return;
+        outcome = send(replication::Body::Chunk(replication::Records { records })).await;
+        if outcome.is_err() {
+            break;
         }
     }
-    if !matches!(scan.await, Ok(Ok(()))) {
-        tracing::error!(replica = %node, "snapshot scan failed; the copy stays incomplete");
-        return;
+    drop(chunks);
+    let scanned = matches!(scan.await, Ok(Ok(())));
+    match outcome {
+        Ok(()) if scanned => {}
+        Err(StreamError::Gone) => return,
+        _ => {
+            tracing::error!(replica = %boot.node, "snapshot not sent; the copy starts again");
+            return replicator.abandon(&boot);
+        }
     }
     let synced = replication::Partitions {
-        partitions: partitions.iter().map(|p| u32::from(*p)).collect(),
+        partitions: boot.partitions.iter().map(|p| u32::from(*p)).collect(),
     };
-    if send(replication::Body::Synced(synced)).await {
-        tracing::info!(replica = %node, records = count, partitions = partitions.len(), "snapshot sent");
+    match send(replication::Body::Synced(synced)).await {
+        Ok(()) => {
+            tracing::info!(replica = %boot.node, records = count, partitions = boot.partitions.len(), "snapshot sent")
+        }
+        Err(StreamError::Gone) => {}
+        Err(StreamError::Full) => replicator.abandon(&boot),
     }
 }
 

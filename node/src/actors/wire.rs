@@ -173,6 +173,7 @@ fn inbox_to_wire(msg: InboxMsg, me: &str) -> Option<(inbox_op::Op, Option<OnResp
         | InboxMsg::ForgetNode(_)
         | InboxMsg::Sweep
         | InboxMsg::Persisted { .. }
+        | InboxMsg::Confirmed { .. }
         | InboxMsg::IdleCheck => {
             return None;
         }
