@@ -400,21 +400,20 @@ impl Replicator {
                 .collect();
             for node in gone {
                 let s = state.streams.get_mut(&node).expect("listed above");
+                if s.partitions.is_empty() {
+                    // Stopped earlier: it goes once the writes shipped before are in.
+                    if s.pending.is_empty() || s.broken {
+                        state.drop_stream(&node, &mut failed);
+                    }
+                    continue;
+                }
                 let parts: Vec<u32> = s.partitions.keys().map(|p| u32::from(*p)).collect();
-                let told = !s.broken
-                    && !parts.is_empty()
-                    && self
-                        .send(
-                            &node,
-                            s,
-                            0,
-                            replication::Body::Stop(replication::Partitions { partitions: parts }),
-                        )
-                        .is_some();
-                if told {
-                    // It drops the copies before anything later on its link.
-                    let s = state.streams.remove(&node).expect("listed above");
-                    failed.extend(s.pending.into_values().map(|(_, g)| g));
+                let stop = replication::Body::Stop(replication::Partitions { partitions: parts });
+                if !s.broken && self.send(&node, s, 0, stop).is_some() {
+                    // The replica applies (and acknowledges) what was shipped before, then
+                    // drops the copies; nothing new is shipped to it.
+                    s.partitions.clear();
+                    s.syncing.clear();
                 } else {
                     state.drop_stream(&node, &mut failed);
                 }

@@ -734,8 +734,10 @@ impl InboxState {
             batch,
             Box::new(move |r| match r {
                 Ok(()) => {
+                    // First attempts go out here, in order (a delivered receipt before
+                    // the read one); only retries run in tasks.
                     for (sender, receipt) in receipts {
-                        runtime.spawn(store_receipt(router.clone(), sender, receipt));
+                        store_receipt(router.clone(), runtime.clone(), sender, receipt, 1);
                     }
                     reply(Ok(cursors));
                 }
@@ -781,34 +783,37 @@ impl InboxState {
 
 /// Stores a receipt in the inbox of the message's sender, wherever it lives, retrying
 /// with backoff while that inbox is unreachable (its node down or moving).
-async fn store_receipt(router: Router, sender: String, receipt: v1::Receipt) {
-    let origin = receipt_origin(&receipt);
-    let mut wait = Duration::from_millis(500);
-    for attempt in 1..=RECEIPT_ATTEMPTS {
-        let (tx, rx) = tokio::sync::oneshot::channel();
-        router.to_inbox(
-            &sender,
-            InboxMsg::Append {
-                origin: origin.clone(),
-                draft: Draft::receipt(receipt.clone()),
-                reply: Box::new(move |r| {
-                    let _ = tx.send(r);
-                }),
-            },
-        );
-        match rx.await {
-            Ok(Ok(_)) => return,
-            Ok(Err(ChatError::NotFound(_))) => return,
-            outcome => {
-                if attempt == RECEIPT_ATTEMPTS {
-                    tracing::warn!(sender = %sender, outcome = ?outcome.map(|r| r.map(|_| ())), "receipt not stored");
-                    return;
-                }
-            }
+fn store_receipt(
+    router: Router,
+    runtime: tokio::runtime::Handle,
+    sender: String,
+    receipt: v1::Receipt,
+    attempt: u32,
+) {
+    let (r, to) = (router.clone(), sender.clone());
+    let (origin, draft) = (receipt_origin(&receipt), Draft::receipt(receipt.clone()));
+    let retry = move |outcome: ChatResult<Appended>| match outcome {
+        Ok(_) | Err(ChatError::NotFound(_)) => {}
+        Err(e) if attempt >= RECEIPT_ATTEMPTS => {
+            tracing::warn!(sender = %sender, error = %e, "receipt not stored");
         }
-        tokio::time::sleep(wait).await;
-        wait = (wait * 2).min(Duration::from_secs(10));
-    }
+        Err(_) => {
+            let wait = (Duration::from_millis(500) * 2u32.pow(attempt - 1)).min(Duration::from_secs(10));
+            let handle = runtime.clone();
+            runtime.spawn(async move {
+                tokio::time::sleep(wait).await;
+                store_receipt(router, handle, sender, receipt, attempt + 1);
+            });
+        }
+    };
+    r.to_inbox(
+        &to,
+        InboxMsg::Append {
+            origin,
+            draft,
+            reply: Box::new(retry),
+        },
+    );
 }
 
 /// The wire form of a stored entry.

@@ -1913,19 +1913,7 @@ impl RegistryState {
                     self.refuse_stream(&from, stream, seq);
                     return;
                 }
-                let (remote, me) = (self.args.remote.clone(), self.me().to_owned());
-                self.args.storage.commit_unreplicated(
-                    w,
-                    Box::new(move |r| {
-                        let ack = ReplicationAck {
-                            from: me,
-                            stream,
-                            seq,
-                            ok: r.is_ok(),
-                        };
-                        remote.send(&from, item::Body::ReplicationAck(ack));
-                    }),
-                );
+                self.apply_then_ack(w, from, stream, seq);
             }
             Some(replication::Body::Chunk(records)) => {
                 let Some(s) = self.streams_in.get(&from) else {
@@ -1969,19 +1957,7 @@ impl RegistryState {
                 }
                 tracing::info!(holder = %from, partitions = whole.len(), "copies complete");
                 // Acknowledged once everything before it is durable.
-                let (remote, me) = (self.args.remote.clone(), self.me().to_owned());
-                self.args.storage.commit_unreplicated(
-                    Writes::default(),
-                    Box::new(move |r| {
-                        let ack = ReplicationAck {
-                            from: me,
-                            stream,
-                            seq,
-                            ok: r.is_ok(),
-                        };
-                        remote.send(&from, item::Body::ReplicationAck(ack));
-                    }),
-                );
+                self.apply_then_ack(Writes::default(), from, stream, seq);
             }
             Some(replication::Body::Stop(ps)) => {
                 let parts: Vec<Partition> = valid(&ps)
@@ -2006,6 +1982,23 @@ impl RegistryState {
             }
             Some(replication::Body::Keepalive(_)) | None => {}
         }
+    }
+
+    /// Applies `w` here and acknowledges item `seq` of `holder`'s stream once durable.
+    fn apply_then_ack(&self, w: Writes, holder: String, stream: u64, seq: u64) {
+        let (remote, me) = (self.args.remote.clone(), self.me().to_owned());
+        self.args.storage.commit_unreplicated(
+            w,
+            Box::new(move |r| {
+                let ack = ReplicationAck {
+                    from: me,
+                    stream,
+                    seq,
+                    ok: r.is_ok(),
+                };
+                remote.send(&holder, item::Body::ReplicationAck(ack));
+            }),
+        );
     }
 
     /// Ends the stream from `holder`: the copies it fed are no longer whole.
