@@ -41,19 +41,39 @@ struct Gate {
 
 struct GateState {
     waiting: usize,
+    /// Replicas that may fail to confirm while the write still reaches the required
+    /// number of copies (it was shipped to more: a copy being replaced, say).
+    spare: usize,
     failed: Option<StorageError>,
     done: Option<Completion>,
 }
 
 impl Gate {
-    fn new(waiting: usize, done: Completion) -> Arc<Self> {
+    fn new(waiting: usize, spare: usize, done: Completion) -> Arc<Self> {
         Arc::new(Self {
             state: Mutex::new(GateState {
                 waiting,
+                spare,
                 failed: None,
                 done: Some(done),
             }),
         })
+    }
+
+    /// A replica will not confirm the write (down, refused, stream broken): fine while
+    /// enough others got it, a failure otherwise.
+    fn lose(&self, why: &str) {
+        let spared = {
+            let mut s = self.state.lock().expect("gate lock");
+            let spared = s.spare > 0;
+            s.spare = s.spare.saturating_sub(1);
+            spared
+        };
+        self.arrive(if spared {
+            Ok(())
+        } else {
+            Err(StorageError::NotReplicated(why.to_owned()))
+        });
     }
 
     fn arrive(&self, outcome: Result<(), StorageError>) {
@@ -166,7 +186,7 @@ impl State {
 
 fn fail_all(gates: Vec<Arc<Gate>>, why: &str) {
     for gate in gates {
-        gate.arrive(Err(StorageError::NotReplicated(why.to_owned())));
+        gate.lose(why);
     }
 }
 
@@ -268,7 +288,8 @@ impl Replicator {
             drop(state);
             return local(ops, done);
         }
-        let gate = Gate::new(shipments.len() + 1, done);
+        let spare = shipments.len().saturating_sub(required);
+        let gate = Gate::new(shipments.len() + 1, spare, done);
         let mut failed = Vec::new();
         for (node, records) in shipments {
             let stream = state.streams.get_mut(&node).expect("listed above");
@@ -606,7 +627,9 @@ mod tests {
         r.commit(ops(&other), done, |_, d| d(Ok(())));
         assert!(rx.try_recv().unwrap().is_ok());
 
-        // A refusal fails the waiting write; a down replica lets the others go on.
+        // With one copy required: a refusal fails the waiting write; so does a replica
+        // going down (it may lack the write).
+        r.set_required(1);
         let (done, rx) = completion();
         r.commit(ops("bob"), done, |_, d| d(Ok(())));
         r.acked("r1", stream, 3, false);

@@ -365,6 +365,7 @@ mod tests {
                     text: "survives".into(),
                     group: Some((1, "g:team:1".into(), 5)),
                     receipt: None,
+                    own_copy: None,
                 },
                 reply: crate::actors::reply(move |r| {
                     let _ = tx.send(r);

@@ -13,7 +13,7 @@ pub mod v1 {
 
 /// Internal records and envelopes, generated from `protocol/cluster.proto`.
 pub mod internal {
-    #![allow(missing_docs)]
+    #![allow(missing_docs, clippy::large_enum_variant)]
     include!(concat!(env!("OUT_DIR"), "/chat.internal.rs"));
 }
 

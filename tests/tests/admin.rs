@@ -62,7 +62,8 @@ async fn metrics_count_connections_logins_and_messages() {
         "{text}"
     );
     assert!(text.contains("chat_cluster_peers{state=\"up\"} 0"), "{text}");
-    assert_eq!(metric(&text, "chat_inbox_messages"), Some(1.0), "{text}");
+    // bob's copy and alice's own (for her other devices).
+    assert_eq!(metric(&text, "chat_inbox_messages"), Some(2.0), "{text}");
     assert_eq!(
         metric(&text, "chat_delivery_latency_seconds_count"),
         Some(1.0),
@@ -80,11 +81,12 @@ async fn the_stored_message_gauge_is_counted_from_disk_after_a_restart() {
     }
     node.restart().unwrap();
     let admin = node.admin.clone();
-    wait_for("the gauge to count the 3 stored messages", DEADLINE, || {
+    // Three in bob's inbox, and alice's own copies of them.
+    wait_for("the gauge to count the 6 stored messages", DEADLINE, || {
         let admin = admin.clone();
         async move {
             let (_, text) = http_get(&admin, "/metrics").await.ok()?;
-            (metric(&text, "chat_inbox_messages") == Some(3.0)).then_some(())
+            (metric(&text, "chat_inbox_messages") == Some(6.0)).then_some(())
         }
     })
     .await

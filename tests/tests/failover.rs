@@ -175,14 +175,21 @@ async fn compare(via: &Node, users: &[String], group: &str, logs: &[Log]) -> Rep
     let mut report = Report::default();
     for (u, user) in users.iter().enumerate() {
         // What this user should have from each sender, in that sender's order, tagged
-        // with whether it went to the group.
+        // with whether it went to the group; and its own copies of what it sent privately
+        // (its other devices get them).
         let mut want: BTreeMap<&String, Vec<(bool, String)>> = BTreeMap::new();
-        for (s, sender) in users.iter().enumerate().filter(|(s, _)| *s != u) {
+        for (s, sender) in users.iter().enumerate() {
             let texts = logs[s]
                 .lock()
                 .unwrap()
                 .iter()
-                .filter(|(to, _)| to == user || to == group)
+                .filter(|(to, _)| {
+                    if s == u {
+                        to != group
+                    } else {
+                        to == user || to == group
+                    }
+                })
                 .map(|(to, text)| (to == group, text.clone()))
                 .collect();
             want.insert(sender, texts);

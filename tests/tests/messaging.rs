@@ -235,7 +235,14 @@ async fn receipts_wait_in_an_offline_senders_inbox_and_cover_earlier_messages() 
     let waiting = wait_for("both receipts in alice's inbox", DEADLINE, || {
         let a = alice2.clone();
         async move {
-            let w = a.sync_all(ok.delivered_seq).await.ok()?;
+            // (Besides alice's own copies of what she sent.)
+            let w: Vec<_> = a
+                .sync_all(ok.delivered_seq)
+                .await
+                .ok()?
+                .into_iter()
+                .filter(|d| d.receipt.is_some())
+                .collect();
             (w.len() == 2).then_some(w)
         }
     })
@@ -258,10 +265,19 @@ async fn receipts_wait_in_an_offline_senders_inbox_and_cover_earlier_messages() 
         ]
     );
     assert_eq!(waiting[1].seq, waiting[0].seq + 1);
-    // Acknowledging receipts makes no receipts for bob, and history shows messages only.
+    // Acknowledging receipts makes no receipts for bob, and history shows messages only
+    // (bob never wrote to alice: her own three).
     alice2.ack_read(waiting[1].seq).await.unwrap();
-    let history = alice2.history(ConversationKind::Private, "bob", 0, 10).await;
-    assert!(history.unwrap().messages.is_empty(), "bob never wrote to alice");
+    let history = alice2
+        .history(ConversationKind::Private, "bob", 0, 10)
+        .await
+        .unwrap();
+    let texts: Vec<(&str, &str)> = history
+        .messages
+        .iter()
+        .map(|d| (d.from.as_str(), d.text.as_str()))
+        .collect();
+    assert_eq!(texts, [("alice", "m2"), ("alice", "m1"), ("alice", "m0")]);
     let bob_inbox = bob.sync_all(0).await.unwrap();
     assert!(bob_inbox.iter().all(|d| d.receipt.is_none()), "{bob_inbox:?}");
 }
@@ -357,4 +373,69 @@ async fn dropping_the_last_client_handle_closes_the_connection_and_the_user_goes
     })
     .await
     .unwrap();
+}
+
+#[tokio::test]
+async fn a_senders_other_devices_get_what_it_sent_and_history_shows_both_directions() {
+    let node = Node::start().unwrap();
+    let (bob, mut bob_rx) = node.user("bob").await.unwrap();
+    let (phone, mut phone_rx) = node.user("carl").await.unwrap();
+    let (laptop, mut laptop_rx, _) = node.login("carl").await.unwrap();
+
+    let sent = phone
+        .send_private_with_id("bob", "c-1", "hello from the phone")
+        .await
+        .unwrap();
+    assert_eq!(
+        next_delivery(&mut bob_rx).await.unwrap().text,
+        "hello from the phone"
+    );
+    // The laptop gets a copy: from carl, in the conversation with bob, the same message id.
+    let copy = next_delivery(&mut laptop_rx).await.unwrap();
+    assert_eq!(
+        (copy.from.as_str(), copy.conversation.as_str(), copy.text.as_str()),
+        ("carl", "bob", "hello from the phone")
+    );
+    assert_eq!(copy.message_id, sent.message_id);
+    // The phone, which sent it, is not pushed its own message: the next push it gets is bob's.
+    bob.send_private("carl", "hi carl").await.unwrap();
+    assert_eq!(next_delivery(&mut phone_rx).await.unwrap().text, "hi carl");
+
+    // A resend with the same client message id: same answer, still one copy each.
+    let again = phone
+        .send_private_with_id("bob", "c-1", "hello from the phone")
+        .await
+        .unwrap();
+    assert_eq!((again.message_id, again.seq), (sent.message_id.clone(), sent.seq));
+    let carls: Vec<String> = laptop
+        .sync_all(0)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|d| d.text)
+        .collect();
+    assert_eq!(carls, ["hello from the phone", "hi carl"]);
+    // bob's inbox: carl's message, and bob's own copy of his answer.
+    let bobs: Vec<(String, String)> = bob
+        .sync_all(0)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|d| (d.from, d.text))
+        .collect();
+    assert_eq!(
+        bobs,
+        [
+            ("carl".to_owned(), "hello from the phone".to_owned()),
+            ("bob".to_owned(), "hi carl".to_owned())
+        ]
+    );
+
+    // History of the conversation, from either device: both directions, newest first.
+    let page = laptop
+        .history(ConversationKind::Private, "bob", 0, 10)
+        .await
+        .unwrap();
+    let texts: Vec<&str> = page.messages.iter().map(|d| d.text.as_str()).collect();
+    assert_eq!(texts, ["hi carl", "hello from the phone"]);
 }

@@ -522,6 +522,7 @@ impl GroupState {
                 text: message.text.clone(),
                 group: Some((seq, message.message_id.clone(), message.timestamp_ms)),
                 receipt: None,
+                own_copy: None,
             };
             self.args.router.to_inbox(
                 member,

@@ -56,6 +56,29 @@ pub struct Draft {
     pub group: Option<(u64, String, u64)>,
     /// For receipts stored in a sender's inbox: the receipt (its seq is assigned here).
     pub receipt: Option<v1::Receipt>,
+    /// For the sender's own copy of a private message it sent.
+    pub own_copy: Option<Box<OwnCopy>>,
+}
+
+/// What the sender's own copy of a private message keeps of the original.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OwnCopy {
+    /// The original's message id (as in the recipient's inbox and the SendAck).
+    pub message_id: String,
+    /// The original's timestamp.
+    pub timestamp_ms: u64,
+    /// The session that sent it: the copy is pushed to the sender's other sessions.
+    pub skip_session: u64,
+}
+
+/// Dedupe key of the sender's own copy of a private message to `to`.
+pub fn own_origin(to: &str, client_msg_id: &str) -> Vec<u8> {
+    let mut o = Vec::with_capacity(2 + to.len() + client_msg_id.len());
+    o.push(b's');
+    o.push(to.len() as u8);
+    o.extend_from_slice(to.as_bytes());
+    o.extend_from_slice(client_msg_id.as_bytes());
+    o
 }
 
 impl Draft {
@@ -68,6 +91,7 @@ impl Draft {
             text: String::new(),
             group: None,
             receipt: Some(receipt),
+            own_copy: None,
         }
     }
 }
@@ -282,6 +306,8 @@ struct Durable {
     appended: Appended,
     frame: Bytes,
     since: Instant,
+    /// A session not to push it to (the one that sent it, for an own copy).
+    skip_session: Option<u64>,
 }
 
 /// The inbox's state.
@@ -469,11 +495,13 @@ impl InboxState {
         let seq = self.meta.last_seq + 1;
         let user = self.args.user.clone();
         let user = &user;
-        let (message_id, timestamp_ms, group_seq) = match (&draft.group, &draft.receipt) {
-            (Some((gseq, id, ts)), _) => (id.clone(), *ts, *gseq),
-            (None, Some(r)) => (format!("r:{user}:{seq}"), r.timestamp_ms, 0),
-            (None, None) => (format!("p:{user}:{seq}"), storage::now_ms(), 0),
+        let (message_id, timestamp_ms, group_seq) = match (&draft.group, &draft.receipt, &draft.own_copy) {
+            (Some((gseq, id, ts)), _, _) => (id.clone(), *ts, *gseq),
+            (None, Some(r), _) => (format!("r:{user}:{seq}"), r.timestamp_ms, 0),
+            (None, None, Some(c)) => (c.message_id.clone(), c.timestamp_ms, 0),
+            (None, None, None) => (format!("p:{user}:{seq}"), storage::now_ms(), 0),
         };
+        let skip_session = draft.own_copy.as_ref().map(|c| c.skip_session);
         let entry = InboxEntry {
             message_id: message_id.clone(),
             from: draft.from,
@@ -524,6 +552,7 @@ impl InboxState {
                 appended,
                 frame,
                 since: Instant::now(),
+                skip_session,
             },
             reply,
         );
@@ -650,9 +679,11 @@ impl InboxState {
                     appended,
                     frame,
                     since,
+                    skip_session,
                 } = w.payload;
                 self.args.metrics.inbox_messages(1);
-                self.sessions.retain(|s| s.deliver(w.seq, frame.clone(), since));
+                self.sessions
+                    .retain(|s| Some(s.id) == skip_session || s.deliver(w.seq, frame.clone(), since));
                 for r in w.replies {
                     r(Ok(appended.clone()));
                 }
@@ -693,7 +724,11 @@ impl InboxState {
             self.args
                 .storage
                 .inbox_before(&self.args.user, before, limit, limit * 20, |e| {
-                    e.kind == ConversationKind::Private as u32 && e.from == peer && e.receipt.is_none()
+                    // Both directions: the peer's messages, and this user's own copies
+                    // of what it sent the peer.
+                    e.kind == ConversationKind::Private as u32
+                        && e.receipt.is_none()
+                        && (e.from == peer || (e.from == self.args.user && e.conversation == peer))
                 })?;
         Ok((entries.iter().map(|(s, e)| to_delivery(*s, e)).collect(), next))
     }

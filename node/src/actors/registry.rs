@@ -2357,6 +2357,7 @@ mod tests {
             text: "wake up".into(),
             group: None,
             receipt: None,
+            own_copy: None,
         };
         let origin = crate::actors::inbox::private_origin("alice", "c1");
         let appended = ask(|reply| router.to_inbox("bob", InboxMsg::Append { origin, draft, reply }))

@@ -500,7 +500,44 @@ impl SessionState {
                 let me = self.me().to_owned();
                 check_name(&m.to)?;
                 check_msg(&m.client_msg_id, &m.text, cfg.client.max_text_bytes)?;
-                let reply = self.send_reply(id, permit, m.client_msg_id.clone());
+                let ack = self.send_reply(id, permit, m.client_msg_id.clone());
+                // Once the recipient has it, a copy goes to the sender's own inbox (its
+                // other devices show the whole conversation); the SendAck waits for both,
+                // so a resend (same client_msg_id) completes whichever is missing.
+                let (router, session, own_origin) = (
+                    self.ctx.router.clone(),
+                    self.id,
+                    inbox::own_origin(&m.to, &m.client_msg_id),
+                );
+                let (sender, peer, text) = (me.clone(), m.to.clone(), m.text.clone());
+                let to_self = m.to == me;
+                let reply: Reply<ChatResult<Appended>> = Box::new(move |r| match r {
+                    Ok(sent) if to_self => ack(Ok(sent)),
+                    Ok(sent) => {
+                        let copy = Draft {
+                            from: sender.clone(),
+                            kind: ConversationKind::Private,
+                            conversation: peer,
+                            text,
+                            group: None,
+                            receipt: None,
+                            own_copy: Some(Box::new(inbox::OwnCopy {
+                                message_id: sent.message_id.clone(),
+                                timestamp_ms: sent.timestamp_ms,
+                                skip_session: session,
+                            })),
+                        };
+                        router.to_inbox(
+                            &sender,
+                            InboxMsg::Append {
+                                origin: own_origin,
+                                draft: copy,
+                                reply: Box::new(move |r| ack(r.map(|_| sent))),
+                            },
+                        );
+                    }
+                    Err(e) => ack(Err(e)),
+                });
                 self.ctx.router.to_inbox(
                     &m.to,
                     InboxMsg::Append {
@@ -512,6 +549,7 @@ impl SessionState {
                             text: m.text,
                             group: None,
                             receipt: None,
+                            own_copy: None,
                         },
                         reply,
                     },

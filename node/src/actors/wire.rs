@@ -6,7 +6,7 @@
 //! the node that asked. Undecodable or unexpected input is an error, never a panic.
 
 use super::group::GroupMsg;
-use super::inbox::{AckKind, Appended, Draft, InboxMsg, Page};
+use super::inbox::{AckKind, Appended, Draft, InboxMsg, OwnCopy, Page};
 use super::registry::{AccountMsg, Target};
 use super::{Reply, SessionRef, SessionTarget};
 use crate::error::{ChatError, ChatResult};
@@ -86,6 +86,7 @@ fn inbox_to_wire(msg: InboxMsg, me: &str) -> Option<(inbox_op::Op, Option<OnResp
                 Some(g) => (true, g),
                 None => (false, (0, String::new(), 0)),
             };
+            let copy = draft.own_copy.clone();
             let op = Op::Append(inbox_op::Append {
                 origin,
                 from: draft.from,
@@ -97,6 +98,10 @@ fn inbox_to_wire(msg: InboxMsg, me: &str) -> Option<(inbox_op::Op, Option<OnResp
                 group_message_id,
                 group_timestamp_ms,
                 receipt: draft.receipt,
+                own_copy: copy.is_some(),
+                copy_message_id: copy.as_ref().map(|c| c.message_id.clone()).unwrap_or_default(),
+                copy_timestamp_ms: copy.as_ref().map_or(0, |c| c.timestamp_ms),
+                copy_skip_session: copy.as_ref().map_or(0, |c| c.skip_session),
             });
             (op, expect(reply, appended))
         }
@@ -356,6 +361,11 @@ fn inbox_from_wire(op: inbox_op::Op, a: &Answer, remote: &Arc<Remote>) -> Result
                         .in_group
                         .then_some((m.group_seq, m.group_message_id, m.group_timestamp_ms)),
                     receipt: m.receipt,
+                    own_copy: m.own_copy.then_some(Box::new(OwnCopy {
+                        message_id: m.copy_message_id,
+                        timestamp_ms: m.copy_timestamp_ms,
+                        skip_session: m.copy_skip_session,
+                    })),
                 },
                 reply: a.with(put_appended),
             }
@@ -598,6 +608,7 @@ mod tests {
                             text: "hello".into(),
                             group: Some((7, "g:crew:7".into(), 123)),
                             receipt: None,
+                            own_copy: None,
                         },
                         reply,
                     },
