@@ -98,6 +98,10 @@ pub struct ClientConfig {
     pub max_requests_per_sec: u32,
     /// Requests one connection may make at once above that rate. Default: 2000.
     pub request_burst: u32,
+    /// Store a copy of every private message in its sender's inbox too, so that the
+    /// sender's other devices get it (and History shows both directions). It doubles
+    /// the inbox writes of private messages. Default: true.
+    pub copy_own_messages: bool,
     /// Serve clients over TLS with this certificate and key. Default: none (plain TCP).
     pub tls: Option<TlsFiles>,
     /// Also accept clients over WebSocket here (binary messages, one protobuf message
@@ -202,6 +206,7 @@ impl Default for ClientConfig {
             max_in_flight: 256,
             max_requests_per_sec: 1000,
             request_burst: 2000,
+            copy_own_messages: true,
             tls: None,
             websocket_listen: None,
             web_dir: None,

@@ -439,3 +439,25 @@ async fn a_senders_other_devices_get_what_it_sent_and_history_shows_both_directi
     let texts: Vec<&str> = page.messages.iter().map(|d| d.text.as_str()).collect();
     assert_eq!(texts, ["hi carl", "hello from the phone"]);
 }
+
+#[tokio::test]
+async fn without_own_copies_a_senders_inbox_holds_only_what_it_received() {
+    let node = Node::start_with(chat_tests::NodeOpts {
+        client_toml: "copy_own_messages = false".into(),
+        ..Default::default()
+    })
+    .unwrap();
+    let (bob, mut bob_rx) = node.user("bob").await.unwrap();
+    let (dora, _) = node.user("dora").await.unwrap();
+    dora.send_private("bob", "no copy for me").await.unwrap();
+    assert_eq!(next_delivery(&mut bob_rx).await.unwrap().text, "no copy for me");
+    bob.send_private("dora", "but one for you").await.unwrap();
+    let doras: Vec<String> = dora
+        .sync_all(0)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|d| d.text)
+        .collect();
+    assert_eq!(doras, ["but one for you"]);
+}

@@ -510,7 +510,7 @@ impl SessionState {
                     inbox::own_origin(&m.to, &m.client_msg_id),
                 );
                 let (sender, peer, text) = (me.clone(), m.to.clone(), m.text.clone());
-                let to_self = m.to == me;
+                let to_self = m.to == me || !cfg.client.copy_own_messages;
                 let reply: Reply<ChatResult<Appended>> = Box::new(move |r| match r {
                     Ok(sent) if to_self => ack(Ok(sent)),
                     Ok(sent) => {
