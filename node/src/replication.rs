@@ -247,10 +247,14 @@ impl Replicator {
     pub fn commit(&self, ops: Vec<Op>, done: Completion, local: impl FnOnce(Vec<Op>, Completion)) {
         let required = self.required.load(Ordering::Relaxed);
         let mut state = self.state.lock().expect("replication lock");
-        let short = ops
-            .iter()
-            .filter_map(|(tree, key, _)| tree.partition_of(key))
-            .find(|p| state.copies(*p) < required);
+        // (Nothing to check on a single node or without replicas: the common case.)
+        let short = (required > 0)
+            .then(|| {
+                ops.iter()
+                    .filter_map(|(tree, key, _)| tree.partition_of(key))
+                    .find(|p| state.copies(*p) < required)
+            })
+            .flatten();
         let done: Completion = match short {
             None => done,
             Some(p) => {

@@ -183,6 +183,16 @@ impl Writes {
     pub fn del(&mut self, tree: TreeId, key: impl AsRef<[u8]>) {
         self.ops.push((tree, key.as_ref().to_vec(), None));
     }
+
+    /// How many puts and removals.
+    pub fn len(&self) -> usize {
+        self.ops.len()
+    }
+
+    /// Whether there are none.
+    pub fn is_empty(&self) -> bool {
+        self.ops.is_empty()
+    }
 }
 
 struct Commit {

@@ -351,6 +351,13 @@ pub async fn next_delivery(pushes: &mut UnboundedReceiver<Push>) -> Result<chat_
     .await
 }
 
+/// The receipts stored in a logged-in user's inbox after `after_seq` (its inbox also
+/// holds messages, and its own copies of what it sent); None if the sync fails.
+pub async fn receipts_after(client: &Client, after_seq: u64) -> Option<Vec<chat_protocol::v1::Delivery>> {
+    let all = client.sync_all(after_seq).await.ok()?;
+    Some(all.into_iter().filter(|d| d.receipt.is_some()).collect())
+}
+
 /// A raw TCP connection for sending arbitrary bytes and reading server frames.
 pub struct Raw {
     stream: TcpStream,

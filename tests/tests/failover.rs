@@ -9,7 +9,7 @@
 
 use chat_client::Client;
 use chat_client::proto::ErrorCode;
-use chat_tests::{Node, NodeOpts, cluster_status, free_port, wait_for};
+use chat_tests::{DEADLINE, Node, NodeOpts, cluster_status, free_port, wait_for};
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -428,4 +428,56 @@ async fn a_frozen_holder_is_replaced_and_gives_way_when_it_thaws() {
         let seqs: Vec<u64> = inbox.iter().map(|d| d.seq).collect();
         assert_eq!(seqs, (1..=want.len() as u64).collect::<Vec<_>>());
     }
+}
+
+/// With two copies on two nodes, a send while one node is down cannot be copied: the
+/// client gets UNAVAILABLE (the message is stored, not acknowledged). Once the node is
+/// back and copied again, the resend with the same client message id is acknowledged
+/// with the same id, and the recipient has the message once.
+#[tokio::test]
+async fn with_too_few_copies_up_a_send_is_refused_and_its_resend_delivered_once() {
+    let names = ["y1", "y2"];
+    let first = free_port();
+    let mut nodes = [
+        Node::start_with(NodeOpts::member(names[0], first, &[], COOKIE)).unwrap(),
+        Node::start_with(NodeOpts::member(names[1], free_port(), &[first], COOKIE)).unwrap(),
+    ];
+    fully_replicated(&[&nodes[0], &nodes[1]]).await;
+    // A recipient held by y1, which stays up; its copy is on y2, which goes down.
+    let to = (0..10_000)
+        .map(|i| format!("lonely{i}"))
+        .find(|u| chat_node::partition::owner(names, chat_node::partition::of_user(u)) == Some("y1"))
+        .unwrap();
+    nodes[0].user(&to).await.unwrap();
+    let (sender, _) = nodes[0].user("ysender").await.unwrap();
+    sender.send_private(&to, "before").await.unwrap();
+
+    nodes[1].kill9();
+    seen_down(&nodes[0], "y2").await;
+    let err = wait_for("a send to be refused for want of copies", DEADLINE, || async {
+        sender
+            .send_private_with_id(&to, "cm-1", "while alone")
+            .await
+            .err()
+            .filter(|e| e.code() == Some(ErrorCode::Unavailable))
+    })
+    .await
+    .unwrap();
+    assert!(err.to_string().contains("not stored on every replica"), "{err}");
+
+    nodes[1].restart().unwrap();
+    fully_replicated(&[&nodes[0], &nodes[1]]).await;
+    let ack = wait_for("the resend to be acknowledged", MESSAGE_DEADLINE, || async {
+        sender.send_private_with_id(&to, "cm-1", "while alone").await.ok()
+    })
+    .await
+    .unwrap();
+    let again = sender
+        .send_private_with_id(&to, "cm-1", "while alone")
+        .await
+        .unwrap();
+    assert_eq!((again.message_id, again.seq), (ack.message_id.clone(), ack.seq));
+    let (c, _, _) = nodes[0].login(&to).await.unwrap();
+    let texts: Vec<String> = c.sync_all(0).await.unwrap().into_iter().map(|d| d.text).collect();
+    assert_eq!(texts, ["before", "while alone"]);
 }

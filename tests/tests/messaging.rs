@@ -235,14 +235,7 @@ async fn receipts_wait_in_an_offline_senders_inbox_and_cover_earlier_messages() 
     let waiting = wait_for("both receipts in alice's inbox", DEADLINE, || {
         let a = alice2.clone();
         async move {
-            // (Besides alice's own copies of what she sent.)
-            let w: Vec<_> = a
-                .sync_all(ok.delivered_seq)
-                .await
-                .ok()?
-                .into_iter()
-                .filter(|d| d.receipt.is_some())
-                .collect();
+            let w = chat_tests::receipts_after(&a, ok.delivered_seq).await?;
             (w.len() == 2).then_some(w)
         }
     })
@@ -431,7 +424,8 @@ async fn a_senders_other_devices_get_what_it_sent_and_history_shows_both_directi
         ]
     );
 
-    // History of the conversation, from either device: both directions, newest first.
+    // History of the conversation (from the laptop, which sent nothing): both
+    // directions, newest first.
     let page = laptop
         .history(ConversationKind::Private, "bob", 0, 10)
         .await

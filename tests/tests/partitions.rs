@@ -582,14 +582,7 @@ async fn receipts_cross_nodes_and_wait_for_an_offline_sender() {
     let receipts = wait_for("the read receipt in the sender's inbox", DEADLINE, || {
         let b = back.clone();
         async move {
-            // (Besides the sender's own copies of what it sent.)
-            let w: Vec<_> = b
-                .sync_all(ok.delivered_seq)
-                .await
-                .ok()?
-                .into_iter()
-                .filter(|d| d.receipt.is_some())
-                .collect();
+            let w = chat_tests::receipts_after(&b, ok.delivered_seq).await?;
             (!w.is_empty()).then_some(w)
         }
     })

@@ -1694,18 +1694,13 @@ impl RegistryState {
             }
         }
         let mut writes = Writes::default();
-        let mut dropped = 0;
-        for r in chunk.records {
-            let tree = TreeId::from_number(r.tree);
-            let ok = tree.is_some_and(|t| {
-                t.partition_of(&r.key)
-                    .is_some_and(|p| self.receiving.get(&p) == Some(&from))
-            });
-            match (ok, tree) {
-                (true, Some(t)) => writes.put(t, r.key, r.value),
-                _ => dropped += 1,
+        let total = chunk.records.len();
+        for (tree, p, r) in decode_records(chunk.records) {
+            if self.receiving.get(&p) == Some(&from) {
+                writes.put(tree, r.key, r.value);
             }
         }
+        let dropped = total - writes.len();
         if dropped > 0 {
             tracing::warn!(from = %from, dropped, "handoff records for partitions not expected from that node");
         }
@@ -1868,35 +1863,20 @@ impl RegistryState {
                 }
             }
             Some(replication::Body::Write(records)) => {
+                let Some(s) = self.streams_in.get_mut(&from) else {
+                    return;
+                };
+                let records = decode_records(records.records);
                 // A write of a partition this stream does not copy here means the holder
                 // and this node disagree (this node took it over while the holder was
                 // counted down): refuse, so that the holder cannot acknowledge it.
-                let foreign = records.records.iter().any(|r| {
-                    TreeId::from_number(r.tree)
-                        .and_then(|t| t.partition_of(&r.key))
-                        .is_some_and(|p| {
-                            !self
-                                .streams_in
-                                .get(&from)
-                                .is_some_and(|s| s.partitions.contains(&p))
-                        })
-                });
-                if foreign {
+                if records.iter().any(|(_, p, _)| !s.partitions.contains(p)) {
                     tracing::warn!(holder = %from, "a write of a partition not copied here; refusing the stream");
                     self.refuse_stream(&from, stream, seq);
                     return;
                 }
-                let Some(s) = self.streams_in.get_mut(&from) else {
-                    return;
-                };
                 let mut w = Writes::default();
-                for r in records.records {
-                    let Some(tree) = TreeId::from_number(r.tree) else {
-                        continue;
-                    };
-                    let Some(p) = tree.partition_of(&r.key) else {
-                        continue;
-                    };
+                for (tree, p, r) in records {
                     if let Some(keys) = s.touched.get_mut(&p) {
                         if keys.insert((r.tree, r.key.clone())) {
                             s.touched_count += 1;
@@ -1920,17 +1900,12 @@ impl RegistryState {
                     return;
                 };
                 let mut w = Writes::default();
-                for r in records.records {
-                    let Some(tree) = TreeId::from_number(r.tree) else {
-                        continue;
-                    };
-                    let fresh = tree.partition_of(&r.key).is_some_and(|p| {
-                        s.syncing.get(&p) == Some(&start)
-                            && !s
-                                .touched
-                                .get(&p)
-                                .is_some_and(|keys| keys.contains(&(r.tree, r.key.clone())))
-                    });
+                for (tree, p, r) in decode_records(records.records) {
+                    let fresh = s.syncing.get(&p) == Some(&start)
+                        && !s
+                            .touched
+                            .get(&p)
+                            .is_some_and(|keys| keys.contains(&(r.tree, r.key.clone())));
                     if fresh && !r.delete {
                         w.put(tree, r.key, r.value);
                     }
@@ -2164,6 +2139,19 @@ async fn send_snapshot(storage: Storage, replicator: Arc<Replicator>, boot: Boot
         Err(StreamError::Gone) => {}
         Err(StreamError::Full) => replicator.abandon(&boot),
     }
+}
+
+/// The records a peer shipped whose tree and key name a data partition, with both;
+/// the others (a faulty peer's) are left out.
+fn decode_records(records: Vec<handoff_chunk::Record>) -> Vec<(TreeId, Partition, handoff_chunk::Record)> {
+    records
+        .into_iter()
+        .filter_map(|r| {
+            let tree = TreeId::from_number(r.tree)?;
+            let p = tree.partition_of(&r.key)?;
+            Some((tree, p, r))
+        })
+        .collect()
 }
 
 /// Sends an item that must not be dropped, waiting while the link is full.
