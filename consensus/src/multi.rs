@@ -1,0 +1,843 @@
+//! Many Raft groups on one node, driven together in rounds.
+//!
+//! A round batches the work of every group: [`MultiRaft::start_round`] collects each
+//! group's ready state (messages a leader may send at once, log writes, committed entries
+//! to apply), the caller writes all of it with one durable sync, then
+//! [`MultiRaft::finish_round`] releases what had to wait for that sync (a follower's
+//! answers, newly committed entries). So one fsync and one envelope per peer serve every
+//! partition of the node, as TiKV's raftstore does.
+//!
+//! Nothing here does I/O or reads a clock: time is [`MultiRaft::tick`], the network is
+//! [`Outgoing`] out and [`MultiRaft::step`] in, the disk is [`LogWrite`]s out and
+//! [`PersistedLog`]s in, and the state machine is the caller's, fed [`Apply`] items.
+
+use crate::store::{LogStore, LogWrite, PersistedLog};
+use protobuf::Message as _;
+use raft::eraftpb::{ConfChange, ConfChangeV2, Entry, EntryType, Message};
+use raft::{RawNode, ReadOnlyOption, StateRole, Storage};
+use std::collections::{BTreeMap, VecDeque};
+
+/// A node of the cluster, as Raft numbers it (never 0).
+pub type NodeId = u64;
+
+/// A Raft group: one partition.
+pub type GroupId = u32;
+
+/// Failures of the multi-raft driver.
+#[derive(Debug, thiserror::Error, PartialEq)]
+pub enum Error {
+    /// This node has no replica of the group.
+    #[error("no replica of group {0} here")]
+    UnknownGroup(GroupId),
+    /// This replica does not lead the group; `leader` is the last leader it heard of.
+    #[error("not the leader of group {group} (leader: {leader:?})")]
+    NotLeader {
+        /// The group.
+        group: GroupId,
+        /// The leader this replica knows of, if any.
+        leader: Option<NodeId>,
+    },
+    /// Raft refused the proposal (for example while leadership is being transferred).
+    #[error("proposal to group {0} dropped")]
+    Dropped(GroupId),
+    /// A message from a peer could not be decoded or was refused.
+    #[error("bad raft message: {0}")]
+    BadMessage(String),
+    /// A group already exists here.
+    #[error("group {0} already exists here")]
+    Exists(GroupId),
+}
+
+/// Result alias.
+pub type Result<T> = std::result::Result<T, Error>;
+
+/// Raft's timing and flow settings, in ticks; the caller decides how long a tick is.
+#[derive(Debug, Clone)]
+pub struct RaftConfig {
+    /// Ticks without a heartbeat before a follower campaigns (randomised in
+    /// `[election_ticks, 2 * election_ticks)` unless `fixed_election_timeout`).
+    pub election_ticks: usize,
+    /// Ticks between a leader's heartbeats.
+    pub heartbeat_ticks: usize,
+    /// Use exactly `election_ticks` (raft-rs draws the randomised timeout from its own
+    /// thread-local generator; the simulator jitters ticks itself so that runs replay).
+    pub fixed_election_timeout: bool,
+    /// Appends in flight per follower.
+    pub max_inflight: usize,
+    /// Bytes of entries per append message.
+    pub max_size_per_msg: u64,
+    /// Compact a group's log once this many applied entries are in it.
+    pub compact_threshold: u64,
+    /// Entries kept behind the applied index when compacting (followers slightly behind
+    /// catch up from the log, not a snapshot).
+    pub compact_keep: u64,
+}
+
+impl Default for RaftConfig {
+    fn default() -> Self {
+        Self {
+            election_ticks: 10,
+            heartbeat_ticks: 2,
+            fixed_election_timeout: false,
+            max_inflight: 256,
+            max_size_per_msg: 1 << 20,
+            compact_threshold: 4096,
+            compact_keep: 1024,
+        }
+    }
+}
+
+/// A Raft message for a peer.
+#[derive(Debug, Clone)]
+pub struct Outgoing {
+    /// The group it belongs to.
+    pub group: GroupId,
+    /// The message (its `to` names the peer).
+    pub message: Message,
+}
+
+impl Outgoing {
+    /// The peer it goes to.
+    pub fn to(&self) -> NodeId {
+        self.message.to
+    }
+
+    /// The message's wire form.
+    pub fn encode(&self) -> Vec<u8> {
+        self.message
+            .write_to_bytes()
+            .expect("raft messages always encode")
+    }
+}
+
+/// Decodes a peer's Raft message.
+pub fn decode_message(bytes: &[u8]) -> Result<Message> {
+    Message::parse_from_bytes(bytes).map_err(|e| Error::BadMessage(e.to_string()))
+}
+
+/// A committed entry for the state machine.
+#[derive(Debug, Clone)]
+pub struct Apply<P> {
+    /// Its group.
+    pub group: GroupId,
+    /// Its index in the group's log.
+    pub index: u64,
+    /// What was proposed.
+    pub data: bytes::Bytes,
+    /// The token of the proposal, when it was proposed on this node and is the entry
+    /// that was proposed (not another one that took its index after a leader change).
+    pub proposer: Option<P>,
+}
+
+/// What a round asks of the caller. Handle it in this order: send, write, apply; then sync.
+#[derive(Debug)]
+pub struct Round<P> {
+    /// Messages that may go out before this round's writes are durable (a leader's
+    /// appends and heartbeats: Raft counts the leader's own copy only once it is durable).
+    pub send: Vec<Outgoing>,
+    /// Per group, what to persist. A `LogWrite::snapshot` replaces the group's applied
+    /// state by the snapshot's data before the group's `apply` items.
+    pub writes: Vec<(GroupId, LogWrite)>,
+    /// Committed entries, in log order within each group.
+    pub apply: Vec<Apply<P>>,
+    /// Proposals that will not be applied as proposed (their index went to another
+    /// entry, or a snapshot covered it): answer them as failed; a retry is safe when the
+    /// state machine dedupes.
+    pub dropped: Vec<P>,
+    /// Groups led here that a follower needs a snapshot of: offer one with
+    /// [`MultiRaft::offer_snapshot`] built from the group's applied state.
+    pub snapshot_wanted: Vec<GroupId>,
+    /// Read barriers that are satisfied: the group's applied state is at least as new as
+    /// anything acknowledged before the read was asked (release after applying `apply`).
+    pub reads: Vec<P>,
+}
+
+impl<P> Default for Round<P> {
+    fn default() -> Self {
+        Self {
+            send: Vec::new(),
+            writes: Vec::new(),
+            apply: Vec::new(),
+            dropped: Vec::new(),
+            snapshot_wanted: Vec::new(),
+            reads: Vec::new(),
+        }
+    }
+}
+
+impl<P> Round<P> {
+    /// Nothing to do.
+    pub fn is_empty(&self) -> bool {
+        self.send.is_empty()
+            && self.writes.is_empty()
+            && self.apply.is_empty()
+            && self.dropped.is_empty()
+            && self.snapshot_wanted.is_empty()
+            && self.reads.is_empty()
+    }
+}
+
+/// One replica of one group.
+struct Group<P> {
+    node: RawNode<LogStore>,
+    /// The last index handed to the caller for applying.
+    applied: u64,
+    /// The applied index that the last completed sync made durable: the log may be
+    /// compacted up to here.
+    durable_applied: u64,
+    /// Proposals made here, by index: (term, token).
+    waiting: BTreeMap<u64, (u64, P)>,
+    /// Read barriers asked here, by request number, until Raft confirms them.
+    read_asked: BTreeMap<u64, P>,
+    /// Confirmed read barriers, waiting for `applied` to reach their index.
+    read_confirmed: VecDeque<(u64, P)>,
+    /// Messages that may leave only once the current round is durable.
+    held: Vec<Outgoing>,
+    /// A new group's first configuration is not on disk yet.
+    unsaved_conf: bool,
+}
+
+/// Every Raft group this node has a replica of.
+pub struct MultiRaft<P> {
+    id: NodeId,
+    config: RaftConfig,
+    logger: slog::Logger,
+    groups: BTreeMap<GroupId, Group<P>>,
+    /// Groups whose ready was taken in `start_round`: (group, ready number, applied).
+    in_round: Vec<(GroupId, u64, u64)>,
+    next_read: u64,
+}
+
+impl<P> std::fmt::Debug for MultiRaft<P> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MultiRaft")
+            .field("id", &self.id)
+            .field("groups", &self.groups.len())
+            .finish()
+    }
+}
+
+impl<P> MultiRaft<P> {
+    /// A node with no groups yet.
+    pub fn new(id: NodeId, config: RaftConfig, logger: slog::Logger) -> Self {
+        assert!(id != 0, "raft node ids start at 1");
+        Self {
+            id,
+            config,
+            logger,
+            groups: BTreeMap::new(),
+            in_round: Vec::new(),
+            next_read: 1,
+        }
+    }
+
+    /// This node's id.
+    pub fn id(&self) -> NodeId {
+        self.id
+    }
+
+    fn raft_config(&self, applied: u64) -> raft::Config {
+        let election = self.config.election_ticks;
+        raft::Config {
+            id: self.id,
+            election_tick: election,
+            heartbeat_tick: self.config.heartbeat_ticks,
+            applied,
+            max_size_per_msg: self.config.max_size_per_msg,
+            max_inflight_msgs: self.config.max_inflight,
+            // A leader that loses its majority steps down, and a partitioned node does
+            // not disrupt the majority with higher terms when it returns.
+            check_quorum: true,
+            pre_vote: true,
+            min_election_tick: election,
+            max_election_tick: if self.config.fixed_election_timeout {
+                election + 1
+            } else {
+                2 * election
+            },
+            // Reads confirm leadership with a heartbeat round rather than trust a lease
+            // that a paused process or a skewed clock could outlive.
+            read_only_option: ReadOnlyOption::Safe,
+            ..raft::Config::default()
+        }
+    }
+
+    fn insert(&mut self, group: GroupId, store: LogStore, applied: u64, unsaved_conf: bool) -> Result<()> {
+        if self.groups.contains_key(&group) {
+            return Err(Error::Exists(group));
+        }
+        let config = self.raft_config(applied);
+        let logger = self.logger.new(slog::o!("group" => group));
+        let node = RawNode::new(&config, store, &logger).map_err(|e| Error::BadMessage(e.to_string()))?;
+        self.groups.insert(
+            group,
+            Group {
+                node,
+                applied,
+                durable_applied: applied,
+                waiting: BTreeMap::new(),
+                read_asked: BTreeMap::new(),
+                read_confirmed: VecDeque::new(),
+                held: Vec::new(),
+                unsaved_conf,
+            },
+        );
+        Ok(())
+    }
+
+    /// Creates a replica of a new group whose first voters are `voters` (the same list on
+    /// every voter). With no voters, the replica waits to learn its configuration from a
+    /// leader's snapshot (a replica being added to an existing group).
+    pub fn create(&mut self, group: GroupId, voters: &[NodeId]) -> Result<()> {
+        self.insert(group, LogStore::new(voters), 0, true)
+    }
+
+    /// Brings back a replica from its persisted log (after a restart).
+    pub fn restore(&mut self, group: GroupId, log: &PersistedLog) -> Result<()> {
+        self.insert(group, LogStore::restore(log), log.applied, false)
+    }
+
+    /// Drops this node's replica of a group (it was removed from the group). Its waiting
+    /// proposals and reads are returned to be answered as failed.
+    pub fn remove(&mut self, group: GroupId) -> Vec<P> {
+        let Some(g) = self.groups.remove(&group) else {
+            return Vec::new();
+        };
+        self.in_round.retain(|(id, _, _)| *id != group);
+        g.waiting
+            .into_values()
+            .map(|(_, p)| p)
+            .chain(g.read_asked.into_values())
+            .chain(g.read_confirmed.into_iter().map(|(_, p)| p))
+            .collect()
+    }
+
+    /// The groups this node has a replica of.
+    pub fn groups(&self) -> impl Iterator<Item = GroupId> + '_ {
+        self.groups.keys().copied()
+    }
+
+    /// Whether this node leads the group.
+    pub fn is_leader(&self, group: GroupId) -> bool {
+        self.groups
+            .get(&group)
+            .is_some_and(|g| g.node.raft.state == StateRole::Leader)
+    }
+
+    /// The leader this replica knows of.
+    pub fn leader(&self, group: GroupId) -> Option<NodeId> {
+        self.groups
+            .get(&group)
+            .map(|g| g.node.raft.leader_id)
+            .filter(|id| *id != 0)
+    }
+
+    /// The group's current term, as this replica knows it.
+    pub fn term(&self, group: GroupId) -> Option<u64> {
+        self.groups.get(&group).map(|g| g.node.raft.term)
+    }
+
+    /// The group's voters, as this replica knows them.
+    pub fn voters(&self, group: GroupId) -> Vec<NodeId> {
+        self.groups
+            .get(&group)
+            .map(|g| g.node.raft.prs().conf().voters().ids().iter().collect())
+            .unwrap_or_default()
+    }
+
+    /// The last index handed out for applying.
+    pub fn applied(&self, group: GroupId) -> Option<u64> {
+        self.groups.get(&group).map(|g| g.applied)
+    }
+
+    /// For a leader: whether every voter's log matches the leader's up to its last entry.
+    pub fn caught_up(&self, group: GroupId) -> bool {
+        let Some(g) = self.groups.get(&group) else {
+            return false;
+        };
+        if g.node.raft.state != StateRole::Leader {
+            return false;
+        }
+        let last = g.node.raft.raft_log.last_index();
+        g.node.raft.prs().iter().all(|(_, pr)| pr.matched >= last)
+    }
+
+    /// Advances every group's logical clock by one tick.
+    pub fn tick(&mut self) {
+        for g in self.groups.values_mut() {
+            g.node.tick();
+        }
+    }
+
+    /// Hands a peer's message to its group.
+    pub fn step(&mut self, group: GroupId, message: Message) -> Result<()> {
+        let g = self.groups.get_mut(&group).ok_or(Error::UnknownGroup(group))?;
+        g.node.step(message).map_err(|e| Error::BadMessage(e.to_string()))
+    }
+
+    /// Tells a group that a peer could not be reached (its in-flight appends are lost).
+    pub fn report_unreachable(&mut self, peer: NodeId) {
+        for g in self.groups.values_mut() {
+            g.node.report_unreachable(peer);
+        }
+    }
+
+    /// Proposes `data` to a group led here; `token` comes back with its [`Apply`] (or in
+    /// `Round::dropped`).
+    pub fn propose(&mut self, group: GroupId, data: Vec<u8>, token: P) -> Result<()> {
+        let g = self.groups.get_mut(&group).ok_or(Error::UnknownGroup(group))?;
+        if g.node.raft.state != StateRole::Leader {
+            let leader = Some(g.node.raft.leader_id).filter(|id| *id != 0);
+            return Err(Error::NotLeader { group, leader });
+        }
+        let before = g.node.raft.raft_log.last_index();
+        g.node
+            .propose(Vec::new(), data)
+            .map_err(|_| Error::Dropped(group))?;
+        let index = g.node.raft.raft_log.last_index();
+        if index == before {
+            return Err(Error::Dropped(group));
+        }
+        g.waiting.insert(index, (g.node.raft.term, token));
+        Ok(())
+    }
+
+    /// Proposes a configuration change (joint consensus) to a group led here.
+    pub fn propose_conf_change(&mut self, group: GroupId, change: ConfChangeV2) -> Result<()> {
+        let g = self.groups.get_mut(&group).ok_or(Error::UnknownGroup(group))?;
+        if g.node.raft.state != StateRole::Leader {
+            let leader = Some(g.node.raft.leader_id).filter(|id| *id != 0);
+            return Err(Error::NotLeader { group, leader });
+        }
+        g.node
+            .propose_conf_change(Vec::new(), change)
+            .map_err(|_| Error::Dropped(group))
+    }
+
+    /// Asks for a read barrier on a group led here: `token` comes back in `Round::reads`
+    /// once this replica is confirmed leader and has applied everything committed
+    /// before the request. Reads are then served from the applied state.
+    pub fn read(&mut self, group: GroupId, token: P) -> Result<()> {
+        let g = self.groups.get_mut(&group).ok_or(Error::UnknownGroup(group))?;
+        if g.node.raft.state != StateRole::Leader {
+            let leader = Some(g.node.raft.leader_id).filter(|id| *id != 0);
+            return Err(Error::NotLeader { group, leader });
+        }
+        let number = self.next_read;
+        self.next_read += 1;
+        g.read_asked.insert(number, token);
+        g.node.read_index(number.to_be_bytes().to_vec());
+        Ok(())
+    }
+
+    /// Asks a group led here to hand leadership to `to` (for balancing leaders).
+    pub fn transfer_leader(&mut self, group: GroupId, to: NodeId) {
+        if let Some(g) = self.groups.get_mut(&group) {
+            g.node.transfer_leader(to);
+        }
+    }
+
+    /// Offers followers of `group` a snapshot of its applied state (`data`, read at the
+    /// applied index this driver last handed out). Returns false if the log no longer
+    /// knows that index's term (then offer again after the next round).
+    pub fn offer_snapshot(&mut self, group: GroupId, data: Vec<u8>) -> bool {
+        let Some(g) = self.groups.get_mut(&group) else {
+            return false;
+        };
+        g.node.store().offer_snapshot(g.applied, data)
+    }
+
+    /// Whether a round would do anything.
+    pub fn has_work(&self) -> bool {
+        self.groups.values().any(|g| g.unsaved_conf || g.node.has_ready())
+    }
+
+    /// Collects every group's ready state. The round's `apply` items are committed
+    /// (durable on a majority, this node included): apply them and answer their
+    /// proposers at once. Persist `writes` with one sync, send `send` meanwhile, then
+    /// call [`MultiRaft::finish_round`] before starting another round.
+    pub fn start_round(&mut self) -> Round<P> {
+        assert!(self.in_round.is_empty(), "finish_round was not called");
+        let mut round = Round::default();
+        let ids: Vec<GroupId> = self.groups.keys().copied().collect();
+        for id in ids {
+            let g = self.groups.get_mut(&id).expect("listed group");
+            if g.node.store().take_snapshot_wanted() {
+                round.snapshot_wanted.push(id);
+            }
+            let mut write = LogWrite::default();
+            if std::mem::take(&mut g.unsaved_conf) {
+                write.conf_state = Some(
+                    g.node
+                        .store()
+                        .initial_state()
+                        .map(|s| s.conf_state)
+                        .unwrap_or_default(),
+                );
+            }
+            if !g.node.has_ready() {
+                if !write.is_empty() {
+                    round.writes.push((id, write));
+                }
+                continue;
+            }
+            let mut ready = g.node.ready();
+            round.send.extend(
+                ready
+                    .take_messages()
+                    .into_iter()
+                    .map(|message| Outgoing { group: id, message }),
+            );
+            if !ready.snapshot().is_empty() {
+                let snapshot = ready.snapshot().clone();
+                let index = snapshot.get_metadata().index;
+                g.node
+                    .mut_store()
+                    .mem()
+                    .wl()
+                    .apply_snapshot(snapshot.clone())
+                    .expect("raft hands out only newer snapshots");
+                g.applied = index;
+                write.applied = Some(index);
+                write.conf_state = Some(snapshot.get_metadata().get_conf_state().clone());
+                write.snapshot = Some(snapshot);
+                // Proposals at or below the snapshot point were decided elsewhere.
+                let later = g.waiting.split_off(&(index + 1));
+                round.dropped.extend(
+                    std::mem::replace(&mut g.waiting, later)
+                        .into_values()
+                        .map(|(_, p)| p),
+                );
+            }
+            for state in ready.take_read_states() {
+                let Ok(number) = <[u8; 8]>::try_from(state.request_ctx.as_slice()) else {
+                    continue;
+                };
+                if let Some(token) = g.read_asked.remove(&u64::from_be_bytes(number)) {
+                    g.read_confirmed.push_back((state.index, token));
+                }
+            }
+            let committed = ready.take_committed_entries();
+            apply_entries(id, g, committed, &mut write, &mut round);
+            if !ready.entries().is_empty() {
+                let first = ready.entries()[0].index;
+                let last_before = g.node.store().last_index().unwrap_or(0);
+                if first <= last_before {
+                    write.truncate_from = Some(first);
+                }
+                g.node
+                    .mut_store()
+                    .mem()
+                    .wl()
+                    .append(ready.entries())
+                    .expect("raft appends after its log");
+                write.entries = ready.take_entries();
+            }
+            if let Some(hs) = ready.hs() {
+                g.node.mut_store().mem().wl().set_hardstate(hs.clone());
+                write.hard_state = Some(hs.clone());
+            }
+            // Compaction of what the previous sync made durably applied.
+            let first = g.node.store().first_index().unwrap_or(1);
+            if g.durable_applied >= first + self.config.compact_threshold {
+                let to = g.durable_applied.saturating_sub(self.config.compact_keep);
+                if to > first {
+                    g.node
+                        .mut_store()
+                        .mem()
+                        .wl()
+                        .compact(to)
+                        .expect("compaction below the applied index");
+                    write.compact_to = Some(to);
+                }
+            }
+            release_reads(g, &mut round.reads);
+            if !write.is_empty() {
+                round.writes.push((id, write));
+            }
+            // A follower's answers (and a candidate's votes) only once this is durable.
+            g.held.extend(
+                ready
+                    .take_persisted_messages()
+                    .into_iter()
+                    .map(|message| Outgoing { group: id, message }),
+            );
+            let number = ready.number();
+            g.node.advance_append_async(ready);
+            g.node.advance_apply_to(g.applied);
+            self.in_round.push((id, number, g.applied));
+        }
+        round
+    }
+
+    /// Completes the round once its writes are durable: returns the messages that had
+    /// to wait for that. Entries this makes committed come with the next round.
+    pub fn finish_round(&mut self) -> Vec<Outgoing> {
+        let mut send = Vec::new();
+        for (id, number, applied) in std::mem::take(&mut self.in_round) {
+            let Some(g) = self.groups.get_mut(&id) else {
+                continue;
+            };
+            g.node.on_persist_ready(number);
+            g.durable_applied = applied;
+            send.append(&mut g.held);
+        }
+        send
+    }
+}
+
+/// Hands committed entries to the caller (normal ones) or applies them here
+/// (configuration changes), and matches them with the proposals waiting for them.
+fn apply_entries<P>(
+    id: GroupId,
+    g: &mut Group<P>,
+    entries: Vec<Entry>,
+    write: &mut LogWrite,
+    round: &mut Round<P>,
+) {
+    let Some(last) = entries.last().map(|e| e.index) else {
+        return;
+    };
+    for entry in entries {
+        let proposer = match g.waiting.remove(&entry.index) {
+            Some((term, token)) if term == entry.term => Some(token),
+            Some((_, token)) => {
+                round.dropped.push(token);
+                None
+            }
+            None => None,
+        };
+        match entry.get_entry_type() {
+            EntryType::EntryNormal if entry.data.is_empty() => {}
+            EntryType::EntryNormal => {
+                round.apply.push(Apply {
+                    group: id,
+                    index: entry.index,
+                    data: entry.data.clone(),
+                    proposer,
+                });
+            }
+            EntryType::EntryConfChange | EntryType::EntryConfChangeV2 => {
+                let state = if entry.get_entry_type() == EntryType::EntryConfChange {
+                    ConfChange::parse_from_bytes(&entry.data)
+                        .ok()
+                        .and_then(|cc| g.node.apply_conf_change(&cc).ok())
+                } else {
+                    ConfChangeV2::parse_from_bytes(&entry.data)
+                        .ok()
+                        .and_then(|cc| g.node.apply_conf_change(&cc).ok())
+                };
+                if let Some(state) = state {
+                    g.node.mut_store().mem().wl().set_conf_state(state.clone());
+                    write.conf_state = Some(state);
+                }
+            }
+        }
+    }
+    // Earlier proposals whose index was skipped can no longer be applied as proposed.
+    let later = g.waiting.split_off(&(last + 1));
+    round.dropped.extend(
+        std::mem::replace(&mut g.waiting, later)
+            .into_values()
+            .map(|(_, p)| p),
+    );
+    g.applied = last;
+    write.applied = Some(last);
+}
+
+/// Moves confirmed read barriers whose index is applied into `reads`.
+fn release_reads<P>(g: &mut Group<P>, reads: &mut Vec<P>) {
+    while g
+        .read_confirmed
+        .front()
+        .is_some_and(|(index, _)| *index <= g.applied)
+    {
+        let (_, token) = g.read_confirmed.pop_front().expect("checked front");
+        reads.push(token);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::logger::discard;
+
+    fn single() -> MultiRaft<u32> {
+        let mut raft = MultiRaft::new(
+            1,
+            RaftConfig {
+                fixed_election_timeout: true,
+                ..RaftConfig::default()
+            },
+            discard(),
+        );
+        raft.create(7, &[1]).unwrap();
+        raft
+    }
+
+    /// What a round's writes leave on disk (without snapshots and compaction).
+    fn persist(log: &mut PersistedLog, w: &LogWrite) {
+        if let Some(hs) = &w.hard_state {
+            log.hard_state = hs.clone();
+        }
+        if let Some(cs) = &w.conf_state {
+            log.conf_state = cs.clone();
+        }
+        if let Some(from) = w.truncate_from {
+            log.entries.retain(|e| e.index < from);
+        }
+        log.entries.extend(w.entries.iter().cloned());
+        if let Some(applied) = w.applied {
+            log.applied = applied;
+        }
+    }
+
+    /// Runs rounds (writes taken as durable at once) until nothing is left to do.
+    fn settle(raft: &mut MultiRaft<u32>) -> Round<u32> {
+        settle_into(raft, &mut PersistedLog::default())
+    }
+
+    fn settle_into(raft: &mut MultiRaft<u32>, disk: &mut PersistedLog) -> Round<u32> {
+        let mut seen = Round::default();
+        for _ in 0..100 {
+            if !raft.has_work() {
+                break;
+            }
+            let round = raft.start_round();
+            for (_, w) in &round.writes {
+                persist(disk, w);
+            }
+            seen.writes.extend(round.writes);
+            seen.apply.extend(round.apply);
+            seen.dropped.extend(round.dropped);
+            seen.reads.extend(round.reads);
+            seen.send.extend(round.send);
+            seen.send.extend(raft.finish_round());
+        }
+        seen
+    }
+
+    fn elect(raft: &mut MultiRaft<u32>) {
+        elect_into(raft, &mut PersistedLog::default());
+    }
+
+    fn elect_into(raft: &mut MultiRaft<u32>, disk: &mut PersistedLog) {
+        for _ in 0..40 {
+            raft.tick();
+            settle_into(raft, disk);
+            if raft.is_leader(7) {
+                return;
+            }
+        }
+        panic!("a single voter elects itself");
+    }
+
+    #[test]
+    fn a_new_group_saves_its_first_configuration() {
+        let mut raft = single();
+        let round = settle(&mut raft);
+        let conf = round
+            .writes
+            .iter()
+            .find_map(|(_, w)| w.conf_state.clone())
+            .expect("conf state written");
+        assert_eq!(conf.voters, vec![1]);
+    }
+
+    #[test]
+    fn a_proposal_is_applied_with_its_token_after_its_entry_is_written() {
+        let mut raft = single();
+        elect(&mut raft);
+        raft.propose(7, b"hello".to_vec(), 42).unwrap();
+        let first = raft.start_round();
+        assert!(
+            first.apply.is_empty(),
+            "nothing applies before the entry is durable"
+        );
+        let written: Vec<_> = first
+            .writes
+            .iter()
+            .flat_map(|(_, w)| w.entries.iter())
+            .map(|e| e.data.to_vec())
+            .collect();
+        assert_eq!(written, vec![b"hello".to_vec()]);
+        raft.finish_round();
+        let later = settle(&mut raft);
+        assert_eq!(later.apply.len(), 1);
+        assert_eq!(later.apply[0].proposer, Some(42));
+        assert_eq!(&later.apply[0].data[..], b"hello");
+        assert_eq!(
+            later.writes.iter().filter_map(|(_, w)| w.applied).max(),
+            Some(later.apply[0].index)
+        );
+    }
+
+    #[test]
+    fn a_follower_refuses_proposals_and_reads() {
+        let mut raft: MultiRaft<u32> = MultiRaft::new(1, RaftConfig::default(), discard());
+        raft.create(3, &[1, 2, 3]).unwrap();
+        assert_eq!(
+            raft.propose(3, vec![1], 1),
+            Err(Error::NotLeader {
+                group: 3,
+                leader: None
+            })
+        );
+        assert_eq!(
+            raft.read(3, 1),
+            Err(Error::NotLeader {
+                group: 3,
+                leader: None
+            })
+        );
+        assert_eq!(raft.propose(9, vec![1], 1), Err(Error::UnknownGroup(9)));
+    }
+
+    #[test]
+    fn a_read_barrier_is_released_once_the_leader_is_confirmed() {
+        let mut raft = single();
+        elect(&mut raft);
+        raft.read(7, 5).unwrap();
+        let round = settle(&mut raft);
+        assert_eq!(round.reads, vec![5]);
+    }
+
+    #[test]
+    fn an_undecodable_message_is_an_error_not_a_panic() {
+        assert!(matches!(
+            decode_message(&[0xff, 0xff, 0xff]),
+            Err(Error::BadMessage(_))
+        ));
+    }
+
+    #[test]
+    fn the_log_survives_a_restart_from_its_writes() {
+        let mut log = PersistedLog::default();
+        let mut raft = single();
+        elect_into(&mut raft, &mut log);
+        for i in 0..5u32 {
+            raft.propose(7, vec![i as u8 + 1], i).unwrap();
+        }
+        let round = settle_into(&mut raft, &mut log);
+        assert_eq!(round.apply.len(), 5);
+        let mut again: MultiRaft<u32> = MultiRaft::new(
+            1,
+            RaftConfig {
+                fixed_election_timeout: true,
+                ..RaftConfig::default()
+            },
+            discard(),
+        );
+        again.restore(7, &log).unwrap();
+        assert_eq!(again.applied(7), Some(log.applied));
+        assert_eq!(again.voters(7), vec![1]);
+        elect_into(&mut again, &mut log);
+        again.propose(7, vec![9], 99).unwrap();
+        let round = settle_into(&mut again, &mut log);
+        assert_eq!(
+            round.apply.iter().map(|a| a.proposer).collect::<Vec<_>>(),
+            vec![Some(99)],
+            "entries applied before the restart are not applied again"
+        );
+    }
+}

@@ -1,0 +1,182 @@
+//! A group's Raft log as raft-rs reads it: entries, hard state and configuration in
+//! memory, plus the one snapshot this replica can currently offer a lagging follower.
+//!
+//! The log here is a cache of what the caller persists: every change is also emitted as a
+//! [`LogWrite`] so that the node writes it to disk (and the simulator to its "disk") in the
+//! same round. raft-rs asks for snapshots synchronously; building one means reading the
+//! partition's applied state, which is I/O, so this store never builds one itself: it
+//! answers "temporarily unavailable", remembers that one is wanted, and the caller offers
+//! one built from its state (raft-rs asks again on its next probe).
+
+use raft::eraftpb::{ConfState, Entry, HardState, Snapshot, SnapshotMetadata};
+use raft::storage::MemStorage;
+use raft::{GetEntriesContext, RaftState, Storage};
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+/// What a group's persisted log looks like after a restart.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct PersistedLog {
+    /// Term, vote and commit index.
+    pub hard_state: HardState,
+    /// Voters and learners.
+    pub conf_state: ConfState,
+    /// The snapshot the log starts after (index and term 0 when it starts at 1).
+    pub snapshot: SnapshotMetadata,
+    /// Entries after the snapshot, in index order.
+    pub entries: Vec<Entry>,
+    /// The index of the last entry whose effects are in the applied state.
+    pub applied: u64,
+}
+
+/// One round's changes to one group's persisted log, in the order they must be applied.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct LogWrite {
+    /// A snapshot was installed: drop every entry, the log now starts after it, and
+    /// the partition's applied state is replaced by the snapshot's data.
+    pub snapshot: Option<Snapshot>,
+    /// Drop every persisted entry with an index at or above this one (a new leader
+    /// overwrote the tail); then append `entries`.
+    pub truncate_from: Option<u64>,
+    /// New entries, contiguous.
+    pub entries: Vec<Entry>,
+    /// The hard state, when it changed.
+    pub hard_state: Option<HardState>,
+    /// The configuration, when a configuration change was applied.
+    pub conf_state: Option<ConfState>,
+    /// Entries below this index are no longer needed (applied and compacted).
+    pub compact_to: Option<u64>,
+    /// The applied index after this round's committed entries (persist it atomically
+    /// with their effects).
+    pub applied: Option<u64>,
+}
+
+impl LogWrite {
+    /// Nothing to persist.
+    pub fn is_empty(&self) -> bool {
+        *self == Self::default()
+    }
+}
+
+/// raft-rs's view of a group's log.
+pub struct LogStore {
+    mem: MemStorage,
+    offered: Mutex<Option<Snapshot>>,
+    wanted: AtomicBool,
+}
+
+impl std::fmt::Debug for LogStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LogStore").finish_non_exhaustive()
+    }
+}
+
+impl LogStore {
+    /// A new, empty log for a group whose first configuration is `voters`.
+    pub fn new(voters: &[u64]) -> Self {
+        Self::from_mem(MemStorage::new_with_conf_state(ConfState::from((
+            voters.to_vec(),
+            vec![],
+        ))))
+    }
+
+    /// The log as it was persisted.
+    pub fn restore(log: &PersistedLog) -> Self {
+        let mem = MemStorage::new();
+        {
+            let mut core = mem.wl();
+            let mut snapshot = Snapshot::default();
+            let mut meta = log.snapshot.clone();
+            meta.set_conf_state(log.conf_state.clone());
+            snapshot.set_metadata(meta);
+            if snapshot.get_metadata().index > 0 {
+                core.apply_snapshot(snapshot)
+                    .expect("empty store takes any snapshot");
+            }
+            core.set_conf_state(log.conf_state.clone());
+            core.append(&log.entries)
+                .expect("persisted entries follow the snapshot");
+            core.set_hardstate(log.hard_state.clone());
+        }
+        Self::from_mem(mem)
+    }
+
+    fn from_mem(mem: MemStorage) -> Self {
+        Self {
+            mem,
+            offered: Mutex::new(None),
+            wanted: AtomicBool::new(false),
+        }
+    }
+
+    /// The in-memory log, for the driver's writes.
+    pub(crate) fn mem(&self) -> &MemStorage {
+        &self.mem
+    }
+
+    /// Whether raft-rs asked for a snapshot this replica could not offer yet.
+    pub(crate) fn take_snapshot_wanted(&self) -> bool {
+        self.wanted.swap(false, Ordering::Relaxed)
+    }
+
+    /// Offers a snapshot of the applied state at `index` (which must still be in the
+    /// log or be the log's snapshot point) to followers that need one.
+    pub(crate) fn offer_snapshot(&self, index: u64, data: Vec<u8>) -> bool {
+        // The term of the snapshot point itself is known even after compaction.
+        let Ok(term) = self.mem.term(index) else {
+            return false;
+        };
+        let mut snapshot = Snapshot::default();
+        snapshot.set_data(data.into());
+        let meta = snapshot.mut_metadata();
+        meta.index = index;
+        meta.term = term;
+        let Ok(state) = self.mem.initial_state() else {
+            return false;
+        };
+        meta.set_conf_state(state.conf_state);
+        *self.offered.lock().expect("snapshot lock") = Some(snapshot);
+        true
+    }
+}
+
+impl Storage for LogStore {
+    fn initial_state(&self) -> raft::Result<RaftState> {
+        self.mem.initial_state()
+    }
+
+    fn entries(
+        &self,
+        low: u64,
+        high: u64,
+        max_size: impl Into<Option<u64>>,
+        context: GetEntriesContext,
+    ) -> raft::Result<Vec<Entry>> {
+        self.mem.entries(low, high, max_size, context)
+    }
+
+    fn term(&self, idx: u64) -> raft::Result<u64> {
+        self.mem.term(idx)
+    }
+
+    fn first_index(&self) -> raft::Result<u64> {
+        self.mem.first_index()
+    }
+
+    fn last_index(&self) -> raft::Result<u64> {
+        self.mem.last_index()
+    }
+
+    fn snapshot(&self, request_index: u64, _to: u64) -> raft::Result<Snapshot> {
+        let offered = self.offered.lock().expect("snapshot lock");
+        match offered.as_ref() {
+            Some(snapshot) if snapshot.get_metadata().index >= request_index => Ok(snapshot.clone()),
+            _ => {
+                self.wanted.store(true, Ordering::Relaxed);
+                Err(raft::Error::Store(
+                    raft::StorageError::SnapshotTemporarilyUnavailable,
+                ))
+            }
+        }
+    }
+}
