@@ -1,0 +1,170 @@
+//! The key layout of a partition's records: every key starts with its partition, so a
+//! partition is one contiguous range (a snapshot is a range scan, a move a range delete).
+//!
+//! `partition (u16 BE) ‖ tree (u8) ‖ ...`, numbers big-endian so ranges scan in order:
+//! - accounts: `name` → `AccountRecord`
+//! - tokens: `scope(user) ‖ token` → `TokenRecord`
+//! - inbox: `scope(user) ‖ kind ‖ ...` with kinds META → `InboxMeta`, ENTRY ‖ seq →
+//!   `InboxEntry`, ORIGIN ‖ origin → seq, GROUP ‖ group → ()
+//! - groups: `scope(group) ‖ kind ‖ ...` with kinds META → `GroupRecord`, MEMBER ‖ user
+//!   → (), ORIGIN ‖ scope(sender) ‖ client id → group seq, MESSAGE ‖ seq →
+//!   `GroupMessage`, FANOUT ‖ partition → the group seq delivered there
+//! - applied: the index of the last log entry applied to the partition (written by the
+//!   consensus driver in the same batch as the entry's effects)
+//!
+//! `scope(name)` is a length byte then the name, so no name's keys prefix another's.
+
+use crate::placement::Partition;
+
+/// Record kinds (the byte after the partition).
+pub mod tree {
+    /// Accounts.
+    pub const ACCOUNTS: u8 = 1;
+    /// Login tokens.
+    pub const TOKENS: u8 = 2;
+    /// Inboxes.
+    pub const INBOX: u8 = 3;
+    /// Groups.
+    pub const GROUPS: u8 = 4;
+    /// The applied index.
+    pub const APPLIED: u8 = 0xf0;
+}
+
+/// Kinds inside an inbox or a group.
+pub mod kind {
+    /// Inbox or group metadata.
+    pub const META: u8 = 0;
+    /// Inbox entry by seq.
+    pub const ENTRY: u8 = 1;
+    /// Group member by name.
+    pub const MEMBER: u8 = 1;
+    /// Dedupe index.
+    pub const ORIGIN: u8 = 2;
+    /// A user's groups.
+    pub const GROUP: u8 = 3;
+    /// Group log entry by seq.
+    pub const MESSAGE: u8 = 4;
+    /// How far a group's fan-out reached, per destination partition.
+    pub const FANOUT: u8 = 5;
+}
+
+/// Everything of a partition starts with this.
+pub fn partition_prefix(p: Partition) -> [u8; 2] {
+    p.to_be_bytes()
+}
+
+fn start(p: Partition, tree: u8, capacity: usize) -> Vec<u8> {
+    let mut key = Vec::with_capacity(3 + capacity);
+    key.extend_from_slice(&partition_prefix(p));
+    key.push(tree);
+    key
+}
+
+/// `partition ‖ tree ‖ len ‖ name ‖ kind`: the prefix of everything of one user or group.
+pub fn scoped(p: Partition, tree: u8, name: &str, kind: u8) -> Vec<u8> {
+    let mut key = start(p, tree, name.len() + 2 + 8);
+    key.push(name.len() as u8);
+    key.extend_from_slice(name.as_bytes());
+    key.push(kind);
+    key
+}
+
+/// `scoped ‖ seq`.
+pub fn seq_key(p: Partition, tree: u8, name: &str, kind: u8, seq: u64) -> Vec<u8> {
+    let mut key = scoped(p, tree, name, kind);
+    key.extend_from_slice(&seq.to_be_bytes());
+    key
+}
+
+/// `scoped ‖ suffix`.
+pub fn suffix_key(p: Partition, tree: u8, name: &str, kind: u8, suffix: &[u8]) -> Vec<u8> {
+    let mut key = scoped(p, tree, name, kind);
+    key.extend_from_slice(suffix);
+    key
+}
+
+/// An account.
+pub fn account(p: Partition, user: &str) -> Vec<u8> {
+    let mut key = start(p, tree::ACCOUNTS, user.len());
+    key.extend_from_slice(user.as_bytes());
+    key
+}
+
+/// A login token of a user.
+pub fn token(p: Partition, user: &str, token: &str) -> Vec<u8> {
+    let mut key = start(p, tree::TOKENS, user.len() + token.len() + 1);
+    key.push(user.len() as u8);
+    key.extend_from_slice(user.as_bytes());
+    key.extend_from_slice(token.as_bytes());
+    key
+}
+
+/// The applied index of a partition.
+pub fn applied(p: Partition) -> Vec<u8> {
+    start(p, tree::APPLIED, 0)
+}
+
+/// The seq at the end of a `seq_key` (0 for a key too short to hold one).
+pub fn seq_of(key: &[u8]) -> u64 {
+    key.len()
+        .checked_sub(8)
+        .and_then(|at| key.get(at..))
+        .and_then(|b| b.try_into().ok())
+        .map(u64::from_be_bytes)
+        .unwrap_or(0)
+}
+
+/// A stored seq value.
+pub fn seq_value(seq: u64) -> [u8; 8] {
+    seq.to_be_bytes()
+}
+
+/// The origin of a private message: its sender and client id.
+pub fn private_origin(from: &str, client_msg_id: &str) -> Vec<u8> {
+    let mut o = Vec::with_capacity(2 + from.len() + client_msg_id.len());
+    o.push(b'p');
+    o.push(from.len() as u8);
+    o.extend_from_slice(from.as_bytes());
+    o.extend_from_slice(client_msg_id.as_bytes());
+    o
+}
+
+/// The origin of a group post in a member's inbox: the group and its seq.
+pub fn group_origin(group: &str, group_seq: u64) -> Vec<u8> {
+    let mut o = Vec::with_capacity(2 + group.len() + 8);
+    o.push(b'g');
+    o.push(group.len() as u8);
+    o.extend_from_slice(group.as_bytes());
+    o.extend_from_slice(&group_seq.to_be_bytes());
+    o
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_partition_is_one_range_and_names_do_not_prefix_each_other() {
+        let a = scoped(7, tree::INBOX, "ab", kind::ENTRY);
+        let b = scoped(7, tree::INBOX, "abc", kind::ENTRY);
+        assert!(!b.starts_with(&a));
+        assert!(a.starts_with(&partition_prefix(7)));
+        assert!(applied(7).starts_with(&partition_prefix(7)));
+        assert!(!account(8, "x").starts_with(&partition_prefix(7)));
+    }
+
+    #[test]
+    fn seqs_sort_in_order_and_short_keys_have_none() {
+        let k1 = seq_key(1, tree::INBOX, "u", kind::ENTRY, 9);
+        let k2 = seq_key(1, tree::INBOX, "u", kind::ENTRY, 256);
+        assert!(k1 < k2);
+        assert_eq!(seq_of(&k2), 256);
+        assert_eq!(seq_of(&[1, 2]), 0);
+    }
+
+    #[test]
+    fn origins_of_different_kinds_never_collide() {
+        assert_ne!(private_origin("g", "x"), group_origin("g", 0));
+        assert_ne!(private_origin("ab", "c"), private_origin("a", "bc"));
+    }
+}

@@ -1,0 +1,17 @@
+//! The chat's partition state machine: where entities live, how a partition's records
+//! are laid out, and what each committed command does to them. Pure: no I/O beyond the
+//! [`store::Store`] it is handed, no clock, no actors. The node applies a partition's
+//! Raft log through [`machine::apply`]; the simulator applies the same code.
+//!
+//! - [`placement`]: entity → partition (a stable hash), partition → nodes (rendezvous).
+//! - [`keys`]: the partition-prefixed key layout.
+//! - [`store`]: the key-value interface the machine reads and writes.
+//! - [`machine`]: commands in, records and outcomes out.
+
+pub mod keys;
+pub mod machine;
+pub mod placement;
+pub mod store;
+
+pub use machine::apply;
+pub use store::{MemStore, Store, StoreError};

@@ -1,0 +1,730 @@
+//! What a committed command does to its partition's records.
+//!
+//! `apply` is deterministic: it reads only the store and the command (times come in
+//! the command, from the proposer's clock), so every replica that applies the same log
+//! holds the same records and computes the same outcome. That is where seqs are
+//! assigned and duplicates caught: a message resent through another node, or proposed
+//! twice after a leader change, finds its origin already stored and gets its first
+//! outcome back.
+
+use crate::keys::{self, kind, tree};
+use crate::placement::{self, Partition};
+use crate::store::{Result, Store, StoreError};
+use chat_protocol::internal::command::{self, Op};
+use chat_protocol::internal::outcome::{self, Fanned, Posted};
+use chat_protocol::internal::response::{Appended, Cursors};
+use chat_protocol::internal::{Command, Empty, GroupMessage, GroupRecord, InboxEntry, InboxMeta, Outcome};
+use chat_protocol::v1::ConversationKind;
+use prost::Message;
+
+/// Most of the oldest entries one append removes for retention (the rest go with later
+/// appends, so one append never does unbounded work).
+const MAX_TRIM_PER_APPEND: usize = 64;
+
+/// Applies one command of partition `p`'s log.
+///
+/// An `Err` means the store failed: this replica must stop applying (nothing of this
+/// command may be kept). A command that is wrong (undecodable, for another partition)
+/// is not an error but an `invalid` outcome, the same on every replica.
+pub fn apply(p: Partition, command: &[u8], store: &mut impl Store) -> Result<Outcome> {
+    let Ok(Command { op: Some(op) }) = Command::decode(command) else {
+        return Ok(invalid("undecodable command".into()));
+    };
+    if let Some(wrong) = misplaced(p, &op) {
+        return Ok(invalid(format!("{wrong} is not in partition {p}")));
+    }
+    let result = match op {
+        Op::CreateAccount(c) => {
+            let key = keys::account(p, &c.user);
+            if store.get(&key)?.is_some() {
+                outcome::Result::Exists(Empty {})
+            } else {
+                store.put(key, c.record.unwrap_or_default().encode_to_vec());
+                done()
+            }
+        }
+        Op::PutToken(t) => {
+            store.put(
+                keys::token(p, &t.user, &t.token),
+                t.record.unwrap_or_default().encode_to_vec(),
+            );
+            done()
+        }
+        Op::RevokeToken(t) => {
+            store.delete(keys::token(p, &t.user, &t.token));
+            done()
+        }
+        Op::Append(a) => {
+            if a.require_account && store.get(&keys::account(p, &a.user))?.is_none() {
+                outcome::Result::NotFound(Empty {})
+            } else {
+                let entry = a.entry.unwrap_or_default();
+                let retention = a.retention.unwrap_or_default();
+                match append(p, store, &a.user, &a.origin, entry, a.now_ms, &retention)? {
+                    (appended, false) => outcome::Result::Appended(appended),
+                    (first, true) => outcome::Result::Duplicate(first),
+                }
+            }
+        }
+        Op::Ack(a) => outcome::Result::Cursors(ack(p, store, &a)?),
+        Op::Membership(m) => {
+            let key = keys::suffix_key(p, tree::INBOX, &m.user, kind::GROUP, m.group.as_bytes());
+            if m.joined {
+                store.put(key, Vec::new());
+            } else {
+                store.delete(key);
+            }
+            done()
+        }
+        Op::CreateGroup(c) => {
+            let meta = keys::scoped(p, tree::GROUPS, &c.group, kind::META);
+            if store.get(&meta)?.is_some() {
+                outcome::Result::Exists(Empty {})
+            } else {
+                let record = GroupRecord {
+                    creator: c.creator.clone(),
+                    created_at_ms: c.now_ms,
+                    ..GroupRecord::default()
+                };
+                store.put(meta, record.encode_to_vec());
+                store.put(member_key(p, &c.group, &c.creator), Vec::new());
+                done()
+            }
+        }
+        Op::JoinGroup(j) => {
+            if group(p, store, &j.group)?.is_none() {
+                outcome::Result::NotFound(Empty {})
+            } else {
+                store.put(member_key(p, &j.group, &j.user), Vec::new());
+                done()
+            }
+        }
+        Op::LeaveGroup(l) => {
+            let key = member_key(p, &l.group, &l.user);
+            if group(p, store, &l.group)?.is_none() {
+                outcome::Result::NotFound(Empty {})
+            } else if store.get(&key)?.is_none() {
+                outcome::Result::NotAMember(Empty {})
+            } else {
+                store.delete(key);
+                done()
+            }
+        }
+        Op::Post(post) => self::post(p, store, post)?,
+        Op::Fanout(f) => {
+            let retention = f.retention.unwrap_or_default();
+            let mut seqs = Vec::with_capacity(f.items.len());
+            for item in f.items {
+                // A member whose account is gone gets nothing.
+                if store.get(&keys::account(p, &item.user))?.is_none() {
+                    seqs.push(0);
+                    continue;
+                }
+                let entry = InboxEntry {
+                    message_id: item.message_id,
+                    from: item.from,
+                    kind: ConversationKind::Group as u32,
+                    conversation: f.group.clone(),
+                    timestamp_ms: item.timestamp_ms,
+                    text: item.text,
+                    group_seq: item.group_seq,
+                    ..InboxEntry::default()
+                };
+                let origin = keys::group_origin(&f.group, item.group_seq);
+                let (appended, _) = append(p, store, &item.user, &origin, entry, f.now_ms, &retention)?;
+                seqs.push(appended.seq);
+            }
+            outcome::Result::Fanned(Fanned { seqs })
+        }
+        Op::FanoutDone(d) => {
+            let key = keys::suffix_key(
+                p,
+                tree::GROUPS,
+                &d.group,
+                kind::FANOUT,
+                &(d.partition as u16).to_be_bytes(),
+            );
+            let before = store.get(&key)?.map(|v| keys::seq_of(&v)).unwrap_or(0);
+            if d.group_seq > before {
+                store.put(key, keys::seq_value(d.group_seq).to_vec());
+            }
+            done()
+        }
+    };
+    Ok(Outcome { result: Some(result) })
+}
+
+fn done() -> outcome::Result {
+    outcome::Result::Done(Empty {})
+}
+
+fn invalid(why: String) -> Outcome {
+    Outcome {
+        result: Some(outcome::Result::Invalid(why)),
+    }
+}
+
+/// The first name of a command that does not belong to partition `p`.
+fn misplaced(p: Partition, op: &Op) -> Option<String> {
+    let user = |name: &str| (placement::of_user(name) != p).then(|| format!("user {name}"));
+    let group = |name: &str| (placement::of_group(name) != p).then(|| format!("group {name}"));
+    match op {
+        Op::CreateAccount(c) => user(&c.user),
+        Op::PutToken(t) => user(&t.user),
+        Op::RevokeToken(t) => user(&t.user),
+        Op::Append(a) => user(&a.user),
+        Op::Ack(a) => user(&a.user),
+        Op::Membership(m) => user(&m.user),
+        Op::CreateGroup(c) => group(&c.group),
+        Op::JoinGroup(j) => group(&j.group),
+        Op::LeaveGroup(l) => group(&l.group),
+        Op::Post(post) => group(&post.group),
+        Op::Fanout(f) => f.items.iter().find_map(|i| user(&i.user)),
+        Op::FanoutDone(d) => group(&d.group),
+    }
+}
+
+fn decode<M: Message + Default>(bytes: Option<Vec<u8>>, what: &str) -> Result<Option<M>> {
+    bytes
+        .map(|b| M::decode(b.as_slice()).map_err(|e| StoreError(format!("corrupt {what}: {e}"))))
+        .transpose()
+}
+
+fn member_key(p: Partition, group: &str, user: &str) -> Vec<u8> {
+    keys::suffix_key(p, tree::GROUPS, group, kind::MEMBER, user.as_bytes())
+}
+
+fn group(p: Partition, store: &impl Store, group: &str) -> Result<Option<GroupRecord>> {
+    decode(
+        store.get(&keys::scoped(p, tree::GROUPS, group, kind::META))?,
+        "group record",
+    )
+}
+
+fn inbox_meta(p: Partition, store: &impl Store, user: &str) -> Result<InboxMeta> {
+    Ok(decode(
+        store.get(&keys::scoped(p, tree::INBOX, user, kind::META))?,
+        "inbox meta",
+    )?
+    .unwrap_or_default())
+}
+
+/// Stores `entry` in `user`'s inbox unless `origin` is already there; returns the
+/// entry's place and whether it was there before.
+fn append(
+    p: Partition,
+    store: &mut impl Store,
+    user: &str,
+    origin: &[u8],
+    mut entry: InboxEntry,
+    now_ms: u64,
+    retention: &command::Retention,
+) -> Result<(Appended, bool)> {
+    let origin_key = keys::suffix_key(p, tree::INBOX, user, kind::ORIGIN, origin);
+    if let Some(seq) = store.get(&origin_key)? {
+        let seq = keys::seq_of(&seq);
+        let first: Option<InboxEntry> = decode(
+            store.get(&keys::seq_key(p, tree::INBOX, user, kind::ENTRY, seq))?,
+            "inbox entry",
+        )?;
+        let first = first.unwrap_or_default();
+        return Ok((
+            Appended {
+                message_id: first.message_id,
+                seq,
+                timestamp_ms: first.timestamp_ms,
+            },
+            true,
+        ));
+    }
+    let mut meta = inbox_meta(p, store, user)?;
+    let seq = meta.last_seq + 1;
+    if entry.message_id.is_empty() {
+        let prefix = if entry.receipt.is_some() { "r" } else { "p" };
+        entry.message_id = format!("{prefix}:{user}:{seq}");
+    }
+    entry.origin = origin.to_vec();
+    let appended = Appended {
+        message_id: entry.message_id.clone(),
+        seq,
+        timestamp_ms: entry.timestamp_ms,
+    };
+    store.put(
+        keys::seq_key(p, tree::INBOX, user, kind::ENTRY, seq),
+        entry.encode_to_vec(),
+    );
+    store.put(origin_key, keys::seq_value(seq).to_vec());
+    meta.last_seq = seq;
+    if meta.first_seq == 0 {
+        meta.first_seq = seq;
+    }
+    trim(p, store, user, &mut meta, now_ms, retention)?;
+    store.put(
+        keys::scoped(p, tree::INBOX, user, kind::META),
+        meta.encode_to_vec(),
+    );
+    Ok((appended, false))
+}
+
+/// Removes the oldest entries beyond the retention limits (never the newest), at most
+/// [`MAX_TRIM_PER_APPEND`] of them. Their origins go with them: a resend of a message
+/// retention removed is stored again.
+fn trim(
+    p: Partition,
+    store: &mut impl Store,
+    user: &str,
+    meta: &mut InboxMeta,
+    now_ms: u64,
+    retention: &command::Retention,
+) -> Result<()> {
+    let cutoff = (retention.max_age_ms > 0).then(|| now_ms.saturating_sub(retention.max_age_ms));
+    for _ in 0..MAX_TRIM_PER_APPEND {
+        let first = meta.first_seq;
+        if first == 0 || first >= meta.last_seq {
+            break;
+        }
+        let over_count = retention.max_messages > 0 && meta.last_seq - first + 1 > retention.max_messages;
+        let key = keys::seq_key(p, tree::INBOX, user, kind::ENTRY, first);
+        let entry: Option<InboxEntry> = decode(store.get(&key)?, "inbox entry")?;
+        let too_old = matches!((&entry, cutoff), (Some(e), Some(cutoff)) if e.timestamp_ms < cutoff);
+        if !(over_count || too_old) {
+            break;
+        }
+        store.delete(key);
+        if let Some(e) = entry {
+            store.delete(keys::suffix_key(p, tree::INBOX, user, kind::ORIGIN, &e.origin));
+        }
+        meta.first_seq = first + 1;
+    }
+    Ok(())
+}
+
+fn ack(p: Partition, store: &mut impl Store, a: &command::Ack) -> Result<Cursors> {
+    let mut meta = inbox_meta(p, store, &a.user)?;
+    let before = meta;
+    let up_to = a.up_to.min(meta.last_seq);
+    meta.delivered_seq = meta.delivered_seq.max(up_to);
+    if a.read {
+        // Reading implies delivery.
+        meta.read_seq = meta.read_seq.max(up_to);
+    }
+    if meta != before {
+        store.put(
+            keys::scoped(p, tree::INBOX, &a.user, kind::META),
+            meta.encode_to_vec(),
+        );
+    }
+    Ok(Cursors {
+        delivered: meta.delivered_seq,
+        read: meta.read_seq,
+    })
+}
+
+fn post(p: Partition, store: &mut impl Store, post: command::Post) -> Result<outcome::Result> {
+    let Some(mut record) = group(p, store, &post.group)? else {
+        return Ok(outcome::Result::NotFound(Empty {}));
+    };
+    if store.get(&member_key(p, &post.group, &post.from))?.is_none() {
+        return Ok(outcome::Result::NotAMember(Empty {}));
+    }
+    let mut origin = vec![post.from.len() as u8];
+    origin.extend_from_slice(post.from.as_bytes());
+    origin.extend_from_slice(post.client_msg_id.as_bytes());
+    let origin_key = keys::suffix_key(p, tree::GROUPS, &post.group, kind::ORIGIN, &origin);
+    if let Some(seq) = store.get(&origin_key)? {
+        let group_seq = keys::seq_of(&seq);
+        let first: Option<GroupMessage> = decode(
+            store.get(&keys::seq_key(
+                p,
+                tree::GROUPS,
+                &post.group,
+                kind::MESSAGE,
+                group_seq,
+            ))?,
+            "group message",
+        )?;
+        let first = first.unwrap_or_default();
+        return Ok(outcome::Result::Posted(Posted {
+            group_seq,
+            message_id: first.message_id,
+            timestamp_ms: first.timestamp_ms,
+            duplicate: true,
+        }));
+    }
+    let group_seq = record.last_seq + 1;
+    let message_id = format!("g:{}:{group_seq}", post.group);
+    let members = keys::scoped(p, tree::GROUPS, &post.group, kind::MEMBER);
+    let mut recipients = Vec::new();
+    let mut after: Option<Vec<u8>> = None;
+    loop {
+        let page = store.scan(&members, after.as_deref(), 1024)?;
+        let Some((last, _)) = page.last() else { break };
+        after = Some(last.clone());
+        for (key, _) in &page {
+            let name = String::from_utf8_lossy(&key[members.len()..]).into_owned();
+            if name != post.from {
+                recipients.push(name);
+            }
+        }
+    }
+    let message = GroupMessage {
+        message_id: message_id.clone(),
+        from: post.from,
+        timestamp_ms: post.now_ms,
+        text: post.text,
+        client_msg_id: post.client_msg_id,
+        recipients,
+    };
+    store.put(
+        keys::seq_key(p, tree::GROUPS, &post.group, kind::MESSAGE, group_seq),
+        message.encode_to_vec(),
+    );
+    store.put(origin_key, keys::seq_value(group_seq).to_vec());
+    record.last_seq = group_seq;
+    store.put(
+        keys::scoped(p, tree::GROUPS, &post.group, kind::META),
+        record.encode_to_vec(),
+    );
+    Ok(outcome::Result::Posted(Posted {
+        group_seq,
+        message_id,
+        timestamp_ms: post.now_ms,
+        duplicate: false,
+    }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::MemStore;
+    use chat_protocol::internal::{AccountRecord, Command};
+
+    /// A user name in partition `p` (names are hashed, so search).
+    fn user_in(p: Partition, n: usize) -> String {
+        (0..)
+            .map(|i| format!("user{i}"))
+            .filter(|u| placement::of_user(u) == p)
+            .nth(n)
+            .unwrap()
+    }
+
+    fn group_in(p: Partition) -> String {
+        (0..)
+            .map(|i| format!("group{i}"))
+            .find(|g| placement::of_group(g) == p)
+            .unwrap()
+    }
+
+    fn run(p: Partition, store: &mut MemStore, op: Op) -> outcome::Result {
+        apply(p, &Command { op: Some(op) }.encode_to_vec(), store)
+            .unwrap()
+            .result
+            .unwrap()
+    }
+
+    fn register(p: Partition, store: &mut MemStore, user: &str) -> outcome::Result {
+        let record = AccountRecord {
+            password_hash: "h".into(),
+            created_at_ms: 1,
+        };
+        run(
+            p,
+            store,
+            Op::CreateAccount(command::CreateAccount {
+                user: user.into(),
+                record: Some(record),
+            }),
+        )
+    }
+
+    fn send(user: &str, from: &str, client_id: &str, retention: command::Retention) -> Op {
+        Op::Append(command::Append {
+            user: user.into(),
+            origin: keys::private_origin(from, client_id),
+            entry: Some(InboxEntry {
+                from: from.into(),
+                conversation: from.into(),
+                text: format!("{client_id} from {from}"),
+                timestamp_ms: 1_000,
+                ..InboxEntry::default()
+            }),
+            require_account: true,
+            now_ms: 1_000,
+            retention: Some(retention),
+        })
+    }
+
+    fn appended(r: outcome::Result) -> Appended {
+        match r {
+            outcome::Result::Appended(a) => a,
+            other => panic!("expected appended, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn an_account_name_is_taken_once() {
+        let (p, mut s) = (3, MemStore::default());
+        let alice = user_in(p, 0);
+        assert_eq!(register(p, &mut s, &alice), done());
+        assert_eq!(register(p, &mut s, &alice), outcome::Result::Exists(Empty {}));
+    }
+
+    #[test]
+    fn appends_get_gap_free_seqs_and_a_resend_gets_its_first_answer() {
+        let (p, mut s) = (5, MemStore::default());
+        let bob = user_in(p, 0);
+        let none = command::Retention::default();
+        assert_eq!(
+            run(p, &mut s, send(&bob, "alice", "m1", none)),
+            outcome::Result::NotFound(Empty {})
+        );
+        register(p, &mut s, &bob);
+        let seqs: Vec<u64> = (1..=3)
+            .map(|i| appended(run(p, &mut s, send(&bob, "alice", &format!("m{i}"), none))).seq)
+            .collect();
+        assert_eq!(seqs, vec![1, 2, 3]);
+        let before = s.clone();
+        match run(p, &mut s, send(&bob, "alice", "m2", none)) {
+            outcome::Result::Duplicate(first) => {
+                assert_eq!(first.seq, 2);
+                assert_eq!(first.message_id, format!("p:{bob}:2"));
+            }
+            other => panic!("expected duplicate, got {other:?}"),
+        }
+        assert_eq!(s, before, "a duplicate writes nothing");
+        // The same client id from another sender is another message.
+        assert_eq!(appended(run(p, &mut s, send(&bob, "carol", "m2", none))).seq, 4);
+    }
+
+    #[test]
+    fn retention_trims_the_oldest_but_never_the_newest() {
+        let (p, mut s) = (9, MemStore::default());
+        let bob = user_in(p, 0);
+        register(p, &mut s, &bob);
+        let keep3 = command::Retention {
+            max_messages: 3,
+            max_age_ms: 0,
+        };
+        for i in 1..=5 {
+            run(p, &mut s, send(&bob, "alice", &format!("m{i}"), keep3));
+        }
+        let meta = inbox_meta(p, &s, &bob).unwrap();
+        assert_eq!((meta.first_seq, meta.last_seq), (3, 5));
+        assert!(
+            s.get(&keys::seq_key(p, tree::INBOX, &bob, kind::ENTRY, 2))
+                .unwrap()
+                .is_none()
+        );
+        assert!(
+            s.get(&keys::seq_key(p, tree::INBOX, &bob, kind::ENTRY, 3))
+                .unwrap()
+                .is_some()
+        );
+        // Everything is older than a day at t = 1 day + 2 s: all go but the newest.
+        let old = command::Retention {
+            max_messages: 0,
+            max_age_ms: 1_000,
+        };
+        let mut late = send(&bob, "alice", "m6", old);
+        if let Op::Append(a) = &mut late {
+            a.now_ms = 86_400_000;
+            a.entry.as_mut().unwrap().timestamp_ms = 86_400_000;
+        }
+        run(p, &mut s, late);
+        let meta = inbox_meta(p, &s, &bob).unwrap();
+        assert_eq!((meta.first_seq, meta.last_seq), (6, 6));
+    }
+
+    #[test]
+    fn acks_only_move_forward_within_the_inbox_and_reading_implies_delivery() {
+        let (p, mut s) = (11, MemStore::default());
+        let bob = user_in(p, 0);
+        register(p, &mut s, &bob);
+        for i in 1..=4 {
+            run(
+                p,
+                &mut s,
+                send(&bob, "alice", &format!("m{i}"), command::Retention::default()),
+            );
+        }
+        let ack = |read, up_to| {
+            Op::Ack(command::Ack {
+                user: bob.clone(),
+                read,
+                up_to,
+            })
+        };
+        assert_eq!(
+            run(p, &mut s, ack(false, 2)),
+            outcome::Result::Cursors(Cursors {
+                delivered: 2,
+                read: 0
+            })
+        );
+        assert_eq!(
+            run(p, &mut s, ack(false, 1)),
+            outcome::Result::Cursors(Cursors {
+                delivered: 2,
+                read: 0
+            })
+        );
+        assert_eq!(
+            run(p, &mut s, ack(true, 99)),
+            outcome::Result::Cursors(Cursors {
+                delivered: 4,
+                read: 4
+            })
+        );
+    }
+
+    #[test]
+    fn posts_get_group_seqs_once_per_client_id_and_only_members_post() {
+        let p = 17;
+        let mut s = MemStore::default();
+        let g = group_in(p);
+        let post = |from: &str, id: &str| {
+            Op::Post(command::Post {
+                group: g.clone(),
+                from: from.into(),
+                client_msg_id: id.into(),
+                text: "hi".into(),
+                now_ms: 5,
+            })
+        };
+        assert_eq!(
+            run(p, &mut s, post("ann", "1")),
+            outcome::Result::NotFound(Empty {})
+        );
+        let create = command::CreateGroup {
+            group: g.clone(),
+            creator: "ann".into(),
+            now_ms: 1,
+        };
+        assert_eq!(run(p, &mut s, Op::CreateGroup(create.clone())), done());
+        assert_eq!(
+            run(p, &mut s, Op::CreateGroup(create)),
+            outcome::Result::Exists(Empty {})
+        );
+        assert_eq!(
+            run(p, &mut s, post("ben", "1")),
+            outcome::Result::NotAMember(Empty {})
+        );
+        run(
+            p,
+            &mut s,
+            Op::JoinGroup(command::JoinGroup {
+                group: g.clone(),
+                user: "ben".into(),
+            }),
+        );
+        let first = run(p, &mut s, post("ann", "1"));
+        let again = run(p, &mut s, post("ann", "1"));
+        let second = run(p, &mut s, post("ben", "1"));
+        let (first, again, second) = match (first, again, second) {
+            (outcome::Result::Posted(a), outcome::Result::Posted(b), outcome::Result::Posted(c)) => (a, b, c),
+            other => panic!("{other:?}"),
+        };
+        assert_eq!((first.group_seq, first.duplicate), (1, false));
+        assert_eq!(
+            (again.group_seq, again.duplicate, &again.message_id),
+            (1, true, &first.message_id)
+        );
+        assert_eq!(second.group_seq, 2);
+        let stored: GroupMessage = decode(
+            s.get(&keys::seq_key(p, tree::GROUPS, &g, kind::MESSAGE, 1))
+                .unwrap(),
+            "m",
+        )
+        .unwrap()
+        .unwrap();
+        assert_eq!(
+            stored.recipients,
+            vec!["ben".to_string()],
+            "the sender is not a recipient"
+        );
+        let leave = |user: &str| {
+            Op::LeaveGroup(command::LeaveGroup {
+                group: g.clone(),
+                user: user.into(),
+            })
+        };
+        assert_eq!(run(p, &mut s, leave("ben")), done());
+        assert_eq!(
+            run(p, &mut s, leave("ben")),
+            outcome::Result::NotAMember(Empty {})
+        );
+    }
+
+    #[test]
+    fn a_fanout_is_stored_once_per_group_seq_whatever_the_retries() {
+        let p = 21;
+        let mut s = MemStore::default();
+        let (bob, cid) = (user_in(p, 0), user_in(p, 1));
+        register(p, &mut s, &bob);
+        let item = |user: &str, seq: u64| command::FanoutItem {
+            user: user.into(),
+            group_seq: seq,
+            message_id: format!("g:x:{seq}"),
+            from: "ann".into(),
+            timestamp_ms: 7,
+            text: format!("post {seq}"),
+        };
+        let fanout = |items| {
+            Op::Fanout(command::Fanout {
+                group: "x".into(),
+                items,
+                now_ms: 7,
+                retention: None,
+            })
+        };
+        let first = run(
+            p,
+            &mut s,
+            fanout(vec![item(&bob, 1), item(&bob, 2), item(&cid, 2)]),
+        );
+        assert_eq!(
+            first,
+            outcome::Result::Fanned(Fanned { seqs: vec![1, 2, 0] }),
+            "no account, no entry"
+        );
+        let again = run(p, &mut s, fanout(vec![item(&bob, 2), item(&bob, 3)]));
+        assert_eq!(again, outcome::Result::Fanned(Fanned { seqs: vec![2, 3] }));
+        let meta = inbox_meta(p, &s, &bob).unwrap();
+        assert_eq!(meta.last_seq, 3);
+    }
+
+    #[test]
+    fn a_command_for_another_partition_or_undecodable_is_refused_alike_everywhere() {
+        let mut s = MemStore::default();
+        let elsewhere = user_in(4, 0);
+        let r = apply(
+            3,
+            &Command {
+                op: Some(send(&elsewhere, "a", "1", command::Retention::default())),
+            }
+            .encode_to_vec(),
+            &mut s,
+        )
+        .unwrap();
+        assert!(matches!(r.result, Some(outcome::Result::Invalid(_))), "{r:?}");
+        let r = apply(3, &[0xff, 0x01, 0x02], &mut s).unwrap();
+        assert!(matches!(r.result, Some(outcome::Result::Invalid(_))));
+        let r = apply(3, &[], &mut s).unwrap();
+        assert!(matches!(r.result, Some(outcome::Result::Invalid(_))));
+        assert!(s.0.is_empty());
+    }
+
+    #[test]
+    fn a_corrupt_record_is_a_store_error_not_a_panic() {
+        let p = 2;
+        let mut s = MemStore::default();
+        let bob = user_in(p, 0);
+        register(p, &mut s, &bob);
+        s.put(keys::scoped(p, tree::INBOX, &bob, kind::META), vec![0xff, 0xff]);
+        let cmd = Command {
+            op: Some(send(&bob, "a", "1", command::Retention::default())),
+        }
+        .encode_to_vec();
+        assert!(apply(p, &cmd, &mut s).is_err());
+    }
+}
