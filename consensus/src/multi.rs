@@ -195,6 +195,8 @@ struct Group<P> {
     held: Vec<Outgoing>,
     /// A new group's first configuration is not on disk yet.
     unsaved_conf: bool,
+    /// For a leader: ticks each follower has been waiting for a snapshot.
+    snapshot_ticks: BTreeMap<NodeId, usize>,
 }
 
 /// Every Raft group this node has a replica of.
@@ -280,6 +282,7 @@ impl<P> MultiRaft<P> {
                 read_confirmed: VecDeque::new(),
                 held: Vec::new(),
                 unsaved_conf,
+                snapshot_ticks: BTreeMap::new(),
             },
         );
         Ok(())
@@ -363,9 +366,35 @@ impl<P> MultiRaft<P> {
     }
 
     /// Advances every group's logical clock by one tick.
+    ///
+    /// A snapshot message may be lost like any other, and raft-rs sends a follower
+    /// nothing more while it waits for one; a follower that has not caught up within
+    /// a few election timeouts is reported as failed, so the leader sends again.
     pub fn tick(&mut self) {
+        let patience = 3 * self.config.election_ticks;
         for g in self.groups.values_mut() {
             g.node.tick();
+            if g.node.raft.state != StateRole::Leader {
+                g.snapshot_ticks.clear();
+                continue;
+            }
+            let waiting: Vec<NodeId> = g
+                .node
+                .raft
+                .prs()
+                .iter()
+                .filter(|(_, pr)| pr.state == raft::ProgressState::Snapshot)
+                .map(|(id, _)| *id)
+                .collect();
+            g.snapshot_ticks.retain(|id, _| waiting.contains(id));
+            for id in waiting {
+                let ticks = g.snapshot_ticks.entry(id).or_insert(0);
+                *ticks += 1;
+                if *ticks > patience {
+                    g.snapshot_ticks.remove(&id);
+                    g.node.report_snapshot(id, raft::SnapshotStatus::Failure);
+                }
+            }
         }
     }
 
@@ -564,7 +593,6 @@ impl<P> MultiRaft<P> {
             );
             let number = ready.number();
             g.node.advance_append_async(ready);
-            g.node.advance_apply_to(g.applied);
             self.in_round.push((id, number, g.applied));
         }
         round
@@ -579,6 +607,8 @@ impl<P> MultiRaft<P> {
                 continue;
             };
             g.node.on_persist_ready(number);
+            // Raft may count entries (or a snapshot) as applied only once they are persisted.
+            g.node.advance_apply_to(applied);
             g.durable_applied = applied;
             send.append(&mut g.held);
         }

@@ -168,9 +168,12 @@ impl Storage for LogStore {
     }
 
     fn snapshot(&self, request_index: u64, _to: u64) -> raft::Result<Snapshot> {
+        // A follower asks for a snapshot when the entries it needs are compacted: the
+        // snapshot must reach at least the compaction point.
+        let needed = request_index.max(self.mem.first_index()?.saturating_sub(1));
         let offered = self.offered.lock().expect("snapshot lock");
         match offered.as_ref() {
-            Some(snapshot) if snapshot.get_metadata().index >= request_index => Ok(snapshot.clone()),
+            Some(snapshot) if snapshot.get_metadata().index >= needed => Ok(snapshot.clone()),
             _ => {
                 self.wanted.store(true, Ordering::Relaxed);
                 Err(raft::Error::Store(

@@ -1,16 +1,30 @@
-//! Deterministic simulation of a cluster built from `MultiRaft`: many nodes in one
-//! process, a simulated network that drops, delays, duplicates, reorders and partitions
-//! messages, crashes that keep only what was synced, pauses, and clients that resend
-//! with the same client message id until acknowledged. Every step checks the safety
-//! invariants; the end of a schedule checks that nothing acknowledged was lost,
-//! duplicated or moved, and that every inbox's seqs are gap-free.
+//! Deterministic simulation of a cluster built from `MultiRaft` and the chat's own
+//! partition state machine (`chat-state`): many nodes in one process, a simulated
+//! network that drops, delays, duplicates, reorders and partitions messages, crashes
+//! that keep only what was synced, pauses and power cuts, and clients that register,
+//! create and join groups, send private messages and group posts, and resend with the
+//! same client message id until acknowledged. Group posts reach members' inboxes
+//! through the fan-out planner, driven by whichever node leads the group's partition.
 //!
-//! A schedule is a seed. `SIM_SEEDS=N` runs N seeds (default 1000), `SIM_SEED=S` replays
-//! one with a trace of every fault (`SIM_TRACE=1` adds every step's elections).
+//! Every step checks the safety invariants; the end of a schedule checks that nothing
+//! acknowledged was lost, duplicated or moved, that every inbox's seqs are gap-free,
+//! that every member got every post once and in group order, and that one sender's
+//! messages keep the order of their acknowledgements.
+//!
+//! A schedule is a seed. `SIM_SEEDS=N` runs N seeds (default 1000) from `SIM_BASE`,
+//! `SIM_SEED=S` replays one and prints its faults (`SIM_RAFT_LOG=1` adds raft-rs's log).
 
 use chat_consensus::eraftpb::Message;
 use chat_consensus::logger::discard;
 use chat_consensus::{GroupId, LogWrite, MultiRaft, NodeId, PersistedLog, RaftConfig, Round, decode_message};
+use chat_protocol::internal::command::{self, Op};
+use chat_protocol::internal::{
+    AccountRecord, Command, GroupMessage, GroupRecord, InboxEntry, InboxMeta, Outcome, outcome,
+};
+use chat_state::keys::{self, kind, tree};
+use chat_state::placement::{self, Partition};
+use chat_state::{MemStore, Store, StoreError};
+use prost::Message as _;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 /// xorshift64*: the schedule's only source of randomness.
@@ -36,144 +50,109 @@ impl Rng {
 }
 
 const NODES: u64 = 5;
+/// Raft groups simulated: partitions 0 to GROUPS - 1 (names are picked to land there).
 const GROUPS: u32 = 6;
 const REPLICAS: usize = 3;
-const USERS: usize = 9;
-const CLIENTS: usize = 6;
-const MESSAGES_PER_CLIENT: usize = 12;
+const USERS: usize = 8;
+const CHAT_GROUPS: usize = 2;
+const MESSAGES_PER_CLIENT: usize = 10;
 /// Milliseconds per tick.
 const TICK_MS: u64 = 10;
-/// How long a client waits for an answer before trying another node.
+/// How long a client (or a fan-out driver) waits for an answer before trying another node.
 const CLIENT_TIMEOUT_MS: u64 = 400;
+/// How often the leader of a group's partition plans its fan-out.
+const FANOUT_EVERY_MS: u64 = 20;
 /// Faults happen in this window; then the network heals and everyone restarts.
 const FAULT_WINDOW_MS: u64 = 6_000;
-/// After the faults, everything must be acknowledged and caught up within this.
+/// After the faults, everything must be acknowledged, fanned out and caught up within this.
 const SETTLE_MS: u64 = 20_000;
 
+/// The first `n` names `{prefix}{i}` whose partition is simulated.
+fn names(prefix: &str, n: usize, of: fn(&str) -> Partition) -> Vec<String> {
+    (0..)
+        .map(|i| format!("{prefix}{i}"))
+        .filter(|s| u32::from(of(s)) < GROUPS)
+        .take(n)
+        .collect()
+}
+
+fn users() -> Vec<String> {
+    names("u", USERS, placement::of_user)
+}
+
+fn chat_groups() -> Vec<String> {
+    names("g", CHAT_GROUPS, placement::of_group)
+}
+
 // ---------------------------------------------------------------------------------
-// The model state machine: inboxes with dedupe by (sender, client id) and gap-free seqs.
+// The state: chat-state's records, with every change recorded for the disk
 // ---------------------------------------------------------------------------------
 
-/// A send, as proposed.
-#[derive(Debug, Clone, PartialEq, Eq)]
-struct Send {
-    inbox: String,
-    sender: String,
-    client_id: String,
-    text: String,
-}
-
-fn put_str(out: &mut Vec<u8>, s: &str) {
-    out.extend_from_slice(&(s.len() as u16).to_be_bytes());
-    out.extend_from_slice(s.as_bytes());
-}
-
-fn get_str(input: &mut &[u8]) -> Option<String> {
-    let len = u16::from_be_bytes(input.get(..2)?.try_into().ok()?) as usize;
-    let s = std::str::from_utf8(input.get(2..2 + len)?).ok()?.to_owned();
-    *input = &input[2 + len..];
-    Some(s)
-}
-
-impl Send {
-    fn encode(&self) -> Vec<u8> {
-        let mut out = Vec::new();
-        for s in [&self.inbox, &self.sender, &self.client_id, &self.text] {
-            put_str(&mut out, s);
-        }
-        out
-    }
-    fn decode(mut input: &[u8]) -> Option<Self> {
-        Some(Self {
-            inbox: get_str(&mut input)?,
-            sender: get_str(&mut input)?,
-            client_id: get_str(&mut input)?,
-            text: get_str(&mut input)?,
-        })
-    }
-}
-
-type Kv = BTreeMap<Vec<u8>, Vec<u8>>;
-
-fn group_prefix(group: GroupId) -> [u8; 4] {
-    group.to_be_bytes()
-}
-
-fn key(group: GroupId, parts: &[&[u8]]) -> Vec<u8> {
-    let mut k = group_prefix(group).to_vec();
-    for p in parts {
-        k.extend_from_slice(&(p.len() as u16).to_be_bytes());
-        k.extend_from_slice(p);
-    }
-    k
-}
-
-/// One change to the key-value state, as the disk records it.
+/// One change to the records, as the disk replays it.
 #[derive(Debug, Clone)]
 enum KvOp {
     Put(Vec<u8>, Vec<u8>),
-    /// Replace everything of a group (a snapshot was installed).
-    ReplaceGroup(GroupId, Vec<(Vec<u8>, Vec<u8>)>),
+    Delete(Vec<u8>),
+    /// Replace everything of a partition (a snapshot was installed).
+    ReplacePartition(Partition, Vec<(Vec<u8>, Vec<u8>)>),
 }
 
-fn apply_kv(kv: &mut Kv, op: &KvOp) {
+fn apply_kv(kv: &mut MemStore, op: &KvOp) {
     match op {
-        KvOp::Put(k, v) => {
-            kv.insert(k.clone(), v.clone());
-        }
-        KvOp::ReplaceGroup(group, records) => {
-            let prefix = group_prefix(*group);
-            kv.retain(|k, _| !k.starts_with(&prefix));
-            kv.extend(records.iter().cloned());
+        KvOp::Put(k, v) => kv.put(k.clone(), v.clone()),
+        KvOp::Delete(k) => kv.delete(k.clone()),
+        KvOp::ReplacePartition(p, records) => {
+            let prefix = keys::partition_prefix(*p);
+            kv.0.retain(|k, _| !k.starts_with(&prefix));
+            kv.0.extend(records.iter().cloned());
         }
     }
 }
 
-/// Applies a send: returns its seq (the old one for a duplicate) and the writes.
-fn apply_send(kv: &Kv, group: GroupId, send: &Send) -> (u64, Vec<KvOp>) {
-    let origin = key(
-        group,
-        &[
-            b"o",
-            send.inbox.as_bytes(),
-            send.sender.as_bytes(),
-            send.client_id.as_bytes(),
-        ],
-    );
-    if let Some(seq) = kv.get(&origin) {
-        return (
-            u64::from_be_bytes(seq.as_slice().try_into().expect("seq")),
-            Vec::new(),
-        );
-    }
-    let meta = key(group, &[b"m", send.inbox.as_bytes()]);
-    let last = kv
-        .get(&meta)
-        .map(|v| u64::from_be_bytes(v.as_slice().try_into().expect("seq")))
-        .unwrap_or(0);
-    let seq = last + 1;
-    let entry = key(group, &[b"e", send.inbox.as_bytes(), &seq.to_be_bytes()]);
-    (
-        seq,
-        vec![
-            KvOp::Put(origin, seq.to_be_bytes().to_vec()),
-            KvOp::Put(meta, seq.to_be_bytes().to_vec()),
-            KvOp::Put(entry, send.encode()),
-        ],
-    )
+/// The live records, recording each change for the next sync.
+struct Recording<'a> {
+    kv: &'a mut MemStore,
+    pending: &'a mut Vec<DiskOp>,
 }
 
-fn snapshot_of(kv: &Kv, group: GroupId) -> Vec<u8> {
-    let prefix = group_prefix(group);
+impl Store for Recording<'_> {
+    fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+        self.kv.get(key)
+    }
+    fn scan(
+        &self,
+        prefix: &[u8],
+        after: Option<&[u8]>,
+        limit: usize,
+    ) -> Result<Vec<(Vec<u8>, Vec<u8>)>, StoreError> {
+        self.kv.scan(prefix, after, limit)
+    }
+    fn put(&mut self, key: Vec<u8>, value: Vec<u8>) {
+        self.pending
+            .push(DiskOp::Kv(KvOp::Put(key.clone(), value.clone())));
+        self.kv.put(key, value);
+    }
+    fn delete(&mut self, key: Vec<u8>) {
+        self.pending.push(DiskOp::Kv(KvOp::Delete(key.clone())));
+        self.kv.delete(key);
+    }
+}
+
+/// Keys and values, in key order.
+type Records = Vec<(Vec<u8>, Vec<u8>)>;
+
+fn partition_records(kv: &MemStore, p: Partition) -> Records {
+    kv.scan(&keys::partition_prefix(p), None, usize::MAX)
+        .expect("memory")
+}
+
+fn snapshot_of(kv: &MemStore, p: Partition) -> Vec<u8> {
     let mut out = Vec::new();
-    for (k, v) in kv
-        .range(prefix.to_vec()..)
-        .take_while(|(k, _)| k.starts_with(&prefix))
-    {
+    for (k, v) in partition_records(kv, p) {
         out.extend_from_slice(&(k.len() as u32).to_be_bytes());
-        out.extend_from_slice(k);
+        out.extend_from_slice(&k);
         out.extend_from_slice(&(v.len() as u32).to_be_bytes());
-        out.extend_from_slice(v);
+        out.extend_from_slice(&v);
     }
     out
 }
@@ -194,22 +173,53 @@ fn records_of(mut data: &[u8]) -> Vec<(Vec<u8>, Vec<u8>)> {
     records
 }
 
-/// The inbox entries of one user, by seq, read from a group's state.
-fn inbox_of(kv: &Kv, group: GroupId, user: &str) -> BTreeMap<u64, Send> {
-    let prefix = key(group, &[b"e", user.as_bytes()]);
-    let mut out = BTreeMap::new();
-    for (k, v) in kv
-        .range(prefix.clone()..)
-        .take_while(|(k, _)| k.starts_with(&prefix))
-    {
-        let seq = u64::from_be_bytes(k[k.len() - 8..].try_into().expect("seq"));
-        out.insert(seq, Send::decode(v).expect("stored sends decode"));
-    }
-    out
+fn decode_record<M: prost::Message + Default>(kv: &MemStore, key: &[u8]) -> Option<M> {
+    kv.get(key)
+        .expect("memory")
+        .map(|v| M::decode(v.as_slice()).expect("stored records decode"))
+}
+
+/// A user's inbox entries by seq, and its metadata.
+fn inbox_of(kv: &MemStore, user: &str) -> (InboxMeta, BTreeMap<u64, InboxEntry>) {
+    let p = placement::of_user(user);
+    let meta = decode_record(kv, &keys::scoped(p, tree::INBOX, user, kind::META)).unwrap_or_default();
+    let prefix = keys::scoped(p, tree::INBOX, user, kind::ENTRY);
+    let entries = kv
+        .scan(&prefix, None, usize::MAX)
+        .expect("memory")
+        .into_iter()
+        .map(|(k, v)| {
+            (
+                keys::seq_of(&k),
+                InboxEntry::decode(v.as_slice()).expect("entries decode"),
+            )
+        })
+        .collect();
+    (meta, entries)
+}
+
+fn group_record(kv: &MemStore, group: &str) -> Option<GroupRecord> {
+    decode_record(
+        kv,
+        &keys::scoped(placement::of_group(group), tree::GROUPS, group, kind::META),
+    )
+}
+
+fn group_post(kv: &MemStore, group: &str, seq: u64) -> Option<GroupMessage> {
+    decode_record(
+        kv,
+        &keys::seq_key(
+            placement::of_group(group),
+            tree::GROUPS,
+            group,
+            kind::MESSAGE,
+            seq,
+        ),
+    )
 }
 
 // ---------------------------------------------------------------------------------
-// Placement
+// Placement of the Raft groups
 // ---------------------------------------------------------------------------------
 
 fn hash(parts: &[u64]) -> u64 {
@@ -232,12 +242,16 @@ fn voters(group: GroupId) -> Vec<NodeId> {
     nodes
 }
 
-fn group_of(user: &str) -> GroupId {
-    (hash(&[user.len() as u64, user.bytes().map(u64::from).sum()]) % GROUPS as u64) as GroupId
-}
-
-fn user(i: usize) -> String {
-    format!("u{i}")
+fn raft_config() -> RaftConfig {
+    RaftConfig {
+        election_ticks: 10,
+        heartbeat_ticks: 2,
+        fixed_election_timeout: true,
+        max_inflight: 16,
+        max_size_per_msg: 4096,
+        compact_threshold: 40,
+        compact_keep: 8,
+    }
 }
 
 // ---------------------------------------------------------------------------------
@@ -248,7 +262,7 @@ fn user(i: usize) -> String {
 #[derive(Debug, Clone, Default)]
 struct Disk {
     logs: BTreeMap<GroupId, PersistedLog>,
-    kv: Kv,
+    kv: MemStore,
 }
 
 #[derive(Debug, Clone)]
@@ -312,36 +326,43 @@ impl slog::Drain for StderrDrain {
     }
 }
 
-/// A request of a client, waiting at a node for its entry to apply.
+/// A proposal's token.
 type Token = u64;
+
+/// Who waits for a proposal made at a node.
+#[derive(Debug, Clone)]
+enum Requester {
+    Client(usize),
+    /// A fan-out batch sent by the node at index `driver` for `group` to partition `to`.
+    Fanout {
+        driver: usize,
+        group: String,
+        to: Partition,
+        up_to: u64,
+    },
+    /// Nobody waits (the fan-out's own cursor updates).
+    Nobody,
+}
 
 struct Node {
     id: NodeId,
     raft: MultiRaft<Token>,
     up: bool,
     paused: bool,
-    /// The state as the process sees it (synced and not).
-    kv: Kv,
+    /// The records as the process sees them (synced and not).
+    kv: MemStore,
     disk: Disk,
     /// Writes not yet synced, in order.
     pending: Vec<DiskOp>,
     /// Between start_round and finish_round: the round's sync is under way.
     mid_round: bool,
     tick_phase: u64,
-    /// Requests proposed here, by token: which client asked.
-    requests: HashMap<Token, usize>,
-}
-
-fn raft_config() -> RaftConfig {
-    RaftConfig {
-        election_ticks: 10,
-        heartbeat_ticks: 2,
-        fixed_election_timeout: true,
-        max_inflight: 16,
-        max_size_per_msg: 4096,
-        compact_threshold: 40,
-        compact_keep: 8,
-    }
+    /// Proposals made here, by token.
+    requests: HashMap<Token, Requester>,
+    /// Fan-out batches this node has in flight: (group, partition) -> deadline.
+    fanout_inflight: HashMap<(String, Partition), u64>,
+    /// Where this node last heard a partition is led.
+    hints: HashMap<Partition, NodeId>,
 }
 
 impl Node {
@@ -372,14 +393,17 @@ impl Node {
             mid_round: false,
             tick_phase,
             requests: HashMap::new(),
+            fanout_inflight: HashMap::new(),
+            hints: HashMap::new(),
         }
     }
 
-    /// Applies a round's writes and entries to the live state; returns the answers.
-    fn take_round(&mut self, round: &mut Round<Token>, trace: &mut Trace) -> Vec<(Token, u64)> {
+    /// Applies a round's writes and entries to the live records; returns the outcomes
+    /// of proposals made here.
+    fn take_round(&mut self, round: &mut Round<Token>, trace: &mut Trace) -> Vec<(Token, Outcome)> {
         for (group, write) in round.writes.drain(..) {
             if let Some(snapshot) = &write.snapshot {
-                let op = KvOp::ReplaceGroup(group, records_of(snapshot.get_data()));
+                let op = KvOp::ReplacePartition(group as Partition, records_of(snapshot.get_data()));
                 apply_kv(&mut self.kv, &op);
                 self.pending.push(DiskOp::Kv(op));
             }
@@ -387,19 +411,19 @@ impl Node {
         }
         let mut answers = Vec::new();
         for apply in round.apply.drain(..) {
-            let send = Send::decode(&apply.data).expect("proposals decode");
             trace.applied(self.id, apply.group, apply.index, &apply.data);
-            let (seq, ops) = apply_send(&self.kv, apply.group, &send);
-            for op in ops {
-                apply_kv(&mut self.kv, &op);
-                self.pending.push(DiskOp::Kv(op));
-            }
+            let mut store = Recording {
+                kv: &mut self.kv,
+                pending: &mut self.pending,
+            };
+            let outcome = chat_state::apply(apply.group as Partition, &apply.data, &mut store)
+                .expect("memory never fails");
             if let Some(token) = apply.proposer {
-                answers.push((token, seq));
+                answers.push((token, outcome));
             }
         }
         for group in round.snapshot_wanted.drain(..) {
-            let data = snapshot_of(&self.kv, group);
+            let data = snapshot_of(&self.kv, group as Partition);
             self.raft.offer_snapshot(group, data);
         }
         answers
@@ -429,16 +453,93 @@ struct InFlight {
     bytes: Vec<u8>,
 }
 
+/// One thing a client does, in order.
+#[derive(Debug, Clone)]
+enum Step {
+    Register,
+    CreateGroup(String),
+    Join(String),
+    Private { to: String, client_id: String },
+    Post { group: String, client_id: String },
+}
+
 #[derive(Debug, Clone)]
 struct Client {
-    sender: String,
-    /// The messages to send, in order: (inbox, client id).
-    plan: Vec<(String, String)>,
+    user: String,
+    plan: Vec<Step>,
     next: usize,
-    /// The node asked and when to give up on it.
+    /// The node asked, when to give up on it, and the proposal's token.
     asked: Option<(NodeId, u64, Token)>,
     /// A node to try next (a leader hint).
     hint: Option<NodeId>,
+}
+
+impl Client {
+    /// The command for the current step, and the partition it goes to.
+    fn command(&self, now: u64) -> (Partition, Op) {
+        let user = self.user.clone();
+        match self.plan[self.next].clone() {
+            Step::Register => {
+                let record = AccountRecord {
+                    password_hash: "x".into(),
+                    created_at_ms: now,
+                };
+                (
+                    placement::of_user(&user),
+                    Op::CreateAccount(command::CreateAccount {
+                        user,
+                        record: Some(record),
+                    }),
+                )
+            }
+            Step::CreateGroup(group) => (
+                placement::of_group(&group),
+                Op::CreateGroup(command::CreateGroup {
+                    group,
+                    creator: user,
+                    now_ms: now,
+                }),
+            ),
+            Step::Join(group) => (
+                placement::of_group(&group),
+                Op::JoinGroup(command::JoinGroup { group, user }),
+            ),
+            Step::Private { to, client_id } => (
+                placement::of_user(&to),
+                Op::Append(command::Append {
+                    origin: keys::private_origin(&user, &client_id),
+                    entry: Some(InboxEntry {
+                        from: user.clone(),
+                        conversation: user.clone(),
+                        text: format!("{client_id} to {to}"),
+                        timestamp_ms: now,
+                        ..InboxEntry::default()
+                    }),
+                    user: to,
+                    require_account: true,
+                    now_ms: now,
+                    retention: None,
+                }),
+            ),
+            Step::Post { group, client_id } => (
+                placement::of_group(&group),
+                Op::Post(command::Post {
+                    text: format!("{client_id} in {group}"),
+                    group,
+                    from: user,
+                    client_msg_id: client_id,
+                    now_ms: now,
+                }),
+            ),
+        }
+    }
+}
+
+/// Something a sender had acknowledged, in order.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+enum Acked {
+    Private { to: String, client_id: String },
+    Post { group: String, client_id: String },
 }
 
 /// Everything seen, for the invariants.
@@ -449,10 +550,12 @@ struct Trace {
     /// (group, index) -> the entry applied there, by whoever applied it first.
     applied: HashMap<(GroupId, u64), Vec<u8>>,
     violations: Vec<String>,
-    /// (inbox, sender, client id) -> acknowledged seq.
-    acks: BTreeMap<(String, String, String), u64>,
-    /// Per sender, the acknowledged messages in the order acknowledged.
-    acked_order: BTreeMap<String, Vec<(String, String)>>,
+    /// (recipient, sender, client id) -> (seq, message id) acknowledged.
+    private_acks: BTreeMap<(String, String, String), (u64, String)>,
+    /// (group, sender, client id) -> (group seq, message id) acknowledged.
+    post_acks: BTreeMap<(String, String, String), (u64, String)>,
+    /// Per sender, what was acknowledged, in order.
+    acked_order: BTreeMap<String, Vec<Acked>>,
     log: Vec<String>,
     verbose: bool,
 }
@@ -474,6 +577,23 @@ impl Trace {
             eprintln!("{now:>6} ms  {what}");
         }
         self.log.push(format!("{now} ms: {what}"));
+    }
+    /// Records an acknowledgement; the same request must always get the same answer.
+    fn ack<K: Ord + Clone + std::fmt::Debug>(
+        violations: &mut Vec<String>,
+        acks: &mut BTreeMap<K, (u64, String)>,
+        key: K,
+        seq: u64,
+        id: String,
+    ) {
+        if let Some(old) = acks.get(&key)
+            && *old != (seq, id.clone())
+        {
+            violations.push(format!(
+                "{key:?} acknowledged as {old:?} and then as ({seq}, {id})"
+            ));
+        }
+        acks.insert(key, (seq, id));
     }
 }
 
@@ -498,14 +618,39 @@ impl Sim {
         let nodes = (1..=NODES)
             .map(|id| Node::start(id, Disk::default(), rng.below(TICK_MS)))
             .collect();
-        let clients = (0..CLIENTS)
-            .map(|c| {
-                let sender = user(c);
-                let plan = (0..MESSAGES_PER_CLIENT)
-                    .map(|m| (user(rng.below(USERS as u64) as usize), format!("{sender}-{m}")))
+        let users = users();
+        let groups = chat_groups();
+        let clients = users
+            .iter()
+            .enumerate()
+            .map(|(c, user)| {
+                let mut plan = vec![Step::Register];
+                if c == 0 {
+                    plan.extend(groups.iter().cloned().map(Step::CreateGroup));
+                }
+                plan.extend(groups.iter().filter(|_| rng.chance(800)).cloned().map(Step::Join));
+                let joined: Vec<String> = plan
+                    .iter()
+                    .filter_map(|s| {
+                        if let Step::Join(g) = s {
+                            Some(g.clone())
+                        } else {
+                            None
+                        }
+                    })
                     .collect();
+                for m in 0..MESSAGES_PER_CLIENT {
+                    let client_id = format!("{user}-{m}");
+                    if !joined.is_empty() && rng.chance(400) {
+                        let group = joined[rng.below(joined.len() as u64) as usize].clone();
+                        plan.push(Step::Post { group, client_id });
+                    } else {
+                        let to = users[rng.below(users.len() as u64) as usize].clone();
+                        plan.push(Step::Private { to, client_id });
+                    }
+                }
                 Client {
-                    sender,
+                    user: user.clone(),
                     plan,
                     next: 0,
                     asked: None,
@@ -628,47 +773,211 @@ impl Sim {
                 self.answer(i, answers, dropped);
                 self.nodes[i].mid_round = true;
             }
+            if (now + self.nodes[i].tick_phase) % FANOUT_EVERY_MS == 0 {
+                self.fan_out(i);
+            }
         }
         self.check_leaders();
         self.clients_act();
         self.now += 1;
     }
 
-    fn answer(&mut self, node: usize, answers: Vec<(Token, u64)>, dropped: Vec<Token>) {
-        for (token, seq) in answers {
-            let Some(client) = self.nodes[node].requests.remove(&token) else {
-                continue;
-            };
-            let c = &mut self.clients[client];
-            if c.asked.map(|(_, _, t)| t) != Some(token) {
-                continue;
-            }
-            let (inbox, client_id) = c.plan[c.next].clone();
-            let sender = c.sender.clone();
-            c.asked = None;
-            c.next += 1;
-            let ack_key = (inbox.clone(), sender.clone(), client_id.clone());
-            if let Some(old) = self.trace.acks.get(&ack_key)
-                && *old != seq
-            {
-                self.trace
-                    .violations
-                    .push(format!("{ack_key:?} acknowledged at seq {old} and then {seq}"));
-            }
-            self.trace.acks.insert(ack_key, seq);
-            self.trace
-                .acked_order
-                .entry(sender)
-                .or_default()
-                .push((inbox, client_id));
+    /// Proposes `op` to partition `p` at the node `target`; on success the token
+    /// waits there. Returns the leader hint when the node does not lead `p`.
+    fn propose(
+        &mut self,
+        target: NodeId,
+        p: Partition,
+        op: Op,
+        requester: Requester,
+    ) -> Result<Token, Option<NodeId>> {
+        let token = self.next_token;
+        self.next_token += 1;
+        let node = self.node(target);
+        if !node.up || node.paused {
+            return Err(None);
         }
-        for token in dropped {
-            if let Some(client) = self.nodes[node].requests.remove(&token) {
-                let c = &mut self.clients[client];
-                if c.asked.map(|(_, _, t)| t) == Some(token) {
-                    c.asked = None;
+        let data = Command { op: Some(op) }.encode_to_vec();
+        match node.raft.propose(u32::from(p), data, token) {
+            Ok(()) => {
+                node.requests.insert(token, requester);
+                Ok(token)
+            }
+            Err(chat_consensus::Error::NotLeader { leader, .. }) => Err(leader),
+            Err(_) => Err(None),
+        }
+    }
+
+    /// The leader of a group's partition plans its fan-out and sends each batch to the
+    /// node it believes leads the destination partition.
+    fn fan_out(&mut self, i: usize) {
+        for group in chat_groups() {
+            let p = placement::of_group(&group);
+            if !self.nodes[i].raft.is_leader(u32::from(p)) {
+                continue;
+            }
+            let plan = chat_state::fanout::plan(p, &self.nodes[i].kv, &group, 16).expect("memory");
+            if let Some(up_to) = plan.complete_up_to {
+                let done = command::FanoutDone {
+                    group: group.clone(),
+                    partition: 0,
+                    group_seq: up_to,
+                    all: true,
+                };
+                let _ = self.propose(self.nodes[i].id, p, Op::FanoutDone(done), Requester::Nobody);
+            }
+            for batch in plan.batches {
+                let key = (group.clone(), batch.partition);
+                if self.nodes[i]
+                    .fanout_inflight
+                    .get(&key)
+                    .is_some_and(|deadline| *deadline > self.now)
+                {
+                    continue;
+                }
+                let target = match self.nodes[i].hints.get(&batch.partition) {
+                    Some(hint) => *hint,
+                    None => 1 + self.rng.below(NODES),
+                };
+                let op = Op::Fanout(command::Fanout {
+                    group: group.clone(),
+                    items: batch.items,
+                    now_ms: self.now,
+                    retention: None,
+                });
+                let requester = Requester::Fanout {
+                    driver: i,
+                    group: group.clone(),
+                    to: batch.partition,
+                    up_to: batch.up_to,
+                };
+                self.nodes[i]
+                    .fanout_inflight
+                    .insert(key, self.now + CLIENT_TIMEOUT_MS);
+                match self.propose(target, batch.partition, op, requester) {
+                    Ok(_) => {}
+                    Err(hint) => {
+                        match hint {
+                            Some(h) => self.nodes[i].hints.insert(batch.partition, h),
+                            None => self.nodes[i].hints.remove(&batch.partition),
+                        };
+                        self.nodes[i]
+                            .fanout_inflight
+                            .remove(&(group.clone(), batch.partition));
+                    }
                 }
             }
+        }
+    }
+
+    fn answer(&mut self, node: usize, answers: Vec<(Token, Outcome)>, dropped: Vec<Token>) {
+        for (token, outcome) in answers {
+            let Some(requester) = self.nodes[node].requests.remove(&token) else {
+                continue;
+            };
+            match requester {
+                Requester::Client(c) => self.client_answer(c, token, outcome),
+                Requester::Fanout {
+                    driver,
+                    group,
+                    to,
+                    up_to,
+                } => {
+                    self.nodes[driver].fanout_inflight.remove(&(group.clone(), to));
+                    if matches!(outcome.result, Some(outcome::Result::Fanned(_))) {
+                        let p = placement::of_group(&group);
+                        let done = command::FanoutDone {
+                            group,
+                            partition: u32::from(to),
+                            group_seq: up_to,
+                            all: false,
+                        };
+                        let id = self.nodes[driver].id;
+                        let _ = self.propose(id, p, Op::FanoutDone(done), Requester::Nobody);
+                    }
+                }
+                Requester::Nobody => {}
+            }
+        }
+        for token in dropped {
+            match self.nodes[node].requests.remove(&token) {
+                Some(Requester::Client(c)) if self.clients[c].asked.map(|(_, _, t)| t) == Some(token) => {
+                    self.clients[c].asked = None;
+                }
+                Some(Requester::Fanout {
+                    driver, group, to, ..
+                }) => {
+                    self.nodes[driver].fanout_inflight.remove(&(group, to));
+                }
+                _ => {}
+            }
+        }
+    }
+
+    fn client_answer(&mut self, c: usize, token: Token, outcome: Outcome) {
+        let client = &mut self.clients[c];
+        if client.asked.map(|(_, _, t)| t) != Some(token) {
+            return;
+        }
+        client.asked = None;
+        let user = client.user.clone();
+        let step = client.plan[client.next].clone();
+        use outcome::Result as R;
+        let done = match (&step, outcome.result) {
+            (Step::Register, Some(R::Done(_) | R::Exists(_))) => true,
+            (Step::CreateGroup(_), Some(R::Done(_) | R::Exists(_))) => true,
+            (Step::Join(_), Some(R::Done(_))) => true,
+            (Step::Private { to, client_id }, Some(R::Appended(a) | R::Duplicate(a))) => {
+                let key = (to.clone(), user.clone(), client_id.clone());
+                Trace::ack(
+                    &mut self.trace.violations,
+                    &mut self.trace.private_acks,
+                    key,
+                    a.seq,
+                    a.message_id,
+                );
+                let acked = Acked::Private {
+                    to: to.clone(),
+                    client_id: client_id.clone(),
+                };
+                self.trace
+                    .acked_order
+                    .entry(user.clone())
+                    .or_default()
+                    .push(acked);
+                true
+            }
+            (Step::Post { group, client_id }, Some(R::Posted(p))) => {
+                let key = (group.clone(), user.clone(), client_id.clone());
+                Trace::ack(
+                    &mut self.trace.violations,
+                    &mut self.trace.post_acks,
+                    key,
+                    p.group_seq,
+                    p.message_id,
+                );
+                let acked = Acked::Post {
+                    group: group.clone(),
+                    client_id: client_id.clone(),
+                };
+                self.trace
+                    .acked_order
+                    .entry(user.clone())
+                    .or_default()
+                    .push(acked);
+                true
+            }
+            // Not yet possible (the group or the recipient is not created yet): retry.
+            (_, Some(R::NotFound(_) | R::NotAMember(_))) => false,
+            (_, other) => {
+                self.trace
+                    .violations
+                    .push(format!("{user}: {step:?} answered {other:?}"));
+                false
+            }
+        };
+        if done {
+            self.clients[c].next += 1;
         }
     }
 
@@ -711,29 +1020,16 @@ impl Sim {
                 Some(hint) => hint,
                 None => 1 + self.rng.below(NODES),
             };
-            let (inbox, client_id) = self.clients[c].plan[self.clients[c].next].clone();
-            let send = Send {
-                inbox: inbox.clone(),
-                sender: self.clients[c].sender.clone(),
-                client_id,
-                text: format!("from {} to {inbox}", self.clients[c].sender),
-            };
-            let token = self.next_token;
-            self.next_token += 1;
-            self.clients[c].asked = Some((target, self.now + CLIENT_TIMEOUT_MS, token));
-            let node = self.node(target);
-            if !node.up || node.paused {
-                continue; // no answer: the client times out
-            }
-            match node.raft.propose(group_of(&inbox), send.encode(), token) {
-                Ok(()) => {
-                    node.requests.insert(token, c);
-                }
-                Err(chat_consensus::Error::NotLeader { leader, .. }) => {
+            let (p, op) = self.clients[c].command(self.now);
+            // Without an answer by the deadline the client tries elsewhere.
+            self.clients[c].asked = Some((target, self.now + CLIENT_TIMEOUT_MS, 0));
+            match self.propose(target, p, op, Requester::Client(c)) {
+                Ok(token) => self.clients[c].asked = Some((target, self.now + CLIENT_TIMEOUT_MS, token)),
+                Err(Some(leader)) => {
                     self.clients[c].asked = None;
-                    self.clients[c].hint = leader;
+                    self.clients[c].hint = Some(leader);
                 }
-                Err(_) => self.clients[c].asked = None,
+                Err(None) => {}
             }
         }
     }
@@ -843,29 +1139,39 @@ impl Sim {
     }
 
     fn done(&self) -> bool {
-        self.clients.iter().all(|c| c.next >= c.plan.len()) && self.caught_up()
+        self.clients.iter().all(|c| c.next >= c.plan.len()) && self.caught_up() && self.fanned_out()
     }
 
-    /// Every replica of every group has applied the same last index.
+    fn leader_of(&self, p: Partition) -> Option<&Node> {
+        voters(u32::from(p))
+            .into_iter()
+            .map(|id| &self.nodes[(id - 1) as usize])
+            .find(|n| n.up && n.raft.is_leader(u32::from(p)))
+    }
+
+    /// Every replica of every group has applied the same last index, under a leader.
     fn caught_up(&self) -> bool {
         (0..GROUPS).all(|group| {
             let applied: BTreeSet<Option<u64>> = voters(group)
                 .iter()
                 .map(|id| self.nodes[(*id - 1) as usize].raft.applied(group))
                 .collect();
-            applied.len() == 1
-                && voters(group)
-                    .iter()
-                    .any(|id| self.nodes[(*id - 1) as usize].raft.is_leader(group))
+            applied.len() == 1 && self.leader_of(group as Partition).is_some()
         })
     }
 
-    /// Checks what was acknowledged against every replica's state.
-    fn check_end(&mut self) {
-        if !self.done() {
-            let unacked: usize = self.clients.iter().map(|c| c.plan.len() - c.next).sum();
-            let mut groups = Vec::new();
-            for group in 0..GROUPS {
+    /// Every chat group's posts reached every member.
+    fn fanned_out(&self) -> bool {
+        chat_groups().iter().all(|g| {
+            self.leader_of(placement::of_group(g))
+                .and_then(|leader| group_record(&leader.kv, g))
+                .is_some_and(|r| r.fanout_seq == r.last_seq)
+        })
+    }
+
+    fn describe_groups(&self) -> Vec<String> {
+        (0..GROUPS)
+            .map(|group| {
                 let states: Vec<String> = voters(group)
                     .iter()
                     .map(|id| {
@@ -879,72 +1185,130 @@ impl Sim {
                         )
                     })
                     .collect();
-                groups.push(format!("group {group}: {}", states.join("; ")));
-            }
+                format!("group {group}: {}", states.join("; "))
+            })
+            .collect()
+    }
+
+    /// Checks what was acknowledged against every replica's records.
+    fn check_end(&mut self) {
+        if !self.done() {
+            let unacked: usize = self.clients.iter().map(|c| c.plan.len() - c.next).sum();
+            let groups = self.describe_groups();
             self.trace.violations.push(format!(
-                "not settled {SETTLE_MS} ms after the faults: {unacked} sends unacknowledged; {groups:#?}"
+                "not settled {SETTLE_MS} ms after the faults: {unacked} steps unacknowledged, fanned out: {}; {groups:#?}",
+                self.fanned_out()
             ));
             return;
         }
-        for u in 0..USERS {
-            let name = user(u);
-            let group = group_of(&name);
-            let mut copies = Vec::new();
-            for id in voters(group) {
-                copies.push((id, inbox_of(&self.nodes[(id - 1) as usize].kv, group, &name)));
-            }
-            let (first_id, first) = &copies[0];
+        let mut violations = Vec::new();
+        // Every replica of a partition holds the same records.
+        for group in 0..GROUPS {
+            let p = group as Partition;
+            let copies: Vec<(NodeId, Records)> = voters(group)
+                .into_iter()
+                .map(|id| (id, partition_records(&self.nodes[(id - 1) as usize].kv, p)))
+                .collect();
             for (id, copy) in &copies[1..] {
-                if copy != first {
-                    self.trace
-                        .violations
-                        .push(format!("inbox {name}: replicas {first_id} and {id} differ"));
+                if *copy != copies[0].1 {
+                    violations.push(format!("partition {p}: replicas {} and {id} differ", copies[0].0));
                 }
             }
-            let seqs: Vec<u64> = first.keys().copied().collect();
-            if seqs != (1..=seqs.len() as u64).collect::<Vec<_>>() {
-                self.trace
-                    .violations
-                    .push(format!("inbox {name}: seqs not gap-free: {seqs:?}"));
+        }
+        let kv_of = |p: Partition| &self.leader_of(p).expect("settled").kv;
+        // Inboxes: gap-free seqs, each origin once, group posts in group order.
+        let mut inboxes = BTreeMap::new();
+        for user in users() {
+            let (meta, entries) = inbox_of(kv_of(placement::of_user(&user)), &user);
+            let seqs: Vec<u64> = entries.keys().copied().collect();
+            let expected: Vec<u64> = if meta.last_seq == 0 {
+                Vec::new()
+            } else {
+                (meta.first_seq..=meta.last_seq).collect()
+            };
+            if seqs != expected {
+                violations.push(format!("inbox {user}: seqs {seqs:?}, meta {meta:?}"));
             }
-            let mut seen = BTreeSet::new();
-            for send in first.values() {
-                if !seen.insert((send.sender.clone(), send.client_id.clone())) {
-                    self.trace.violations.push(format!(
-                        "inbox {name}: duplicate {}/{}",
-                        send.sender, send.client_id
+            let mut origins = BTreeSet::new();
+            let mut last_group_seq: BTreeMap<&str, u64> = BTreeMap::new();
+            for (seq, e) in &entries {
+                if !origins.insert(e.origin.clone()) {
+                    violations.push(format!(
+                        "inbox {user}: seq {seq} is a duplicate of an earlier entry"
+                    ));
+                }
+                if e.group_seq > 0
+                    && let Some(prev) = last_group_seq.insert(e.conversation.as_str(), e.group_seq)
+                    && prev >= e.group_seq
+                {
+                    violations.push(format!(
+                        "inbox {user}: post {} of {} at seq {seq} after post {prev}",
+                        e.group_seq, e.conversation
+                    ));
+                }
+            }
+            inboxes.insert(user, entries);
+        }
+        // Every acknowledged private message is where its acknowledgement said.
+        for ((to, from, client_id), (seq, id)) in &self.trace.private_acks {
+            match inboxes.get(to).and_then(|e| e.get(seq)) {
+                Some(e) if e.origin == keys::private_origin(from, client_id) && &e.message_id == id => {}
+                other => violations.push(format!(
+                    "{from}/{client_id} acknowledged at {to}'s seq {seq} ({id}), found {other:?}"
+                )),
+            }
+        }
+        // Every acknowledged post is in its group's log where its acknowledgement said,
+        // and every post reached every recipient exactly once.
+        for ((group, from, client_id), (seq, id)) in &self.trace.post_acks {
+            match group_post(kv_of(placement::of_group(group)), group, *seq) {
+                Some(m) if &m.from == from && &m.client_msg_id == client_id && &m.message_id == id => {}
+                other => violations.push(format!(
+                    "{from}/{client_id} acknowledged as post {seq} of {group}, found {other:?}"
+                )),
+            }
+        }
+        for group in chat_groups() {
+            let kv = kv_of(placement::of_group(&group));
+            let last = group_record(kv, &group).map(|r| r.last_seq).unwrap_or(0);
+            for seq in 1..=last {
+                let post = group_post(kv, &group, seq).expect("posts are kept");
+                for r in &post.recipients {
+                    let origin = keys::group_origin(&group, seq);
+                    let copies = inboxes
+                        .get(r)
+                        .map(|e| e.values().filter(|e| e.origin == origin).count())
+                        .unwrap_or(0);
+                    if copies != 1 {
+                        violations.push(format!("post {seq} of {group} is {copies} times in {r}'s inbox"));
+                    }
+                }
+            }
+        }
+        // One sender's messages keep the order of their acknowledgements, per conversation.
+        for (sender, order) in &self.trace.acked_order {
+            let mut last: BTreeMap<String, u64> = BTreeMap::new();
+            for acked in order {
+                let (conversation, seq) = match acked {
+                    Acked::Private { to, client_id } => (
+                        to.clone(),
+                        self.trace.private_acks[&(to.clone(), sender.clone(), client_id.clone())].0,
+                    ),
+                    Acked::Post { group, client_id } => (
+                        format!("#{group}"),
+                        self.trace.post_acks[&(group.clone(), sender.clone(), client_id.clone())].0,
+                    ),
+                };
+                if let Some(prev) = last.insert(conversation.clone(), seq)
+                    && prev >= seq
+                {
+                    violations.push(format!(
+                        "{sender}: {acked:?} at {seq} in {conversation} after {prev}"
                     ));
                 }
             }
         }
-        for ((inbox, sender, client_id), seq) in &self.trace.acks {
-            let group = group_of(inbox);
-            let leader = voters(group)
-                .into_iter()
-                .find(|id| self.nodes[(*id - 1) as usize].raft.is_leader(group));
-            let kv = &self.nodes[(leader.expect("caught up") - 1) as usize].kv;
-            match inbox_of(kv, group, inbox).get(seq) {
-                Some(send) if &send.sender == sender && &send.client_id == client_id => {}
-                other => self.trace.violations.push(format!(
-                    "acknowledged {sender}/{client_id} to {inbox} at seq {seq}, found {other:?}"
-                )),
-            }
-        }
-        // One sender's messages to one inbox are in the order they were acknowledged.
-        for order in self.trace.acked_order.values() {
-            let mut last: BTreeMap<&str, u64> = BTreeMap::new();
-            for (inbox, client_id) in order {
-                let sender = client_id.split('-').next().expect("client ids name their sender");
-                let seq = self.trace.acks[&(inbox.clone(), sender.to_owned(), client_id.clone())];
-                if let Some(prev) = last.insert(inbox, seq)
-                    && prev >= seq
-                {
-                    self.trace
-                        .violations
-                        .push(format!("{client_id} to {inbox} at seq {seq} after seq {prev}"));
-                }
-            }
-        }
+        self.trace.violations.extend(violations);
     }
 }
 

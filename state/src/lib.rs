@@ -7,7 +7,9 @@
 //! - [`keys`]: the partition-prefixed key layout.
 //! - [`store`]: the key-value interface the machine reads and writes.
 //! - [`machine`]: commands in, records and outcomes out.
+//! - [`fanout`]: which posts of a group still have to reach which partitions.
 
+pub mod fanout;
 pub mod keys;
 pub mod machine;
 pub mod placement;

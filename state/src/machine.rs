@@ -136,14 +136,20 @@ pub fn apply(p: Partition, command: &[u8], store: &mut impl Store) -> Result<Out
             }
             outcome::Result::Fanned(Fanned { seqs })
         }
+        Op::FanoutDone(d) if d.all => {
+            if let Some(mut record) = group(p, store, &d.group)?
+                && d.group_seq > record.fanout_seq
+            {
+                record.fanout_seq = d.group_seq.min(record.last_seq);
+                store.put(
+                    keys::scoped(p, tree::GROUPS, &d.group, kind::META),
+                    record.encode_to_vec(),
+                );
+            }
+            done()
+        }
         Op::FanoutDone(d) => {
-            let key = keys::suffix_key(
-                p,
-                tree::GROUPS,
-                &d.group,
-                kind::FANOUT,
-                &(d.partition as u16).to_be_bytes(),
-            );
+            let key = fanout_key(p, &d.group, d.partition as Partition);
             let before = store.get(&key)?.map(|v| keys::seq_of(&v)).unwrap_or(0);
             if d.group_seq > before {
                 store.put(key, keys::seq_value(d.group_seq).to_vec());
@@ -184,17 +190,22 @@ fn misplaced(p: Partition, op: &Op) -> Option<String> {
     }
 }
 
-fn decode<M: Message + Default>(bytes: Option<Vec<u8>>, what: &str) -> Result<Option<M>> {
+pub(crate) fn decode<M: Message + Default>(bytes: Option<Vec<u8>>, what: &str) -> Result<Option<M>> {
     bytes
         .map(|b| M::decode(b.as_slice()).map_err(|e| StoreError(format!("corrupt {what}: {e}"))))
         .transpose()
+}
+
+/// How far a group's fan-out reached in partition `to`.
+pub(crate) fn fanout_key(p: Partition, group: &str, to: Partition) -> Vec<u8> {
+    keys::suffix_key(p, tree::GROUPS, group, kind::FANOUT, &to.to_be_bytes())
 }
 
 fn member_key(p: Partition, group: &str, user: &str) -> Vec<u8> {
     keys::suffix_key(p, tree::GROUPS, group, kind::MEMBER, user.as_bytes())
 }
 
-fn group(p: Partition, store: &impl Store, group: &str) -> Result<Option<GroupRecord>> {
+pub(crate) fn group(p: Partition, store: &impl Store, group: &str) -> Result<Option<GroupRecord>> {
     decode(
         store.get(&keys::scoped(p, tree::GROUPS, group, kind::META))?,
         "group record",

@@ -1,0 +1,272 @@
+//! Which posts of a group still have to reach which partitions: the plan the group's
+//! leader follows to copy posts into members' inboxes, in group order.
+//!
+//! Order comes from the shape of the work, not from timing: per destination partition,
+//! a batch covers every post after that partition's committed cursor, in group order,
+//! and is applied there as one command; its cursor moves (`FanoutDone`) only after the
+//! batch is applied. So whatever batches a deposed leader still has in flight, each
+//! starts at or before the first post the partition lacks, and a member's inbox always
+//! holds a prefix of the group's posts for it: retries are deduplicated by (group, group
+//! seq) and nothing later can be stored before something earlier.
+
+use crate::keys::{self, kind, tree};
+use crate::machine::{decode, fanout_key, group};
+use crate::placement::{self, Partition};
+use crate::store::{Result, Store};
+use chat_protocol::internal::GroupMessage;
+use chat_protocol::internal::command::FanoutItem;
+use std::collections::BTreeMap;
+
+/// The posts one partition lacks, in group order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Batch {
+    /// Where the recipients' inboxes are.
+    pub partition: Partition,
+    /// One item per (post, recipient in that partition).
+    pub items: Vec<FanoutItem>,
+    /// Every post up to here is covered for that partition once the batch is applied.
+    pub up_to: u64,
+}
+
+/// What a group's leader should do next.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Plan {
+    /// A batch per partition that lacks posts.
+    pub batches: Vec<Batch>,
+    /// Every post up to here has reached every partition: record it with
+    /// `FanoutDone { all: true }` so later plans start after it.
+    pub complete_up_to: Option<u64>,
+}
+
+/// Plans the fan-out of `group` (kept in partition `p`), looking at most `max_posts`
+/// posts past the point where the fan-out is complete.
+pub fn plan(p: Partition, store: &impl Store, group_name: &str, max_posts: u64) -> Result<Plan> {
+    let Some(record) = group(p, store, group_name)? else {
+        return Ok(Plan::default());
+    };
+    let first = record.fanout_seq + 1;
+    let last = record.last_seq.min(record.fanout_seq.saturating_add(max_posts));
+    let mut cursors: BTreeMap<Partition, u64> = BTreeMap::new();
+    let mut batches: BTreeMap<Partition, Vec<FanoutItem>> = BTreeMap::new();
+    // Posts up to here need nothing anywhere.
+    let mut complete = record.fanout_seq;
+    let mut pending_seen = false;
+    for group_seq in first..=last {
+        let key = keys::seq_key(p, tree::GROUPS, group_name, kind::MESSAGE, group_seq);
+        let Some(post): Option<GroupMessage> = decode(store.get(&key)?, "group message")? else {
+            // A post removed by retention has nothing left to deliver.
+            if !pending_seen {
+                complete = group_seq;
+            }
+            continue;
+        };
+        let mut pending = false;
+        for user in &post.recipients {
+            let to = placement::of_user(user);
+            let cursor = match cursors.get(&to) {
+                Some(c) => *c,
+                None => {
+                    let c = store
+                        .get(&fanout_key(p, group_name, to))?
+                        .map(|v| keys::seq_of(&v))
+                        .unwrap_or(0);
+                    cursors.insert(to, c);
+                    c
+                }
+            };
+            if group_seq > cursor {
+                pending = true;
+                batches.entry(to).or_default().push(FanoutItem {
+                    user: user.clone(),
+                    group_seq,
+                    message_id: post.message_id.clone(),
+                    from: post.from.clone(),
+                    timestamp_ms: post.timestamp_ms,
+                    text: post.text.clone(),
+                });
+            }
+        }
+        pending_seen |= pending;
+        if !pending_seen {
+            complete = group_seq;
+        }
+    }
+    Ok(Plan {
+        batches: batches
+            .into_iter()
+            .map(|(partition, items)| Batch {
+                partition,
+                items,
+                up_to: last,
+            })
+            .collect(),
+        complete_up_to: (complete > record.fanout_seq).then_some(complete),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::machine::apply;
+    use crate::store::MemStore;
+    use chat_protocol::internal::command::{self, Op};
+    use chat_protocol::internal::{Command, outcome};
+    use prost::Message;
+
+    fn group_in(p: Partition) -> String {
+        (0..)
+            .map(|i| format!("group{i}"))
+            .find(|g| placement::of_group(g) == p)
+            .unwrap()
+    }
+
+    fn run(p: Partition, store: &mut MemStore, op: Op) -> outcome::Result {
+        apply(p, &Command { op: Some(op) }.encode_to_vec(), store)
+            .unwrap()
+            .result
+            .unwrap()
+    }
+
+    /// A group with members in several partitions and `posts` posts by its creator.
+    fn group_with_posts(posts: u64) -> (Partition, MemStore, String, Vec<String>) {
+        let p = 30;
+        let mut s = MemStore::default();
+        let g = group_in(p);
+        run(
+            p,
+            &mut s,
+            Op::CreateGroup(command::CreateGroup {
+                group: g.clone(),
+                creator: "owner".into(),
+                now_ms: 1,
+            }),
+        );
+        let members: Vec<String> = (0..6).map(|i| format!("m{i}")).collect();
+        for m in &members {
+            run(
+                p,
+                &mut s,
+                Op::JoinGroup(command::JoinGroup {
+                    group: g.clone(),
+                    user: m.clone(),
+                }),
+            );
+        }
+        for i in 1..=posts {
+            run(
+                p,
+                &mut s,
+                Op::Post(command::Post {
+                    group: g.clone(),
+                    from: "owner".into(),
+                    client_msg_id: i.to_string(),
+                    text: format!("post {i}"),
+                    now_ms: i,
+                }),
+            );
+        }
+        (p, s, g, members)
+    }
+
+    #[test]
+    fn every_recipient_partition_gets_every_post_in_order() {
+        let (p, s, g, members) = group_with_posts(3);
+        let plan = plan(p, &s, &g, 100).unwrap();
+        let destinations: std::collections::BTreeSet<Partition> =
+            members.iter().map(|m| placement::of_user(m)).collect();
+        assert_eq!(plan.batches.len(), destinations.len());
+        for batch in &plan.batches {
+            let seqs: Vec<u64> = batch.items.iter().map(|i| i.group_seq).collect();
+            assert!(seqs.windows(2).all(|w| w[0] <= w[1]), "group order: {seqs:?}");
+            assert_eq!(batch.up_to, 3);
+            assert!(
+                batch
+                    .items
+                    .iter()
+                    .all(|i| placement::of_user(&i.user) == batch.partition)
+            );
+        }
+        let items: usize = plan.batches.iter().map(|b| b.items.len()).sum();
+        assert_eq!(items, 3 * members.len(), "the sender is not a recipient");
+        assert_eq!(plan.complete_up_to, None);
+    }
+
+    #[test]
+    fn cursors_move_the_plan_forward_and_complete_it() {
+        let (p, mut s, g, _) = group_with_posts(3);
+        let first = plan(p, &s, &g, 100).unwrap();
+        // One partition got everything: it drops out of the plan.
+        let done = first.batches[0].partition;
+        run(
+            p,
+            &mut s,
+            Op::FanoutDone(command::FanoutDone {
+                group: g.clone(),
+                partition: done as u32,
+                group_seq: 3,
+                all: false,
+            }),
+        );
+        let second = plan(p, &s, &g, 100).unwrap();
+        assert!(second.batches.iter().all(|b| b.partition != done));
+        assert_eq!(second.batches.len(), first.batches.len() - 1);
+        for b in &first.batches {
+            run(
+                p,
+                &mut s,
+                Op::FanoutDone(command::FanoutDone {
+                    group: g.clone(),
+                    partition: b.partition as u32,
+                    group_seq: 2,
+                    all: false,
+                }),
+            );
+        }
+        let third = plan(p, &s, &g, 100).unwrap();
+        assert_eq!(third.complete_up_to, Some(2), "posts 1 and 2 reached everyone");
+        assert!(
+            third
+                .batches
+                .iter()
+                .all(|b| b.items.iter().all(|i| i.group_seq == 3))
+        );
+        run(
+            p,
+            &mut s,
+            Op::FanoutDone(command::FanoutDone {
+                group: g.clone(),
+                partition: 0,
+                group_seq: 2,
+                all: true,
+            }),
+        );
+        let fourth = plan(p, &s, &g, 100).unwrap();
+        assert_eq!(fourth.complete_up_to, None);
+        assert_eq!(
+            fourth,
+            Plan {
+                complete_up_to: None,
+                ..third
+            }
+        );
+    }
+
+    #[test]
+    fn a_plan_looks_at_most_max_posts_ahead() {
+        let (p, s, g, _) = group_with_posts(10);
+        let plan = plan(p, &s, &g, 4).unwrap();
+        assert!(
+            plan.batches
+                .iter()
+                .all(|b| b.up_to == 4 && b.items.iter().all(|i| i.group_seq <= 4))
+        );
+    }
+
+    #[test]
+    fn an_unknown_group_has_nothing_to_do() {
+        assert_eq!(
+            plan(1, &MemStore::default(), "none", 10).unwrap(),
+            Plan::default()
+        );
+    }
+}
