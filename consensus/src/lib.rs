@@ -14,5 +14,7 @@ pub mod multi;
 pub mod store;
 
 pub use multi::{Apply, Error, GroupId, MultiRaft, NodeId, Outgoing, RaftConfig, Round, decode_message};
+pub use protobuf;
 pub use raft::eraftpb;
+pub use slog::Logger;
 pub use store::{LogWrite, PersistedLog};

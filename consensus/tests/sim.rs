@@ -23,6 +23,7 @@ use chat_protocol::internal::{
 };
 use chat_state::keys::{self, kind, tree};
 use chat_state::placement::{self, Partition};
+use chat_state::snapshot::Records;
 use chat_state::{MemStore, Store, StoreError};
 use prost::Message as _;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
@@ -138,39 +139,18 @@ impl Store for Recording<'_> {
     }
 }
 
-/// Keys and values, in key order.
-type Records = Vec<(Vec<u8>, Vec<u8>)>;
-
 fn partition_records(kv: &MemStore, p: Partition) -> Records {
     kv.scan(&keys::partition_prefix(p), None, usize::MAX)
         .expect("memory")
 }
 
 fn snapshot_of(kv: &MemStore, p: Partition) -> Vec<u8> {
-    let mut out = Vec::new();
-    for (k, v) in partition_records(kv, p) {
-        out.extend_from_slice(&(k.len() as u32).to_be_bytes());
-        out.extend_from_slice(&k);
-        out.extend_from_slice(&(v.len() as u32).to_be_bytes());
-        out.extend_from_slice(&v);
-    }
-    out
+    let records = partition_records(kv, p);
+    chat_state::snapshot::encode(records.iter().map(|(k, v)| (k.as_slice(), v.as_slice())))
 }
 
-fn records_of(mut data: &[u8]) -> Vec<(Vec<u8>, Vec<u8>)> {
-    let mut records = Vec::new();
-    let take = |data: &mut &[u8]| {
-        let len = u32::from_be_bytes(data[..4].try_into().expect("len")) as usize;
-        let out = data[4..4 + len].to_vec();
-        *data = &data[4 + len..];
-        out
-    };
-    while !data.is_empty() {
-        let k = take(&mut data);
-        let v = take(&mut data);
-        records.push((k, v));
-    }
-    records
+fn records_of(data: &[u8]) -> Records {
+    chat_state::snapshot::decode(data).expect("snapshots decode")
 }
 
 fn decode_record<M: prost::Message + Default>(kv: &MemStore, key: &[u8]) -> Option<M> {

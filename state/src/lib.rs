@@ -8,11 +8,13 @@
 //! - [`store`]: the key-value interface the machine reads and writes.
 //! - [`machine`]: commands in, records and outcomes out.
 //! - [`fanout`]: which posts of a group still have to reach which partitions.
+//! - [`snapshot`]: a partition's records as the bytes of a Raft snapshot.
 
 pub mod fanout;
 pub mod keys;
 pub mod machine;
 pub mod placement;
+pub mod snapshot;
 pub mod store;
 
 pub use machine::apply;

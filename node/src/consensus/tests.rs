@@ -1,0 +1,312 @@
+//! The driver with real sled databases and real syncs, several nodes in one process
+//! joined by an in-memory transport (no ractor: these are plain threads).
+
+use super::disk::Disk;
+use super::driver::{self, Handle, ProposeError, Sync, Timing, Transport};
+use chat_consensus::{GroupId, NodeId, RaftConfig};
+use chat_protocol::internal::command::{self, Op};
+use chat_protocol::internal::{AccountRecord, Command, Outcome, outcome};
+use chat_state::placement::{self, Partition};
+use prost::Message as _;
+use std::collections::{BTreeSet, HashMap};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+const DEADLINE: Duration = Duration::from_secs(20);
+
+/// Delivers each peer's messages to its driver, unless the link is cut.
+#[derive(Clone, Default)]
+struct Net {
+    handles: Arc<Mutex<HashMap<NodeId, Handle>>>,
+    cut: Arc<Mutex<BTreeSet<NodeId>>>,
+}
+
+struct Link {
+    from: NodeId,
+    net: Net,
+}
+
+impl Transport for Link {
+    fn send(&mut self, to: NodeId, messages: Vec<(GroupId, Vec<u8>)>) {
+        let cut = self.net.cut.lock().unwrap();
+        if cut.contains(&self.from) || cut.contains(&to) {
+            return;
+        }
+        if let Some(handle) = self.net.handles.lock().unwrap().get(&to) {
+            for (group, message) in messages {
+                handle.step(group, message);
+            }
+        }
+    }
+}
+
+/// sled's flush, counted.
+struct Flush(sled::Db, Arc<Mutex<u64>>);
+
+impl Sync for Flush {
+    fn sync(&mut self) -> std::io::Result<()> {
+        self.0.flush().map_err(std::io::Error::other)?;
+        *self.1.lock().unwrap() += 1;
+        Ok(())
+    }
+}
+
+fn timing() -> Timing {
+    Timing {
+        tick: Duration::from_millis(10),
+        raft: RaftConfig {
+            election_ticks: 10,
+            heartbeat_ticks: 2,
+            compact_threshold: 20,
+            compact_keep: 5,
+            ..RaftConfig::default()
+        },
+    }
+}
+
+struct TestNode {
+    id: NodeId,
+    db: sled::Db,
+    handle: Handle,
+    thread: Option<std::thread::JoinHandle<()>>,
+    syncs: Arc<Mutex<u64>>,
+}
+
+impl TestNode {
+    fn start(id: NodeId, dir: &std::path::Path, net: &Net) -> Self {
+        let db = sled::Config::new().path(dir.join(id.to_string())).open().unwrap();
+        let syncs = Arc::new(Mutex::new(0));
+        let link = Link {
+            from: id,
+            net: net.clone(),
+        };
+        let disk = Disk::open(&db).unwrap();
+        let logger = chat_consensus::logger::discard();
+        let (handle, thread) =
+            driver::start(id, timing(), disk, Flush(db.clone(), syncs.clone()), link, logger).unwrap();
+        net.handles.lock().unwrap().insert(id, handle.clone());
+        Self {
+            id,
+            db,
+            handle,
+            thread: Some(thread),
+            syncs,
+        }
+    }
+
+    fn stop(&mut self, net: &Net) {
+        net.handles.lock().unwrap().remove(&self.id);
+        self.handle.stop();
+        self.thread.take().unwrap().join().unwrap();
+    }
+
+    fn record(&self, key: &[u8]) -> Option<Vec<u8>> {
+        Disk::open(&self.db).unwrap().record(key).unwrap()
+    }
+}
+
+fn ask(handle: &Handle, p: Partition, command: &[u8]) -> Result<Outcome, ProposeError> {
+    let (tx, rx) = std::sync::mpsc::channel();
+    handle.propose(p, command.to_vec(), Box::new(move |r| drop(tx.send(r))));
+    rx.recv_timeout(Duration::from_secs(5))
+        .unwrap_or(Err(ProposeError::Dropped))
+}
+
+/// Proposes through whichever node leads, following leader hints, until a deadline.
+fn propose(nodes: &[&TestNode], p: Partition, op: Op) -> outcome::Result {
+    let command = Command { op: Some(op) }.encode_to_vec();
+    let start = Instant::now();
+    let mut at = 0;
+    while start.elapsed() < DEADLINE {
+        match ask(&nodes[at].handle, p, &command) {
+            Ok(outcome) => return outcome.result.unwrap(),
+            Err(ProposeError::NotLeader {
+                leader: Some(leader), ..
+            }) => {
+                at = nodes
+                    .iter()
+                    .position(|n| n.id == leader)
+                    .unwrap_or((at + 1) % nodes.len());
+            }
+            Err(_) => at = (at + 1) % nodes.len(),
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    panic!("no leader of partition {p} took the proposal within {DEADLINE:?}");
+}
+
+fn user_in(p: Partition, n: usize) -> String {
+    (0..)
+        .map(|i| format!("user{i}"))
+        .filter(|u| placement::of_user(u) == p)
+        .nth(n)
+        .unwrap()
+}
+
+fn register(user: &str) -> Op {
+    Op::CreateAccount(command::CreateAccount {
+        user: user.into(),
+        record: Some(AccountRecord {
+            password_hash: "h".into(),
+            created_at_ms: 1,
+        }),
+    })
+}
+
+fn send(to: &str, client_id: &str) -> Op {
+    Op::Append(command::Append {
+        user: to.into(),
+        origin: chat_state::keys::private_origin("alice", client_id),
+        entry: Some(chat_protocol::internal::InboxEntry {
+            from: "alice".into(),
+            text: client_id.into(),
+            ..Default::default()
+        }),
+        require_account: true,
+        now_ms: 1,
+        retention: None,
+    })
+}
+
+#[test]
+fn a_one_node_group_applies_commands_durably_and_keeps_them_across_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let net = Net::default();
+    let p = 5;
+    let bob = user_in(p, 0);
+    let mut node = TestNode::start(1, dir.path(), &net);
+    node.handle.create(p, vec![1]);
+    assert_eq!(
+        propose(&[&node], p, register(&bob)),
+        outcome::Result::Done(Default::default())
+    );
+    assert_eq!(
+        propose(&[&node], p, register(&bob)),
+        outcome::Result::Exists(Default::default())
+    );
+    let first = propose(&[&node], p, send(&bob, "m1"));
+    assert!(
+        matches!(first, outcome::Result::Appended(ref a) if a.seq == 1),
+        "{first:?}"
+    );
+    assert!(*node.syncs.lock().unwrap() > 0, "rounds sync");
+    node.stop(&net);
+    drop(node);
+    let node = TestNode::start(1, dir.path(), &net);
+    // The group comes back from disk: no create.
+    assert_eq!(
+        propose(&[&node], p, register(&bob)),
+        outcome::Result::Exists(Default::default())
+    );
+    match propose(&[&node], p, send(&bob, "m1")) {
+        outcome::Result::Duplicate(a) => assert_eq!(a.seq, 1),
+        other => panic!("a resend after the restart is a duplicate, got {other:?}"),
+    }
+    let second = propose(&[&node], p, send(&bob, "m2"));
+    assert!(
+        matches!(second, outcome::Result::Appended(ref a) if a.seq == 2),
+        "{second:?}"
+    );
+}
+
+#[test]
+fn three_nodes_keep_serving_without_one_and_it_catches_up_when_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let net = Net::default();
+    let partitions: Vec<Partition> = vec![1, 2, 3];
+    let mut nodes: Vec<TestNode> = (1..=3).map(|id| TestNode::start(id, dir.path(), &net)).collect();
+    for node in &nodes {
+        for p in &partitions {
+            node.handle.create(*p, vec![1, 2, 3]);
+        }
+    }
+    let users: Vec<(Partition, String)> = partitions.iter().map(|p| (*p, user_in(*p, 0))).collect();
+    for (p, user) in &users {
+        let all: Vec<&TestNode> = nodes.iter().collect();
+        assert_eq!(
+            propose(&all, *p, register(user)),
+            outcome::Result::Done(Default::default())
+        );
+        for i in 0..30 {
+            propose(&all, *p, send(user, &format!("a{i}")));
+        }
+    }
+    // Node 2 goes away; the others still form a majority of every group.
+    nodes[1].stop(&net);
+    let up: Vec<&TestNode> = vec![&nodes[0], &nodes[2]];
+    for (p, user) in &users {
+        for i in 0..30 {
+            propose(&up, *p, send(user, &format!("b{i}")));
+        }
+    }
+    nodes.remove(1);
+    nodes.insert(1, TestNode::start(2, dir.path(), &net));
+    // Everything acknowledged reaches node 2's records (by log or by snapshot: the
+    // logs were compacted meanwhile).
+    let start = Instant::now();
+    for (p, user) in &users {
+        let last = chat_state::keys::seq_key(
+            *p,
+            chat_state::keys::tree::INBOX,
+            user,
+            chat_state::keys::kind::ENTRY,
+            60,
+        );
+        while nodes[1].record(&last).is_none() {
+            assert!(
+                start.elapsed() < DEADLINE,
+                "node 2 did not catch up on partition {p}"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+    for node in &mut nodes {
+        node.stop(&net);
+    }
+}
+
+#[test]
+fn a_minority_does_not_acknowledge() {
+    let dir = tempfile::tempdir().unwrap();
+    let net = Net::default();
+    let p = 4;
+    let nodes: Vec<TestNode> = (1..=3).map(|id| TestNode::start(id, dir.path(), &net)).collect();
+    for node in &nodes {
+        node.handle.create(p, vec![1, 2, 3]);
+    }
+    let bob = user_in(p, 0);
+    let all: Vec<&TestNode> = nodes.iter().collect();
+    propose(&all, p, register(&bob));
+    // Find the leader and cut it off: it can no longer commit, so it answers nothing
+    // that could later be lost.
+    let probe = Command {
+        op: Some(register(&bob)),
+    }
+    .encode_to_vec();
+    let leader = nodes
+        .iter()
+        .find(|n| ask(&n.handle, p, &probe).is_ok())
+        .expect("a leader");
+    net.cut.lock().unwrap().insert(leader.id);
+    let answer = ask(
+        &leader.handle,
+        p,
+        &Command {
+            op: Some(send(&bob, "cut")),
+        }
+        .encode_to_vec(),
+    );
+    assert!(
+        matches!(
+            answer,
+            Err(ProposeError::Dropped | ProposeError::NotLeader { .. })
+        ),
+        "a cut-off leader acknowledged: {answer:?}"
+    );
+    // The majority elects another leader and goes on.
+    let others: Vec<&TestNode> = nodes.iter().filter(|n| n.id != leader.id).collect();
+    assert!(matches!(
+        propose(&others, p, send(&bob, "majority")),
+        outcome::Result::Appended(_)
+    ));
+}
