@@ -59,6 +59,7 @@ async fn metrics(State(ctx): State<Arc<NodeCtx>>) -> impl IntoResponse {
         requests_waiting: stats.waiting as u64,
         partitions_under_replicated: stats.under_replicated as u64,
         partition_copies: stats.copies as u64,
+        storage_syncs: ctx.storage.syncs_completed(),
     };
     (
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],

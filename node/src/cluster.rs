@@ -409,11 +409,82 @@ impl NodeEventSubscription for AuthWatch {
     }
 }
 
+/// ractor_cluster's NodeServer, watched for the port its listener really bound.
+///
+/// Given port 0, the listener binds a port the OS picks and reports it only to the
+/// NodeServer (`PortChanged`), which uses it in what it tells peers for onward dials.
+/// This node's card and the address it prints need it too, so every message passes
+/// through here on its way to the NodeServer.
+struct WatchedNodeServer {
+    inner: NodeServer,
+    /// Where the first reported port goes.
+    port: Mutex<Option<tokio::sync::oneshot::Sender<u16>>>,
+}
+
+impl Actor for WatchedNodeServer {
+    type Msg = NodeServerMessage;
+    type State = <NodeServer as Actor>::State;
+    type Arguments = <NodeServer as Actor>::Arguments;
+
+    async fn pre_start(
+        &self,
+        myself: ActorRef<NodeServerMessage>,
+        args: Self::Arguments,
+    ) -> Result<Self::State, ActorProcessingErr> {
+        self.inner.pre_start(myself, args).await
+    }
+
+    async fn post_start(
+        &self,
+        myself: ActorRef<NodeServerMessage>,
+        state: &mut Self::State,
+    ) -> Result<(), ActorProcessingErr> {
+        self.inner.post_start(myself, state).await
+    }
+
+    async fn post_stop(
+        &self,
+        myself: ActorRef<NodeServerMessage>,
+        state: &mut Self::State,
+    ) -> Result<(), ActorProcessingErr> {
+        self.inner.post_stop(myself, state).await
+    }
+
+    async fn handle(
+        &self,
+        myself: ActorRef<NodeServerMessage>,
+        msg: NodeServerMessage,
+        state: &mut Self::State,
+    ) -> Result<(), ActorProcessingErr> {
+        if let NodeServerMessage::PortChanged { port } = &msg {
+            match self.port.lock().expect("lock").take() {
+                Some(tx) => {
+                    let _ = tx.send(*port);
+                }
+                // ractor_cluster rebinds port 0 when its listener fails; peers and this
+                // node's card still have the first port.
+                None => tracing::warn!(port, "cluster listener restarted on another port"),
+            }
+        }
+        self.inner.handle(myself, msg, state).await
+    }
+
+    async fn handle_supervisor_evt(
+        &self,
+        myself: ActorRef<NodeServerMessage>,
+        event: ractor::SupervisionEvent,
+        state: &mut Self::State,
+    ) -> Result<(), ActorProcessingErr> {
+        self.inner.handle_supervisor_evt(myself, event, state).await
+    }
+}
+
 /// A running cluster membership.
 pub struct Cluster {
     /// The view of the other nodes.
     pub view: ClusterView,
-    /// This node's card (sessions filled in on demand).
+    /// This node's card (sessions filled in on demand); `cluster_addr` is the address
+    /// peers dial, with the real port when the listener was given port 0.
     pub card: NodeCard,
     server: ActorRef<NodeServerMessage>,
     member: ActorRef<MemberMsg>,
@@ -459,9 +530,26 @@ impl Cluster {
             Some(ractor_cluster::node::NodeConnectionMode::Transitive),
         )
         .with_listen_addr(listen.ip());
+        let (port_tx, port_rx) = tokio::sync::oneshot::channel();
+        let server = WatchedNodeServer {
+            inner: server,
+            port: Mutex::new(Some(port_tx)),
+        };
         let (server, _) = Actor::spawn(None, server, ())
             .await
             .map_err(|e| err(e.to_string()))?;
+        // With port 0 the OS picks the port, and peers must be told the real one.
+        let port = match listen.port() {
+            0 => tokio::time::timeout(Duration::from_secs(10), port_rx)
+                .await
+                .map_err(|_| err("the listener did not report its port".into()))?
+                .map_err(|_| err("the listener stopped before reporting its port".into()))?,
+            port => port,
+        };
+        let advertised = match advertised.rsplit_once(':') {
+            Some((host, _)) => format!("{host}:{port}"),
+            None => format!("{advertised}:{port}"),
+        };
         server
             .cast(NodeServerMessage::SubscribeToEvents {
                 id: "chat-auth-watch".into(),
@@ -473,7 +561,7 @@ impl Cluster {
         let card = NodeCard {
             name: name.to_owned(),
             client_addr: client_addr.to_owned(),
-            cluster_addr: advertised.to_owned(),
+            cluster_addr: advertised.clone(),
             ..Default::default()
         };
         let (member, _) = Actor::spawn(
@@ -491,7 +579,7 @@ impl Cluster {
         )
         .await
         .map_err(|e| err(e.to_string()))?;
-        tracing::info!(node = %name, addr = %listen, "cluster listener started");
+        tracing::info!(node = %name, addr = %advertised, "cluster listener started");
         Ok(Self {
             view,
             card,

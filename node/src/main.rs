@@ -27,7 +27,7 @@ struct Cli {
     /// Client listen address (port 0 picks a free port; the real one is printed).
     #[arg(long)]
     listen: Option<SocketAddr>,
-    /// Cluster listen address.
+    /// Cluster listen address (port 0 picks a free port; the real one is printed).
     #[arg(long)]
     cluster_listen: Option<SocketAddr>,
     /// Host or IP peers use to reach the cluster port (needed when it listens on 0.0.0.0).
@@ -160,10 +160,16 @@ async fn serve(cfg: Config) -> anyhow::Result<()> {
 
     let shutdown = CancellationToken::new();
     tokio::spawn(watch_signals(shutdown.clone()));
+    // Printed last, once ractor_cluster has bound it: the lines above keep their order.
+    let on_cluster_listening = Box::new(move |addr: &str| {
+        println!("chat-node {name} cluster peers on {addr}");
+        let _ = std::io::stdout().flush();
+    });
     let listeners = chat_node::Listeners {
         client: listener,
         admin,
         websocket,
+        on_cluster_listening: Some(on_cluster_listening),
     };
     chat_node::run(cfg, listeners, shutdown).await?;
     Ok(())

@@ -78,6 +78,8 @@ pub struct Gauges {
     pub partitions_under_replicated: u64,
     /// Whole copies of other nodes' partitions kept here.
     pub partition_copies: u64,
+    /// Syncs to disk (sled's flush, then `fdatasync`) completed since start.
+    pub storage_syncs: u64,
 }
 
 impl Metrics {
@@ -157,6 +159,12 @@ impl Metrics {
             "gauge",
             "Bytes the database uses on disk.",
             g.sled_bytes,
+        );
+        metric(
+            "chat_storage_syncs_total",
+            "counter",
+            "Syncs to disk (flush, then fdatasync), one per group-commit round.",
+            g.storage_syncs,
         );
         let inbox = self.inbox_messages.load(Ordering::Relaxed).max(0) as u64;
         metric(

@@ -140,7 +140,13 @@ pub struct Listeners {
     pub admin: Option<TcpListener>,
     /// Clients over WebSocket.
     pub websocket: Option<TcpListener>,
+    /// Told the address peers dial once the cluster listener is up: ractor_cluster binds
+    /// that listener itself, so with port 0 its real port is known only then.
+    pub on_cluster_listening: Option<OnClusterListening>,
 }
+
+/// Called with the cluster address (`host:port`) peers dial.
+pub type OnClusterListening = Box<dyn FnOnce(&str) + Send>;
 
 /// Runs a node on its listeners until `shutdown` is cancelled, then stops in order.
 pub async fn run(config: Config, listeners: Listeners, shutdown: CancellationToken) -> Result<(), NodeError> {
@@ -148,6 +154,7 @@ pub async fn run(config: Config, listeners: Listeners, shutdown: CancellationTok
         client: listener,
         admin,
         websocket,
+        on_cluster_listening,
     } = listeners;
     config.validate()?;
     let tls = config.client.tls.as_ref().map(crate::tls::acceptor).transpose()?;
@@ -216,6 +223,9 @@ pub async fn run(config: Config, listeners: Listeners, shutdown: CancellationTok
         remote.clone(),
     )
     .await?;
+    if let Some(announce) = on_cluster_listening {
+        announce(&cluster.card.cluster_addr);
+    }
     let hashing = PasswordHashing::new(config.auth.argon2_memory_kib, config.auth.argon2_iterations)
         .map_err(|e| NodeError::Config(crate::config::ConfigError::Invalid(e)))?;
     let parallelism = std::thread::available_parallelism().map_or(2, |n| n.get());

@@ -1,5 +1,12 @@
-//! Test harness: starts the real `chat-node` binary on free loopback ports with its own
-//! temporary data folder, and offers clients, raw sockets and polling helpers.
+//! Test harness: starts the real `chat-node` binary on free loopback ports (or inside a
+//! test network namespace) with its own temporary data folder, and offers clients, raw
+//! sockets and polling helpers. Its modules hold what the failover and fault-injection
+//! tests share: the workload, the history checker, the nemesis and the test network.
+
+pub mod checker;
+pub mod nemesis;
+pub mod netns;
+pub mod workload;
 
 use anyhow::{Context, Result, bail};
 use bytes::BytesMut;
@@ -20,11 +27,19 @@ use tokio_util::codec::Decoder;
 /// The default deadline for anything a test waits for.
 pub const DEADLINE: Duration = Duration::from_secs(20);
 
-/// A built binary of this workspace (target/<profile>/NAME), next to the test executable.
+/// A built binary of this workspace (target/<profile>/NAME), next to the test executable,
+/// or in the folder `CHAT_TEST_BIN_DIR` names (to run the tests against another build of
+/// the binaries, for example today's main against a branch).
 pub fn bin(name: &str) -> PathBuf {
-    let exe = std::env::current_exe().expect("test executable path");
-    // target/<profile>/deps/<test> -> target/<profile>/<name>
-    let dir = exe.parent().and_then(Path::parent).expect("target/<profile>");
+    let dir = match std::env::var_os("CHAT_TEST_BIN_DIR") {
+        Some(dir) => PathBuf::from(dir),
+        None => {
+            let exe = std::env::current_exe().expect("test executable path");
+            // target/<profile>/deps/<test> -> target/<profile>/<name>
+            let dir = exe.parent().and_then(Path::parent).expect("target/<profile>");
+            dir.to_owned()
+        }
+    };
     let path = dir.join(name);
     assert!(
         path.exists(),
@@ -46,11 +61,16 @@ pub struct NodeOpts {
     pub client_toml: String,
     /// `[cluster]` lines (the listen address defaults to a port chosen by the OS).
     pub cluster_toml: String,
+    /// `[admin]` lines (the listen address defaults to a port chosen by the OS).
+    pub admin_toml: String,
+    /// Run the node inside this network namespace (`ip netns exec NS chat-node ...`; `ip`
+    /// execs, so the child's pid is the node's). Default: the test's own namespace.
+    pub netns: Option<String>,
 }
 
-/// A currently free TCP port on 127.0.0.1 for a cluster listener, whose real port a node
-/// cannot report when given port 0. It is drawn below the kernel's ephemeral range, so
-/// the port-0 listeners of other nodes started meanwhile cannot take it.
+/// A currently free TCP port on 127.0.0.1 for a cluster listener that must keep its port
+/// across restarts (a seed). It is drawn below the kernel's ephemeral range, so the
+/// port-0 listeners of other nodes started meanwhile cannot take it.
 pub fn free_port() -> u16 {
     use std::sync::atomic::{AtomicU16, Ordering};
     // Spread parallel test binaries apart, then walk upwards within this process.
@@ -88,6 +108,8 @@ pub struct Node {
     pub admin: String,
     /// The WebSocket URL it printed (`ws://host:port`), if it serves WebSocket.
     pub ws: Option<String>,
+    /// The cluster address it printed (`host:port`, what peers dial).
+    pub cluster: String,
     dir: tempfile::TempDir,
     opts: NodeOpts,
     /// Its stderr log.
@@ -103,12 +125,13 @@ impl Node {
     /// Starts a node with the given settings, in a fresh data folder.
     pub fn start_with(opts: NodeOpts) -> Result<Self> {
         let dir = tempfile::tempdir()?;
-        let (child, addr, admin, ws, log) = spawn_node(dir.path(), &opts)?;
+        let (child, addr, admin, ws, cluster, log) = spawn_node(dir.path(), &opts)?;
         Ok(Self {
             child: Some(child),
             addr,
             admin,
             ws,
+            cluster,
             dir,
             opts,
             log,
@@ -148,11 +171,12 @@ impl Node {
     /// Starts the node again on its data folder (it gets a new port).
     pub fn restart(&mut self) -> Result<()> {
         self.kill9();
-        let (child, addr, admin, ws, log) = spawn_node(self.dir.path(), &self.opts)?;
+        let (child, addr, admin, ws, cluster, log) = spawn_node(self.dir.path(), &self.opts)?;
         self.child = Some(child);
         self.addr = addr;
         self.admin = admin;
         self.ws = ws;
+        self.cluster = cluster;
         self.log = log;
         Ok(())
     }
@@ -217,7 +241,17 @@ pub fn send_signal(pid: u32, sig: &str) -> Result<()> {
     Ok(())
 }
 
-type Spawned = (Child, String, String, Option<String>, PathBuf);
+/// True if the TOML lines `toml` set `key` itself (at the start of a line, so not a
+/// longer key that ends with it, such as `websocket_listen`).
+fn sets_key(toml: &str, key: &str) -> bool {
+    toml.lines().any(|line| {
+        line.trim_start()
+            .strip_prefix(key)
+            .is_some_and(|rest| rest.trim_start().starts_with('='))
+    })
+}
+
+type Spawned = (Child, String, String, Option<String>, String, PathBuf);
 
 fn spawn_node(dir: &Path, opts: &NodeOpts) -> Result<Spawned> {
     let config = dir.join("node.toml");
@@ -231,13 +265,24 @@ fn spawn_node(dir: &Path, opts: &NodeOpts) -> Result<Spawned> {
     } else {
         "listen = \"127.0.0.1:0\"\n"
     };
+    let client_listen = if sets_key(&opts.client_toml, "listen") {
+        ""
+    } else {
+        "listen = \"127.0.0.1:0\"\n"
+    };
+    let admin_listen = if sets_key(&opts.admin_toml, "listen") {
+        ""
+    } else {
+        "listen = \"127.0.0.1:0\"\n"
+    };
     std::fs::write(
         &config,
         format!(
-            "{name}data_dir = {data:?}\n[client]\nlisten = \"127.0.0.1:0\"\n{client}\n[cluster]\n{cluster_listen}{cluster}\n[auth]\nargon2_memory_kib = 64\nargon2_iterations = 1\n[admin]\nlisten = \"127.0.0.1:0\"\n{extra}\n",
+            "{name}data_dir = {data:?}\n[client]\n{client_listen}{client}\n[cluster]\n{cluster_listen}{cluster}\n[auth]\nargon2_memory_kib = 64\nargon2_iterations = 1\n[admin]\n{admin_listen}{admin}\n{extra}\n",
             data = dir.join("data"),
             client = opts.client_toml,
             cluster = opts.cluster_toml,
+            admin = opts.admin_toml,
             extra = opts.extra_toml,
         ),
     )?;
@@ -247,7 +292,15 @@ fn spawn_node(dir: &Path, opts: &NodeOpts) -> Result<Spawned> {
             .duration_since(std::time::UNIX_EPOCH)?
             .as_nanos()
     ));
-    let mut child = Command::new(bin("chat-node"))
+    let mut command = match &opts.netns {
+        Some(ns) => {
+            let mut c = Command::new("ip");
+            c.args(["netns", "exec", ns]).arg(bin("chat-node"));
+            c
+        }
+        None => Command::new(bin("chat-node")),
+    };
+    let mut child = command
         .arg("--config")
         .arg(&config)
         .env("RUST_LOG", "info")
@@ -257,52 +310,61 @@ fn spawn_node(dir: &Path, opts: &NodeOpts) -> Result<Spawned> {
         .spawn()
         .context("cannot start chat-node")?;
     let stdout = child.stdout.take().context("stdout")?;
-    // Read the announcement line on a thread so a silent node cannot hang the test.
+    // Read the announcement lines on a thread so a silent node cannot hang the test; it
+    // keeps draining so the node never blocks on a full pipe.
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
-        let mut lines = BufReader::new(stdout).lines();
-        // The client address line, the admin endpoint line, and the WebSocket line if any.
-        for _ in 0..3 {
-            if let Some(Ok(line)) = lines.next() {
-                let _ = tx.send(line);
-            }
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
         }
-        // Keep draining so the node never blocks on a full pipe.
-        for _ in lines {}
     });
-    let mut next_line = || -> Result<String> {
-        match rx.recv_timeout(DEADLINE) {
-            Ok(line) => Ok(line),
-            Err(_) => {
-                let _ = child.kill();
-                bail!(
-                    "chat-node printed no address; log: {}",
-                    std::fs::read_to_string(&log).unwrap_or_default()
-                );
-            }
+    // Lines are told apart by what they say, not by their order. The cluster line is
+    // awaited only when the address cannot be known otherwise (port 0), so that builds
+    // which do not print it (before it was added) still run with a fixed cluster port.
+    let wants_ws = sets_key(&opts.client_toml, "websocket_listen");
+    let configured_cluster = toml_value(&opts.cluster_toml, "listen").filter(|a| !a.ends_with(":0"));
+    let (mut addr, mut admin, mut ws, mut cluster) = (None, None, None, None);
+    let end = Instant::now() + DEADLINE;
+    while addr.is_none()
+        || admin.is_none()
+        || (wants_ws && ws.is_none())
+        || (configured_cluster.is_none() && cluster.is_none())
+    {
+        let Ok(line) = rx.recv_timeout(end.saturating_duration_since(Instant::now())) else {
+            let _ = child.kill();
+            let _ = child.wait();
+            bail!(
+                "chat-node did not print its addresses; log: {}",
+                std::fs::read_to_string(&log).unwrap_or_default()
+            );
+        };
+        let after = |marker: &str| line.rsplit_once(marker).map(|(_, a)| a.trim().to_owned());
+        if let Some(a) = after("listening for clients on ") {
+            addr = Some(a);
+        } else if let Some(a) = after("admin endpoint on ") {
+            admin = Some(a);
+        } else if let Some(a) = after("websocket clients on ") {
+            ws = Some(a);
+        } else if let Some(a) = after("cluster peers on ") {
+            cluster = Some(a);
         }
+    }
+    let (Some(addr), Some(admin), Some(cluster)) = (addr, admin, cluster.or(configured_cluster)) else {
+        unreachable!("the loop ends once every address is known")
     };
-    let line = next_line()?;
-    let addr = line
-        .rsplit_once("listening for clients on ")
-        .map(|(_, a)| a.trim().to_owned())
-        .with_context(|| format!("unexpected first line {line:?}"))?;
-    let line = next_line()?;
-    let admin = line
-        .rsplit_once("admin endpoint on ")
-        .map(|(_, a)| a.trim().to_owned())
-        .with_context(|| format!("unexpected second line {line:?}"))?;
-    let ws = if opts.client_toml.contains("websocket_listen") {
-        let line = next_line()?;
-        let url = line
-            .rsplit_once("websocket clients on ")
-            .map(|(_, a)| a.trim().to_owned())
-            .with_context(|| format!("unexpected third line {line:?}"))?;
-        Some(url)
-    } else {
-        None
-    };
-    Ok((child, addr, admin, ws, log))
+    Ok((child, addr, admin, ws, cluster, log))
+}
+
+/// The string value of `key = "value"` among the TOML lines `toml`, if they set it.
+fn toml_value(toml: &str, key: &str) -> Option<String> {
+    toml.lines().find_map(|line| {
+        let rest = line
+            .trim_start()
+            .strip_prefix(key)?
+            .trim_start()
+            .strip_prefix('=')?;
+        Some(rest.trim().trim_matches('"').to_owned())
+    })
 }
 
 /// Polls `check` until it returns `Some`, or fails after `deadline`.
@@ -445,7 +507,16 @@ pub async fn cli(args: &[&str]) -> Result<(bool, String, String)> {
 
 /// The node's `/cluster` admin JSON (view, membership, partitions), if it answers.
 pub async fn cluster_status(node: &Node) -> Option<serde_json::Value> {
-    let (status, body) = http_get(&node.admin, "/cluster").await.ok()?;
+    cluster_status_at(&node.admin).await
+}
+
+/// The `/cluster` admin JSON of the endpoint `base` (`http://host:port`), if it answers
+/// within a few seconds (a frozen node must not hold up whoever asks).
+pub async fn cluster_status_at(base: &str) -> Option<serde_json::Value> {
+    let (status, body) = tokio::time::timeout(Duration::from_secs(5), http_get(base, "/cluster"))
+        .await
+        .ok()?
+        .ok()?;
     if status != 200 {
         return None;
     }

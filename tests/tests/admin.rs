@@ -62,6 +62,11 @@ async fn metrics_count_connections_logins_and_messages() {
         "{text}"
     );
     assert!(text.contains("chat_cluster_peers{state=\"up\"} 0"), "{text}");
+    // Every acknowledged write waited for a sync to disk.
+    assert!(
+        metric(&text, "chat_storage_syncs_total").unwrap_or(0.0) >= 1.0,
+        "{text}"
+    );
     // bob's copy and alice's own (for her other devices).
     assert_eq!(metric(&text, "chat_inbox_messages"), Some(2.0), "{text}");
     assert_eq!(

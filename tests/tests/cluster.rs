@@ -1,5 +1,5 @@
 //! Cluster membership through real processes: mesh formation from seeds, the view after a
-//! seed leaves, wrong cookies, garbage on the cluster port, and frozen peers.
+//! seed leaves, cluster port 0, wrong cookies, garbage on the cluster port, and frozen peers.
 
 use chat_tests::{DEADLINE, Node, NodeOpts, free_port, send_signal, wait_for};
 use std::collections::BTreeMap;
@@ -50,6 +50,29 @@ async fn three_nodes_with_one_seed_each_form_a_full_mesh_that_outlives_the_seed(
     // And it rejoins by itself when it comes back (the others redial it).
     n1.restart().unwrap();
     for node in [&n1, &n2, &n3] {
+        wait_view(node, &all, DEADLINE).await;
+    }
+}
+
+#[tokio::test]
+async fn nodes_on_cluster_port_zero_print_their_real_address_and_form_a_mesh() {
+    let on_port_zero = |name: &str, seeds: &[&str]| NodeOpts {
+        name: Some(name.to_owned()),
+        cluster_toml: format!("listen = \"127.0.0.1:0\"\nseeds = {seeds:?}\ncookie = {COOKIE:?}\n"),
+        ..NodeOpts::default()
+    };
+    let z1 = Node::start_with(on_port_zero("z1", &[])).unwrap();
+    assert!(
+        z1.cluster.starts_with("127.0.0.1:") && !z1.cluster.ends_with(":0"),
+        "printed cluster address {:?}",
+        z1.cluster
+    );
+    // A chain again: z3 reaches z1 only through the address z2 passes on, which must
+    // carry z1's real port too.
+    let z2 = Node::start_with(on_port_zero("z2", &[&z1.cluster])).unwrap();
+    let z3 = Node::start_with(on_port_zero("z3", &[&z2.cluster])).unwrap();
+    let all = [("z1", true), ("z2", true), ("z3", true)];
+    for node in [&z1, &z2, &z3] {
         wait_view(node, &all, DEADLINE).await;
     }
 }
