@@ -3,6 +3,7 @@
 //!
 //! - [`multi`]: the multi-raft driver: propose, step, tick; rounds of writes to persist
 //!   with one sync, messages to send, committed entries to apply.
+//! - [`reconfig`]: the next safe step of moving a group's replicas.
 //! - [`store`]: a group's log as raft-rs reads it, and the writes that persist it.
 //! - [`logger`]: raft-rs logs through `slog`; this forwards it to `tracing`.
 //!
@@ -11,10 +12,11 @@
 
 pub mod logger;
 pub mod multi;
+pub mod reconfig;
 pub mod store;
 
 pub use multi::{Apply, Error, GroupId, MultiRaft, NodeId, Outgoing, RaftConfig, Round, decode_message};
 pub use protobuf;
 pub use raft::eraftpb;
 pub use slog::Logger;
-pub use store::{LogWrite, PersistedLog};
+pub use store::{INITIAL_INDEX, LogWrite, PersistedLog};

@@ -13,7 +13,7 @@
 
 use crate::store::{LogStore, LogWrite, PersistedLog};
 use protobuf::Message as _;
-use raft::eraftpb::{ConfChange, ConfChangeV2, Entry, EntryType, Message};
+use raft::eraftpb::{ConfChange, ConfChangeV2, ConfState, Entry, EntryType, Message, MessageType};
 use raft::{RawNode, ReadOnlyOption, StateRole, Storage};
 use std::collections::{BTreeMap, VecDeque};
 
@@ -150,6 +150,9 @@ pub struct Round<P> {
     /// Read barriers that are satisfied: the group's applied state is at least as new as
     /// anything acknowledged before the read was asked (release after applying `apply`).
     pub reads: Vec<P>,
+    /// Groups whose configuration no longer includes this node: drop them with
+    /// [`MultiRaft::remove`] and delete their records.
+    pub removed: Vec<GroupId>,
 }
 
 impl<P> Default for Round<P> {
@@ -161,6 +164,7 @@ impl<P> Default for Round<P> {
             dropped: Vec::new(),
             snapshot_wanted: Vec::new(),
             reads: Vec::new(),
+            removed: Vec::new(),
         }
     }
 }
@@ -174,6 +178,7 @@ impl<P> Round<P> {
             && self.dropped.is_empty()
             && self.snapshot_wanted.is_empty()
             && self.reads.is_empty()
+            && self.removed.is_empty()
     }
 }
 
@@ -193,8 +198,8 @@ struct Group<P> {
     read_confirmed: VecDeque<(u64, P)>,
     /// Messages that may leave only once the current round is durable.
     held: Vec<Outgoing>,
-    /// A new group's first configuration is not on disk yet.
-    unsaved_conf: bool,
+    /// A new group's first state, not on disk yet.
+    initial_write: Option<LogWrite>,
     /// For a leader: ticks each follower has been waiting for a snapshot.
     snapshot_ticks: BTreeMap<NodeId, usize>,
 }
@@ -264,7 +269,13 @@ impl<P> MultiRaft<P> {
         }
     }
 
-    fn insert(&mut self, group: GroupId, store: LogStore, applied: u64, unsaved_conf: bool) -> Result<()> {
+    fn insert(
+        &mut self,
+        group: GroupId,
+        store: LogStore,
+        applied: u64,
+        initial_write: Option<LogWrite>,
+    ) -> Result<()> {
         if self.groups.contains_key(&group) {
             return Err(Error::Exists(group));
         }
@@ -281,7 +292,7 @@ impl<P> MultiRaft<P> {
                 read_asked: BTreeMap::new(),
                 read_confirmed: VecDeque::new(),
                 held: Vec::new(),
-                unsaved_conf,
+                initial_write,
                 snapshot_ticks: BTreeMap::new(),
             },
         );
@@ -292,12 +303,32 @@ impl<P> MultiRaft<P> {
     /// every voter). With no voters, the replica waits to learn its configuration from a
     /// leader's snapshot (a replica being added to an existing group).
     pub fn create(&mut self, group: GroupId, voters: &[NodeId]) -> Result<()> {
-        self.insert(group, LogStore::new(voters), 0, true)
+        self.create_with(group, voters, Vec::new())
+    }
+
+    /// Like [`MultiRaft::create`], with first records (`data`, encoded as the caller
+    /// encodes snapshots; the same on every first voter): the group starts from them.
+    pub fn create_with(&mut self, group: GroupId, voters: &[NodeId], data: Vec<u8>) -> Result<()> {
+        let initial = crate::store::initial_snapshot(voters, data);
+        let applied = initial.as_ref().map_or(0, |s| s.get_metadata().index);
+        let write = match &initial {
+            Some(snapshot) => LogWrite {
+                conf_state: Some(snapshot.get_metadata().get_conf_state().clone()),
+                applied: Some(applied),
+                snapshot: Some(snapshot.clone()),
+                ..LogWrite::default()
+            },
+            None => LogWrite {
+                conf_state: Some(ConfState::default()),
+                ..LogWrite::default()
+            },
+        };
+        self.insert(group, LogStore::with_initial(initial), applied, Some(write))
     }
 
     /// Brings back a replica from its persisted log (after a restart).
     pub fn restore(&mut self, group: GroupId, log: &PersistedLog) -> Result<()> {
-        self.insert(group, LogStore::restore(log), log.applied, false)
+        self.insert(group, LogStore::restore(log), log.applied, None)
     }
 
     /// Drops this node's replica of a group (it was removed from the group). Its waiting
@@ -401,7 +432,47 @@ impl<P> MultiRaft<P> {
     /// Hands a peer's message to its group.
     pub fn step(&mut self, group: GroupId, message: Message) -> Result<()> {
         let g = self.groups.get_mut(&group).ok_or(Error::UnknownGroup(group))?;
+        // A replica with nothing (new, or removed and added again) may still hear from a
+        // leader that remembers how far its old log reached; raft-rs would take that as
+        // a lost log and abort. Such a heartbeat's commit is stale: clamped to the empty
+        // log, it is answered, and the leader's next probe finds the log empty and sends
+        // a snapshot.
+        let mut message = message;
+        if message.get_msg_type() == MessageType::MsgHeartbeat && g.node.raft.raft_log.last_index() == 0 {
+            message.commit = 0;
+        }
+        // Only a voter in its own configuration votes. A replica that knows nothing of
+        // the group (created empty, or removed and its records deleted) granting a vote
+        // would be a voter that lost its log: with it, a stale majority of an old
+        // configuration could elect a leader and overwrite committed entries.
+        if matches!(
+            message.get_msg_type(),
+            MessageType::MsgRequestVote | MessageType::MsgRequestPreVote
+        ) && !g
+            .node
+            .raft
+            .prs()
+            .conf()
+            .voters()
+            .ids()
+            .iter()
+            .any(|id| id == self.id)
+        {
+            return Err(Error::BadMessage(format!(
+                "vote request for group {group}, where this node does not vote"
+            )));
+        }
         g.node.step(message).map_err(|e| Error::BadMessage(e.to_string()))
+    }
+
+    /// Like [`MultiRaft::step`], but a message for a group this node has no replica of
+    /// creates an empty one first (a leader is adding this node; it catches up by
+    /// snapshot). The caller decides whether the sender may do that.
+    pub fn step_or_create(&mut self, group: GroupId, message: Message) -> Result<()> {
+        if !self.groups.contains_key(&group) {
+            self.create(group, &[])?;
+        }
+        self.step(group, message)
     }
 
     /// Tells a group that a peer could not be reached (its in-flight appends are lost).
@@ -459,6 +530,37 @@ impl<P> MultiRaft<P> {
         Ok(())
     }
 
+    /// The group's configuration, as this replica knows it.
+    pub fn conf_state(&self, group: GroupId) -> Option<ConfState> {
+        self.groups
+            .get(&group)
+            .map(|g| g.node.raft.prs().conf().to_conf_state())
+    }
+
+    /// For a leader: takes the next step of moving the group's voters to `target`
+    /// (see [`crate::reconfig`]). Does nothing elsewhere or while a change is pending.
+    pub fn move_towards(&mut self, group: GroupId, target: &[NodeId]) {
+        let Some(g) = self.groups.get_mut(&group) else {
+            return;
+        };
+        if g.node.raft.state != StateRole::Leader || g.node.raft.has_pending_conf() {
+            return;
+        }
+        let conf = g.node.raft.prs().conf().to_conf_state();
+        let last = g.node.raft.raft_log.last_index();
+        let prs = g.node.raft.prs();
+        let matched = |n: NodeId| prs.get(n).map(|pr| pr.matched).unwrap_or(0);
+        match crate::reconfig::next_step(self.id, &conf, target, matched, last) {
+            crate::reconfig::Step::Wait => {}
+            crate::reconfig::Step::TransferTo(heir) => g.node.transfer_leader(heir),
+            crate::reconfig::Step::Change(cc) => {
+                if let Err(e) = g.node.propose_conf_change(Vec::new(), cc) {
+                    tracing::debug!(group, error = %e, "configuration change refused");
+                }
+            }
+        }
+    }
+
     /// Asks a group led here to hand leadership to `to` (for balancing leaders).
     pub fn transfer_leader(&mut self, group: GroupId, to: NodeId) {
         if let Some(g) = self.groups.get_mut(&group) {
@@ -478,7 +580,9 @@ impl<P> MultiRaft<P> {
 
     /// Whether a round would do anything.
     pub fn has_work(&self) -> bool {
-        self.groups.values().any(|g| g.unsaved_conf || g.node.has_ready())
+        self.groups
+            .values()
+            .any(|g| g.initial_write.is_some() || g.node.has_ready())
     }
 
     /// Collects every group's ready state. The round's `apply` items are committed
@@ -494,16 +598,7 @@ impl<P> MultiRaft<P> {
             if g.node.store().take_snapshot_wanted() {
                 round.snapshot_wanted.push(id);
             }
-            let mut write = LogWrite::default();
-            if std::mem::take(&mut g.unsaved_conf) {
-                write.conf_state = Some(
-                    g.node
-                        .store()
-                        .initial_state()
-                        .map(|s| s.conf_state)
-                        .unwrap_or_default(),
-                );
-            }
+            let mut write = g.initial_write.take().unwrap_or_default();
             if !g.node.has_ready() {
                 if !write.is_empty() {
                     round.writes.push((id, write));
@@ -659,6 +754,13 @@ fn apply_entries<P>(
                 };
                 if let Some(state) = state {
                     g.node.mut_store().mem().wl().set_conf_state(state.clone());
+                    let me = g.node.raft.id;
+                    if !state.voters.contains(&me)
+                        && !state.learners.contains(&me)
+                        && !state.voters_outgoing.contains(&me)
+                    {
+                        round.removed.push(id);
+                    }
                     write.conf_state = Some(state);
                 }
             }
@@ -705,8 +807,16 @@ mod tests {
         raft
     }
 
-    /// What a round's writes leave on disk (without snapshots and compaction).
+    /// What a round's writes leave on disk (without compaction).
     fn persist(log: &mut PersistedLog, w: &LogWrite) {
+        if let Some(snapshot) = &w.snapshot {
+            let mut meta = snapshot.get_metadata().clone();
+            log.conf_state = meta.take_conf_state();
+            log.hard_state.term = log.hard_state.term.max(meta.term);
+            log.hard_state.commit = meta.index;
+            log.snapshot = meta;
+            log.entries.clear();
+        }
         if let Some(hs) = &w.hard_state {
             log.hard_state = hs.clone();
         }

@@ -58,6 +58,25 @@ impl LogWrite {
     }
 }
 
+/// Where the log of a group created with its voters starts (after this index and term),
+/// as TiKV starts a region's log after its initial snapshot.
+pub const INITIAL_INDEX: u64 = 5;
+
+/// The snapshot a new group's log starts after: its first records (`data`, the same on
+/// every first voter) and its first configuration.
+pub fn initial_snapshot(voters: &[u64], data: Vec<u8>) -> Option<Snapshot> {
+    if voters.is_empty() {
+        return None;
+    }
+    let mut snapshot = Snapshot::default();
+    snapshot.set_data(data.into());
+    let meta = snapshot.mut_metadata();
+    meta.index = INITIAL_INDEX;
+    meta.term = INITIAL_INDEX;
+    meta.set_conf_state(ConfState::from((voters.to_vec(), vec![])));
+    Some(snapshot)
+}
+
 /// raft-rs's view of a group's log.
 pub struct LogStore {
     mem: MemStorage,
@@ -72,12 +91,23 @@ impl std::fmt::Debug for LogStore {
 }
 
 impl LogStore {
-    /// A new, empty log for a group whose first configuration is `voters`.
+    /// A new group's log: with `voters`, it starts after [`INITIAL_INDEX`], whose
+    /// snapshot holds the first configuration (so a replica added later gets the
+    /// configuration with a snapshot instead of replaying a log that never held it);
+    /// without, it is empty and waits for a leader's snapshot.
     pub fn new(voters: &[u64]) -> Self {
-        Self::from_mem(MemStorage::new_with_conf_state(ConfState::from((
-            voters.to_vec(),
-            vec![],
-        ))))
+        Self::with_initial(initial_snapshot(voters, Vec::new()))
+    }
+
+    /// A new group's log starting after `initial` (see [`initial_snapshot`]), or empty.
+    pub fn with_initial(initial: Option<Snapshot>) -> Self {
+        let mem = MemStorage::new();
+        if let Some(snapshot) = initial {
+            mem.wl()
+                .apply_snapshot(snapshot)
+                .expect("an empty store takes any snapshot");
+        }
+        Self::from_mem(mem)
     }
 
     /// The log as it was persisted.
@@ -167,13 +197,20 @@ impl Storage for LogStore {
         self.mem.last_index()
     }
 
-    fn snapshot(&self, request_index: u64, _to: u64) -> raft::Result<Snapshot> {
+    fn snapshot(&self, request_index: u64, to: u64) -> raft::Result<Snapshot> {
         // A follower asks for a snapshot when the entries it needs are compacted: the
-        // snapshot must reach at least the compaction point.
+        // snapshot must reach at least the compaction point. An offered snapshot is
+        // used once: the next follower gets a fresh one, with the configuration of
+        // its time, which must name the follower (a stale one could leave out the very
+        // replica being added).
         let needed = request_index.max(self.mem.first_index()?.saturating_sub(1));
-        let offered = self.offered.lock().expect("snapshot lock");
-        match offered.as_ref() {
-            Some(snapshot) if snapshot.get_metadata().index >= needed => Ok(snapshot.clone()),
+        let names = |s: &Snapshot| {
+            let conf = s.get_metadata().get_conf_state();
+            conf.voters.contains(&to) || conf.learners.contains(&to) || conf.learners_next.contains(&to)
+        };
+        let mut offered = self.offered.lock().expect("snapshot lock");
+        match offered.take() {
+            Some(snapshot) if snapshot.get_metadata().index >= needed && names(&snapshot) => Ok(snapshot),
             _ => {
                 self.wanted.store(true, Ordering::Relaxed);
                 Err(raft::Error::Store(

@@ -19,9 +19,10 @@ use chat_consensus::logger::discard;
 use chat_consensus::{GroupId, LogWrite, MultiRaft, NodeId, PersistedLog, RaftConfig, Round, decode_message};
 use chat_protocol::internal::command::{self, Op};
 use chat_protocol::internal::{
-    AccountRecord, Command, GroupMessage, GroupRecord, InboxEntry, InboxMeta, Outcome, outcome,
+    AccountRecord, Command, GroupMessage, GroupRecord, InboxEntry, InboxMeta, MemberRecord, Outcome, outcome,
 };
 use chat_state::keys::{self, kind, tree};
+use chat_state::membership::META;
 use chat_state::placement::{self, Partition};
 use chat_state::snapshot::Records;
 use chat_state::{MemStore, Store, StoreError};
@@ -50,7 +51,10 @@ impl Rng {
     }
 }
 
-const NODES: u64 = 5;
+/// Nodes that may ever run: the first members, and one that may join later.
+const NODES: u64 = 6;
+/// The members the cluster starts with (its bootstrap list, the same on every node).
+const FIRST_MEMBERS: u64 = 5;
 /// Raft groups simulated: partitions 0 to GROUPS - 1 (names are picked to land there).
 const GROUPS: u32 = 6;
 const REPLICAS: usize = 3;
@@ -202,24 +206,80 @@ fn group_post(kv: &MemStore, group: &str, seq: u64) -> Option<GroupMessage> {
 // Placement of the Raft groups
 // ---------------------------------------------------------------------------------
 
-fn hash(parts: &[u64]) -> u64 {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for p in parts {
-        for b in p.to_be_bytes() {
-            h ^= b as u64;
-            h = h.wrapping_mul(0x0100_0000_01b3);
-        }
-    }
-    h
+/// The voters of a group: the first `REPLICAS` nodes by rendezvous weight.
+/// The first members' records, as the metadata group starts with them.
+fn first_members() -> BTreeMap<NodeId, MemberRecord> {
+    (1..=FIRST_MEMBERS)
+        .map(|id| {
+            (
+                id,
+                MemberRecord {
+                    name: format!("n{id}"),
+                    addr: format!("sim:{id}"),
+                    leaving: false,
+                },
+            )
+        })
+        .collect()
 }
 
-/// The voters of a group: the first `REPLICAS` nodes by rendezvous weight.
+/// The metadata group's Raft group.
+const META_GROUP: GroupId = META as GroupId;
+
+/// Every Raft group the simulation runs: the partitions, then the metadata group.
+fn all_groups() -> impl Iterator<Item = GroupId> {
+    (0..GROUPS).chain(std::iter::once(META_GROUP))
+}
+
+/// The first voters of a group: placement over the first members.
 fn voters(group: GroupId) -> Vec<NodeId> {
-    let mut nodes: Vec<NodeId> = (1..=NODES).collect();
-    nodes.sort_by_key(|n| std::cmp::Reverse(hash(&[group as u64, *n])));
-    nodes.truncate(REPLICAS);
-    nodes.sort();
-    nodes
+    let count = if group == META_GROUP {
+        chat_state::membership::META_VOTERS
+    } else {
+        REPLICAS
+    };
+    chat_state::membership::voters_of(&first_members(), group, count)
+}
+
+/// The metadata group's first records: the first members.
+fn first_meta_records() -> Vec<u8> {
+    let mut store = MemStore::default();
+    for (id, record) in first_members() {
+        let join = command::JoinCluster {
+            node: id,
+            name: record.name,
+            addr: record.addr,
+        };
+        chat_state::apply(
+            META,
+            &Command {
+                op: Some(Op::JoinCluster(join)),
+            }
+            .encode_to_vec(),
+            &mut store,
+        )
+        .expect("memory");
+    }
+    snapshot_of(&store, META)
+}
+
+/// Where placement wants every group now, by the members this node's replica of the
+/// metadata group has applied.
+fn targets_seen_by(kv: &MemStore) -> BTreeMap<GroupId, Vec<NodeId>> {
+    let members = chat_state::membership::members(kv).expect("memory");
+    if members.is_empty() {
+        return BTreeMap::new();
+    }
+    all_groups()
+        .map(|g| {
+            let count = if g == META_GROUP {
+                chat_state::membership::META_VOTERS
+            } else {
+                REPLICAS
+            };
+            (g, chat_state::membership::voters_of(&members, g, count))
+        })
+        .collect()
 }
 
 fn raft_config() -> RaftConfig {
@@ -353,13 +413,26 @@ impl Node {
             discard()
         };
         let mut raft = MultiRaft::new(id, raft_config(), logger);
-        for group in 0..GROUPS {
-            if !voters(group).contains(&id) {
-                continue;
-            }
+        for group in all_groups() {
             match disk.logs.get(&group) {
-                Some(log) => raft.restore(group, log).expect("restore"),
-                None => raft.create(group, &voters(group)).expect("create"),
+                // A replica removed from its group stays removed.
+                Some(log)
+                    if log.conf_state.voters.contains(&id)
+                        || log.conf_state.voters_outgoing.contains(&id)
+                        || log.conf_state.learners.contains(&id) =>
+                {
+                    raft.restore(group, log).expect("restore")
+                }
+                Some(_) => {}
+                None if voters(group).contains(&id) => {
+                    let data = if group == META_GROUP {
+                        first_meta_records()
+                    } else {
+                        Vec::new()
+                    };
+                    raft.create_with(group, &voters(group), data).expect("create")
+                }
+                None => {}
             }
         }
         Self {
@@ -406,6 +479,13 @@ impl Node {
             let data = snapshot_of(&self.kv, group as Partition);
             self.raft.offer_snapshot(group, data);
         }
+        for group in round.removed.drain(..) {
+            trace.note_removed(self.id, group);
+            round.dropped.extend(self.raft.remove(group));
+            let op = KvOp::ReplacePartition(group as Partition, Vec::new());
+            apply_kv(&mut self.kv, &op);
+            self.pending.push(DiskOp::Kv(op));
+        }
         answers
     }
 
@@ -436,11 +516,20 @@ struct InFlight {
 /// One thing a client does, in order.
 #[derive(Debug, Clone)]
 enum Step {
+    /// An operator's membership command: a node joins, or a dead one is removed.
+    JoinCluster(NodeId),
+    RemoveNode(NodeId),
     Register,
     CreateGroup(String),
     Join(String),
-    Private { to: String, client_id: String },
-    Post { group: String, client_id: String },
+    Private {
+        to: String,
+        client_id: String,
+    },
+    Post {
+        group: String,
+        client_id: String,
+    },
 }
 
 #[derive(Debug, Clone)]
@@ -459,6 +548,15 @@ impl Client {
     fn command(&self, now: u64) -> (Partition, Op) {
         let user = self.user.clone();
         match self.plan[self.next].clone() {
+            Step::JoinCluster(node) => (
+                META,
+                Op::JoinCluster(command::JoinCluster {
+                    node,
+                    name: format!("n{node}"),
+                    addr: format!("sim:{node}"),
+                }),
+            ),
+            Step::RemoveNode(node) => (META, Op::RemoveNode(command::RemoveNode { node })),
             Step::Register => {
                 let record = AccountRecord {
                     password_hash: "x".into(),
@@ -552,6 +650,11 @@ impl Trace {
             }
         }
     }
+    fn note_removed(&mut self, node: NodeId, group: GroupId) {
+        if self.verbose {
+            eprintln!("node {node} left group {group}");
+        }
+    }
     fn note(&mut self, now: u64, what: String) {
         if self.verbose {
             eprintln!("{now:>6} ms  {what}");
@@ -590,6 +693,10 @@ struct Sim {
     /// Fault knobs, per mille.
     drop: u64,
     duplicate: u64,
+    /// Nodes that do not run: not joined yet, or removed for good.
+    absent: BTreeSet<NodeId>,
+    /// Whether a node was removed (one per schedule at most).
+    removed_one: bool,
 }
 
 impl Sim {
@@ -655,6 +762,8 @@ impl Sim {
             trace,
             drop,
             duplicate,
+            absent: ((FIRST_MEMBERS + 1)..=NODES).collect(),
+            removed_one: false,
         }
     }
 
@@ -703,8 +812,9 @@ impl Sim {
                 continue;
             }
             let message: Message = decode_message(&m.bytes).expect("messages decode");
-            // Unknown groups (never here) and refused messages are dropped, as on a real node.
-            let _ = node.raft.step(m.group, message);
+            // A replica being added learns its group from the leader (by snapshot).
+            // Refused messages are dropped, as on a real node.
+            let _ = node.raft.step_or_create(m.group, message);
         }
     }
 
@@ -755,6 +865,13 @@ impl Sim {
             }
             if (now + self.nodes[i].tick_phase) % FANOUT_EVERY_MS == 0 {
                 self.fan_out(i);
+                // Placement, from this node's replica of the metadata group.
+                for (group, target) in targets_seen_by(&self.nodes[i].kv) {
+                    let full = group == META_GROUP || target.len() == REPLICAS;
+                    if full && !target.is_empty() {
+                        self.nodes[i].raft.move_towards(group, &target);
+                    }
+                }
             }
         }
         self.check_leaders();
@@ -905,6 +1022,10 @@ impl Sim {
         use outcome::Result as R;
         let done = match (&step, outcome.result) {
             (Step::Register, Some(R::Done(_) | R::Exists(_))) => true,
+            (
+                Step::JoinCluster(_) | Step::RemoveNode(_),
+                Some(R::Done(_) | R::Exists(_) | R::NotFound(_)),
+            ) => true,
             (Step::CreateGroup(_), Some(R::Done(_) | R::Exists(_))) => true,
             (Step::Join(_), Some(R::Done(_))) => true,
             (Step::Private { to, client_id }, Some(R::Appended(a) | R::Duplicate(a))) => {
@@ -1015,7 +1136,7 @@ impl Sim {
     }
 
     fn fault(&mut self) {
-        let kind = self.rng.below(9);
+        let kind = self.rng.below(11);
         let victim = 1 + self.rng.below(NODES);
         match kind {
             0 => {
@@ -1066,13 +1187,13 @@ impl Sim {
                 }
             }
             4 => {
-                if self.node(victim).up {
+                if self.node(victim).up && !self.absent.contains(&victim) {
                     self.trace.note(self.now, format!("crash node {victim}"));
                     self.crash(victim);
                 }
             }
             5 => {
-                if !self.node(victim).up {
+                if !self.node(victim).up && !self.absent.contains(&victim) {
                     self.trace.note(self.now, format!("restart node {victim}"));
                     self.restart(victim);
                 }
@@ -1088,13 +1209,36 @@ impl Sim {
                     );
                 }
             }
+            8 => {
+                // A new node joins: an operator starts it and asks the cluster to take it.
+                let newcomer = self.absent.iter().copied().find(|id| *id > FIRST_MEMBERS);
+                if let Some(id) = newcomer {
+                    self.trace.note(self.now, format!("node {id} joins"));
+                    self.absent.remove(&id);
+                    self.restart(id);
+                    self.operator(Step::JoinCluster(id));
+                }
+            }
+            9 => {
+                // A node dies for good and an operator removes it.
+                if !self.removed_one && victim <= FIRST_MEMBERS {
+                    self.trace
+                        .note(self.now, format!("node {victim} dies for good and is removed"));
+                    self.removed_one = true;
+                    self.crash(victim);
+                    self.absent.insert(victim);
+                    self.operator(Step::RemoveNode(victim));
+                }
+            }
             7 => {
                 // A power cut: every node loses what it had not synced, then starts again.
                 self.trace
                     .note(self.now, "power cut: every node crashes and restarts".into());
                 for id in 1..=NODES {
-                    self.crash(id);
-                    self.restart(id);
+                    if !self.absent.contains(&id) {
+                        self.crash(id);
+                        self.restart(id);
+                    }
                 }
             }
             _ => {
@@ -1111,6 +1255,9 @@ impl Sim {
         self.drop = 0;
         self.duplicate = 0;
         for id in 1..=NODES {
+            if self.absent.contains(&id) {
+                continue;
+            }
             if !self.node(id).up {
                 self.restart(id);
             }
@@ -1118,26 +1265,53 @@ impl Sim {
         }
     }
 
+    /// An operator's command, sent like a client's until acknowledged.
+    fn operator(&mut self, step: Step) {
+        self.clients.push(Client {
+            user: "operator".into(),
+            plan: vec![step],
+            next: 0,
+            asked: None,
+            hint: None,
+        });
+    }
+
+    /// Where placement wants every group, by the metadata group's leader.
+    fn final_targets(&self) -> BTreeMap<GroupId, Vec<NodeId>> {
+        self.leader_of(META)
+            .map(|l| targets_seen_by(&l.kv))
+            .unwrap_or_default()
+    }
+
     fn done(&self) -> bool {
         self.clients.iter().all(|c| c.next >= c.plan.len()) && self.caught_up() && self.fanned_out()
     }
 
     fn leader_of(&self, p: Partition) -> Option<&Node> {
-        voters(u32::from(p))
-            .into_iter()
-            .map(|id| &self.nodes[(id - 1) as usize])
-            .find(|n| n.up && n.raft.is_leader(u32::from(p)))
+        self.nodes.iter().find(|n| n.up && n.raft.is_leader(u32::from(p)))
     }
 
-    /// Every replica of every group has applied the same last index, under a leader.
+    /// Every group is on placement's target voters, which have all applied the same
+    /// last index, under a leader.
     fn caught_up(&self) -> bool {
-        (0..GROUPS).all(|group| {
-            let applied: BTreeSet<Option<u64>> = voters(group)
-                .iter()
-                .map(|id| self.nodes[(*id - 1) as usize].raft.applied(group))
-                .collect();
-            applied.len() == 1 && self.leader_of(group as Partition).is_some()
-        })
+        let targets = self.final_targets();
+        !targets.is_empty()
+            && all_groups().all(|group| {
+                let target = &targets[&group];
+                let applied: BTreeSet<Option<u64>> = target
+                    .iter()
+                    .map(|id| self.nodes[(*id - 1) as usize].raft.applied(group))
+                    .collect();
+                let conf = self
+                    .leader_of(group as Partition)
+                    .and_then(|l| l.raft.conf_state(group));
+                let full = group == META_GROUP || target.len() == REPLICAS;
+                full && applied.len() == 1
+                    && conf.is_some_and(|mut c| {
+                        c.voters.sort();
+                        c.voters == *target && c.learners.is_empty() && c.voters_outgoing.is_empty()
+                    })
+            })
     }
 
     /// Every chat group's posts reached every member.
@@ -1152,10 +1326,10 @@ impl Sim {
     fn describe_groups(&self) -> Vec<String> {
         (0..GROUPS)
             .map(|group| {
-                let states: Vec<String> = voters(group)
-                    .iter()
+                let states: Vec<String> = (1..=NODES)
+                    .filter(|id| self.nodes[(*id - 1) as usize].raft.applied(group).is_some())
                     .map(|id| {
-                        let r = &self.nodes[(*id - 1) as usize].raft;
+                        let r = &self.nodes[(id - 1) as usize].raft;
                         format!(
                             "node {id}: applied {:?} term {:?} leader {:?}{}",
                             r.applied(group),
@@ -1165,7 +1339,15 @@ impl Sim {
                         )
                     })
                     .collect();
-                format!("group {group}: {}", states.join("; "))
+                let conf = self
+                    .leader_of(group as Partition)
+                    .and_then(|l| l.raft.conf_state(group));
+                format!(
+                    "group {group}: target {:?}, leader's configuration {:?}; {}",
+                    self.final_targets().get(&group),
+                    conf.map(|c| (c.voters, c.learners, c.voters_outgoing)),
+                    states.join("; ")
+                )
             })
             .collect()
     }
@@ -1182,11 +1364,13 @@ impl Sim {
             return;
         }
         let mut violations = Vec::new();
+        let targets = self.final_targets();
         // Every replica of a partition holds the same records.
-        for group in 0..GROUPS {
+        for group in all_groups() {
             let p = group as Partition;
-            let copies: Vec<(NodeId, Records)> = voters(group)
-                .into_iter()
+            let copies: Vec<(NodeId, Records)> = targets[&group]
+                .iter()
+                .copied()
                 .map(|id| (id, partition_records(&self.nodes[(id - 1) as usize].kv, p)))
                 .collect();
             for (id, copy) in &copies[1..] {

@@ -7,12 +7,14 @@
 //! - [`keys`]: the partition-prefixed key layout.
 //! - [`store`]: the key-value interface the machine reads and writes.
 //! - [`machine`]: commands in, records and outcomes out.
+//! - [`membership`]: the metadata group's members, and placement's target voters.
 //! - [`fanout`]: which posts of a group still have to reach which partitions.
 //! - [`snapshot`]: a partition's records as the bytes of a Raft snapshot.
 
 pub mod fanout;
 pub mod keys;
 pub mod machine;
+pub mod membership;
 pub mod placement;
 pub mod snapshot;
 pub mod store;

@@ -8,6 +8,7 @@
 //! outcome back.
 
 use crate::keys::{self, kind, tree};
+use crate::membership;
 use crate::placement::{self, Partition};
 use crate::store::{Result, Store, StoreError};
 use chat_protocol::internal::command::{self, Op};
@@ -32,6 +33,10 @@ pub fn apply(p: Partition, command: &[u8], store: &mut impl Store) -> Result<Out
     };
     if let Some(wrong) = misplaced(p, &op) {
         return Ok(invalid(format!("{wrong} is not in partition {p}")));
+    }
+    let meta_op = matches!(op, Op::JoinCluster(_) | Op::LeaveCluster(_) | Op::RemoveNode(_));
+    if meta_op != (p == membership::META) {
+        return Ok(invalid(format!("command of the wrong group for partition {p}")));
     }
     let result = match op {
         Op::CreateAccount(c) => {
@@ -136,6 +141,9 @@ pub fn apply(p: Partition, command: &[u8], store: &mut impl Store) -> Result<Out
             }
             outcome::Result::Fanned(Fanned { seqs })
         }
+        Op::JoinCluster(j) => membership::join(store, j)?,
+        Op::LeaveCluster(l) => membership::leave(store, l)?,
+        Op::RemoveNode(r) => membership::remove(store, r)?,
         Op::FanoutDone(d) if d.all => {
             if let Some(mut record) = group(p, store, &d.group)?
                 && d.group_seq > record.fanout_seq
@@ -187,6 +195,7 @@ fn misplaced(p: Partition, op: &Op) -> Option<String> {
         Op::Post(post) => group(&post.group),
         Op::Fanout(f) => f.items.iter().find_map(|i| user(&i.user)),
         Op::FanoutDone(d) => group(&d.group),
+        Op::JoinCluster(_) | Op::LeaveCluster(_) | Op::RemoveNode(_) => None,
     }
 }
 

@@ -1,0 +1,189 @@
+//! Moving a group's replicas towards a target set, one safe change at a time.
+//!
+//! The leader of a group compares its configuration with where placement wants the
+//! group and proposes the next change: a missing replica joins as a learner (it does
+//! not count for the majority while it catches up, by log or snapshot); a caught-up
+//! learner is promoted together with the removal of a voter that is no longer wanted, in
+//! one joint-consensus change (so the group never has fewer voters than it needs); extra
+//! voters and learners go last. A leader that must leave hands leadership to a caught-up
+//! voter that stays, and lets it finish. Decisions only: the driver proposes them.
+
+use crate::NodeId;
+use raft::eraftpb::{ConfChangeSingle, ConfChangeTransition, ConfChangeType, ConfChangeV2, ConfState};
+use std::collections::BTreeSet;
+
+/// What the leader should do next.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Step {
+    /// Nothing: the configuration is the target, or a change is under way.
+    Wait,
+    /// Propose this change.
+    Change(ConfChangeV2),
+    /// Hand leadership to this voter first (the leader itself is to be removed).
+    TransferTo(NodeId),
+}
+
+/// A replica counts as caught up when it is at most this many entries behind.
+pub const CAUGHT_UP_SLACK: u64 = 16;
+
+fn single(node_id: NodeId, change_type: ConfChangeType) -> ConfChangeSingle {
+    let mut s = ConfChangeSingle { node_id, ..Default::default() };
+    s.set_change_type(change_type);
+    s
+}
+
+fn change(changes: Vec<ConfChangeSingle>) -> Step {
+    let mut cc = ConfChangeV2::default();
+    // Joint consensus when more than one voter changes, left automatically.
+    cc.set_transition(ConfChangeTransition::Auto);
+    cc.set_changes(changes.into());
+    Step::Change(cc)
+}
+
+/// The next step for the leader `me` of a group configured as `conf`, towards the
+/// voters `target`. `matched(n)` is how far replica `n`'s log is known to match the
+/// leader's, whose last index is `last`.
+pub fn next_step(
+    me: NodeId,
+    conf: &ConfState,
+    target: &[NodeId],
+    matched: impl Fn(NodeId) -> u64,
+    last: u64,
+) -> Step {
+    if !conf.voters_outgoing.is_empty() || target.is_empty() {
+        // In a joint configuration: raft-rs leaves it by itself.
+        return Step::Wait;
+    }
+    let voters: BTreeSet<NodeId> = conf.voters.iter().copied().collect();
+    let learners: BTreeSet<NodeId> = conf.learners.iter().copied().collect();
+    let target: BTreeSet<NodeId> = target.iter().copied().collect();
+    // A replica that has received nothing (matched 0: not even the snapshot a new
+    // replica starts from) is never caught up, however short the log.
+    let caught_up = |n: NodeId| n == me || (matched(n) > 0 && matched(n) + CAUGHT_UP_SLACK >= last);
+
+    if let Some(missing) = target
+        .iter()
+        .find(|n| !voters.contains(n) && !learners.contains(n))
+    {
+        return change(vec![single(*missing, ConfChangeType::AddLearnerNode)]);
+    }
+    let ready: Vec<NodeId> = learners
+        .iter()
+        .copied()
+        .filter(|n| target.contains(n) && caught_up(*n))
+        .collect();
+    let unwanted: Vec<NodeId> = voters.iter().copied().filter(|n| !target.contains(n)).collect();
+    if unwanted.contains(&me) {
+        // Leave leadership to a caught-up voter that stays; it finishes the move.
+        return match voters
+            .iter()
+            .copied()
+            .find(|n| *n != me && target.contains(n) && caught_up(*n))
+        {
+            Some(heir) => Step::TransferTo(heir),
+            None => Step::Wait,
+        };
+    }
+    if let Some(promoted) = ready.first() {
+        let mut changes = vec![single(*promoted, ConfChangeType::AddNode)];
+        if let Some(removed) = unwanted.first() {
+            changes.push(single(*removed, ConfChangeType::RemoveNode));
+        }
+        return change(changes);
+    }
+    if voters.len() > target.len()
+        && let Some(removed) = unwanted.first()
+    {
+        return change(vec![single(*removed, ConfChangeType::RemoveNode)]);
+    }
+    if let Some(extra) = learners.iter().find(|n| !target.contains(n)) {
+        return change(vec![single(*extra, ConfChangeType::RemoveNode)]);
+    }
+    Step::Wait
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn conf(voters: &[NodeId], learners: &[NodeId]) -> ConfState {
+        ConfState::from((voters.to_vec(), learners.to_vec()))
+    }
+
+    fn changes(step: Step) -> Vec<(NodeId, ConfChangeType)> {
+        match step {
+            Step::Change(cc) => cc
+                .get_changes()
+                .iter()
+                .map(|c| (c.node_id, c.get_change_type()))
+                .collect(),
+            other => panic!("expected a change, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_new_replica_first_joins_as_a_learner() {
+        let step = next_step(1, &conf(&[1, 2, 3], &[]), &[1, 2, 4], |_| 100, 100);
+        assert_eq!(changes(step), vec![(4, ConfChangeType::AddLearnerNode)]);
+    }
+
+    #[test]
+    fn a_learner_is_promoted_with_the_removal_only_once_caught_up() {
+        let behind = next_step(
+            1,
+            &conf(&[1, 2, 3], &[4]),
+            &[1, 2, 4],
+            |n| if n == 4 { 10 } else { 100 },
+            100,
+        );
+        assert_eq!(behind, Step::Wait);
+        let ready = next_step(1, &conf(&[1, 2, 3], &[4]), &[1, 2, 4], |_| 100, 100);
+        assert_eq!(
+            changes(ready),
+            vec![(4, ConfChangeType::AddNode), (3, ConfChangeType::RemoveNode)]
+        );
+    }
+
+    #[test]
+    fn a_learner_that_received_nothing_is_not_promoted_even_when_the_log_is_short() {
+        let step = next_step(
+            1,
+            &conf(&[1, 2, 3], &[4]),
+            &[1, 2, 4],
+            |n| if n == 4 { 0 } else { 9 },
+            9,
+        );
+        assert_eq!(step, Step::Wait);
+    }
+
+    #[test]
+    fn a_leader_to_be_removed_hands_over_first() {
+        let step = next_step(3, &conf(&[1, 2, 3], &[4]), &[1, 2, 4], |_| 100, 100);
+        assert_eq!(step, Step::TransferTo(1));
+        let nobody_ready = next_step(3, &conf(&[1, 2, 3], &[]), &[1, 2, 4], |_| 0, 100);
+        assert_eq!(changes(nobody_ready), vec![(4, ConfChangeType::AddLearnerNode)]);
+    }
+
+    #[test]
+    fn nothing_happens_in_a_joint_configuration_or_at_the_target() {
+        let mut joint = conf(&[1, 2, 4], &[]);
+        joint.voters_outgoing = vec![1, 2, 3];
+        assert_eq!(next_step(1, &joint, &[1, 2, 4], |_| 100, 100), Step::Wait);
+        assert_eq!(
+            next_step(1, &conf(&[1, 2, 4], &[]), &[4, 2, 1], |_| 100, 100),
+            Step::Wait
+        );
+    }
+
+    #[test]
+    fn a_group_shrinks_and_drops_unwanted_learners() {
+        assert_eq!(
+            changes(next_step(1, &conf(&[1, 2, 3, 4], &[]), &[1, 2, 3], |_| 100, 100)),
+            vec![(4, ConfChangeType::RemoveNode)]
+        );
+        assert_eq!(
+            changes(next_step(1, &conf(&[1, 2, 3], &[5]), &[1, 2, 3], |_| 100, 100)),
+            vec![(5, ConfChangeType::RemoveNode)]
+        );
+    }
+}
