@@ -27,7 +27,10 @@ pub enum Step {
 pub const CAUGHT_UP_SLACK: u64 = 16;
 
 fn single(node_id: NodeId, change_type: ConfChangeType) -> ConfChangeSingle {
-    let mut s = ConfChangeSingle { node_id, ..Default::default() };
+    let mut s = ConfChangeSingle {
+        node_id,
+        ..Default::default()
+    };
     s.set_change_type(change_type);
     s
 }

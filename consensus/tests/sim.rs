@@ -661,23 +661,6 @@ impl Trace {
         }
         self.log.push(format!("{now} ms: {what}"));
     }
-    /// Records an acknowledgement; the same request must always get the same answer.
-    fn ack<K: Ord + Clone + std::fmt::Debug>(
-        violations: &mut Vec<String>,
-        acks: &mut BTreeMap<K, (u64, String)>,
-        key: K,
-        seq: u64,
-        id: String,
-    ) {
-        if let Some(old) = acks.get(&key)
-            && *old != (seq, id.clone())
-        {
-            violations.push(format!(
-                "{key:?} acknowledged as {old:?} and then as ({seq}, {id})"
-            ));
-        }
-        acks.insert(key, (seq, id));
-    }
 }
 
 struct Sim {
@@ -1011,6 +994,34 @@ impl Sim {
         }
     }
 
+    /// Records what `user` had acknowledged: the same request must always get the same
+    /// answer.
+    fn acked(&mut self, user: &str, acked: Acked, seq: u64, id: String) {
+        let (acks, key) = match &acked {
+            Acked::Private { to, client_id } => (
+                &mut self.trace.private_acks,
+                (to.clone(), user.to_owned(), client_id.clone()),
+            ),
+            Acked::Post { group, client_id } => (
+                &mut self.trace.post_acks,
+                (group.clone(), user.to_owned(), client_id.clone()),
+            ),
+        };
+        if let Some(old) = acks.get(&key)
+            && *old != (seq, id.clone())
+        {
+            self.trace.violations.push(format!(
+                "{key:?} acknowledged as {old:?} and then as ({seq}, {id})"
+            ));
+        }
+        acks.insert(key, (seq, id));
+        self.trace
+            .acked_order
+            .entry(user.to_owned())
+            .or_default()
+            .push(acked);
+    }
+
     fn client_answer(&mut self, c: usize, token: Token, outcome: Outcome) {
         let client = &mut self.clients[c];
         if client.asked.map(|(_, _, t)| t) != Some(token) {
@@ -1029,43 +1040,19 @@ impl Sim {
             (Step::CreateGroup(_), Some(R::Done(_) | R::Exists(_))) => true,
             (Step::Join(_), Some(R::Done(_))) => true,
             (Step::Private { to, client_id }, Some(R::Appended(a) | R::Duplicate(a))) => {
-                let key = (to.clone(), user.clone(), client_id.clone());
-                Trace::ack(
-                    &mut self.trace.violations,
-                    &mut self.trace.private_acks,
-                    key,
-                    a.seq,
-                    a.message_id,
-                );
                 let acked = Acked::Private {
                     to: to.clone(),
                     client_id: client_id.clone(),
                 };
-                self.trace
-                    .acked_order
-                    .entry(user.clone())
-                    .or_default()
-                    .push(acked);
+                self.acked(&user, acked, a.seq, a.message_id);
                 true
             }
             (Step::Post { group, client_id }, Some(R::Posted(p))) => {
-                let key = (group.clone(), user.clone(), client_id.clone());
-                Trace::ack(
-                    &mut self.trace.violations,
-                    &mut self.trace.post_acks,
-                    key,
-                    p.group_seq,
-                    p.message_id,
-                );
                 let acked = Acked::Post {
                     group: group.clone(),
                     client_id: client_id.clone(),
                 };
-                self.trace
-                    .acked_order
-                    .entry(user.clone())
-                    .or_default()
-                    .push(acked);
+                self.acked(&user, acked, p.group_seq, p.message_id);
                 true
             }
             // Not yet possible (the group or the recipient is not created yet): retry.

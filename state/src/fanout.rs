@@ -107,24 +107,17 @@ pub fn plan(p: Partition, store: &impl Store, group_name: &str, max_posts: u64) 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::machine::apply;
+    use crate::machine::apply_op;
     use crate::store::MemStore;
     use chat_protocol::internal::command::{self, Op};
-    use chat_protocol::internal::{Command, outcome};
-    use prost::Message;
+    use chat_protocol::internal::outcome;
 
     fn group_in(p: Partition) -> String {
-        (0..)
-            .map(|i| format!("group{i}"))
-            .find(|g| placement::of_group(g) == p)
-            .unwrap()
+        placement::group_named_in(p, "group", 0)
     }
 
     fn run(p: Partition, store: &mut MemStore, op: Op) -> outcome::Result {
-        apply(p, &Command { op: Some(op) }.encode_to_vec(), store)
-            .unwrap()
-            .result
-            .unwrap()
+        apply_op(p, op, store).unwrap().result.unwrap()
     }
 
     /// A group with members in several partitions and `posts` posts by its creator.

@@ -168,6 +168,11 @@ pub fn apply(p: Partition, command: &[u8], store: &mut impl Store) -> Result<Out
     Ok(Outcome { result: Some(result) })
 }
 
+/// Applies one command given as its operation (tests, tools and bootstrap records).
+pub fn apply_op(p: Partition, op: Op, store: &mut impl Store) -> Result<Outcome> {
+    apply(p, &Command { op: Some(op) }.encode_to_vec(), store)
+}
+
 fn done() -> outcome::Result {
     outcome::Result::Done(Empty {})
 }
@@ -419,27 +424,16 @@ mod tests {
     use crate::store::MemStore;
     use chat_protocol::internal::{AccountRecord, Command};
 
-    /// A user name in partition `p` (names are hashed, so search).
     fn user_in(p: Partition, n: usize) -> String {
-        (0..)
-            .map(|i| format!("user{i}"))
-            .filter(|u| placement::of_user(u) == p)
-            .nth(n)
-            .unwrap()
+        placement::user_named_in(p, "user", n)
     }
 
     fn group_in(p: Partition) -> String {
-        (0..)
-            .map(|i| format!("group{i}"))
-            .find(|g| placement::of_group(g) == p)
-            .unwrap()
+        placement::group_named_in(p, "group", 0)
     }
 
     fn run(p: Partition, store: &mut MemStore, op: Op) -> outcome::Result {
-        apply(p, &Command { op: Some(op) }.encode_to_vec(), store)
-            .unwrap()
-            .result
-            .unwrap()
+        apply_op(p, op, store).unwrap().result.unwrap()
     }
 
     fn register(p: Partition, store: &mut MemStore, user: &str) -> outcome::Result {

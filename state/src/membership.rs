@@ -140,16 +140,13 @@ pub fn targets(members: &BTreeMap<NodeId, MemberRecord>, replicas: usize) -> BTr
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::machine::apply;
+    use crate::machine::{apply, apply_op};
     use crate::store::MemStore;
     use chat_protocol::internal::Command;
     use chat_protocol::internal::command::Op;
 
     fn run(store: &mut MemStore, op: Op) -> outcome::Result {
-        apply(META, &Command { op: Some(op) }.encode_to_vec(), store)
-            .unwrap()
-            .result
-            .unwrap()
+        apply_op(META, op, store).unwrap().result.unwrap()
     }
 
     fn joined(n: u64) -> Op {

@@ -58,6 +58,25 @@ pub fn of_group(group: &str) -> Partition {
     partition(Entity::Group(group))
 }
 
+/// The `n`th name `{prefix}{i}` (i = 0, 1, ...) whose user partition is `p`: names are
+/// hashed, so tests and tools that need users in a given partition search for them.
+pub fn user_named_in(p: Partition, prefix: &str, n: usize) -> String {
+    (0..)
+        .map(|i| format!("{prefix}{i}"))
+        .filter(|u| of_user(u) == p)
+        .nth(n)
+        .expect("names cover every partition")
+}
+
+/// The `n`th name `{prefix}{i}` whose group partition is `p`.
+pub fn group_named_in(p: Partition, prefix: &str, n: usize) -> String {
+    (0..)
+        .map(|i| format!("{prefix}{i}"))
+        .filter(|g| of_group(g) == p)
+        .nth(n)
+        .expect("names cover every partition")
+}
+
 /// The rendezvous weight of `node` for partition `p`.
 fn weight(node: &str, p: Partition) -> u64 {
     mix(fnv1a(&[node.as_bytes(), &p.to_be_bytes()]))

@@ -368,7 +368,22 @@ fn toml_value(toml: &str, key: &str) -> Option<String> {
 }
 
 /// Polls `check` until it returns `Some`, or fails after `deadline`.
-pub async fn wait_for<T, F, Fut>(what: &str, deadline: Duration, mut check: F) -> Result<T>
+pub async fn wait_for<T, F, Fut>(what: &str, deadline: Duration, check: F) -> Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    wait_for_every(what, deadline, Duration::from_millis(25), check).await
+}
+
+/// Polls `check` every `interval` until it returns `Some`, or fails after `deadline`
+/// (a longer interval for checks that are themselves expensive).
+pub async fn wait_for_every<T, F, Fut>(
+    what: &str,
+    deadline: Duration,
+    interval: Duration,
+    mut check: F,
+) -> Result<T>
 where
     F: FnMut() -> Fut,
     Fut: Future<Output = Option<T>>,
@@ -379,9 +394,9 @@ where
             return Ok(v);
         }
         if Instant::now() > end {
-            bail!("timed out waiting for {what}");
+            bail!("timed out after {deadline:?} waiting for {what}");
         }
-        tokio::time::sleep(Duration::from_millis(25)).await;
+        tokio::time::sleep(interval).await;
     }
 }
 

@@ -241,22 +241,13 @@ fn node_opts(net: &Net, i: usize) -> NodeOpts {
     }
 }
 
-/// Polls `check` every 250 ms until it returns `Some`, failing after `deadline`.
-async fn poll<T, F, Fut>(what: &str, deadline: Duration, mut check: F) -> Result<T>
+/// Polls `check` every 250 ms (each check reads every node) until it returns `Some`.
+async fn poll<T, F, Fut>(what: &str, deadline: Duration, check: F) -> Result<T>
 where
     F: FnMut() -> Fut,
     Fut: Future<Output = Option<T>>,
 {
-    let end = Instant::now() + deadline;
-    loop {
-        if let Some(v) = check().await {
-            return Ok(v);
-        }
-        if Instant::now() > end {
-            bail!("timed out after {deadline:?} waiting for {what}");
-        }
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
+    chat_tests::wait_for_every(what, deadline, Duration::from_millis(250), check).await
 }
 
 /// Waits until every node says the cluster is settled: if `/cluster` has a `settled`

@@ -136,11 +136,7 @@ fn propose(nodes: &[&TestNode], p: Partition, op: Op) -> outcome::Result {
 }
 
 fn user_in(p: Partition, n: usize) -> String {
-    (0..)
-        .map(|i| format!("user{i}"))
-        .filter(|u| placement::of_user(u) == p)
-        .nth(n)
-        .unwrap()
+    placement::user_named_in(p, "user", n)
 }
 
 fn register(user: &str) -> Op {
