@@ -10,9 +10,9 @@
 //! seq) and nothing later can be stored before something earlier.
 
 use crate::keys::{self, kind, tree};
-use crate::machine::{decode, fanout_key, group};
+use crate::machine::group;
 use crate::placement::{self, Partition};
-use crate::store::{Result, Store};
+use crate::store::{Result, Store, decode};
 use chat_protocol::internal::GroupMessage;
 use chat_protocol::internal::command::FanoutItem;
 use std::collections::BTreeMap;
@@ -67,7 +67,7 @@ pub fn plan(p: Partition, store: &impl Store, group_name: &str, max_posts: u64) 
                 Some(c) => *c,
                 None => {
                     let c = store
-                        .get(&fanout_key(p, group_name, to))?
+                        .get(&keys::fanout(p, group_name, to))?
                         .map(|v| keys::seq_of(&v))
                         .unwrap_or(0);
                     cursors.insert(to, c);

@@ -83,6 +83,11 @@ pub fn suffix_key(p: Partition, tree: u8, name: &str, kind: u8, suffix: &[u8]) -
     key
 }
 
+/// How far a group's fan-out reached in partition `to`.
+pub fn fanout(p: Partition, group: &str, to: Partition) -> Vec<u8> {
+    suffix_key(p, tree::GROUPS, group, kind::FANOUT, &to.to_be_bytes())
+}
+
 /// An account.
 pub fn account(p: Partition, user: &str) -> Vec<u8> {
     let mut key = start(p, tree::ACCOUNTS, user.len());

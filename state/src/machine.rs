@@ -10,7 +10,7 @@
 use crate::keys::{self, kind, tree};
 use crate::membership;
 use crate::placement::{self, Partition};
-use crate::store::{Result, Store, StoreError};
+use crate::store::{Result, Store, decode};
 use chat_protocol::internal::command::{self, Op};
 use chat_protocol::internal::outcome::{self, Fanned, Posted};
 use chat_protocol::internal::response::{Appended, Cursors};
@@ -157,7 +157,7 @@ pub fn apply(p: Partition, command: &[u8], store: &mut impl Store) -> Result<Out
             done()
         }
         Op::FanoutDone(d) => {
-            let key = fanout_key(p, &d.group, d.partition as Partition);
+            let key = keys::fanout(p, &d.group, d.partition as Partition);
             let before = store.get(&key)?.map(|v| keys::seq_of(&v)).unwrap_or(0);
             if d.group_seq > before {
                 store.put(key, keys::seq_value(d.group_seq).to_vec());
@@ -202,17 +202,6 @@ fn misplaced(p: Partition, op: &Op) -> Option<String> {
         Op::FanoutDone(d) => group(&d.group),
         Op::JoinCluster(_) | Op::LeaveCluster(_) | Op::RemoveNode(_) => None,
     }
-}
-
-pub(crate) fn decode<M: Message + Default>(bytes: Option<Vec<u8>>, what: &str) -> Result<Option<M>> {
-    bytes
-        .map(|b| M::decode(b.as_slice()).map_err(|e| StoreError(format!("corrupt {what}: {e}"))))
-        .transpose()
-}
-
-/// How far a group's fan-out reached in partition `to`.
-pub(crate) fn fanout_key(p: Partition, group: &str, to: Partition) -> Vec<u8> {
-    keys::suffix_key(p, tree::GROUPS, group, kind::FANOUT, &to.to_be_bytes())
 }
 
 fn member_key(p: Partition, group: &str, user: &str) -> Vec<u8> {

@@ -8,9 +8,8 @@
 //! join again (its data is from before its removal).
 
 use crate::keys;
-use crate::machine::decode;
 use crate::placement::{PARTITIONS, Partition};
-use crate::store::{Result, Store};
+use crate::store::{Result, Store, decode};
 use chat_protocol::internal::command::{JoinCluster, LeaveCluster, RemoveNode};
 use chat_protocol::internal::{Empty, MemberRecord, outcome};
 use prost::Message;

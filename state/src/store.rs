@@ -25,6 +25,14 @@ pub trait Store {
     fn delete(&mut self, key: Vec<u8>);
 }
 
+/// Decodes a stored record; a record that does not decode is a [`StoreError`]: this
+/// replica's storage is damaged, and it must not go on applying.
+pub fn decode<M: prost::Message + Default>(bytes: Option<Vec<u8>>, what: &str) -> Result<Option<M>> {
+    bytes
+        .map(|b| M::decode(b.as_slice()).map_err(|e| StoreError(format!("corrupt {what}: {e}"))))
+        .transpose()
+}
+
 /// Records in memory.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct MemStore(pub BTreeMap<Vec<u8>, Vec<u8>>);
