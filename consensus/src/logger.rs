@@ -16,8 +16,9 @@ impl Drain for TracingDrain {
         match record.level() {
             Level::Critical | Level::Error => tracing::error!(target: "chat_consensus::raft", "{message}"),
             Level::Warning => tracing::warn!(target: "chat_consensus::raft", "{message}"),
-            Level::Info | Level::Debug => tracing::debug!(target: "chat_consensus::raft", "{message}"),
-            Level::Trace => tracing::trace!(target: "chat_consensus::raft", "{message}"),
+            Level::Info => tracing::debug!(target: "chat_consensus::raft", "{message}"),
+            // raft-rs logs every message it sends at debug.
+            Level::Debug | Level::Trace => tracing::trace!(target: "chat_consensus::raft", "{message}"),
         }
         Ok(())
     }

@@ -210,6 +210,10 @@ pub struct MultiRaft<P> {
     config: RaftConfig,
     logger: slog::Logger,
     groups: BTreeMap<GroupId, Group<P>>,
+    /// Ticks so far, and the tick each peer was last heard from (any group): liveness is
+    /// per node, not per group.
+    ticks: u64,
+    heard: BTreeMap<NodeId, u64>,
     /// Groups whose ready was taken in `start_round`: (group, ready number, applied).
     in_round: Vec<(GroupId, u64, u64)>,
     next_read: u64,
@@ -235,6 +239,8 @@ impl<P> MultiRaft<P> {
             groups: BTreeMap::new(),
             in_round: Vec::new(),
             next_read: 1,
+            ticks: 0,
+            heard: BTreeMap::new(),
         }
     }
 
@@ -384,6 +390,49 @@ impl<P> MultiRaft<P> {
         self.groups.get(&group).map(|g| g.applied)
     }
 
+    /// For a leader: whether the group is whole: no change under way, no learner, and
+    /// every voter heard from lately and no more than a few entries behind.
+    pub fn whole(&self, group: GroupId) -> bool {
+        let Some(g) = self.groups.get(&group) else {
+            return false;
+        };
+        if g.node.raft.state != StateRole::Leader {
+            return false;
+        }
+        let conf = g.node.raft.prs().conf().to_conf_state();
+        if !conf.voters_outgoing.is_empty() || !conf.learners.is_empty() {
+            return false;
+        }
+        let last = g.node.raft.raft_log.last_index();
+        g.node.raft.prs().iter().all(|(id, pr)| {
+            *id == self.id || (self.alive(*id) && pr.matched + crate::reconfig::CAUGHT_UP_SLACK >= last)
+        })
+    }
+
+    /// Whether `peer` was heard from (in any group) within two election timeouts.
+    pub fn alive(&self, peer: NodeId) -> bool {
+        let window = 2 * self.config.election_ticks as u64;
+        self.heard
+            .get(&peer)
+            .is_some_and(|at| self.ticks.saturating_sub(*at) <= window)
+    }
+
+    /// For a leader: each replica's (id, matched index, heard from lately), and the last
+    /// index (for status pages and logs).
+    pub fn progress(&self, group: GroupId) -> (Vec<(NodeId, u64, bool)>, u64) {
+        let Some(g) = self.groups.get(&group) else {
+            return (Vec::new(), 0);
+        };
+        let replicas = g
+            .node
+            .raft
+            .prs()
+            .iter()
+            .map(|(id, pr)| (*id, pr.matched, self.alive(*id)))
+            .collect();
+        (replicas, g.node.raft.raft_log.last_index())
+    }
+
     /// For a leader: whether every voter's log matches the leader's up to its last entry.
     pub fn caught_up(&self, group: GroupId) -> bool {
         let Some(g) = self.groups.get(&group) else {
@@ -402,6 +451,7 @@ impl<P> MultiRaft<P> {
     /// nothing more while it waits for one; a follower that has not caught up within
     /// a few election timeouts is reported as failed, so the leader sends again.
     pub fn tick(&mut self) {
+        self.ticks += 1;
         let patience = 3 * self.config.election_ticks;
         for g in self.groups.values_mut() {
             g.node.tick();
@@ -431,6 +481,7 @@ impl<P> MultiRaft<P> {
 
     /// Hands a peer's message to its group.
     pub fn step(&mut self, group: GroupId, message: Message) -> Result<()> {
+        self.heard.insert(message.from, self.ticks);
         let g = self.groups.get_mut(&group).ok_or(Error::UnknownGroup(group))?;
         // A replica with nothing (new, or removed and added again) may still hear from a
         // leader that remembers how far its old log reached; raft-rs would take that as

@@ -82,8 +82,22 @@ async fn cluster(State(ctx): State<Arc<NodeCtx>>) -> impl IntoResponse {
         })
         .collect();
     let stats = registry_stats(&ctx).await;
+    // The Raft core's view, when it runs (`cluster.consensus`): `settled` means every
+    // group here has a live leader and every group led here is whole and placed.
+    let consensus = ctx.consensus.as_ref().map(|c| {
+        let s = c.status();
+        serde_json::json!({
+            "groups": s.groups,
+            "leading": s.leading,
+            "leaderless": s.leaderless,
+            "unsettled": s.unsettled,
+            "members": s.members,
+            "settled": s.settled(),
+        })
+    });
     let body = serde_json::json!({
         "node": ctx.node_name,
+        "consensus": consensus,
         "nodes": nodes,
         "joined": stats.joined,
         "members": stats.members,

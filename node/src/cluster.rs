@@ -342,6 +342,7 @@ impl MemberState {
                 Some(item::Body::Response(resp)) => remote.complete(resp),
                 Some(item::Body::Push(push)) => remote.push_to_session(push),
                 Some(item::Body::ReplicationAck(ack)) => remote.replication_ack(ack),
+                Some(item::Body::Raft(batch)) => remote.raft(batch),
                 Some(body) => {
                     let _ = registry.cast(RegistryMsg::Handoff(body));
                 }

@@ -148,6 +148,14 @@ pub struct ClusterConfig {
     /// when a node dies a node with a whole copy takes its partitions over.
     /// 1 keeps no copies: a down node's users wait for it. Between 1 and 5. Default: 2.
     pub replicas: usize,
+    /// Run the Raft core beside today's: every partition becomes a Raft group of
+    /// `replicas` voters, with membership decided by the metadata group. It does not
+    /// serve requests yet (see ARCHITECTURE.md, "Consensus"); `/cluster` reports it.
+    /// Default: false.
+    pub consensus: bool,
+    /// With `consensus`: the names of the nodes a new cluster starts with, the same
+    /// on each of them. Empty: a node without seeds starts a cluster of its own.
+    pub initial_members: Vec<String>,
 }
 
 /// Accounts and tokens.
@@ -223,6 +231,8 @@ impl Default for ClusterConfig {
             cookie: "chat-cluster-dev-cookie".to_owned(),
             handoff_on_shutdown: true,
             replicas: 2,
+            consensus: false,
+            initial_members: Vec::new(),
         }
     }
 }

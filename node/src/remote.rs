@@ -63,6 +63,8 @@ pub struct Remote {
     /// Where replicas' acknowledgements go (straight from the member actor: they
     /// complete clients' writes, so they skip the registry's queue).
     replicator: std::sync::OnceLock<std::sync::Weak<crate::replication::Replicator>>,
+    /// Where peers' Raft messages go, when this node runs consensus.
+    consensus: std::sync::OnceLock<crate::consensus::driver::Handle>,
 }
 
 struct LocalSession {
@@ -87,7 +89,22 @@ impl Remote {
             sessions: Mutex::default(),
             runtime: tokio::runtime::Handle::try_current().ok(),
             replicator: std::sync::OnceLock::new(),
+            consensus: std::sync::OnceLock::new(),
         })
+    }
+
+    /// Hands peers' Raft messages to `consensus` from now on.
+    pub fn set_consensus(&self, consensus: crate::consensus::driver::Handle) {
+        let _ = self.consensus.set(consensus);
+    }
+
+    /// A peer's Raft messages arrived (dropped when this node runs no consensus).
+    pub fn raft(&self, batch: chat_protocol::internal::RaftBatch) {
+        if let Some(consensus) = self.consensus.get() {
+            for m in batch.messages {
+                consensus.step(m.group, m.message);
+            }
+        }
     }
 
     /// Hands replicas' acknowledgements to `replicator` from now on.

@@ -75,6 +75,8 @@ pub struct NodeCtx {
     pub view: crate::cluster::ClusterView,
     /// Links to the other nodes, and this node's session directory.
     pub remote: Arc<crate::remote::Remote>,
+    /// The Raft core, when `cluster.consensus` is set.
+    pub consensus: Option<crate::consensus::driver::Handle>,
     hashing: PasswordHashing,
     /// argon2 is memory-hard: bound how many hashes run at once.
     hash_slots: Semaphore,
@@ -226,6 +228,17 @@ pub async fn run(config: Config, listeners: Listeners, shutdown: CancellationTok
     if let Some(announce) = on_cluster_listening {
         announce(&cluster.card.cluster_addr);
     }
+    let consensus = if config.cluster.consensus {
+        Some(start_consensus(
+            &config,
+            &node_name,
+            &storage,
+            &remote,
+            &cluster.view,
+        )?)
+    } else {
+        None
+    };
     let hashing = PasswordHashing::new(config.auth.argon2_memory_kib, config.auth.argon2_iterations)
         .map_err(|e| NodeError::Config(crate::config::ConfigError::Invalid(e)))?;
     let parallelism = std::thread::available_parallelism().map_or(2, |n| n.get());
@@ -241,6 +254,7 @@ pub async fn run(config: Config, listeners: Listeners, shutdown: CancellationTok
         metrics: metrics.clone(),
         view: cluster.view.clone(),
         remote,
+        consensus: consensus.as_ref().map(|(handle, _)| handle.clone()),
         hashing,
         hash_slots: Semaphore::new(parallelism),
     });
@@ -310,6 +324,10 @@ pub async fn run(config: Config, listeners: Listeners, shutdown: CancellationTok
     if registry.cast(RegistryMsg::Drain { reply }).is_ok() {
         let _ = tokio::time::timeout(DRAIN_SESSIONS, rx).await;
     }
+    if let Some((handle, thread)) = consensus {
+        handle.stop();
+        let _ = tokio::task::spawn_blocking(move || thread.join()).await;
+    }
     storage.barrier().await?;
     storage.flush()?;
     registry.stop(None);
@@ -318,6 +336,83 @@ pub async fn run(config: Config, listeners: Listeners, shutdown: CancellationTok
     cluster.stop();
     tracing::info!(node = %node_name, "stopped");
     Ok(())
+}
+
+/// Starts the Raft core beside today's (see `cluster.consensus`): its log and records in
+/// this node's database, synced with it; its messages over the links to the peers.
+fn start_consensus(
+    config: &Config,
+    node_name: &str,
+    storage: &Storage,
+    remote: &Arc<crate::remote::Remote>,
+    view: &crate::cluster::ClusterView,
+) -> Result<(crate::consensus::driver::Handle, std::thread::JoinHandle<()>), NodeError> {
+    use crate::consensus::{disk::Disk, driver, node_id};
+    let mut first: Vec<String> = config.cluster.initial_members.clone();
+    if first.is_empty() && config.cluster.seeds.is_empty() {
+        first.push(node_name.to_owned());
+    }
+    let bootstrap: Vec<(u64, String)> = first.iter().map(|name| (node_id(name), name.clone())).collect();
+    let disk = Disk::open(&storage.database()).map_err(|e| NodeError::Spawn(format!("consensus: {e}")))?;
+    let links = RaftLinks {
+        remote: remote.clone(),
+        view: view.clone(),
+        names: first,
+    };
+    let settings = driver::Settings {
+        id: node_id(node_name),
+        replicas: config.cluster.replicas,
+        timing: driver::Timing::default(),
+        bootstrap,
+    };
+    let logger = chat_consensus::logger::tracing_logger();
+    let (handle, thread) = driver::start(settings, disk, StorageSync(storage.clone()), links, logger)
+        .map_err(|e| NodeError::Spawn(format!("consensus: {e}")))?;
+    remote.set_consensus(handle.clone());
+    Ok((handle, thread))
+}
+
+/// A round of the Raft core is durable once the database is synced.
+struct StorageSync(Storage);
+
+impl crate::consensus::driver::Sync for StorageSync {
+    fn sync(&mut self) -> std::io::Result<()> {
+        self.0.sync_to_disk().map_err(std::io::Error::other)
+    }
+}
+
+/// The Raft core's messages travel on the links to the peers, one item per peer per
+/// round; a node's Raft id is the hash of its name.
+struct RaftLinks {
+    remote: Arc<crate::remote::Remote>,
+    view: crate::cluster::ClusterView,
+    /// Names known before the peers are seen (the first members).
+    names: Vec<String>,
+}
+
+impl crate::consensus::driver::Transport for RaftLinks {
+    fn send(&mut self, to: u64, messages: Vec<(u32, Vec<u8>)>) {
+        let id = crate::consensus::node_id;
+        let name = self.names.iter().find(|n| id(n) == to).cloned().or_else(|| {
+            self.view
+                .peers()
+                .into_iter()
+                .map(|p| p.card.name)
+                .find(|n| id(n) == to)
+        });
+        let Some(name) = name else {
+            tracing::debug!(peer = to, "raft messages for an unknown node dropped");
+            return;
+        };
+        let messages = messages
+            .into_iter()
+            .map(|(group, message)| chat_protocol::internal::RaftMessage { group, message })
+            .collect();
+        // A full link drops them: Raft sends again.
+        let batch = chat_protocol::internal::RaftBatch { messages };
+        self.remote
+            .send(&name, chat_protocol::internal::item::Body::Raft(batch));
+    }
 }
 
 #[cfg(test)]

@@ -501,6 +501,12 @@ impl Storage {
         self.commit_wait(Writes::default()).await
     }
 
+    /// The database itself, for stores that keep their own trees in it and share its
+    /// syncs (the consensus log and records).
+    pub fn database(&self) -> sled::Db {
+        self.db.clone()
+    }
+
     /// Makes everything written to the database so far durable, blocking: sled's flush,
     /// then an `fdatasync` of the files it wrote (see [`DiskSync`]). One call covers every
     /// write before it, so call it once per round of writes, never per write. Anything

@@ -303,7 +303,11 @@ fn spawn_node(dir: &Path, opts: &NodeOpts) -> Result<Spawned> {
     let mut child = command
         .arg("--config")
         .arg(&config)
-        .env("RUST_LOG", "info")
+        // CHAT_TEST_RUST_LOG sets the nodes' log filter when debugging (default: info).
+        .env(
+            "RUST_LOG",
+            std::env::var("CHAT_TEST_RUST_LOG").unwrap_or_else(|_| "info".into()),
+        )
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(std::fs::File::create(&log)?)

@@ -9,12 +9,11 @@
 //! closure only sends or casts).
 
 use super::disk::{self, Disk, Pending};
-use chat_consensus::eraftpb::Message;
 use chat_consensus::{Error as RaftError, GroupId, MultiRaft, NodeId, Outgoing, RaftConfig};
 use chat_protocol::internal::Outcome;
 use chat_state::placement::Partition;
 use std::collections::{BTreeMap, HashMap};
-use std::sync::mpsc;
+use std::sync::{Arc, Mutex, mpsc};
 use std::time::{Duration, Instant};
 
 /// Why a proposal or a read was not carried out.
@@ -65,6 +64,8 @@ pub struct Timing {
     pub tick: Duration,
     /// Raft's settings, in ticks.
     pub raft: RaftConfig,
+    /// Ticks between two looks at placement (moving groups towards their targets).
+    pub placement_ticks: u32,
 }
 
 impl Default for Timing {
@@ -76,7 +77,32 @@ impl Default for Timing {
                 heartbeat_ticks: 2,
                 ..RaftConfig::default()
             },
+            placement_ticks: 5,
         }
+    }
+}
+
+/// What this node sees of consensus, refreshed every tick (for `/cluster`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Status {
+    /// Groups this node has a replica of.
+    pub groups: usize,
+    /// Of those, groups it leads.
+    pub leading: usize,
+    /// Groups whose replica here knows no leader.
+    pub leaderless: usize,
+    /// Groups led here that are not whole (a voter behind or silent, a change under
+    /// way, or not on placement's voters yet).
+    pub unsettled: usize,
+    /// Members in the metadata group's records, as applied here.
+    pub members: usize,
+}
+
+impl Status {
+    /// Every group here has a live leader, and every group led here is whole: as this
+    /// node sees it (a cluster is settled when every node says so).
+    pub fn settled(&self) -> bool {
+        self.groups > 0 && self.leaderless == 0 && self.unsettled == 0
     }
 }
 
@@ -97,6 +123,7 @@ enum Input {
     Create {
         group: GroupId,
         voters: Vec<NodeId>,
+        data: Vec<u8>,
     },
     Inspect(Look),
     Stop,
@@ -116,6 +143,7 @@ enum Waiter {
 #[derive(Clone)]
 pub struct Handle {
     tx: mpsc::Sender<Input>,
+    status: Arc<Mutex<Status>>,
 }
 
 impl std::fmt::Debug for Handle {
@@ -156,10 +184,22 @@ impl Handle {
 
     /// Creates a replica of a new group with these first voters (the same on every voter).
     pub fn create(&self, partition: Partition, voters: Vec<NodeId>) {
+        self.create_with(partition, voters, Vec::new());
+    }
+
+    /// Like [`Handle::create`], starting from records (`chat_state::snapshot` bytes, the
+    /// same on every first voter).
+    pub fn create_with(&self, partition: Partition, voters: Vec<NodeId>, data: Vec<u8>) {
         let _ = self.tx.send(Input::Create {
             group: GroupId::from(partition),
             voters,
+            data,
         });
+    }
+
+    /// What this node sees of consensus, as of the last tick.
+    pub fn status(&self) -> Status {
+        *self.status.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// Runs `look` on the driver thread with the current Raft state (status pages, tests).
@@ -173,25 +213,52 @@ impl Handle {
     }
 }
 
-/// Starts the driver thread for node `id` over `disk`, restoring every group persisted
-/// there.
+/// Who this node is and how its groups are kept.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// This node's Raft id.
+    pub id: NodeId,
+    /// Voters per partition (capped by the active members).
+    pub replicas: usize,
+    /// Ticks and Raft's settings.
+    pub timing: Timing,
+    /// The first members of a new cluster (id, name), the same list on each of them.
+    pub bootstrap: Vec<(NodeId, String)>,
+}
+
+/// Starts the driver thread over `disk`, restoring every group persisted there. Groups
+/// are kept on `replicas` voters where placement (over the metadata group's members)
+/// wants them. On a disk with no consensus state at all, and only there, the bootstrap
+/// list creates the metadata group and this node's replicas of the partitions: a node
+/// that lost a group must never create it again from scratch.
 pub fn start(
-    id: NodeId,
-    timing: Timing,
+    settings: Settings,
     disk: Disk,
     sync: impl Sync,
     transport: impl Transport,
     logger: chat_consensus::Logger,
 ) -> Result<(Handle, std::thread::JoinHandle<()>), disk::DiskError> {
+    let Settings {
+        id,
+        replicas,
+        timing,
+        bootstrap,
+    } = settings;
     let mut raft = MultiRaft::new(id, timing.raft.clone(), logger);
-    for (group, log) in disk.load()? {
+    let persisted = disk.load()?;
+    let fresh = persisted.is_empty();
+    for (group, log) in persisted {
         // Only a group with a configuration was ever created here.
         if !log.conf_state.voters.is_empty() || !log.conf_state.learners.is_empty() {
             raft.restore(group, &log)
                 .map_err(|_| disk::DiskError::Corrupt(group))?;
         }
     }
+    if fresh && bootstrap.iter().any(|(member, _)| *member == id) {
+        create_first_groups(&mut raft, id, replicas, &bootstrap);
+    }
     let (tx, rx) = mpsc::channel();
+    let status = Arc::new(Mutex::new(Status::default()));
     let mut driver = Driver {
         raft,
         disk,
@@ -201,12 +268,48 @@ pub fn start(
         waiting: HashMap::new(),
         next_token: 1,
         tick: timing.tick,
+        placement_ticks: timing.placement_ticks.max(1),
+        replicas,
+        status: status.clone(),
     };
     let thread = std::thread::Builder::new()
         .name(format!("consensus-{id}"))
         .spawn(move || driver.run())
         .expect("spawn the consensus thread");
-    Ok((Handle { tx }, thread))
+    Ok((Handle { tx, status }, thread))
+}
+
+/// The metadata group (its records: the first members) and this node's replicas of the
+/// partitions, with placement's voters over the first members.
+fn create_first_groups(
+    raft: &mut MultiRaft<Token>,
+    id: NodeId,
+    replicas: usize,
+    members: &[(NodeId, String)],
+) {
+    use chat_protocol::internal::command::{JoinCluster, Op};
+    use chat_state::membership::{self, META, META_VOTERS};
+    let mut records = chat_state::MemStore::default();
+    for (node, name) in members {
+        let join = JoinCluster {
+            node: *node,
+            name: name.clone(),
+            addr: String::new(),
+        };
+        chat_state::machine::apply_op(META, Op::JoinCluster(join), &mut records).expect("memory");
+    }
+    let members = membership::members(&records).expect("memory");
+    let data = chat_state::snapshot::encode(records.0.iter().map(|(k, v)| (k.as_slice(), v.as_slice())));
+    let meta_voters = membership::voters_of(&members, GroupId::from(META), META_VOTERS);
+    if meta_voters.contains(&id) {
+        let _ = raft.create_with(GroupId::from(META), &meta_voters, data);
+    }
+    for p in 0..chat_state::placement::PARTITIONS {
+        let voters = membership::voters_of(&members, GroupId::from(p), replicas.min(members.len()));
+        if voters.contains(&id) {
+            let _ = raft.create(GroupId::from(p), &voters);
+        }
+    }
 }
 
 struct Driver<S, T> {
@@ -218,11 +321,15 @@ struct Driver<S, T> {
     waiting: HashMap<Token, Waiter>,
     next_token: Token,
     tick: Duration,
+    placement_ticks: u32,
+    replicas: usize,
+    status: Arc<Mutex<Status>>,
 }
 
 impl<S: Sync, T: Transport> Driver<S, T> {
     fn run(&mut self) {
         let mut next_tick = Instant::now() + self.tick;
+        let mut ticks: u32 = 0;
         loop {
             let timeout = next_tick.saturating_duration_since(Instant::now());
             let mut inputs = Vec::new();
@@ -239,6 +346,11 @@ impl<S: Sync, T: Transport> Driver<S, T> {
             }
             if Instant::now() >= next_tick {
                 self.raft.tick();
+                ticks = ticks.wrapping_add(1);
+                if let Err(e) = self.placement(ticks % self.placement_ticks == 0) {
+                    tracing::error!(error = %e, "consensus stopped: storage failed");
+                    stop = true;
+                }
                 next_tick += self.tick;
                 if next_tick < Instant::now() {
                     next_tick = Instant::now() + self.tick;
@@ -287,12 +399,18 @@ impl<S: Sync, T: Transport> Driver<S, T> {
                 }
             }
             Input::Peer { group, message } => match chat_consensus::decode_message(&message) {
-                Ok(message) => self.step(group, message),
+                // A leader adding this node sends before this node knows the group: it
+                // starts empty and catches up by snapshot.
+                Ok(message) => {
+                    if let Err(e) = self.raft.step_or_create(group, message) {
+                        tracing::debug!(group, error = %e, "raft message refused");
+                    }
+                }
                 Err(e) => tracing::warn!(group, error = %e, "undecodable raft message dropped"),
             },
-            Input::Create { group, voters } => {
-                if self.raft.voters(group).is_empty()
-                    && let Err(e) = self.raft.create(group, &voters)
+            Input::Create { group, voters, data } => {
+                if self.raft.applied(group).is_none()
+                    && let Err(e) = self.raft.create_with(group, &voters, data)
                 {
                     tracing::warn!(group, error = %e, "group not created");
                 }
@@ -301,12 +419,6 @@ impl<S: Sync, T: Transport> Driver<S, T> {
             Input::Stop => return true,
         }
         false
-    }
-
-    fn step(&mut self, group: GroupId, message: Message) {
-        if let Err(e) = self.raft.step(group, message) {
-            tracing::debug!(group, error = %e, "raft message refused");
-        }
     }
 
     /// One round: see the module's documentation.
@@ -334,6 +446,19 @@ impl<S: Sync, T: Transport> Driver<S, T> {
                 if let Some(token) = apply.proposer {
                     answers.push((token, outcome));
                 }
+            }
+            for group in round.removed.drain(..) {
+                // This node was removed from the group: its records go (a later move back
+                // brings a fresh snapshot).
+                for token in self.raft.remove(group) {
+                    if let Some(waiter) = self.waiting.remove(&token) {
+                        fail(waiter, ProposeError::NoReplica(group as Partition));
+                    }
+                }
+                let prefix = chat_state::keys::partition_prefix(group as Partition);
+                overlay
+                    .replace(&prefix, Vec::new())
+                    .map_err(|_| disk::DiskError::Corrupt(group))?;
             }
             for group in round.snapshot_wanted.drain(..) {
                 let prefix = chat_state::keys::partition_prefix(group as Partition);
@@ -371,6 +496,51 @@ impl<S: Sync, T: Transport> Driver<S, T> {
             .map_err(|e| disk::DiskError::Sled(sled::Error::Io(e)))?;
         let held = self.raft.finish_round();
         self.send(held);
+        Ok(())
+    }
+
+    /// Refreshes the status and, when `look`, moves every group led here towards the
+    /// voters placement wants, by the members this node's replica of the metadata group
+    /// has applied.
+    fn placement(&mut self, look: bool) -> Result<(), disk::DiskError> {
+        let meta = GroupId::from(chat_state::membership::META);
+        let mut pending = Pending::new();
+        let members = chat_state::membership::members(&self.disk.overlay(&mut pending))
+            .map_err(|_| disk::DiskError::Corrupt(meta))?;
+        let active = members.values().filter(|m| !m.leaving).count();
+        let mut status = Status {
+            members: members.len(),
+            ..Status::default()
+        };
+        let groups: Vec<GroupId> = self.raft.groups().collect();
+        for group in groups {
+            status.groups += 1;
+            let count = if group == meta {
+                chat_state::membership::META_VOTERS
+            } else {
+                self.replicas
+            };
+            let target = chat_state::membership::voters_of(&members, group, count.min(active));
+            if !self.raft.is_leader(group) {
+                status.leaderless += usize::from(self.raft.leader(group).is_none());
+                continue;
+            }
+            status.leading += 1;
+            let mut voters = self.raft.voters(group);
+            voters.sort();
+            let placed = target.is_empty() || voters == target;
+            if !(placed && self.raft.whole(group)) {
+                status.unsettled += 1;
+                if look {
+                    let (progress, last) = self.raft.progress(group);
+                    tracing::debug!(group, placed, ?progress, last, "group not settled");
+                }
+            }
+            if look && !target.is_empty() {
+                self.raft.move_towards(group, &target);
+            }
+        }
+        *self.status.lock().unwrap_or_else(|e| e.into_inner()) = status;
         Ok(())
     }
 

@@ -53,6 +53,7 @@ impl Sync for Flush {
 
 fn timing() -> Timing {
     Timing {
+        placement_ticks: 5,
         tick: Duration::from_millis(10),
         raft: RaftConfig {
             election_ticks: 10,
@@ -82,8 +83,14 @@ impl TestNode {
         };
         let disk = Disk::open(&db).unwrap();
         let logger = chat_consensus::logger::discard();
+        let settings = driver::Settings {
+            id,
+            replicas: 3,
+            timing: timing(),
+            bootstrap: Vec::new(),
+        };
         let (handle, thread) =
-            driver::start(id, timing(), disk, Flush(db.clone(), syncs.clone()), link, logger).unwrap();
+            driver::start(settings, disk, Flush(db.clone(), syncs.clone()), link, logger).unwrap();
         net.handles.lock().unwrap().insert(id, handle.clone());
         Self {
             id,

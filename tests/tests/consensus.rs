@@ -1,0 +1,86 @@
+//! The Raft core on real processes (`cluster.consensus = true`): three nodes started from
+//! the same first members form the metadata group and 256 partition groups over the
+//! cluster links, and report `settled` on `/cluster`; a node killed with SIGKILL leaves
+//! every group led by the others; back from its disk, it rejoins and all settle again.
+
+use chat_tests::{DEADLINE, Node, NodeOpts, cluster_status, free_port, wait_for};
+use std::time::Duration;
+
+const COOKIE: &str = "consensus-cookie";
+
+fn consensus_member(name: &str, port: u16, seeds: &[u16], first: &[&str]) -> NodeOpts {
+    let mut opts = NodeOpts::member(name, port, seeds, COOKIE);
+    opts.cluster_toml.push_str(&format!(
+        "consensus = true\nreplicas = 3\ninitial_members = {first:?}\n"
+    ));
+    opts
+}
+
+/// The `consensus` object of a node's `/cluster`.
+async fn consensus_of(node: &Node) -> Option<serde_json::Value> {
+    let status = cluster_status(node).await?;
+    let c = status.get("consensus")?;
+    (!c.is_null()).then(|| c.clone())
+}
+
+async fn wait_settled(nodes: &[&Node], deadline: Duration) {
+    for node in nodes {
+        let settled = wait_for("the consensus groups to settle", deadline, || async move {
+            let c = consensus_of(node).await?;
+            c["settled"].as_bool()?.then_some(())
+        })
+        .await;
+        if let Err(e) = settled {
+            let last = consensus_of(node).await;
+            panic!("{e}: {} says {last:?}", node.addr);
+        }
+    }
+}
+
+#[tokio::test]
+async fn the_raft_core_settles_survives_a_kill_and_settles_again() {
+    let first = ["r1", "r2", "r3"];
+    let ports = [free_port(), free_port(), free_port()];
+    let r1 = Node::start_with(consensus_member("r1", ports[0], &[ports[1], ports[2]], &first)).unwrap();
+    let r2 = Node::start_with(consensus_member("r2", ports[1], &[ports[0], ports[2]], &first)).unwrap();
+    let mut r3 = Node::start_with(consensus_member("r3", ports[2], &[ports[0], ports[1]], &first)).unwrap();
+    wait_settled(&[&r1, &r2, &r3], 2 * DEADLINE).await;
+    // Every node has a replica of every partition (three nodes, three replicas) and of
+    // the metadata group, and all three members are known.
+    for node in [&r1, &r2, &r3] {
+        let c = consensus_of(node).await.unwrap();
+        assert_eq!(c["groups"], 257, "{c}");
+        assert_eq!(c["members"], 3, "{c}");
+    }
+    // A kill: the other two elect leaders for the groups r3 led, and see that the
+    // groups with a replica on r3 are not whole any more.
+    r3.kill9();
+    let (a, b) = (r1.admin.clone(), r2.admin.clone());
+    wait_for("the survivors to lead every group", 2 * DEADLINE, || {
+        let (a, b) = (a.clone(), b.clone());
+        async move {
+            let c1 = chat_tests::cluster_status_at(&a).await?["consensus"].clone();
+            let c2 = chat_tests::cluster_status_at(&b).await?["consensus"].clone();
+            let led = c1["leading"].as_u64()? + c2["leading"].as_u64()?;
+            (led == 257 && c1["leaderless"] == 0 && c2["leaderless"] == 0).then_some(())
+        }
+    })
+    .await
+    .unwrap();
+    wait_for("r1 to see that r3's replicas are gone", 2 * DEADLINE, || async {
+        let c = consensus_of(&r1).await?;
+        (c["settled"] == false && c["unsettled"].as_u64()? > 0).then_some(())
+    })
+    .await
+    .unwrap();
+    // Back from its disk, it catches up and everything settles again.
+    r3.restart().unwrap();
+    wait_settled(&[&r1, &r2, &r3], 2 * DEADLINE).await;
+}
+
+#[tokio::test]
+async fn a_node_without_consensus_reports_none() {
+    let node = Node::start().unwrap();
+    let status = cluster_status(&node).await.unwrap();
+    assert!(status["consensus"].is_null(), "{status}");
+}
