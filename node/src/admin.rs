@@ -1,4 +1,5 @@
-//! The operators' HTTP endpoint: `/health`, `/metrics` (Prometheus text) and `/cluster` (JSON).
+//! The operators' HTTP endpoint: `/health`, `/metrics` (Prometheus text), `/cluster`
+//! (JSON), and `POST /nodes/{name}/remove` (a dead node leaves the cluster for good).
 //!
 //! It listens on its own address (loopback by default) so that it is never
 //! exposed where clients connect.
@@ -6,10 +7,10 @@
 use crate::actors::registry::{RegistryMsg, RegistryStats};
 use crate::server::NodeCtx;
 use axum::Router;
-use axum::extract::State;
+use axum::extract::{Path, State};
 use axum::http::{StatusCode, header};
 use axum::response::IntoResponse;
-use axum::routing::get;
+use axum::routing::{get, post};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use tokio::net::TcpListener;
@@ -21,6 +22,7 @@ pub async fn serve(listener: TcpListener, ctx: Arc<NodeCtx>, shutdown: Cancellat
         .route("/health", get(health))
         .route("/metrics", get(metrics))
         .route("/cluster", get(cluster))
+        .route("/nodes/{name}/remove", post(remove_node))
         .with_state(ctx);
     let result = axum::serve(listener, app)
         .with_graceful_shutdown(async move { shutdown.cancelled().await })
@@ -111,6 +113,58 @@ async fn cluster(State(ctx): State<Arc<NodeCtx>>) -> impl IntoResponse {
         },
     });
     ([(header::CONTENT_TYPE, "application/json")], body.to_string())
+}
+
+/// Removes a node that will never come back from the cluster's members (a consensus
+/// decision of the metadata group); placement then makes its replicas again elsewhere.
+/// Its id can never join again: a node with that name needs a new data folder and a new
+/// name. Answers 200 once the removal is committed, 404 for a name that is no member, 409
+/// without consensus or for this node itself, 503 when the metadata group has no
+/// reachable leader (retry).
+async fn remove_node(State(ctx): State<Arc<NodeCtx>>, Path(name): Path<String>) -> impl IntoResponse {
+    use chat_protocol::internal::command::{Op, RemoveNode};
+    use chat_protocol::internal::{Command, outcome};
+    use prost::Message;
+    if ctx.consensus.is_none() {
+        return (
+            StatusCode::CONFLICT,
+            "this node runs no consensus (cluster.consensus)\n".to_owned(),
+        );
+    }
+    if name == ctx.node_name {
+        return (
+            StatusCode::CONFLICT,
+            "a node cannot remove itself; ask another node\n".to_owned(),
+        );
+    }
+    let node = crate::consensus::node_id(&name);
+    let command = Command {
+        op: Some(Op::RemoveNode(RemoveNode { node })),
+    }
+    .encode_to_vec();
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    ctx.remote.propose(
+        chat_state::membership::META,
+        command,
+        Box::new(move |r| {
+            let _ = tx.send(r);
+        }),
+    );
+    match tokio::time::timeout(std::time::Duration::from_secs(15), rx).await {
+        Ok(Ok(Ok(o))) => match o.result {
+            Some(outcome::Result::Done(_)) => (StatusCode::OK, format!("removed {name}\n")),
+            Some(outcome::Result::NotFound(_)) => (StatusCode::NOT_FOUND, format!("{name} is no member\n")),
+            other => (
+                StatusCode::INTERNAL_SERVER_ERROR,
+                format!("unexpected outcome {other:?}\n"),
+            ),
+        },
+        Ok(Ok(Err(e))) => (StatusCode::SERVICE_UNAVAILABLE, format!("{e}; retry\n")),
+        _ => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "no answer from the metadata group; retry\n".to_owned(),
+        ),
+    }
 }
 
 async fn registry_stats(ctx: &NodeCtx) -> RegistryStats {

@@ -13,8 +13,8 @@
 use crate::actors::registry::RegistryMsg;
 use crate::actors::wire;
 use crate::remote::Remote;
-use chat_protocol::internal::item;
 use chat_protocol::internal::{NodeCard, OnlinePage};
+use chat_protocol::internal::{item, request};
 use chat_protocol::v1::NodeInfo;
 use prost::Message;
 use ractor::concurrency::Duration;
@@ -330,6 +330,9 @@ impl MemberState {
         let (remote, registry) = (&self.args.remote, &self.args.registry);
         for item in items {
             match item.body {
+                Some(item::Body::Request(req)) if matches!(req.op, Some(request::Op::Propose(_))) => {
+                    remote.serve_proposal(req)
+                }
                 Some(item::Body::Request(req)) => {
                     let (origin, id, hops) = (req.origin.clone(), req.id, req.hops);
                     match wire::from_request(req, remote) {

@@ -37,6 +37,9 @@ pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 /// Runs with the response to a request (or the reason there is none).
 pub type OnResponse = Box<dyn FnOnce(ChatResult<response::Result>) + Send>;
 
+/// What a proposal through [`Remote::propose`] is answered with.
+pub type ProposeReply = Box<dyn FnOnce(ChatResult<chat_protocol::internal::Outcome>) + Send>;
+
 /// The queue to one peer, bounded in items and in bytes.
 struct Link {
     /// Items with their encoded size (measured once, on the way in).
@@ -211,6 +214,92 @@ impl Remote {
         } else {
             self.send(origin, item::Body::Response(resp));
         }
+    }
+
+    /// Proposes `command` to the consensus group of `partition` where it is led: here,
+    /// or at the leader this node knows of (one hop). `reply` gets the outcome, or
+    /// `UNAVAILABLE` (no consensus here, no known leader, the leader changed): retry.
+    pub fn propose(self: &Arc<Self>, partition: u16, command: Vec<u8>, reply: ProposeReply) {
+        use crate::consensus::driver::ProposeError;
+        let Some(consensus) = self.consensus.get() else {
+            return reply(Err(ChatError::Unavailable("this node runs no consensus".into())));
+        };
+        let me = self.clone();
+        let again = command.clone();
+        consensus.propose(
+            partition,
+            command,
+            Box::new(move |result| match result {
+                Ok(outcome) => reply(Ok(outcome)),
+                Err(ProposeError::NotLeader {
+                    leader: Some(leader), ..
+                }) => {
+                    let id = crate::consensus::node_id;
+                    let Some(node) = me
+                        .view
+                        .peers()
+                        .into_iter()
+                        .map(|p| p.card.name)
+                        .find(|n| id(n) == leader)
+                    else {
+                        return reply(Err(ChatError::Unavailable(format!(
+                            "partition {partition}: leader unknown"
+                        ))));
+                    };
+                    let op = request::Op::Propose(chat_protocol::internal::Propose {
+                        partition: u32::from(partition),
+                        command: again,
+                    });
+                    me.request(
+                        &node,
+                        1,
+                        op,
+                        Box::new(move |result| {
+                            reply(result.and_then(|r| {
+                                match r {
+                                    response::Result::Outcome(bytes) => {
+                                        chat_protocol::internal::Outcome::decode(bytes.as_slice()).map_err(
+                                            |e| ChatError::Internal(format!("undecodable outcome: {e}")),
+                                        )
+                                    }
+                                    response::Result::Error(e) => Err(ChatError::from_proto(e)),
+                                    _ => Err(ChatError::Internal("unexpected answer to a proposal".into())),
+                                }
+                            }))
+                        }),
+                    );
+                }
+                Err(e) => reply(Err(ChatError::Unavailable(format!("partition {partition}: {e}")))),
+            }),
+        );
+    }
+
+    /// A peer's proposal for a group led here (it is not forwarded again).
+    pub fn serve_proposal(self: &Arc<Self>, req: Request) {
+        let (origin, id) = (req.origin, req.id);
+        let Some(request::Op::Propose(p)) = req.op else {
+            return;
+        };
+        let Some(consensus) = self.consensus.get() else {
+            let e = ChatError::Unavailable("this node runs no consensus".into());
+            return self.respond(&origin, id, response::Result::Error(e.to_proto()));
+        };
+        let Ok(partition) = u16::try_from(p.partition) else {
+            let e = ChatError::BadRequest(format!("no partition {}", p.partition));
+            return self.respond(&origin, id, response::Result::Error(e.to_proto()));
+        };
+        let me = self.clone();
+        consensus.propose(
+            partition,
+            p.command,
+            Box::new(move |result| {
+                let result = match result {
+                    Ok(outcome) => response::Result::Outcome(outcome.encode_to_vec()),
+                    Err(e) => response::Result::Error(ChatError::Unavailable(e.to_string()).to_proto()),
+                };
+                me.respond(&origin, id, result);
+            }),
+        );
     }
 
     /// A response arrived.

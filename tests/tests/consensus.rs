@@ -1,9 +1,11 @@
 //! The Raft core on real processes (`cluster.consensus = true`): three nodes started from
 //! the same first members form the metadata group and 256 partition groups over the
 //! cluster links, and report `settled` on `/cluster`; a node killed with SIGKILL leaves
-//! every group led by the others; back from its disk, it rejoins and all settle again.
+//! every group led by the others; back from its disk, it rejoins and all settle again. A
+//! node that never comes back is removed by an operator (`chat remove-node`), and the
+//! others re-place its replicas and settle without it.
 
-use chat_tests::{DEADLINE, Node, NodeOpts, cluster_status, free_port, wait_for};
+use chat_tests::{DEADLINE, Node, NodeOpts, cli, cluster_status, free_port, wait_for};
 use std::time::Duration;
 
 const COOKIE: &str = "consensus-cookie";
@@ -76,6 +78,48 @@ async fn the_raft_core_settles_survives_a_kill_and_settles_again() {
     // Back from its disk, it catches up and everything settles again.
     r3.restart().unwrap();
     wait_settled(&[&r1, &r2, &r3], 2 * DEADLINE).await;
+}
+
+#[tokio::test]
+async fn a_dead_node_is_removed_by_an_operator_and_its_replicas_are_placed_elsewhere() {
+    let first = ["d1", "d2", "d3", "d4"];
+    let ports = [free_port(), free_port(), free_port(), free_port()];
+    let mut nodes = Vec::new();
+    for (i, name) in first.iter().enumerate() {
+        let seeds: Vec<u16> = ports.iter().copied().filter(|p| *p != ports[i]).collect();
+        nodes.push(Node::start_with(consensus_member(name, ports[i], &seeds, &first)).unwrap());
+    }
+    let all: Vec<&Node> = nodes.iter().collect();
+    wait_settled(&all, 2 * DEADLINE).await;
+    let admin = nodes[0].admin.trim_start_matches("http://").to_owned();
+    // Refusals: a name that is no member, and the node asked about itself.
+    let (ok, _, err) = cli(&["remove-node", "nobody", "--admin", &admin]).await.unwrap();
+    assert!(!ok && err.contains("404"), "{err}");
+    let (ok, _, err) = cli(&["remove-node", "d1", "--admin", &admin]).await.unwrap();
+    assert!(!ok && err.contains("409"), "{err}");
+    // d4 dies for good; an operator removes it through d1.
+    nodes[3].kill9();
+    let (ok, out, err) = cli(&["remove-node", "d4", "--admin", &admin]).await.unwrap();
+    assert!(ok, "remove-node failed: {err}");
+    assert!(out.contains("removed d4"), "{out}");
+    // The survivors drop d4 from every group (three replicas on three members again)
+    // and settle without it.
+    let survivors: Vec<&Node> = nodes[..3].iter().collect();
+    for node in &survivors {
+        wait_for("the members to be three", DEADLINE, || async move {
+            (consensus_of(node).await?["members"] == 3).then_some(())
+        })
+        .await
+        .unwrap();
+    }
+    wait_settled(&survivors, 3 * DEADLINE).await;
+    for node in &survivors {
+        let c = consensus_of(node).await.unwrap();
+        assert_eq!(c["groups"], 257, "every survivor holds every group again: {c}");
+    }
+    // A removed node cannot come back under its name.
+    let (ok, _, err) = cli(&["remove-node", "d4", "--admin", &admin]).await.unwrap();
+    assert!(!ok && err.contains("404"), "{err}");
 }
 
 #[tokio::test]

@@ -123,6 +123,17 @@ enum Command {
         /// A username, or a group name prefixed with '#'.
         with: String,
     },
+    /// Operators: remove a node that will never come back (nodes running
+    /// `cluster.consensus`); its replicas are made again on the others. Talks to a
+    /// node's admin endpoint, not to --server.
+    #[command(after_help = "Example:\n  chat remove-node node-3 --admin 127.0.0.1:7600")]
+    RemoveNode {
+        /// The dead node's name.
+        name: String,
+        /// The admin endpoint (host:port) of any live node.
+        #[arg(long, default_value = "127.0.0.1:7600")]
+        admin: String,
+    },
 }
 
 #[tokio::main]
@@ -138,6 +149,14 @@ async fn run(cli: Cli) -> Result<()> {
     if let Some(Command::Completions { shell }) = &cli.command {
         use clap::CommandFactory;
         clap_complete::generate(*shell, &mut Cli::command(), "chat", &mut std::io::stdout());
+        return Ok(());
+    }
+    if let Some(Command::RemoveNode { name, admin }) = &cli.command {
+        let (status, body) = http_post(admin, &format!("/nodes/{name}/remove")).await?;
+        if status != 200 {
+            bail!("{admin} answered {status}: {}", body.trim());
+        }
+        print!("{body}");
         return Ok(());
     }
     let tls = match &cli.ca {
@@ -164,7 +183,9 @@ async fn run(cli: Cli) -> Result<()> {
     let (user, password) = credentials(&cli.user, &cli.password)?;
     let login = client.login(&user, &password).await?;
     match command {
-        Command::Register { .. } | Command::Completions { .. } => unreachable!("handled above"),
+        Command::Register { .. } | Command::Completions { .. } | Command::RemoveNode { .. } => {
+            unreachable!("handled above")
+        }
         Command::Send { to, text } => {
             let ack = client.send_private(&to, &text).await?;
             println!("sent {} (seq {})", ack.message_id, ack.seq);
@@ -398,4 +419,25 @@ async fn command(client: &Client, line: &str) -> Result<bool> {
         _ => bail!("unknown command {head:?}; :help lists them"),
     }
     Ok(false)
+}
+
+/// A bodiless HTTP/1.1 POST to `addr` (host:port); returns the status and the body.
+async fn http_post(addr: &str, path: &str) -> Result<(u16, String)> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(addr)
+        .await
+        .with_context(|| format!("cannot connect to the admin endpoint {addr}"))?;
+    let request =
+        format!("POST {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
+    stream.write_all(request.as_bytes()).await?;
+    let mut response = Vec::new();
+    stream.read_to_end(&mut response).await?;
+    let text = String::from_utf8_lossy(&response);
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .with_context(|| format!("not an HTTP answer from {addr}"))?;
+    Ok((status, body.to_owned()))
 }
