@@ -37,6 +37,9 @@ pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 /// Runs with the response to a request (or the reason there is none).
 pub type OnResponse = Box<dyn FnOnce(ChatResult<response::Result>) + Send>;
 
+/// Most hops a proposal travels towards its group's leader.
+pub const MAX_PROPOSE_HOPS: u32 = 2;
+
 /// What a proposal through [`Remote::propose`] is answered with.
 pub type ProposeReply = Box<dyn FnOnce(ChatResult<chat_protocol::internal::Outcome>) + Send>;
 
@@ -217,9 +220,14 @@ impl Remote {
     }
 
     /// Proposes `command` to the consensus group of `partition` where it is led: here,
-    /// or at the leader this node knows of (one hop). `reply` gets the outcome, or
+    /// at the leader this node knows of, or, with no replica here, through a peer that
+    /// may know it (at most [`MAX_PROPOSE_HOPS`] hops). `reply` gets the outcome, or
     /// `UNAVAILABLE` (no consensus here, no known leader, the leader changed): retry.
     pub fn propose(self: &Arc<Self>, partition: u16, command: Vec<u8>, reply: ProposeReply) {
+        self.propose_hops(partition, command, 0, reply);
+    }
+
+    fn propose_hops(self: &Arc<Self>, partition: u16, command: Vec<u8>, hops: u32, reply: ProposeReply) {
         use crate::consensus::driver::ProposeError;
         let Some(consensus) = self.consensus.get() else {
             return reply(Err(ChatError::Unavailable("this node runs no consensus".into())));
@@ -229,73 +237,90 @@ impl Remote {
         consensus.propose(
             partition,
             command,
-            Box::new(move |result| match result {
-                Ok(outcome) => reply(Ok(outcome)),
-                Err(ProposeError::NotLeader {
-                    leader: Some(leader), ..
-                }) => {
-                    let id = crate::consensus::node_id;
-                    let Some(node) = me
-                        .view
-                        .peers()
-                        .into_iter()
-                        .map(|p| p.card.name)
-                        .find(|n| id(n) == leader)
-                    else {
-                        return reply(Err(ChatError::Unavailable(format!(
-                            "partition {partition}: leader unknown"
-                        ))));
-                    };
-                    let op = request::Op::Propose(chat_protocol::internal::Propose {
-                        partition: u32::from(partition),
-                        command: again,
-                    });
-                    me.request(
-                        &node,
-                        1,
-                        op,
-                        Box::new(move |result| {
-                            reply(result.and_then(|r| {
-                                match r {
-                                    response::Result::Outcome(bytes) => {
-                                        chat_protocol::internal::Outcome::decode(bytes.as_slice()).map_err(
-                                            |e| ChatError::Internal(format!("undecodable outcome: {e}")),
-                                        )
-                                    }
-                                    response::Result::Error(e) => Err(ChatError::from_proto(e)),
-                                    _ => Err(ChatError::Internal("unexpected answer to a proposal".into())),
-                                }
-                            }))
-                        }),
-                    );
+            Box::new(move |result| {
+                let unavailable =
+                    |why: String| ChatError::Unavailable(format!("partition {partition}: {why}"));
+                let next = match &result {
+                    _ if hops >= MAX_PROPOSE_HOPS => None,
+                    Err(ProposeError::NotLeader {
+                        leader: Some(leader), ..
+                    }) => me.name_of(*leader),
+                    // No replica here, or no leader known: a peer may know better.
+                    Err(ProposeError::NoReplica(_) | ProposeError::NotLeader { leader: None, .. })
+                        if hops == 0 =>
+                    {
+                        me.view.peers().into_iter().find(|p| p.up).map(|p| p.card.name)
+                    }
+                    _ => None,
+                };
+                match (result, next) {
+                    (Ok(outcome), _) => reply(Ok(outcome)),
+                    (Err(_), Some(node)) => me.forward_proposal(&node, partition, again, hops + 1, reply),
+                    (Err(e), None) => reply(Err(unavailable(e.to_string()))),
                 }
-                Err(e) => reply(Err(ChatError::Unavailable(format!("partition {partition}: {e}")))),
             }),
         );
     }
 
-    /// A peer's proposal for a group led here (it is not forwarded again).
+    /// The name of the node with Raft id `id`, among the peers.
+    fn name_of(&self, id: u64) -> Option<String> {
+        self.view
+            .peers()
+            .into_iter()
+            .map(|p| p.card.name)
+            .find(|n| crate::consensus::node_id(n) == id)
+    }
+
+    fn forward_proposal(
+        self: &Arc<Self>,
+        node: &str,
+        partition: u16,
+        command: Vec<u8>,
+        hops: u32,
+        reply: ProposeReply,
+    ) {
+        let op = request::Op::Propose(chat_protocol::internal::Propose {
+            partition: u32::from(partition),
+            command,
+        });
+        self.request(
+            node,
+            hops,
+            op,
+            Box::new(move |result| {
+                reply(result.and_then(|r| {
+                    match r {
+                        response::Result::Outcome(bytes) => {
+                            chat_protocol::internal::Outcome::decode(bytes.as_slice())
+                                .map_err(|e| ChatError::Internal(format!("undecodable outcome: {e}")))
+                        }
+                        response::Result::Error(e) => Err(ChatError::from_proto(e)),
+                        _ => Err(ChatError::Internal("unexpected answer to a proposal".into())),
+                    }
+                }))
+            }),
+        );
+    }
+
+    /// A peer's proposal: proposed here, or passed on to the leader (within the hops).
     pub fn serve_proposal(self: &Arc<Self>, req: Request) {
-        let (origin, id) = (req.origin, req.id);
+        let (origin, id, hops) = (req.origin, req.id, req.hops);
         let Some(request::Op::Propose(p)) = req.op else {
             return;
-        };
-        let Some(consensus) = self.consensus.get() else {
-            let e = ChatError::Unavailable("this node runs no consensus".into());
-            return self.respond(&origin, id, response::Result::Error(e.to_proto()));
         };
         let Ok(partition) = u16::try_from(p.partition) else {
             let e = ChatError::BadRequest(format!("no partition {}", p.partition));
             return self.respond(&origin, id, response::Result::Error(e.to_proto()));
         };
         let me = self.clone();
-        consensus.propose(
+        self.propose_hops(
             partition,
             p.command,
+            hops.max(1),
             Box::new(move |result| {
                 let result = match result {
                     Ok(outcome) => response::Result::Outcome(outcome.encode_to_vec()),
-                    Err(e) => response::Result::Error(ChatError::Unavailable(e.to_string()).to_proto()),
+                    Err(e) => response::Result::Error(e.to_proto()),
                 };
                 me.respond(&origin, id, result);
             }),

@@ -229,13 +229,17 @@ pub async fn run(config: Config, listeners: Listeners, shutdown: CancellationTok
         announce(&cluster.card.cluster_addr);
     }
     let consensus = if config.cluster.consensus {
-        Some(start_consensus(
-            &config,
-            &node_name,
-            &storage,
-            &remote,
-            &cluster.view,
-        )?)
+        let started = start_consensus(&config, &node_name, &storage, &remote, &cluster.view)?;
+        if !first_members(&config, &node_name).contains(&node_name) {
+            let addr = cluster.card.cluster_addr.clone();
+            tokio::spawn(join_cluster(
+                remote.clone(),
+                node_name.clone(),
+                addr,
+                shutdown.clone(),
+            ));
+        }
+        Some(started)
     } else {
         None
     };
@@ -348,10 +352,7 @@ fn start_consensus(
     view: &crate::cluster::ClusterView,
 ) -> Result<(crate::consensus::driver::Handle, std::thread::JoinHandle<()>), NodeError> {
     use crate::consensus::{disk::Disk, driver, node_id};
-    let mut first: Vec<String> = config.cluster.initial_members.clone();
-    if first.is_empty() && config.cluster.seeds.is_empty() {
-        first.push(node_name.to_owned());
-    }
+    let first = first_members(config, node_name);
     let bootstrap: Vec<(u64, String)> = first.iter().map(|name| (node_id(name), name.clone())).collect();
     let disk = Disk::open(&storage.database()).map_err(|e| NodeError::Spawn(format!("consensus: {e}")))?;
     let links = RaftLinks {
@@ -370,6 +371,68 @@ fn start_consensus(
         .map_err(|e| NodeError::Spawn(format!("consensus: {e}")))?;
     remote.set_consensus(handle.clone());
     Ok((handle, thread))
+}
+
+/// The members a new cluster starts with: `cluster.initial_members`, or a node without
+/// seeds alone.
+fn first_members(config: &Config, node_name: &str) -> Vec<String> {
+    let mut first = config.cluster.initial_members.clone();
+    if first.is_empty() && config.cluster.seeds.is_empty() {
+        first.push(node_name.to_owned());
+    }
+    first
+}
+
+/// A node that is not one of the first members asks the metadata group, through its
+/// seeds, to take it in; it retries until the cluster answers (placement then gives it
+/// its share of replicas). A removed name is refused for good.
+async fn join_cluster(
+    remote: Arc<crate::remote::Remote>,
+    name: String,
+    addr: String,
+    shutdown: CancellationToken,
+) {
+    use chat_protocol::internal::command::{JoinCluster, Op};
+    use chat_protocol::internal::{Command, outcome};
+    use prost::Message;
+    let join = JoinCluster {
+        node: crate::consensus::node_id(&name),
+        name: name.clone(),
+        addr,
+    };
+    let command = Command {
+        op: Some(Op::JoinCluster(join)),
+    }
+    .encode_to_vec();
+    loop {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        remote.propose(
+            chat_state::membership::META,
+            command.clone(),
+            Box::new(move |r| {
+                let _ = tx.send(r);
+            }),
+        );
+        match rx.await {
+            Ok(Ok(o)) => match o.result {
+                Some(outcome::Result::Done(_) | outcome::Result::Exists(_)) => {
+                    tracing::info!(node = %name, "joined the cluster's members");
+                    return;
+                }
+                Some(outcome::Result::NotFound(_)) => {
+                    tracing::error!(node = %name, "this node was removed from the cluster and cannot join again under its name");
+                    return;
+                }
+                other => tracing::warn!(node = %name, ?other, "unexpected answer to joining"),
+            },
+            Ok(Err(e)) => tracing::debug!(node = %name, error = %e, "joining: retrying"),
+            Err(_) => return,
+        }
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+        }
+    }
 }
 
 /// A round of the Raft core is durable once the database is synced.

@@ -3,7 +3,8 @@
 //! cluster links, and report `settled` on `/cluster`; a node killed with SIGKILL leaves
 //! every group led by the others; back from its disk, it rejoins and all settle again. A
 //! node that never comes back is removed by an operator (`chat remove-node`), and the
-//! others re-place its replicas and settle without it.
+//! others re-place its replicas and settle without it. A new node joins through its
+//! seeds and takes its share.
 
 use chat_tests::{DEADLINE, Node, NodeOpts, cli, cluster_status, free_port, wait_for};
 use std::time::Duration;
@@ -120,6 +121,34 @@ async fn a_dead_node_is_removed_by_an_operator_and_its_replicas_are_placed_elsew
     // A removed node cannot come back under its name.
     let (ok, _, err) = cli(&["remove-node", "d4", "--admin", &admin]).await.unwrap();
     assert!(!ok && err.contains("404"), "{err}");
+}
+
+#[tokio::test]
+async fn a_new_node_joins_through_its_seeds_and_takes_its_share() {
+    let first = ["j1", "j2", "j3"];
+    let ports = [free_port(), free_port(), free_port(), free_port()];
+    let mut nodes = Vec::new();
+    for (i, name) in first.iter().enumerate() {
+        let seeds: Vec<u16> = ports[..3].iter().copied().filter(|p| *p != ports[i]).collect();
+        nodes.push(Node::start_with(consensus_member(name, ports[i], &seeds, &first)).unwrap());
+    }
+    let three: Vec<&Node> = nodes.iter().collect();
+    wait_settled(&three, 2 * DEADLINE).await;
+    // j4 is not one of the first members: it asks to join through its seeds.
+    nodes.push(Node::start_with(consensus_member("j4", ports[3], &ports[..3], &first)).unwrap());
+    let four: Vec<&Node> = nodes.iter().collect();
+    for node in &four {
+        wait_for("the members to be four", 2 * DEADLINE, || async move {
+            (consensus_of(node).await?["members"] == 4).then_some(())
+        })
+        .await
+        .unwrap();
+    }
+    wait_settled(&four, 3 * DEADLINE).await;
+    // Three replicas over four members: the newcomer holds about three quarters of the
+    // 257 groups (the metadata group's five voters include it too).
+    let held = consensus_of(&nodes[3]).await.unwrap()["groups"].as_u64().unwrap();
+    assert!((150..=230).contains(&held), "j4 holds {held} groups");
 }
 
 #[tokio::test]
