@@ -492,26 +492,22 @@ impl<P> MultiRaft<P> {
         if message.get_msg_type() == MessageType::MsgHeartbeat && g.node.raft.raft_log.last_index() == 0 {
             message.commit = 0;
         }
-        // Only a voter in its own configuration votes. A replica that knows nothing of
-        // the group (created empty, or removed and its records deleted) granting a vote
-        // would be a voter that lost its log: with it, a stale majority of an old
-        // configuration could elect a leader and overwrite committed entries.
+        // A replica that knows nothing of the group (created empty for a leader that is
+        // adding it, or removed and its records deleted) must not vote: it would be a
+        // voter that lost its log, and with it a stale majority of an old configuration
+        // could elect a leader and overwrite committed entries. Any replica that holds a
+        // configuration votes, learners included: a learner promoted in a joint change
+        // may be needed for the majority before it hears of its promotion.
         if matches!(
             message.get_msg_type(),
             MessageType::MsgRequestVote | MessageType::MsgRequestPreVote
-        ) && !g
-            .node
-            .raft
-            .prs()
-            .conf()
-            .voters()
-            .ids()
-            .iter()
-            .any(|id| id == self.id)
-        {
-            return Err(Error::BadMessage(format!(
-                "vote request for group {group}, where this node does not vote"
-            )));
+        ) {
+            let conf = g.node.raft.prs().conf();
+            if conf.voters().ids().iter().next().is_none() && conf.learners().is_empty() {
+                return Err(Error::BadMessage(format!(
+                    "vote request for group {group}, which this replica does not know yet"
+                )));
+            }
         }
         g.node.step(message).map_err(|e| Error::BadMessage(e.to_string()))
     }

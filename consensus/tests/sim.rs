@@ -382,6 +382,13 @@ enum Requester {
     },
     /// Nobody waits (the fan-out's own cursor updates).
     Nobody,
+    /// A client's read of `user`'s inbox, which must see at least seq `floor` (the
+    /// highest seq acknowledged in it before the read was asked).
+    Read {
+        client: usize,
+        user: String,
+        floor: u64,
+    },
 }
 
 struct Node {
@@ -453,7 +460,9 @@ impl Node {
 
     /// Applies a round's writes and entries to the live records; returns the outcomes
     /// of proposals made here.
-    fn take_round(&mut self, round: &mut Round<Token>, trace: &mut Trace) -> Vec<(Token, Outcome)> {
+    /// Applies a round's writes and entries to the live records; returns the outcomes
+    /// of proposals made here (`None`: a read barrier passed, serve the read now).
+    fn take_round(&mut self, round: &mut Round<Token>, trace: &mut Trace) -> Vec<(Token, Option<Outcome>)> {
         for (group, write) in round.writes.drain(..) {
             if let Some(snapshot) = &write.snapshot {
                 let op = KvOp::ReplacePartition(group as Partition, records_of(snapshot.get_data()));
@@ -472,9 +481,11 @@ impl Node {
             let outcome = chat_state::apply(apply.group as Partition, &apply.data, &mut store)
                 .expect("memory never fails");
             if let Some(token) = apply.proposer {
-                answers.push((token, outcome));
+                answers.push((token, Some(outcome)));
             }
         }
+        // Reads are served after the round's entries are applied.
+        answers.extend(round.reads.drain(..).map(|token| (token, None)));
         for group in round.snapshot_wanted.drain(..) {
             let data = snapshot_of(&self.kv, group as Partition);
             self.raft.offer_snapshot(group, data);
@@ -530,6 +541,8 @@ enum Step {
         group: String,
         client_id: String,
     },
+    /// Read a user's inbox at the leader of its partition (a read barrier).
+    Read(String),
 }
 
 #[derive(Debug, Clone)]
@@ -557,6 +570,7 @@ impl Client {
                 }),
             ),
             Step::RemoveNode(node) => (META, Op::RemoveNode(command::RemoveNode { node })),
+            Step::Read(_) => unreachable!("reads are no commands (Sim::read)"),
             Step::Register => {
                 let record = AccountRecord {
                     password_hash: "x".into(),
@@ -717,6 +731,9 @@ impl Sim {
                     } else {
                         let to = users[rng.below(users.len() as u64) as usize].clone();
                         plan.push(Step::Private { to, client_id });
+                    }
+                    if rng.chance(250) {
+                        plan.push(Step::Read(users[rng.below(users.len() as u64) as usize].clone()));
                     }
                 }
                 Client {
@@ -950,19 +967,41 @@ impl Sim {
         }
     }
 
-    fn answer(&mut self, node: usize, answers: Vec<(Token, Outcome)>, dropped: Vec<Token>) {
+    fn answer(&mut self, node: usize, answers: Vec<(Token, Option<Outcome>)>, dropped: Vec<Token>) {
         for (token, outcome) in answers {
             let Some(requester) = self.nodes[node].requests.remove(&token) else {
                 continue;
             };
-            match requester {
-                Requester::Client(c) => self.client_answer(c, token, outcome),
-                Requester::Fanout {
-                    driver,
-                    group,
-                    to,
-                    up_to,
-                } => {
+            let outcome = match (requester, outcome) {
+                (Requester::Read { client, user, floor }, None) => {
+                    let seen = inbox_of(&self.nodes[node].kv, &user).0.last_seq;
+                    if seen < floor {
+                        self.trace.violations.push(format!(
+                            "a read of {user}'s inbox at node {} saw seq {seen}, below the acknowledged {floor}",
+                            self.nodes[node].id
+                        ));
+                    }
+                    let c = &mut self.clients[client];
+                    if c.asked.map(|(_, _, t)| t) == Some(token) {
+                        c.asked = None;
+                        c.next += 1;
+                    }
+                    continue;
+                }
+                (requester, Some(outcome)) => (requester, outcome),
+                (_, None) => continue,
+            };
+            match outcome {
+                (Requester::Client(c), outcome) => self.client_answer(c, token, outcome),
+                (
+                    Requester::Fanout {
+                        driver,
+                        group,
+                        to,
+                        up_to,
+                    },
+                    outcome,
+                ) => {
                     self.nodes[driver].fanout_inflight.remove(&(group.clone(), to));
                     if matches!(outcome.result, Some(outcome::Result::Fanned(_))) {
                         let p = placement::of_group(&group);
@@ -976,7 +1015,7 @@ impl Sim {
                         let _ = self.propose(id, p, Op::FanoutDone(done), Requester::Nobody);
                     }
                 }
-                Requester::Nobody => {}
+                _ => {}
             }
         }
         for token in dropped {
@@ -1108,6 +1147,10 @@ impl Sim {
                 Some(hint) => hint,
                 None => 1 + self.rng.below(NODES),
             };
+            if let Step::Read(user) = self.clients[c].plan[self.clients[c].next].clone() {
+                self.read(c, target, user);
+                continue;
+            }
             let (p, op) = self.clients[c].command(self.now);
             // Without an answer by the deadline the client tries elsewhere.
             self.clients[c].asked = Some((target, self.now + CLIENT_TIMEOUT_MS, 0));
@@ -1119,6 +1162,43 @@ impl Sim {
                 }
                 Err(None) => {}
             }
+        }
+    }
+
+    /// A client reads `user`'s inbox through `target`: a read barrier at the leader,
+    /// then the records there must hold everything acknowledged before the read.
+    fn read(&mut self, c: usize, target: NodeId, user: String) {
+        let floor = self
+            .trace
+            .private_acks
+            .iter()
+            .filter(|((to, _, _), _)| *to == user)
+            .map(|(_, (seq, _))| *seq)
+            .max();
+        let token = self.next_token;
+        self.next_token += 1;
+        self.clients[c].asked = Some((target, self.now + CLIENT_TIMEOUT_MS, token));
+        let node = self.node(target);
+        if !node.up || node.paused {
+            return;
+        }
+        match node.raft.read(u32::from(placement::of_user(&user)), token) {
+            Ok(()) => {
+                let floor = floor.unwrap_or(0);
+                node.requests.insert(
+                    token,
+                    Requester::Read {
+                        client: c,
+                        user,
+                        floor,
+                    },
+                );
+            }
+            Err(chat_consensus::Error::NotLeader { leader, .. }) => {
+                self.clients[c].asked = None;
+                self.clients[c].hint = leader;
+            }
+            Err(_) => self.clients[c].asked = None,
         }
     }
 
