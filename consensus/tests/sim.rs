@@ -807,8 +807,11 @@ impl Sim {
                 continue;
             }
             if node.paused {
-                // The kernel keeps it in the socket until the process runs again.
-                self.net.push(InFlight { at: now + 1, ..m });
+                // The kernel keeps it in the socket until the process runs again; then
+                // it is read in no particular order with the clients' requests, so a
+                // resumed leader may hear a client before it hears of its successor.
+                let at = now + 1 + self.rng.below(30);
+                self.net.push(InFlight { at, ..m });
                 continue;
             }
             let message: Message = decode_message(&m.bytes).expect("messages decode");
