@@ -694,8 +694,6 @@ struct Sim {
     absent: BTreeSet<NodeId>,
     /// Whether a node was removed (one per schedule at most).
     removed_one: bool,
-    /// Paused nodes to resume at a time: (time, node).
-    resume_at: Vec<(u64, NodeId)>,
 }
 
 impl Sim {
@@ -766,7 +764,6 @@ impl Sim {
             duplicate,
             absent: ((FIRST_MEMBERS + 1)..=NODES).collect(),
             removed_one: false,
-            resume_at: Vec::new(),
         }
     }
 
@@ -841,20 +838,6 @@ impl Sim {
 
     /// One millisecond.
     fn step(&mut self) {
-        let now = self.now;
-        let due: Vec<NodeId> = self
-            .resume_at
-            .iter()
-            .filter(|(at, _)| *at <= now)
-            .map(|(_, id)| *id)
-            .collect();
-        self.resume_at.retain(|(at, _)| *at > now);
-        for id in due {
-            if self.node(id).paused {
-                self.trace.note(now, format!("resume node {id}"));
-                self.node(id).paused = false;
-            }
-        }
         self.deliver();
         let now = self.now;
         for i in 0..self.nodes.len() {
@@ -1223,7 +1206,7 @@ impl Sim {
     }
 
     fn fault(&mut self) {
-        let kind = self.rng.below(12);
+        let kind = self.rng.below(11);
         let victim = 1 + self.rng.below(NODES);
         match kind {
             0 => {
@@ -1294,20 +1277,6 @@ impl Sim {
                         self.now,
                         format!("{} node {victim}", if paused { "pause" } else { "resume" }),
                     );
-                }
-            }
-            11 => {
-                // The leader of a partition stops (a long GC pause, SIGSTOP) while the
-                // others elect a successor, then runs again believing it still leads.
-                let p = self.rng.below(u64::from(GROUPS)) as Partition;
-                if let Some(id) = self.leader_of(p).map(|n| n.id) {
-                    let pause = 300 + self.rng.below(700);
-                    self.trace.note(
-                        self.now,
-                        format!("pause node {id}, leader of partition {p}, for {pause} ms"),
-                    );
-                    self.node(id).paused = true;
-                    self.resume_at.push((self.now + pause, id));
                 }
             }
             8 => {
