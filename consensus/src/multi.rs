@@ -214,6 +214,8 @@ pub struct MultiRaft<P> {
     /// per node, not per group.
     ticks: u64,
     heard: BTreeMap<NodeId, u64>,
+    /// Groups this node was removed from, and the term it was removed in.
+    tombstones: BTreeMap<GroupId, u64>,
     /// Groups whose ready was taken in `start_round`: (group, ready number, applied).
     in_round: Vec<(GroupId, u64, u64)>,
     next_read: u64,
@@ -241,6 +243,7 @@ impl<P> MultiRaft<P> {
             next_read: 1,
             ticks: 0,
             heard: BTreeMap::new(),
+            tombstones: BTreeMap::new(),
         }
     }
 
@@ -334,12 +337,26 @@ impl<P> MultiRaft<P> {
 
     /// Brings back a replica from its persisted log (after a restart).
     pub fn restore(&mut self, group: GroupId, log: &PersistedLog) -> Result<()> {
+        if let Some(term) = log.tombstone {
+            self.tombstones.insert(group, term);
+        }
+        let conf = &log.conf_state;
+        let member = [&conf.voters, &conf.learners, &conf.voters_outgoing]
+            .iter()
+            .any(|ids| ids.contains(&self.id));
+        if !member {
+            // Removed (only its tombstone matters), or created empty and never reached.
+            return Ok(());
+        }
         self.insert(group, LogStore::restore(log), log.applied, None)
     }
 
     /// Drops this node's replica of a group (it was removed from the group). Its waiting
     /// proposals and reads are returned to be answered as failed.
     pub fn remove(&mut self, group: GroupId) -> Vec<P> {
+        if let Some(g) = self.groups.get(&group) {
+            self.tombstones.insert(group, g.node.raft.term);
+        }
         let Some(g) = self.groups.remove(&group) else {
             return Vec::new();
         };
@@ -482,6 +499,7 @@ impl<P> MultiRaft<P> {
     /// Hands a peer's message to its group.
     pub fn step(&mut self, group: GroupId, message: Message) -> Result<()> {
         self.heard.insert(message.from, self.ticks);
+        self.check_tombstone(group, &message)?;
         let g = self.groups.get_mut(&group).ok_or(Error::UnknownGroup(group))?;
         // A replica with nothing (new, or removed and added again) may still hear from a
         // leader that remembers how far its old log reached; raft-rs would take that as
@@ -512,10 +530,26 @@ impl<P> MultiRaft<P> {
         g.node.step(message).map_err(|e| Error::BadMessage(e.to_string()))
     }
 
+    /// A node removed from a group in term T ignores the group's messages of older terms:
+    /// they come from a leader deposed before the removal, which still counts this node
+    /// in its old configuration; an empty replica answering it would let it confirm
+    /// reads, or commit, without a real majority. A leader of term T or later knows the
+    /// configuration that removed this node (it may be adding it back).
+    fn check_tombstone(&self, group: GroupId, message: &Message) -> Result<()> {
+        match self.tombstones.get(&group) {
+            Some(term) if message.term < *term && message.term != 0 => Err(Error::BadMessage(format!(
+                "message of term {} for group {group}, left in term {term}",
+                message.term
+            ))),
+            _ => Ok(()),
+        }
+    }
+
     /// Like [`MultiRaft::step`], but a message for a group this node has no replica of
     /// creates an empty one first (a leader is adding this node; it catches up by
     /// snapshot). The caller decides whether the sender may do that.
     pub fn step_or_create(&mut self, group: GroupId, message: Message) -> Result<()> {
+        self.check_tombstone(group, &message)?;
         if !self.groups.contains_key(&group) {
             self.create(group, &[])?;
         }
@@ -807,6 +841,7 @@ fn apply_entries<P>(
                         && !state.voters_outgoing.contains(&me)
                     {
                         round.removed.push(id);
+                        write.tombstone = Some(g.node.raft.term);
                     }
                     write.conf_state = Some(state);
                 }

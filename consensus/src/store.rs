@@ -27,6 +27,9 @@ pub struct PersistedLog {
     pub entries: Vec<Entry>,
     /// The index of the last entry whose effects are in the applied state.
     pub applied: u64,
+    /// This node was removed from the group in this term: messages of older terms (a
+    /// deposed leader's) must not bring an empty replica back to life.
+    pub tombstone: Option<u64>,
 }
 
 /// One round's changes to one group's persisted log, in the order they must be applied.
@@ -49,6 +52,8 @@ pub struct LogWrite {
     /// The applied index after this round's committed entries (persist it atomically
     /// with their effects).
     pub applied: Option<u64>,
+    /// This node left the group (it applied its own removal) in this term.
+    pub tombstone: Option<u64>,
 }
 
 impl LogWrite {

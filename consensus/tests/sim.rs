@@ -341,6 +341,9 @@ fn apply_log_write(log: &mut PersistedLog, write: &LogWrite) {
     if let Some(applied) = write.applied {
         log.applied = applied;
     }
+    if let Some(term) = write.tombstone {
+        log.tombstone = Some(term);
+    }
 }
 
 /// Prints raft-rs's log when replaying a seed with `SIM_RAFT_LOG=1`.
@@ -422,15 +425,8 @@ impl Node {
         let mut raft = MultiRaft::new(id, raft_config(), logger);
         for group in all_groups() {
             match disk.logs.get(&group) {
-                // A replica removed from its group stays removed.
-                Some(log)
-                    if log.conf_state.voters.contains(&id)
-                        || log.conf_state.voters_outgoing.contains(&id)
-                        || log.conf_state.learners.contains(&id) =>
-                {
-                    raft.restore(group, log).expect("restore")
-                }
-                Some(_) => {}
+                // A replica removed from its group stays removed (its tombstone counts).
+                Some(log) => raft.restore(group, log).expect("restore"),
                 None if voters(group).contains(&id) => {
                     let data = if group == META_GROUP {
                         first_meta_records()
@@ -694,6 +690,8 @@ struct Sim {
     absent: BTreeSet<NodeId>,
     /// Whether a node was removed (one per schedule at most).
     removed_one: bool,
+    /// Paused nodes to resume at a time: (time, node).
+    resume_at: Vec<(u64, NodeId)>,
 }
 
 impl Sim {
@@ -764,6 +762,7 @@ impl Sim {
             duplicate,
             absent: ((FIRST_MEMBERS + 1)..=NODES).collect(),
             removed_one: false,
+            resume_at: Vec::new(),
         }
     }
 
@@ -838,6 +837,20 @@ impl Sim {
 
     /// One millisecond.
     fn step(&mut self) {
+        let now = self.now;
+        let due: Vec<NodeId> = self
+            .resume_at
+            .iter()
+            .filter(|(at, _)| *at <= now)
+            .map(|(_, id)| *id)
+            .collect();
+        self.resume_at.retain(|(at, _)| *at > now);
+        for id in due {
+            if self.node(id).paused {
+                self.trace.note(now, format!("resume node {id}"));
+                self.node(id).paused = false;
+            }
+        }
         self.deliver();
         let now = self.now;
         for i in 0..self.nodes.len() {
@@ -1206,7 +1219,7 @@ impl Sim {
     }
 
     fn fault(&mut self) {
-        let kind = self.rng.below(11);
+        let kind = self.rng.below(12);
         let victim = 1 + self.rng.below(NODES);
         match kind {
             0 => {
@@ -1277,6 +1290,20 @@ impl Sim {
                         self.now,
                         format!("{} node {victim}", if paused { "pause" } else { "resume" }),
                     );
+                }
+            }
+            11 => {
+                // The leader of a partition stops (a long GC pause, SIGSTOP) while the
+                // others elect a successor, then runs again believing it still leads.
+                let p = self.rng.below(u64::from(GROUPS)) as Partition;
+                if let Some(id) = self.leader_of(p).map(|n| n.id) {
+                    let pause = 300 + self.rng.below(700);
+                    self.trace.note(
+                        self.now,
+                        format!("pause node {id}, leader of partition {p}, for {pause} ms"),
+                    );
+                    self.node(id).paused = true;
+                    self.resume_at.push((self.now + pause, id));
                 }
             }
             8 => {

@@ -23,6 +23,7 @@ const HARD_STATE: u8 = b'h';
 const CONF_STATE: u8 = b'c';
 const SNAPSHOT: u8 = b'p';
 const APPLIED: u8 = b'a';
+const TOMBSTONE: u8 = b't';
 
 /// Failures of the consensus disk.
 #[derive(Debug, thiserror::Error)]
@@ -101,6 +102,10 @@ impl Disk {
                 HARD_STATE => log.hard_state = HardState::parse_from_bytes(&value).map_err(corrupt)?,
                 CONF_STATE => log.conf_state = ConfState::parse_from_bytes(&value).map_err(corrupt)?,
                 SNAPSHOT => log.snapshot = SnapshotMetadata::parse_from_bytes(&value).map_err(corrupt)?,
+                TOMBSTONE => {
+                    let term = value.as_ref().try_into().map_err(|_| DiskError::Corrupt(group))?;
+                    log.tombstone = Some(u64::from_be_bytes(term));
+                }
                 APPLIED => {
                     log.applied =
                         u64::from_be_bytes(value.as_ref().try_into().map_err(|_| DiskError::Corrupt(group))?)
@@ -165,6 +170,9 @@ impl Disk {
         }
         if let Some(applied) = write.applied {
             batch.insert(state_key(group, APPLIED), applied.to_be_bytes().to_vec());
+        }
+        if let Some(term) = write.tombstone {
+            batch.insert(state_key(group, TOMBSTONE), term.to_be_bytes().to_vec());
         }
         Ok(())
     }
@@ -401,6 +409,7 @@ mod tests {
         disk.apply(batch).unwrap();
         let third = LogWrite {
             compact_to: Some(3),
+            tombstone: Some(9),
             ..LogWrite::default()
         };
         let mut batch = sled::Batch::default();
@@ -416,6 +425,7 @@ mod tests {
         assert_eq!(log.hard_state, hard);
         assert_eq!(log.conf_state.voters, vec![1, 2, 3]);
         assert_eq!(log.applied, 4);
+        assert_eq!(log.tombstone, Some(9));
     }
 
     #[test]

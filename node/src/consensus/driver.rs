@@ -248,11 +248,9 @@ pub fn start(
     let persisted = disk.load()?;
     let fresh = persisted.is_empty();
     for (group, log) in persisted {
-        // Only a group with a configuration was ever created here.
-        if !log.conf_state.voters.is_empty() || !log.conf_state.learners.is_empty() {
-            raft.restore(group, &log)
-                .map_err(|_| disk::DiskError::Corrupt(group))?;
-        }
+        // A group this node was removed from comes back as its tombstone only.
+        raft.restore(group, &log)
+            .map_err(|_| disk::DiskError::Corrupt(group))?;
     }
     if fresh && bootstrap.iter().any(|(member, _)| *member == id) {
         create_first_groups(&mut raft, id, replicas, &bootstrap);
