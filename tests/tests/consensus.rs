@@ -100,8 +100,19 @@ async fn a_dead_node_is_removed_by_an_operator_and_its_replicas_are_placed_elsew
     assert!(!ok && err.contains("409"), "{err}");
     // d4 dies for good; an operator removes it through d1.
     nodes[3].kill9();
-    let (ok, out, err) = cli(&["remove-node", "d4", "--admin", &admin]).await.unwrap();
-    assert!(ok, "remove-node failed: {err}");
+    // 503 means "no reachable leader yet" (d4 may have led the metadata group until a
+    // moment ago): an operator retries, and so does the test.
+    let admin_for_retry = admin.clone();
+    let out = wait_for("remove-node to be committed", 2 * DEADLINE, || {
+        let admin = admin_for_retry.clone();
+        async move {
+            let (ok, out, err) = cli(&["remove-node", "d4", "--admin", &admin]).await.ok()?;
+            assert!(ok || err.contains("503"), "remove-node failed: {err}");
+            ok.then_some(out)
+        }
+    })
+    .await
+    .unwrap();
     assert!(out.contains("removed d4"), "{out}");
     // The survivors drop d4 from every group (three replicas on three members again)
     // and settle without it.
@@ -118,9 +129,17 @@ async fn a_dead_node_is_removed_by_an_operator_and_its_replicas_are_placed_elsew
         let c = consensus_of(node).await.unwrap();
         assert_eq!(c["groups"], 257, "every survivor holds every group again: {c}");
     }
-    // A removed node cannot come back under its name.
-    let (ok, _, err) = cli(&["remove-node", "d4", "--admin", &admin]).await.unwrap();
-    assert!(!ok && err.contains("404"), "{err}");
+    // A removed node is no member any more (404; 503 is retried).
+    wait_for("a second removal to be refused", 2 * DEADLINE, || {
+        let admin = admin.clone();
+        async move {
+            let (ok, _, err) = cli(&["remove-node", "d4", "--admin", &admin]).await.ok()?;
+            assert!(!ok && (err.contains("404") || err.contains("503")), "{err}");
+            err.contains("404").then_some(())
+        }
+    })
+    .await
+    .unwrap();
 }
 
 #[tokio::test]
@@ -152,8 +171,24 @@ async fn a_new_node_joins_through_its_seeds_and_takes_its_share() {
 }
 
 #[tokio::test]
-async fn a_node_without_consensus_reports_none() {
+async fn a_node_without_consensus_reports_none_and_refuses_removals() {
     let node = Node::start().unwrap();
     let status = cluster_status(&node).await.unwrap();
     assert!(status["consensus"].is_null(), "{status}");
+    let admin = node.admin.trim_start_matches("http://").to_owned();
+    let (ok, _, err) = cli(&["remove-node", "other", "--admin", &admin]).await.unwrap();
+    assert!(!ok && err.contains("409"), "{err}");
+}
+
+#[tokio::test]
+async fn a_removal_without_a_reachable_majority_is_unavailable_not_done() {
+    // One of three first members runs alone: the metadata group has no leader.
+    let first = ["u1", "u2", "u3"];
+    let ports = [free_port(), free_port(), free_port()];
+    let alone = Node::start_with(consensus_member("u1", ports[0], &ports[1..], &first)).unwrap();
+    let admin = alone.admin.trim_start_matches("http://").to_owned();
+    let (ok, _, err) = cli(&["remove-node", "u3", "--admin", &admin]).await.unwrap();
+    assert!(!ok && err.contains("503"), "{err}");
+    let c = consensus_of(&alone).await.unwrap();
+    assert_eq!(c["settled"], false, "{c}");
 }
