@@ -337,9 +337,33 @@ async fn with_too_few_copies_up_a_send_is_refused_and_its_resend_delivered_once(
         .map(|i| format!("lonely{i}"))
         .find(|u| chat_node::partition::owner(names, chat_node::partition::of_user(u)) == Some("y1"))
         .unwrap();
-    nodes[0].user(&to).await.unwrap();
-    let (sender, _) = nodes[0].user("ysender").await.unwrap();
-    sender.send_private(&to, "before").await.unwrap();
+    // Setup: a replica stream may still be restarting just after the copies are whole,
+    // which answers UNAVAILABLE (a registration then is stored but not acknowledged: a
+    // retry finds the name taken and logs in). These first steps retry until accepted.
+    let join = |name: String| {
+        let node = &nodes[0];
+        async move {
+            match node.user(&name).await {
+                Ok(user) => Some(user),
+                Err(_) => node
+                    .login(&name)
+                    .await
+                    .ok()
+                    .map(|(client, pushes, _)| (client, pushes)),
+            }
+        }
+    };
+    wait_for("the recipient to register", DEADLINE, || join(to.clone()))
+        .await
+        .unwrap();
+    let (sender, _) = wait_for("the sender to register", DEADLINE, || join("ysender".into()))
+        .await
+        .unwrap();
+    wait_for("a first message to be acknowledged", DEADLINE, || async {
+        sender.send_private_with_id(&to, "cm-0", "before").await.ok()
+    })
+    .await
+    .unwrap();
 
     nodes[1].kill9();
     seen_down(&nodes[0], "y2").await;
