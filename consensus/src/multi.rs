@@ -450,18 +450,6 @@ impl<P> MultiRaft<P> {
         (replicas, g.node.raft.raft_log.last_index())
     }
 
-    /// For a leader: whether every voter's log matches the leader's up to its last entry.
-    pub fn caught_up(&self, group: GroupId) -> bool {
-        let Some(g) = self.groups.get(&group) else {
-            return false;
-        };
-        if g.node.raft.state != StateRole::Leader {
-            return false;
-        }
-        let last = g.node.raft.raft_log.last_index();
-        g.node.raft.prs().iter().all(|(_, pr)| pr.matched >= last)
-    }
-
     /// Advances every group's logical clock by one tick.
     ///
     /// A snapshot message may be lost like any other, and raft-rs sends a follower
@@ -556,13 +544,6 @@ impl<P> MultiRaft<P> {
         self.step(group, message)
     }
 
-    /// Tells a group that a peer could not be reached (its in-flight appends are lost).
-    pub fn report_unreachable(&mut self, peer: NodeId) {
-        for g in self.groups.values_mut() {
-            g.node.report_unreachable(peer);
-        }
-    }
-
     /// Proposes `data` to a group led here; `token` comes back with its [`Apply`] (or in
     /// `Round::dropped`).
     pub fn propose(&mut self, group: GroupId, data: Vec<u8>, token: P) -> Result<()> {
@@ -639,13 +620,6 @@ impl<P> MultiRaft<P> {
                     tracing::debug!(group, error = %e, "configuration change refused");
                 }
             }
-        }
-    }
-
-    /// Asks a group led here to hand leadership to `to` (for balancing leaders).
-    pub fn transfer_leader(&mut self, group: GroupId, to: NodeId) {
-        if let Some(g) = self.groups.get_mut(&group) {
-            g.node.transfer_leader(to);
         }
     }
 

@@ -125,14 +125,10 @@ enum Input {
         voters: Vec<NodeId>,
         data: Vec<u8>,
     },
-    Inspect(Look),
     Stop,
 }
 
 type Token = u64;
-
-/// A look at the Raft state, run on the driver thread.
-type Look = Box<dyn FnOnce(&MultiRaft<Token>) + Send>;
 
 enum Waiter {
     Propose(ProposeReply),
@@ -200,11 +196,6 @@ impl Handle {
     /// What this node sees of consensus, as of the last tick.
     pub fn status(&self) -> Status {
         *self.status.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    /// Runs `look` on the driver thread with the current Raft state (status pages, tests).
-    pub fn inspect(&self, look: impl FnOnce(&MultiRaft<Token>) + Send + 'static) {
-        let _ = self.tx.send(Input::Inspect(Box::new(look)));
     }
 
     /// Stops the thread after its current round; waiting callers get `Stopped`.
@@ -413,7 +404,6 @@ impl<S: Sync, T: Transport> Driver<S, T> {
                     tracing::warn!(group, error = %e, "group not created");
                 }
             }
-            Input::Inspect(look) => look(&self.raft),
             Input::Stop => return true,
         }
         false
