@@ -4,8 +4,8 @@
 //! feeds the checker and the availability figures.
 
 use crate::checker::{Ack, Entry, Sent, Target};
-use chat_client::Client;
 use chat_client::proto::ErrorCode;
+use chat_client::{Client, ClientError};
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -254,12 +254,24 @@ pub fn acked(logs: &[Log]) -> usize {
 }
 
 /// Logs `user` in through `addr` and reads its whole inbox, all within `limit`.
+/// A read answered `UNAVAILABLE` (the partition is between holders or leaders) is
+/// retried, as a client would, until `limit`.
 pub async fn read_inbox(addr: &str, user: &str, limit: Duration) -> anyhow::Result<Vec<Entry>> {
-    let read = async {
+    let once = || async {
         let (client, _pushes) = Client::connect(addr).await?;
         client.login(user, &crate::password(user)).await?;
         let inbox = client.sync_all(0).await?;
-        anyhow::Ok(inbox.iter().map(Entry::from).collect())
+        Ok::<_, ClientError>(inbox.iter().map(Entry::from).collect())
+    };
+    let read = async {
+        loop {
+            match once().await {
+                Err(e) if e.code() == Some(ErrorCode::Unavailable) => {
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+                other => return other.map_err(anyhow::Error::from),
+            }
+        }
     };
     tokio::time::timeout(limit, read)
         .await
