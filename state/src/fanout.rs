@@ -104,6 +104,17 @@ pub fn plan(p: Partition, store: &impl Store, group_name: &str, max_posts: u64) 
     })
 }
 
+/// The groups of partition `p` with posts not yet in every member's inbox (a new
+/// leader resumes their fan-out), at most `limit`.
+pub fn pending_groups(p: Partition, store: &impl Store, limit: usize) -> Result<Vec<String>> {
+    let prefix = keys::pending_prefix(p);
+    Ok(store
+        .scan(&prefix, None, limit)?
+        .into_iter()
+        .map(|(key, _)| String::from_utf8_lossy(&key[prefix.len()..]).into_owned())
+        .collect())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -236,12 +247,37 @@ mod tests {
         let fourth = plan(p, &s, &g, 100).unwrap();
         assert_eq!(fourth.complete_up_to, None);
         assert_eq!(
+            pending_groups(p, &s, 10).unwrap(),
+            [g.as_str()],
+            "post 3 is still pending"
+        );
+        assert_eq!(
             fourth,
             Plan {
                 complete_up_to: None,
                 ..third
             }
         );
+    }
+
+    #[test]
+    fn a_group_is_pending_from_a_post_until_its_fan_out_is_complete() {
+        let (p, mut s, g, _) = group_with_posts(2);
+        assert_eq!(pending_groups(p, &s, 10).unwrap(), [g.as_str()]);
+        let done = |s: &mut MemStore, group_seq| {
+            let op = Op::FanoutDone(command::FanoutDone {
+                group: g.clone(),
+                partition: 0,
+                group_seq,
+                all: true,
+            });
+            run(p, s, op);
+        };
+        done(&mut s, 1);
+        assert_eq!(pending_groups(p, &s, 10).unwrap(), [g.as_str()]);
+        done(&mut s, 2);
+        assert!(pending_groups(p, &s, 10).unwrap().is_empty());
+        assert!(pending_groups(p + 1, &s, 10).unwrap().is_empty());
     }
 
     #[test]

@@ -9,6 +9,7 @@
 //! - groups: `scope(group) ‖ kind ‖ ...` with kinds META → `GroupRecord`, MEMBER ‖ user
 //!   → (), ORIGIN ‖ scope(sender) ‖ client id → group seq, MESSAGE ‖ seq →
 //!   `GroupMessage`, FANOUT ‖ partition → the group seq delivered there
+//! - pending: `group` → () while the group has posts not yet in every member's inbox
 //! - applied: the index of the last log entry applied to the partition (written by the
 //!   consensus driver in the same batch as the entry's effects)
 //!
@@ -26,6 +27,8 @@ pub mod tree {
     pub const INBOX: u8 = 3;
     /// Groups.
     pub const GROUPS: u8 = 4;
+    /// Groups whose fan-out is not complete.
+    pub const PENDING: u8 = 5;
     /// The applied index.
     pub const APPLIED: u8 = 0xf0;
 }
@@ -86,6 +89,18 @@ pub fn suffix_key(p: Partition, tree: u8, name: &str, kind: u8, suffix: &[u8]) -
 /// How far a group's fan-out reached in partition `to`.
 pub fn fanout(p: Partition, group: &str, to: Partition) -> Vec<u8> {
     suffix_key(p, tree::GROUPS, group, kind::FANOUT, &to.to_be_bytes())
+}
+
+/// The marker of a group whose fan-out is not complete.
+pub fn pending(p: Partition, group: &str) -> Vec<u8> {
+    let mut key = start(p, tree::PENDING, group.len());
+    key.extend_from_slice(group.as_bytes());
+    key
+}
+
+/// The prefix of every pending marker of partition `p`.
+pub fn pending_prefix(p: Partition) -> Vec<u8> {
+    start(p, tree::PENDING, 0)
 }
 
 /// An account.

@@ -9,6 +9,7 @@
 //! - [`machine`]: commands in, records and outcomes out.
 //! - [`membership`]: the metadata group's members, and placement's target voters.
 //! - [`fanout`]: which posts of a group still have to reach which partitions.
+//! - [`query`]: what a leader answers reads with.
 //! - [`snapshot`]: a partition's records as the bytes of a Raft snapshot.
 
 pub mod fanout;
@@ -16,6 +17,7 @@ pub mod keys;
 pub mod machine;
 pub mod membership;
 pub mod placement;
+pub mod query;
 pub mod snapshot;
 pub mod store;
 

@@ -153,6 +153,9 @@ pub fn apply(p: Partition, command: &[u8], store: &mut impl Store) -> Result<Out
                     keys::scoped(p, tree::GROUPS, &d.group, kind::META),
                     record.encode_to_vec(),
                 );
+                if record.fanout_seq == record.last_seq {
+                    store.delete(keys::pending(p, &d.group));
+                }
             }
             done()
         }
@@ -394,6 +397,7 @@ fn post(p: Partition, store: &mut impl Store, post: command::Post) -> Result<out
         message.encode_to_vec(),
     );
     store.put(origin_key, keys::seq_value(group_seq).to_vec());
+    store.put(keys::pending(p, &post.group), Vec::new());
     record.last_seq = group_seq;
     store.put(
         keys::scoped(p, tree::GROUPS, &post.group, kind::META),
