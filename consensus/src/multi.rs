@@ -141,8 +141,9 @@ pub struct Round<P> {
     /// Committed entries, in log order within each group.
     pub apply: Vec<Apply<P>>,
     /// Proposals that will not be applied as proposed (their index went to another
-    /// entry, or a snapshot covered it): answer them as failed; a retry is safe when the
-    /// state machine dedupes.
+    /// entry, or a snapshot covered it), or whose fate this node will not learn (it
+    /// stopped leading), and reads it can no longer confirm: answer them as failed; a
+    /// retry is safe when the state machine dedupes.
     pub dropped: Vec<P>,
     /// Groups led here that a follower needs a snapshot of: offer one with
     /// [`MultiRaft::offer_snapshot`] built from the group's applied state.
@@ -745,6 +746,20 @@ impl<P> MultiRaft<P> {
             g.node.advance_append_async(ready);
             self.in_round.push((id, number, g.applied));
         }
+        for g in self.groups.values_mut() {
+            if g.node.raft.state != StateRole::Leader {
+                // Not leading any more (a newer term, or check-quorum found no majority):
+                // what was proposed or asked here may or may not be decided by another
+                // leader, which may never come. Its callers learn that now rather than
+                // never; they retry, and dedupe makes a retried command count once.
+                round
+                    .dropped
+                    .extend(std::mem::take(&mut g.waiting).into_values().map(|(_, p)| p));
+                round
+                    .dropped
+                    .extend(std::mem::take(&mut g.read_asked).into_values());
+            }
+        }
         round
     }
 
@@ -996,6 +1011,60 @@ mod tests {
         raft.read(7, 5).unwrap();
         let round = settle(&mut raft);
         assert_eq!(round.reads, vec![5]);
+    }
+
+    /// Node 1 leading group 3 of voters 1 and 2, node 2's side played by hand.
+    fn leading_with_a_peer() -> MultiRaft<u32> {
+        let mut raft = MultiRaft::new(
+            1,
+            RaftConfig {
+                fixed_election_timeout: true,
+                ..RaftConfig::default()
+            },
+            discard(),
+        );
+        raft.create(3, &[1, 2]).unwrap();
+        for _ in 0..100 {
+            raft.tick();
+            let mut sent = settle(&mut raft).send;
+            sent.extend(raft.finish_round());
+            for out in sent {
+                let m = out.message;
+                let answer = match m.get_msg_type() {
+                    MessageType::MsgRequestPreVote => MessageType::MsgRequestPreVoteResponse,
+                    MessageType::MsgRequestVote => MessageType::MsgRequestVoteResponse,
+                    _ => continue,
+                };
+                let mut vote = Message::default();
+                vote.set_msg_type(answer);
+                (vote.from, vote.to, vote.term) = (2, 1, m.term);
+                raft.step(3, vote).unwrap();
+            }
+            if raft.is_leader(3) {
+                return raft;
+            }
+        }
+        panic!("node 1 was not elected");
+    }
+
+    #[test]
+    fn a_leader_that_steps_down_drops_what_waits_on_it() {
+        let mut raft = leading_with_a_peer();
+        // Neither can commit or be confirmed without node 2.
+        raft.propose(3, vec![1], 10).unwrap();
+        raft.read(3, 11).unwrap();
+        let round = settle(&mut raft);
+        assert!(round.dropped.is_empty() && round.apply.is_empty() && round.reads.is_empty());
+        // A newer term from node 2: node 1 follows, and learns nothing more of either.
+        let mut heartbeat = Message::default();
+        heartbeat.set_msg_type(MessageType::MsgHeartbeat);
+        let term = raft.term(3).unwrap() + 1;
+        (heartbeat.from, heartbeat.to, heartbeat.term) = (2, 1, term);
+        raft.step(3, heartbeat).unwrap();
+        assert!(!raft.is_leader(3));
+        let mut round = settle(&mut raft);
+        round.dropped.sort_unstable();
+        assert_eq!(round.dropped, vec![10, 11]);
     }
 
     #[test]

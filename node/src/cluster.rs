@@ -330,8 +330,10 @@ impl MemberState {
         let (remote, registry) = (&self.args.remote, &self.args.registry);
         for item in items {
             match item.body {
-                Some(item::Body::Request(req)) if matches!(req.op, Some(request::Op::Propose(_))) => {
-                    remote.serve_proposal(req)
+                Some(item::Body::Request(req))
+                    if matches!(req.op, Some(request::Op::Propose(_) | request::Op::Read(_))) =>
+                {
+                    remote.serve_at_leader(req)
                 }
                 Some(item::Body::Request(req)) => {
                     let (origin, id, hops) = (req.origin.clone(), req.id, req.hops);
@@ -344,6 +346,7 @@ impl MemberState {
                 }
                 Some(item::Body::Response(resp)) => remote.complete(resp),
                 Some(item::Body::Push(push)) => remote.push_to_session(push),
+                Some(item::Body::UserPush(push)) => remote.push_to_user(push),
                 Some(item::Body::ReplicationAck(ack)) => remote.replication_ack(ack),
                 Some(item::Body::Raft(batch)) => remote.raft(batch),
                 Some(body) => {

@@ -13,6 +13,7 @@ pub mod metrics;
 pub mod partition;
 pub mod remote;
 pub mod replication;
+pub mod served;
 pub mod server;
 pub mod storage;
 pub mod tls;

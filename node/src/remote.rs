@@ -13,7 +13,9 @@ use crate::actors::session::{Mailbox, SessionMsg};
 use crate::cluster::{ClusterView, MemberMsg};
 use crate::error::{ChatError, ChatResult};
 use bytes::Bytes;
-use chat_protocol::internal::{Envelope, Item, Request, Response, SessionPush, item, request, response};
+use chat_protocol::internal::{
+    Answer, Envelope, Item, Query, Request, Response, SessionPush, UserPush, item, request, response,
+};
 use prost::Message;
 use ractor::ActorRef;
 use std::collections::HashMap;
@@ -43,6 +45,22 @@ pub const MAX_PROPOSE_HOPS: u32 = 2;
 /// What a proposal through [`Remote::propose`] is answered with.
 pub type ProposeReply = Box<dyn FnOnce(ChatResult<chat_protocol::internal::Outcome>) + Send>;
 
+/// What a read through [`Remote::read`] is answered with.
+pub type ReadReply = Box<dyn FnOnce(ChatResult<Answer>) + Send>;
+
+/// Answers a query from this node's records of a partition (called only after a read
+/// barrier confirmed this node leads it).
+pub type Reader = Arc<dyn Fn(u16, &Query) -> ChatResult<Answer> + Send + Sync>;
+
+/// What runs at a partition's leader.
+enum AtLeader {
+    Propose(Vec<u8>),
+    Read(Query),
+}
+
+/// What the leader's work is answered with (as a peer's response would be).
+type LeaderReply = Box<dyn FnOnce(ChatResult<response::Result>) + Send>;
+
 /// The queue to one peer, bounded in items and in bytes.
 struct Link {
     /// Items with their encoded size (measured once, on the way in).
@@ -64,6 +82,8 @@ pub struct Remote {
     pending: Mutex<HashMap<u64, Waiting>>,
     next_id: AtomicU64,
     sessions: Mutex<HashMap<u64, LocalSession>>,
+    /// The logged-in sessions of each user (locked after `sessions` when both are).
+    users: Mutex<HashMap<String, Vec<u64>>>,
     /// The runtime links are spawned on: replies may be sent from the committer thread.
     runtime: Option<tokio::runtime::Handle>,
     /// Where replicas' acknowledgements go (straight from the member actor: they
@@ -71,6 +91,8 @@ pub struct Remote {
     replicator: std::sync::OnceLock<std::sync::Weak<crate::replication::Replicator>>,
     /// Where peers' Raft messages go, when this node runs consensus.
     consensus: std::sync::OnceLock<crate::consensus::driver::Handle>,
+    /// What answers reads of partitions led here.
+    reader: std::sync::OnceLock<Reader>,
 }
 
 struct LocalSession {
@@ -93,9 +115,11 @@ impl Remote {
             pending: Mutex::default(),
             next_id: AtomicU64::new(1),
             sessions: Mutex::default(),
+            users: Mutex::default(),
             runtime: tokio::runtime::Handle::try_current().ok(),
             replicator: std::sync::OnceLock::new(),
             consensus: std::sync::OnceLock::new(),
+            reader: std::sync::OnceLock::new(),
         })
     }
 
@@ -224,42 +248,110 @@ impl Remote {
     /// may know it (at most [`MAX_PROPOSE_HOPS`] hops). `reply` gets the outcome, or
     /// `UNAVAILABLE` (no consensus here, no known leader, the leader changed): retry.
     pub fn propose(self: &Arc<Self>, partition: u16, command: Vec<u8>, reply: ProposeReply) {
-        self.propose_hops(partition, command, 0, reply);
+        let reply: LeaderReply = Box::new(move |r| {
+            reply(r.and_then(|r| {
+                match r {
+                    response::Result::Outcome(bytes) => {
+                        chat_protocol::internal::Outcome::decode(bytes.as_slice())
+                            .map_err(|e| ChatError::Internal(format!("undecodable outcome: {e}")))
+                    }
+                    response::Result::Error(e) => Err(ChatError::from_proto(e)),
+                    _ => Err(ChatError::Internal("unexpected answer to a proposal".into())),
+                }
+            }))
+        });
+        self.at_leader(partition, AtLeader::Propose(command), 0, reply);
     }
 
-    fn propose_hops(self: &Arc<Self>, partition: u16, command: Vec<u8>, hops: u32, reply: ProposeReply) {
+    /// Answers `query` from the records of `partition` at its leader, after a read
+    /// barrier there (never from a deposed leader's records); routed like
+    /// [`Remote::propose`]. `UNAVAILABLE`: retry.
+    pub fn read(self: &Arc<Self>, partition: u16, query: Query, reply: ReadReply) {
+        let reply: LeaderReply = Box::new(move |r| {
+            reply(r.and_then(|r| match r {
+                response::Result::Answer(answer) => Ok(answer),
+                response::Result::Error(e) => Err(ChatError::from_proto(e)),
+                _ => Err(ChatError::Internal("unexpected answer to a read".into())),
+            }))
+        });
+        self.at_leader(partition, AtLeader::Read(query), 0, reply);
+    }
+
+    /// Answers queries with this node's records from now on.
+    pub fn set_reader(&self, reader: Reader) {
+        let _ = self.reader.set(reader);
+    }
+
+    /// Runs `op` here if this node leads `partition`, else passes it on (see
+    /// [`Remote::propose`]); `reply` gets what to answer.
+    fn at_leader(self: &Arc<Self>, partition: u16, op: AtLeader, hops: u32, reply: LeaderReply) {
         use crate::consensus::driver::ProposeError;
         let Some(consensus) = self.consensus.get() else {
             return reply(Err(ChatError::Unavailable("this node runs no consensus".into())));
         };
         let me = self.clone();
-        let again = command.clone();
-        consensus.propose(
-            partition,
-            command,
-            Box::new(move |result| {
-                let unavailable =
-                    |why: String| ChatError::Unavailable(format!("partition {partition}: {why}"));
-                let next = match &result {
-                    _ if hops >= MAX_PROPOSE_HOPS => None,
-                    Err(ProposeError::NotLeader {
-                        leader: Some(leader), ..
-                    }) => me.name_of(*leader),
-                    // No replica here, or no leader known: a peer may know better.
-                    Err(ProposeError::NoReplica(_) | ProposeError::NotLeader { leader: None, .. })
-                        if hops == 0 =>
-                    {
-                        me.view.peers().into_iter().find(|p| p.up).map(|p| p.card.name)
-                    }
-                    _ => None,
-                };
-                match (result, next) {
-                    (Ok(outcome), _) => reply(Ok(outcome)),
-                    (Err(_), Some(node)) => me.forward_proposal(&node, partition, again, hops + 1, reply),
-                    (Err(e), None) => reply(Err(unavailable(e.to_string()))),
-                }
-            }),
-        );
+        // Where to go next when this node cannot serve it.
+        let next = move |me: &Arc<Self>, e: &ProposeError| match e {
+            _ if hops >= MAX_PROPOSE_HOPS => None,
+            ProposeError::NotLeader {
+                leader: Some(leader), ..
+            } => me.name_of(*leader),
+            // No replica here, or no leader known: a peer may know better.
+            ProposeError::NoReplica(_) | ProposeError::NotLeader { leader: None, .. } if hops == 0 => {
+                me.view.peers().into_iter().find(|p| p.up).map(|p| p.card.name)
+            }
+            _ => None,
+        };
+        let unavailable =
+            move |e: ProposeError| ChatError::Unavailable(format!("partition {partition}: {e}"));
+        match op {
+            AtLeader::Propose(command) => {
+                let again = command.clone();
+                consensus.propose(
+                    partition,
+                    command,
+                    Box::new(move |result| match result {
+                        Ok(outcome) => reply(Ok(response::Result::Outcome(outcome.encode_to_vec()))),
+                        Err(e) => match next(&me, &e) {
+                            Some(node) => {
+                                me.forward(&node, partition, AtLeader::Propose(again), hops + 1, reply)
+                            }
+                            None => reply(Err(unavailable(e))),
+                        },
+                    }),
+                );
+            }
+            AtLeader::Read(query) => {
+                consensus.read(
+                    partition,
+                    Box::new(move |result| match result {
+                        // The barrier holds: this node's records have every write
+                        // committed before the read. Read them off the driver's thread.
+                        Ok(()) => {
+                            let reader = me.reader.get().cloned();
+                            let run = move || match reader {
+                                Some(reader) => {
+                                    reply(reader(partition, &query).map(response::Result::Answer))
+                                }
+                                None => {
+                                    reply(Err(ChatError::Unavailable("this node serves no reads".into())))
+                                }
+                            };
+                            match &me.runtime {
+                                Some(runtime) => drop(runtime.spawn_blocking(run)),
+                                None => run(),
+                            }
+                        }
+                        Err(e) => match next(&me, &e) {
+                            Some(node) => {
+                                me.forward(&node, partition, AtLeader::Read(query), hops + 1, reply)
+                            }
+                            None => reply(Err(unavailable(e))),
+                        },
+                    }),
+                );
+            }
+        }
     }
 
     /// The name of the node with Raft id `id`, among the peers.
@@ -271,57 +363,39 @@ impl Remote {
             .find(|n| crate::consensus::node_id(n) == id)
     }
 
-    fn forward_proposal(
-        self: &Arc<Self>,
-        node: &str,
-        partition: u16,
-        command: Vec<u8>,
-        hops: u32,
-        reply: ProposeReply,
-    ) {
-        let op = request::Op::Propose(chat_protocol::internal::Propose {
-            partition: u32::from(partition),
-            command,
-        });
-        self.request(
-            node,
-            hops,
-            op,
-            Box::new(move |result| {
-                reply(result.and_then(|r| {
-                    match r {
-                        response::Result::Outcome(bytes) => {
-                            chat_protocol::internal::Outcome::decode(bytes.as_slice())
-                                .map_err(|e| ChatError::Internal(format!("undecodable outcome: {e}")))
-                        }
-                        response::Result::Error(e) => Err(ChatError::from_proto(e)),
-                        _ => Err(ChatError::Internal("unexpected answer to a proposal".into())),
-                    }
-                }))
+    fn forward(self: &Arc<Self>, node: &str, partition: u16, op: AtLeader, hops: u32, reply: LeaderReply) {
+        let partition = u32::from(partition);
+        let op = match op {
+            AtLeader::Propose(command) => {
+                request::Op::Propose(chat_protocol::internal::Propose { partition, command })
+            }
+            AtLeader::Read(query) => request::Op::Read(chat_protocol::internal::Read {
+                partition,
+                query: Some(query),
             }),
-        );
+        };
+        self.request(node, hops, op, reply);
     }
 
-    /// A peer's proposal: proposed here, or passed on to the leader (within the hops).
-    pub fn serve_proposal(self: &Arc<Self>, req: Request) {
+    /// A peer's proposal or read: served here, or passed on to the leader (within the hops).
+    pub fn serve_at_leader(self: &Arc<Self>, req: Request) {
         let (origin, id, hops) = (req.origin, req.id, req.hops);
-        let Some(request::Op::Propose(p)) = req.op else {
-            return;
+        let (partition, op) = match req.op {
+            Some(request::Op::Propose(p)) => (p.partition, AtLeader::Propose(p.command)),
+            Some(request::Op::Read(r)) => (r.partition, AtLeader::Read(r.query.unwrap_or_default())),
+            _ => return,
         };
-        let Ok(partition) = u16::try_from(p.partition) else {
-            let e = ChatError::BadRequest(format!("no partition {}", p.partition));
+        let Ok(partition) = u16::try_from(partition) else {
+            let e = ChatError::BadRequest(format!("no partition {partition}"));
             return self.respond(&origin, id, response::Result::Error(e.to_proto()));
         };
         let me = self.clone();
-        self.propose_hops(
+        self.at_leader(
             partition,
-            p.command,
+            op,
             hops.max(1),
             Box::new(move |result| {
-                let result = match result {
-                    Ok(outcome) => response::Result::Outcome(outcome.encode_to_vec()),
-                    Err(e) => response::Result::Error(e.to_proto()),
-                };
+                let result = result.unwrap_or_else(|e| response::Result::Error(e.to_proto()));
                 me.respond(&origin, id, result);
             }),
         );
@@ -409,8 +483,18 @@ impl Remote {
 
     /// The session logged in as `user` (or logged out: None).
     pub fn set_session_user(&self, id: u64, user: Option<String>) {
-        if let Some(s) = self.sessions.lock().expect("sessions lock").get_mut(&id) {
-            s.user = user;
+        let mut sessions = self.sessions.lock().expect("sessions lock");
+        let Some(s) = sessions.get_mut(&id) else { return };
+        let before = std::mem::replace(&mut s.user, user.clone());
+        if before == user {
+            return;
+        }
+        let mut users = self.users.lock().expect("users lock");
+        if let Some(before) = before {
+            forget_user_session(&mut users, &before, id);
+        }
+        if let Some(user) = user {
+            users.entry(user).or_default().push(id);
         }
     }
 
@@ -426,7 +510,41 @@ impl Remote {
 
     /// The session closed.
     pub fn remove_session(&self, id: u64) {
-        self.sessions.lock().expect("sessions lock").remove(&id);
+        let removed = self.sessions.lock().expect("sessions lock").remove(&id);
+        if let Some(user) = removed.and_then(|s| s.user) {
+            forget_user_session(&mut self.users.lock().expect("users lock"), &user, id);
+        }
+    }
+
+    /// Pushes an entry of `user`'s inbox to the user's sessions on every node up (this
+    /// one included), but `skip_session`.
+    pub fn push_everywhere(self: &Arc<Self>, push: UserPush) {
+        for peer in self.view.peers().into_iter().filter(|p| p.up) {
+            self.send(&peer.card.name, item::Body::UserPush(push.clone()));
+        }
+        self.push_to_user(push);
+    }
+
+    /// A push for the sessions of a user on this node.
+    pub fn push_to_user(&self, push: UserPush) {
+        let ids = match self.users.lock().expect("users lock").get(&push.user) {
+            Some(ids) => ids.clone(),
+            None => return,
+        };
+        let frame = Bytes::from(push.frame);
+        for id in ids.into_iter().filter(|id| *id != push.skip_session) {
+            if let Some(mailbox) = self.session(id) {
+                let _ = mailbox.send(if push.seq == 0 {
+                    SessionMsg::Push(frame.clone())
+                } else {
+                    SessionMsg::Deliver {
+                        seq: push.seq,
+                        frame: frame.clone(),
+                        since: Instant::now(),
+                    }
+                });
+            }
+        }
     }
 
     /// The mailbox of a session of this node.
@@ -453,6 +571,15 @@ impl Remote {
                 since: Instant::now(),
             }
         });
+    }
+}
+
+fn forget_user_session(users: &mut HashMap<String, Vec<u64>>, user: &str, id: u64) {
+    if let Some(ids) = users.get_mut(user) {
+        ids.retain(|s| *s != id);
+        if ids.is_empty() {
+            users.remove(user);
+        }
     }
 }
 

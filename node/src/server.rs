@@ -250,7 +250,20 @@ pub async fn run(config: Config, listeners: Listeners, shutdown: CancellationTok
         config: config.clone(),
         node_name: node_name.clone(),
         storage: storage.clone(),
-        router: Router::new(registry.clone()),
+        router: match &consensus {
+            // Requests go to partition leaders through the Raft core.
+            Some((handle, _, disk)) => Router::served_by(
+                registry.clone(),
+                crate::served::Served::start(
+                    remote.clone(),
+                    handle.clone(),
+                    disk.clone(),
+                    config.storage.retention_max_messages,
+                    max_age,
+                ),
+            ),
+            None => Router::new(registry.clone()),
+        },
         sessions: sessions.clone(),
         // Session ids are unique in the cluster: remote inboxes know sessions by id.
         next_session_id: AtomicU64::new(crate::auth::random_u64() >> 1),
@@ -258,7 +271,7 @@ pub async fn run(config: Config, listeners: Listeners, shutdown: CancellationTok
         metrics: metrics.clone(),
         view: cluster.view.clone(),
         remote,
-        consensus: consensus.as_ref().map(|(handle, _)| handle.clone()),
+        consensus: consensus.as_ref().map(|(handle, _, _)| handle.clone()),
         hashing,
         hash_slots: Semaphore::new(parallelism),
     });
@@ -328,7 +341,7 @@ pub async fn run(config: Config, listeners: Listeners, shutdown: CancellationTok
     if registry.cast(RegistryMsg::Drain { reply }).is_ok() {
         let _ = tokio::time::timeout(DRAIN_SESSIONS, rx).await;
     }
-    if let Some((handle, thread)) = consensus {
+    if let Some((handle, thread, _)) = consensus {
         handle.stop();
         let _ = tokio::task::spawn_blocking(move || thread.join()).await;
     }
@@ -350,7 +363,7 @@ fn start_consensus(
     storage: &Storage,
     remote: &Arc<crate::remote::Remote>,
     view: &crate::cluster::ClusterView,
-) -> Result<(crate::consensus::driver::Handle, std::thread::JoinHandle<()>), NodeError> {
+) -> Result<Consensus, NodeError> {
     use crate::consensus::{disk::Disk, driver, node_id};
     let first = first_members(config, node_name);
     let bootstrap: Vec<(u64, String)> = first.iter().map(|name| (node_id(name), name.clone())).collect();
@@ -367,11 +380,25 @@ fn start_consensus(
         bootstrap,
     };
     let logger = chat_consensus::logger::tracing_logger();
+    let records = disk.clone();
+    let served_records = disk.clone();
     let (handle, thread) = driver::start(settings, disk, StorageSync(storage.clone()), links, logger)
         .map_err(|e| NodeError::Spawn(format!("consensus: {e}")))?;
     remote.set_consensus(handle.clone());
-    Ok((handle, thread))
+    remote.set_reader(Arc::new(move |partition, query| {
+        let mut nothing_pending = crate::consensus::disk::Pending::new();
+        let store = records.overlay(&mut nothing_pending);
+        chat_state::query::evaluate(partition, query, &store).map_err(|e| ChatError::Internal(e.to_string()))
+    }));
+    Ok((handle, thread, served_records))
 }
+
+/// The Raft core's handle, its thread, and its records.
+type Consensus = (
+    crate::consensus::driver::Handle,
+    std::thread::JoinHandle<()>,
+    crate::consensus::disk::Disk,
+);
 
 /// The members a new cluster starts with: `cluster.initial_members`, or a node without
 /// seeds alone.

@@ -83,6 +83,21 @@ pub fn evaluate(p: Partition, query: &Query, store: &impl Store) -> Result<Answe
                 }
             }
         },
+        Some(Q::FanoutPlan(g)) => {
+            let plan = crate::fanout::plan(p, store, &g.group, g.group_seq.max(1))?;
+            A::Plan(answer::Plan {
+                batches: plan
+                    .batches
+                    .into_iter()
+                    .map(|b| answer::Batch {
+                        partition: u32::from(b.partition),
+                        items: b.items,
+                        up_to: b.up_to,
+                    })
+                    .collect(),
+                complete_up_to: plan.complete_up_to.unwrap_or(0),
+            })
+        }
     };
     Ok(Answer { a: Some(a) })
 }
@@ -394,6 +409,52 @@ mod tests {
         };
         assert_eq!(history(0, 2), (vec![3, 2], 2));
         assert_eq!(history(2, 2), (vec![1], 0));
+    }
+
+    #[test]
+    fn the_fan_out_plan_is_the_planners() {
+        let p = 11;
+        let group = placement::group_named_in(p, "group", 0);
+        let mut store = MemStore::default();
+        let create = Op::CreateGroup(command::CreateGroup {
+            group: group.clone(),
+            creator: "ann".into(),
+            now_ms: 1,
+        });
+        apply_op(p, create, &mut store).unwrap();
+        for user in ["ben", "cy"] {
+            let join = Op::JoinGroup(command::JoinGroup {
+                group: group.clone(),
+                user: user.into(),
+            });
+            apply_op(p, join, &mut store).unwrap();
+        }
+        let post = Op::Post(command::Post {
+            group: group.clone(),
+            from: "ann".into(),
+            client_msg_id: "c".into(),
+            text: "t".into(),
+            now_ms: 1,
+        });
+        apply_op(p, post, &mut store).unwrap();
+        let ask_plan = Q::FanoutPlan(query::GroupAsk {
+            group: group.clone(),
+            user: String::new(),
+            group_seq: 10,
+        });
+        let A::Plan(plan) = ask(p, &store, ask_plan) else {
+            panic!("a plan")
+        };
+        let want = crate::fanout::plan(p, &store, &group, 10).unwrap();
+        assert_eq!(plan.batches.len(), want.batches.len());
+        for (got, want) in plan.batches.iter().zip(&want.batches) {
+            assert_eq!(got.partition, u32::from(want.partition));
+            assert_eq!(got.items, want.items);
+            assert_eq!(got.up_to, 1);
+        }
+        let users: usize = plan.batches.iter().map(|b| b.items.len()).sum();
+        assert_eq!(users, 2, "ben and cy, not the sender");
+        assert_eq!(plan.complete_up_to, 0);
     }
 
     #[test]

@@ -291,16 +291,35 @@ pub struct RegistryStats {
     pub copies: usize,
 }
 
+/// Serves routed requests some other way than through the registry's actors (the
+/// Raft core, `crate::served`).
+pub trait Route: Send + Sync {
+    /// Serves one request; answers it in any case.
+    fn route(&self, target: Target);
+}
+
 /// A cheap handle for routing to entities wherever they live.
 #[derive(Clone)]
 pub struct Router {
     registry: ActorRef<RegistryMsg>,
+    served: Option<std::sync::Arc<dyn Route>>,
 }
 
 impl Router {
     /// Wraps the registry's reference.
     pub fn new(registry: ActorRef<RegistryMsg>) -> Self {
-        Self { registry }
+        Self {
+            registry,
+            served: None,
+        }
+    }
+
+    /// Routes requests to `served` instead of the registry's inboxes and groups.
+    pub fn served_by(registry: ActorRef<RegistryMsg>, served: std::sync::Arc<dyn Route>) -> Self {
+        Self {
+            registry,
+            served: Some(served),
+        }
     }
 
     /// The registry actor.
@@ -310,6 +329,9 @@ impl Router {
 
     /// Routes a request; if the registry is gone, the request is answered UNAVAILABLE.
     pub fn route(&self, target: Target) {
+        if let Some(served) = &self.served {
+            return served.route(target);
+        }
         if let Err(MessagingErr::SendErr(RegistryMsg::Route { target, .. })) =
             self.registry.cast(RegistryMsg::Route { target, hops: 0 })
         {

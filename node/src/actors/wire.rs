@@ -342,8 +342,10 @@ pub fn from_request(req: Request, remote: &Arc<Remote>) -> Result<Target, String
             let msg = account_from_wire(op.op.ok_or_else(|| bad("an account op"))?, &answer)?;
             Ok(Target::Account(op.user, msg))
         }
-        // Served by consensus before routing (`Remote::serve_proposal`).
-        request::Op::Propose(_) => Err("a proposal where no consensus runs".into()),
+        // Served by consensus before routing (`Remote::serve_at_leader`).
+        request::Op::Propose(_) | request::Op::Read(_) => {
+            Err("consensus traffic where no consensus runs".into())
+        }
     }
 }
 

@@ -140,6 +140,7 @@ enum Waiter {
 pub struct Handle {
     tx: mpsc::Sender<Input>,
     status: Arc<Mutex<Status>>,
+    led: Arc<Mutex<Vec<Partition>>>,
 }
 
 impl std::fmt::Debug for Handle {
@@ -198,6 +199,11 @@ impl Handle {
         *self.status.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    /// The partitions (not the metadata group) led here, as of the last tick.
+    pub fn led(&self) -> Vec<Partition> {
+        self.led.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
     /// Stops the thread after its current round; waiting callers get `Stopped`.
     pub fn stop(&self) {
         let _ = self.tx.send(Input::Stop);
@@ -248,6 +254,7 @@ pub fn start(
     }
     let (tx, rx) = mpsc::channel();
     let status = Arc::new(Mutex::new(Status::default()));
+    let led = Arc::new(Mutex::new(Vec::new()));
     let mut driver = Driver {
         raft,
         disk,
@@ -260,12 +267,13 @@ pub fn start(
         placement_ticks: timing.placement_ticks.max(1),
         replicas,
         status: status.clone(),
+        led: led.clone(),
     };
     let thread = std::thread::Builder::new()
         .name(format!("consensus-{id}"))
         .spawn(move || driver.run())
         .expect("spawn the consensus thread");
-    Ok((Handle { tx, status }, thread))
+    Ok((Handle { tx, status, led }, thread))
 }
 
 /// The metadata group (its records: the first members) and this node's replicas of the
@@ -313,6 +321,7 @@ struct Driver<S, T> {
     placement_ticks: u32,
     replicas: usize,
     status: Arc<Mutex<Status>>,
+    led: Arc<Mutex<Vec<Partition>>>,
 }
 
 impl<S: Sync, T: Transport> Driver<S, T> {
@@ -501,6 +510,7 @@ impl<S: Sync, T: Transport> Driver<S, T> {
             ..Status::default()
         };
         let groups: Vec<GroupId> = self.raft.groups().collect();
+        let mut led = Vec::new();
         for group in groups {
             status.groups += 1;
             let count = if group == meta {
@@ -514,6 +524,9 @@ impl<S: Sync, T: Transport> Driver<S, T> {
                 continue;
             }
             status.leading += 1;
+            if group != meta {
+                led.extend(Partition::try_from(group).ok());
+            }
             let mut voters = self.raft.voters(group);
             voters.sort();
             let placed = target.is_empty() || voters == target;
@@ -529,6 +542,7 @@ impl<S: Sync, T: Transport> Driver<S, T> {
             }
         }
         *self.status.lock().unwrap_or_else(|e| e.into_inner()) = status;
+        *self.led.lock().unwrap_or_else(|e| e.into_inner()) = led;
         Ok(())
     }
 
