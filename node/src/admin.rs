@@ -5,7 +5,7 @@
 //! exposed where clients connect.
 
 use crate::actors::registry::{RegistryMsg, RegistryStats};
-use crate::server::NodeCtx;
+use crate::context::NodeCtx;
 use axum::Router;
 use axum::extract::{Path, State};
 use axum::http::{StatusCode, header};

@@ -8,6 +8,7 @@ pub mod auth;
 pub mod cluster;
 pub mod config;
 pub mod consensus;
+pub mod context;
 pub mod error;
 pub mod metrics;
 pub mod partition;

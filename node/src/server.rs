@@ -1,13 +1,14 @@
-//! Starting, running and stopping a node: the shared context, the accept loop and the
-//! shutdown order (stop accepting, close sessions, stop inboxes and groups, flush sled).
+//! Starting, running and stopping a node: the accept loop and the shutdown order (stop
+//! accepting, close sessions, stop inboxes and groups, flush sled).
+
+pub use crate::context::{NodeCtx, NodeError};
 
 use crate::actors::registry::{Registry, RegistryArgs, RegistryMsg, Router};
 use crate::auth::PasswordHashing;
 use crate::cluster::Cluster;
 use crate::config::Config;
-use crate::error::{ChatError, ChatResult};
+use crate::error::ChatError;
 use crate::storage::{Storage, StorageError};
-use chat_protocol::v1::NodeInfo;
 use ractor::Actor;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -21,103 +22,6 @@ use tokio_util::sync::CancellationToken;
 const LEAVE_LIMIT: Duration = Duration::from_secs(30);
 /// How long shutdown waits for sessions to say goodbye.
 const DRAIN_SESSIONS: Duration = Duration::from_secs(5);
-
-/// Why a node could not start or stopped abnormally.
-#[derive(Debug, thiserror::Error)]
-pub enum NodeError {
-    /// The configuration is invalid.
-    #[error(transparent)]
-    Config(#[from] crate::config::ConfigError),
-    /// The database could not be opened.
-    #[error("cannot open storage: {0}")]
-    Storage(#[from] StorageError),
-    /// The data folder could not be created.
-    #[error("cannot create data folder {path}: {source}")]
-    DataDir {
-        /// The folder.
-        path: String,
-        /// The cause.
-        source: std::io::Error,
-    },
-    /// An actor could not start.
-    #[error("cannot start {0}")]
-    Spawn(String),
-    /// The TLS certificate or key could not be loaded.
-    #[error("TLS: {0}")]
-    Tls(String),
-    /// The cluster listener could not start.
-    #[error(transparent)]
-    Cluster(#[from] crate::cluster::ClusterError),
-    /// The listener failed.
-    #[error("listener: {0}")]
-    Io(#[from] std::io::Error),
-}
-
-/// What every session shares.
-pub struct NodeCtx {
-    /// The validated configuration.
-    pub config: Arc<Config>,
-    /// This node's name.
-    pub node_name: String,
-    /// The database.
-    pub storage: Storage,
-    /// Routes to inboxes, groups and the registry.
-    pub router: Router,
-    /// Connected sessions.
-    pub sessions: Arc<AtomicUsize>,
-    /// Session id allocator.
-    pub next_session_id: AtomicU64,
-    /// Cancelled when the node shuts down.
-    pub shutdown: CancellationToken,
-    /// Counters for `/metrics`.
-    pub metrics: Arc<crate::metrics::Metrics>,
-    /// The other nodes, as membership sees them.
-    pub view: crate::cluster::ClusterView,
-    /// Links to the other nodes, and this node's session directory.
-    pub remote: Arc<crate::remote::Remote>,
-    /// The Raft core, when `cluster.consensus` is set.
-    pub consensus: Option<crate::consensus::driver::Handle>,
-    hashing: PasswordHashing,
-    /// argon2 is memory-hard: bound how many hashes run at once.
-    hash_slots: Semaphore,
-}
-
-impl NodeCtx {
-    /// Hashes a password on the blocking pool.
-    pub async fn hash_password(&self, password: String) -> ChatResult<String> {
-        let _slot = self.hash_slots.acquire().await.map_err(|_| unavailable())?;
-        let hashing = self.hashing.clone();
-        tokio::task::spawn_blocking(move || hashing.hash(&password))
-            .await
-            .map_err(|e| ChatError::Internal(e.to_string()))
-    }
-
-    /// Verifies a password on the blocking pool.
-    pub async fn verify_password(&self, password: String, phc: String) -> ChatResult<()> {
-        let _slot = self.hash_slots.acquire().await.map_err(|_| unavailable())?;
-        let hashing = self.hashing.clone();
-        tokio::task::spawn_blocking(move || hashing.verify(&password, &phc))
-            .await
-            .map_err(|e| ChatError::Internal(e.to_string()))?
-            .map_err(|_| ChatError::InvalidCredentials)
-    }
-
-    /// The cluster view, for LoginOk.
-    pub async fn nodes(&self) -> Vec<NodeInfo> {
-        let (tx, rx) = tokio::sync::oneshot::channel();
-        let reply = crate::actors::reply(move |nodes| {
-            let _ = tx.send(nodes);
-        });
-        if self.router.registry().cast(RegistryMsg::Nodes { reply }).is_err() {
-            return Vec::new();
-        }
-        rx.await.unwrap_or_default()
-    }
-}
-
-fn unavailable() -> ChatError {
-    ChatError::Unavailable("node is shutting down".into())
-}
 
 /// The default node name for a client address.
 pub fn default_name(addr: SocketAddr) -> String {

@@ -1,7 +1,7 @@
 //! TLS for client connections (rustls): loading the certificate and key, and the handshake.
 
 use crate::config::TlsFiles;
-use crate::server::{NodeCtx, NodeError};
+use crate::context::{NodeCtx, NodeError};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use tokio::net::TcpStream;

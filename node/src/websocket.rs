@@ -8,7 +8,7 @@
 //! varint-delimited frames, so the session loop, its limits and its codec are the same
 //! for every transport.
 
-use crate::server::NodeCtx;
+use crate::context::NodeCtx;
 use axum::Router;
 use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
 use axum::extract::{ConnectInfo, State};
