@@ -195,6 +195,9 @@ struct Group<P> {
     waiting: BTreeMap<u64, (u64, P)>,
     /// Read barriers asked here, by request number, until Raft confirms them.
     read_asked: BTreeMap<u64, P>,
+    /// Of those, the numbers not handed to Raft yet: a leader that has not committed an
+    /// entry of its own term would ignore them.
+    read_deferred: Vec<u64>,
     /// Confirmed read barriers, waiting for `applied` to reach their index.
     read_confirmed: VecDeque<(u64, P)>,
     /// Messages that may leave only once the current round is durable.
@@ -300,6 +303,7 @@ impl<P> MultiRaft<P> {
                 durable_applied: applied,
                 waiting: BTreeMap::new(),
                 read_asked: BTreeMap::new(),
+                read_deferred: Vec::new(),
                 read_confirmed: VecDeque::new(),
                 held: Vec::new(),
                 initial_write,
@@ -589,7 +593,13 @@ impl<P> MultiRaft<P> {
         let number = self.next_read;
         self.next_read += 1;
         g.read_asked.insert(number, token);
-        g.node.read_index(number.to_be_bytes().to_vec());
+        if g.node.raft.commit_to_current_term() {
+            g.node.read_index(number.to_be_bytes().to_vec());
+        } else {
+            // raft-rs drops a read index asked before the leader's first commit in its
+            // term: asked again once there is one (see `tick`).
+            g.read_deferred.push(number);
+        }
         Ok(())
     }
 
@@ -747,7 +757,13 @@ impl<P> MultiRaft<P> {
             self.in_round.push((id, number, g.applied));
         }
         for g in self.groups.values_mut() {
-            if g.node.raft.state != StateRole::Leader {
+            if g.node.raft.state == StateRole::Leader {
+                if !g.read_deferred.is_empty() && g.node.raft.commit_to_current_term() {
+                    for number in std::mem::take(&mut g.read_deferred) {
+                        g.node.read_index(number.to_be_bytes().to_vec());
+                    }
+                }
+            } else {
                 // Not leading any more (a newer term, or check-quorum found no majority):
                 // what was proposed or asked here may or may not be decided by another
                 // leader, which may never come. Its callers learn that now rather than
@@ -758,6 +774,7 @@ impl<P> MultiRaft<P> {
                 round
                     .dropped
                     .extend(std::mem::take(&mut g.read_asked).into_values());
+                g.read_deferred.clear();
             }
         }
         round
@@ -1045,6 +1062,76 @@ mod tests {
             }
         }
         panic!("node 1 was not elected");
+    }
+
+    /// Plays node 2 for what node 1 sent: appends are taken, heartbeats answered (with
+    /// their read context) unless `lose_heartbeats`.
+    fn node_2_answers(raft: &mut MultiRaft<u32>, sent: Vec<Outgoing>, lose_heartbeats: bool) {
+        for out in sent {
+            let m = out.message;
+            let mut answer = Message::default();
+            (answer.from, answer.to, answer.term) = (2, 1, m.term);
+            match m.get_msg_type() {
+                MessageType::MsgAppend => {
+                    answer.set_msg_type(MessageType::MsgAppendResponse);
+                    answer.index = m.entries.last().map_or(m.index, |e| e.index);
+                }
+                MessageType::MsgHeartbeat if !lose_heartbeats => {
+                    answer.set_msg_type(MessageType::MsgHeartbeatResponse);
+                    answer.context = m.context.clone();
+                }
+                _ => continue,
+            }
+            raft.step(3, answer).unwrap();
+        }
+    }
+
+    /// Runs rounds and ticks, with node 2 answering, until `reads` holds `want`.
+    fn until_read(raft: &mut MultiRaft<u32>, want: u32, lose_heartbeats: bool) -> usize {
+        for ticks in 0..50 {
+            let mut round = settle(raft);
+            if round.reads.contains(&want) {
+                return ticks;
+            }
+            round.send.extend(raft.finish_round());
+            node_2_answers(raft, round.send, lose_heartbeats);
+            let round = settle(raft);
+            if round.reads.contains(&want) {
+                return ticks;
+            }
+            node_2_answers(raft, round.send, lose_heartbeats);
+            raft.tick();
+        }
+        panic!("read {want} never released");
+    }
+
+    #[test]
+    fn a_read_asked_before_the_leaders_first_commit_is_answered_after_it() {
+        let mut raft = leading_with_a_peer();
+        assert!(!raft.groups[&3].node.raft.commit_to_current_term());
+        raft.read(3, 21).unwrap();
+        until_read(&mut raft, 21, false);
+    }
+
+    /// raft-rs's periodic heartbeats carry the newest pending read's context, so a
+    /// barrier whose own heartbeat answers were lost is confirmed by a later round.
+    #[test]
+    fn a_read_whose_heartbeat_answers_were_lost_is_released_by_a_later_heartbeat() {
+        let mut raft = leading_with_a_peer();
+        // Commit in the leader's term first.
+        raft.read(3, 1).unwrap();
+        until_read(&mut raft, 1, false);
+        raft.read(3, 2).unwrap();
+        // Every heartbeat answer lost for a while: nothing confirms it.
+        for _ in 0..3 {
+            let mut round = settle(&mut raft);
+            assert!(round.reads.is_empty());
+            round.send.extend(raft.finish_round());
+            node_2_answers(&mut raft, round.send, true);
+            raft.tick();
+        }
+        // Answers get through again: the next heartbeat's confirmation releases it.
+        until_read(&mut raft, 2, false);
     }
 
     #[test]

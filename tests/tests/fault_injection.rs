@@ -9,7 +9,8 @@
 //! duplicated, reordered, gaps and acknowledgement mismatches must all be zero.
 //!
 //! Seeds come from `CHAT_FI_SEEDS` (`1,2,3`; default 1), the number of faults per seed
-//! from `CHAT_FI_FAULTS` (default 8). `scripts/fault-injection.sh` runs it.
+//! from `CHAT_FI_FAULTS` (default 8); `CHAT_FI_CONSENSUS=1` runs the nodes on the Raft
+//! core (`cluster.consensus`). `scripts/fault-injection.sh` runs it.
 
 use anyhow::{Context, Result, bail};
 use chat_client::Client;
@@ -228,17 +229,27 @@ fn node_opts(net: &Net, i: usize) -> NodeOpts {
         .filter(|j| *j != i)
         .map(|j| format!("\"{}:{CLUSTER_PORT}\"", Net::node_ip(j)))
         .collect();
+    let mut cluster_toml = format!(
+        "listen = \"{ip}:{CLUSTER_PORT}\"\nseeds = [{}]\ncookie = {COOKIE:?}\nreplicas = {REPLICAS}\n",
+        seeds.join(", ")
+    );
+    if consensus() {
+        let first: Vec<String> = (0..NODES).map(|j| format!("n{j}")).collect();
+        cluster_toml.push_str(&format!("consensus = true\ninitial_members = {first:?}\n"));
+    }
     NodeOpts {
         name: Some(format!("n{i}")),
         netns: Some(net.node_ns(i).to_owned()),
         client_toml: format!("listen = \"{ip}:{CLIENT_PORT}\"\n"),
-        cluster_toml: format!(
-            "listen = \"{ip}:{CLUSTER_PORT}\"\nseeds = [{}]\ncookie = {COOKIE:?}\nreplicas = {REPLICAS}\n",
-            seeds.join(", ")
-        ),
+        cluster_toml,
         admin_toml: format!("listen = \"{ip}:{ADMIN_PORT}\"\n"),
         ..NodeOpts::default()
     }
+}
+
+/// Whether the nodes run the Raft core (`CHAT_FI_CONSENSUS=1`).
+fn consensus() -> bool {
+    std::env::var("CHAT_FI_CONSENSUS").is_ok_and(|v| v == "1")
 }
 
 /// Polls `check` every 250 ms (each check reads every node) until it returns `Some`.

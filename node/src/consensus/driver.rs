@@ -12,7 +12,7 @@ use super::disk::{self, Disk, Pending};
 use chat_consensus::{Error as RaftError, GroupId, MultiRaft, NodeId, Outgoing, RaftConfig};
 use chat_protocol::internal::Outcome;
 use chat_state::placement::Partition;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::{Arc, Mutex, mpsc};
 use std::time::{Duration, Instant};
 
@@ -37,6 +37,10 @@ pub enum ProposeError {
     /// The driver stopped (shutdown, or a storage failure).
     #[error("consensus stopped")]
     Stopped,
+    /// No outcome within `Timing::answer_within` (no majority to commit it, or to
+    /// confirm a read): the outcome is unknown; a resend is deduplicated.
+    #[error("no answer in time: no majority reachable")]
+    TimedOut,
 }
 
 /// What the driver answers a proposal with.
@@ -66,6 +70,9 @@ pub struct Timing {
     pub raft: RaftConfig,
     /// Ticks between two looks at placement (moving groups towards their targets).
     pub placement_ticks: u32,
+    /// How long a proposal or a read barrier may wait for its outcome before it is
+    /// answered [`ProposeError::TimedOut`].
+    pub answer_within: Duration,
 }
 
 impl Default for Timing {
@@ -78,6 +85,7 @@ impl Default for Timing {
                 ..RaftConfig::default()
             },
             placement_ticks: 5,
+            answer_within: Duration::from_secs(10),
         }
     }
 }
@@ -262,6 +270,8 @@ pub fn start(
         transport,
         rx,
         waiting: HashMap::new(),
+        deadlines: VecDeque::new(),
+        answer_within: timing.answer_within,
         next_token: 1,
         tick: timing.tick,
         placement_ticks: timing.placement_ticks.max(1),
@@ -316,6 +326,9 @@ struct Driver<S, T> {
     transport: T,
     rx: mpsc::Receiver<Input>,
     waiting: HashMap<Token, Waiter>,
+    /// When each waiting token is answered `TimedOut` at the latest, oldest first.
+    deadlines: VecDeque<(Instant, Token)>,
+    answer_within: Duration,
     next_token: Token,
     tick: Duration,
     placement_ticks: u32,
@@ -343,6 +356,7 @@ impl<S: Sync, T: Transport> Driver<S, T> {
                 stop |= self.handle(input);
             }
             if Instant::now() >= next_tick {
+                self.expire();
                 self.raft.tick();
                 ticks = ticks.wrapping_add(1);
                 if let Err(e) = self.placement(ticks % self.placement_ticks == 0) {
@@ -382,6 +396,8 @@ impl<S: Sync, T: Transport> Driver<S, T> {
                 match self.raft.propose(group, command, token) {
                     Ok(()) => {
                         self.waiting.insert(token, Waiter::Propose(reply));
+                        self.deadlines
+                            .push_back((Instant::now() + self.answer_within, token));
                     }
                     Err(e) => reply(Err(refusal(group, e))),
                 }
@@ -392,6 +408,8 @@ impl<S: Sync, T: Transport> Driver<S, T> {
                 match self.raft.read(group, token) {
                     Ok(()) => {
                         self.waiting.insert(token, Waiter::Read(reply));
+                        self.deadlines
+                            .push_back((Instant::now() + self.answer_within, token));
                     }
                     Err(e) => reply(Err(refusal(group, e))),
                 }
@@ -416,6 +434,21 @@ impl<S: Sync, T: Transport> Driver<S, T> {
             Input::Stop => return true,
         }
         false
+    }
+
+    /// Answers what has waited past its deadline (tokens and deadlines both grow, so
+    /// the oldest come first).
+    fn expire(&mut self) {
+        let now = Instant::now();
+        while let Some((deadline, token)) = self.deadlines.front().copied() {
+            if deadline > now {
+                break;
+            }
+            self.deadlines.pop_front();
+            if let Some(waiter) = self.waiting.remove(&token) {
+                fail(waiter, ProposeError::TimedOut);
+            }
+        }
     }
 
     /// One round: see the module's documentation.

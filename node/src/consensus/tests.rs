@@ -54,6 +54,7 @@ impl Sync for Flush {
 fn timing() -> Timing {
     Timing {
         placement_ticks: 5,
+        answer_within: Duration::from_secs(2),
         tick: Duration::from_millis(10),
         raft: RaftConfig {
             election_ticks: 10,
@@ -112,11 +113,20 @@ impl TestNode {
     }
 }
 
+/// Proposes once; the driver answers every proposal (within `answer_within`, 2 s here).
 fn ask(handle: &Handle, p: Partition, command: &[u8]) -> Result<Outcome, ProposeError> {
     let (tx, rx) = std::sync::mpsc::channel();
     handle.propose(p, command.to_vec(), Box::new(move |r| drop(tx.send(r))));
     rx.recv_timeout(Duration::from_secs(5))
-        .unwrap_or(Err(ProposeError::Dropped))
+        .expect("the driver answers every proposal")
+}
+
+/// Asks for a read barrier once; the driver answers every one.
+fn barrier(handle: &Handle, p: Partition) -> Result<(), ProposeError> {
+    let (tx, rx) = std::sync::mpsc::channel();
+    handle.read(p, Box::new(move |r| drop(tx.send(r))));
+    rx.recv_timeout(Duration::from_secs(5))
+        .expect("the driver answers every read barrier")
 }
 
 /// Proposes through whichever node leads, following leader hints, until a deadline.
@@ -302,10 +312,13 @@ fn a_minority_does_not_acknowledge() {
     assert!(
         matches!(
             answer,
-            Err(ProposeError::Dropped | ProposeError::NotLeader { .. })
+            Err(ProposeError::Dropped | ProposeError::NotLeader { .. } | ProposeError::TimedOut)
         ),
         "a cut-off leader acknowledged: {answer:?}"
     );
+    // Nor does it confirm a read: its records may be behind the others' by now.
+    let read = barrier(&leader.handle, p);
+    assert!(read.is_err(), "a cut-off leader confirmed a read: {read:?}");
     // The majority elects another leader and goes on.
     let others: Vec<&TestNode> = nodes.iter().filter(|n| n.id != leader.id).collect();
     assert!(matches!(
