@@ -296,9 +296,10 @@ impl Remote {
             ProposeError::NotLeader {
                 leader: Some(leader), ..
             } => me.name_of(*leader),
-            // No replica here, or no leader known: a peer may know better.
+            // No replica here, or no leader known: a replica placement put there knows
+            // better (another node without a replica may know no more than this one).
             ProposeError::NoReplica(_) | ProposeError::NotLeader { leader: None, .. } if hops == 0 => {
-                me.view.peers().into_iter().find(|p| p.up).map(|p| p.card.name)
+                me.placed_peer(partition)
             }
             _ => None,
         };
@@ -352,6 +353,26 @@ impl Remote {
                 );
             }
         }
+    }
+
+    /// An up peer that placement puts a replica of `partition` on (a different one from
+    /// call to call, to spread the load), or any up peer before the members are known.
+    fn placed_peer(&self, partition: u16) -> Option<String> {
+        let placed = self
+            .consensus
+            .get()
+            .map(|c| c.placed(partition))
+            .unwrap_or_default();
+        let up: Vec<String> = self
+            .view
+            .peers()
+            .into_iter()
+            .filter(|p| p.up)
+            .map(|p| p.card.name)
+            .filter(|n| placed.is_empty() || placed.contains(&crate::consensus::node_id(n)))
+            .collect();
+        let turn = self.next_id.fetch_add(1, Ordering::Relaxed) as usize;
+        up.get(turn % up.len().max(1)).cloned()
     }
 
     /// The name of the node with Raft id `id`, among the peers.

@@ -268,3 +268,59 @@ async fn a_node_without_a_majority_acknowledges_nothing_and_serves_no_stale_read
     assert_eq!(ack.seq, 2);
     drop(c);
 }
+
+/// Five nodes, three replicas: every partition has two nodes without a replica, and a
+/// request reaching one of them goes to a node placement put a replica on (asking the
+/// other replica-less node would send it back and forth). Through every node, a user
+/// whose partition is on neither p1 nor p2 registers, logs in, sends and reads.
+#[tokio::test]
+async fn a_node_without_a_replica_of_a_partition_serves_it_through_one_that_has_one() {
+    use chat_protocol::internal::MemberRecord;
+    let names = ["p1", "p2", "p3", "p4", "p5"];
+    let ports: Vec<u16> = names.iter().map(|_| free_port()).collect();
+    let nodes: Vec<Node> = (0..5)
+        .map(|i| {
+            let seeds: Vec<u16> = (0..5).filter(|j| *j != i).map(|j| ports[j]).collect();
+            Node::start_with(consensus_member(names[i], ports[i], &seeds, &names)).unwrap()
+        })
+        .collect();
+    for node in &nodes {
+        wait_for("the consensus groups to settle", 3 * DEADLINE, || async {
+            let s = cluster_status(node).await?;
+            s["consensus"]["settled"].as_bool()?.then_some(())
+        })
+        .await
+        .unwrap();
+    }
+    let members = names
+        .iter()
+        .map(|n| (chat_node::consensus::node_id(n), MemberRecord::default()))
+        .collect();
+    let away = [
+        chat_node::consensus::node_id("p1"),
+        chat_node::consensus::node_id("p2"),
+    ];
+    let user = (0..10_000)
+        .map(|i| format!("far{i}"))
+        .find(|u| {
+            let group = u32::from(chat_node::partition::of_user(u));
+            let voters = chat_state::membership::voters_of(&members, group, 3);
+            voters.iter().all(|v| !away.contains(v))
+        })
+        .unwrap();
+    let (client, _) = nodes[0].connect().await.unwrap();
+    client
+        .register(&user, &chat_tests::password(&user))
+        .await
+        .unwrap();
+    let (_, _) = nodes[1].user("near").await.unwrap();
+    for (i, via) in nodes.iter().enumerate() {
+        let (client, _, _) = via.login(&user).await.unwrap();
+        client
+            .send_private_with_id("near", &format!("c{i}"), &format!("through {}", names[i]))
+            .await
+            .unwrap();
+        let copies = client.sync_all(0).await.unwrap();
+        assert_eq!(copies.len(), i + 1, "own copies read through {}", names[i]);
+    }
+}

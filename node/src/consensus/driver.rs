@@ -149,6 +149,15 @@ pub struct Handle {
     tx: mpsc::Sender<Input>,
     status: Arc<Mutex<Status>>,
     led: Arc<Mutex<Vec<Partition>>>,
+    placed: Arc<Mutex<Placed>>,
+}
+
+/// The members as this node's replica of the metadata group last applied them, and how
+/// many voters a partition has: where placement puts each partition.
+#[derive(Debug, Default)]
+struct Placed {
+    members: BTreeMap<NodeId, chat_protocol::internal::MemberRecord>,
+    voters: usize,
 }
 
 impl std::fmt::Debug for Handle {
@@ -207,6 +216,13 @@ impl Handle {
         *self.status.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    /// The nodes placement puts `partition` on, as this node last saw the members (empty
+    /// before it knows any): where to ask for it when this node has no replica.
+    pub fn placed(&self, partition: Partition) -> Vec<NodeId> {
+        let placed = self.placed.lock().unwrap_or_else(|e| e.into_inner());
+        chat_state::membership::voters_of(&placed.members, GroupId::from(partition), placed.voters)
+    }
+
     /// The partitions (not the metadata group) led here, as of the last tick.
     pub fn led(&self) -> Vec<Partition> {
         self.led.lock().unwrap_or_else(|e| e.into_inner()).clone()
@@ -263,6 +279,7 @@ pub fn start(
     let (tx, rx) = mpsc::channel();
     let status = Arc::new(Mutex::new(Status::default()));
     let led = Arc::new(Mutex::new(Vec::new()));
+    let placed = Arc::new(Mutex::new(Placed::default()));
     let mut driver = Driver {
         raft,
         disk,
@@ -278,12 +295,21 @@ pub fn start(
         replicas,
         status: status.clone(),
         led: led.clone(),
+        placed: placed.clone(),
     };
     let thread = std::thread::Builder::new()
         .name(format!("consensus-{id}"))
         .spawn(move || driver.run())
         .expect("spawn the consensus thread");
-    Ok((Handle { tx, status, led }, thread))
+    Ok((
+        Handle {
+            tx,
+            status,
+            led,
+            placed,
+        },
+        thread,
+    ))
 }
 
 /// The metadata group (its records: the first members) and this node's replicas of the
@@ -335,6 +361,7 @@ struct Driver<S, T> {
     replicas: usize,
     status: Arc<Mutex<Status>>,
     led: Arc<Mutex<Vec<Partition>>>,
+    placed: Arc<Mutex<Placed>>,
 }
 
 impl<S: Sync, T: Transport> Driver<S, T> {
@@ -576,6 +603,10 @@ impl<S: Sync, T: Transport> Driver<S, T> {
         }
         *self.status.lock().unwrap_or_else(|e| e.into_inner()) = status;
         *self.led.lock().unwrap_or_else(|e| e.into_inner()) = led;
+        *self.placed.lock().unwrap_or_else(|e| e.into_inner()) = Placed {
+            members,
+            voters: self.replicas.min(active),
+        };
         Ok(())
     }
 
