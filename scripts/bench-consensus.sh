@@ -1,0 +1,89 @@
+#!/usr/bin/env bash
+# The Raft core against today's core, in the same run on the same machine (the
+# "Raft core" table of BENCHMARKS.md), modes alternating within each run.
+# Usage: scripts/bench-consensus.sh [RUNS] [MODES]   (default 3 runs; modes "old-1 raft-1 raft-3")
+#   old-1:  one node, today's core;
+#   raft-1: one node serving through the Raft core (a one-voter group per partition);
+#   raft-3: three nodes through the Raft core, three replicas of every partition (a
+#           send is acknowledged once two of them have it durable), users spread over
+#           the nodes so that user i on node i mod 3 sends to user i+1 on the next one.
+# Each mode: the max rate, then 5,000 messages/s, 100 connections, 100-byte
+# messages, 10 s, on fresh data folders.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+runs=${1:-3}
+modes=${2:-old-1 raft-1 raft-3}
+cargo build --release -q -p chat-node -p chat-client
+work=$(mktemp -d)
+pids=()
+trap 'kill "${pids[@]}" 2>/dev/null || true; rm -rf "$work"' EXIT
+
+# start_node I N CONSENSUS: node I of N on clients 1930I, cluster 1940I, admin 1950I.
+start_node() {
+    local i=$1 n=$2 consensus=$3 config="$work/node$1.toml" seeds=()
+    cp cluster-config/bench.toml "$config"
+    if [ "$consensus" = true ]; then
+        local first
+        first=$(seq -s, 1 "$n" | sed 's/\([0-9]\+\)/"bench\1"/g')
+        printf '\n[cluster]\nconsensus = true\nreplicas = %s\ninitial_members = [%s]\n' "$n" "$first" >>"$config"
+    fi
+    for j in $(seq "$n"); do
+        [ "$j" != "$i" ] && seeds+=(--seed "127.0.0.1:$((19400 + j))")
+    done
+    target/release/chat-node --config "$config" --name "bench$i" \
+        --listen "127.0.0.1:$((19300 + i))" --cluster-listen "127.0.0.1:$((19400 + i))" \
+        --admin-listen "127.0.0.1:$((19500 + i))" --cookie bench-cookie "${seeds[@]}" \
+        --data-dir "$work/data$i" >"$work/out$i" 2>"$work/log$i" &
+    pids+=($!)
+}
+
+# Waits until every node of 1..N says `settled` on /cluster.
+wait_settled() {
+    local n=$1
+    for _ in $(seq 600); do
+        local all=1
+        for i in $(seq "$n"); do
+            curl -s "http://127.0.0.1:$((19500 + i))/cluster" | grep -q '"settled":true' || all=0
+        done
+        [ "$all" = 1 ] && return 0
+        sleep 0.2
+    done
+    echo "the nodes did not settle" >&2
+    exit 1
+}
+
+stop_nodes() {
+    kill "${pids[@]}" 2>/dev/null || true
+    wait "${pids[@]}" 2>/dev/null || true
+    pids=()
+    rm -rf "$work"/data*
+    # Let the writeback of the run finish, so that runs do not measure each other's disk.
+    sync
+    sleep 3
+}
+
+echo "machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs), $(free -g | awk '/Mem:/ {print $2}') GiB"
+for r in $(seq "$runs"); do
+    for mode in $modes; do
+        case "$mode" in
+        old-1) n=1 consensus=false ;;
+        raft-1) n=1 consensus=true ;;
+        raft-3) n=3 consensus=true ;;
+        *)
+            echo "unknown mode $mode" >&2
+            exit 1
+            ;;
+        esac
+        for rate in 0 5000; do
+            echo "== run $r: $mode, rate ${rate/#0/max}, 100 connections, 100-byte messages, 10 s"
+            servers=()
+            for i in $(seq "$n"); do
+                start_node "$i" "$n" "$consensus"
+                servers+=(--server "127.0.0.1:$((19300 + i))")
+            done
+            wait_settled "$n"
+            target/release/chat-bench "${servers[@]}" send --connections 100 --duration 10 --rate "$rate"
+            stop_nodes
+        done
+    done
+done
