@@ -324,3 +324,37 @@ async fn a_node_without_a_replica_of_a_partition_serves_it_through_one_that_has_
         assert_eq!(copies.len(), i + 1, "own copies read through {}", names[i]);
     }
 }
+
+/// Pushes of one inbox come from whichever node stored each entry, so they can overtake
+/// each other: a session still gets every entry, in seq order, once (it fetches a gap
+/// before going on).
+#[tokio::test]
+async fn pushes_from_several_nodes_reach_a_session_in_order_without_gaps() {
+    let [a, b, c] = three_nodes(["o1", "o2", "o3"]).await;
+    let (_rcv, mut pushes) = a.user("rcv").await.unwrap();
+    let (from_b, _) = b.user("sb").await.unwrap();
+    let (from_c, _) = c.user("sc").await.unwrap();
+    const EACH: usize = 150;
+    let blast = |client: chat_client::Client, name: &'static str| async move {
+        let sends = (0..EACH).map(|i| {
+            let client = &client;
+            async move {
+                client
+                    .send_private_with_id("rcv", &format!("{name}-{i}"), &format!("{name} {i}"))
+                    .await
+                    .unwrap()
+            }
+        });
+        futures::future::join_all(sends).await
+    };
+    let (acks_b, acks_c) = tokio::join!(blast(from_b, "b"), blast(from_c, "c"));
+    assert_eq!(acks_b.len() + acks_c.len(), 2 * EACH);
+    let mut seqs = Vec::new();
+    while seqs.len() < 2 * EACH {
+        let d = next_delivery(&mut pushes)
+            .await
+            .unwrap_or_else(|e| panic!("after {} pushes: {e}", seqs.len()));
+        seqs.push(d.seq);
+    }
+    assert_eq!(seqs, (1..=2 * EACH as u64).collect::<Vec<_>>());
+}

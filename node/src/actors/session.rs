@@ -64,6 +64,14 @@ pub enum SessionMsg {
         /// The inbox's newest durable seq.
         last_seq: u64,
     },
+    /// What a catch-up fetched for `user`: its entries, encoded, in seq order (None:
+    /// the fetch failed; the next gap tries again).
+    CaughtUp {
+        /// Whose inbox.
+        user: String,
+        /// (seq, push frame).
+        entries: Option<Vec<(u64, Bytes)>>,
+    },
     /// Login finished: attached to the inbox (boxed: it is much larger than the rest).
     LoggedIn(Box<LoggedIn>),
     /// Login failed before attaching.
@@ -163,7 +171,12 @@ pub struct SessionState {
     /// When the bucket was last refilled.
     refilled: tokio::time::Instant,
     user: Option<(String, String)>,
+    /// The next inbox seq to push: pushes go out in seq order, without gaps.
     next_seq: u64,
+    /// The highest seq pushed to this session so far (maybe beyond a gap).
+    pushed_up_to: u64,
+    /// A fetch of the entries of a gap is on its way.
+    catching_up: bool,
     ending: Ending,
 }
 
@@ -199,6 +212,8 @@ where
         login_pending: false,
         user: None,
         next_seq: 1,
+        pushed_up_to: 0,
+        catching_up: false,
         ending: Ending::No,
         new_login_window: false,
         tokens: f64::from(cfg.request_burst),
@@ -268,10 +283,40 @@ impl SessionState {
         match msg {
             SessionMsg::Overflow => self.ending = Ending::Abort,
             SessionMsg::Deliver { seq, frame, since } => {
-                if self.user.is_some() && seq >= self.next_seq {
+                if self.user.is_none() || seq < self.next_seq {
+                    // Seen already (a resend's push, or delivered by a catch-up).
+                } else if seq == self.next_seq {
                     self.next_seq = seq + 1;
                     self.ctx.metrics.delivered(since.elapsed());
                     self.out.send_bytes(frame);
+                } else {
+                    // Entries before it were not pushed here (pushes of one inbox come
+                    // from whichever node stored each entry, so they may overtake each
+                    // other, and a push can be lost): fetch the gap, then go on in order.
+                    self.pushed_up_to = self.pushed_up_to.max(seq);
+                    if !self.catching_up {
+                        self.catch_up();
+                    }
+                }
+            }
+            SessionMsg::CaughtUp { user, entries } => {
+                // For the user logged in when it was asked, not one logged in since.
+                if self.user.as_ref().map(|(u, _)| u) != Some(&user) {
+                    return;
+                }
+                self.catching_up = false;
+                let since = tokio::time::Instant::now();
+                let fetched = entries.is_some();
+                for (seq, frame) in entries.unwrap_or_default() {
+                    if seq >= self.next_seq {
+                        self.next_seq = seq + 1;
+                        self.ctx.metrics.delivered(since.elapsed());
+                        self.out.send_bytes(frame);
+                    }
+                }
+                // A push that arrived meanwhile may be beyond what the fetch saw.
+                if fetched && self.pushed_up_to >= self.next_seq {
+                    self.catch_up();
                 }
             }
             SessionMsg::Push(frame) => {
@@ -283,26 +328,10 @@ impl SessionState {
                 if self.user.is_none() || last_seq < self.next_seq {
                     return;
                 }
-                let mailbox = self.mailbox.clone();
-                let fetch = InboxMsg::Fetch {
-                    after: self.next_seq - 1,
-                    limit: MAX_PAGE,
-                    reply: reply(move |page: ChatResult<Page>| {
-                        let Ok(page) = page else { return };
-                        let since = tokio::time::Instant::now();
-                        for mut d in page.messages {
-                            let seq = d.seq;
-                            let body = match d.receipt.take() {
-                                Some(r) => Body::Receipt(r),
-                                None => Body::Delivery(d),
-                            };
-                            let frame = inbox::encode_push(body);
-                            let _ = mailbox.send(SessionMsg::Deliver { seq, frame, since });
-                        }
-                    }),
-                };
-                let me = self.me().to_owned();
-                self.ctx.router.to_inbox(&me, fetch);
+                self.pushed_up_to = self.pushed_up_to.max(last_seq);
+                if !self.catching_up {
+                    self.catch_up();
+                }
             }
             SessionMsg::LoggedIn(done) => {
                 let LoggedIn {
@@ -316,6 +345,8 @@ impl SessionState {
                 match meta {
                     Ok(meta) => {
                         self.next_seq = meta.last_seq + 1;
+                        self.pushed_up_to = 0;
+                        self.catching_up = false;
                         let _ = self.ctx.router.registry().cast(RegistryMsg::Online(user.clone()));
                         tracing::debug!(session = self.id, user = %user, "logged in");
                         self.ctx.metrics.login();
@@ -687,6 +718,36 @@ impl SessionState {
 
     fn me(&self) -> &str {
         &self.user.as_ref().expect("checked by dispatch").0
+    }
+
+    /// Pushes, in order, the entries after the last one pushed here (one page), then
+    /// says `CaughtUp`.
+    fn catch_up(&mut self) {
+        self.catching_up = true;
+        let mailbox = self.mailbox.clone();
+        let user = self.me().to_owned();
+        let fetch = InboxMsg::Fetch {
+            after: self.next_seq - 1,
+            limit: MAX_PAGE,
+            reply: reply(move |page: ChatResult<Page>| {
+                let entries = page.ok().map(|page| {
+                    page.messages
+                        .into_iter()
+                        .map(|mut d| {
+                            let seq = d.seq;
+                            let body = match d.receipt.take() {
+                                Some(r) => Body::Receipt(r),
+                                None => Body::Delivery(d),
+                            };
+                            (seq, inbox::encode_push(body))
+                        })
+                        .collect()
+                });
+                let _ = mailbox.send(SessionMsg::CaughtUp { user, entries });
+            }),
+        };
+        let me = self.me().to_owned();
+        self.ctx.router.to_inbox(&me, fetch);
     }
 
     fn ack(&self, id: u64, kind: AckKind, up_to: u64, permit: Permit) {
