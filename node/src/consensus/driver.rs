@@ -369,7 +369,13 @@ impl<S: Sync, T: Transport> Driver<S, T> {
         let mut next_tick = Instant::now() + self.tick;
         let mut ticks: u32 = 0;
         loop {
-            let timeout = next_tick.saturating_duration_since(Instant::now());
+            // With work left from the last round (entries it made durable are now
+            // committed and can be applied), only look for inputs, never wait for them.
+            let timeout = if self.raft.has_work() {
+                Duration::ZERO
+            } else {
+                next_tick.saturating_duration_since(Instant::now())
+            };
             let mut inputs = Vec::new();
             match self.rx.recv_timeout(timeout) {
                 Ok(input) => inputs.push(input),
