@@ -113,7 +113,10 @@ impl Remote {
             view,
             links: Mutex::default(),
             pending: Mutex::default(),
-            next_id: AtomicU64::new(1),
+            // Random, never 0 (no answer expected): a response to the node's previous
+            // run (killed and restarted while a peer still answered it) must not
+            // complete one of this run's requests.
+            next_id: AtomicU64::new((crate::auth::random_u64() >> 1).max(1)),
             sessions: Mutex::default(),
             users: Mutex::default(),
             runtime: tokio::runtime::Handle::try_current().ok(),
@@ -553,14 +556,19 @@ impl Remote {
             None => return,
         };
         let frame = Bytes::from(push.frame);
-        for id in ids.into_iter().filter(|id| *id != push.skip_session) {
+        for id in ids {
             if let Some(mailbox) = self.session(id) {
                 let _ = mailbox.send(if push.seq == 0 {
                     SessionMsg::Push(frame.clone())
                 } else {
                     SessionMsg::Deliver {
                         seq: push.seq,
-                        frame: frame.clone(),
+                        // The session that sent an own copy only moves past its seq.
+                        frame: if id == push.skip_session {
+                            Bytes::new()
+                        } else {
+                            frame.clone()
+                        },
                         since: Instant::now(),
                     }
                 });

@@ -40,7 +40,7 @@ use std::time::Duration;
 /// How often the leader of a partition looks for group fan-outs left pending there.
 pub const FANOUT_SWEEP: Duration = Duration::from_secs(2);
 /// Most posts one fan-out plan covers.
-const FANOUT_POSTS: u64 = 64;
+const FANOUT_POSTS: u64 = 1024;
 /// Most receipts one acknowledgement sends.
 const MAX_RECEIPTS_PER_ACK: u32 = 1000;
 /// Attempts to store one receipt before giving up.
@@ -378,10 +378,12 @@ impl Served {
         } else {
             Vec::new()
         };
+        // The cursor moves only as far as the receipts cover: up to what the inbox held
+        // when they were computed (a later entry waits for a later acknowledgement).
         let op = Op::Ack(command::Ack {
             user: user.clone(),
             read: kind == AckKind::Read,
-            up_to,
+            up_to: target,
         });
         let cursors = match self.propose_async(p, op).await? {
             outcome::Result::Cursors(c) => c,
@@ -451,7 +453,9 @@ impl Served {
                 let me = self.clone();
                 self.propose(p, op, move |r| match r {
                     Ok(outcome::Result::Done(_)) => me.membership(user, group, true, reply),
-                    Ok(outcome::Result::Exists(_)) => reply(Err(ChatError::AlreadyExists(group))),
+                    // Maybe this user's own earlier attempt, whose answer was lost (its
+                    // membership may not be recorded yet): the creator is a member.
+                    Ok(outcome::Result::Exists(_)) => me.created_by(user, group, reply),
                     Ok(other) => reply(Err(unexpected_outcome(&other))),
                     Err(e) => reply(Err(e)),
                 });
@@ -478,7 +482,14 @@ impl Served {
                 self.propose(p, op, move |r| match r {
                     Ok(outcome::Result::Done(_)) => me.membership(user, group, false, reply),
                     Ok(outcome::Result::NotFound(_)) => reply(Err(missing())),
-                    Ok(outcome::Result::NotAMember(_)) => reply(Err(ChatError::NotAMember(group))),
+                    // Maybe an earlier attempt left the group but not the user's list:
+                    // the list is made to agree, and the answer stays NOT_A_MEMBER.
+                    Ok(outcome::Result::NotAMember(_)) => me.membership(
+                        user,
+                        group.clone(),
+                        false,
+                        Box::new(move |_| reply(Err(ChatError::NotAMember(group)))),
+                    ),
                     Ok(other) => reply(Err(unexpected_outcome(&other))),
                     Err(e) => reply(Err(e)),
                 });
@@ -579,6 +590,19 @@ impl Served {
             joined,
         });
         self.propose(partition::of_user(&user), op, move |r| reply(r.map(|_| ())));
+    }
+
+    /// A `CreateGroup` found the group: if `user` created it (an earlier attempt whose
+    /// answer was lost), it is done once the user's list has it; otherwise the name is
+    /// taken.
+    fn created_by(self: &Arc<Self>, user: String, group: String, reply: Reply<ChatResult<()>>) {
+        let me = self.clone();
+        let p = partition::of_group(&group);
+        self.read(p, Q::GroupCreator(group.clone()), move |r| match r {
+            Ok(A::Names(n)) if n.names.first() == Some(&user) => me.membership(user, group, true, reply),
+            Ok(_) => reply(Err(ChatError::AlreadyExists(group))),
+            Err(e) => reply(Err(e)),
+        });
     }
 
     /// Where post `group_seq` stands in each recipient's inbox.
@@ -684,7 +708,11 @@ impl Served {
                 self.propose_async(p, done).await?;
             }
             if plan.batches.is_empty() {
-                return Ok(());
+                if plan.complete_up_to == 0 {
+                    return Ok(());
+                }
+                // A window is complete: the next plan looks past it.
+                continue;
             }
             let batches = plan.batches.into_iter().map(|b| self.fan_out_batch(group, b));
             for result in futures::future::join_all(batches).await {

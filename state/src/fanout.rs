@@ -38,16 +38,28 @@ pub struct Plan {
     pub complete_up_to: Option<u64>,
 }
 
+/// Most bytes of text one batch carries (more posts wait for the next batch; a single
+/// post's items for one partition always fit in a batch of their own).
+pub const MAX_BATCH_BYTES: usize = 1 << 20;
+/// Most bytes of text one plan carries over all its batches (it crosses nodes).
+pub const MAX_PLAN_BYTES: usize = 4 << 20;
+
 /// Plans the fan-out of `group` (kept in partition `p`), looking at most `max_posts`
-/// posts past the point where the fan-out is complete.
+/// posts past the point where the fan-out is complete, within [`MAX_BATCH_BYTES`] per
+/// batch and [`MAX_PLAN_BYTES`] in all. A destination that cannot take more stops at
+/// the last post it got whole; the others go on, so one slow partition does not hold
+/// the rest back within the window.
 pub fn plan(p: Partition, store: &impl Store, group_name: &str, max_posts: u64) -> Result<Plan> {
     let Some(record) = group(p, store, group_name)? else {
         return Ok(Plan::default());
     };
     let first = record.fanout_seq + 1;
-    let last = record.last_seq.min(record.fanout_seq.saturating_add(max_posts));
+    let mut last = record.last_seq.min(record.fanout_seq.saturating_add(max_posts));
     let mut cursors: BTreeMap<Partition, u64> = BTreeMap::new();
-    let mut batches: BTreeMap<Partition, Vec<FanoutItem>> = BTreeMap::new();
+    let mut batches: BTreeMap<Partition, (Vec<FanoutItem>, usize)> = BTreeMap::new();
+    // Destinations whose batch is full, with the last post they got whole.
+    let mut full: BTreeMap<Partition, u64> = BTreeMap::new();
+    let mut plan_bytes = 0;
     // Posts up to here need nothing anywhere.
     let mut complete = record.fanout_seq;
     let mut pending_seen = false;
@@ -60,7 +72,8 @@ pub fn plan(p: Partition, store: &impl Store, group_name: &str, max_posts: u64) 
             }
             continue;
         };
-        let mut pending = false;
+        // This post's recipients that still lack it, by destination.
+        let mut lacking: BTreeMap<Partition, Vec<&String>> = BTreeMap::new();
         for user in &post.recipients {
             let to = placement::of_user(user);
             let cursor = match cursors.get(&to) {
@@ -75,18 +88,38 @@ pub fn plan(p: Partition, store: &impl Store, group_name: &str, max_posts: u64) 
                 }
             };
             if group_seq > cursor {
-                pending = true;
-                batches.entry(to).or_default().push(FanoutItem {
-                    user: user.clone(),
-                    group_seq,
-                    message_id: post.message_id.clone(),
-                    from: post.from.clone(),
-                    timestamp_ms: post.timestamp_ms,
-                    text: post.text.clone(),
-                });
+                lacking.entry(to).or_default().push(user);
             }
         }
-        pending_seen |= pending;
+        let size = post.text.len() + post.message_id.len() + post.from.len() + 64;
+        let post_bytes: usize = lacking.values().map(|users| users.len() * size).sum();
+        if plan_bytes > 0 && plan_bytes + post_bytes > MAX_PLAN_BYTES {
+            // The plan is full: the window ends before this post.
+            last = group_seq - 1;
+            break;
+        }
+        for (to, users) in lacking {
+            pending_seen = true;
+            if full.contains_key(&to) {
+                continue;
+            }
+            let bytes = users.len() * size;
+            let (items, batch_bytes) = batches.entry(to).or_default();
+            if !items.is_empty() && *batch_bytes + bytes > MAX_BATCH_BYTES {
+                full.insert(to, group_seq - 1);
+                continue;
+            }
+            *batch_bytes += bytes;
+            plan_bytes += bytes;
+            items.extend(users.into_iter().map(|user| FanoutItem {
+                user: user.clone(),
+                group_seq,
+                message_id: post.message_id.clone(),
+                from: post.from.clone(),
+                timestamp_ms: post.timestamp_ms,
+                text: post.text.clone(),
+            }));
+        }
         if !pending_seen {
             complete = group_seq;
         }
@@ -94,10 +127,10 @@ pub fn plan(p: Partition, store: &impl Store, group_name: &str, max_posts: u64) 
     Ok(Plan {
         batches: batches
             .into_iter()
-            .map(|(partition, items)| Batch {
+            .map(|(partition, (items, _))| Batch {
                 partition,
                 items,
-                up_to: last,
+                up_to: full.get(&partition).copied().unwrap_or(last),
             })
             .collect(),
         complete_up_to: (complete > record.fanout_seq).then_some(complete),
@@ -278,6 +311,79 @@ mod tests {
         done(&mut s, 2);
         assert!(pending_groups(p, &s, 10).unwrap().is_empty());
         assert!(pending_groups(p + 1, &s, 10).unwrap().is_empty());
+    }
+
+    #[test]
+    fn big_posts_go_in_several_batches_each_ending_at_a_whole_post() {
+        let p = 31;
+        let mut s = MemStore::default();
+        let g = group_in(p);
+        let create = Op::CreateGroup(command::CreateGroup {
+            group: g.clone(),
+            creator: "owner".into(),
+            now_ms: 1,
+        });
+        run(p, &mut s, create);
+        let members: Vec<String> = (0..2).map(|i| placement::user_named_in(40 + i, "m", 0)).collect();
+        for m in &members {
+            let join = Op::JoinGroup(command::JoinGroup {
+                group: g.clone(),
+                user: m.clone(),
+            });
+            run(p, &mut s, join);
+        }
+        let big = "x".repeat(400 << 10);
+        for i in 1..=7u64 {
+            let post = Op::Post(command::Post {
+                group: g.clone(),
+                from: "owner".into(),
+                client_msg_id: i.to_string(),
+                text: big.clone(),
+                now_ms: i,
+            });
+            run(p, &mut s, post);
+        }
+        // Follow the plans, moving each destination's cursor as a driver would.
+        let mut got: BTreeMap<Partition, Vec<u64>> = BTreeMap::new();
+        for _ in 0..10 {
+            let plan = plan(p, &s, &g, 100).unwrap();
+            if let Some(up_to) = plan.complete_up_to {
+                let done = Op::FanoutDone(command::FanoutDone {
+                    group: g.clone(),
+                    partition: 0,
+                    group_seq: up_to,
+                    all: true,
+                });
+                run(p, &mut s, done);
+            }
+            if plan.batches.is_empty() {
+                break;
+            }
+            for b in plan.batches {
+                let bytes: usize = b.items.iter().map(|i| i.text.len()).sum();
+                assert!(bytes <= MAX_BATCH_BYTES, "{bytes} bytes in one batch");
+                assert_eq!(
+                    b.items.last().map(|i| i.group_seq),
+                    Some(b.up_to),
+                    "ends at a whole post"
+                );
+                got.entry(b.partition)
+                    .or_default()
+                    .extend(b.items.iter().map(|i| i.group_seq));
+                let done = Op::FanoutDone(command::FanoutDone {
+                    group: g.clone(),
+                    partition: u32::from(b.partition),
+                    group_seq: b.up_to,
+                    all: false,
+                });
+                run(p, &mut s, done);
+            }
+        }
+        assert_eq!(got.len(), 2);
+        for seqs in got.values() {
+            assert_eq!(seqs, &(1..=7).collect::<Vec<_>>(), "every post once, in order");
+        }
+        assert!(pending_groups(p, &s, 10).unwrap().is_empty(), "complete");
     }
 
     #[test]

@@ -83,6 +83,12 @@ pub fn evaluate(p: Partition, query: &Query, store: &impl Store) -> Result<Answe
                 }
             }
         },
+        Some(Q::GroupCreator(name)) => match group(p, store, name)? {
+            Some(record) => A::Names(answer::Names {
+                names: vec![record.creator],
+            }),
+            None => A::NotFound(Empty {}),
+        },
         Some(Q::FanoutPlan(g)) => {
             let plan = crate::fanout::plan(p, store, &g.group, g.group_seq.max(1))?;
             A::Plan(answer::Plan {
@@ -389,6 +395,16 @@ mod tests {
             })
         );
         assert_eq!(ask(p, &store, Q::Members(asks("eve"))), A::NotAMember(Empty {}));
+        assert_eq!(
+            ask(p, &store, Q::GroupCreator(group.clone())),
+            A::Names(answer::Names {
+                names: vec!["ann".into()]
+            })
+        );
+        assert_eq!(
+            ask(p, &store, Q::GroupCreator("none".into())),
+            A::NotFound(Empty {})
+        );
         assert_eq!(ask(p, &store, Q::GroupPost(asks("eve"))), A::NotAMember(Empty {}));
         assert!(matches!(ask(p, &store, Q::GroupPost(asks("ben"))), A::Post(m) if m.text == "t0"));
         let history = |before, limit| match ask(

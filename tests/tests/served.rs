@@ -81,6 +81,10 @@ async fn users_on_different_nodes_chat_privately_through_the_raft_core() {
     bob.send_private_with_id("alice", "r-1", "hi alice")
         .await
         .unwrap();
+    // Alice's own copy of "hello bob" is not pushed back to the session that sent it:
+    // the first delivery pushed to it is bob's answer.
+    let first = next_delivery(&mut alice_pushes).await.unwrap();
+    assert_eq!(first.text, "hi alice");
     for via in [&a, &b, &c] {
         let (reader, _, _) = via.login("bob").await.unwrap();
         let inbox = reader.sync_all(0).await.unwrap();

@@ -682,8 +682,11 @@ impl InboxState {
                     skip_session,
                 } = w.payload;
                 self.args.metrics.inbox_messages(1);
-                self.sessions
-                    .retain(|s| Some(s.id) == skip_session || s.deliver(w.seq, frame.clone(), since));
+                self.sessions.retain(|s| match skip_session {
+                    // The session that sent it only moves past its seq.
+                    Some(id) if s.id == id => s.deliver(w.seq, Bytes::new(), since),
+                    _ => s.deliver(w.seq, frame.clone(), since),
+                });
                 for r in w.replies {
                     r(Ok(appended.clone()));
                 }

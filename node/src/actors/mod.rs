@@ -64,8 +64,9 @@ impl SessionRef {
         }
     }
 
-    /// Pushes an encoded inbox delivery with its seq (the session drops duplicates).
-    /// False if the session is gone.
+    /// Pushes an encoded inbox delivery with its seq (the session drops duplicates); an
+    /// empty frame only moves the session past the seq (an own copy, not pushed to the
+    /// session that sent it). False if the session is gone.
     pub fn deliver(&self, seq: u64, frame: Bytes, since: tokio::time::Instant) -> bool {
         match &self.target {
             SessionTarget::Local(mailbox) => mailbox

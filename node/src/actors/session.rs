@@ -38,6 +38,8 @@ pub const MAX_PAGE: usize = 500;
 pub const MAX_ONLINE_PAGE: usize = 1000;
 /// Longest a single socket write may block before the client counts as dead.
 const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Most own-copy seqs a session remembers not to push back while it catches up.
+const MAX_SKIPS: usize = 64;
 /// Room kept below the frame limit when filling pages.
 const PAGE_HEADROOM: usize = 512;
 
@@ -51,7 +53,8 @@ pub enum SessionMsg {
     Deliver {
         /// Inbox seq.
         seq: u64,
-        /// Encoded push frame.
+        /// Encoded push frame; empty: nothing to push, only move past `seq` (an own
+        /// copy of what this session sent).
         frame: Bytes,
         /// When the message reached its inbox (for the delivery latency metric).
         since: tokio::time::Instant,
@@ -64,13 +67,13 @@ pub enum SessionMsg {
         /// The inbox's newest durable seq.
         last_seq: u64,
     },
-    /// What a catch-up fetched for `user`: its entries, encoded, in seq order (None:
-    /// the fetch failed; the next gap tries again).
+    /// What a catch-up fetched for `user`: its entries, encoded, in seq order, and the
+    /// inbox's newest seq (None: the fetch failed; the next gap tries again).
     CaughtUp {
         /// Whose inbox.
         user: String,
-        /// (seq, push frame).
-        entries: Option<Vec<(u64, Bytes)>>,
+        /// ((seq, push frame) in order, newest seq).
+        page: Option<(Vec<(u64, Bytes)>, u64)>,
     },
     /// Login finished: attached to the inbox (boxed: it is much larger than the rest).
     LoggedIn(Box<LoggedIn>),
@@ -177,6 +180,8 @@ pub struct SessionState {
     pushed_up_to: u64,
     /// A fetch of the entries of a gap is on its way.
     catching_up: bool,
+    /// Seqs beyond a gap not to push here (own copies of what this session sent).
+    skips: Vec<u64>,
     ending: Ending,
 }
 
@@ -214,6 +219,7 @@ where
         next_seq: 1,
         pushed_up_to: 0,
         catching_up: false,
+        skips: Vec::new(),
         ending: Ending::No,
         new_login_window: false,
         tokens: f64::from(cfg.request_burst),
@@ -283,39 +289,60 @@ impl SessionState {
         match msg {
             SessionMsg::Overflow => self.ending = Ending::Abort,
             SessionMsg::Deliver { seq, frame, since } => {
-                if self.user.is_none() || seq < self.next_seq {
+                if self.user.is_none() {
+                    // Attached, but the login has not finished reading the cursors: if
+                    // this is past them, the login catches up once done.
+                    if self.login_pending {
+                        self.pushed_up_to = self.pushed_up_to.max(seq);
+                    }
+                } else if seq < self.next_seq {
                     // Seen already (a resend's push, or delivered by a catch-up).
                 } else if seq == self.next_seq {
                     self.next_seq = seq + 1;
-                    self.ctx.metrics.delivered(since.elapsed());
-                    self.out.send_bytes(frame);
+                    // Empty: an own copy of what this session sent, not pushed back to it.
+                    if !frame.is_empty() {
+                        self.ctx.metrics.delivered(since.elapsed());
+                        self.out.send_bytes(frame);
+                    }
                 } else {
                     // Entries before it were not pushed here (pushes of one inbox come
                     // from whichever node stored each entry, so they may overtake each
                     // other, and a push can be lost): fetch the gap, then go on in order.
                     self.pushed_up_to = self.pushed_up_to.max(seq);
+                    if frame.is_empty() && self.skips.len() < MAX_SKIPS {
+                        // An own copy of what this session sent: the catch-up passes it.
+                        self.skips.push(seq);
+                    }
                     if !self.catching_up {
                         self.catch_up();
                     }
                 }
             }
-            SessionMsg::CaughtUp { user, entries } => {
+            SessionMsg::CaughtUp { user, page } => {
                 // For the user logged in when it was asked, not one logged in since.
                 if self.user.as_ref().map(|(u, _)| u) != Some(&user) {
                     return;
                 }
                 self.catching_up = false;
+                // The fetch failed: the next push past a gap tries again.
+                let Some((entries, last_seq)) = page else { return };
+                let before = self.next_seq;
                 let since = tokio::time::Instant::now();
-                let fetched = entries.is_some();
-                for (seq, frame) in entries.unwrap_or_default() {
+                for (seq, frame) in entries {
                     if seq >= self.next_seq {
                         self.next_seq = seq + 1;
-                        self.ctx.metrics.delivered(since.elapsed());
-                        self.out.send_bytes(frame);
+                        if !self.skips.contains(&seq) {
+                            self.ctx.metrics.delivered(since.elapsed());
+                            self.out.send_bytes(frame);
+                        }
                     }
                 }
+                let next = self.next_seq;
+                self.skips.retain(|s| *s >= next);
+                // Nothing beyond the inbox's newest entry is owed (a stale hint).
+                self.pushed_up_to = self.pushed_up_to.min(last_seq);
                 // A push that arrived meanwhile may be beyond what the fetch saw.
-                if fetched && self.pushed_up_to >= self.next_seq {
+                if self.next_seq > before && self.pushed_up_to >= self.next_seq {
                     self.catch_up();
                 }
             }
@@ -345,7 +372,6 @@ impl SessionState {
                 match meta {
                     Ok(meta) => {
                         self.next_seq = meta.last_seq + 1;
-                        self.pushed_up_to = 0;
                         self.catching_up = false;
                         let _ = self.ctx.router.registry().cast(RegistryMsg::Online(user.clone()));
                         tracing::debug!(session = self.id, user = %user, "logged in");
@@ -362,8 +388,17 @@ impl SessionState {
                                 nodes,
                             }),
                         );
+                        // Pushed while the login read the cursors, past them.
+                        if self.pushed_up_to >= self.next_seq {
+                            self.catch_up();
+                        }
                     }
-                    Err(e) => self.out.error(request_id, &e),
+                    Err(e) => {
+                        // Attached before the cursors could be read: no pushes here.
+                        self.ctx.remote.set_session_user(self.id, None);
+                        self.pushed_up_to = 0;
+                        self.out.error(request_id, &e);
+                    }
                 }
             }
             SessionMsg::LoginFailed { request_id, error } => {
@@ -388,6 +423,9 @@ impl SessionState {
     }
 
     fn logout(&mut self) {
+        self.pushed_up_to = 0;
+        self.catching_up = false;
+        self.skips.clear();
         if let Some((user, _)) = self.user.take() {
             self.ctx.remote.set_session_user(self.id, None);
             self.ctx
@@ -730,8 +768,9 @@ impl SessionState {
             after: self.next_seq - 1,
             limit: MAX_PAGE,
             reply: reply(move |page: ChatResult<Page>| {
-                let entries = page.ok().map(|page| {
-                    page.messages
+                let page = page.ok().map(|page| {
+                    let entries = page
+                        .messages
                         .into_iter()
                         .map(|mut d| {
                             let seq = d.seq;
@@ -741,9 +780,10 @@ impl SessionState {
                             };
                             (seq, inbox::encode_push(body))
                         })
-                        .collect()
+                        .collect();
+                    (entries, page.last_seq)
                 });
-                let _ = mailbox.send(SessionMsg::CaughtUp { user, entries });
+                let _ = mailbox.send(SessionMsg::CaughtUp { user, page });
             }),
         };
         let me = self.me().to_owned();
