@@ -148,9 +148,9 @@ pub struct ClusterConfig {
     /// when a node dies a node with a whole copy takes its partitions over.
     /// 1 keeps no copies: a down node's users wait for it. Between 1 and 5. Default: 2.
     pub replicas: usize,
-    /// Run the Raft core beside today's: every partition becomes a Raft group of
-    /// `replicas` voters, with membership decided by the metadata group. It does not
-    /// serve requests yet (see ARCHITECTURE.md, "Consensus"); `/cluster` reports it.
+    /// Serve requests through the Raft core instead of today's: every partition
+    /// becomes a Raft group of `replicas` voters, with membership decided by the
+    /// metadata group (see ARCHITECTURE.md, "Consensus"); `/cluster` reports it.
     /// Default: false.
     pub consensus: bool,
     /// With `consensus`: the names of the nodes a new cluster starts with, the same

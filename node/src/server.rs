@@ -259,7 +259,7 @@ pub async fn run(config: Config, listeners: Listeners, shutdown: CancellationTok
     Ok(())
 }
 
-/// Starts the Raft core beside today's (see `cluster.consensus`): its log and records in
+/// Starts the Raft core (see `cluster.consensus`): its log and records in
 /// this node's database, synced with it; its messages over the links to the peers.
 fn start_consensus(
     config: &Config,

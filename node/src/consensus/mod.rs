@@ -2,8 +2,8 @@
 //! of, their logs and records in sled, and the thread that runs them
 //! (`chat-consensus` decides, this module persists, applies and sends).
 //!
-//! Runs beside today's core when `cluster.consensus` is set, without serving requests
-//! yet: see ARCHITECTURE.md, "Consensus".
+//! Runs when `cluster.consensus` is set; `crate::served` then serves requests through
+//! it: see ARCHITECTURE.md, "Consensus".
 
 pub mod disk;
 pub mod driver;
