@@ -76,6 +76,10 @@ struct TestNode {
 
 impl TestNode {
     fn start(id: NodeId, dir: &std::path::Path, net: &Net) -> Self {
+        Self::start_timed(id, dir, net, timing())
+    }
+
+    fn start_timed(id: NodeId, dir: &std::path::Path, net: &Net, timing: Timing) -> Self {
         let db = sled::Config::new().path(dir.join(id.to_string())).open().unwrap();
         let syncs = Arc::new(Mutex::new(0));
         let link = Link {
@@ -87,7 +91,7 @@ impl TestNode {
         let settings = driver::Settings {
             id,
             replicas: 3,
-            timing: timing(),
+            timing,
             bootstrap: Vec::new(),
         };
         let (handle, thread) =
@@ -325,4 +329,44 @@ fn a_minority_does_not_acknowledge() {
         propose(&others, p, send(&bob, "majority")),
         outcome::Result::Appended(_)
     ));
+}
+
+/// A leader cut off from its followers cannot commit; before check-quorum makes it step
+/// down (ten ticks), the driver answers the proposal `TimedOut` at `answer_within`.
+#[test]
+fn a_proposal_that_cannot_commit_is_answered_timed_out() {
+    let dir = tempfile::tempdir().unwrap();
+    let net = Net::default();
+    let p = 6;
+    let quick = Timing {
+        answer_within: Duration::from_millis(30),
+        ..timing()
+    };
+    let nodes: Vec<TestNode> = (1..=3)
+        .map(|id| TestNode::start_timed(id, dir.path(), &net, quick.clone()))
+        .collect();
+    for node in &nodes {
+        node.handle.create(p, vec![1, 2, 3]);
+    }
+    let carol = user_in(p, 0);
+    let all: Vec<&TestNode> = nodes.iter().collect();
+    propose(&all, p, register(&carol));
+    let probe = Command {
+        op: Some(register(&carol)),
+    }
+    .encode_to_vec();
+    let leader = nodes
+        .iter()
+        .find(|n| ask(&n.handle, p, &probe).is_ok())
+        .expect("a leader");
+    net.cut.lock().unwrap().insert(leader.id);
+    let answer = ask(
+        &leader.handle,
+        p,
+        &Command {
+            op: Some(send(&carol, "stuck")),
+        }
+        .encode_to_vec(),
+    );
+    assert_eq!(answer, Err(ProposeError::TimedOut));
 }
