@@ -97,3 +97,17 @@ async fn the_stored_message_gauge_is_counted_from_disk_after_a_restart() {
     .await
     .unwrap();
 }
+
+/// A node's log written to a file (stderr not a terminal) has no ANSI colour codes.
+#[tokio::test]
+async fn a_log_written_to_a_file_has_no_colour_codes() {
+    let node = Node::start().unwrap();
+    let (_, _) = node.user("painter").await.unwrap();
+    let log = wait_for("the node to log its start", DEADLINE, || async {
+        let log = std::fs::read_to_string(&node.log).ok()?;
+        log.contains("node started").then_some(log)
+    })
+    .await
+    .unwrap();
+    assert!(!log.contains('\u{1b}'), "escape codes in the log: {log}");
+}
