@@ -31,6 +31,12 @@ pub enum NodeError {
         /// The cause.
         source: std::io::Error,
     },
+    /// Another node runs on the data folder.
+    #[error(
+        "data folder {0} is in use by another chat-node: stop that node first, or give this one \
+         its own data folder (--data-dir)"
+    )]
+    DataDirInUse(String),
     /// An actor could not start.
     #[error("cannot start {0}")]
     Spawn(String),

@@ -118,7 +118,9 @@ fn main() -> anyhow::Result<()> {
 }
 
 async fn serve(cfg: Config) -> anyhow::Result<()> {
-    // Fail before announcing an address if the TLS files are unusable.
+    // Fail before announcing an address if another node runs on this data folder (held
+    // until the process exits) or the TLS files are unusable.
+    let _data_dir = chat_node::server::lock_data_dir(&cfg.data_dir)?;
     if let Some(files) = &cfg.client.tls {
         chat_node::tls::acceptor(files)?;
     }

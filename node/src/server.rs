@@ -23,6 +23,28 @@ const LEAVE_LIMIT: Duration = Duration::from_secs(30);
 /// How long shutdown waits for sessions to say goodbye.
 const DRAIN_SESSIONS: Duration = Duration::from_secs(5);
 
+/// Takes the data folder for this process (creating it if need be): a lock on the file
+/// `node.lock` in it, held while the returned file is open. Another node on the same
+/// folder gets [`NodeError::DataDirInUse`]; call it before announcing anything.
+pub fn lock_data_dir(dir: &std::path::Path) -> Result<std::fs::File, NodeError> {
+    let io = |source| NodeError::DataDir {
+        path: dir.display().to_string(),
+        source,
+    };
+    std::fs::create_dir_all(dir).map_err(io)?;
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(dir.join("node.lock"))
+        .map_err(io)?;
+    match file.try_lock() {
+        Ok(()) => Ok(file),
+        Err(std::fs::TryLockError::WouldBlock) => Err(NodeError::DataDirInUse(dir.display().to_string())),
+        Err(std::fs::TryLockError::Error(e)) => Err(io(e)),
+    }
+}
+
 /// The default node name for a client address.
 pub fn default_name(addr: SocketAddr) -> String {
     format!("node-{}", addr.port())

@@ -97,3 +97,39 @@ async fn sigterm_stops_the_node_in_order_and_keeps_its_data() {
     assert_eq!(got.len(), 1);
     assert_eq!(got[0].message_id, ack.message_id);
 }
+
+/// A second node started on a data folder in use says so plainly and exits, before
+/// announcing any address; the first goes on serving.
+#[test]
+fn a_second_node_on_a_data_folder_in_use_says_so_and_announces_nothing() {
+    use std::io::BufRead;
+    use std::process::{Command, Stdio};
+    let dir = tempfile::tempdir().unwrap();
+    let start = || {
+        Command::new(chat_tests::bin("chat-node"))
+            .args(["--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0"])
+            .args(["--cluster-listen", "127.0.0.1:0", "--data-dir"])
+            .arg(dir.path())
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    let mut first = start();
+    let mut out = std::io::BufReader::new(first.stdout.take().unwrap());
+    let mut line = String::new();
+    out.read_line(&mut line).unwrap();
+    assert!(line.contains("listening for clients"), "{line}");
+    let second = start().wait_with_output().unwrap();
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&second.stdout),
+        String::from_utf8_lossy(&second.stderr),
+    );
+    assert!(!second.status.success());
+    assert!(stdout.is_empty(), "announced something: {stdout}");
+    assert!(stderr.contains("is in use by another chat-node"), "{stderr}");
+    assert!(first.try_wait().unwrap().is_none(), "the first node stopped");
+    first.kill().unwrap();
+    first.wait().unwrap();
+}
