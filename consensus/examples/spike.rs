@@ -83,10 +83,10 @@ fn main() -> std::io::Result<()> {
     while start.elapsed() < Duration::from_secs(seconds) {
         for k in 0..per_round {
             let group = (proposed + k as u64) as u32 % GROUPS;
-            if let Some(node) = nodes.iter_mut().find(|n| n.is_leader(group)) {
-                if node.propose(group, payload.clone(), proposed).is_ok() {
-                    proposed += 1;
-                }
+            if let Some(node) = nodes.iter_mut().find(|n| n.is_leader(group))
+                && node.propose(group, payload.clone(), proposed).is_ok()
+            {
+                proposed += 1;
             }
         }
         applied += round(&mut nodes, &mut inbox)? as u64;

@@ -858,7 +858,7 @@ impl Sim {
             if !self.nodes[i].up || self.nodes[i].paused {
                 continue;
             }
-            if (now + self.nodes[i].tick_phase) % TICK_MS == 0 {
+            if (now + self.nodes[i].tick_phase).is_multiple_of(TICK_MS) {
                 self.nodes[i].raft.tick();
             }
             // Second half of a round: the sync completed.
@@ -879,7 +879,7 @@ impl Sim {
                 self.answer(i, answers, dropped);
                 self.nodes[i].mid_round = true;
             }
-            if (now + self.nodes[i].tick_phase) % FANOUT_EVERY_MS == 0 {
+            if (now + self.nodes[i].tick_phase).is_multiple_of(FANOUT_EVERY_MS) {
                 self.fan_out(i);
                 // Placement, from this node's replica of the metadata group.
                 for (group, target) in targets_seen_by(&self.nodes[i].kv) {

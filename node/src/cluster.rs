@@ -190,13 +190,13 @@ impl ClusterView {
                 v.cells.remove(&name);
             }
             // Another member actor of the same name (a restarted node) may be up already.
-            if !v.misses.values().any(|(n, _)| *n == name) {
-                if let Some(p) = v.peers.get_mut(&name) {
-                    if p.up {
-                        tracing::warn!(peer = %name, "peer down: disconnected");
-                    }
-                    p.up = false;
+            if !v.misses.values().any(|(n, _)| *n == name)
+                && let Some(p) = v.peers.get_mut(&name)
+            {
+                if p.up {
+                    tracing::warn!(peer = %name, "peer down: disconnected");
                 }
+                p.up = false;
             }
         }
     }
@@ -283,10 +283,10 @@ impl Actor for Member {
                             let _ = tx.send(page);
                         }),
                     };
-                    if registry.cast(ask).is_ok() {
-                        if let Ok((users, has_more)) = rx.await {
-                            let _ = reply.send(OnlinePage { users, has_more }.encode_to_vec());
-                        }
+                    if registry.cast(ask).is_ok()
+                        && let Ok((users, has_more)) = rx.await
+                    {
+                        let _ = reply.send(OnlinePage { users, has_more }.encode_to_vec());
                     }
                 });
             }

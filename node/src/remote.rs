@@ -662,10 +662,11 @@ async fn pump(
         };
         // Requests in a lost batch fail now instead of at their timeout.
         for item in undelivered {
-            if let Some(item::Body::Request(r)) = item.body {
-                if r.id != 0 && r.origin == remote.me {
-                    remote.fail(r.id, unavailable(&peer));
-                }
+            if let Some(item::Body::Request(r)) = item.body
+                && r.id != 0
+                && r.origin == remote.me
+            {
+                remote.fail(r.id, unavailable(&peer));
             }
         }
     }

@@ -680,10 +680,10 @@ impl Storage {
             if meta.first_seq == 0 || meta.first_seq > meta.last_seq {
                 continue;
             }
-            if let Some(e) = self.inbox_entry(user, meta.first_seq)? {
-                if e.timestamp_ms < cutoff_ms {
-                    out.push(user.to_owned());
-                }
+            if let Some(e) = self.inbox_entry(user, meta.first_seq)?
+                && e.timestamp_ms < cutoff_ms
+            {
+                out.push(user.to_owned());
             }
         }
         Ok(out)

@@ -367,16 +367,16 @@ fn count_reorders(user: &str, first: &[(&Entry, usize, &Sent)], report: &mut Rep
                 *last = (*last).max(*order);
             }
             Target::Group(group) => {
-                if let Some(last) = last_group_seq.get(group.as_str()) {
-                    if e.group_seq <= *last {
-                        report.counts.reordered_group_order += 1;
-                        report.note("reordered group order", || {
-                            format!(
-                                "{user}: {group} post {:?} with group seq {} after {last}",
-                                e.text, e.group_seq
-                            )
-                        });
-                    }
+                if let Some(last) = last_group_seq.get(group.as_str())
+                    && e.group_seq <= *last
+                {
+                    report.counts.reordered_group_order += 1;
+                    report.note("reordered group order", || {
+                        format!(
+                            "{user}: {group} post {:?} with group seq {} after {last}",
+                            e.text, e.group_seq
+                        )
+                    });
                 }
                 let last = last_group_seq.entry(group.as_str()).or_insert(0);
                 *last = (*last).max(e.group_seq);

@@ -308,10 +308,9 @@ where
     loop {
         let addr = &addrs[rng.below(addrs.len())];
         if let Ok(Ok((client, _pushes))) = tokio::time::timeout(REQUEST_TIMEOUT, Client::connect(addr)).await
+            && let Ok(Ok(())) = tokio::time::timeout(REQUEST_TIMEOUT, op(client)).await
         {
-            if let Ok(Ok(())) = tokio::time::timeout(REQUEST_TIMEOUT, op(client)).await {
-                return Ok(());
-            }
+            return Ok(());
         }
         if Instant::now() > end {
             bail!("timed out {what}");

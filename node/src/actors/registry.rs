@@ -1418,15 +1418,16 @@ impl RegistryState {
                 if superseded {
                     self.persist_held();
                 }
-                if let Some(round) = self.round.as_mut().filter(|r| r.id == answer.round) {
-                    if round.expect.contains(&answer.from) && round.answered.insert(answer.from.clone()) {
-                        for p in answer.not_held.iter().filter_map(|p| valid_partition(*p)) {
-                            round.not_held.entry(p).or_default().insert(answer.from.clone());
-                        }
-                        round
-                            .refused
-                            .extend(answer.refused.iter().filter_map(|p| valid_partition(*p)));
+                if let Some(round) = self.round.as_mut().filter(|r| r.id == answer.round)
+                    && round.expect.contains(&answer.from)
+                    && round.answered.insert(answer.from.clone())
+                {
+                    for p in answer.not_held.iter().filter_map(|p| valid_partition(*p)) {
+                        round.not_held.entry(p).or_default().insert(answer.from.clone());
                     }
+                    round
+                        .refused
+                        .extend(answer.refused.iter().filter_map(|p| valid_partition(*p)));
                 }
                 self.finish_round_if_answered().await;
             }
@@ -1634,10 +1635,10 @@ impl RegistryState {
                         let _ = tx.send(s);
                     }),
                 };
-                if actor.cast(release).is_ok() {
-                    if let Ok(Ok(list)) = tokio::time::timeout(Duration::from_secs(10), rx).await {
-                        sessions.extend(list.into_iter().map(|s| (user.clone(), s)));
-                    }
+                if actor.cast(release).is_ok()
+                    && let Ok(Ok(list)) = tokio::time::timeout(Duration::from_secs(10), rx).await
+                {
+                    sessions.extend(list.into_iter().map(|s| (user.clone(), s)));
                 }
                 let _ = actor.get_cell().wait(Some(Duration::from_secs(5))).await;
             }
@@ -1899,10 +1900,10 @@ impl RegistryState {
                 }
                 let mut w = Writes::default();
                 for (tree, p, r) in records {
-                    if let Some(keys) = s.touched.get_mut(&p) {
-                        if keys.insert((r.tree, r.key.clone())) {
-                            s.touched_count += 1;
-                        }
+                    if let Some(keys) = s.touched.get_mut(&p)
+                        && keys.insert((r.tree, r.key.clone()))
+                    {
+                        s.touched_count += 1;
                     }
                     if r.delete {
                         w.del(tree, r.key);

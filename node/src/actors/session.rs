@@ -550,16 +550,16 @@ impl SessionState {
             B::Login(l) => self.login(id, l, permit)?,
             _ if self.user.is_none() => return Err(ChatError::NotAuthenticated),
             B::Logout(l) => {
-                if let Some((user, token)) = &self.user {
-                    if l.revoke_token {
-                        let (router, user, token) = (self.ctx.router.clone(), user.clone(), token.clone());
-                        tokio::spawn(async move {
-                            let revoke = |reply| AccountMsg::RevokeToken { token, reply };
-                            if let Err(e) = router.account(&user, revoke).await {
-                                tracing::warn!(user = %user, error = %e, "token not revoked");
-                            }
-                        });
-                    }
+                if let Some((user, token)) = &self.user
+                    && l.revoke_token
+                {
+                    let (router, user, token) = (self.ctx.router.clone(), user.clone(), token.clone());
+                    tokio::spawn(async move {
+                        let revoke = |reply| AccountMsg::RevokeToken { token, reply };
+                        if let Err(e) = router.account(&user, revoke).await {
+                            tracing::warn!(user = %user, error = %e, "token not revoked");
+                        }
+                    });
                 }
                 self.logout();
                 self.new_login_window = true;

@@ -392,7 +392,7 @@ impl<S: Sync, T: Transport> Driver<S, T> {
                 self.expire();
                 self.raft.tick();
                 ticks = ticks.wrapping_add(1);
-                if let Err(e) = self.placement(ticks % self.placement_ticks == 0) {
+                if let Err(e) = self.placement(ticks.is_multiple_of(self.placement_ticks)) {
                     tracing::error!(error = %e, "consensus stopped: storage failed");
                     stop = true;
                 }
