@@ -384,10 +384,17 @@ impl MemberState {
             *backoff = (*backoff * 2).min(MAX_BACKOFF);
             *next = now + *backoff;
             let server = self.args.server.clone();
+            let seed = self.args.seeds.contains(&addr);
             tokio::spawn(async move {
                 tracing::debug!(peer = %addr, "dialing");
                 if let Err(e) = ractor_cluster::client_connect(&server, addr.as_str()).await {
-                    tracing::debug!(peer = %addr, error = %e, "dial failed");
+                    // A seed that cannot be reached is worth an operator's attention (a
+                    // wrong address, or the cluster is down); the backoff paces this.
+                    if seed {
+                        tracing::warn!(seed = %addr, error = %e, "cannot reach seed; retrying");
+                    } else {
+                        tracing::debug!(peer = %addr, error = %e, "dial failed");
+                    }
                 }
             });
         }

@@ -111,3 +111,20 @@ async fn a_log_written_to_a_file_has_no_colour_codes() {
     .unwrap();
     assert!(!log.contains('\u{1b}'), "escape codes in the log: {log}");
 }
+
+/// A node whose seed cannot be reached says so in its log at the default level, with
+/// the seed's address (and keeps saying it, paced by the redial backoff).
+#[tokio::test]
+async fn a_node_logs_a_seed_it_cannot_reach() {
+    let nobody = free_port();
+    let node = Node::start_with(NodeOpts::member("lonely", free_port(), &[nobody], "c")).unwrap();
+    let seed = format!("127.0.0.1:{nobody}");
+    wait_for("the node to log the unreachable seed", DEADLINE, || async {
+        let log = std::fs::read_to_string(&node.log).ok()?;
+        log.lines()
+            .any(|l| l.contains("WARN") && l.contains("cannot reach seed") && l.contains(&seed))
+            .then_some(())
+    })
+    .await
+    .unwrap();
+}
