@@ -556,12 +556,14 @@ impl Remote {
             None => return,
         };
         let frame = Bytes::from(push.frame);
+        let user: Arc<str> = Arc::from(push.user.as_str());
         for id in ids {
             if let Some(mailbox) = self.session(id) {
                 let _ = mailbox.send(if push.seq == 0 {
                     SessionMsg::Push(frame.clone())
                 } else {
                     SessionMsg::Deliver {
+                        user: user.clone(),
                         seq: push.seq,
                         // The session that sent an own copy only moves past its seq.
                         frame: if id == push.skip_session {
@@ -595,6 +597,7 @@ impl Remote {
             SessionMsg::Push(frame)
         } else {
             SessionMsg::Deliver {
+                user: Arc::from(push.user.as_str()),
                 seq: push.seq,
                 frame,
                 since: Instant::now(),
@@ -694,12 +697,14 @@ mod tests {
             session: 1,
             seq: 1,
             frame: vec![0; LINK_BYTES + 1],
+            user: "u".into(),
         };
         assert!(!remote.send("there", item::Body::Push(huge)));
         let small = SessionPush {
             session: 1,
             seq: 2,
             frame: vec![0; 16],
+            user: "u".into(),
         };
         assert!(remote.send("there", item::Body::Push(small)));
 

@@ -582,8 +582,9 @@ impl InboxState {
                         None => encode_push(server_frame::Body::Delivery(to_delivery(s, &entry))),
                     };
                     let now = Instant::now();
+                    let user: Arc<str> = Arc::from(self.args.user.as_str());
                     self.sessions
-                        .retain(|session| session.deliver(s, frame.clone(), now));
+                        .retain(|session| session.deliver(&user, s, frame.clone(), now));
                 }
             }
             Err(e) => tracing::warn!(user = %self.args.user, error = %e, "confirmed entries not pushed"),
@@ -675,6 +676,7 @@ impl InboxState {
                 // With replicas, a later write can complete first (its copy went to a
                 // faster replica after the set changed): never go back.
                 self.durable_seq = self.durable_seq.max(w.seq);
+                let user: Arc<str> = Arc::from(self.args.user.as_str());
                 let Durable {
                     appended,
                     frame,
@@ -684,8 +686,8 @@ impl InboxState {
                 self.args.metrics.inbox_messages(1);
                 self.sessions.retain(|s| match skip_session {
                     // The session that sent it only moves past its seq.
-                    Some(id) if s.id == id => s.deliver(w.seq, Bytes::new(), since),
-                    _ => s.deliver(w.seq, frame.clone(), since),
+                    Some(id) if s.id == id => s.deliver(&user, w.seq, Bytes::new(), since),
+                    _ => s.deliver(&user, w.seq, frame.clone(), since),
                 });
                 for r in w.replies {
                     r(Ok(appended.clone()));

@@ -67,12 +67,24 @@ impl SessionRef {
     /// Pushes an encoded inbox delivery with its seq (the session drops duplicates); an
     /// empty frame only moves the session past the seq (an own copy, not pushed to the
     /// session that sent it). False if the session is gone.
-    pub fn deliver(&self, seq: u64, frame: Bytes, since: tokio::time::Instant) -> bool {
+    /// `user` is whose inbox it is from (a session logged in as someone else drops it).
+    pub fn deliver(
+        &self,
+        user: &std::sync::Arc<str>,
+        seq: u64,
+        frame: Bytes,
+        since: tokio::time::Instant,
+    ) -> bool {
         match &self.target {
             SessionTarget::Local(mailbox) => mailbox
-                .send(session::SessionMsg::Deliver { seq, frame, since })
+                .send(session::SessionMsg::Deliver {
+                    user: user.clone(),
+                    seq,
+                    frame,
+                    since,
+                })
                 .is_ok(),
-            SessionTarget::Remote { node, remote } => self.push_remote(remote, node, seq, frame),
+            SessionTarget::Remote { node, remote } => self.push_remote(remote, node, user, seq, frame),
         }
     }
 
@@ -80,7 +92,7 @@ impl SessionRef {
     pub fn push(&self, frame: Bytes) -> bool {
         match &self.target {
             SessionTarget::Local(mailbox) => mailbox.send(session::SessionMsg::Push(frame)).is_ok(),
-            SessionTarget::Remote { node, remote } => self.push_remote(remote, node, 0, frame),
+            SessionTarget::Remote { node, remote } => self.push_remote(remote, node, "", 0, frame),
         }
     }
 
@@ -88,6 +100,7 @@ impl SessionRef {
         &self,
         remote: &std::sync::Arc<crate::remote::Remote>,
         node: &str,
+        user: &str,
         seq: u64,
         frame: Bytes,
     ) -> bool {
@@ -96,6 +109,7 @@ impl SessionRef {
             session: self.id,
             seq,
             frame: frame.to_vec(),
+            user: user.to_owned(),
         };
         remote.push(node, push)
     }

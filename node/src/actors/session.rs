@@ -51,6 +51,8 @@ pub enum SessionMsg {
     Overflow,
     /// An inbox entry for this user (dropped if this session has seen `seq`).
     Deliver {
+        /// Whose inbox it is from.
+        user: std::sync::Arc<str>,
         /// Inbox seq.
         seq: u64,
         /// Encoded push frame; empty: nothing to push, only move past `seq` (an own
@@ -288,8 +290,16 @@ impl SessionState {
     fn handle(&mut self, msg: SessionMsg) {
         match msg {
             SessionMsg::Overflow => self.ending = Ending::Abort,
-            SessionMsg::Deliver { seq, frame, since } => {
-                if self.user.is_none() {
+            SessionMsg::Deliver {
+                user,
+                seq,
+                frame,
+                since,
+            } => {
+                if !user.is_empty() && self.user.as_ref().is_some_and(|(me, _)| **me != *user) {
+                    // For a user logged out of this connection since (empty: a peer of an
+                    // older version did not say whose).
+                } else if self.user.is_none() {
                     // Attached, but the login has not finished reading the cursors: if
                     // this is past them, the login catches up once done.
                     if self.login_pending {
