@@ -290,27 +290,11 @@ impl Served {
     /// (the first place, for a resend), and every session of the user gets it.
     fn append(&self, user: String, origin: Vec<u8>, draft: Draft, reply: Reply<ChatResult<Appended>>) {
         let now = storage::now_ms();
-        let (message_id, timestamp_ms, group_seq) = match (&draft.group, &draft.receipt, &draft.own_copy) {
-            (Some((seq, id, ts)), _, _) => (id.clone(), *ts, *seq),
-            // The id of a receipt or a message is assigned where it is applied.
-            (None, Some(r), _) => (String::new(), r.timestamp_ms, 0),
-            (None, None, Some(c)) => (c.message_id.clone(), c.timestamp_ms, 0),
-            (None, None, None) => (String::new(), now, 0),
-        };
         // Messages (and own copies) need the account; fan-outs and receipts do not.
         let require_account = draft.group.is_none() && draft.receipt.is_none();
         let skip_session = draft.own_copy.as_ref().map_or(0, |c| c.skip_session);
-        let mut entry = InboxEntry {
-            message_id,
-            from: draft.from,
-            kind: draft.kind as u32,
-            conversation: draft.conversation,
-            timestamp_ms,
-            text: draft.text,
-            group_seq,
-            origin: Vec::new(),
-            receipt: draft.receipt,
-        };
+        // The id of a receipt or a message is assigned where it is applied.
+        let mut entry = draft.into_entry(|_| String::new(), now);
         let op = Op::Append(command::Append {
             user: user.clone(),
             origin,

@@ -82,6 +82,29 @@ pub fn own_origin(to: &str, client_msg_id: &str) -> Vec<u8> {
 }
 
 impl Draft {
+    /// The entry to store: a group message keeps the group's id and time, an own copy
+    /// the original's; a receipt or a message gets `id(is_receipt)` (empty: assigned
+    /// where it is applied) and, for a message, `now_ms`. The origin is the caller's.
+    pub fn into_entry(self, id: impl FnOnce(bool) -> String, now_ms: u64) -> InboxEntry {
+        let (message_id, timestamp_ms, group_seq) = match (&self.group, &self.receipt, &self.own_copy) {
+            (Some((gseq, id, ts)), _, _) => (id.clone(), *ts, *gseq),
+            (None, Some(r), _) => (id(true), r.timestamp_ms, 0),
+            (None, None, Some(c)) => (c.message_id.clone(), c.timestamp_ms, 0),
+            (None, None, None) => (id(false), now_ms, 0),
+        };
+        InboxEntry {
+            message_id,
+            from: self.from,
+            kind: self.kind as u32,
+            conversation: self.conversation,
+            timestamp_ms,
+            text: self.text,
+            group_seq,
+            origin: Vec::new(),
+            receipt: self.receipt,
+        }
+    }
+
     /// A receipt for the sender of the receipted message.
     pub fn receipt(receipt: v1::Receipt) -> Self {
         Self {
@@ -495,24 +518,13 @@ impl InboxState {
         let seq = self.meta.last_seq + 1;
         let user = self.args.user.clone();
         let user = &user;
-        let (message_id, timestamp_ms, group_seq) = match (&draft.group, &draft.receipt, &draft.own_copy) {
-            (Some((gseq, id, ts)), _, _) => (id.clone(), *ts, *gseq),
-            (None, Some(r), _) => (format!("r:{user}:{seq}"), r.timestamp_ms, 0),
-            (None, None, Some(c)) => (c.message_id.clone(), c.timestamp_ms, 0),
-            (None, None, None) => (format!("p:{user}:{seq}"), storage::now_ms(), 0),
-        };
         let skip_session = draft.own_copy.as_ref().map(|c| c.skip_session);
+        let id = |receipt: bool| format!("{}:{user}:{seq}", if receipt { "r" } else { "p" });
         let entry = InboxEntry {
-            message_id: message_id.clone(),
-            from: draft.from,
-            kind: draft.kind as u32,
-            conversation: draft.conversation,
-            timestamp_ms,
-            text: draft.text,
-            group_seq,
             origin: origin.clone(),
-            receipt: draft.receipt,
+            ..draft.into_entry(id, storage::now_ms())
         };
+        let (message_id, timestamp_ms) = (entry.message_id.clone(), entry.timestamp_ms);
         let mut batch = Writes::default();
         batch.put(
             TreeId::Inbox,
