@@ -206,6 +206,9 @@ struct Group<P> {
     initial_write: Option<LogWrite>,
     /// For a leader: ticks each follower has been waiting for a snapshot.
     snapshot_ticks: BTreeMap<NodeId, usize>,
+    /// The last entry compaction dropped (index, term): where the log starts when it
+    /// starts after a compaction (the in-memory log forgets that term).
+    compacted: Option<(u64, u64)>,
 }
 
 /// Every Raft group this node has a replica of.
@@ -308,6 +311,7 @@ impl<P> MultiRaft<P> {
                 held: Vec::new(),
                 initial_write,
                 snapshot_ticks: BTreeMap::new(),
+                compacted: None,
             },
         );
         Ok(())
@@ -732,6 +736,8 @@ impl<P> MultiRaft<P> {
             if g.durable_applied >= first + self.config.compact_threshold {
                 let to = g.durable_applied.saturating_sub(self.config.compact_keep);
                 if to > first {
+                    let term = g.node.store().term(to - 1).expect("compaction within the log");
+                    g.compacted = Some((to - 1, term));
                     g.node
                         .mut_store()
                         .mem()
@@ -780,9 +786,84 @@ impl<P> MultiRaft<P> {
         round
     }
 
-    /// Completes the round once its writes are durable: returns the messages that had
-    /// to wait for that. Entries this makes committed come with the next round.
+    /// Completes the round once its writes are durable, the applied state (the effects
+    /// of `apply` items) included: returns the messages that had to wait for that.
+    /// Entries this makes committed come with the next round.
     pub fn finish_round(&mut self) -> Vec<Outgoing> {
+        self.finish(true)
+    }
+
+    /// Like [`MultiRaft::finish_round`] for a caller whose log is durable but whose
+    /// applied state is not yet: it says later, with [`MultiRaft::applied_durable`], up
+    /// to where it is. Until then the log keeps every entry after that point (a restart
+    /// applies them again).
+    pub fn finish_round_log_only(&mut self) -> Vec<Outgoing> {
+        self.finish(false)
+    }
+
+    /// Every group's last index handed out for applying.
+    pub fn applied_indexes(&self) -> BTreeMap<GroupId, u64> {
+        self.groups.iter().map(|(id, g)| (*id, g.applied)).collect()
+    }
+
+    /// The applied state is durable up to these indexes (as [`MultiRaft::applied_indexes`]
+    /// gave them before the caller made it durable): the log may be compacted up to there.
+    pub fn applied_durable(&mut self, applied: &BTreeMap<GroupId, u64>) {
+        for (id, index) in applied {
+            if let Some(g) = self.groups.get_mut(id) {
+                g.durable_applied = g.durable_applied.max((*index).min(g.applied));
+            }
+        }
+    }
+
+    /// Every group's log as the last completed round left it (for a caller that rewrites
+    /// its log file): what [`MultiRaft::restore`] takes back, `applied` left at 0 (the
+    /// caller keeps it with the applied state). A group created since the last round
+    /// and not written yet is left out (its tombstone alone stays). Not between
+    /// `start_round` and the end of the round.
+    pub fn persisted_logs(&self) -> BTreeMap<GroupId, PersistedLog> {
+        assert!(
+            self.in_round.is_empty(),
+            "persisted_logs in the middle of a round"
+        );
+        let mut logs: BTreeMap<GroupId, PersistedLog> = self
+            .tombstones
+            .iter()
+            .map(|(id, term)| {
+                let log = PersistedLog {
+                    tombstone: Some(*term),
+                    ..PersistedLog::default()
+                };
+                (*id, log)
+            })
+            .collect();
+        for (id, g) in &self.groups {
+            if g.initial_write.is_some() {
+                continue;
+            }
+            let store = g.node.store();
+            let log = logs.entry(*id).or_default();
+            let state = store.initial_state().expect("memory storage");
+            log.hard_state = state.hard_state;
+            log.conf_state = state.conf_state;
+            let first = store.first_index().expect("memory storage");
+            let last = store.last_index().expect("memory storage");
+            log.snapshot.index = first - 1;
+            log.snapshot.term = match (store.term(first - 1), g.compacted) {
+                (Ok(term), _) => term,
+                (Err(_), Some((index, term))) if index == first - 1 => term,
+                (Err(e), _) => panic!("the start of group {id}'s log has no term: {e}"),
+            };
+            if last >= first {
+                log.entries = store
+                    .entries(first, last + 1, None, raft::GetEntriesContext::empty(false))
+                    .expect("memory storage");
+            }
+        }
+        logs
+    }
+
+    fn finish(&mut self, applied_durable: bool) -> Vec<Outgoing> {
         let mut send = Vec::new();
         for (id, number, applied) in std::mem::take(&mut self.in_round) {
             let Some(g) = self.groups.get_mut(&id) else {
@@ -791,7 +872,9 @@ impl<P> MultiRaft<P> {
             g.node.on_persist_ready(number);
             // Raft may count entries (or a snapshot) as applied only once they are persisted.
             g.node.advance_apply_to(applied);
-            g.durable_applied = applied;
+            if applied_durable {
+                g.durable_applied = applied;
+            }
             send.append(&mut g.held);
         }
         send
@@ -958,6 +1041,77 @@ mod tests {
             }
         }
         panic!("a single voter elects itself");
+    }
+
+    /// Runs rounds whose log is durable at once and whose applied state is not, until
+    /// nothing is left to do.
+    fn settle_log_only(raft: &mut MultiRaft<u32>) -> Vec<(GroupId, LogWrite)> {
+        let mut writes = Vec::new();
+        for _ in 0..100 {
+            if !raft.has_work() {
+                break;
+            }
+            let round = raft.start_round();
+            writes.extend(round.writes);
+            raft.finish_round_log_only();
+        }
+        writes
+    }
+
+    #[test]
+    fn the_log_is_compacted_only_up_to_applied_state_said_durable_and_can_be_written_whole() {
+        let mut raft = MultiRaft::new(
+            1,
+            RaftConfig {
+                fixed_election_timeout: true,
+                compact_threshold: 10,
+                compact_keep: 2,
+                ..RaftConfig::default()
+            },
+            discard(),
+        );
+        raft.create(7, &[1]).unwrap();
+        elect(&mut raft);
+        for i in 0..30 {
+            raft.propose(7, vec![i], i as u32).unwrap();
+            settle_log_only(&mut raft);
+        }
+        let compacted = |writes: &[(GroupId, LogWrite)]| writes.iter().find_map(|(_, w)| w.compact_to);
+        raft.propose(7, vec![99], 99).unwrap();
+        assert_eq!(
+            compacted(&settle_log_only(&mut raft)),
+            None,
+            "applied state not durable yet"
+        );
+        let applied = raft.applied_indexes();
+        raft.applied_durable(&applied);
+        raft.propose(7, vec![100], 100).unwrap();
+        let to = compacted(&settle_log_only(&mut raft)).expect("compacted once durable");
+        assert!(
+            to <= applied[&7],
+            "compacted to {to}, durable up to {}",
+            applied[&7]
+        );
+        // The whole log, restored elsewhere, is the same log.
+        let logs = raft.persisted_logs();
+        let log = &logs[&7];
+        assert_eq!(log.snapshot.index, to - 1);
+        assert_eq!(log.entries.first().map(|e| e.index), Some(to));
+        let mut again = MultiRaft::<u32>::new(1, RaftConfig::default(), discard());
+        let restored = PersistedLog {
+            applied: applied[&7],
+            ..log.clone()
+        };
+        again.restore(7, &restored).unwrap();
+        let (a, b) = (again.groups[&7].node.store(), raft.groups[&7].node.store());
+        assert_eq!(a.first_index().unwrap(), b.first_index().unwrap());
+        assert_eq!(a.last_index().unwrap(), b.last_index().unwrap());
+        let (sa, sb) = (a.initial_state().unwrap(), b.initial_state().unwrap());
+        assert_eq!((sa.hard_state, sa.conf_state), (sb.hard_state, sb.conf_state));
+        assert_eq!(Some((to - 1, a.term(to - 1).unwrap())), raft.groups[&7].compacted);
+        for i in to..=b.last_index().unwrap() {
+            assert_eq!(a.term(i).unwrap(), b.term(i).unwrap());
+        }
     }
 
     #[test]

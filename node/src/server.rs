@@ -294,6 +294,8 @@ fn start_consensus(
     let first = first_members(config, node_name);
     let bootstrap: Vec<(u64, String)> = first.iter().map(|name| (node_id(name), name.clone())).collect();
     let disk = Disk::open(&storage.database()).map_err(|e| NodeError::Spawn(format!("consensus: {e}")))?;
+    let log = crate::consensus::wal::Wal::open(&config.data_dir.join("raft"), RAFT_LOG_REWRITE_BYTES)
+        .map_err(|e| NodeError::Spawn(format!("consensus: {e}")))?;
     let links = RaftLinks {
         remote: remote.clone(),
         view: view.clone(),
@@ -308,7 +310,7 @@ fn start_consensus(
     let logger = chat_consensus::logger::tracing_logger();
     let records = disk.clone();
     let served_records = disk.clone();
-    let (handle, thread) = driver::start(settings, disk, StorageSync(storage.clone()), links, logger)
+    let (handle, thread) = driver::start(settings, disk, log, StorageSync(storage.clone()), links, logger)
         .map_err(|e| NodeError::Spawn(format!("consensus: {e}")))?;
     remote.set_consensus(handle.clone());
     remote.set_reader(Arc::new(move |partition, query| {
@@ -388,7 +390,12 @@ async fn join_cluster(
     }
 }
 
-/// A round of the Raft core is durable once the database is synced.
+/// The Raft log file is rewritten (dropping what the groups compacted) once it passes
+/// this size and twice what is still live.
+const RAFT_LOG_REWRITE_BYTES: u64 = 64 << 20;
+
+/// The Raft core's records are durable once the database is synced.
+#[derive(Clone)]
 struct StorageSync(Storage);
 
 impl crate::consensus::driver::Sync for StorageSync {

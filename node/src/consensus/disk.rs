@@ -1,14 +1,19 @@
-//! Where this node's Raft groups and their partitions' records live in sled.
+//! Where this node's partitions' records and applied state live in sled.
 //!
-//! Everything is in one tree, `consensus`, so that a round's writes (every group's log
-//! entries, hard states and applied records) are one atomic batch followed by one sync:
+//! Everything is in one tree, `consensus`:
 //! - `r ‖ key`: a partition's records, `key` as `chat_state::keys` lays it out;
-//! - `l ‖ group (u32 BE) ‖ index (u64 BE)`: a log entry;
-//! - `s ‖ group ‖ kind`: the group's hard state (`h`), configuration (`c`), the snapshot
-//!   its log starts after (`p`), and its applied index (`a`).
+//! - `s ‖ group (u32 BE) ‖ kind`: the group's applied index (`a`), and the metadata of
+//!   the last snapshot installed here (`p`, with its configuration).
 //!
 //! The applied index is written in the same batch as the effects of the entries it
-//! covers, so after a crash a partition's records are exactly the log applied up to it.
+//! covers, so the records are always exactly the log applied up to it. sled is not
+//! synced every round: the Raft log ([`super::wal`]) is, and a restart applies again
+//! what the records had not made durable. A snapshot's records are synced before the
+//! log says it was installed, so that the log never starts after what the records hold.
+//!
+//! Data folders written before the log had its own file kept it here too (`l ‖ group ‖
+//! index` entries, `s ‖ group ‖ h|c|t` hard state, configuration and tombstone):
+//! [`Disk::load_legacy`] reads them once, to move them into the log file.
 
 use chat_consensus::eraftpb::{ConfState, Entry, HardState, SnapshotMetadata};
 use chat_consensus::protobuf::Message as _;
@@ -46,6 +51,7 @@ fn record_key(key: &[u8]) -> Vec<u8> {
     k
 }
 
+#[cfg(test)]
 fn log_key(group: GroupId, index: u64) -> Vec<u8> {
     let mut k = Vec::with_capacity(13);
     k.push(LOG);
@@ -87,9 +93,11 @@ impl Disk {
         })
     }
 
-    /// Every group with anything persisted, as it was persisted.
-    pub fn load(&self) -> Result<BTreeMap<GroupId, PersistedLog>> {
+    /// The Raft logs a data folder of the previous format kept in this tree (empty for
+    /// any other), with their applied indexes.
+    pub fn load_legacy(&self) -> Result<BTreeMap<GroupId, PersistedLog>> {
         let mut logs: BTreeMap<GroupId, PersistedLog> = BTreeMap::new();
+        let mut legacy = false;
         for item in self.tree.scan_prefix([STATE]) {
             let (key, value) = item?;
             let (Some(group), Some(kind)) = (key.get(1..5), key.get(5)) else {
@@ -99,21 +107,26 @@ impl Disk {
             let log = logs.entry(group).or_default();
             let corrupt = |_| DiskError::Corrupt(group);
             match *kind {
-                HARD_STATE => log.hard_state = HardState::parse_from_bytes(&value).map_err(corrupt)?,
+                HARD_STATE => {
+                    legacy = true;
+                    log.hard_state = HardState::parse_from_bytes(&value).map_err(corrupt)?
+                }
                 CONF_STATE => log.conf_state = ConfState::parse_from_bytes(&value).map_err(corrupt)?,
                 SNAPSHOT => log.snapshot = SnapshotMetadata::parse_from_bytes(&value).map_err(corrupt)?,
                 TOMBSTONE => {
                     let term = value.as_ref().try_into().map_err(|_| DiskError::Corrupt(group))?;
                     log.tombstone = Some(u64::from_be_bytes(term));
                 }
-                APPLIED => {
-                    log.applied =
-                        u64::from_be_bytes(value.as_ref().try_into().map_err(|_| DiskError::Corrupt(group))?)
-                }
+                APPLIED => log.applied = decode_index(group, &value)?,
                 _ => {}
             }
         }
+        if !legacy {
+            return Ok(BTreeMap::new());
+        }
         for (group, log) in logs.iter_mut() {
+            // The previous format kept the configuration apart from the snapshot's.
+            log.snapshot.clear_conf_state();
             for item in self.tree.scan_prefix(log_prefix(*group)) {
                 let (_, value) = item?;
                 log.entries
@@ -123,65 +136,67 @@ impl Disk {
         Ok(logs)
     }
 
-    /// Adds one group's log changes to a round's batch. Removals come first: a batch
-    /// keeps the last operation on a key, and new entries may reuse truncated indexes.
-    pub fn write_log(&self, batch: &mut sled::Batch, group: GroupId, write: &LogWrite) -> Result<()> {
+    /// Removes what [`Disk::load_legacy`] read, once the log file holds it.
+    pub fn clear_legacy(&self) -> Result<()> {
+        let mut batch = sled::Batch::default();
+        for key in self.tree.scan_prefix([LOG]).keys() {
+            batch.remove(key?);
+        }
+        for key in self.tree.scan_prefix([STATE]).keys() {
+            let key = key?;
+            if matches!(key.get(5), Some(&HARD_STATE | &CONF_STATE | &TOMBSTONE)) {
+                batch.remove(key);
+            }
+        }
+        Ok(self.tree.apply_batch(batch)?)
+    }
+
+    /// Each group's applied index and the last snapshot installed here, as the records
+    /// hold them.
+    pub fn applied_state(&self) -> Result<BTreeMap<GroupId, Applied>> {
+        let mut state: BTreeMap<GroupId, Applied> = BTreeMap::new();
+        for item in self.tree.scan_prefix([STATE]) {
+            let (key, value) = item?;
+            let (Some(group), Some(kind)) = (key.get(1..5), key.get(5)) else {
+                continue;
+            };
+            let group = GroupId::from_be_bytes(group.try_into().expect("four bytes"));
+            match *kind {
+                APPLIED => state.entry(group).or_default().index = decode_index(group, &value)?,
+                SNAPSHOT => {
+                    let meta =
+                        SnapshotMetadata::parse_from_bytes(&value).map_err(|_| DiskError::Corrupt(group))?;
+                    state.entry(group).or_default().snapshot = Some(meta);
+                }
+                _ => {}
+            }
+        }
+        Ok(state)
+    }
+
+    /// Adds what a round's write changes of the group's applied state to its batch: the
+    /// applied index, and an installed snapshot's metadata.
+    pub fn write_applied(&self, batch: &mut sled::Batch, group: GroupId, write: &LogWrite) {
         if let Some(snapshot) = &write.snapshot {
-            for key in self.tree.scan_prefix(log_prefix(group)).keys() {
-                batch.remove(key?);
-            }
-            let mut meta = snapshot.get_metadata().clone();
-            meta.clear_conf_state();
-            batch.insert(state_key(group, SNAPSHOT), encode(&meta));
-            let mut hard = self.hard_state(group)?;
-            hard.term = hard.term.max(meta.term);
-            hard.commit = meta.index;
-            batch.insert(state_key(group, HARD_STATE), encode(&hard));
-        }
-        if let Some(from) = write.truncate_from {
-            for key in self
-                .tree
-                .range(log_key(group, from)..log_key(group, u64::MAX))
-                .keys()
-            {
-                batch.remove(key?);
-            }
-        }
-        if let Some(to) = write.compact_to {
-            let mut meta = SnapshotMetadata::default();
-            if let Some(last) = self.tree.get(log_key(group, to - 1))? {
-                let last = Entry::parse_from_bytes(&last).map_err(|_| DiskError::Corrupt(group))?;
-                meta.index = last.index;
-                meta.term = last.term;
-                batch.insert(state_key(group, SNAPSHOT), encode(&meta));
-            }
-            for key in self.tree.range(log_key(group, 0)..log_key(group, to)).keys() {
-                batch.remove(key?);
-            }
-        }
-        for entry in &write.entries {
-            batch.insert(log_key(group, entry.index), encode(entry));
-        }
-        if let Some(hard) = &write.hard_state {
-            batch.insert(state_key(group, HARD_STATE), encode(hard));
-        }
-        if let Some(conf) = &write.conf_state {
-            batch.insert(state_key(group, CONF_STATE), encode(conf));
+            batch.insert(state_key(group, SNAPSHOT), encode(snapshot.get_metadata()));
         }
         if let Some(applied) = write.applied {
             batch.insert(state_key(group, APPLIED), applied.to_be_bytes().to_vec());
         }
-        if let Some(term) = write.tombstone {
-            batch.insert(state_key(group, TOMBSTONE), term.to_be_bytes().to_vec());
-        }
-        Ok(())
     }
 
-    fn hard_state(&self, group: GroupId) -> Result<HardState> {
-        match self.tree.get(state_key(group, HARD_STATE))? {
-            Some(v) => HardState::parse_from_bytes(&v).map_err(|_| DiskError::Corrupt(group)),
-            None => Ok(HardState::default()),
+    /// Removes a group's records and applied state (this node left the group).
+    pub fn clear(&self, group: GroupId) -> Result<()> {
+        let mut batch = sled::Batch::default();
+        let prefix = record_key(&chat_state::keys::partition_prefix(
+            group as chat_state::placement::Partition,
+        ));
+        for key in self.tree.scan_prefix(prefix).keys() {
+            batch.remove(key?);
         }
+        batch.remove(state_key(group, APPLIED));
+        batch.remove(state_key(group, SNAPSHOT));
+        Ok(self.tree.apply_batch(batch)?)
     }
 
     /// Applies a round's batch: visible to reads at once, durable after the sync.
@@ -201,6 +216,69 @@ impl Disk {
             pending,
         }
     }
+}
+
+/// Joins each group's Raft log (from the log file) with its applied state (from the
+/// records), for this node (`me`):
+/// - a snapshot the records hold and the log does not show yet (a crash between the
+///   records' sync and the log's) is installed in the log as a round would have;
+/// - the commit index is raised to the applied index: a round's entries may be applied
+///   and reach the disk before that round's hard state does, and entries handed out for
+///   applying were committed and durable in the log already;
+/// - a replica whose records are behind the start of its log cannot be brought back:
+///   that is an error, never a silent loss.
+pub fn reconcile(
+    me: chat_consensus::NodeId,
+    logs: &mut BTreeMap<GroupId, PersistedLog>,
+    applied: BTreeMap<GroupId, Applied>,
+) -> Result<()> {
+    for (group, state) in applied {
+        let log = logs.entry(group).or_default();
+        if let Some(mut meta) = state.snapshot
+            && meta.index > log.snapshot.index
+        {
+            log.entries.clear();
+            log.conf_state = meta.take_conf_state();
+            log.hard_state.term = log.hard_state.term.max(meta.term);
+            log.hard_state.commit = log.hard_state.commit.max(meta.index);
+            log.snapshot = meta;
+        }
+        log.applied = state.index;
+        log.hard_state.commit = log.hard_state.commit.max(state.index);
+    }
+    for (group, log) in logs.iter() {
+        let conf = &log.conf_state;
+        let member = [&conf.voters, &conf.learners, &conf.voters_outgoing]
+            .iter()
+            .any(|ids| ids.contains(&me));
+        let last = log.entries.last().map_or(log.snapshot.index, |e| e.index);
+        if member && (log.applied < log.snapshot.index || log.applied > last) {
+            tracing::error!(
+                group,
+                applied = log.applied,
+                log_start = log.snapshot.index,
+                log_end = last,
+                "the records of a partition do not match its raft log"
+            );
+            return Err(DiskError::Corrupt(*group));
+        }
+    }
+    Ok(())
+}
+
+/// A group's applied state, as the records hold it.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Applied {
+    /// The last entry whose effects are in the records.
+    pub index: u64,
+    /// The last snapshot installed here, with its configuration.
+    pub snapshot: Option<SnapshotMetadata>,
+}
+
+fn decode_index(group: GroupId, value: &[u8]) -> Result<u64> {
+    Ok(u64::from_be_bytes(
+        value.try_into().map_err(|_| DiskError::Corrupt(group))?,
+    ))
 }
 
 fn encode(m: &impl chat_consensus::protobuf::Message) -> Vec<u8> {
@@ -381,59 +459,122 @@ mod tests {
     }
 
     #[test]
-    fn a_log_comes_back_as_written_truncated_and_compacted() {
+    fn a_log_of_the_previous_format_is_read_once_and_cleared() {
         let (_dir, _db, disk) = disk();
+        assert!(disk.load_legacy().unwrap().is_empty(), "nothing to move");
         let hard = HardState {
             term: 2,
             commit: 4,
             ..Default::default()
         };
-        let first = LogWrite {
-            entries: (1..=6).map(|i| entry(i, 1)).collect(),
-            hard_state: Some(hard.clone()),
-            conf_state: Some(ConfState::from((vec![1, 2, 3], vec![]))),
-            ..LogWrite::default()
+        let snapshot = SnapshotMetadata {
+            index: 2,
+            term: 1,
+            ..Default::default()
         };
         let mut batch = sled::Batch::default();
-        disk.write_log(&mut batch, 7, &first).unwrap();
+        for i in 3..=5 {
+            batch.insert(log_key(7, i), encode(&entry(i, 1)));
+        }
+        batch.insert(state_key(7, HARD_STATE), encode(&hard));
+        batch.insert(
+            state_key(7, CONF_STATE),
+            encode(&ConfState::from((vec![1, 2, 3], vec![]))),
+        );
+        batch.insert(state_key(7, SNAPSHOT), encode(&snapshot));
+        batch.insert(state_key(7, APPLIED), 4u64.to_be_bytes().to_vec());
+        batch.insert(state_key(7, TOMBSTONE), 9u64.to_be_bytes().to_vec());
+        batch.insert(record_key(b"k"), b"v".to_vec());
         disk.apply(batch).unwrap();
-        // A new leader overwrote 5 and 6; then the log was compacted below 3.
-        let second = LogWrite {
-            truncate_from: Some(5),
-            entries: vec![entry(5, 2)],
-            applied: Some(4),
-            ..LogWrite::default()
-        };
-        let mut batch = sled::Batch::default();
-        disk.write_log(&mut batch, 7, &second).unwrap();
-        disk.apply(batch).unwrap();
-        let third = LogWrite {
-            compact_to: Some(3),
-            tombstone: Some(9),
-            ..LogWrite::default()
-        };
-        let mut batch = sled::Batch::default();
-        disk.write_log(&mut batch, 7, &third).unwrap();
-        disk.apply(batch).unwrap();
-        let logs = disk.load().unwrap();
+        let logs = disk.load_legacy().unwrap();
         let log = &logs[&7];
         assert_eq!(
             log.entries.iter().map(|e| (e.index, e.term)).collect::<Vec<_>>(),
-            vec![(3, 1), (4, 1), (5, 2)]
+            vec![(3, 1), (4, 1), (5, 1)]
         );
         assert_eq!((log.snapshot.index, log.snapshot.term), (2, 1));
         assert_eq!(log.hard_state, hard);
         assert_eq!(log.conf_state.voters, vec![1, 2, 3]);
         assert_eq!(log.applied, 4);
         assert_eq!(log.tombstone, Some(9));
+        disk.clear_legacy().unwrap();
+        assert!(disk.load_legacy().unwrap().is_empty(), "moved once");
+        // The applied state and the records stay.
+        assert_eq!(disk.applied_state().unwrap()[&7].index, 4);
+        assert_eq!(disk.record(b"k").unwrap(), Some(b"v".to_vec()));
+    }
+
+    fn log_at(snapshot: (u64, u64), entries: std::ops::RangeInclusive<u64>, commit: u64) -> PersistedLog {
+        let mut log = PersistedLog {
+            entries: entries.map(|i| entry(i, 3)).collect(),
+            conf_state: ConfState::from((vec![1, 2], vec![])),
+            ..PersistedLog::default()
+        };
+        (log.snapshot.index, log.snapshot.term) = snapshot;
+        log.hard_state.term = 3;
+        log.hard_state.commit = commit;
+        log
+    }
+
+    #[test]
+    fn the_log_and_the_records_are_joined_after_a_crash() {
+        // Records applied to 9 reached the disk before the hard state saying 9 is
+        // committed did: the commit index is raised to what was applied.
+        let mut logs = BTreeMap::from([(1, log_at((5, 3), 6..=10, 7))]);
+        let applied = Applied {
+            index: 9,
+            snapshot: None,
+        };
+        reconcile(1, &mut logs, BTreeMap::from([(1, applied)])).unwrap();
+        assert_eq!((logs[&1].applied, logs[&1].hard_state.commit), (9, 9));
+        // A snapshot the records installed and synced, the log's round lost.
+        let mut meta = SnapshotMetadata::default();
+        (meta.index, meta.term) = (20, 4);
+        meta.set_conf_state(ConfState::from((vec![1, 2, 3], vec![])));
+        let mut logs = BTreeMap::from([(1, log_at((5, 3), 6..=10, 7))]);
+        let applied = Applied {
+            index: 20,
+            snapshot: Some(meta),
+        };
+        reconcile(1, &mut logs, BTreeMap::from([(1, applied)])).unwrap();
+        let log = &logs[&1];
+        assert!(log.entries.is_empty());
+        assert_eq!((log.snapshot.index, log.snapshot.term), (20, 4));
+        assert_eq!(log.conf_state.voters, vec![1, 2, 3]);
+        assert_eq!(
+            (log.applied, log.hard_state.commit, log.hard_state.term),
+            (20, 20, 4)
+        );
+        // Records behind the start of the log (or beyond its end) cannot be mended;
+        // for a group this node is not in, it does not matter.
+        for (index, me) in [(3, 1), (11, 1)] {
+            let mut logs = BTreeMap::from([(1, log_at((5, 3), 6..=10, 7))]);
+            let applied = Applied {
+                index,
+                snapshot: None,
+            };
+            assert!(
+                matches!(
+                    reconcile(me, &mut logs, BTreeMap::from([(1, applied)])),
+                    Err(DiskError::Corrupt(1))
+                ),
+                "applied {index}"
+            );
+        }
+        let mut logs = BTreeMap::from([(1, log_at((5, 3), 6..=10, 7))]);
+        let applied = Applied {
+            index: 3,
+            snapshot: None,
+        };
+        reconcile(3, &mut logs, BTreeMap::from([(1, applied)])).unwrap();
     }
 
     #[test]
     fn a_corrupt_raft_record_is_an_error() {
         let (_dir, _db, disk) = disk();
         let mut batch = sled::Batch::default();
-        batch.insert(state_key(3, HARD_STATE), vec![0xff, 0xff, 0xff]);
+        batch.insert(state_key(3, APPLIED), vec![0xff, 0xff, 0xff]);
         disk.apply(batch).unwrap();
-        assert!(matches!(disk.load(), Err(DiskError::Corrupt(3))));
+        assert!(matches!(disk.applied_state(), Err(DiskError::Corrupt(3))));
     }
 }

@@ -1,7 +1,14 @@
 //! The thread that runs this node's Raft groups: it feeds [`MultiRaft`] with proposals,
-//! peer messages and ticks, and executes its rounds: send what may go at once, apply
-//! committed commands to the partitions' records, write everything in one batch, sync
-//! once, then send what had to wait for the sync.
+//! peer messages and ticks, and executes its rounds: send what may go at once, append
+//! every group's log changes to the log file, apply committed commands to the
+//! partitions' records (one sled batch), sync the log once, then send what had to wait
+//! for the sync.
+//!
+//! The records are not synced every round: a flusher thread syncs sled about once per
+//! `Timing::flush_every`, and only then may the log drop the entries those records hold
+//! (a restart applies again what the records had not made durable). A round that
+//! installs a snapshot syncs the records before the log, so the log never starts after
+//! what the records hold.
 //!
 //! It is a plain OS thread, not an actor on the async runtime: a round's sync blocks,
 //! and nothing else should wait behind it. Callers talk to it through [`Handle`]; their
@@ -9,6 +16,7 @@
 //! closure only sends or casts).
 
 use super::disk::{self, Disk, Pending};
+use super::wal::Wal;
 use chat_consensus::{Error as RaftError, GroupId, MultiRaft, NodeId, Outgoing, RaftConfig};
 use chat_protocol::internal::Outcome;
 use chat_state::placement::Partition;
@@ -55,8 +63,9 @@ pub trait Transport: Send + 'static {
     fn send(&mut self, to: NodeId, messages: Vec<(GroupId, Vec<u8>)>);
 }
 
-/// Makes a round's writes durable (sled's flush, then `fdatasync`).
-pub trait Sync: Send + 'static {
+/// Makes the records durable (sled's flush, then `fdatasync`); cloned into the flusher
+/// thread.
+pub trait Sync: Clone + Send + 'static {
     /// Returns once everything applied to the database so far is on disk.
     fn sync(&mut self) -> std::io::Result<()>;
 }
@@ -73,6 +82,9 @@ pub struct Timing {
     /// How long a proposal or a read barrier may wait for its outcome before it is
     /// answered [`ProposeError::TimedOut`].
     pub answer_within: Duration,
+    /// How often the records are synced (when anything was applied), letting the log
+    /// drop what they hold.
+    pub flush_every: Duration,
 }
 
 impl Default for Timing {
@@ -86,6 +98,7 @@ impl Default for Timing {
             },
             placement_ticks: 5,
             answer_within: Duration::from_secs(10),
+            flush_every: Duration::from_secs(1),
         }
     }
 }
@@ -104,6 +117,10 @@ pub struct Status {
     pub unsettled: usize,
     /// Members in the metadata group's records, as applied here.
     pub members: usize,
+    /// Syncs of the Raft log so far (one per round that wrote anything).
+    pub log_syncs: u64,
+    /// Syncs of the records so far.
+    pub record_syncs: u64,
 }
 
 impl Status {
@@ -133,6 +150,8 @@ enum Input {
         voters: Vec<NodeId>,
         data: Vec<u8>,
     },
+    /// The flusher synced the records, applied up to these indexes (or failed).
+    Flushed(std::io::Result<BTreeMap<GroupId, u64>>),
     Stop,
 }
 
@@ -247,14 +266,16 @@ pub struct Settings {
     pub bootstrap: Vec<(NodeId, String)>,
 }
 
-/// Starts the driver thread over `disk`, restoring every group persisted there. Groups
+/// Starts the driver thread over `disk` (the records) and `log` (the Raft log, with
+/// what [`Wal::open`] replayed from it), restoring every group persisted there. Groups
 /// are kept on `replicas` voters where placement (over the metadata group's members)
-/// wants them. On a disk with no consensus state at all, and only there, the bootstrap
+/// wants them. On a node with no consensus state at all, and only there, the bootstrap
 /// list creates the metadata group and this node's replicas of the partitions: a node
 /// that lost a group must never create it again from scratch.
 pub fn start(
     settings: Settings,
     disk: Disk,
+    log: (Wal, Option<BTreeMap<GroupId, chat_consensus::PersistedLog>>),
     sync: impl Sync,
     transport: impl Transport,
     logger: chat_consensus::Logger,
@@ -265,13 +286,39 @@ pub fn start(
         timing,
         bootstrap,
     } = settings;
+    let (mut wal, replayed) = log;
+    let mut persisted = match replayed {
+        Some(logs) => logs,
+        None => {
+            // No log file before: a new node, or a data folder that kept the log in sled.
+            let legacy = disk.load_legacy()?;
+            if !legacy.is_empty() {
+                tracing::info!(
+                    groups = legacy.len(),
+                    "moving the raft log from the database to its own file"
+                );
+                wal.rewrite(&legacy).map_err(wal_failed)?;
+                disk.clear_legacy()?;
+            }
+            legacy
+        }
+    };
+    disk::reconcile(id, &mut persisted, disk.applied_state()?)?;
     let mut raft = MultiRaft::new(id, timing.raft.clone(), logger);
-    let persisted = disk.load()?;
     let fresh = persisted.is_empty();
+    let mut stale = Vec::new();
     for (group, log) in persisted {
         // A group this node was removed from comes back as its tombstone only.
         raft.restore(group, &log)
             .map_err(|_| disk::DiskError::Corrupt(group))?;
+        if raft.applied(group).is_none() {
+            stale.push(group);
+        }
+    }
+    // Records of groups this node left, if a crash came between the round that left
+    // and the clearing after it.
+    for group in stale {
+        disk.clear(group)?;
     }
     if fresh && bootstrap.iter().any(|(member, _)| *member == id) {
         create_first_groups(&mut raft, id, replicas, &bootstrap);
@@ -280,10 +327,13 @@ pub fn start(
     let status = Arc::new(Mutex::new(Status::default()));
     let led = Arc::new(Mutex::new(Vec::new()));
     let placed = Arc::new(Mutex::new(Placed::default()));
+    let flusher = Flusher::start(id, sync.clone(), tx.clone());
     let mut driver = Driver {
         raft,
         disk,
+        wal,
         sync,
+        flusher,
         transport,
         rx,
         waiting: HashMap::new(),
@@ -291,6 +341,7 @@ pub fn start(
         answer_within: timing.answer_within,
         next_token: 1,
         tick: timing.tick,
+        flush_every: timing.flush_every,
         placement_ticks: timing.placement_ticks.max(1),
         replicas,
         status: status.clone(),
@@ -310,6 +361,61 @@ pub fn start(
         },
         thread,
     ))
+}
+
+fn wal_failed(e: super::wal::WalError) -> disk::DiskError {
+    match e {
+        super::wal::WalError::Io(e) => disk::DiskError::Sled(sled::Error::Io(e)),
+        other => disk::DiskError::Sled(sled::Error::Io(std::io::Error::other(other.to_string()))),
+    }
+}
+
+/// Syncs the records on its own thread, so that rounds do not wait for sled's flush;
+/// one sync at a time.
+struct Flusher {
+    tx: Option<mpsc::Sender<BTreeMap<GroupId, u64>>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+    /// A sync is under way.
+    busy: bool,
+    /// When the last one was asked.
+    last: Instant,
+    /// The applied indexes the last one covered.
+    covered: BTreeMap<GroupId, u64>,
+    /// Syncs completed.
+    syncs: u64,
+}
+
+impl Flusher {
+    fn start(id: NodeId, mut sync: impl Sync, driver: mpsc::Sender<Input>) -> Self {
+        let (tx, rx) = mpsc::channel::<BTreeMap<GroupId, u64>>();
+        let thread = std::thread::Builder::new()
+            .name(format!("records-flush-{id}"))
+            .spawn(move || {
+                for applied in rx {
+                    let done = sync.sync().map(|()| applied);
+                    if driver.send(Input::Flushed(done)).is_err() {
+                        break;
+                    }
+                }
+            })
+            .expect("spawn the records' flusher");
+        Self {
+            tx: Some(tx),
+            thread: Some(thread),
+            busy: false,
+            last: Instant::now(),
+            covered: BTreeMap::new(),
+            syncs: 0,
+        }
+    }
+
+    /// Ends the thread once its sync under way (if any) is done.
+    fn stop(&mut self) {
+        self.tx = None;
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
 }
 
 /// The metadata group (its records: the first members) and this node's replicas of the
@@ -348,7 +454,10 @@ fn create_first_groups(
 struct Driver<S, T> {
     raft: MultiRaft<Token>,
     disk: Disk,
+    wal: Wal,
+    /// For the rare round that must sync the records itself (a snapshot installed).
     sync: S,
+    flusher: Flusher,
     transport: T,
     rx: mpsc::Receiver<Input>,
     waiting: HashMap<Token, Waiter>,
@@ -357,6 +466,7 @@ struct Driver<S, T> {
     answer_within: Duration,
     next_token: Token,
     tick: Duration,
+    flush_every: Duration,
     placement_ticks: u32,
     replicas: usize,
     status: Arc<Mutex<Status>>,
@@ -390,6 +500,7 @@ impl<S: Sync, T: Transport> Driver<S, T> {
             }
             if Instant::now() >= next_tick {
                 self.expire();
+                self.flush_records();
                 self.raft.tick();
                 ticks = ticks.wrapping_add(1);
                 if let Err(e) = self.placement(ticks.is_multiple_of(self.placement_ticks)) {
@@ -414,6 +525,7 @@ impl<S: Sync, T: Transport> Driver<S, T> {
         for (_, waiter) in self.waiting.drain() {
             fail(waiter, ProposeError::Stopped);
         }
+        self.flusher.stop();
     }
 
     /// Handles one input; true to stop.
@@ -464,9 +576,38 @@ impl<S: Sync, T: Transport> Driver<S, T> {
                     tracing::warn!(group, error = %e, "group not created");
                 }
             }
+            Input::Flushed(Ok(applied)) => {
+                self.raft.applied_durable(&applied);
+                self.flusher.busy = false;
+                self.flusher.syncs += 1;
+                self.flusher.covered = applied;
+            }
+            Input::Flushed(Err(e)) => {
+                tracing::error!(error = %e, "consensus stopped: syncing the records failed");
+                return true;
+            }
             Input::Stop => return true,
         }
         false
+    }
+
+    /// Asks the flusher for a sync of the records when one is due and anything was
+    /// applied since the last.
+    fn flush_records(&mut self) {
+        if self.flusher.busy || self.flusher.last.elapsed() < self.flush_every {
+            return;
+        }
+        let applied = self.raft.applied_indexes();
+        if applied == self.flusher.covered {
+            return;
+        }
+        // Everything applied so far is in sled already: the sync covers it.
+        if let Some(tx) = &self.flusher.tx
+            && tx.send(applied).is_ok()
+        {
+            self.flusher.busy = true;
+            self.flusher.last = Instant::now();
+        }
     }
 
     /// Answers what has waited past its deadline (tokens and deadlines both grow, so
@@ -488,9 +629,17 @@ impl<S: Sync, T: Transport> Driver<S, T> {
     fn round(&mut self) -> Result<(), disk::DiskError> {
         let mut round = self.raft.start_round();
         self.send(std::mem::take(&mut round.send));
+        // A snapshot's records must be durable before the log says it was installed.
+        let snapshots = round.writes.iter().any(|(_, w)| w.snapshot.is_some());
+        if !snapshots {
+            self.wal
+                .append(round.writes.iter().map(|(g, w)| (*g, w)))
+                .map_err(wal_failed)?;
+        }
         let mut pending = Pending::new();
         let mut batch = sled::Batch::default();
         let mut answers = Vec::new();
+        let mut removed = Vec::new();
         {
             let mut overlay = self.disk.overlay(&mut pending);
             for (group, write) in &round.writes {
@@ -511,17 +660,14 @@ impl<S: Sync, T: Transport> Driver<S, T> {
                 }
             }
             for group in round.removed.drain(..) {
-                // This node was removed from the group: its records go (a later move back
-                // brings a fresh snapshot).
+                // This node was removed from the group: its records go once the log's
+                // tombstone is durable (a later move back brings a fresh snapshot).
                 for token in self.raft.remove(group) {
                     if let Some(waiter) = self.waiting.remove(&token) {
                         fail(waiter, ProposeError::NoReplica(group as Partition));
                     }
                 }
-                let prefix = chat_state::keys::partition_prefix(group as Partition);
-                overlay
-                    .replace(&prefix, Vec::new())
-                    .map_err(|_| disk::DiskError::Corrupt(group))?;
+                removed.push(group);
             }
             for group in round.snapshot_wanted.drain(..) {
                 let prefix = chat_state::keys::partition_prefix(group as Partition);
@@ -533,10 +679,18 @@ impl<S: Sync, T: Transport> Driver<S, T> {
             }
         }
         for (group, write) in &round.writes {
-            self.disk.write_log(&mut batch, *group, write)?;
+            self.disk.write_applied(&mut batch, *group, write);
         }
         disk::write_records(&mut batch, pending);
         self.disk.apply(batch)?;
+        if snapshots {
+            self.sync
+                .sync()
+                .map_err(|e| disk::DiskError::Sled(sled::Error::Io(e)))?;
+            self.wal
+                .append(round.writes.iter().map(|(g, w)| (*g, w)))
+                .map_err(wal_failed)?;
+        }
         // Committed entries are durable on a majority: answer now; their effects are
         // visible, and the sync below makes them durable here too.
         for (token, outcome) in answers {
@@ -554,11 +708,20 @@ impl<S: Sync, T: Transport> Driver<S, T> {
                 reply(Ok(()));
             }
         }
-        self.sync
-            .sync()
-            .map_err(|e| disk::DiskError::Sled(sled::Error::Io(e)))?;
-        let held = self.raft.finish_round();
+        if !round.writes.is_empty() {
+            self.wal.sync().map_err(wal_failed)?;
+        }
+        for group in removed {
+            self.disk.clear(group)?;
+        }
+        let held = self.raft.finish_round_log_only();
         self.send(held);
+        if self.wal.wants_rewrite() {
+            let logs = self.raft.persisted_logs();
+            let before = self.wal.len();
+            self.wal.rewrite(&logs).map_err(wal_failed)?;
+            tracing::debug!(before, after = self.wal.len(), "raft log rewritten");
+        }
         Ok(())
     }
 
@@ -573,6 +736,8 @@ impl<S: Sync, T: Transport> Driver<S, T> {
         let active = members.values().filter(|m| !m.leaving).count();
         let mut status = Status {
             members: members.len(),
+            log_syncs: self.wal.syncs(),
+            record_syncs: self.flusher.syncs,
             ..Status::default()
         };
         let groups: Vec<GroupId> = self.raft.groups().collect();

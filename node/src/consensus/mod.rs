@@ -7,6 +7,7 @@
 
 pub mod disk;
 pub mod driver;
+pub mod wal;
 
 use chat_consensus::NodeId;
 

@@ -3,6 +3,7 @@
 
 use super::disk::Disk;
 use super::driver::{self, Handle, ProposeError, Sync, Timing, Transport};
+use super::wal::Wal;
 use chat_consensus::{GroupId, NodeId, RaftConfig};
 use chat_protocol::internal::command::{self, Op};
 use chat_protocol::internal::{AccountRecord, Command, Outcome, outcome};
@@ -41,6 +42,7 @@ impl Transport for Link {
 }
 
 /// sled's flush, counted.
+#[derive(Clone)]
 struct Flush(sled::Db, Arc<Mutex<u64>>);
 
 impl Sync for Flush {
@@ -63,6 +65,7 @@ fn timing() -> Timing {
             compact_keep: 5,
             ..RaftConfig::default()
         },
+        flush_every: Duration::from_millis(50),
     }
 }
 
@@ -80,7 +83,14 @@ impl TestNode {
     }
 
     fn start_timed(id: NodeId, dir: &std::path::Path, net: &Net, timing: Timing) -> Self {
-        let db = sled::Config::new().path(dir.join(id.to_string())).open().unwrap();
+        // Only the driver's flushes make the records durable, as in the node.
+        let db = sled::Config::new()
+            .path(dir.join(id.to_string()))
+            .flush_every_ms(None)
+            .open()
+            .unwrap();
+        // Small, so that tests rewrite the log file too.
+        let log = Wal::open(&dir.join(format!("{id}-raft")), 8 << 10).unwrap();
         let syncs = Arc::new(Mutex::new(0));
         let link = Link {
             from: id,
@@ -94,8 +104,15 @@ impl TestNode {
             timing,
             bootstrap: Vec::new(),
         };
-        let (handle, thread) =
-            driver::start(settings, disk, Flush(db.clone(), syncs.clone()), link, logger).unwrap();
+        let (handle, thread) = driver::start(
+            settings,
+            disk,
+            log,
+            Flush(db.clone(), syncs.clone()),
+            link,
+            logger,
+        )
+        .unwrap();
         net.handles.lock().unwrap().insert(id, handle.clone());
         Self {
             id,
@@ -114,6 +131,15 @@ impl TestNode {
 
     fn record(&self, key: &[u8]) -> Option<Vec<u8>> {
         Disk::open(&self.db).unwrap().record(key).unwrap()
+    }
+}
+
+/// Polls `done` until it holds, failing after [`DEADLINE`].
+fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
+    let deadline = Instant::now() + DEADLINE;
+    while !done() {
+        assert!(Instant::now() < deadline, "timed out waiting for: {what}");
+        std::thread::sleep(Duration::from_millis(10));
     }
 }
 
@@ -206,7 +232,12 @@ fn a_one_node_group_applies_commands_durably_and_keeps_them_across_a_restart() {
         matches!(first, outcome::Result::Appended(ref a) if a.seq == 1),
         "{first:?}"
     );
-    assert!(*node.syncs.lock().unwrap() > 0, "rounds sync");
+    // Each round that wrote syncs the log; the records are synced apart, about every
+    // `flush_every`.
+    wait_until("the log and the records synced", || {
+        let status = node.handle.status();
+        status.log_syncs > 0 && status.record_syncs > 0 && *node.syncs.lock().unwrap() > 0
+    });
     node.stop(&net);
     drop(node);
     let node = TestNode::start(1, dir.path(), &net);
@@ -223,6 +254,64 @@ fn a_one_node_group_applies_commands_durably_and_keeps_them_across_a_restart() {
     assert!(
         matches!(second, outcome::Result::Appended(ref a) if a.seq == 2),
         "{second:?}"
+    );
+}
+
+/// Copies a folder's files as they are now: what a `kill -9` would leave on disk.
+fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        let target = to.join(entry.file_name());
+        if entry.file_type().unwrap().is_dir() {
+            copy_dir(&entry.path(), &target);
+        } else {
+            std::fs::copy(entry.path(), target).unwrap();
+        }
+    }
+}
+
+#[test]
+fn records_a_power_cut_lost_are_applied_again_from_the_log() {
+    let dir = tempfile::tempdir().unwrap();
+    let crashed = tempfile::tempdir().unwrap();
+    let net = Net::default();
+    let p = 5;
+    let bob = user_in(p, 0);
+    // The records are never synced after the group's creation: everything acknowledged
+    // since lives in the log only (and the log must keep it: no compaction past them).
+    let never = Timing {
+        flush_every: Duration::from_secs(3600),
+        ..timing()
+    };
+    let mut node = TestNode::start_timed(1, dir.path(), &net, never);
+    node.handle.create(p, vec![1]);
+    propose(&[&node], p, register(&bob));
+    // A power cut keeps what was synced: the records as of about now...
+    copy_dir(&dir.path().join("1"), &crashed.path().join("1"));
+    let sent = 60;
+    for i in 1..=sent {
+        let outcome = propose(&[&node], p, send(&bob, &format!("m{i}")));
+        assert!(
+            matches!(outcome, outcome::Result::Appended(ref a) if a.seq == i),
+            "{outcome:?}"
+        );
+    }
+    node.stop(&net);
+    // ...and the log as of its last sync.
+    copy_dir(&dir.path().join("1-raft"), &crashed.path().join("1-raft"));
+    drop(node);
+    let node = TestNode::start(1, crashed.path(), &net);
+    for i in 1..=sent {
+        match propose(&[&node], p, send(&bob, &format!("m{i}"))) {
+            outcome::Result::Duplicate(a) => assert_eq!(a.seq, i),
+            other => panic!("m{i} was acknowledged before the crash, got {other:?}"),
+        }
+    }
+    let next = propose(&[&node], p, send(&bob, "after"));
+    assert!(
+        matches!(next, outcome::Result::Appended(ref a) if a.seq == sent + 1),
+        "{next:?}"
     );
 }
 
