@@ -19,4 +19,4 @@ pub use multi::{Apply, Error, GroupId, MultiRaft, NodeId, Outgoing, RaftConfig, 
 pub use protobuf;
 pub use raft::eraftpb;
 pub use slog::Logger;
-pub use store::{INITIAL_INDEX, LogWrite, PersistedLog};
+pub use store::{Applied, INITIAL_INDEX, LogWrite, PersistedLog, reconcile};

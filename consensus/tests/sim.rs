@@ -1,7 +1,9 @@
 //! Deterministic simulation of a cluster built from `MultiRaft` and the chat's own
 //! partition state machine (`chat-state`): many nodes in one process, a simulated
 //! network that drops, delays, duplicates, reorders and partitions messages, crashes
-//! that keep only what was synced, pauses and power cuts, and clients that register,
+//! that keep only what was synced (each node's Raft log every round, its records only
+//! every `RECORDS_SYNC_MS`, as a node syncs its log file and sled), pauses and power
+//! cuts, and clients that register,
 //! create and join groups, send private messages and group posts, and resend with the
 //! same client message id until acknowledged. Group posts reach members' inboxes
 //! through the fan-out planner, driven by whichever node leads the group's partition.
@@ -15,8 +17,11 @@
 //! `SIM_SEED=S` replays one and prints its faults (`SIM_RAFT_LOG=1` adds raft-rs's log).
 
 use chat_consensus::eraftpb::Message;
+use chat_consensus::eraftpb::SnapshotMetadata;
 use chat_consensus::logger::discard;
-use chat_consensus::{GroupId, LogWrite, MultiRaft, NodeId, PersistedLog, RaftConfig, Round, decode_message};
+use chat_consensus::{
+    Applied, GroupId, LogWrite, MultiRaft, NodeId, PersistedLog, RaftConfig, Round, decode_message,
+};
 use chat_protocol::internal::command::{self, Op};
 use chat_protocol::internal::{
     AccountRecord, Command, GroupMessage, GroupRecord, InboxEntry, InboxMeta, MemberRecord, Outcome, outcome,
@@ -67,6 +72,8 @@ const TICK_MS: u64 = 10;
 const CLIENT_TIMEOUT_MS: u64 = 400;
 /// How often the leader of a group's partition plans its fan-out.
 const FANOUT_EVERY_MS: u64 = 20;
+/// Each node syncs its records every this many milliseconds (its log every round).
+const RECORDS_SYNC_MS: u64 = 173;
 /// Faults happen in this window; then the network heals and everyone restarts.
 const FAULT_WINDOW_MS: u64 = 6_000;
 /// After the faults, everything must be acknowledged, fanned out and caught up within this.
@@ -290,7 +297,7 @@ fn raft_config() -> RaftConfig {
         max_inflight: 16,
         max_size_per_msg: 4096,
         compact_threshold: 40,
-        compact_keep: 8,
+        compact_keep: 2,
     }
 }
 
@@ -298,17 +305,23 @@ fn raft_config() -> RaftConfig {
 // Nodes with a disk that keeps only what was synced
 // ---------------------------------------------------------------------------------
 
-/// What a node's disk holds.
+/// What a node's disk holds: the Raft logs, synced every round, and the records with
+/// each group's applied state, synced apart and less often (as the node does: its log
+/// file and sled).
 #[derive(Debug, Clone, Default)]
 struct Disk {
     logs: BTreeMap<GroupId, PersistedLog>,
     kv: MemStore,
+    applied: BTreeMap<GroupId, Applied>,
 }
 
 #[derive(Debug, Clone)]
 enum DiskOp {
-    Log(GroupId, Box<LogWrite>),
     Kv(KvOp),
+    /// A group's applied state changed (written with the round's records).
+    Applied(GroupId, u64, Option<Box<SnapshotMetadata>>),
+    /// This node left the group: its applied state goes.
+    Forget(GroupId),
 }
 
 fn apply_log_write(log: &mut PersistedLog, write: &LogWrite) {
@@ -337,9 +350,6 @@ fn apply_log_write(log: &mut PersistedLog, write: &LogWrite) {
             log.snapshot.term = last_dropped.term;
         }
         log.entries.retain(|e| e.index >= to);
-    }
-    if let Some(applied) = write.applied {
-        log.applied = applied;
     }
     if let Some(term) = write.tombstone {
         log.tombstone = Some(term);
@@ -402,8 +412,12 @@ struct Node {
     /// The records as the process sees them (synced and not).
     kv: MemStore,
     disk: Disk,
-    /// Writes not yet synced, in order.
+    /// Log writes not yet synced, in order.
+    log_pending: Vec<(GroupId, LogWrite)>,
+    /// Record writes not yet synced, in order.
     pending: Vec<DiskOp>,
+    /// Groups left in the round under way: their records go once its log is synced.
+    leaving: Vec<GroupId>,
     /// Between start_round and finish_round: the round's sync is under way.
     mid_round: bool,
     tick_phase: u64,
@@ -423,8 +437,14 @@ impl Node {
             discard()
         };
         let mut raft = MultiRaft::new(id, raft_config(), logger);
+        // The log and the records are joined as the node joins them: the records may be
+        // behind the log (applied again) or hold a snapshot the log lost.
+        let mut logs = disk.logs.clone();
+        chat_consensus::reconcile(id, &mut logs, disk.applied.clone())
+            .unwrap_or_else(|group| panic!("node {id}: records of group {group} behind its log"));
+        let mut disk = disk;
         for group in all_groups() {
-            match disk.logs.get(&group) {
+            match logs.get(&group) {
                 // A replica removed from its group stays removed (its tombstone counts).
                 Some(log) => raft.restore(group, log).expect("restore"),
                 None if voters(group).contains(&id) => {
@@ -438,6 +458,20 @@ impl Node {
                 None => {}
             }
         }
+        // Records of groups this node left, if it stopped before clearing them.
+        let left: Vec<GroupId> = disk
+            .applied
+            .keys()
+            .copied()
+            .filter(|group| raft.applied(*group).is_none())
+            .collect();
+        for group in left {
+            disk.applied.remove(&group);
+            apply_kv(
+                &mut disk.kv,
+                &KvOp::ReplacePartition(group as Partition, Vec::new()),
+            );
+        }
         Self {
             id,
             raft,
@@ -445,7 +479,9 @@ impl Node {
             paused: false,
             kv: disk.kv.clone(),
             disk,
+            log_pending: Vec::new(),
             pending: Vec::new(),
+            leaving: Vec::new(),
             mid_round: false,
             tick_phase,
             requests: HashMap::new(),
@@ -459,13 +495,14 @@ impl Node {
     /// Applies a round's writes and entries to the live records; returns the outcomes
     /// of proposals made here (`None`: a read barrier passed, serve the read now).
     fn take_round(&mut self, round: &mut Round<Token>, trace: &mut Trace) -> Vec<(Token, Option<Outcome>)> {
-        for (group, write) in round.writes.drain(..) {
+        let mut snapshots = false;
+        for (group, write) in &round.writes {
             if let Some(snapshot) = &write.snapshot {
-                let op = KvOp::ReplacePartition(group as Partition, records_of(snapshot.get_data()));
+                let op = KvOp::ReplacePartition(*group as Partition, records_of(snapshot.get_data()));
                 apply_kv(&mut self.kv, &op);
                 self.pending.push(DiskOp::Kv(op));
+                snapshots = true;
             }
-            self.pending.push(DiskOp::Log(group, Box::new(write)));
         }
         let mut answers = Vec::new();
         for apply in round.apply.drain(..) {
@@ -489,22 +526,62 @@ impl Node {
         for group in round.removed.drain(..) {
             trace.note_removed(self.id, group);
             round.dropped.extend(self.raft.remove(group));
-            let op = KvOp::ReplacePartition(group as Partition, Vec::new());
-            apply_kv(&mut self.kv, &op);
-            self.pending.push(DiskOp::Kv(op));
+            self.leaving.push(group);
+        }
+        for (group, write) in round.writes.drain(..) {
+            if write.applied.is_some() {
+                let snapshot = write
+                    .snapshot
+                    .as_ref()
+                    .map(|s| Box::new(s.get_metadata().clone()));
+                self.pending.push(DiskOp::Applied(
+                    group,
+                    write.applied.unwrap_or_default(),
+                    snapshot,
+                ));
+            }
+            self.log_pending.push((group, write));
+        }
+        // A snapshot's records are synced before the log says it was installed.
+        if snapshots {
+            self.sync_records();
         }
         answers
     }
 
+    /// The round's log is durable; the records of groups left in it go (not synced).
     fn sync(&mut self) {
+        for (group, write) in self.log_pending.drain(..) {
+            apply_log_write(self.disk.logs.entry(group).or_default(), &write);
+        }
+        for group in self.leaving.drain(..) {
+            let op = KvOp::ReplacePartition(group as Partition, Vec::new());
+            apply_kv(&mut self.kv, &op);
+            self.pending.push(DiskOp::Kv(op));
+            self.pending.push(DiskOp::Forget(group));
+        }
+    }
+
+    /// Everything written to the records so far is durable: the log may drop what they
+    /// hold.
+    fn sync_records(&mut self) {
         for op in self.pending.drain(..) {
             match op {
-                DiskOp::Log(group, write) => {
-                    apply_log_write(self.disk.logs.entry(group).or_default(), &write)
-                }
                 DiskOp::Kv(op) => apply_kv(&mut self.disk.kv, &op),
+                DiskOp::Applied(group, index, snapshot) => {
+                    let applied = self.disk.applied.entry(group).or_default();
+                    applied.index = index;
+                    if let Some(meta) = snapshot {
+                        applied.snapshot = Some(*meta);
+                    }
+                }
+                DiskOp::Forget(group) => {
+                    self.disk.applied.remove(&group);
+                }
             }
         }
+        let applied = self.raft.applied_indexes();
+        self.raft.applied_durable(&applied);
     }
 }
 
@@ -825,6 +902,8 @@ impl Sim {
         node.up = false;
         node.paused = false;
         node.pending.clear();
+        node.log_pending.clear();
+        node.leaving.clear();
         node.mid_round = false;
         node.requests.clear();
     }
@@ -862,10 +941,14 @@ impl Sim {
                 self.nodes[i].raft.tick();
             }
             // Second half of a round: the sync completed.
+            // Now and then the records are synced, in the middle of a round too.
+            if (now + 3 * self.nodes[i].tick_phase).is_multiple_of(RECORDS_SYNC_MS) {
+                self.nodes[i].sync_records();
+            }
             if self.nodes[i].mid_round {
                 self.nodes[i].sync();
                 self.nodes[i].mid_round = false;
-                let send = self.nodes[i].raft.finish_round();
+                let send = self.nodes[i].raft.finish_round_log_only();
                 self.send(id, send);
                 continue;
             }

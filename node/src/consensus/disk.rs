@@ -17,7 +17,7 @@
 
 use chat_consensus::eraftpb::{ConfState, Entry, HardState, SnapshotMetadata};
 use chat_consensus::protobuf::Message as _;
-use chat_consensus::{GroupId, LogWrite, PersistedLog};
+use chat_consensus::{Applied, GroupId, LogWrite, PersistedLog};
 use chat_state::store::{Result as StoreResult, Store, StoreError};
 use std::collections::BTreeMap;
 
@@ -216,63 +216,6 @@ impl Disk {
             pending,
         }
     }
-}
-
-/// Joins each group's Raft log (from the log file) with its applied state (from the
-/// records), for this node (`me`):
-/// - a snapshot the records hold and the log does not show yet (a crash between the
-///   records' sync and the log's) is installed in the log as a round would have;
-/// - the commit index is raised to the applied index: a round's entries may be applied
-///   and reach the disk before that round's hard state does, and entries handed out for
-///   applying were committed and durable in the log already;
-/// - a replica whose records are behind the start of its log cannot be brought back:
-///   that is an error, never a silent loss.
-pub fn reconcile(
-    me: chat_consensus::NodeId,
-    logs: &mut BTreeMap<GroupId, PersistedLog>,
-    applied: BTreeMap<GroupId, Applied>,
-) -> Result<()> {
-    for (group, state) in applied {
-        let log = logs.entry(group).or_default();
-        if let Some(mut meta) = state.snapshot
-            && meta.index > log.snapshot.index
-        {
-            log.entries.clear();
-            log.conf_state = meta.take_conf_state();
-            log.hard_state.term = log.hard_state.term.max(meta.term);
-            log.hard_state.commit = log.hard_state.commit.max(meta.index);
-            log.snapshot = meta;
-        }
-        log.applied = state.index;
-        log.hard_state.commit = log.hard_state.commit.max(state.index);
-    }
-    for (group, log) in logs.iter() {
-        let conf = &log.conf_state;
-        let member = [&conf.voters, &conf.learners, &conf.voters_outgoing]
-            .iter()
-            .any(|ids| ids.contains(&me));
-        let last = log.entries.last().map_or(log.snapshot.index, |e| e.index);
-        if member && (log.applied < log.snapshot.index || log.applied > last) {
-            tracing::error!(
-                group,
-                applied = log.applied,
-                log_start = log.snapshot.index,
-                log_end = last,
-                "the records of a partition do not match its raft log"
-            );
-            return Err(DiskError::Corrupt(*group));
-        }
-    }
-    Ok(())
-}
-
-/// A group's applied state, as the records hold it.
-#[derive(Debug, Clone, Default, PartialEq)]
-pub struct Applied {
-    /// The last entry whose effects are in the records.
-    pub index: u64,
-    /// The last snapshot installed here, with its configuration.
-    pub snapshot: Option<SnapshotMetadata>,
 }
 
 fn decode_index(group: GroupId, value: &[u8]) -> Result<u64> {
@@ -502,71 +445,6 @@ mod tests {
         // The applied state and the records stay.
         assert_eq!(disk.applied_state().unwrap()[&7].index, 4);
         assert_eq!(disk.record(b"k").unwrap(), Some(b"v".to_vec()));
-    }
-
-    fn log_at(snapshot: (u64, u64), entries: std::ops::RangeInclusive<u64>, commit: u64) -> PersistedLog {
-        let mut log = PersistedLog {
-            entries: entries.map(|i| entry(i, 3)).collect(),
-            conf_state: ConfState::from((vec![1, 2], vec![])),
-            ..PersistedLog::default()
-        };
-        (log.snapshot.index, log.snapshot.term) = snapshot;
-        log.hard_state.term = 3;
-        log.hard_state.commit = commit;
-        log
-    }
-
-    #[test]
-    fn the_log_and_the_records_are_joined_after_a_crash() {
-        // Records applied to 9 reached the disk before the hard state saying 9 is
-        // committed did: the commit index is raised to what was applied.
-        let mut logs = BTreeMap::from([(1, log_at((5, 3), 6..=10, 7))]);
-        let applied = Applied {
-            index: 9,
-            snapshot: None,
-        };
-        reconcile(1, &mut logs, BTreeMap::from([(1, applied)])).unwrap();
-        assert_eq!((logs[&1].applied, logs[&1].hard_state.commit), (9, 9));
-        // A snapshot the records installed and synced, the log's round lost.
-        let mut meta = SnapshotMetadata::default();
-        (meta.index, meta.term) = (20, 4);
-        meta.set_conf_state(ConfState::from((vec![1, 2, 3], vec![])));
-        let mut logs = BTreeMap::from([(1, log_at((5, 3), 6..=10, 7))]);
-        let applied = Applied {
-            index: 20,
-            snapshot: Some(meta),
-        };
-        reconcile(1, &mut logs, BTreeMap::from([(1, applied)])).unwrap();
-        let log = &logs[&1];
-        assert!(log.entries.is_empty());
-        assert_eq!((log.snapshot.index, log.snapshot.term), (20, 4));
-        assert_eq!(log.conf_state.voters, vec![1, 2, 3]);
-        assert_eq!(
-            (log.applied, log.hard_state.commit, log.hard_state.term),
-            (20, 20, 4)
-        );
-        // Records behind the start of the log (or beyond its end) cannot be mended;
-        // for a group this node is not in, it does not matter.
-        for (index, me) in [(3, 1), (11, 1)] {
-            let mut logs = BTreeMap::from([(1, log_at((5, 3), 6..=10, 7))]);
-            let applied = Applied {
-                index,
-                snapshot: None,
-            };
-            assert!(
-                matches!(
-                    reconcile(me, &mut logs, BTreeMap::from([(1, applied)])),
-                    Err(DiskError::Corrupt(1))
-                ),
-                "applied {index}"
-            );
-        }
-        let mut logs = BTreeMap::from([(1, log_at((5, 3), 6..=10, 7))]);
-        let applied = Applied {
-            index: 3,
-            snapshot: None,
-        };
-        reconcile(3, &mut logs, BTreeMap::from([(1, applied)])).unwrap();
     }
 
     #[test]

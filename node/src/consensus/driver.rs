@@ -303,7 +303,13 @@ pub fn start(
             legacy
         }
     };
-    disk::reconcile(id, &mut persisted, disk.applied_state()?)?;
+    if let Err(group) = chat_consensus::reconcile(id, &mut persisted, disk.applied_state()?) {
+        tracing::error!(
+            group,
+            "the records of a partition are behind the start of its raft log"
+        );
+        return Err(disk::DiskError::Corrupt(group));
+    }
     let mut raft = MultiRaft::new(id, timing.raft.clone(), logger);
     let fresh = persisted.is_empty();
     let mut stale = Vec::new();
