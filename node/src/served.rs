@@ -33,7 +33,7 @@ use chat_protocol::internal::query::{self, Q};
 use chat_protocol::internal::{Command, InboxEntry, Query, UserPush};
 use chat_protocol::v1::{self, ConversationKind, server_frame};
 use prost::Message;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
@@ -41,8 +41,6 @@ use std::time::Duration;
 pub const FANOUT_SWEEP: Duration = Duration::from_secs(2);
 /// Most posts one fan-out plan covers.
 const FANOUT_POSTS: u64 = 1024;
-/// Most receipts one acknowledgement sends.
-const MAX_RECEIPTS_PER_ACK: u32 = 1000;
 /// Attempts to store one receipt before giving up.
 const RECEIPT_ATTEMPTS: u32 = 12;
 /// How long a group's receipts wait for the members' inboxes.
@@ -337,63 +335,35 @@ impl Served {
     }
 
     /// Moves a cursor; then stores a receipt for the private messages it passed, one per
-    /// sender (for its latest message there: a receipt covers the earlier ones).
+    /// sender (for its latest message there: a receipt covers the earlier ones). One
+    /// command: the state machine clamps the cursor to the inbox and names the messages
+    /// it passed, so the cursor moves exactly as far as the receipts cover.
     async fn ack(self: &Arc<Self>, user: String, kind: AckKind, up_to: u64) -> ChatResult<(u64, u64)> {
         let p = partition::of_user(&user);
-        let meta = match self.read_async(p, Q::InboxMeta(user.clone())).await? {
-            A::InboxMeta(meta) => meta,
-            other => return Err(unexpected(&other)),
+        let receipt_kind = match kind {
+            AckKind::Delivered => v1::ReceiptKind::Delivered,
+            AckKind::Read => v1::ReceiptKind::Read,
         };
-        let (before, receipt_kind) = match kind {
-            AckKind::Delivered => (meta.delivered_seq, v1::ReceiptKind::Delivered),
-            AckKind::Read => (meta.read_seq, v1::ReceiptKind::Read),
-        };
-        let target = up_to.min(meta.last_seq);
-        let passed = if target > before {
-            let q = Q::Entries(query::Entries {
-                user: user.clone(),
-                after: before,
-                limit: ((target - before).min(u64::from(MAX_RECEIPTS_PER_ACK))) as u32,
-            });
-            match self.read_async(p, q).await? {
-                A::Entries(e) => e.entries,
-                other => return Err(unexpected(&other)),
-            }
-        } else {
-            Vec::new()
-        };
-        // The cursor moves only as far as the receipts cover: up to what the inbox held
-        // when they were computed (a later entry waits for a later acknowledgement).
         let op = Op::Ack(command::Ack {
             user: user.clone(),
             read: kind == AckKind::Read,
-            up_to: target,
+            up_to,
         });
         let cursors = match self.propose_async(p, op).await? {
             outcome::Result::Cursors(c) => c,
             other => return Err(unexpected_outcome(&other)),
         };
-        let mut latest: BTreeMap<String, String> = BTreeMap::new();
-        for e in passed
-            .into_iter()
-            .filter(|e| e.seq <= target)
-            .filter_map(|e| e.entry)
-        {
-            // Not for group messages, own copies, or receipts themselves.
-            if e.kind == ConversationKind::Private as u32 && e.from != user && e.receipt.is_none() {
-                latest.insert(e.from, e.message_id);
-            }
-        }
         let now = storage::now_ms();
-        for (sender, message_id) in latest {
+        for passed in cursors.passed {
             let receipt = v1::Receipt {
                 kind: receipt_kind as i32,
-                message_id,
+                message_id: passed.message_id,
                 by: user.clone(),
                 timestamp_ms: now,
                 seq: 0,
             };
             let me = self.clone();
+            let sender = passed.from;
             self.runtime
                 .spawn(async move { me.store_receipt(sender, receipt).await });
         }

@@ -13,10 +13,11 @@ use crate::placement::{self, Partition};
 use crate::store::{Result, Store, decode};
 use chat_protocol::internal::command::{self, Op};
 use chat_protocol::internal::outcome::{self, Fanned, Posted};
-use chat_protocol::internal::response::{Appended, Cursors};
+use chat_protocol::internal::response::{self, Appended, Cursors};
 use chat_protocol::internal::{Command, Empty, GroupMessage, GroupRecord, InboxEntry, InboxMeta, Outcome};
 use chat_protocol::v1::ConversationKind;
 use prost::Message;
+use std::collections::BTreeMap;
 
 /// Most of the oldest entries one append removes for retention (the rest go with later
 /// appends, so one append never does unbounded work).
@@ -316,10 +317,13 @@ fn trim(
     Ok(())
 }
 
+/// Moves a cursor; the outcome names the private messages it passed (see [`passed`]).
 fn ack(p: Partition, store: &mut impl Store, a: &command::Ack) -> Result<Cursors> {
     let mut meta = inbox_meta(p, store, &a.user)?;
     let before = meta;
     let up_to = a.up_to.min(meta.last_seq);
+    let from = if a.read { meta.read_seq } else { meta.delivered_seq };
+    let passed = passed(p, store, &a.user, from, up_to)?;
     meta.delivered_seq = meta.delivered_seq.max(up_to);
     if a.read {
         // Reading implies delivery.
@@ -334,7 +338,40 @@ fn ack(p: Partition, store: &mut impl Store, a: &command::Ack) -> Result<Cursors
     Ok(Cursors {
         delivered: meta.delivered_seq,
         read: meta.read_seq,
+        passed,
     })
+}
+
+/// Entries a receipt may look at per acknowledgement (the latest ones).
+pub const MAX_RECEIPTS_PER_ACK: u64 = 1000;
+
+/// The private messages from others in `user`'s inbox after seq `from` up to `to`
+/// (at most the last [`MAX_RECEIPTS_PER_ACK`] of them), the latest per sender: a
+/// receipt for it covers the sender's earlier ones. Not group messages, own copies or
+/// receipts.
+fn passed(p: Partition, store: &impl Store, user: &str, from: u64, to: u64) -> Result<Vec<response::Passed>> {
+    if to <= from {
+        return Ok(Vec::new());
+    }
+    let start = from.max(to - MAX_RECEIPTS_PER_ACK.min(to));
+    let prefix = keys::scoped(p, tree::INBOX, user, kind::ENTRY);
+    let after = keys::seq_key(p, tree::INBOX, user, kind::ENTRY, start);
+    let mut latest: BTreeMap<String, String> = BTreeMap::new();
+    for (key, value) in store.scan(&prefix, Some(&after), (to - start) as usize)? {
+        if keys::seq_of(&key) > to {
+            break;
+        }
+        let Some(e) = decode::<InboxEntry>(Some(value), "inbox entry")? else {
+            continue;
+        };
+        if e.kind == ConversationKind::Private as u32 && e.from != user && e.receipt.is_none() {
+            latest.insert(e.from, e.message_id);
+        }
+    }
+    Ok(latest
+        .into_iter()
+        .map(|(from, message_id)| response::Passed { from, message_id })
+        .collect())
 }
 
 fn post(p: Partition, store: &mut impl Store, post: command::Post) -> Result<outcome::Result> {
@@ -561,26 +598,73 @@ mod tests {
                 up_to,
             })
         };
-        assert_eq!(
-            run(p, &mut s, ack(false, 2)),
-            outcome::Result::Cursors(Cursors {
-                delivered: 2,
-                read: 0
+        let cursors = |r: outcome::Result| match r {
+            outcome::Result::Cursors(c) => (c.delivered, c.read),
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(cursors(run(p, &mut s, ack(false, 2))), (2, 0));
+        assert_eq!(cursors(run(p, &mut s, ack(false, 1))), (2, 0));
+        assert_eq!(cursors(run(p, &mut s, ack(true, 99))), (4, 4));
+    }
+
+    #[test]
+    fn an_ack_names_the_latest_private_message_it_passed_per_sender() {
+        let (p, mut s) = (11, MemStore::default());
+        let bob = user_in(p, 0);
+        register(p, &mut s, &bob);
+        let mut from = |sender: &str, id: &str, kind: ConversationKind, receipt: bool| {
+            let mut op = send(&bob, sender, id, command::Retention::default());
+            if let Op::Append(a) = &mut op {
+                let entry = a.entry.as_mut().unwrap();
+                entry.kind = kind as u32;
+                if receipt {
+                    entry.receipt = Some(chat_protocol::v1::Receipt::default());
+                }
+            }
+            appended(run(p, &mut s, op)).message_id
+        };
+        let a1 = from("alice", "a1", ConversationKind::Private, false);
+        let c1 = from("carol", "c1", ConversationKind::Private, false);
+        let a2 = from("alice", "a2", ConversationKind::Private, false);
+        from("dave", "g1", ConversationKind::Group, false);
+        from(&bob, "own", ConversationKind::Private, false);
+        from("erin", "r1", ConversationKind::Private, true);
+        let c2 = from("carol", "c2", ConversationKind::Private, false);
+        let ack = |read, up_to| {
+            Op::Ack(command::Ack {
+                user: bob.clone(),
+                read,
+                up_to,
             })
+        };
+        let passed = |r: outcome::Result| match r {
+            outcome::Result::Cursors(c) => c
+                .passed
+                .into_iter()
+                .map(|p| (p.from, p.message_id))
+                .collect::<Vec<_>>(),
+            other => panic!("{other:?}"),
+        };
+        let (alice, carol) = (String::from("alice"), String::from("carol"));
+        assert_eq!(
+            passed(run(p, &mut s, ack(false, 1))),
+            vec![(alice.clone(), a1.clone())]
+        );
+        // Group messages, own copies and receipts get no receipt; only the latest per
+        // sender does; the cursor stops at the inbox's end.
+        assert_eq!(
+            passed(run(p, &mut s, ack(false, 99))),
+            vec![(alice.clone(), a2.clone()), (carol.clone(), c2.clone())]
+        );
+        assert_eq!(passed(run(p, &mut s, ack(false, 99))), vec![], "passed once");
+        // Reading passes them again, for read receipts.
+        assert_eq!(
+            passed(run(p, &mut s, ack(true, 2))),
+            vec![(alice.clone(), a1), (carol.clone(), c1)]
         );
         assert_eq!(
-            run(p, &mut s, ack(false, 1)),
-            outcome::Result::Cursors(Cursors {
-                delivered: 2,
-                read: 0
-            })
-        );
-        assert_eq!(
-            run(p, &mut s, ack(true, 99)),
-            outcome::Result::Cursors(Cursors {
-                delivered: 4,
-                read: 4
-            })
+            passed(run(p, &mut s, ack(true, 7))),
+            vec![(alice, a2), (carol, c2)]
         );
     }
 

@@ -413,8 +413,13 @@ fn inbox_from_wire(op: inbox_op::Op, a: &Answer, remote: &Arc<Remote>) -> Result
         Op::Ack(k) => InboxMsg::Ack {
             kind: if k.read { AckKind::Read } else { AckKind::Delivered },
             up_to: k.up_to,
-            reply: a
-                .with(|(delivered, read)| response::Result::Cursors(response::Cursors { delivered, read })),
+            reply: a.with(|(delivered, read)| {
+                response::Result::Cursors(response::Cursors {
+                    delivered,
+                    read,
+                    passed: Vec::new(),
+                })
+            }),
         },
         Op::Membership(m) => InboxMsg::Membership {
             group: m.group,
