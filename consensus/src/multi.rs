@@ -15,7 +15,7 @@ use crate::store::{LogStore, LogWrite, PersistedLog};
 use protobuf::Message as _;
 use raft::eraftpb::{ConfChange, ConfChangeV2, ConfState, Entry, EntryType, Message, MessageType};
 use raft::{RawNode, ReadOnlyOption, StateRole, Storage};
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
 /// A node of the cluster, as Raft numbers it (never 0).
 pub type NodeId = u64;
@@ -617,6 +617,10 @@ impl<P> MultiRaft<P> {
     /// For a leader: takes the next step of moving the group's voters to `target`
     /// (see [`crate::reconfig`]). Does nothing elsewhere or while a change is pending.
     pub fn move_towards(&mut self, group: GroupId, target: &[NodeId]) {
+        // A peer not heard from lately is not caught up, whatever it matched before it
+        // went silent: never the heir of a leadership transfer (raft-rs drops every
+        // proposal while one is under way, and this one would be retried for ever).
+        let alive: BTreeSet<NodeId> = self.heard.keys().copied().filter(|n| self.alive(*n)).collect();
         let Some(g) = self.groups.get_mut(&group) else {
             return;
         };
@@ -626,7 +630,12 @@ impl<P> MultiRaft<P> {
         let conf = g.node.raft.prs().conf().to_conf_state();
         let last = g.node.raft.raft_log.last_index();
         let prs = g.node.raft.prs();
-        let matched = |n: NodeId| prs.get(n).map(|pr| pr.matched).unwrap_or(0);
+        let matched = |n: NodeId| {
+            prs.get(n)
+                .filter(|_| alive.contains(&n))
+                .map(|pr| pr.matched)
+                .unwrap_or(0)
+        };
         match crate::reconfig::next_step(self.id, &conf, target, matched, last) {
             crate::reconfig::Step::Wait => {}
             crate::reconfig::Step::TransferTo(heir) => g.node.transfer_leader(heir),
@@ -1306,6 +1315,72 @@ mod tests {
         let mut round = settle(&mut raft);
         round.dropped.sort_unstable();
         assert_eq!(round.dropped, vec![10, 11]);
+    }
+
+    /// Plays the peers in `answering` for what node 1 sent: votes granted, appends
+    /// taken, heartbeats answered.
+    fn peers_answer(raft: &mut MultiRaft<u32>, group: GroupId, sent: Vec<Outgoing>, answering: &[NodeId]) {
+        for out in sent {
+            let m = out.message;
+            if !answering.contains(&m.to) {
+                continue;
+            }
+            let mut answer = Message::default();
+            (answer.from, answer.to, answer.term) = (m.to, 1, m.term);
+            match m.get_msg_type() {
+                MessageType::MsgRequestPreVote => answer.set_msg_type(MessageType::MsgRequestPreVoteResponse),
+                MessageType::MsgRequestVote => answer.set_msg_type(MessageType::MsgRequestVoteResponse),
+                MessageType::MsgAppend => {
+                    answer.set_msg_type(MessageType::MsgAppendResponse);
+                    answer.index = m.entries.last().map_or(m.index, |e| e.index);
+                }
+                MessageType::MsgHeartbeat => {
+                    answer.set_msg_type(MessageType::MsgHeartbeatResponse);
+                    answer.context = m.context.clone();
+                }
+                _ => continue,
+            }
+            raft.step(group, answer).unwrap();
+        }
+    }
+
+    #[test]
+    fn leadership_is_never_handed_to_a_peer_gone_silent() {
+        let mut raft = MultiRaft::new(
+            1,
+            RaftConfig {
+                fixed_election_timeout: true,
+                ..RaftConfig::default()
+            },
+            discard(),
+        );
+        raft.create(3, &[1, 2, 3]).unwrap();
+        let mut transfers = Vec::new();
+        let mut run = |raft: &mut MultiRaft<u32>, ticks: usize, answering: &[NodeId]| {
+            for _ in 0..ticks {
+                raft.tick();
+                for _ in 0..3 {
+                    let sent = settle(raft).send;
+                    transfers.extend(
+                        sent.iter()
+                            .filter(|o| o.message.get_msg_type() == MessageType::MsgTimeoutNow)
+                            .map(|o| o.message.to),
+                    );
+                    peers_answer(raft, 3, sent, answering);
+                }
+            }
+        };
+        run(&mut raft, 40, &[2, 3]);
+        assert!(raft.is_leader(3));
+        raft.propose(3, vec![1], 1).unwrap();
+        run(&mut raft, 3, &[2, 3]);
+        // Node 2 goes silent (it was caught up when last heard); node 3 still answers.
+        run(&mut raft, 2 * RaftConfig::default().election_ticks + 2, &[3]);
+        assert!(raft.is_leader(3), "node 3 keeps the majority");
+        // Placement wants node 1 out: leadership goes to the live voter, not node 2.
+        raft.move_towards(3, &[2, 3]);
+        run(&mut raft, 1, &[3]);
+        assert_eq!(transfers, vec![3], "handed over to the live voter only");
     }
 
     #[test]
