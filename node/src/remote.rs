@@ -93,7 +93,13 @@ pub struct Remote {
     consensus: std::sync::OnceLock<crate::consensus::driver::Handle>,
     /// What answers reads of partitions led here.
     reader: std::sync::OnceLock<Reader>,
+    /// Continuations of proposals' outcomes, run in order by one task rather than on
+    /// the consensus thread (they encode, decode and push; the thread only decides).
+    outcomes: Option<tokio::sync::mpsc::UnboundedSender<Continuation>>,
 }
+
+/// Work handed off the consensus thread.
+type Continuation = Box<dyn FnOnce() + Send>;
 
 struct LocalSession {
     mailbox: Mailbox,
@@ -108,6 +114,16 @@ fn unavailable(node: &str) -> ChatError {
 impl Remote {
     /// The hub of node `me`.
     pub fn new(me: &str, view: ClusterView) -> Arc<Self> {
+        let runtime = tokio::runtime::Handle::try_current().ok();
+        let outcomes = runtime.as_ref().map(|runtime| {
+            let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<Continuation>();
+            runtime.spawn(async move {
+                while let Some(work) = rx.recv().await {
+                    work();
+                }
+            });
+            tx
+        });
         Arc::new(Self {
             me: me.to_owned(),
             view,
@@ -119,11 +135,25 @@ impl Remote {
             next_id: AtomicU64::new((crate::auth::random_u64() >> 1).max(1)),
             sessions: Mutex::default(),
             users: Mutex::default(),
-            runtime: tokio::runtime::Handle::try_current().ok(),
+            runtime,
             replicator: std::sync::OnceLock::new(),
             consensus: std::sync::OnceLock::new(),
             reader: std::sync::OnceLock::new(),
+            outcomes,
         })
+    }
+
+    /// Runs `work` after the continuations handed off before it, off the calling
+    /// (consensus) thread; on it when there is no runtime.
+    fn off_driver(&self, work: Continuation) {
+        match &self.outcomes {
+            Some(tx) => {
+                if let Err(tokio::sync::mpsc::error::SendError(work)) = tx.send(work) {
+                    work();
+                }
+            }
+            None => work(),
+        }
     }
 
     /// Hands peers' Raft messages to `consensus` from now on.
@@ -314,14 +344,17 @@ impl Remote {
                 consensus.propose(
                     partition,
                     command,
-                    Box::new(move |result| match result {
-                        Ok(outcome) => reply(Ok(response::Result::Outcome(outcome.encode_to_vec()))),
-                        Err(e) => match next(&me, &e) {
-                            Some(node) => {
-                                me.forward(&node, partition, AtLeader::Propose(again), hops + 1, reply)
-                            }
-                            None => reply(Err(unavailable(e))),
-                        },
+                    Box::new(move |result| {
+                        let handoff = me.clone();
+                        handoff.off_driver(Box::new(move || match result {
+                            Ok(outcome) => reply(Ok(response::Result::Outcome(outcome.encode_to_vec()))),
+                            Err(e) => match next(&me, &e) {
+                                Some(node) => {
+                                    me.forward(&node, partition, AtLeader::Propose(again), hops + 1, reply)
+                                }
+                                None => reply(Err(unavailable(e))),
+                            },
+                        }))
                     }),
                 );
             }
