@@ -34,7 +34,7 @@ pub enum ClientError {
     #[error("framing: {0}")]
     Codec(#[from] CodecError),
     /// The server answered with an error.
-    #[error("{code:?}: {message}")]
+    #[error("{}", server_text(*code, message))]
     Server {
         /// The protocol error code.
         code: ErrorCode,
@@ -50,9 +50,41 @@ pub enum ClientError {
     /// TLS could not be set up.
     #[error("TLS: {0}")]
     Tls(String),
+    /// A message text longer than the node accepts (refused before sending).
+    #[error("the message is {len} bytes long; the server accepts at most {max}")]
+    TooLong {
+        /// The text's length in bytes.
+        len: usize,
+        /// The node's limit (`LoginOk.max_text_bytes`).
+        max: usize,
+    },
     /// The server answered with something unexpected.
     #[error("unexpected answer: {0}")]
     Unexpected(String),
+}
+
+/// A server error in words: its message, or what its code means when it has none.
+fn server_text(code: ErrorCode, message: &str) -> String {
+    if !message.trim().is_empty() {
+        return message.to_owned();
+    }
+    match code {
+        ErrorCode::BadRequest => "the server could not read the request",
+        ErrorCode::UnsupportedVersion => "this client is too old or too new for the server",
+        ErrorCode::NotAuthenticated => "log in first",
+        ErrorCode::InvalidCredentials => "wrong username, password or token",
+        ErrorCode::UsernameTaken => "that username is taken",
+        ErrorCode::InvalidName => "names are 1 to 32 of A-Z a-z 0-9 _ . -",
+        ErrorCode::NotFound => "no such user or group",
+        ErrorCode::NotAMember => "you are not a member of that group",
+        ErrorCode::AlreadyExists => "that group already exists",
+        ErrorCode::FrameTooLarge => "the request is larger than the server accepts",
+        ErrorCode::RateLimited => "too many requests; try again shortly",
+        ErrorCode::Unavailable => "the server cannot serve this right now; try again",
+        ErrorCode::Internal => "the server failed; try again",
+        ErrorCode::Unexpected | ErrorCode::Unspecified => "the server did not expect this request",
+    }
+    .to_owned()
 }
 
 impl ClientError {
@@ -119,6 +151,8 @@ pub struct Client {
     closed: Arc<AtomicBool>,
     next_id: Arc<AtomicU64>,
     timeout: Duration,
+    /// The longest text the node takes (from `LoginOk`; 0 before a login says).
+    max_text: Arc<AtomicU64>,
     /// What the server said in HelloOk.
     pub hello: v1::HelloOk,
 }
@@ -232,6 +266,7 @@ impl Client {
             closed,
             next_id: Arc::new(AtomicU64::new(1)),
             timeout: DEFAULT_TIMEOUT,
+            max_text: Arc::default(),
             hello: v1::HelloOk::default(),
         };
         let hello = client
@@ -274,6 +309,7 @@ impl Client {
                     closed: closed.clone(),
                     next_id: next_id.clone(),
                     timeout: DEFAULT_TIMEOUT,
+                    max_text: Arc::default(),
                     hello: hello.clone(),
                 };
                 if me.is_closed() || me.ping(0).await.is_err() {
@@ -360,7 +396,11 @@ impl Client {
             }))
             .await?
         {
-            Resp::LoginOk(ok) => Ok(ok),
+            Resp::LoginOk(ok) => {
+                self.max_text
+                    .store(u64::from(ok.max_text_bytes), Ordering::Relaxed);
+                Ok(ok)
+            }
             other => Err(unexpected(other)),
         }
     }
@@ -384,6 +424,21 @@ impl Client {
         }
     }
 
+    /// The longest message text the node accepts, once a login has said (else 0).
+    pub fn max_text_bytes(&self) -> usize {
+        self.max_text.load(Ordering::Relaxed) as usize
+    }
+
+    /// Refuses a text longer than the node said it accepts, before anything is sent
+    /// (a frame over the node's limit would close the connection).
+    fn check_length(&self, text: &str) -> Result<()> {
+        let max = self.max_text_bytes();
+        if max > 0 && text.len() > max {
+            return Err(ClientError::TooLong { len: text.len(), max });
+        }
+        Ok(())
+    }
+
     /// Sends a private message with a fresh client message id.
     pub async fn send_private(&self, to: &str, text: &str) -> Result<v1::SendAck> {
         self.send_private_with_id(to, &new_client_msg_id(), text).await
@@ -396,6 +451,7 @@ impl Client {
         client_msg_id: &str,
         text: &str,
     ) -> Result<v1::SendAck> {
+        self.check_length(text)?;
         expect_ack(
             self.request(Req::SendPrivate(v1::SendPrivate {
                 to: to.into(),
@@ -418,6 +474,7 @@ impl Client {
         client_msg_id: &str,
         text: &str,
     ) -> Result<v1::SendAck> {
+        self.check_length(text)?;
         expect_ack(
             self.request(Req::SendGroup(v1::SendGroup {
                 group: group.into(),

@@ -183,6 +183,30 @@ async fn cli_failures_exit_non_zero_with_a_clear_message() {
     .unwrap();
     assert!(!success);
     assert!(err.contains("not found"), "{err}");
+    assert!(!err.contains("NotFound"), "no enum names: {err}");
+    // Over the node's text limit (16384 by default, told at login): refused before
+    // sending, with the limit, in every mode that sends.
+    let long = "x".repeat(20_000);
+    for command in [["send", "carol"], ["group-send", "nogroup"]] {
+        let (success, _, err) = cli(&[
+            "--server",
+            s,
+            "--user",
+            "carol",
+            "--password",
+            "pc",
+            command[0],
+            command[1],
+            &long,
+        ])
+        .await
+        .unwrap();
+        assert!(!success);
+        assert!(
+            err.contains("20000 bytes") && err.contains("at most 16384"),
+            "{err}"
+        );
+    }
     let (success, _, err) = cli(&["--server", "127.0.0.1:1", "register", "x", "--password", "p"])
         .await
         .unwrap();
@@ -207,4 +231,76 @@ async fn cli_fails_over_to_the_next_server_address() {
     .unwrap();
     assert!(success, "{err}");
     assert!(out.contains("registered dan"));
+}
+
+/// Lines of a running interactive session's stdout and stderr, as they come.
+async fn wait_line(
+    lines: &mut tokio::sync::mpsc::UnboundedReceiver<String>,
+    what: &str,
+    want: impl Fn(&str) -> bool,
+) -> String {
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        match tokio::time::timeout_at(deadline, lines.recv()).await {
+            Ok(Some(line)) if want(&line) => return line,
+            Ok(Some(_)) => {}
+            Ok(None) => panic!("the session ended before: {what}"),
+            Err(_) => panic!("timed out waiting for: {what}"),
+        }
+    }
+}
+
+#[tokio::test]
+async fn an_interactive_session_refuses_an_oversized_line_goes_on_and_names_messages_in_receipts() {
+    use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
+    let node = Node::start().unwrap();
+    let s = node.addr.as_str();
+    let (success, _, err) = cli(&["--server", s, "register", "alice", "--password", "pa"])
+        .await
+        .unwrap();
+    assert!(success, "{err}");
+    let (bob, _bob_pushes) = node.user("bob").await.unwrap();
+    let mut child = tokio::process::Command::new(chat_tests::bin("chat"))
+        .args(["--server", s, "--user", "alice", "--password", "pa"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let (tx, mut lines) = tokio::sync::mpsc::unbounded_channel();
+    let mut stdout = tokio::io::BufReader::new(child.stdout.take().unwrap()).lines();
+    let mut stderr = tokio::io::BufReader::new(child.stderr.take().unwrap()).lines();
+    let out_tx = tx.clone();
+    tokio::spawn(async move {
+        while let Ok(Some(line)) = stdout.next_line().await {
+            let _ = out_tx.send(line);
+        }
+    });
+    tokio::spawn(async move {
+        while let Ok(Some(line)) = stderr.next_line().await {
+            let _ = tx.send(line);
+        }
+    });
+    let mut stdin = child.stdin.take().unwrap();
+    wait_line(&mut lines, "logged in", |l| l.contains("logged in as alice")).await;
+    let long = format!("@bob {}\n", "y".repeat(20_000));
+    stdin.write_all(long.as_bytes()).await.unwrap();
+    let refused = wait_line(&mut lines, "the limit", |l| l.contains("at most")).await;
+    assert!(refused.contains("at most 16384"), "{refused}");
+    // The session goes on.
+    stdin
+        .write_all(b"@bob see you at five o'clock on the pier\n")
+        .await
+        .unwrap();
+    wait_line(&mut lines, "sent", |l| l.contains("(sent")).await;
+    let page = bob.sync(0, 10).await.unwrap();
+    let last = page.messages.iter().map(|d| d.seq).max().unwrap();
+    bob.ack_read(last).await.unwrap();
+    let receipt = wait_line(&mut lines, "the read receipt", |l| l.contains("read by bob")).await;
+    assert!(
+        receipt.contains("\"see you at five o'clock on the…\""),
+        "{receipt}"
+    );
+    stdin.write_all(b":q\n").await.unwrap();
 }

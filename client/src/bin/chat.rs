@@ -340,6 +340,8 @@ async fn interactive(
 ) -> Result<()> {
     println!("logged in as {user}; :help for commands");
     let mut last = print_backlog(&client, delivered).await?;
+    // What this session sent, by message id: receipts name the message, not its id.
+    let mut sent: std::collections::HashMap<String, String> = std::collections::HashMap::new();
     let mut lines = tokio::io::BufReader::new(tokio::io::stdin()).lines();
     loop {
         tokio::select! {
@@ -352,7 +354,15 @@ async fn interactive(
                     }
                 }
                 Some(Push::Receipt(r)) => {
-                    println!("  ({:?} by {}: {})", r.kind(), r.by, r.message_id);
+                    let what = match sent.get(&r.message_id) {
+                        Some(excerpt) => format!("\"{excerpt}\""),
+                        None => r.message_id.clone(),
+                    };
+                    let kind = match r.kind() {
+                        chat_client::proto::ReceiptKind::Read => "read",
+                        _ => "delivered",
+                    };
+                    println!("  ({kind} by {}: {what})", r.by);
                     if r.seq > last {
                         last = r.seq;
                         let _ = client.ack_delivered(last).await;
@@ -364,7 +374,7 @@ async fn interactive(
             },
             line = lines.next_line() => {
                 let Some(line) = line? else { return Ok(()) };
-                match command(&client, line.trim()).await {
+                match command(&client, line.trim(), &mut sent).await {
                     Ok(true) => return Ok(()),
                     Ok(false) => {}
                     Err(e) => eprintln!("error: {e:#}"),
@@ -374,8 +384,25 @@ async fn interactive(
     }
 }
 
-/// Runs one interactive line; true means quit.
-async fn command(client: &Client, line: &str) -> Result<bool> {
+/// At most this many characters of a message name it in a receipt.
+const EXCERPT_CHARS: usize = 30;
+
+fn excerpt(text: &str) -> String {
+    let mut chars = text.chars();
+    let short: String = chars.by_ref().take(EXCERPT_CHARS).collect();
+    if chars.next().is_some() {
+        format!("{short}…")
+    } else {
+        short
+    }
+}
+
+/// Runs one interactive line; true means quit. What it sends goes into `sent`.
+async fn command(
+    client: &Client,
+    line: &str,
+    sent: &mut std::collections::HashMap<String, String>,
+) -> Result<bool> {
     let (head, rest) = line.split_once(' ').map_or((line, ""), |(h, r)| (h, r.trim()));
     let arg = |what: &str| -> Result<&str> {
         if rest.is_empty() {
@@ -411,6 +438,7 @@ async fn command(client: &Client, line: &str) -> Result<bool> {
         h if h.starts_with('@') && h.len() > 1 => {
             let ack = client.send_private(&h[1..], arg("TEXT")?).await?;
             println!("  (sent {})", ack.message_id);
+            sent.insert(ack.message_id, excerpt(rest));
         }
         h if h.starts_with('#') && h.len() > 1 => {
             let ack = client.send_group(&h[1..], arg("TEXT")?).await?;

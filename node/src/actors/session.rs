@@ -396,6 +396,8 @@ impl SessionState {
                                 delivered_seq: meta.delivered_seq,
                                 last_seq: meta.last_seq,
                                 nodes,
+                                max_text_bytes: u32::try_from(self.ctx.config.client.max_text_bytes)
+                                    .unwrap_or(u32::MAX),
                             }),
                         );
                         // Pushed while the login read the cursors, past them.
