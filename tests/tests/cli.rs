@@ -240,12 +240,13 @@ async fn wait_line(
     want: impl Fn(&str) -> bool,
 ) -> String {
     let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(20);
+    let mut seen = Vec::new();
     loop {
         match tokio::time::timeout_at(deadline, lines.recv()).await {
             Ok(Some(line)) if want(&line) => return line,
-            Ok(Some(_)) => {}
-            Ok(None) => panic!("the session ended before: {what}"),
-            Err(_) => panic!("timed out waiting for: {what}"),
+            Ok(Some(line)) => seen.push(line),
+            Ok(None) => panic!("the session ended before: {what}; it said {seen:#?}"),
+            Err(_) => panic!("timed out waiting for: {what}; it said {seen:#?}"),
         }
     }
 }
@@ -302,5 +303,124 @@ async fn an_interactive_session_refuses_an_oversized_line_goes_on_and_names_mess
         receipt.contains("\"see you at five o'clock on the…\""),
         "{receipt}"
     );
+    stdin.write_all(b":q\n").await.unwrap();
+}
+
+/// Starts an interactive `chat` session with `args`; its stdout and stderr lines arrive
+/// on the returned channel.
+fn interactive(
+    args: &[&str],
+) -> (
+    tokio::process::Child,
+    tokio::process::ChildStdin,
+    tokio::sync::mpsc::UnboundedReceiver<String>,
+) {
+    use tokio::io::AsyncBufReadExt;
+    let mut child = tokio::process::Command::new(chat_tests::bin("chat"))
+        .args(args)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let (tx, lines) = tokio::sync::mpsc::unbounded_channel();
+    let mut stdout = tokio::io::BufReader::new(child.stdout.take().unwrap()).lines();
+    let mut stderr = tokio::io::BufReader::new(child.stderr.take().unwrap()).lines();
+    let out_tx = tx.clone();
+    tokio::spawn(async move {
+        while let Ok(Some(line)) = stdout.next_line().await {
+            let _ = out_tx.send(line);
+        }
+    });
+    tokio::spawn(async move {
+        while let Ok(Some(line)) = stderr.next_line().await {
+            let _ = tx.send(line);
+        }
+    });
+    let stdin = child.stdin.take().unwrap();
+    (child, stdin, lines)
+}
+
+#[tokio::test]
+async fn an_interactive_session_rides_out_the_loss_of_its_node() {
+    use chat_tests::{NodeOpts, free_port, wait_for};
+    use tokio::io::AsyncWriteExt;
+    // Three nodes, two copies of every partition: two of them serve everything.
+    let seed = free_port();
+    let mut a = Node::start_with(NodeOpts::member("cli-a", seed, &[], "cli-cookie")).unwrap();
+    let b = Node::start_with(NodeOpts::member("cli-b", free_port(), &[seed], "cli-cookie")).unwrap();
+    let c = Node::start_with(NodeOpts::member("cli-c", free_port(), &[seed], "cli-cookie")).unwrap();
+    for node in [&a, &b, &c] {
+        wait_for(
+            "the cluster to settle",
+            std::time::Duration::from_secs(40),
+            || async {
+                let status = chat_tests::cluster_status(node).await?;
+                status["settled"].as_bool().filter(|s| *s)
+            },
+        )
+        .await
+        .unwrap();
+    }
+    let (success, _, err) = cli(&["--server", &a.addr, "register", "alice", "--password", "pa"])
+        .await
+        .unwrap();
+    assert!(success, "{err}");
+    let (bob, _bob_pushes) = b.user("bob").await.unwrap();
+    let (_child, mut stdin, mut lines) = interactive(&[
+        "--server",
+        &a.addr,
+        "--server",
+        &b.addr,
+        "--user",
+        "alice",
+        "--password",
+        "pa",
+    ]);
+    wait_line(&mut lines, "logged in", |l| l.contains("logged in as alice")).await;
+    a.kill9();
+    wait_line(&mut lines, "the loss", |l| {
+        l.contains("connection to the server lost")
+    })
+    .await;
+    // Bob writes while alice is away (resending until the surviving node takes it).
+    let id = chat_client::new_client_msg_id();
+    wait_for(
+        "bob's message to be taken",
+        std::time::Duration::from_secs(40),
+        || async {
+            bob.send_private_with_id("alice", &id, "while you were away")
+                .await
+                .ok()
+        },
+    )
+    .await
+    .unwrap();
+    wait_line(&mut lines, "reconnected", |l| l.starts_with("-- reconnected")).await;
+    wait_line(&mut lines, "bob's message", |l| {
+        l.contains("bob -> alice: while you were away")
+    })
+    .await;
+    // And alice writes on.
+    stdin.write_all(b"@bob back again\n").await.unwrap();
+    wait_line(&mut lines, "sent", |l| l.contains("(sent")).await;
+    // Stored once in bob's inbox (read back: pushes to a session whose inbox moved
+    // with the failover are the core's business, not the CLI's).
+    let count = wait_for(
+        "alice's message in bob's inbox",
+        std::time::Duration::from_secs(20),
+        || async {
+            let inbox = bob.sync_all(0).await.ok()?;
+            let n = inbox
+                .iter()
+                .filter(|d| d.from == "alice" && d.text == "back again")
+                .count();
+            (n > 0).then_some(n)
+        },
+    )
+    .await
+    .unwrap();
+    assert_eq!(count, 1);
     stdin.write_all(b":q\n").await.unwrap();
 }

@@ -169,7 +169,14 @@ async fn run(cli: Cli) -> Result<()> {
     let Some(command) = cli.command else {
         let (user, password) = credentials(&cli.user, &cli.password)?;
         let ok = client.login(&user, &password).await?;
-        return interactive(client, pushes, &user, ok.delivered_seq).await;
+        let mut again = Reconnect {
+            addrs: cli.servers.clone(),
+            tls,
+            user,
+            password,
+        };
+        again.learn(&ok);
+        return interactive(client, pushes, again, ok.delivered_seq).await;
     };
     if let Command::Register { name } = &command {
         let password = match &cli.password {
@@ -260,7 +267,8 @@ async fn print_backlog(client: &Client, delivered: u64) -> Result<u64> {
         last = d.seq;
     }
     if last > delivered {
-        client.ack_delivered(last).await?;
+        // Best effort: what was printed stays printed (a lost connection shows next).
+        let _ = client.ack_delivered(last).await;
     }
     Ok(last)
 }
@@ -332,19 +340,118 @@ const HELP: &str = "  @USER TEXT     private message
   :help          this text
   :q             quit";
 
+/// What an interactive session needs to connect and log in again.
+struct Reconnect {
+    /// `--server` addresses, then the nodes logins listed.
+    addrs: Vec<String>,
+    tls: Option<TlsClient>,
+    user: String,
+    password: String,
+}
+
+impl Reconnect {
+    /// Remembers the nodes a login listed, to reconnect to them too.
+    fn learn(&mut self, ok: &chat_client::proto::LoginOk) {
+        for node in &ok.nodes {
+            if !node.client_addr.is_empty() && !self.addrs.contains(&node.client_addr) {
+                self.addrs.push(node.client_addr.clone());
+            }
+        }
+    }
+
+    /// Connects to any node and logs in, with backoff, for up to [`RECONNECT_FOR`];
+    /// then prints what arrived after `last` (and acknowledges it).
+    async fn connect(&mut self, last: &mut u64) -> Result<(Client, UnboundedReceiver<Push>)> {
+        let deadline = tokio::time::Instant::now() + RECONNECT_FOR;
+        let mut wait = Duration::from_millis(200);
+        loop {
+            if let Ok((client, pushes)) = Client::connect_any_with(&self.addrs, self.tls.as_ref()).await {
+                match client.login(&self.user, &self.password).await {
+                    Ok(ok) => {
+                        self.learn(&ok);
+                        println!("-- reconnected; catching up");
+                        match print_backlog(&client, *last).await {
+                            Ok(printed) => {
+                                *last = printed;
+                                return Ok((client, pushes));
+                            }
+                            Err(e) if is_connection_error(&e) => {}
+                            Err(e) => return Err(e),
+                        }
+                    }
+                    Err(e) if is_refusal(&e) => bail!("reconnected, but the login failed: {e}"),
+                    Err(_) => {}
+                }
+            }
+            if tokio::time::Instant::now() >= deadline {
+                bail!(
+                    "no server answered for {}s: {}",
+                    RECONNECT_FOR.as_secs(),
+                    self.addrs.join(", ")
+                );
+            }
+            tokio::time::sleep(wait).await;
+            wait = (wait * 2).min(Duration::from_secs(5));
+        }
+    }
+}
+
+/// How long an interactive session tries to reconnect before it gives up.
+const RECONNECT_FOR: Duration = Duration::from_secs(300);
+
+/// Whether `e` is the connection failing (then reconnecting may help), not the server
+/// refusing the request.
+fn is_connection_error(e: &anyhow::Error) -> bool {
+    e.downcast_ref::<chat_client::ClientError>()
+        .is_some_and(is_connection)
+}
+
+/// Whether a login was refused for good (not the cluster being briefly unable to
+/// serve it, as while a failed node's partitions move).
+fn is_refusal(e: &chat_client::ClientError) -> bool {
+    use chat_client::proto::ErrorCode as C;
+    matches!(
+        e.code(),
+        Some(C::InvalidCredentials | C::NotFound | C::InvalidName | C::BadRequest | C::UnsupportedVersion)
+    )
+}
+
+fn is_connection(e: &chat_client::ClientError) -> bool {
+    use chat_client::ClientError as E;
+    matches!(e, E::Closed | E::Io(_) | E::Timeout(_))
+}
+
+/// A message the connection was lost under before its acknowledgement: resent with the
+/// same client message id after reconnecting (the server stores it once).
+struct Unsent {
+    to: String,
+    client_msg_id: String,
+    text: String,
+}
+
 async fn interactive(
-    client: Client,
+    mut client: Client,
     mut pushes: UnboundedReceiver<Push>,
-    user: &str,
+    mut again: Reconnect,
     delivered: u64,
 ) -> Result<()> {
-    println!("logged in as {user}; :help for commands");
-    let mut last = print_backlog(&client, delivered).await?;
+    println!("logged in as {}; :help for commands", again.user);
+    let mut last = delivered;
+    // Lost while printing the backlog: the loop reconnects at once.
+    let mut lost_at_start = false;
+    match print_backlog(&client, delivered).await {
+        Ok(printed) => last = printed,
+        Err(e) if is_connection_error(&e) => lost_at_start = true,
+        Err(e) => return Err(e),
+    }
     // What this session sent, by message id: receipts name the message, not its id.
     let mut sent: std::collections::HashMap<String, String> = std::collections::HashMap::new();
+    let mut unsent: Option<Unsent> = None;
     let mut lines = tokio::io::BufReader::new(tokio::io::stdin()).lines();
     loop {
-        tokio::select! {
+        let mut lost = std::mem::take(&mut lost_at_start);
+        if !lost {
+            tokio::select! {
             push = pushes.recv() => match push {
                 Some(Push::Delivery(d)) => {
                     if d.seq > last {
@@ -368,16 +475,49 @@ async fn interactive(
                         let _ = client.ack_delivered(last).await;
                     }
                 }
-                Some(Push::Closing(c)) => bail!("server closed the connection: {}", c.reason),
+                Some(Push::Closing(c)) => {
+                    println!("-- the server is closing the connection: {}", c.reason);
+                    lost = true;
+                }
                 Some(Push::Error(e)) => eprintln!("server error: {}", e.message),
-                None => bail!("connection lost"),
+                None => lost = true,
             },
             line = lines.next_line() => {
                 let Some(line) = line? else { return Ok(()) };
-                match command(&client, line.trim(), &mut sent).await {
+                match command(&client, line.trim(), &mut sent, &mut unsent).await {
                     Ok(true) => return Ok(()),
                     Ok(false) => {}
+                    Err(e) if is_connection_error(&e) => {
+                        if unsent.is_some() {
+                            println!("-- not acknowledged yet: it is sent again after reconnecting");
+                        } else {
+                            eprintln!("error: {e:#}");
+                        }
+                        lost = true;
+                    }
                     Err(e) => eprintln!("error: {e:#}"),
+                }
+            }
+            }
+        }
+        if lost {
+            println!("-- connection to the server lost; reconnecting");
+            (client, pushes) = again.connect(&mut last).await?;
+            if let Some(u) = unsent.take() {
+                let ack = match u.to.strip_prefix('#') {
+                    Some(group) => client.send_group_with_id(group, &u.client_msg_id, &u.text).await,
+                    None => {
+                        client
+                            .send_private_with_id(&u.to, &u.client_msg_id, &u.text)
+                            .await
+                    }
+                };
+                match ack {
+                    Ok(ack) => {
+                        println!("  (sent {})", ack.message_id);
+                        sent.insert(ack.message_id, excerpt(&u.text));
+                    }
+                    Err(e) => eprintln!("error: {e}"),
                 }
             }
         }
@@ -397,11 +537,13 @@ fn excerpt(text: &str) -> String {
     }
 }
 
-/// Runs one interactive line; true means quit. What it sends goes into `sent`.
+/// Runs one interactive line; true means quit. What it sends goes into `sent`; a
+/// message the connection was lost under goes into `unsent`.
 async fn command(
     client: &Client,
     line: &str,
     sent: &mut std::collections::HashMap<String, String>,
+    unsent: &mut Option<Unsent>,
 ) -> Result<bool> {
     let (head, rest) = line.split_once(' ').map_or((line, ""), |(h, r)| (h, r.trim()));
     let arg = |what: &str| -> Result<&str> {
@@ -435,14 +577,34 @@ async fn command(
                 println!("{l}");
             }
         }
-        h if h.starts_with('@') && h.len() > 1 => {
-            let ack = client.send_private(&h[1..], arg("TEXT")?).await?;
+        h if (h.starts_with('@') || h.starts_with('#')) && h.len() > 1 => {
+            let text = arg("TEXT")?;
+            let to = if h.starts_with('#') {
+                h.to_owned()
+            } else {
+                h[1..].to_owned()
+            };
+            let client_msg_id = chat_client::new_client_msg_id();
+            let ack = match to.strip_prefix('#') {
+                Some(group) => client.send_group_with_id(group, &client_msg_id, text).await,
+                None => client.send_private_with_id(&to, &client_msg_id, text).await,
+            };
+            let ack = match ack {
+                Ok(ack) => ack,
+                Err(e) => {
+                    let e = anyhow::Error::from(e);
+                    if is_connection_error(&e) {
+                        *unsent = Some(Unsent {
+                            to,
+                            client_msg_id,
+                            text: text.to_owned(),
+                        });
+                    }
+                    return Err(e);
+                }
+            };
             println!("  (sent {})", ack.message_id);
-            sent.insert(ack.message_id, excerpt(rest));
-        }
-        h if h.starts_with('#') && h.len() > 1 => {
-            let ack = client.send_group(&h[1..], arg("TEXT")?).await?;
-            println!("  (sent {})", ack.message_id);
+            sent.insert(ack.message_id, excerpt(text));
         }
         _ => bail!("unknown command {head:?}; :help lists them"),
     }
