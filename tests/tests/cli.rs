@@ -303,6 +303,41 @@ async fn an_interactive_session_refuses_an_oversized_line_goes_on_and_names_mess
         receipt.contains("\"see you at five o'clock on the…\""),
         "{receipt}"
     );
+    // A plain line goes to the conversation last used; `:to` changes it.
+    stdin.write_all(b"and bring the map\n").await.unwrap();
+    wait_line(&mut lines, "sent", |l| l.contains("(sent")).await;
+    stdin.write_all(b":to @nobody-here\nhello?\n").await.unwrap();
+    let refused = wait_line(&mut lines, "an error", |l| l.starts_with("error:")).await;
+    assert!(refused.contains("not found"), "{refused}");
+    let texts: Vec<String> = bob
+        .sync_all(0)
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|d| d.from == "alice")
+        .map(|d| d.text)
+        .collect();
+    assert_eq!(
+        texts,
+        vec!["see you at five o'clock on the pier", "and bring the map"]
+    );
+    // What the session shows, it acknowledges as read: bob gets a read receipt.
+    let before = bob.sync(0, 100).await.unwrap().last_seq;
+    let ack = bob.send_private("alice", "did you see this?").await.unwrap();
+    wait_line(&mut lines, "bob's message", |l| {
+        l.contains("bob -> alice: did you see this?")
+    })
+    .await;
+    let read = chat_tests::wait_for("a read receipt", std::time::Duration::from_secs(20), || async {
+        let receipts = chat_tests::receipts_after(&bob, before).await?;
+        receipts.into_iter().find_map(|d| {
+            let r = d.receipt?;
+            (r.message_id == ack.message_id && r.kind() == chat_client::proto::ReceiptKind::Read).then_some(r)
+        })
+    })
+    .await
+    .unwrap();
+    assert_eq!(read.by, "alice");
     stdin.write_all(b":q\n").await.unwrap();
 }
 

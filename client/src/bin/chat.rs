@@ -257,10 +257,11 @@ fn credentials(user: &Option<String>, password: &Option<String>) -> Result<(Stri
     Ok((user, password))
 }
 
-/// Prints what arrived after `delivered`, acknowledges it, and returns the last seq printed.
-/// Live pushes that arrive meanwhile are newer than the sync's end; callers print pushes
+/// Prints what arrived after `delivered`, acknowledges it (as read when `read`: an
+/// interactive session shows it to its user), and returns the last seq printed. Live
+/// pushes that arrive meanwhile are newer than the sync's end; callers print pushes
 /// above the returned seq only, which keeps the order and drops nothing.
-async fn print_backlog(client: &Client, delivered: u64) -> Result<u64> {
+async fn print_backlog(client: &Client, delivered: u64, read: bool) -> Result<u64> {
     let mut last = delivered;
     for d in client.sync_all(delivered).await? {
         println!("{}", format_delivery(&d));
@@ -268,7 +269,11 @@ async fn print_backlog(client: &Client, delivered: u64) -> Result<u64> {
     }
     if last > delivered {
         // Best effort: what was printed stays printed (a lost connection shows next).
-        let _ = client.ack_delivered(last).await;
+        let _ = if read {
+            client.ack_read(last).await
+        } else {
+            client.ack_delivered(last).await
+        };
     }
     Ok(last)
 }
@@ -281,7 +286,7 @@ async fn recv(
     wait: Duration,
 ) -> Result<()> {
     let deadline = tokio::time::Instant::now() + wait;
-    let mut last = print_backlog(client, delivered).await?;
+    let mut last = print_backlog(client, delivered, false).await?;
     loop {
         let push = tokio::select! {
             _ = tokio::time::sleep_until(deadline) => break,
@@ -330,6 +335,8 @@ async fn history(client: &Client, with: &str) -> Result<Vec<String>> {
 
 const HELP: &str = "  @USER TEXT     private message
   #GROUP TEXT    group message
+  TEXT           to the current conversation (the last one used)
+  :to @U | #G    set the current conversation
   :olu           online users
   :create G      create group G
   :join G        join group G
@@ -370,7 +377,7 @@ impl Reconnect {
                     Ok(ok) => {
                         self.learn(&ok);
                         println!("-- reconnected; catching up");
-                        match print_backlog(&client, *last).await {
+                        match print_backlog(&client, *last, true).await {
                             Ok(printed) => {
                                 *last = printed;
                                 return Ok((client, pushes));
@@ -439,14 +446,12 @@ async fn interactive(
     let mut last = delivered;
     // Lost while printing the backlog: the loop reconnects at once.
     let mut lost_at_start = false;
-    match print_backlog(&client, delivered).await {
+    match print_backlog(&client, delivered, true).await {
         Ok(printed) => last = printed,
         Err(e) if is_connection_error(&e) => lost_at_start = true,
         Err(e) => return Err(e),
     }
-    // What this session sent, by message id: receipts name the message, not its id.
-    let mut sent: std::collections::HashMap<String, String> = std::collections::HashMap::new();
-    let mut unsent: Option<Unsent> = None;
+    let mut state = State::default();
     let mut lines = tokio::io::BufReader::new(tokio::io::stdin()).lines();
     loop {
         let mut lost = std::mem::take(&mut lost_at_start);
@@ -457,11 +462,12 @@ async fn interactive(
                     if d.seq > last {
                         println!("{}", format_delivery(&d));
                         last = d.seq;
-                        let _ = client.ack_delivered(last).await;
+                        // Shown to the user: read (which implies delivered).
+                        let _ = client.ack_read(last).await;
                     }
                 }
                 Some(Push::Receipt(r)) => {
-                    let what = match sent.get(&r.message_id) {
+                    let what = match state.sent.get(&r.message_id) {
                         Some(excerpt) => format!("\"{excerpt}\""),
                         None => r.message_id.clone(),
                     };
@@ -484,11 +490,11 @@ async fn interactive(
             },
             line = lines.next_line() => {
                 let Some(line) = line? else { return Ok(()) };
-                match command(&client, line.trim(), &mut sent, &mut unsent).await {
+                match command(&client, line.trim(), &mut state).await {
                     Ok(true) => return Ok(()),
                     Ok(false) => {}
                     Err(e) if is_connection_error(&e) => {
-                        if unsent.is_some() {
+                        if state.unsent.is_some() {
                             println!("-- not acknowledged yet: it is sent again after reconnecting");
                         } else {
                             eprintln!("error: {e:#}");
@@ -503,7 +509,7 @@ async fn interactive(
         if lost {
             println!("-- connection to the server lost; reconnecting");
             (client, pushes) = again.connect(&mut last).await?;
-            if let Some(u) = unsent.take() {
+            if let Some(u) = state.unsent.take() {
                 let ack = match u.to.strip_prefix('#') {
                     Some(group) => client.send_group_with_id(group, &u.client_msg_id, &u.text).await,
                     None => {
@@ -515,7 +521,7 @@ async fn interactive(
                 match ack {
                     Ok(ack) => {
                         println!("  (sent {})", ack.message_id);
-                        sent.insert(ack.message_id, excerpt(&u.text));
+                        state.sent.insert(ack.message_id, excerpt(&u.text));
                     }
                     Err(e) => eprintln!("error: {e}"),
                 }
@@ -537,14 +543,33 @@ fn excerpt(text: &str) -> String {
     }
 }
 
-/// Runs one interactive line; true means quit. What it sends goes into `sent`; a
-/// message the connection was lost under goes into `unsent`.
-async fn command(
-    client: &Client,
-    line: &str,
-    sent: &mut std::collections::HashMap<String, String>,
-    unsent: &mut Option<Unsent>,
-) -> Result<bool> {
+/// What an interactive session keeps between lines.
+#[derive(Default)]
+struct State {
+    /// What this session sent, by message id: receipts name the message, not its id.
+    sent: std::collections::HashMap<String, String>,
+    /// A message the connection was lost under, to send again.
+    unsent: Option<Unsent>,
+    /// Where a plain line goes: `bob` or `#group` (set by `:to`, or the last one used).
+    current: Option<String>,
+}
+
+/// Runs one interactive line; true means quit.
+async fn command(client: &Client, line: &str, state: &mut State) -> Result<bool> {
+    // A plain line goes to the current conversation.
+    let addressed;
+    let line = if line.is_empty() || line.starts_with([':', '@', '#']) {
+        line
+    } else {
+        let Some(to) = &state.current else {
+            bail!("no conversation yet: start one with @USER TEXT, #GROUP TEXT or :to @USER");
+        };
+        addressed = match to.strip_prefix('#') {
+            Some(_) => format!("{to} {line}"),
+            None => format!("@{to} {line}"),
+        };
+        addressed.as_str()
+    };
     let (head, rest) = line.split_once(' ').map_or((line, ""), |(h, r)| (h, r.trim()));
     let arg = |what: &str| -> Result<&str> {
         if rest.is_empty() {
@@ -572,6 +597,15 @@ async fn command(
             .map(|()| println!("left #{rest}"))?,
         ":groups" => println!("groups: {}", client.my_groups().await?.join(", ")),
         ":members" => println!("members: {}", client.members(arg("GROUP")?).await?.join(", ")),
+        ":to" => {
+            let to = arg("@USER|#GROUP")?;
+            let name = to.strip_prefix('@').unwrap_or(to);
+            if name.is_empty() || name == "#" {
+                bail!("usage: :to @USER or :to #GROUP");
+            }
+            state.current = Some(name.to_owned());
+            println!("-- plain lines now go to {to}");
+        }
         ":history" => {
             for l in history(client, arg("USER|#GROUP")?).await? {
                 println!("{l}");
@@ -589,12 +623,13 @@ async fn command(
                 Some(group) => client.send_group_with_id(group, &client_msg_id, text).await,
                 None => client.send_private_with_id(&to, &client_msg_id, text).await,
             };
+            state.current = Some(to.clone());
             let ack = match ack {
                 Ok(ack) => ack,
                 Err(e) => {
                     let e = anyhow::Error::from(e);
                     if is_connection_error(&e) {
-                        *unsent = Some(Unsent {
+                        state.unsent = Some(Unsent {
                             to,
                             client_msg_id,
                             text: text.to_owned(),
@@ -604,7 +639,7 @@ async fn command(
                 }
             };
             println!("  (sent {})", ack.message_id);
-            sent.insert(ack.message_id, excerpt(text));
+            state.sent.insert(ack.message_id, excerpt(text));
         }
         _ => bail!("unknown command {head:?}; :help lists them"),
     }
