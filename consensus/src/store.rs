@@ -8,7 +8,6 @@
 //! answers "temporarily unavailable", remembers that one is wanted, and the caller offers
 //! one built from its state (raft-rs asks again on its next probe).
 
-use crate::multi::{GroupId, NodeId};
 use raft::eraftpb::{ConfState, Entry, HardState, Snapshot, SnapshotMetadata};
 use raft::storage::MemStorage;
 use raft::{GetEntriesContext, RaftState, Storage};
@@ -53,11 +52,14 @@ pub struct Applied {
 ///   applying were committed and durable in the log already;
 /// - a replica whose records are behind the start of its log cannot be brought back:
 ///   that is an error (`Err(group)`), never a silent loss.
+///
+/// Groups are `GroupId`s and `me` a `NodeId` (spelled `u32` and `u64` here: this module
+/// sits below `multi`, which imports it).
 pub fn reconcile(
-    me: NodeId,
-    logs: &mut BTreeMap<GroupId, PersistedLog>,
-    applied: BTreeMap<GroupId, Applied>,
-) -> Result<(), GroupId> {
+    me: u64,
+    logs: &mut BTreeMap<u32, PersistedLog>,
+    applied: BTreeMap<u32, Applied>,
+) -> Result<(), u32> {
     for (group, state) in applied {
         let log = logs.entry(group).or_default();
         if let Some(mut meta) = state.snapshot

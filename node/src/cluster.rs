@@ -80,6 +80,8 @@ struct ViewState {
     cells: HashMap<String, ActorCell>,
     /// What this node says about the membership (from the registry).
     local: LocalView,
+    /// What this node says about its Raft core: (bootstrap_expect, in_consensus).
+    consensus: (u32, bool),
 }
 
 /// What this node says about itself in its card (set by the registry).
@@ -130,13 +132,23 @@ impl ClusterView {
         v.cells.get(node).cloned()
     }
 
+    /// Sets what this node tells its peers about its Raft core: waiting to start a
+    /// cluster of `bootstrap_expect` nodes (0: not waiting), or in a cluster.
+    pub fn set_consensus(&self, bootstrap_expect: u32, in_consensus: bool) {
+        self.inner.lock().expect("view lock").consensus = (bootstrap_expect, in_consensus);
+    }
+
     /// Sets what this node tells its peers about the membership.
     pub fn set_local(&self, local: LocalView) {
         self.inner.lock().expect("view lock").local = local;
     }
 
     fn fill_card(&self, card: &mut NodeCard) {
-        let local = self.inner.lock().expect("view lock").local.clone();
+        let (local, consensus) = {
+            let inner = self.inner.lock().expect("view lock");
+            (inner.local.clone(), inner.consensus)
+        };
+        (card.bootstrap_expect, card.in_consensus) = consensus;
         card.members = local.members;
         card.left = local.left;
         card.leaving = local.leaving;

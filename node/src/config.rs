@@ -156,6 +156,11 @@ pub struct ClusterConfig {
     /// With `consensus`: the names of the nodes a new cluster starts with, the same
     /// on each of them. Empty: a node without seeds starts a cluster of its own.
     pub initial_members: Vec<String>,
+    /// With `consensus` and no `initial_members`: a new node waits until it sees this
+    /// many new nodes (itself included) all waiting with the same number, and they
+    /// start the cluster together, their names as the first members; a node that sees
+    /// a node already in a cluster joins it instead. 0: off.
+    pub bootstrap_expect: usize,
 }
 
 /// Accounts and tokens.
@@ -233,6 +238,7 @@ impl Default for ClusterConfig {
             replicas: 2,
             consensus: false,
             initial_members: Vec::new(),
+            bootstrap_expect: 0,
         }
     }
 }
@@ -311,6 +317,14 @@ impl Config {
         check(
             (1..=5).contains(&self.cluster.replicas),
             "cluster.replicas must be between 1 and 5",
+        )?;
+        check(
+            self.cluster.bootstrap_expect == 0 || self.cluster.initial_members.is_empty(),
+            "set cluster.initial_members or cluster.bootstrap_expect, not both",
+        )?;
+        check(
+            self.cluster.bootstrap_expect <= 64,
+            "cluster.bootstrap_expect must be at most 64",
         )?;
         check(
             c.max_requests_per_sec == 0 || c.request_burst >= 1,
@@ -393,6 +407,20 @@ mod tests {
         cfg.client.max_frame_bytes = 10;
         let err = cfg.validate().unwrap_err().to_string();
         assert!(err.contains("client.max_frame_bytes"), "{err}");
+    }
+
+    #[test]
+    fn first_members_are_named_or_expected_not_both() {
+        let toml = "[cluster]\nconsensus = true\ninitial_members = [\"a\"]\nbootstrap_expect = 3\n";
+        let err = Config::from_toml(toml)
+            .unwrap()
+            .validate()
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("bootstrap_expect"), "{err}");
+        let cfg = Config::from_toml("[cluster]\nconsensus = true\nbootstrap_expect = 3\n").unwrap();
+        cfg.validate().unwrap();
+        assert_eq!(cfg.cluster.bootstrap_expect, 3);
     }
 
     #[test]

@@ -156,7 +156,8 @@ pub async fn run(config: Config, listeners: Listeners, shutdown: CancellationTok
     }
     let consensus = if config.cluster.consensus {
         let started = start_consensus(&config, &node_name, &storage, &remote, &cluster.view)?;
-        if !first_members(&config, &node_name).contains(&node_name) {
+        let waits = config.cluster.bootstrap_expect > 0 && started.0.started_fresh();
+        if !waits && !first_members(&config, &node_name).contains(&node_name) {
             let addr = cluster.card.cluster_addr.clone();
             tokio::spawn(join_cluster(
                 remote.clone(),
@@ -165,6 +166,17 @@ pub async fn run(config: Config, listeners: Listeners, shutdown: CancellationTok
                 shutdown.clone(),
             ));
         }
+        tokio::spawn(consensus_card(
+            ConsensusCard {
+                view: cluster.view.clone(),
+                handle: started.0.clone(),
+                remote: remote.clone(),
+                name: node_name.clone(),
+                addr: cluster.card.cluster_addr.clone(),
+                expect: if waits { config.cluster.bootstrap_expect } else { 0 },
+            },
+            shutdown.clone(),
+        ));
         Some(started)
     } else {
         None
@@ -336,6 +348,80 @@ fn first_members(config: &Config, node_name: &str) -> Vec<String> {
         first.push(node_name.to_owned());
     }
     first
+}
+
+/// What [`consensus_card`] needs.
+struct ConsensusCard {
+    view: crate::cluster::ClusterView,
+    handle: crate::consensus::driver::Handle,
+    remote: Arc<crate::remote::Remote>,
+    name: String,
+    addr: String,
+    /// `cluster.bootstrap_expect` for a new node waiting to start a cluster, else 0.
+    expect: usize,
+}
+
+/// Keeps this node's card saying whether it is in a cluster, and, for a new node with
+/// `cluster.bootstrap_expect`, starts the cluster once that many new nodes (itself
+/// included) wait with the same number: their names, sorted, are the first members,
+/// the same list on each of them. A node that sees one already in a cluster joins it
+/// instead. More new nodes than expected waiting at once is a mistake of the
+/// operator's: it waits (two clusters would be worse) and says so.
+async fn consensus_card(card: ConsensusCard, shutdown: CancellationToken) {
+    let ConsensusCard {
+        view,
+        handle,
+        remote,
+        name,
+        addr,
+        expect,
+    } = card;
+    let mut waiting = expect > 0;
+    let mut warned = false;
+    loop {
+        let status = handle.status();
+        // A replica of any group (the metadata group's records may live elsewhere).
+        let in_cluster = status.groups > 0 || status.members > 0;
+        waiting &= !in_cluster;
+        view.set_consensus(if waiting { expect as u32 } else { 0 }, in_cluster);
+        if waiting {
+            let up: Vec<_> = view.peers().into_iter().filter(|p| p.up).collect();
+            if let Some(member) = up.iter().find(|p| p.card.in_consensus) {
+                tracing::info!(through = %member.card.name, "a cluster exists: joining it");
+                waiting = false;
+                view.set_consensus(0, false);
+                tokio::spawn(join_cluster(
+                    remote.clone(),
+                    name.clone(),
+                    addr.clone(),
+                    shutdown.clone(),
+                ));
+            } else {
+                let mut names: Vec<String> = up
+                    .iter()
+                    .filter(|p| p.card.bootstrap_expect as usize == expect)
+                    .map(|p| p.card.name.clone())
+                    .collect();
+                names.push(name.clone());
+                names.sort();
+                if names.len() == expect {
+                    let id = crate::consensus::node_id;
+                    handle.bootstrap(names.iter().map(|n| (id(n), n.clone())).collect());
+                } else if names.len() > expect && !warned {
+                    warned = true;
+                    tracing::error!(
+                        expected = expect,
+                        waiting = ?names,
+                        "more new nodes wait to start a cluster than cluster.bootstrap_expect says: not starting one"
+                    );
+                }
+            }
+        }
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tokio::time::sleep(Duration::from_millis(250)) => {}
+        }
+    }
 }
 
 /// A node that is not one of the first members asks the metadata group, through its

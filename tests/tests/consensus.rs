@@ -192,3 +192,43 @@ async fn a_removal_without_a_reachable_majority_is_unavailable_not_done() {
     let c = consensus_of(&alone).await.unwrap();
     assert_eq!(c["settled"], false, "{c}");
 }
+
+#[tokio::test]
+async fn identical_nodes_with_seeds_only_start_one_cluster_and_a_later_one_joins_it() {
+    // No first members named: each waits for three new nodes, then they start the
+    // cluster together; a fourth, started later with the same settings, joins it.
+    let ports = [free_port(), free_port(), free_port(), free_port()];
+    let opts = |name: &str, i: usize| {
+        let seeds: Vec<u16> = ports[..3].iter().copied().filter(|p| *p != ports[i]).collect();
+        let mut o = NodeOpts::member(name, ports[i], &seeds, COOKIE);
+        o.cluster_toml
+            .push_str("consensus = true\nreplicas = 3\nbootstrap_expect = 3\n");
+        o
+    };
+    let mut nodes = Vec::new();
+    for (i, name) in ["b1", "b2", "b3"].iter().enumerate() {
+        nodes.push(Node::start_with(opts(name, i)).unwrap());
+    }
+    let three: Vec<&Node> = nodes.iter().collect();
+    wait_settled(&three, 2 * DEADLINE).await;
+    for node in &three {
+        assert_eq!(consensus_of(node).await.unwrap()["members"], 3);
+    }
+    // One cluster: a message from a user on b1 reaches a user on b3.
+    let (alice, _) = nodes[0].user("alice").await.unwrap();
+    let (bob, mut bob_pushes) = nodes[2].user("bob").await.unwrap();
+    alice.send_private("bob", "one cluster").await.unwrap();
+    let d = chat_tests::next_delivery(&mut bob_pushes).await.unwrap();
+    assert_eq!(d.text, "one cluster");
+    drop(bob);
+    nodes.push(Node::start_with(opts("b4", 3)).unwrap());
+    let four: Vec<&Node> = nodes.iter().collect();
+    for node in &four {
+        wait_for("the members to be four", 2 * DEADLINE, || async move {
+            (consensus_of(node).await?["members"] == 4).then_some(())
+        })
+        .await
+        .unwrap();
+    }
+    wait_settled(&four, 3 * DEADLINE).await;
+}

@@ -152,6 +152,8 @@ enum Input {
     },
     /// The flusher synced the records, applied up to these indexes (or failed).
     Flushed(std::io::Result<BTreeMap<GroupId, u64>>),
+    /// Start a new cluster with these first members, if this node has no group yet.
+    Bootstrap(Vec<(NodeId, String)>),
     Stop,
 }
 
@@ -166,6 +168,8 @@ enum Waiter {
 #[derive(Clone)]
 pub struct Handle {
     tx: mpsc::Sender<Input>,
+    /// The node started with no consensus state at all.
+    fresh: bool,
     status: Arc<Mutex<Status>>,
     led: Arc<Mutex<Vec<Partition>>>,
     placed: Arc<Mutex<Placed>>,
@@ -247,6 +251,18 @@ impl Handle {
         self.led.lock().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
+    /// Starts a new cluster with these first members (id, name), the same list on each
+    /// of them, as `Settings::bootstrap` does at start; ignored once this node has any
+    /// group (it joined, or a cluster was started already).
+    pub fn bootstrap(&self, members: Vec<(NodeId, String)>) {
+        let _ = self.tx.send(Input::Bootstrap(members));
+    }
+
+    /// Whether this node started with no consensus state at all (a new node).
+    pub fn started_fresh(&self) -> bool {
+        self.fresh
+    }
+
     /// Stops the thread after its current round; waiting callers get `Stopped`.
     pub fn stop(&self) {
         let _ = self.tx.send(Input::Stop);
@@ -326,7 +342,8 @@ pub fn start(
     for group in stale {
         disk.clear(group)?;
     }
-    if fresh && bootstrap.iter().any(|(member, _)| *member == id) {
+    let bootstrapped = fresh && bootstrap.iter().any(|(member, _)| *member == id);
+    if bootstrapped {
         create_first_groups(&mut raft, id, replicas, &bootstrap);
     }
     let (tx, rx) = mpsc::channel();
@@ -361,6 +378,7 @@ pub fn start(
     Ok((
         Handle {
             tx,
+            fresh: fresh && !bootstrapped,
             status,
             led,
             placed,
@@ -587,6 +605,13 @@ impl<S: Sync, T: Transport> Driver<S, T> {
                 self.flusher.busy = false;
                 self.flusher.syncs += 1;
                 self.flusher.covered = applied;
+            }
+            Input::Bootstrap(members) => {
+                if self.raft.groups().next().is_none() && self.raft.persisted_logs().is_empty() {
+                    tracing::info!(members = ?members.iter().map(|(_, n)| n).collect::<Vec<_>>(), "starting a new cluster");
+                    let id = self.raft.id();
+                    create_first_groups(&mut self.raft, id, self.replicas, &members);
+                }
             }
             Input::Flushed(Err(e)) => {
                 tracing::error!(error = %e, "consensus stopped: syncing the records failed");
