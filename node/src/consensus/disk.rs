@@ -136,6 +136,25 @@ impl Disk {
         Ok(logs)
     }
 
+    /// Writes `logs` as a data folder of the previous format kept them (for tests of
+    /// the move).
+    #[cfg(test)]
+    pub(crate) fn write_legacy(&self, logs: &BTreeMap<GroupId, PersistedLog>) -> Result<()> {
+        let mut batch = sled::Batch::default();
+        for (group, log) in logs {
+            for entry in &log.entries {
+                batch.insert(log_key(*group, entry.index), encode(entry));
+            }
+            batch.insert(state_key(*group, HARD_STATE), encode(&log.hard_state));
+            batch.insert(state_key(*group, CONF_STATE), encode(&log.conf_state));
+            batch.insert(state_key(*group, SNAPSHOT), encode(&log.snapshot));
+            if let Some(term) = log.tombstone {
+                batch.insert(state_key(*group, TOMBSTONE), term.to_be_bytes().to_vec());
+            }
+        }
+        Ok(self.tree.apply_batch(batch)?)
+    }
+
     /// Removes what [`Disk::load_legacy`] read, once the log file holds it.
     pub fn clear_legacy(&self) -> Result<()> {
         let mut batch = sled::Batch::default();

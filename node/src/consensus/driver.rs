@@ -303,22 +303,22 @@ pub fn start(
         bootstrap,
     } = settings;
     let (mut wal, replayed) = log;
-    let mut persisted = match replayed {
-        Some(logs) => logs,
-        None => {
-            // No log file before: a new node, or a data folder that kept the log in sled.
-            let legacy = disk.load_legacy()?;
-            if !legacy.is_empty() {
-                tracing::info!(
-                    groups = legacy.len(),
-                    "moving the raft log from the database to its own file"
-                );
-                wal.rewrite(&legacy).map_err(wal_failed)?;
-                disk.clear_legacy()?;
-            }
-            legacy
+    let mut persisted = replayed.unwrap_or_default();
+    // A data folder that kept the log in sled: moved to the file once. An empty file
+    // does not count as moved (it is created before the move: a crash may come
+    // between), a full one does (a crash came between the move and the clearing).
+    let legacy = disk.load_legacy()?;
+    if !legacy.is_empty() {
+        if persisted.is_empty() {
+            tracing::info!(
+                groups = legacy.len(),
+                "moving the raft log from the database to its own file"
+            );
+            wal.rewrite(&legacy).map_err(wal_failed)?;
+            persisted = legacy;
         }
-    };
+        disk.clear_legacy()?;
+    }
     if let Err(group) = chat_consensus::reconcile(id, &mut persisted, disk.applied_state()?) {
         tracing::error!(
             group,

@@ -316,6 +316,49 @@ fn records_a_power_cut_lost_are_applied_again_from_the_log() {
 }
 
 #[test]
+fn a_data_folder_that_kept_the_log_in_sled_is_moved_to_the_log_file() {
+    let net = Net::default();
+    let p = 5;
+    let bob = user_in(p, 0);
+    // Whether the log file is missing, or empty (created, then a crash before the move).
+    for empty_file in [false, true] {
+        let dir = tempfile::tempdir().unwrap();
+        let mut node = TestNode::start(1, dir.path(), &net);
+        node.handle.create(p, vec![1]);
+        propose(&[&node], p, register(&bob));
+        for i in 1..=3 {
+            propose(&[&node], p, send(&bob, &format!("m{i}")));
+        }
+        node.stop(&net);
+        // The same log, as the previous format kept it.
+        let raft_dir = dir.path().join("1-raft");
+        let (_, logs) = Wal::open(&raft_dir, 8 << 10).unwrap();
+        Disk::open(&node.db)
+            .unwrap()
+            .write_legacy(&logs.unwrap())
+            .unwrap();
+        std::fs::remove_dir_all(&raft_dir).unwrap();
+        if empty_file {
+            Wal::open(&raft_dir, 8 << 10).unwrap();
+        }
+        drop(node);
+        let mut node = TestNode::start(1, dir.path(), &net);
+        match propose(&[&node], p, send(&bob, "m1")) {
+            outcome::Result::Duplicate(a) => assert_eq!(a.seq, 1, "empty file: {empty_file}"),
+            other => panic!("moved log lost m1 (empty file: {empty_file}): {other:?}"),
+        }
+        let next = propose(&[&node], p, send(&bob, "m4"));
+        assert!(
+            matches!(next, outcome::Result::Appended(ref a) if a.seq == 4),
+            "{next:?}"
+        );
+        node.stop(&net);
+        // Moved once: the database no longer holds the log.
+        assert!(Disk::open(&node.db).unwrap().load_legacy().unwrap().is_empty());
+    }
+}
+
+#[test]
 fn three_nodes_keep_serving_without_one_and_it_catches_up_when_back() {
     let dir = tempfile::tempdir().unwrap();
     let net = Net::default();
