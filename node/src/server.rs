@@ -378,6 +378,12 @@ async fn consensus_card(card: ConsensusCard, shutdown: CancellationToken) {
     } = card;
     let mut waiting = expect > 0;
     let mut warned = false;
+    if waiting {
+        tracing::info!(
+            expect,
+            "new node: waiting for {expect} new nodes (this one included) to start a cluster, or for one already in a cluster to join"
+        );
+    }
     loop {
         let status = handle.status();
         // A replica of any group (the metadata group's records may live elsewhere).
