@@ -324,10 +324,25 @@ async fn an_interactive_session_refuses_an_oversized_line_goes_on_and_names_mess
     // What the session shows, it acknowledges as read: bob gets a read receipt.
     let before = bob.sync(0, 100).await.unwrap().last_seq;
     let ack = bob.send_private("alice", "did you see this?").await.unwrap();
-    wait_line(&mut lines, "bob's message", |l| {
+    let shown = wait_line(&mut lines, "bob's message", |l| {
         l.contains("bob -> alice: did you see this?")
     })
     .await;
+    // With its time: `HH:MM` (or the date before it, across midnight).
+    let time = shown.split(" [").next().unwrap_or_default();
+    let (hours, minutes) = time
+        .rsplit(' ')
+        .next()
+        .unwrap_or_default()
+        .split_once(':')
+        .unwrap_or_default();
+    assert!(
+        hours.len() == 2
+            && minutes.len() == 2
+            && hours.parse::<u8>().is_ok()
+            && minutes.parse::<u8>().is_ok(),
+        "{shown}"
+    );
     let read = chat_tests::wait_for("a read receipt", std::time::Duration::from_secs(20), || async {
         let receipts = chat_tests::receipts_after(&bob, before).await?;
         receipts.into_iter().find_map(|d| {

@@ -136,12 +136,53 @@ enum Command {
     },
 }
 
-#[tokio::main]
-async fn main() {
+/// The local time zone's offset, read once before any thread starts (reading it is
+/// only sound while the process has one thread).
+static LOCAL_OFFSET: std::sync::OnceLock<time::UtcOffset> = std::sync::OnceLock::new();
+
+fn main() {
+    let _ = LOCAL_OFFSET.set(time::UtcOffset::current_local_offset().unwrap_or(time::UtcOffset::UTC));
     let cli = Cli::parse();
-    if let Err(e) = run(cli).await {
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("chat: cannot start: {e}");
+            std::process::exit(1);
+        }
+    };
+    if let Err(e) = runtime.block_on(run(cli)) {
         eprintln!("chat: {e:#}");
         std::process::exit(1);
+    }
+}
+
+/// A message's time in the local zone: `14:03` today, `2026-11-29 14:03` before.
+fn stamp(ms: u64) -> String {
+    let offset = LOCAL_OFFSET.get().copied().unwrap_or(time::UtcOffset::UTC);
+    let at = time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000)
+        .unwrap_or(time::OffsetDateTime::UNIX_EPOCH)
+        .to_offset(offset);
+    let today = time::OffsetDateTime::now_utc().to_offset(offset).date();
+    if at.date() == today {
+        format!("{:02}:{:02}", at.hour(), at.minute())
+    } else {
+        format!(
+            "{}-{:02}-{:02} {:02}:{:02}",
+            at.year(),
+            u8::from(at.month()),
+            at.day(),
+            at.hour(),
+            at.minute()
+        )
+    }
+}
+
+/// A delivery as the CLI prints it: its time, then [`format_delivery`].
+fn show(d: &chat_client::proto::Delivery) -> String {
+    if d.timestamp_ms == 0 {
+        format_delivery(d)
+    } else {
+        format!("{} {}", stamp(d.timestamp_ms), format_delivery(d))
     }
 }
 
@@ -264,7 +305,7 @@ fn credentials(user: &Option<String>, password: &Option<String>) -> Result<(Stri
 async fn print_backlog(client: &Client, delivered: u64, read: bool) -> Result<u64> {
     let mut last = delivered;
     for d in client.sync_all(delivered).await? {
-        println!("{}", format_delivery(&d));
+        println!("{}", show(&d));
         last = d.seq;
     }
     if last > delivered {
@@ -298,11 +339,11 @@ async fn recv(
                     // A gap: fetch what is missing first.
                     for missed in client.sync_all(last).await? {
                         if missed.seq < d.seq {
-                            println!("{}", format_delivery(&missed));
+                            println!("{}", show(&missed));
                         }
                     }
                 }
-                println!("{}", format_delivery(&d));
+                println!("{}", show(&d));
                 last = d.seq;
                 client.ack_delivered(last).await?;
             }
@@ -328,7 +369,7 @@ async fn history(client: &Client, with: &str) -> Result<Vec<String>> {
         None => (ConversationKind::Private, with),
     };
     let page = client.history(kind, name, 0, 50).await?;
-    let mut lines: Vec<String> = page.messages.iter().map(format_delivery).collect();
+    let mut lines: Vec<String> = page.messages.iter().map(show).collect();
     lines.reverse();
     Ok(lines)
 }
@@ -460,7 +501,7 @@ async fn interactive(
             push = pushes.recv() => match push {
                 Some(Push::Delivery(d)) => {
                     if d.seq > last {
-                        println!("{}", format_delivery(&d));
+                        println!("{}", show(&d));
                         last = d.seq;
                         // Shown to the user: read (which implies delivered).
                         let _ = client.ack_read(last).await;
