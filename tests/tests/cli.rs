@@ -184,6 +184,37 @@ async fn cli_failures_exit_non_zero_with_a_clear_message() {
     assert!(!success);
     assert!(err.contains("not found"), "{err}");
     assert!(!err.contains("NotFound"), "no enum names: {err}");
+    // History with someone who does not exist, or of a group that does not, says so
+    // (with a user who exists it is just empty).
+    for with in ["nobody", "#nogroup"] {
+        let (success, _, err) = cli(&[
+            "--server",
+            s,
+            "--user",
+            "carol",
+            "--password",
+            "pc",
+            "history",
+            with,
+        ])
+        .await
+        .unwrap();
+        assert!(!success, "history {with}");
+        assert!(err.contains("not found"), "history {with}: {err}");
+    }
+    let (success, out, err) = cli(&[
+        "--server",
+        s,
+        "--user",
+        "carol",
+        "--password",
+        "pc",
+        "history",
+        "carol",
+    ])
+    .await
+    .unwrap();
+    assert!(success && out.is_empty(), "{out} {err}");
     // Over the node's text limit (16384 by default, told at login): refused before
     // sending, with the limit, in every mode that sends.
     let long = "x".repeat(20_000);

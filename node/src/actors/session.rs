@@ -676,15 +676,38 @@ impl SessionState {
                 });
                 let me = self.me().to_owned();
                 match ConversationKind::try_from(h.kind) {
-                    Ok(ConversationKind::Private) => self.ctx.router.to_inbox(
-                        &me,
-                        InboxMsg::History {
-                            peer: h.conversation,
-                            before: h.before_seq,
-                            limit,
-                            reply,
-                        },
-                    ),
+                    Ok(ConversationKind::Private) => {
+                        // An empty first page: say whether the peer exists at all.
+                        let (router, peer) = (self.ctx.router.clone(), h.conversation.clone());
+                        let first = h.before_seq == 0;
+                        let reply = super::reply(move |r: ChatResult<(Vec<v1::Delivery>, u64)>| match r {
+                            Ok((msgs, next)) if first && msgs.is_empty() => {
+                                router.route(super::registry::Target::Account(
+                                    peer.clone(),
+                                    AccountMsg::Get {
+                                        reply: super::reply(move |a: ChatResult<Option<AccountRecord>>| {
+                                            reply(match a {
+                                                Ok(None) => {
+                                                    Err(ChatError::NotFound(format!("user {peer} not found")))
+                                                }
+                                                _ => Ok((msgs, next)),
+                                            })
+                                        }),
+                                    },
+                                ));
+                            }
+                            other => reply(other),
+                        });
+                        self.ctx.router.to_inbox(
+                            &me,
+                            InboxMsg::History {
+                                peer: h.conversation,
+                                before: h.before_seq,
+                                limit,
+                                reply,
+                            },
+                        )
+                    }
                     Ok(ConversationKind::Group) => self.ctx.router.to_group(
                         &h.conversation,
                         GroupMsg::History {
