@@ -17,6 +17,9 @@ use raft::eraftpb::{ConfChange, ConfChangeV2, ConfState, Entry, EntryType, Messa
 use raft::{RawNode, ReadOnlyOption, StateRole, Storage};
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
+/// Election timeouts during which an heir that did not take over is passed over.
+const TRANSFER_RETRY_ELECTIONS: u64 = 4;
+
 /// A node of the cluster, as Raft numbers it (never 0).
 pub type NodeId = u64;
 
@@ -209,6 +212,8 @@ struct Group<P> {
     /// The last entry compaction dropped (index, term): where the log starts when it
     /// starts after a compaction (the in-memory log forgets that term).
     compacted: Option<(u64, u64)>,
+    /// The last leadership transfer asked here: (heir, tick asked).
+    transfer: Option<(NodeId, u64)>,
 }
 
 /// Every Raft group this node has a replica of.
@@ -312,6 +317,7 @@ impl<P> MultiRaft<P> {
                 initial_write,
                 snapshot_ticks: BTreeMap::new(),
                 compacted: None,
+                transfer: None,
             },
         );
         Ok(())
@@ -621,12 +627,30 @@ impl<P> MultiRaft<P> {
         // went silent: never the heir of a leadership transfer (raft-rs drops every
         // proposal while one is under way, and this one would be retried for ever).
         let alive: BTreeSet<NodeId> = self.heard.keys().copied().filter(|n| self.alive(*n)).collect();
+        let election = self.config.election_ticks as u64;
+        let (ticks, retry_after) = (self.ticks, TRANSFER_RETRY_ELECTIONS * election);
         let Some(g) = self.groups.get_mut(&group) else {
             return;
         };
-        if g.node.raft.state != StateRole::Leader || g.node.raft.has_pending_conf() {
+        if g.node.raft.state != StateRole::Leader
+            || g.node.raft.has_pending_conf()
+            || g.node.raft.lead_transferee.is_some()
+        {
             return;
         }
+        // Still leading after a transfer asked lately: it failed (raft-rs gave it up
+        // after an election timeout, the heir never took over). That heir is passed
+        // over for a while: another one is tried, or none, and proposals flow meanwhile
+        // (raft-rs drops them while a transfer is under way).
+        let since = g.transfer.map(|(_, asked)| ticks.saturating_sub(asked));
+        if since.is_some_and(|t| t < 2 * election) {
+            // The transfer ran for up to an election timeout; as long again for proposals.
+            return;
+        }
+        let passed_over = g
+            .transfer
+            .filter(|_| since.is_some_and(|t| t < retry_after))
+            .map(|(heir, _)| heir);
         let conf = g.node.raft.prs().conf().to_conf_state();
         let last = g.node.raft.raft_log.last_index();
         let prs = g.node.raft.prs();
@@ -636,9 +660,24 @@ impl<P> MultiRaft<P> {
                 .map(|pr| pr.matched)
                 .unwrap_or(0)
         };
-        match crate::reconfig::next_step(self.id, &conf, target, matched, last) {
+        let mut step = crate::reconfig::next_step(self.id, &conf, target, matched, last);
+        if let (crate::reconfig::Step::TransferTo(heir), Some(failed)) = (&step, passed_over)
+            && *heir == failed
+        {
+            let others = |n: NodeId| if n == failed { 0 } else { matched(n) };
+            step = match crate::reconfig::next_step(self.id, &conf, target, others, last) {
+                crate::reconfig::Step::TransferTo(other) if other != failed => {
+                    crate::reconfig::Step::TransferTo(other)
+                }
+                _ => crate::reconfig::Step::Wait,
+            };
+        }
+        match step {
             crate::reconfig::Step::Wait => {}
-            crate::reconfig::Step::TransferTo(heir) => g.node.transfer_leader(heir),
+            crate::reconfig::Step::TransferTo(heir) => {
+                g.transfer = Some((heir, ticks));
+                g.node.transfer_leader(heir);
+            }
             crate::reconfig::Step::Change(cc) => {
                 if let Err(e) = g.node.propose_conf_change(Vec::new(), cc) {
                     tracing::debug!(group, error = %e, "configuration change refused");
@@ -1381,6 +1420,58 @@ mod tests {
         raft.move_towards(3, &[2, 3]);
         run(&mut raft, 1, &[3]);
         assert_eq!(transfers, vec![3], "handed over to the live voter only");
+    }
+
+    #[test]
+    fn an_heir_that_never_takes_over_is_passed_over_and_proposals_flow_meanwhile() {
+        let mut raft = MultiRaft::new(
+            1,
+            RaftConfig {
+                fixed_election_timeout: true,
+                ..RaftConfig::default()
+            },
+            discard(),
+        );
+        raft.create(3, &[1, 2, 3]).unwrap();
+        for _ in 0..40 {
+            raft.tick();
+            for _ in 0..3 {
+                let sent = settle(&mut raft).send;
+                peers_answer(&mut raft, 3, sent, &[2, 3]);
+            }
+        }
+        assert!(raft.is_leader(3));
+        // Placement wants node 1 out; both heirs answer everything but never take over.
+        let election = RaftConfig::default().election_ticks;
+        let (mut transfers, mut accepted) = (Vec::new(), 0);
+        for i in 0..8 * election {
+            raft.tick();
+            raft.move_towards(3, &[2, 3]);
+            accepted += usize::from(raft.propose(3, vec![1], i as u32).is_ok());
+            for _ in 0..3 {
+                let sent = settle(&mut raft).send;
+                transfers.extend(
+                    sent.iter()
+                        .filter(|o| o.message.get_msg_type() == MessageType::MsgTimeoutNow)
+                        .map(|o| o.message.to),
+                );
+                peers_answer(&mut raft, 3, sent, &[2, 3]);
+            }
+        }
+        assert!(raft.is_leader(3));
+        assert_eq!(
+            transfers.get(..2),
+            Some(&[2, 3][..]),
+            "the other heir next: {transfers:?}"
+        );
+        assert!(
+            transfers.len() <= 5,
+            "at most one transfer per two election timeouts: {transfers:?}"
+        );
+        assert!(
+            accepted >= 3 * election,
+            "proposals flow between transfers: {accepted}"
+        );
     }
 
     #[test]
