@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Runs a local cluster of N chat nodes on loopback, with logs and data under one folder.
 #   scripts/cluster.sh up N     start N nodes (clients on 127.0.0.1:7401.., cluster on 7501.., admin on 7601..)
-#   scripts/cluster.sh status   show the running nodes and the cluster view
-#   scripts/cluster.sh down     stop them (SIGTERM: orderly shutdown)
+#   scripts/cluster.sh status   show each node: state, clients, sessions, partitions, settled (read-only)
+#   scripts/cluster.sh down     stop them one after another (SIGTERM: orderly shutdown), each waited for
 # CLUSTER_DIR (default ./cluster-run) holds node<i>.log, node<i>.pid and data/node<i>.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -28,29 +28,58 @@ up() {
     done
 }
 
+# Reads each running node's /cluster on its admin port (it writes nothing anywhere).
 status() {
+    shopt -s nullglob
+    printf '%-8s %-8s %-8s %-18s %-9s %-10s %-8s %s\n' \
+        NODE STATE PID CLIENTS SESSIONS PARTITIONS SETTLED "RAFT GROUPS (LEADING)"
+    for pidfile in "$dir"/node*.pid; do
+        local name pid i json
+        name=$(basename "$pidfile" .pid)
+        pid=$(cat "$pidfile")
+        i=${name#node}
+        if ! kill -0 "$pid" 2>/dev/null; then
+            printf '%-8s %-8s %-8s\n' "$name" stopped "$pid"
+            continue
+        fi
+        json=$(curl -s --max-time 2 "http://127.0.0.1:$((7600 + i))/cluster" || true)
+        if [ -z "$json" ]; then
+            printf '%-8s %-8s %-8s %s\n' "$name" running "$pid" "(admin port $((7600 + i)) does not answer)"
+            continue
+        fi
+        python3 -c '
+import json, sys
+name, pid, c = sys.argv[1], sys.argv[2], json.loads(sys.argv[3])
+me = next((n for n in c.get("nodes", []) if n.get("name") == c.get("node")), {})
+raft = c.get("consensus")
+groups = "%s (%s)" % (raft["groups"], raft["leading"]) if raft else "-"
+print("%-8s %-8s %-8s %-18s %-9s %-10s %-8s %s" % (name, "running", pid, me.get("client_addr", "?"),
+      me.get("sessions", "?"), c["partitions"]["held"], str(c.get("settled")).lower(), groups))
+' "$name" "$pid" "$json"
+    done
+}
+
+# Stops the nodes one after another, each with SIGTERM (an orderly shutdown that
+# hands its partitions over), waiting for it to exit before the next.
+down() {
     shopt -s nullglob
     for pidfile in "$dir"/node*.pid; do
         local name pid
         name=$(basename "$pidfile" .pid)
         pid=$(cat "$pidfile")
-        if kill -0 "$pid" 2>/dev/null; then echo "$name running (pid $pid)"; else echo "$name stopped"; fi
-    done
-    local first
-    first=$(sed -n 's/.*listening for clients on //p' "$dir"/node*.out 2>/dev/null | head -1)
-    if [ -n "$first" ]; then
-        target/release/chat --server "$first" register cluster-status --password status >/dev/null 2>&1 || true
-        target/release/chat --server "$first" --user cluster-status --password status nodes || true
-    fi
-}
-
-down() {
-    shopt -s nullglob
-    for pidfile in "$dir"/node*.pid; do
-        kill "$(cat "$pidfile")" 2>/dev/null || true
+        if kill "$pid" 2>/dev/null; then
+            for _ in $(seq 300); do
+                kill -0 "$pid" 2>/dev/null || break
+                sleep 0.1
+            done
+            if kill -0 "$pid" 2>/dev/null; then
+                echo "$name (pid $pid) did not stop within 30 s; still running" >&2
+                continue
+            fi
+            echo "$name stopped"
+        fi
         rm -f "$pidfile"
     done
-    echo "stopped"
 }
 
 case "${1:-}" in
