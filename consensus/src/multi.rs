@@ -1383,47 +1383,8 @@ mod tests {
         }
     }
 
-    #[test]
-    fn leadership_is_never_handed_to_a_peer_gone_silent() {
-        let mut raft = MultiRaft::new(
-            1,
-            RaftConfig {
-                fixed_election_timeout: true,
-                ..RaftConfig::default()
-            },
-            discard(),
-        );
-        raft.create(3, &[1, 2, 3]).unwrap();
-        let mut transfers = Vec::new();
-        let mut run = |raft: &mut MultiRaft<u32>, ticks: usize, answering: &[NodeId]| {
-            for _ in 0..ticks {
-                raft.tick();
-                for _ in 0..3 {
-                    let sent = settle(raft).send;
-                    transfers.extend(
-                        sent.iter()
-                            .filter(|o| o.message.get_msg_type() == MessageType::MsgTimeoutNow)
-                            .map(|o| o.message.to),
-                    );
-                    peers_answer(raft, 3, sent, answering);
-                }
-            }
-        };
-        run(&mut raft, 40, &[2, 3]);
-        assert!(raft.is_leader(3));
-        raft.propose(3, vec![1], 1).unwrap();
-        run(&mut raft, 3, &[2, 3]);
-        // Node 2 goes silent (it was caught up when last heard); node 3 still answers.
-        run(&mut raft, 2 * RaftConfig::default().election_ticks + 2, &[3]);
-        assert!(raft.is_leader(3), "node 3 keeps the majority");
-        // Placement wants node 1 out: leadership goes to the live voter, not node 2.
-        raft.move_towards(3, &[2, 3]);
-        run(&mut raft, 1, &[3]);
-        assert_eq!(transfers, vec![3], "handed over to the live voter only");
-    }
-
-    #[test]
-    fn an_heir_that_never_takes_over_is_passed_over_and_proposals_flow_meanwhile() {
+    /// Node 1 leading group 3 of voters 1, 2 and 3, both peers answering and caught up.
+    fn leading_three() -> MultiRaft<u32> {
         let mut raft = MultiRaft::new(
             1,
             RaftConfig {
@@ -1440,7 +1401,42 @@ mod tests {
                 peers_answer(&mut raft, 3, sent, &[2, 3]);
             }
         }
-        assert!(raft.is_leader(3));
+        assert!(raft.is_leader(3), "node 1 was not elected");
+        raft
+    }
+
+    #[test]
+    fn leadership_is_never_handed_to_a_peer_gone_silent() {
+        let mut raft = leading_three();
+        let mut transfers = Vec::new();
+        let mut run = |raft: &mut MultiRaft<u32>, ticks: usize, answering: &[NodeId]| {
+            for _ in 0..ticks {
+                raft.tick();
+                for _ in 0..3 {
+                    let sent = settle(raft).send;
+                    transfers.extend(
+                        sent.iter()
+                            .filter(|o| o.message.get_msg_type() == MessageType::MsgTimeoutNow)
+                            .map(|o| o.message.to),
+                    );
+                    peers_answer(raft, 3, sent, answering);
+                }
+            }
+        };
+        raft.propose(3, vec![1], 1).unwrap();
+        run(&mut raft, 3, &[2, 3]);
+        // Node 2 goes silent (it was caught up when last heard); node 3 still answers.
+        run(&mut raft, 2 * RaftConfig::default().election_ticks + 2, &[3]);
+        assert!(raft.is_leader(3), "node 3 keeps the majority");
+        // Placement wants node 1 out: leadership goes to the live voter, not node 2.
+        raft.move_towards(3, &[2, 3]);
+        run(&mut raft, 1, &[3]);
+        assert_eq!(transfers, vec![3], "handed over to the live voter only");
+    }
+
+    #[test]
+    fn an_heir_that_never_takes_over_is_passed_over_and_proposals_flow_meanwhile() {
+        let mut raft = leading_three();
         // Placement wants node 1 out; both heirs answer everything but never take over.
         let election = RaftConfig::default().election_ticks;
         let (mut transfers, mut accepted) = (Vec::new(), 0);

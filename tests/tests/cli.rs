@@ -284,7 +284,7 @@ async fn wait_line(
 
 #[tokio::test]
 async fn an_interactive_session_refuses_an_oversized_line_goes_on_and_names_messages_in_receipts() {
-    use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
+    use tokio::io::AsyncWriteExt;
     let node = Node::start().unwrap();
     let s = node.addr.as_str();
     let (success, _, err) = cli(&["--server", s, "register", "alice", "--password", "pa"])
@@ -292,29 +292,7 @@ async fn an_interactive_session_refuses_an_oversized_line_goes_on_and_names_mess
         .unwrap();
     assert!(success, "{err}");
     let (bob, _bob_pushes) = node.user("bob").await.unwrap();
-    let mut child = tokio::process::Command::new(chat_tests::bin("chat"))
-        .args(["--server", s, "--user", "alice", "--password", "pa"])
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    let (tx, mut lines) = tokio::sync::mpsc::unbounded_channel();
-    let mut stdout = tokio::io::BufReader::new(child.stdout.take().unwrap()).lines();
-    let mut stderr = tokio::io::BufReader::new(child.stderr.take().unwrap()).lines();
-    let out_tx = tx.clone();
-    tokio::spawn(async move {
-        while let Ok(Some(line)) = stdout.next_line().await {
-            let _ = out_tx.send(line);
-        }
-    });
-    tokio::spawn(async move {
-        while let Ok(Some(line)) = stderr.next_line().await {
-            let _ = tx.send(line);
-        }
-    });
-    let mut stdin = child.stdin.take().unwrap();
+    let (_child, mut stdin, mut lines) = interactive(&["--server", s, "--user", "alice", "--password", "pa"]);
     wait_line(&mut lines, "logged in", |l| l.contains("logged in as alice")).await;
     let long = format!("@bob {}\n", "y".repeat(20_000));
     stdin.write_all(long.as_bytes()).await.unwrap();

@@ -40,6 +40,17 @@ async fn wait_settled(nodes: &[&Node], deadline: Duration) {
     }
 }
 
+/// Waits until every node's metadata records name `count` members.
+async fn wait_members(nodes: &[&Node], count: u64) {
+    for node in nodes {
+        wait_for("the members to be counted", 2 * DEADLINE, || async move {
+            (consensus_of(node).await?["members"] == count).then_some(())
+        })
+        .await
+        .unwrap();
+    }
+}
+
 #[tokio::test]
 async fn the_raft_core_settles_survives_a_kill_and_settles_again() {
     let first = ["r1", "r2", "r3"];
@@ -156,13 +167,7 @@ async fn a_new_node_joins_through_its_seeds_and_takes_its_share() {
     // j4 is not one of the first members: it asks to join through its seeds.
     nodes.push(Node::start_with(consensus_member("j4", ports[3], &ports[..3], &first)).unwrap());
     let four: Vec<&Node> = nodes.iter().collect();
-    for node in &four {
-        wait_for("the members to be four", 2 * DEADLINE, || async move {
-            (consensus_of(node).await?["members"] == 4).then_some(())
-        })
-        .await
-        .unwrap();
-    }
+    wait_members(&four, 4).await;
     wait_settled(&four, 3 * DEADLINE).await;
     // Three replicas over four members: the newcomer holds about three quarters of the
     // 257 groups (the metadata group's five voters include it too).
@@ -223,12 +228,6 @@ async fn identical_nodes_with_seeds_only_start_one_cluster_and_a_later_one_joins
     drop(bob);
     nodes.push(Node::start_with(opts("b4", 3)).unwrap());
     let four: Vec<&Node> = nodes.iter().collect();
-    for node in &four {
-        wait_for("the members to be four", 2 * DEADLINE, || async move {
-            (consensus_of(node).await?["members"] == 4).then_some(())
-        })
-        .await
-        .unwrap();
-    }
+    wait_members(&four, 4).await;
     wait_settled(&four, 3 * DEADLINE).await;
 }

@@ -39,6 +39,12 @@ pub enum DiskError {
     /// A stored Raft record could not be decoded.
     #[error("corrupt raft record of group {0}")]
     Corrupt(GroupId),
+    /// The Raft log file failed.
+    #[error(transparent)]
+    Log(#[from] super::wal::WalError),
+    /// Syncing the records failed.
+    #[error("syncing the records: {0}")]
+    Sync(std::io::Error),
 }
 
 /// Result alias.

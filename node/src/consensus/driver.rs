@@ -314,7 +314,7 @@ pub fn start(
                 groups = legacy.len(),
                 "moving the raft log from the database to its own file"
             );
-            wal.rewrite(&legacy).map_err(wal_failed)?;
+            wal.rewrite(&legacy)?;
             persisted = legacy;
         }
         disk.clear_legacy()?;
@@ -385,13 +385,6 @@ pub fn start(
         },
         thread,
     ))
-}
-
-fn wal_failed(e: super::wal::WalError) -> disk::DiskError {
-    match e {
-        super::wal::WalError::Io(e) => disk::DiskError::Sled(sled::Error::Io(e)),
-        other => disk::DiskError::Sled(sled::Error::Io(std::io::Error::other(other.to_string()))),
-    }
 }
 
 /// Syncs the records on its own thread, so that rounds do not wait for sled's flush;
@@ -606,16 +599,16 @@ impl<S: Sync, T: Transport> Driver<S, T> {
                 self.flusher.syncs += 1;
                 self.flusher.covered = applied;
             }
+            Input::Flushed(Err(e)) => {
+                tracing::error!(error = %e, "consensus stopped: syncing the records failed");
+                return true;
+            }
             Input::Bootstrap(members) => {
                 if self.raft.groups().next().is_none() && self.raft.persisted_logs().is_empty() {
                     tracing::info!(members = ?members.iter().map(|(_, n)| n).collect::<Vec<_>>(), "starting a new cluster");
                     let id = self.raft.id();
                     create_first_groups(&mut self.raft, id, self.replicas, &members);
                 }
-            }
-            Input::Flushed(Err(e)) => {
-                tracing::error!(error = %e, "consensus stopped: syncing the records failed");
-                return true;
             }
             Input::Stop => return true,
         }
@@ -663,9 +656,7 @@ impl<S: Sync, T: Transport> Driver<S, T> {
         // A snapshot's records must be durable before the log says it was installed.
         let snapshots = round.writes.iter().any(|(_, w)| w.snapshot.is_some());
         if !snapshots {
-            self.wal
-                .append(round.writes.iter().map(|(g, w)| (*g, w)))
-                .map_err(wal_failed)?;
+            self.wal.append(round.writes.iter().map(|(g, w)| (*g, w)))?;
         }
         let mut pending = Pending::new();
         let mut batch = sled::Batch::default();
@@ -715,12 +706,8 @@ impl<S: Sync, T: Transport> Driver<S, T> {
         disk::write_records(&mut batch, pending);
         self.disk.apply(batch)?;
         if snapshots {
-            self.sync
-                .sync()
-                .map_err(|e| disk::DiskError::Sled(sled::Error::Io(e)))?;
-            self.wal
-                .append(round.writes.iter().map(|(g, w)| (*g, w)))
-                .map_err(wal_failed)?;
+            self.sync.sync().map_err(disk::DiskError::Sync)?;
+            self.wal.append(round.writes.iter().map(|(g, w)| (*g, w)))?;
         }
         // Committed entries are durable on a majority: answer now; their effects are
         // visible, and the sync below makes them durable here too.
@@ -740,7 +727,7 @@ impl<S: Sync, T: Transport> Driver<S, T> {
             }
         }
         if !round.writes.is_empty() {
-            self.wal.sync().map_err(wal_failed)?;
+            self.wal.sync()?;
         }
         for group in removed {
             self.disk.clear(group)?;
@@ -750,7 +737,7 @@ impl<S: Sync, T: Transport> Driver<S, T> {
         if self.wal.wants_rewrite() {
             let logs = self.raft.persisted_logs();
             let before = self.wal.len();
-            self.wal.rewrite(&logs).map_err(wal_failed)?;
+            self.wal.rewrite(&logs)?;
             tracing::debug!(before, after = self.wal.len(), "raft log rewritten");
         }
         Ok(())

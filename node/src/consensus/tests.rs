@@ -414,6 +414,23 @@ fn three_nodes_keep_serving_without_one_and_it_catches_up_when_back() {
     }
 }
 
+/// Registers `user` in `p`, finds `p`'s leader among `nodes` (the one that answers) and
+/// cuts its links.
+fn cut_the_leader<'a>(nodes: &'a [TestNode], net: &Net, p: Partition, user: &str) -> &'a TestNode {
+    let all: Vec<&TestNode> = nodes.iter().collect();
+    propose(&all, p, register(user));
+    let probe = Command {
+        op: Some(register(user)),
+    }
+    .encode_to_vec();
+    let leader = nodes
+        .iter()
+        .find(|n| ask(&n.handle, p, &probe).is_ok())
+        .expect("a leader");
+    net.cut.lock().unwrap().insert(leader.id);
+    leader
+}
+
 #[test]
 fn a_minority_does_not_acknowledge() {
     let dir = tempfile::tempdir().unwrap();
@@ -424,19 +441,9 @@ fn a_minority_does_not_acknowledge() {
         node.handle.create(p, vec![1, 2, 3]);
     }
     let bob = user_in(p, 0);
-    let all: Vec<&TestNode> = nodes.iter().collect();
-    propose(&all, p, register(&bob));
-    // Find the leader and cut it off: it can no longer commit, so it answers nothing
-    // that could later be lost.
-    let probe = Command {
-        op: Some(register(&bob)),
-    }
-    .encode_to_vec();
-    let leader = nodes
-        .iter()
-        .find(|n| ask(&n.handle, p, &probe).is_ok())
-        .expect("a leader");
-    net.cut.lock().unwrap().insert(leader.id);
+    // The leader, cut off: it can no longer commit, so it answers nothing that could
+    // later be lost.
+    let leader = cut_the_leader(&nodes, &net, p, &bob);
     let answer = ask(
         &leader.handle,
         p,
@@ -481,17 +488,7 @@ fn a_proposal_that_cannot_commit_is_answered_timed_out() {
         node.handle.create(p, vec![1, 2, 3]);
     }
     let carol = user_in(p, 0);
-    let all: Vec<&TestNode> = nodes.iter().collect();
-    propose(&all, p, register(&carol));
-    let probe = Command {
-        op: Some(register(&carol)),
-    }
-    .encode_to_vec();
-    let leader = nodes
-        .iter()
-        .find(|n| ask(&n.handle, p, &probe).is_ok())
-        .expect("a leader");
-    net.cut.lock().unwrap().insert(leader.id);
+    let leader = cut_the_leader(&nodes, &net, p, &carol);
     let answer = ask(
         &leader.handle,
         p,
