@@ -10,6 +10,9 @@
 #      nodes (user i on node i mod 2 sends to user i+1);
 #   3. cross-r2: the same with two copies (replicas = 2): every send is acknowledged
 #      only once both nodes have it.
+# The nodes run the default core (the Raft core: "copies" are a partition's voters, and
+# a send is acknowledged once a majority of them has it); `consensus = false` in
+# cluster-config/bench.toml measures the old core instead.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 runs=${1:-3}

@@ -26,6 +26,8 @@ start_node() {
         local first
         first=$(seq -s, 1 "$n" | sed 's/\([0-9]\+\)/"bench\1"/g')
         printf '\n[cluster]\nconsensus = true\nreplicas = %s\ninitial_members = [%s]\n' "$n" "$first" >>"$config"
+    else
+        printf '\n[cluster]\nconsensus = false\n' >>"$config"
     fi
     for j in $(seq "$n"); do
         [ "$j" != "$i" ] && seeds+=(--seed "127.0.0.1:$((19400 + j))")

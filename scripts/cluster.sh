@@ -18,10 +18,12 @@ up() {
             echo "node$i already running"
             continue
         fi
-        local seed=$((7500 + (i == 1 ? 2 : 1)))
+        # node1 starts the cluster (no seed); the others join it through its address.
+        local seed=()
+        [ "$i" != 1 ] && seed=(--seed "127.0.0.1:7501")
         CHAT_COOKIE=$cookie target/release/chat-node --name "node$i" \
             --listen "127.0.0.1:$((7400 + i))" --cluster-listen "127.0.0.1:$((7500 + i))" \
-            --admin-listen "127.0.0.1:$((7600 + i))" --seed "127.0.0.1:$seed" --data-dir "$dir/data/node$i" \
+            --admin-listen "127.0.0.1:$((7600 + i))" "${seed[@]}" --data-dir "$dir/data/node$i" \
             >"$dir/node$i.out" 2>"$dir/node$i.log" &
         echo $! >"$dir/node$i.pid"
         echo "node$i: clients 127.0.0.1:$((7400 + i)), cluster 127.0.0.1:$((7500 + i)), pid $!"

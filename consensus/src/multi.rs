@@ -231,6 +231,8 @@ pub struct MultiRaft<P> {
     /// Groups whose ready was taken in `start_round`: (group, ready number, applied).
     in_round: Vec<(GroupId, u64, u64)>,
     next_read: u64,
+    /// About to stop: leadership handed over is refused (see [`MultiRaft::drain`]).
+    draining: bool,
 }
 
 impl<P> std::fmt::Debug for MultiRaft<P> {
@@ -256,7 +258,14 @@ impl<P> MultiRaft<P> {
             ticks: 0,
             heard: BTreeMap::new(),
             tombstones: BTreeMap::new(),
+            draining: false,
         }
+    }
+
+    /// This node is about to stop: it refuses leadership handed to it from now on (its
+    /// driver hands its own away with [`MultiRaft::move_towards`]).
+    pub fn drain(&mut self) {
+        self.draining = true;
     }
 
     /// This node's id.
@@ -302,7 +311,13 @@ impl<P> MultiRaft<P> {
         }
         let config = self.raft_config(applied);
         let logger = self.logger.new(slog::o!("group" => group));
-        let node = RawNode::new(&config, store, &logger).map_err(|e| Error::BadMessage(e.to_string()))?;
+        let mut node = RawNode::new(&config, store, &logger).map_err(|e| Error::BadMessage(e.to_string()))?;
+        let conf = node.raft.prs().conf().to_conf_state();
+        if conf.voters == [self.id] && conf.voters_outgoing.is_empty() {
+            // The only voter is its own majority: it leads at once rather than after an
+            // election timeout (a one-node cluster serves as soon as it starts).
+            node.campaign().map_err(|e| Error::BadMessage(e.to_string()))?;
+        }
         self.groups.insert(
             group,
             Group {
@@ -509,6 +524,11 @@ impl<P> MultiRaft<P> {
         // a lost log and abort. Such a heartbeat's commit is stale: clamped to the empty
         // log, it is answered, and the leader's next probe finds the log empty and sends
         // a snapshot.
+        // A node about to stop takes no leadership handed to it (another leader may
+        // prefer it): the transfer fails, and that leader passes it over for a while.
+        if self.draining && message.get_msg_type() == MessageType::MsgTimeoutNow {
+            return Ok(());
+        }
         let mut message = message;
         if message.get_msg_type() == MessageType::MsgHeartbeat && g.node.raft.raft_log.last_index() == 0 {
             message.commit = 0;
@@ -577,6 +597,15 @@ impl<P> MultiRaft<P> {
         }
         g.waiting.insert(index, (g.node.raft.term, token));
         Ok(())
+    }
+
+    /// Whether this node leads `group` and is handing its leadership over: raft-rs drops
+    /// proposals meanwhile, so the caller holds them until the transfer ends (at most
+    /// an election timeout), then proposes them here or sends them to the new leader.
+    pub fn transferring(&self, group: GroupId) -> bool {
+        self.groups
+            .get(&group)
+            .is_some_and(|g| g.node.raft.state == StateRole::Leader && g.node.raft.lead_transferee.is_some())
     }
 
     /// Proposes a configuration change (joint consensus) to a group led here.
@@ -683,6 +712,44 @@ impl<P> MultiRaft<P> {
                     tracing::debug!(group, error = %e, "configuration change refused");
                 }
             }
+        }
+    }
+
+    /// For a leader whose group is where placement wants it: hands leadership to
+    /// `heir` (the voter placement prefers as leader) once it is live and caught up, so
+    /// that leaders spread over the nodes. Does nothing while a change or a transfer is
+    /// under way, within two election timeouts of the last transfer, or when a transfer
+    /// to this heir failed lately.
+    pub fn prefer_leader(&mut self, group: GroupId, heir: NodeId) {
+        if heir == self.id || !self.alive(heir) {
+            return;
+        }
+        let election = self.config.election_ticks as u64;
+        let (ticks, retry_after) = (self.ticks, TRANSFER_RETRY_ELECTIONS * election);
+        let Some(g) = self.groups.get_mut(&group) else {
+            return;
+        };
+        if g.node.raft.state != StateRole::Leader
+            || g.node.raft.has_pending_conf()
+            || g.node.raft.lead_transferee.is_some()
+        {
+            return;
+        }
+        if let Some((failed, asked)) = g.transfer {
+            let since = ticks.saturating_sub(asked);
+            if since < 2 * election || (failed == heir && since < retry_after) {
+                return;
+            }
+        }
+        let last = g.node.raft.raft_log.last_index();
+        let caught_up =
+            g.node.raft.prs().conf().voters().contains(heir)
+                && g.node.raft.prs().get(heir).is_some_and(|pr| {
+                    pr.matched > 0 && pr.matched + crate::reconfig::CAUGHT_UP_SLACK >= last
+                });
+        if caught_up {
+            g.transfer = Some((heir, ticks));
+            g.node.transfer_leader(heir);
         }
     }
 
@@ -1175,6 +1242,21 @@ mod tests {
     }
 
     #[test]
+    fn a_sole_voter_leads_without_waiting_for_an_election_timeout() {
+        let mut raft = single();
+        assert!(raft.is_leader(7), "leads once created");
+        let mut disk = PersistedLog::default();
+        settle_into(&mut raft, &mut disk);
+        let mut restarted: MultiRaft<u32> = MultiRaft::new(1, RaftConfig::default(), discard());
+        restarted.restore(7, &disk).unwrap();
+        assert!(restarted.is_leader(7), "leads once restored, before any tick");
+        // A group of several voters waits for an election, as Raft says.
+        let mut three: MultiRaft<u32> = MultiRaft::new(1, RaftConfig::default(), discard());
+        three.create(3, &[1, 2, 3]).unwrap();
+        assert!(!three.is_leader(3));
+    }
+
+    #[test]
     fn a_proposal_is_applied_with_its_token_after_its_entry_is_written() {
         let mut raft = single();
         elect(&mut raft);
@@ -1468,6 +1550,69 @@ mod tests {
             accepted >= 3 * election,
             "proposals flow between transfers: {accepted}"
         );
+    }
+
+    #[test]
+    fn leadership_goes_to_the_preferred_voter_once_it_is_live_and_caught_up() {
+        let mut raft = leading_three();
+        let timeouts_now = |sent: &[Outgoing]| -> Vec<NodeId> {
+            sent.iter()
+                .filter(|o| o.message.get_msg_type() == MessageType::MsgTimeoutNow)
+                .map(|o| o.message.to)
+                .collect()
+        };
+        let mut transfers = Vec::new();
+        // Node 2 goes silent; then, preferred as long as it stays so, it is never the heir.
+        let election = RaftConfig::default().election_ticks;
+        for i in 0..4 * election {
+            raft.tick();
+            if i >= 2 * election + 2 {
+                raft.prefer_leader(3, 2);
+            }
+            let sent = settle(&mut raft).send;
+            transfers.extend(timeouts_now(&sent));
+            peers_answer(&mut raft, 3, sent, &[3]);
+        }
+        assert!(transfers.is_empty(), "{transfers:?}");
+        // Node 2 answers again and catches up: leadership goes to it.
+        for _ in 0..3 * election {
+            raft.tick();
+            raft.prefer_leader(3, 2);
+            for _ in 0..3 {
+                let sent = settle(&mut raft).send;
+                transfers.extend(timeouts_now(&sent));
+                peers_answer(&mut raft, 3, sent, &[2, 3]);
+            }
+        }
+        assert_eq!(transfers.first(), Some(&2), "{transfers:?}");
+        assert!(transfers.iter().all(|t| *t == 2), "{transfers:?}");
+        // The leader itself preferred: nothing to do.
+        let mut again = leading_three();
+        again.prefer_leader(3, 1);
+        assert!(timeouts_now(&settle(&mut again).send).is_empty());
+    }
+
+    #[test]
+    fn a_draining_node_refuses_leadership_handed_to_it() {
+        let campaigns = |drain: bool| {
+            let mut raft: MultiRaft<u32> = MultiRaft::new(1, RaftConfig::default(), discard());
+            raft.create(3, &[1, 2, 3]).unwrap();
+            settle(&mut raft);
+            if drain {
+                raft.drain();
+            }
+            let mut timeout_now = Message::default();
+            let term = raft.term(3).unwrap();
+            (timeout_now.from, timeout_now.to, timeout_now.term) = (2, 1, term);
+            timeout_now.set_msg_type(MessageType::MsgTimeoutNow);
+            raft.step(3, timeout_now).unwrap();
+            settle(&mut raft)
+                .send
+                .iter()
+                .any(|o| o.message.get_msg_type() == MessageType::MsgRequestVote)
+        };
+        assert!(campaigns(false), "a node handed leadership campaigns at once");
+        assert!(!campaigns(true), "a draining node does not");
     }
 
     #[test]

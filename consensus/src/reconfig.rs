@@ -77,14 +77,19 @@ pub fn next_step(
         .collect();
     let unwanted: Vec<NodeId> = voters.iter().copied().filter(|n| !target.contains(n)).collect();
     if unwanted.contains(&me) {
-        // Leave leadership to a caught-up voter that stays; it finishes the move.
+        // Leave leadership to a caught-up voter that stays; it finishes the move. With
+        // no such voter yet (a group of one voter moving elsewhere), promote a caught-up
+        // learner that stays first, alone: the leader leaves only once it can hand over.
         return match voters
             .iter()
             .copied()
             .find(|n| *n != me && target.contains(n) && caught_up(*n))
         {
             Some(heir) => Step::TransferTo(heir),
-            None => Step::Wait,
+            None => match ready.first() {
+                Some(promoted) => change(vec![single(*promoted, ConfChangeType::AddNode)]),
+                None => Step::Wait,
+            },
         };
     }
     if let Some(promoted) = ready.first() {
@@ -122,6 +127,27 @@ mod tests {
                 .collect(),
             other => panic!("expected a change, got {other:?}"),
         }
+    }
+
+    #[test]
+    fn a_lone_voter_moving_elsewhere_promotes_its_successor_then_hands_over() {
+        // Group of voter 1 only, placed on 2 alone; 2 is a caught-up learner.
+        let step = next_step(1, &conf(&[1], &[2]), &[2], |_| 100, 100);
+        assert_eq!(changes(step), vec![(2, ConfChangeType::AddNode)]);
+        // Once 2 votes, leadership goes to it, and 2 then removes 1.
+        assert_eq!(
+            next_step(1, &conf(&[1, 2], &[]), &[2], |_| 100, 100),
+            Step::TransferTo(2)
+        );
+        assert_eq!(
+            changes(next_step(2, &conf(&[1, 2], &[]), &[2], |_| 100, 100)),
+            vec![(1, ConfChangeType::RemoveNode)]
+        );
+        // A learner still catching up is not promoted.
+        assert_eq!(
+            next_step(1, &conf(&[1], &[2]), &[2], |n| if n == 2 { 10 } else { 100 }, 100),
+            Step::Wait
+        );
     }
 
     #[test]

@@ -968,7 +968,16 @@ impl Sim {
                 for (group, target) in targets_seen_by(&self.nodes[i].kv) {
                     let full = group == META_GROUP || target.len() == REPLICAS;
                     if full && !target.is_empty() {
-                        self.nodes[i].raft.move_towards(group, &target);
+                        let raft = &mut self.nodes[i].raft;
+                        let mut voters = raft.voters(group);
+                        voters.sort();
+                        if voters == target && raft.whole(group) {
+                            if let Some(heir) = chat_state::membership::preferred_leader(&voters, group) {
+                                raft.prefer_leader(group, heir);
+                            }
+                        } else {
+                            raft.move_towards(group, &target);
+                        }
                     }
                 }
             }

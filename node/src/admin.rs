@@ -61,7 +61,10 @@ async fn metrics(State(ctx): State<Arc<NodeCtx>>) -> impl IntoResponse {
         requests_waiting: stats.waiting as u64,
         partitions_under_replicated: stats.under_replicated as u64,
         partition_copies: stats.copies as u64,
-        storage_syncs: ctx.storage.syncs_completed(),
+        // The database's syncs, and with the Raft core those of its log file.
+        storage_syncs: ctx.storage.syncs_completed()
+            + ctx.consensus.as_ref().map_or(0, |c| c.status().log_syncs),
+        raft_inbox_entries: ctx.consensus.as_ref().map(|c| c.inbox_entries()),
     };
     (
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
@@ -95,6 +98,8 @@ async fn cluster(State(ctx): State<Arc<NodeCtx>>) -> impl IntoResponse {
             "unsettled": s.unsettled,
             "members": s.members,
             "settled": s.settled(),
+            // The partitions led here (the metadata group is not one).
+            "led": c.led(),
         })
     });
     // Scripts and tests wait on this: with the Raft core, every partition has a live

@@ -36,8 +36,9 @@ pub enum ConfigError {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
-    /// This node's name, unique in the cluster. Default: `node-<client port>`
-    /// once the address is known, or "node" for port 0.
+    /// This node's name, unique in the cluster: its identity (its Raft id). The data
+    /// folder keeps the name it was first started with (`node.name`) and refuses
+    /// another. Default: that kept name, else `node-<client port>`.
     pub name: Option<String>,
     /// Folder holding this node's sled database. Default: `./chat-data`.
     pub data_dir: PathBuf,
@@ -122,8 +123,8 @@ pub struct TlsFiles {
     pub key: PathBuf,
 }
 
-/// The cluster side of a node. Clustering arrives with the cluster issue;
-/// these settings are accepted and validated now so configs stay stable.
+/// The cluster side of a node: its listener, seeds, cookie, and how partitions are
+/// replicated (see README, "Run a cluster").
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ClusterConfig {
@@ -137,21 +138,26 @@ pub struct ClusterConfig {
     /// Shared secret every node of a cluster must have. Default: "chat-cluster-dev-cookie";
     /// set your own for anything but a local trial.
     pub cookie: String,
-    /// On SIGTERM, hand every partition held here to the other members before stopping
-    /// (the node leaves the cluster; it takes its share back when it starts again).
-    /// False: stop at once; this node's users are unavailable until it is back.
-    /// Default: true.
+    /// On SIGTERM (when a peer is up), hand the leadership of every Raft group led here
+    /// to a caught-up live voter before stopping, waiting up to 10 s; the node stays a
+    /// member and a voter, and catches up when it starts again. False: stop at once;
+    /// its groups elect new leaders after an election timeout. With `consensus = false`:
+    /// hand every partition held here to the other members (the node leaves; it takes
+    /// its share back when it starts again), or, false, leave its users unavailable
+    /// until it is back. Default: true.
     pub handoff_on_shutdown: bool,
-    /// Copies of every partition, on different nodes, the holder's included: a send is
-    /// acknowledged once it is durable on all of them (capped by the number of members,
-    /// down ones included: with fewer nodes up than copies, sends get UNAVAILABLE), and
-    /// when a node dies a node with a whole copy takes its partitions over.
-    /// 1 keeps no copies: a down node's users wait for it. Between 1 and 5. Default: 2.
+    /// Voters of every partition's Raft group, on different nodes (capped by the number
+    /// of members): a write is acknowledged once a majority of them has it durable, so
+    /// with 3 any one of them may fail. 1: a down node's partitions wait for it. With
+    /// `consensus = false`: copies, the holder's included; a send is acknowledged once
+    /// it is durable on all of them (down members count: with fewer nodes up than
+    /// copies, sends get UNAVAILABLE). Between 1 and 5. Default: 3.
     pub replicas: usize,
-    /// Serve requests through the Raft core instead of today's: every partition
-    /// becomes a Raft group of `replicas` voters, with membership decided by the
-    /// metadata group (see ARCHITECTURE.md, "Consensus"); `/cluster` reports it.
-    /// Default: false.
+    /// Serve requests through the Raft core: every partition is a Raft group of
+    /// `replicas` voters, with membership decided by the metadata group (see
+    /// ARCHITECTURE.md, "Consensus"); `/cluster` reports it. False: the old core
+    /// (registry takeover and handoff, `replication.rs`), kept for comparison and to be
+    /// removed; the Raft core does not read its data. Default: true.
     pub consensus: bool,
     /// With `consensus`: the names of the nodes a new cluster starts with, the same
     /// on each of them. Empty: a node without seeds starts a cluster of its own.
@@ -235,8 +241,8 @@ impl Default for ClusterConfig {
             advertise_host: None,
             cookie: "chat-cluster-dev-cookie".to_owned(),
             handoff_on_shutdown: true,
-            replicas: 2,
-            consensus: false,
+            replicas: 3,
+            consensus: true,
             initial_members: Vec::new(),
             bootstrap_expect: 0,
         }

@@ -37,6 +37,25 @@ pub enum NodeError {
          its own data folder (--data-dir)"
     )]
     DataDirInUse(String),
+    /// The data folder belongs to a node of another name: a node's name is its identity
+    /// in the cluster (its Raft id), kept in the folder's `node.name`.
+    #[error(
+        "the data folder {dir} belongs to node {stored}, not {configured}: start it as {stored}, \
+         or give {configured} a data folder of its own"
+    )]
+    NameChanged {
+        dir: String,
+        stored: String,
+        configured: String,
+    },
+    /// The data folder holds accounts and messages of the old core, which the Raft core
+    /// does not read: starting on it would serve an empty cluster.
+    #[error(
+        "the data folder {0} holds data of the old core (cluster.consensus = false), which the \
+         Raft core does not read and cannot migrate yet: start this node with \
+         `consensus = false` in [cluster], or give it a new data folder"
+    )]
+    OldCoreData(String),
     /// An actor could not start.
     #[error("cannot start {0}")]
     Spawn(String),

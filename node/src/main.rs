@@ -48,7 +48,7 @@ struct Cli {
     /// Shared cluster secret.
     #[arg(long, env = "CHAT_COOKIE", hide_env_values = true)]
     cookie: Option<String>,
-    /// Copies of every partition on different nodes (cluster.replicas).
+    /// Voters of every partition's Raft group, on different nodes (cluster.replicas).
     #[arg(long)]
     replicas: Option<usize>,
 }
@@ -128,10 +128,7 @@ async fn serve(cfg: Config) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("cannot listen on {}", cfg.client.listen))?;
     let addr = listener.local_addr()?;
-    let name = cfg
-        .name
-        .clone()
-        .unwrap_or_else(|| chat_node::server::default_name(addr));
+    let name = chat_node::server::node_name(&cfg.data_dir, cfg.name.as_deref(), addr)?;
     let admin = if cfg.admin.enabled {
         let l = tokio::net::TcpListener::bind(cfg.admin.listen)
             .await

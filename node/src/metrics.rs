@@ -56,6 +56,9 @@ pub struct Metrics {
 /// Gauges read at scrape time.
 #[derive(Debug, Default, Clone, Copy)]
 pub struct Gauges {
+    /// Inbox entries the Raft core's records hold, when it runs (else the count kept
+    /// by [`Metrics::inbox_messages`]).
+    pub raft_inbox_entries: Option<u64>,
     /// Open client connections.
     pub connections: u64,
     /// Users with a session on this node.
@@ -163,10 +166,12 @@ impl Metrics {
         metric(
             "chat_storage_syncs_total",
             "counter",
-            "Syncs to disk (flush, then fdatasync), one per group-commit round.",
+            "Syncs to disk (flush, then fdatasync; with the Raft core its log file's too), one per group-commit round.",
             g.storage_syncs,
         );
-        let inbox = self.inbox_messages.load(Ordering::Relaxed).max(0) as u64;
+        let inbox = g
+            .raft_inbox_entries
+            .unwrap_or_else(|| self.inbox_messages.load(Ordering::Relaxed).max(0) as u64);
         metric(
             "chat_inbox_messages",
             "gauge",

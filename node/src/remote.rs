@@ -330,8 +330,9 @@ impl Remote {
                 leader: Some(leader), ..
             } => me.name_of(*leader),
             // No replica here, or no leader known: a replica placement put there knows
-            // better (another node without a replica may know no more than this one).
-            ProposeError::NoReplica(_) | ProposeError::NotLeader { leader: None, .. } if hops == 0 => {
+            // better (while a new member joins, placement may name it before it holds
+            // the replica: then the next hop tries another).
+            ProposeError::NoReplica(_) | ProposeError::NotLeader { leader: None, .. } => {
                 me.placed_peer(partition)
             }
             _ => None,
@@ -391,8 +392,8 @@ impl Remote {
         }
     }
 
-    /// An up peer that placement puts a replica of `partition` on (a different one from
-    /// call to call, to spread the load), or any up peer before the members are known.
+    /// An up peer that placement puts a replica of `partition` on (one at random, to
+    /// spread the load), or any up peer before the members are known.
     fn placed_peer(&self, partition: u16) -> Option<String> {
         let placed = self
             .consensus
@@ -407,7 +408,9 @@ impl Remote {
             .map(|p| p.card.name)
             .filter(|n| placed.is_empty() || placed.contains(&crate::consensus::node_id(n)))
             .collect();
-        let turn = self.next_id.fetch_add(1, Ordering::Relaxed) as usize;
+        // At random: a rotation shared with request ids can fall into step with another
+        // node's and send two joining nodes' requests to each other for ever.
+        let turn = crate::auth::random_u64() as usize;
         up.get(turn % up.len().max(1)).cloned()
     }
 

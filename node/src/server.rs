@@ -20,6 +20,10 @@ use tokio_util::sync::CancellationToken;
 
 /// How long a leaving node waits for its partitions to be taken over.
 const LEAVE_LIMIT: Duration = Duration::from_secs(30);
+/// How long a starting node waits for its Raft groups to know a leader before serving.
+const LEADERS_AT_START: Duration = Duration::from_secs(5);
+/// How long a stopping node waits for its Raft groups to be led elsewhere.
+const DRAIN_LEADERSHIP: Duration = Duration::from_secs(10);
 /// How long shutdown waits for sessions to say goodbye.
 const DRAIN_SESSIONS: Duration = Duration::from_secs(5);
 
@@ -42,6 +46,47 @@ pub fn lock_data_dir(dir: &std::path::Path) -> Result<std::fs::File, NodeError> 
         Ok(()) => Ok(file),
         Err(std::fs::TryLockError::WouldBlock) => Err(NodeError::DataDirInUse(dir.display().to_string())),
         Err(std::fs::TryLockError::Error(e)) => Err(io(e)),
+    }
+}
+
+/// This node's name: the one its data folder was first started with (kept in
+/// `node.name` there), else `configured`, else [`default_name`] of the client address.
+/// A name is the node's identity in the cluster, so a folder never changes hands:
+/// a configured name other than the kept one is [`NodeError::NameChanged`].
+pub fn node_name(
+    dir: &std::path::Path,
+    configured: Option<&str>,
+    addr: SocketAddr,
+) -> Result<String, NodeError> {
+    let path = dir.join("node.name");
+    let io = |source| NodeError::DataDir {
+        path: path.display().to_string(),
+        source,
+    };
+    match std::fs::read_to_string(&path) {
+        Ok(stored) => {
+            let stored = stored.trim().to_owned();
+            match configured {
+                Some(configured) if configured != stored => Err(NodeError::NameChanged {
+                    dir: dir.display().to_string(),
+                    stored,
+                    configured: configured.to_owned(),
+                }),
+                _ => Ok(stored),
+            }
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let name = configured.map_or_else(|| default_name(addr), str::to_owned);
+            std::fs::create_dir_all(dir).map_err(io)?;
+            let tmp = dir.join("node.name.tmp");
+            let mut file = std::fs::File::create(&tmp).map_err(io)?;
+            std::io::Write::write_all(&mut file, format!("{name}\n").as_bytes()).map_err(io)?;
+            file.sync_all().map_err(io)?;
+            std::fs::rename(&tmp, &path).map_err(io)?;
+            std::fs::File::open(dir).and_then(|d| d.sync_all()).map_err(io)?;
+            Ok(name)
+        }
+        Err(e) => Err(io(e)),
     }
 }
 
@@ -88,7 +133,7 @@ pub async fn run(config: Config, listeners: Listeners, shutdown: CancellationTok
     let tls = config.client.tls.as_ref().map(crate::tls::acceptor).transpose()?;
     let config = Arc::new(config);
     let client_addr = listener.local_addr()?;
-    let node_name = config.name.clone().unwrap_or_else(|| default_name(client_addr));
+    let node_name = node_name(&config.data_dir, config.name.as_deref(), client_addr)?;
     std::fs::create_dir_all(&config.data_dir).map_err(|source| NodeError::DataDir {
         path: config.data_dir.display().to_string(),
         source,
@@ -104,15 +149,6 @@ pub async fn run(config: Config, listeners: Listeners, shutdown: CancellationTok
     let replicator = crate::replication::Replicator::new(&node_name, remote.clone());
     storage.set_replicator(replicator.clone());
     let metrics = Arc::new(crate::metrics::Metrics::default());
-    {
-        // The stored-message gauge starts from what is on disk; counting it is a scan,
-        // so it runs beside startup rather than before it.
-        let (storage, metrics) = (storage.clone(), metrics.clone());
-        tokio::task::spawn_blocking(move || match storage.count_inbox_entries() {
-            Ok(n) => metrics.inbox_messages(n as i64),
-            Err(e) => tracing::warn!(error = %e, "cannot count stored messages"),
-        });
-    }
     let max_age = match config.storage.retention_max_age_days {
         0 => None,
         days => Some(Duration::from_secs(days * 24 * 3600)),
@@ -177,10 +213,25 @@ pub async fn run(config: Config, listeners: Listeners, shutdown: CancellationTok
             },
             shutdown.clone(),
         ));
+        if started.0.started_with_groups() {
+            wait_for_leaders(&started.0, &node_name).await;
+        }
         Some(started)
     } else {
         None
     };
+    {
+        // The stored-message gauge starts from what is on disk; counting it is a scan,
+        // so it runs beside startup rather than before it.
+        let (storage, metrics) = (storage.clone(), metrics.clone());
+        // (The Raft core keeps its count with its records.)
+        if consensus.is_none() {
+            tokio::task::spawn_blocking(move || match storage.count_inbox_entries() {
+                Ok(n) => metrics.inbox_messages(n as i64),
+                Err(e) => tracing::warn!(error = %e, "cannot count stored messages"),
+            });
+        }
+    }
     let hashing = PasswordHashing::new(config.auth.argon2_memory_kib, config.auth.argon2_iterations)
         .map_err(|e| NodeError::Config(crate::config::ConfigError::Invalid(e)))?;
     let parallelism = std::thread::available_parallelism().map_or(2, |n| n.get());
@@ -255,7 +306,12 @@ pub async fn run(config: Config, listeners: Listeners, shutdown: CancellationTok
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     tracing::info!(node = %node_name, left = sessions.load(Ordering::Relaxed), "sessions closed");
-    if config.cluster.handoff_on_shutdown && cluster.view.peers().iter().any(|p| p.up) {
+    let peers_up = cluster.view.peers().iter().any(|p| p.up);
+    if let Some((handle, _, _)) = &consensus {
+        if config.cluster.handoff_on_shutdown && peers_up {
+            drain_leadership(handle, &node_name).await;
+        }
+    } else if config.cluster.handoff_on_shutdown && peers_up {
         // Hand every partition held here to the nodes that own it without this one.
         let (tx, rx) = tokio::sync::oneshot::channel();
         let leave = RegistryMsg::Leave {
@@ -293,6 +349,45 @@ pub async fn run(config: Config, listeners: Listeners, shutdown: CancellationTok
     Ok(())
 }
 
+/// Waits (at most [`LEADERS_AT_START`]) until every group this node has a replica of
+/// knows a leader, so that the first clients are not told `UNAVAILABLE` while the
+/// groups elect one (a one-node cluster's groups lead at once). Past the limit (the
+/// other members are not up yet), clients are served anyway and retry.
+async fn wait_for_leaders(handle: &crate::consensus::driver::Handle, node_name: &str) {
+    let deadline = Instant::now() + LEADERS_AT_START;
+    loop {
+        let status = handle.status();
+        if status.groups > 0 && status.leaderless == 0 {
+            return;
+        }
+        if Instant::now() >= deadline {
+            tracing::info!(node = %node_name, leaderless = status.leaderless, "serving clients before every partition has a leader");
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// Hands the leadership of every group led here to other voters and waits (at most
+/// [`DRAIN_LEADERSHIP`]) until none is led here: the partitions keep being served while
+/// this node stops, instead of waiting out an election timeout. The node stays a member.
+async fn drain_leadership(handle: &crate::consensus::driver::Handle, node_name: &str) {
+    handle.drain();
+    let deadline = Instant::now() + DRAIN_LEADERSHIP;
+    loop {
+        let movable = handle.status().movable;
+        if movable == 0 {
+            tracing::info!(node = %node_name, "leadership handed over");
+            return;
+        }
+        if Instant::now() >= deadline {
+            tracing::warn!(node = %node_name, movable, "still leading some groups; they elect a new leader after this node stops");
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 /// Starts the Raft core (see `cluster.consensus`): its log and records in
 /// this node's database, synced with it; its messages over the links to the peers.
 fn start_consensus(
@@ -308,6 +403,10 @@ fn start_consensus(
     let disk = Disk::open(&storage.database()).map_err(|e| NodeError::Spawn(format!("consensus: {e}")))?;
     let log = crate::consensus::wal::Wal::open(&config.data_dir.join("raft"), RAFT_LOG_REWRITE_BYTES)
         .map_err(|e| NodeError::Spawn(format!("consensus: {e}")))?;
+    let raft_state = log.1.as_ref().is_some_and(|l| !l.is_empty()) || !disk.is_empty();
+    if !raft_state && storage.holds_old_core_data() {
+        return Err(NodeError::OldCoreData(config.data_dir.display().to_string()));
+    }
     let links = RaftLinks {
         remote: remote.clone(),
         view: view.clone(),

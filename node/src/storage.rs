@@ -521,6 +521,12 @@ impl Storage {
         self.disk.syncs.load(Ordering::Acquire)
     }
 
+    /// Whether the old core (`cluster.consensus = false`) stored accounts, messages or
+    /// groups here: the Raft core keeps its records elsewhere and would not see them.
+    pub fn holds_old_core_data(&self) -> bool {
+        !(self.accounts.is_empty() && self.inbox.is_empty() && self.groups.is_empty())
+    }
+
     /// Syncs to disk; used at shutdown.
     pub fn flush(&self) -> Result<()> {
         self.sync_to_disk()

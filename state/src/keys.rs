@@ -124,6 +124,15 @@ pub fn applied(p: Partition) -> Vec<u8> {
     start(p, tree::APPLIED, 0)
 }
 
+/// Whether `key` is an inbox entry's (`seq_key(_, INBOX, user, ENTRY, seq)`): a stored
+/// message, for counting them.
+pub fn is_inbox_entry(key: &[u8]) -> bool {
+    let Some(&len) = key.get(3) else {
+        return false;
+    };
+    key[2] == tree::INBOX && key.len() == 4 + len as usize + 1 + 8 && key[4 + len as usize] == kind::ENTRY
+}
+
 /// The seq at the end of a `seq_key` (0 for a key too short to hold one).
 pub fn seq_of(key: &[u8]) -> u64 {
     key.len()

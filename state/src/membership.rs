@@ -127,6 +127,13 @@ pub fn voters_of(members: &BTreeMap<NodeId, MemberRecord>, group: u32, count: us
     active
 }
 
+/// Which of a group's `voters` should lead it when all is well: the one of highest
+/// rendezvous weight, so that leaders (and the writes they take) spread over the
+/// members as evenly as replicas do. `None` without voters.
+pub fn preferred_leader(voters: &[NodeId], group: u32) -> Option<NodeId> {
+    voters.iter().copied().max_by_key(|id| (weight(*id, group), *id))
+}
+
 /// Every partition's target voters with `replicas` copies, and the metadata group's.
 pub fn targets(members: &BTreeMap<NodeId, MemberRecord>, replicas: usize) -> BTreeMap<u32, Vec<NodeId>> {
     let mut out: BTreeMap<u32, Vec<NodeId>> = (0..PARTITIONS)
@@ -143,6 +150,25 @@ mod tests {
     use crate::store::MemStore;
     use chat_protocol::internal::Command;
     use chat_protocol::internal::command::Op;
+
+    #[test]
+    fn preferred_leaders_spread_evenly_and_are_voters() {
+        let voters = [11, 22, 33];
+        let mut led: BTreeMap<NodeId, usize> = BTreeMap::new();
+        for p in 0..PARTITIONS {
+            let leader = preferred_leader(&voters, u32::from(p)).unwrap();
+            assert!(voters.contains(&leader));
+            *led.entry(leader).or_default() += 1;
+        }
+        let fair = usize::from(PARTITIONS) / voters.len();
+        for (id, n) in &led {
+            assert!(
+                n * 4 > fair * 3 && n * 4 < fair * 5,
+                "node {id} leads {n} of {PARTITIONS}"
+            );
+        }
+        assert_eq!(preferred_leader(&[], 1), None);
+    }
 
     fn run(store: &mut MemStore, op: Op) -> outcome::Result {
         apply_op(META, op, store).unwrap().result.unwrap()

@@ -380,6 +380,32 @@ where
     wait_for_every(what, deadline, Duration::from_millis(25), check).await
 }
 
+/// Waits until every node of `nodes` sees `members` members and says the cluster is
+/// settled (`/cluster`: every partition led, its replicas caught up), as a script
+/// would before sending traffic.
+pub async fn wait_settled(nodes: &[&Node], members: usize) -> Result<()> {
+    for node in nodes {
+        let last = std::sync::Mutex::new(None);
+        let settled = wait_for("the cluster to settle", 3 * DEADLINE, || async {
+            let status = cluster_status(node).await?;
+            *last.lock().unwrap() = Some(status["consensus"].clone());
+            let seen = status["consensus"]["members"]
+                .as_u64()
+                .or_else(|| status["members"].as_u64())?;
+            (status["settled"] == true && seen == members as u64).then_some(())
+        })
+        .await;
+        if let Err(e) = settled {
+            let mut last = last.lock().unwrap().take().unwrap_or_default();
+            if let Some(c) = last.as_object_mut() {
+                c.remove("led");
+            }
+            bail!("{e}: {} says {last}", node.addr);
+        }
+    }
+    Ok(())
+}
+
 /// Polls `check` every `interval` until it returns `Some`, or fails after `deadline`
 /// (a longer interval for checks that are themselves expensive).
 pub async fn wait_for_every<T, F, Fut>(

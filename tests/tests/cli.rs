@@ -405,23 +405,12 @@ fn interactive(
 async fn an_interactive_session_rides_out_the_loss_of_its_node() {
     use chat_tests::{NodeOpts, free_port, wait_for};
     use tokio::io::AsyncWriteExt;
-    // Three nodes, two copies of every partition: two of them serve everything.
+    // Three nodes, three replicas of every partition: two of them are a majority.
     let seed = free_port();
     let mut a = Node::start_with(NodeOpts::member("cli-a", seed, &[], "cli-cookie")).unwrap();
     let b = Node::start_with(NodeOpts::member("cli-b", free_port(), &[seed], "cli-cookie")).unwrap();
     let c = Node::start_with(NodeOpts::member("cli-c", free_port(), &[seed], "cli-cookie")).unwrap();
-    for node in [&a, &b, &c] {
-        wait_for(
-            "the cluster to settle",
-            std::time::Duration::from_secs(40),
-            || async {
-                let status = chat_tests::cluster_status(node).await?;
-                status["settled"].as_bool().filter(|s| *s)
-            },
-        )
-        .await
-        .unwrap();
-    }
+    chat_tests::wait_settled(&[&a, &b, &c], 3).await.unwrap();
     let (success, _, err) = cli(&["--server", &a.addr, "register", "alice", "--password", "pa"])
         .await
         .unwrap();

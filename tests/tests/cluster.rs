@@ -146,6 +146,7 @@ async fn the_online_list_is_cluster_wide_from_every_node() {
     for node in [&n1, &n2, &n3] {
         wait_view(node, &all, DEADLINE).await;
     }
+    chat_tests::wait_settled(&[&n1, &n2, &n3], 3).await.unwrap();
     let (alice, _) = n1.user("alice").await.unwrap();
     let (bob, _) = n2.user("bob").await.unwrap();
     let (carol, _) = n3.user("carol").await.unwrap();

@@ -176,8 +176,12 @@ async fn a_new_node_joins_through_its_seeds_and_takes_its_share() {
 }
 
 #[tokio::test]
-async fn a_node_without_consensus_reports_none_and_refuses_removals() {
-    let node = Node::start().unwrap();
+async fn a_node_of_the_old_core_reports_no_consensus_and_refuses_removals() {
+    let node = Node::start_with(NodeOpts {
+        cluster_toml: "consensus = false\n".into(),
+        ..NodeOpts::default()
+    })
+    .unwrap();
     let status = cluster_status(&node).await.unwrap();
     assert!(status["consensus"].is_null(), "{status}");
     let admin = node.admin.trim_start_matches("http://").to_owned();
@@ -230,4 +234,17 @@ async fn identical_nodes_with_seeds_only_start_one_cluster_and_a_later_one_joins
     let four: Vec<&Node> = nodes.iter().collect();
     wait_members(&four, 4).await;
     wait_settled(&four, 3 * DEADLINE).await;
+}
+
+#[tokio::test]
+async fn a_default_node_is_a_one_node_cluster_of_the_raft_core_serving_at_once() {
+    let node = Node::start().unwrap();
+    // No wait: its groups have one voter each, which leads as soon as it starts.
+    let (alice, _) = node.user("alice").await.unwrap();
+    node.user("bob").await.unwrap();
+    alice.send_private("bob", "first").await.unwrap();
+    let c = consensus_of(&node).await.unwrap();
+    assert_eq!(c["members"], 1, "{c}");
+    assert_eq!(c["leaderless"], 0, "{c}");
+    assert_eq!(c["groups"], c["leading"], "{c}");
 }

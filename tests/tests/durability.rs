@@ -133,3 +133,110 @@ fn a_second_node_on_a_data_folder_in_use_says_so_and_announces_nothing() {
     first.kill().unwrap();
     first.wait().unwrap();
 }
+
+/// A node's name is its identity in the cluster: a data folder first started under one
+/// name refuses another, plainly and before announcing anything; without a configured
+/// name (the default derives from the client port, which changes with port 0) the
+/// node keeps the folder's.
+#[test]
+fn a_data_folder_keeps_its_node_name_and_refuses_another() {
+    use std::process::{Command, Stdio};
+    let dir = tempfile::tempdir().unwrap();
+    let run = |name: Option<&str>| {
+        let mut cmd = Command::new(chat_tests::bin("chat-node"));
+        cmd.args(["--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0"])
+            .args(["--cluster-listen", "127.0.0.1:0", "--data-dir"])
+            .arg(dir.path())
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        if let Some(name) = name {
+            cmd.args(["--name", name]);
+        }
+        cmd.spawn().unwrap()
+    };
+    let first_line = |child: &mut std::process::Child| {
+        use std::io::BufRead;
+        let mut line = String::new();
+        std::io::BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        line
+    };
+    let mut first = run(Some("keeper"));
+    assert!(first_line(&mut first).starts_with("chat-node keeper listening"));
+    first.kill().unwrap();
+    first.wait().unwrap();
+    let mut unnamed = run(None);
+    let line = first_line(&mut unnamed);
+    assert!(line.starts_with("chat-node keeper listening"), "{line}");
+    unnamed.kill().unwrap();
+    unnamed.wait().unwrap();
+    let other = run(Some("taker")).wait_with_output().unwrap();
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&other.stdout),
+        String::from_utf8_lossy(&other.stderr),
+    );
+    assert!(!other.status.success());
+    assert!(stdout.is_empty(), "announced something: {stdout}");
+    assert!(stderr.contains("belongs to node keeper, not taker"), "{stderr}");
+}
+
+/// The Raft core does not read what the old core stored: a data folder the old core
+/// wrote is refused with a clear message, never served as if empty.
+#[tokio::test]
+async fn a_data_folder_of_the_old_core_is_refused_not_served_empty() {
+    use std::io::BufRead;
+    use std::process::{Command, Stdio};
+    let dir = tempfile::tempdir().unwrap();
+    let run = |old_core: bool| {
+        let config = dir.path().join(format!("node-{old_core}.toml"));
+        let cluster = if old_core { "consensus = false\n" } else { "" };
+        std::fs::write(
+            &config,
+            format!("[cluster]\nlisten = \"127.0.0.1:0\"\n{cluster}[admin]\nenabled = false\n"),
+        )
+        .unwrap();
+        Command::new(chat_tests::bin("chat-node"))
+            .arg("--config")
+            .arg(&config)
+            .args(["--listen", "127.0.0.1:0", "--data-dir"])
+            .arg(dir.path().join("data"))
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    let mut old = run(true);
+    let mut line = String::new();
+    // Kept open while the node runs: it prints more lines, and a closed pipe kills it.
+    let mut out = std::io::BufReader::new(old.stdout.take().unwrap());
+    out.read_line(&mut line).unwrap();
+    let addr = line
+        .rsplit_once("listening for clients on ")
+        .unwrap()
+        .1
+        .trim()
+        .to_owned();
+    let (client, _) = chat_client::Client::connect(&addr).await.unwrap();
+    client.register("elder", "pw-elder").await.unwrap();
+    old.kill().unwrap();
+    old.wait().unwrap();
+    let mut new = run(false);
+    let deadline = std::time::Instant::now() + chat_tests::DEADLINE;
+    let status = loop {
+        if let Some(status) = new.try_wait().unwrap() {
+            break status;
+        }
+        if std::time::Instant::now() > deadline {
+            new.kill().unwrap();
+            panic!("the Raft core started on a data folder of the old core");
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    };
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(&mut new.stderr.take().unwrap(), &mut stderr).unwrap();
+    assert!(!status.success());
+    assert!(stderr.contains("holds data of the old core"), "{stderr}");
+}

@@ -1,7 +1,8 @@
-//! Location transparency and rebalancing through real processes: users on different
-//! nodes chat as on one node, a node joining under traffic takes over its partitions
-//! with every message delivered exactly once, a node leaving gracefully loses nothing,
-//! and a frozen node does not stop the others from serving what they own.
+//! Location transparency and rebalancing through real processes, on the Raft core: users
+//! on different nodes chat as on one node, a node joining under traffic gets its
+//! replicas with every message delivered exactly once, a node stopped with SIGTERM
+//! hands its leaderships over and loses nothing, and a frozen node does not stop the
+//! others from serving what they lead.
 
 use chat_client::proto::{ConversationKind, ErrorCode};
 use chat_client::{Client, Push};
@@ -17,9 +18,10 @@ use tokio::sync::Mutex;
 
 const COOKIE: &str = "partition-cookie";
 
-/// Starts `names.len()` nodes; the first without seeds, every other seeded with the first.
+/// Starts `names.len()` nodes; the first without seeds, every other seeded with the
+/// first; three replicas of every partition (the default).
 fn start(names: &[&str]) -> (Vec<Node>, u16) {
-    start_with_replicas(names, 2)
+    start_with_replicas(names, 3)
 }
 
 /// Like [`start`], keeping `replicas` copies of every partition.
@@ -37,48 +39,42 @@ fn start_with_replicas(names: &[&str], replicas: usize) -> (Vec<Node>, u16) {
     (nodes, seed)
 }
 
-/// Waits until `nodes` agree on `nodes.len()` members and each holds exactly the
-/// partitions it owns by rendezvous over their names, none moving, every copy whole.
+/// Waits until `nodes` are all members and settled: every partition led, on the
+/// voters placement wants, caught up.
 async fn settled(nodes: &[&Node]) {
-    let want = nodes.len() as u64;
-    wait_for("the partitions to settle", Duration::from_secs(40), || async {
-        let mut statuses = Vec::new();
-        for n in nodes {
-            statuses.push(cluster_status(n).await?);
-        }
-        let names: Vec<String> = statuses
-            .iter()
-            .map(|s| s["node"].as_str().map(str::to_owned))
-            .collect::<Option<_>>()?;
-        for s in &statuses {
-            let p = &s["partitions"];
-            if s["members"].as_u64()? != want
-                || p["moving"].as_u64()? != 0
-                || p["under_replicated"].as_u64()? != 0
-                || !s["joined"].as_bool()?
-            {
-                return None;
-            }
-            let me = s["node"].as_str()?;
-            let owned = (0..PARTITIONS)
-                .filter(|p| partition::owner(names.iter().map(String::as_str), *p) == Some(me))
-                .count() as u64;
-            if p["held"].as_u64()? != owned {
-                return None;
-            }
-        }
-        Some(())
-    })
-    .await
-    .unwrap();
+    chat_tests::wait_settled(nodes, nodes.len()).await.unwrap();
 }
 
-/// The first name `prefix0`, `prefix1`... whose partition `members` assign to `node`.
-fn user_owned_by(members: &[&str], node: &str, prefix: &str) -> String {
-    (0..10_000)
-        .map(|i| format!("{prefix}{i}"))
-        .find(|u| partition::owner(members.iter().copied(), partition::of_user(u)) == Some(node))
-        .expect("some name hashes there")
+/// The partitions `node` leads, once it leads any (leadership spreads over the nodes
+/// once the groups are placed).
+async fn led_by(node: &Node) -> Vec<u16> {
+    wait_for("the node to lead partitions", DEADLINE, || async {
+        let status = cluster_status(node).await?;
+        let led: Vec<u16> = status["consensus"]["led"]
+            .as_array()?
+            .iter()
+            .filter_map(|p| p.as_u64().map(|p| p as u16))
+            .collect();
+        (!led.is_empty()).then_some(led)
+    })
+    .await
+    .unwrap()
+}
+
+/// A name `prefix…` whose partition `node` leads.
+async fn user_led_by(node: &Node, prefix: &str) -> String {
+    partition::user_named_in(led_by(node).await[0], prefix, 0)
+}
+
+/// Whether placement puts a voter of partition `p` on `node` when `members` are the
+/// members (as every node computes it from the same names).
+fn placed_on(members: &[&str], node: &str, p: u16, replicas: usize) -> bool {
+    use chat_node::consensus::node_id;
+    let records = members
+        .iter()
+        .map(|m| (node_id(m), chat_protocol::internal::MemberRecord::default()))
+        .collect();
+    chat_state::membership::voters_of(&records, u32::from(p), replicas).contains(&node_id(node))
 }
 
 /// Registers `name` through `node` without logging in.
@@ -96,8 +92,9 @@ async fn total(acked: &BTreeMap<String, Acked>) -> usize {
     n
 }
 
+/// How many Raft groups `node` has a replica of.
 async fn held(node: &Node) -> u64 {
-    cluster_status(node).await.unwrap()["partitions"]["held"]
+    cluster_status(node).await.unwrap()["consensus"]["groups"]
         .as_u64()
         .unwrap()
 }
@@ -271,10 +268,9 @@ async fn a_fourth_node_joins_under_traffic_and_every_message_arrives_exactly_onc
     let (mut nodes, seed) = start(&["j1", "j2", "j3"]);
     settled(&[&nodes[0], &nodes[1], &nodes[2]]).await;
     // Six users chat in a ring, each connected to some node. Three of their inboxes
-    // are in partitions that move to the new node, three stay where they are.
-    let three = ["j1", "j2", "j3"];
+    // are in partitions that get a replica on the new node, three do not.
     let four = ["j1", "j2", "j3", "j4"];
-    let moves = |u: &String| partition::owner(four, partition::of_user(u)) == Some("j4");
+    let moves = |u: &String| placed_on(&four, "j4", partition::of_user(u), 3);
     let candidates: Vec<String> = (0..1000).map(|i| format!("ring{i}")).collect();
     let mut users: Vec<String> = candidates.iter().filter(|u| moves(u)).take(3).cloned().collect();
     users.extend(candidates.iter().filter(|u| !moves(u)).take(3).cloned());
@@ -287,11 +283,6 @@ async fn a_fourth_node_joins_under_traffic_and_every_message_arrives_exactly_onc
         users[2].clone(),
         users[5].clone(),
     ];
-    assert!(
-        users
-            .iter()
-            .all(|u| partition::owner(three, partition::of_user(u)).is_some())
-    );
     for (i, u) in users.iter().enumerate() {
         nodes[i % 3].user(u).await.unwrap();
     }
@@ -315,7 +306,7 @@ async fn a_fourth_node_joins_under_traffic_and_every_message_arrives_exactly_onc
     let before = total(&acked).await;
     nodes.push(Node::start_with(NodeOpts::member("j4", free_port(), &[seed], COOKIE)).unwrap());
     settled(&[&nodes[0], &nodes[1], &nodes[2], &nodes[3]]).await;
-    assert!(held(&nodes[3]).await > 0, "the new node took over partitions");
+    assert!(held(&nodes[3]).await > 0, "the new node holds replicas");
     // And keep going a little after the move.
     let after_join = before + 60;
     wait_for("traffic after the join", DEADLINE, || async {
@@ -338,7 +329,7 @@ async fn a_fourth_node_joins_under_traffic_and_every_message_arrives_exactly_onc
 }
 
 #[tokio::test]
-async fn a_node_leaving_gracefully_hands_everything_over() {
+async fn a_node_stopped_with_sigterm_hands_its_leaderships_over_and_loses_nothing() {
     let (mut nodes, _) = start(&["l1", "l2", "l3"]);
     settled(&[&nodes[0], &nodes[1], &nodes[2]]).await;
     // Offline mailboxes and a group spread over every node's partitions.
@@ -358,15 +349,23 @@ async fn a_node_leaving_gracefully_hands_everything_over() {
         }
     }
     sender.send_group("club", "club news").await.unwrap();
-    let held_by_leaver = held(&nodes[2]).await;
-    assert!(held_by_leaver > 0);
+    assert!(!led_by(&nodes[2]).await.is_empty());
 
-    // The third node leaves (SIGTERM): it hands off before it stops.
+    // The third node stops (SIGTERM): it hands every leadership over first, and stays a
+    // member (two voters of three keep every partition writable).
     let status = nodes[2].terminate().unwrap();
     assert!(status.success(), "{status:?}");
     let log = std::fs::read_to_string(&nodes[2].log).unwrap();
-    assert!(log.contains("partitions handed off"), "{log}");
-    settled(&[&nodes[0], &nodes[1]]).await;
+    assert!(log.contains("leadership handed over"), "{log}");
+    wait_for("the others to lead every partition", DEADLINE, || async {
+        let mut led = 0;
+        for n in &nodes[..2] {
+            led += cluster_status(n).await?["consensus"]["led"].as_array()?.len();
+        }
+        (led == usize::from(PARTITIONS)).then_some(())
+    })
+    .await
+    .unwrap();
 
     for r in &receivers {
         let (c, _, _) = nodes[1].login(r).await.unwrap();
@@ -391,10 +390,13 @@ async fn a_frozen_node_is_marked_down_and_the_others_keep_serving_what_they_own(
     let (nodes, _) = start_with_replicas(&["s1", "s2", "s3"], 1);
     let [n1, n2, n3] = [&nodes[0], &nodes[1], &nodes[2]];
     settled(&[n1, n2, n3]).await;
-    let members = ["s1", "s2", "s3"];
-    // Two users owned by s1 and s2, and one owned by the node that will freeze.
-    let pick = |node| user_owned_by(&members, node, "user");
-    let (x, y, z) = (pick("s1"), pick("s2"), pick("s3"));
+    // Two users whose partitions s1 and s2 lead (their only voters), and one whose
+    // partition the node that will freeze leads.
+    let (x, y, z) = (
+        user_led_by(n1, "user").await,
+        user_led_by(n2, "user").await,
+        user_led_by(n3, "user").await,
+    );
     let (xc, _) = n1.user(&x).await.unwrap();
     let (_yc, mut y_rx) = n2.user(&y).await.unwrap();
     n1.user(&z).await.unwrap();
@@ -432,15 +434,15 @@ async fn after_a_node_restarts_its_users_get_pushes_again_and_group_fan_outs_com
     // Without replicas, so that v's inbox is down with r3.
     let (mut nodes, _) = start_with_replicas(&["r1", "r2", "r3"], 1);
     settled(&[&nodes[0], &nodes[1], &nodes[2]]).await;
-    let members = ["r1", "r2", "r3"];
     // v's inbox lives on r3; v is connected to r1. The group lives elsewhere.
     let (v, w) = (
-        user_owned_by(&members, "r3", "member"),
-        user_owned_by(&members, "r1", "member"),
+        user_led_by(&nodes[2], "member").await,
+        user_led_by(&nodes[0], "member").await,
     );
+    let r3 = led_by(&nodes[2]).await;
     let group = (0..1000)
         .map(|i| format!("grp{i}"))
-        .find(|g| partition::owner(members, partition::of_group(g)) != Some("r3"))
+        .find(|g| !r3.contains(&partition::of_group(g)))
         .unwrap();
     let (_v_client, mut v_rx) = nodes[0].user(&v).await.unwrap();
     let (w_client, _) = nodes[1].user(&w).await.unwrap();
@@ -504,7 +506,7 @@ async fn a_whole_cluster_stopped_and_started_again_delivers_everything_acknowled
     sender.send_group("all", "to all").await.unwrap();
     drop(sender);
 
-    // Stop every node (each hands its partitions to those still up), then start them all.
+    // Stop every node (each hands its leaderships to those still up), then start them all.
     for n in nodes.iter_mut().rev() {
         assert!(n.terminate().unwrap().success());
     }
@@ -527,10 +529,10 @@ async fn a_joining_node_killed_during_its_takeover_and_restarted_loses_nothing()
     let (nodes, seed) = start(&["k1", "k2", "k3"]);
     settled(&[&nodes[0], &nodes[1], &nodes[2]]).await;
     let four = ["k1", "k2", "k3", "k4"];
-    // Receivers whose inboxes will move to k4, each with a stored backlog.
+    // Receivers whose inboxes get a replica on k4, each with a stored backlog.
     let movers: Vec<String> = (0..2000)
         .map(|i| format!("mv{i}"))
-        .filter(|u| partition::owner(four, partition::of_user(u)) == Some("k4"))
+        .filter(|u| placed_on(&four, "k4", partition::of_user(u), 3))
         .take(8)
         .collect();
     let (sender, _) = nodes[0].user("sender").await.unwrap();
@@ -541,11 +543,10 @@ async fn a_joining_node_killed_during_its_takeover_and_restarted_loses_nothing()
         }
     }
     let mut k4 = Node::start_with(NodeOpts::member("k4", free_port(), &[seed], COOKIE)).unwrap();
-    // Kill it as soon as partitions start moving to it.
-    wait_for("the takeover to start", DEADLINE, || async {
+    // Kill it as soon as it has its first replicas.
+    wait_for("the first replicas to reach k4", DEADLINE, || async {
         let s = cluster_status(&k4).await?;
-        let p = &s["partitions"];
-        (p["moving"].as_u64()? > 0 || p["held"].as_u64()? > 0).then_some(())
+        (s["consensus"]["groups"].as_u64()? > 0).then_some(())
     })
     .await
     .unwrap();
@@ -564,11 +565,11 @@ async fn a_joining_node_killed_during_its_takeover_and_restarted_loses_nothing()
 async fn receipts_cross_nodes_and_wait_for_an_offline_sender() {
     let (nodes, _) = start(&["c1", "c2", "c3"]);
     settled(&[&nodes[0], &nodes[1], &nodes[2]]).await;
-    let members = ["c1", "c2", "c3"];
-    // The sender's inbox is on c1, the recipient's on c2; they connect through c3 and c1.
+    // The sender's inbox is led by c1, the recipient's by c2; they connect through c3
+    // and c1.
     let (sender, recipient) = (
-        user_owned_by(&members, "c1", "snd"),
-        user_owned_by(&members, "c2", "rcp"),
+        user_led_by(&nodes[0], "snd").await,
+        user_led_by(&nodes[1], "rcp").await,
     );
     let (s, _) = nodes[2].user(&sender).await.unwrap();
     let (r, _) = nodes[0].user(&recipient).await.unwrap();
@@ -636,62 +637,4 @@ async fn a_group_message_reports_per_member_delivered_and_read_across_nodes() {
     assert_eq!(err.code(), Some(ErrorCode::NotAMember));
     let err = ann.group_receipts("team", sent.seq + 5).await.unwrap_err();
     assert_eq!(err.code(), Some(ErrorCode::NotFound));
-}
-
-#[tokio::test]
-async fn a_leave_cut_short_leaves_its_partitions_to_nobody_else_until_the_node_returns() {
-    // Without replicas: with them, t2 and t1 have whole copies of t3's share and
-    // rightly take it over (the failover tests cover that).
-    let (mut nodes, _) = start_with_replicas(&["t1", "t2", "t3"], 1);
-    settled(&[&nodes[0], &nodes[1], &nodes[2]]).await;
-    let (sender, _) = nodes[0].user("sender").await.unwrap();
-    let receivers: Vec<String> = (0..12).map(|i| format!("quiet{i}")).collect();
-    for r in &receivers {
-        register(&nodes[1], r).await;
-        sender.send_private(r, &format!("for {r}")).await.unwrap();
-    }
-    drop(sender);
-    // t1 freezes, so t3's leave cannot hand t1 its share; t2 sees t3 leaving, then t3
-    // dies before it is done.
-    send_signal(nodes[0].pid(), "STOP").unwrap();
-    send_signal(nodes[2].pid(), "TERM").unwrap();
-    wait_for("t2 to see t3 leaving", DEADLINE, || async {
-        let s = cluster_status(&nodes[1]).await?;
-        (s["members"].as_u64()? == 2).then_some(())
-    })
-    .await
-    .unwrap();
-    nodes[2].kill9();
-    send_signal(nodes[0].pid(), "CONT").unwrap();
-    // t1 and t2 must not take what t3 still has as new: watch them for a while.
-    wait_for("t1 to see t2 again", DEADLINE, || async {
-        let s = cluster_status(&nodes[0]).await?;
-        let nodes = s["nodes"].as_array()?;
-        nodes
-            .iter()
-            .any(|n| n["name"] == "t2" && n["up"] == true)
-            .then_some(())
-    })
-    .await
-    .unwrap();
-    let members = ["t1", "t2", "t3"];
-    let t1_share = (0..PARTITIONS)
-        .filter(|p| partition::owner(members, *p) == Some("t1"))
-        .count() as u64;
-    let watching = std::time::Instant::now();
-    while watching.elapsed() < Duration::from_secs(3) {
-        assert!(
-            held(&nodes[0]).await <= t1_share,
-            "t1 claimed partitions t3 still has"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    // When t3 is back, every acknowledged message is where it belongs, once.
-    nodes[2].restart().unwrap();
-    settled(&[&nodes[0], &nodes[1], &nodes[2]]).await;
-    for (i, r) in receivers.iter().enumerate() {
-        let (c, _, _) = nodes[i % 3].login(r).await.unwrap();
-        let texts: Vec<String> = c.sync_all(0).await.unwrap().into_iter().map(|d| d.text).collect();
-        assert_eq!(texts, [format!("for {r}")], "{r}");
-    }
 }

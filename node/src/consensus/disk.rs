@@ -29,6 +29,8 @@ const CONF_STATE: u8 = b'c';
 const SNAPSHOT: u8 = b'p';
 const APPLIED: u8 = b'a';
 const TOMBSTONE: u8 = b't';
+/// How many inbox entries the records hold (u64, big-endian), written with them.
+const ENTRIES: &[u8] = b"e";
 
 /// Failures of the consensus disk.
 #[derive(Debug, thiserror::Error)]
@@ -97,6 +99,12 @@ impl Disk {
         Ok(Self {
             tree: db.open_tree("consensus")?,
         })
+    }
+
+    /// Whether nothing of consensus was ever stored here (a new node, or one of the old
+    /// core).
+    pub fn is_empty(&self) -> bool {
+        self.tree.is_empty()
     }
 
     /// The Raft logs a data folder of the previous format kept in this tree (empty for
@@ -210,18 +218,25 @@ impl Disk {
         }
     }
 
-    /// Removes a group's records and applied state (this node left the group).
-    pub fn clear(&self, group: GroupId) -> Result<()> {
+    /// Removes a group's records and applied state (this node left the group), and its
+    /// inbox entries from the count `entries`. Returns the count left.
+    pub fn clear(&self, group: GroupId, entries: u64) -> Result<u64> {
         let mut batch = sled::Batch::default();
         let prefix = record_key(&chat_state::keys::partition_prefix(
             group as chat_state::placement::Partition,
         ));
+        let mut removed = 0;
         for key in self.tree.scan_prefix(prefix).keys() {
-            batch.remove(key?);
+            let key = key?;
+            removed += u64::from(chat_state::keys::is_inbox_entry(&key[1..]));
+            batch.remove(key);
         }
+        let left = entries.saturating_sub(removed);
+        Self::write_inbox_entries(&mut batch, left);
         batch.remove(state_key(group, APPLIED));
         batch.remove(state_key(group, SNAPSHOT));
-        Ok(self.tree.apply_batch(batch)?)
+        self.tree.apply_batch(batch)?;
+        Ok(left)
     }
 
     /// Applies a round's batch: visible to reads at once, durable after the sync.
@@ -239,7 +254,29 @@ impl Disk {
         Overlay {
             tree: &self.tree,
             pending,
+            entries: 0,
         }
+    }
+
+    /// How many inbox entries (stored messages) the records hold, over every partition
+    /// with a replica here, as counted with them; counted by a scan of every record
+    /// (and kept) the first time.
+    pub fn inbox_entries(&self) -> Result<u64> {
+        if let Some(n) = self.tree.get(ENTRIES)? {
+            let n: [u8; 8] = n.as_ref().try_into().map_err(|_| DiskError::Corrupt(0))?;
+            return Ok(u64::from_be_bytes(n));
+        }
+        let mut n = 0;
+        for key in self.tree.scan_prefix([RECORD]).keys() {
+            n += u64::from(chat_state::keys::is_inbox_entry(&key?[1..]));
+        }
+        self.tree.insert(ENTRIES, &n.to_be_bytes())?;
+        Ok(n)
+    }
+
+    /// Adds the inbox entry count to a round's batch (with the records it counts).
+    pub fn write_inbox_entries(batch: &mut sled::Batch, n: u64) {
+        batch.insert(ENTRIES, &n.to_be_bytes());
     }
 }
 
@@ -270,18 +307,29 @@ pub fn write_records(batch: &mut sled::Batch, pending: Pending) {
 pub struct Overlay<'a> {
     tree: &'a sled::Tree,
     pending: &'a mut Pending,
+    /// Inbox entries written less those removed, through this overlay.
+    entries: i64,
 }
 
 impl Overlay<'_> {
     /// Replaces every record under `prefix` by `records` (a snapshot was installed).
     pub fn replace(&mut self, prefix: &[u8], records: Vec<(Vec<u8>, Vec<u8>)>) -> StoreResult<()> {
         for (key, _) in self.scan(prefix, None, usize::MAX)? {
+            self.entries -= i64::from(chat_state::keys::is_inbox_entry(&key));
             self.pending.insert(key, None);
         }
         for (key, value) in records {
+            self.entries += i64::from(chat_state::keys::is_inbox_entry(&key));
             self.pending.insert(key, Some(value));
         }
         Ok(())
+    }
+
+    /// Inbox entries added less those removed through this overlay. Exact because the
+    /// state machine writes an entry once, at a new seq, and removes only entries that
+    /// exist.
+    pub fn entries_added(&self) -> i64 {
+        self.entries
     }
 }
 
@@ -354,10 +402,16 @@ impl Store for Overlay<'_> {
     }
 
     fn put(&mut self, key: Vec<u8>, value: Vec<u8>) {
+        if chat_state::keys::is_inbox_entry(&key) && !matches!(self.pending.get(&key), Some(Some(_))) {
+            self.entries += 1;
+        }
         self.pending.insert(key, Some(value));
     }
 
     fn delete(&mut self, key: Vec<u8>) {
+        if chat_state::keys::is_inbox_entry(&key) && !matches!(self.pending.get(&key), Some(None)) {
+            self.entries -= 1;
+        }
         self.pending.insert(key, None);
     }
 }
@@ -381,6 +435,40 @@ mod tests {
             data: vec![index as u8].into(),
             ..Default::default()
         }
+    }
+
+    #[test]
+    fn inbox_entries_are_counted_with_the_records_and_leave_with_a_cleared_group() {
+        use chat_state::keys::{kind, seq_key, tree};
+        let (_dir, db, disk) = disk();
+        let entry = |p, user: &str, seq| seq_key(p, tree::INBOX, user, kind::ENTRY, seq);
+        // Written by an older version: counted by a scan, once.
+        let mut batch = sled::Batch::default();
+        let old: Pending = [(entry(1, "ann", 1), Some(vec![1]))].into();
+        write_records(&mut batch, old);
+        disk.apply(batch).unwrap();
+        assert_eq!(disk.inbox_entries().unwrap(), 1);
+        // A round: two entries in partition 2, one of them trimmed in the same round, and
+        // a record that is not an entry.
+        let mut pending = Pending::new();
+        let mut overlay = disk.overlay(&mut pending);
+        overlay.put(entry(2, "bob", 1), vec![1]);
+        overlay.put(entry(2, "bob", 2), vec![2]);
+        overlay.delete(entry(2, "bob", 1));
+        overlay.put(chat_state::keys::account(2, "bob"), vec![3]);
+        overlay.delete(entry(1, "ann", 1));
+        assert_eq!(overlay.entries_added(), 0);
+        overlay.put(entry(2, "bob", 3), vec![3]);
+        let added = overlay.entries_added();
+        assert_eq!(added, 1);
+        let mut batch = sled::Batch::default();
+        write_records(&mut batch, pending);
+        Disk::write_inbox_entries(&mut batch, 1 + added as u64);
+        disk.apply(batch).unwrap();
+        let disk = Disk::open(&db).unwrap();
+        assert_eq!(disk.inbox_entries().unwrap(), 2);
+        assert_eq!(disk.clear(2, 2).unwrap(), 0);
+        assert_eq!(Disk::open(&db).unwrap().inbox_entries().unwrap(), 0);
     }
 
     #[test]

@@ -21,6 +21,7 @@ use chat_consensus::{Error as RaftError, GroupId, MultiRaft, NodeId, Outgoing, R
 use chat_protocol::internal::Outcome;
 use chat_state::placement::Partition;
 use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, mpsc};
 use std::time::{Duration, Instant};
 
@@ -115,6 +116,8 @@ pub struct Status {
     /// Groups led here that are not whole (a voter behind or silent, a change under
     /// way, or not on placement's voters yet).
     pub unsettled: usize,
+    /// Groups led here that have another voter to take over (what draining waits for).
+    pub movable: usize,
     /// Members in the metadata group's records, as applied here.
     pub members: usize,
     /// Syncs of the Raft log so far (one per round that wrote anything).
@@ -154,10 +157,18 @@ enum Input {
     Flushed(std::io::Result<BTreeMap<GroupId, u64>>),
     /// Start a new cluster with these first members, if this node has no group yet.
     Bootstrap(Vec<(NodeId, String)>),
+    /// Hand the leadership of every group led here to another voter (before stopping).
+    Drain,
     Stop,
 }
 
 type Token = u64;
+
+/// A request waiting for its group to have a leader.
+enum Held {
+    Propose(Vec<u8>, ProposeReply),
+    Read(ReadReply),
+}
 
 enum Waiter {
     Propose(ProposeReply),
@@ -170,6 +181,9 @@ pub struct Handle {
     tx: mpsc::Sender<Input>,
     /// The node started with no consensus state at all.
     fresh: bool,
+    /// Groups this node had a replica of when it started (restored or bootstrapped).
+    groups_at_start: usize,
+    entries: Arc<AtomicU64>,
     status: Arc<Mutex<Status>>,
     led: Arc<Mutex<Vec<Partition>>>,
     placed: Arc<Mutex<Placed>>,
@@ -263,6 +277,24 @@ impl Handle {
         self.fresh
     }
 
+    /// Inbox entries (stored messages) the records of this node's replicas hold.
+    pub fn inbox_entries(&self) -> u64 {
+        self.entries.load(Ordering::Relaxed)
+    }
+
+    /// Whether this node started with replicas of groups (its own, or a new
+    /// cluster's first ones): then it has leaders to wait for before serving.
+    pub fn started_with_groups(&self) -> bool {
+        self.groups_at_start > 0
+    }
+
+    /// Hands the leadership of every group led here to a caught-up live voter, and keeps
+    /// doing so (a group that elects this node again is handed on): before stopping,
+    /// so that no partition waits out an election timeout. See [`Status::movable`].
+    pub fn drain(&self) {
+        let _ = self.tx.send(Input::Drain);
+    }
+
     /// Stops the thread after its current round; waiting callers get `Stopped`.
     pub fn stop(&self) {
         let _ = self.tx.send(Input::Stop);
@@ -339,13 +371,16 @@ pub fn start(
     }
     // Records of groups this node left, if a crash came between the round that left
     // and the clearing after it.
+    let mut entries = disk.inbox_entries()?;
     for group in stale {
-        disk.clear(group)?;
+        entries = disk.clear(group, entries)?;
     }
     let bootstrapped = fresh && bootstrap.iter().any(|(member, _)| *member == id);
     if bootstrapped {
         create_first_groups(&mut raft, id, replicas, &bootstrap);
     }
+    let groups_at_start = raft.groups().count();
+    let entries = Arc::new(AtomicU64::new(entries));
     let (tx, rx) = mpsc::channel();
     let status = Arc::new(Mutex::new(Status::default()));
     let led = Arc::new(Mutex::new(Vec::new()));
@@ -370,6 +405,12 @@ pub fn start(
         status: status.clone(),
         led: led.clone(),
         placed: placed.clone(),
+        draining: false,
+        held: Vec::new(),
+        // An election timeout at its longest: elections, once started, take a round
+        // trip or two; a replica cut off from the majority answers within this.
+        wait_for_leader: timing.tick * 2 * timing.raft.election_ticks as u32,
+        entries: entries.clone(),
     };
     let thread = std::thread::Builder::new()
         .name(format!("consensus-{id}"))
@@ -379,6 +420,8 @@ pub fn start(
         Handle {
             tx,
             fresh: fresh && !bootstrapped,
+            groups_at_start,
+            entries,
             status,
             led,
             placed,
@@ -489,6 +532,15 @@ struct Driver<S, T> {
     status: Arc<Mutex<Status>>,
     led: Arc<Mutex<Vec<Partition>>>,
     placed: Arc<Mutex<Placed>>,
+    /// Handing every leadership away: this node is about to stop.
+    draining: bool,
+    /// Requests waiting for a leader (see [`Driver::must_wait`]), and until when a
+    /// leaderless group's may wait.
+    held: Vec<(Option<Instant>, GroupId, Held)>,
+    /// How long a request may wait for a group here to elect a leader.
+    wait_for_leader: Duration,
+    /// Inbox entries the records hold (written with them every round).
+    entries: Arc<AtomicU64>,
 }
 
 impl<S: Sync, T: Transport> Driver<S, T> {
@@ -515,6 +567,7 @@ impl<S: Sync, T: Transport> Driver<S, T> {
             for input in inputs {
                 stop |= self.handle(input);
             }
+            self.release_held();
             if Instant::now() >= next_tick {
                 self.expire();
                 self.flush_records();
@@ -542,12 +595,65 @@ impl<S: Sync, T: Transport> Driver<S, T> {
         for (_, waiter) in self.waiting.drain() {
             fail(waiter, ProposeError::Stopped);
         }
+        for (_, _, held) in self.held.drain(..) {
+            match held {
+                Held::Propose(_, reply) => reply(Err(ProposeError::Stopped)),
+                Held::Read(reply) => reply(Err(ProposeError::Stopped)),
+            }
+        }
         self.flusher.stop();
+    }
+
+    /// Proposes again what was held for a transfer that has ended (or answers it: the
+    /// new leader's name lets the caller send it there).
+    fn release_held(&mut self) {
+        if self.held.is_empty() {
+            return;
+        }
+        for (until, group, held) in std::mem::take(&mut self.held) {
+            let input = match held {
+                Held::Propose(command, reply) => Input::Propose {
+                    group,
+                    command,
+                    reply,
+                },
+                Held::Read(reply) => Input::Read { group, reply },
+            };
+            self.handle_held(input, until);
+        }
+    }
+
+    /// Whether a request for `group` should wait rather than be refused: its leadership
+    /// is being handed over from here (raft-rs would drop a proposal), or its replica
+    /// here knows no leader (an election is under way) and `until` has not passed
+    /// (`until` is set, if unset, to how long a request may wait for one).
+    fn must_wait(&mut self, group: GroupId, until: &mut Option<Instant>) -> bool {
+        if self.raft.transferring(group) {
+            return true;
+        }
+        if !self.raft.groups().any(|g| g == group) || self.raft.leader(group).is_some() {
+            return false;
+        }
+        let until = until.get_or_insert_with(|| Instant::now() + self.wait_for_leader);
+        Instant::now() < *until
     }
 
     /// Handles one input; true to stop.
     fn handle(&mut self, input: Input) -> bool {
+        self.handle_held(input, None)
+    }
+
+    /// Handles one input, held until `hold_until` at most if it was held; true to stop.
+    fn handle_held(&mut self, input: Input, mut hold_until: Option<Instant>) -> bool {
         match input {
+            Input::Propose {
+                group,
+                command,
+                reply,
+            } if self.must_wait(group, &mut hold_until) => {
+                // Proposed once there is a leader to take it: here or at the new leader.
+                self.held.push((hold_until, group, Held::Propose(command, reply)));
+            }
             Input::Propose {
                 group,
                 command,
@@ -563,6 +669,9 @@ impl<S: Sync, T: Transport> Driver<S, T> {
                     }
                     Err(e) => reply(Err(refusal(group, e))),
                 }
+            }
+            Input::Read { group, reply } if self.must_wait(group, &mut hold_until) => {
+                self.held.push((hold_until, group, Held::Read(reply)));
             }
             Input::Read { group, reply } => {
                 let token = self.next_token;
@@ -609,6 +718,11 @@ impl<S: Sync, T: Transport> Driver<S, T> {
                     let id = self.raft.id();
                     create_first_groups(&mut self.raft, id, self.replicas, &members);
                 }
+            }
+            Input::Drain => {
+                tracing::info!("handing over the leadership of every group led here");
+                self.draining = true;
+                self.raft.drain();
             }
             Input::Stop => return true,
         }
@@ -699,6 +813,12 @@ impl<S: Sync, T: Transport> Driver<S, T> {
                     chat_state::snapshot::encode(records.iter().map(|(k, v)| (k.as_slice(), v.as_slice())));
                 self.raft.offer_snapshot(group, data);
             }
+            let added = overlay.entries_added();
+            if added != 0 {
+                let now = self.entries.load(Ordering::Relaxed).saturating_add_signed(added);
+                Disk::write_inbox_entries(&mut batch, now);
+                self.entries.store(now, Ordering::Relaxed);
+            }
         }
         for (group, write) in &round.writes {
             self.disk.write_applied(&mut batch, *group, write);
@@ -730,7 +850,8 @@ impl<S: Sync, T: Transport> Driver<S, T> {
             self.wal.sync()?;
         }
         for group in removed {
-            self.disk.clear(group)?;
+            let left = self.disk.clear(group, self.entries.load(Ordering::Relaxed))?;
+            self.entries.store(left, Ordering::Relaxed);
         }
         let held = self.raft.finish_round_log_only();
         self.send(held);
@@ -786,8 +907,24 @@ impl<S: Sync, T: Transport> Driver<S, T> {
                     tracing::debug!(group, placed, ?progress, last, "group not settled");
                 }
             }
-            if look && !target.is_empty() {
-                self.raft.move_towards(group, &target);
+            let others: Vec<NodeId> = voters.iter().copied().filter(|v| *v != self.raft.id()).collect();
+            status.movable += usize::from(!others.is_empty());
+            if self.draining {
+                // Placement as if this node were leaving: leadership goes to a caught-up
+                // live voter that stays, and no other change starts from here.
+                if !others.is_empty() {
+                    self.raft.move_towards(group, &others);
+                }
+            } else if look && !target.is_empty() {
+                if placed && self.raft.whole(group) {
+                    // Where it should be: leadership goes where placement prefers it, so
+                    // that every node leads its share.
+                    if let Some(heir) = chat_state::membership::preferred_leader(&voters, group) {
+                        self.raft.prefer_leader(group, heir);
+                    }
+                } else {
+                    self.raft.move_towards(group, &target);
+                }
             }
         }
         *self.status.lock().unwrap_or_else(|e| e.into_inner()) = status;

@@ -499,3 +499,96 @@ fn a_proposal_that_cannot_commit_is_answered_timed_out() {
     );
     assert_eq!(answer, Err(ProposeError::TimedOut));
 }
+
+#[test]
+fn a_draining_node_hands_every_leadership_to_the_others_which_keep_serving() {
+    let dir = tempfile::tempdir().unwrap();
+    let net = Net::default();
+    let partitions: Vec<Partition> = vec![1, 2, 3, 4];
+    let mut nodes: Vec<TestNode> = (1..=3).map(|id| TestNode::start(id, dir.path(), &net)).collect();
+    for node in &nodes {
+        for p in &partitions {
+            node.handle.create(*p, vec![1, 2, 3]);
+        }
+    }
+    let all: Vec<&TestNode> = nodes.iter().collect();
+    for p in &partitions {
+        propose(&all, *p, register(&user_in(*p, 0)));
+    }
+    // The node that leads the most groups drains: it hands every one of them over.
+    let draining = nodes.iter().max_by_key(|n| n.handle.status().leading).unwrap();
+    assert!(draining.handle.status().leading > 0);
+    draining.handle.drain();
+    let others: Vec<&TestNode> = nodes.iter().filter(|n| n.id != draining.id).collect();
+    wait_until("the others to lead every group", || {
+        draining.handle.status().movable == 0
+            && others.iter().map(|n| n.handle.status().leading).sum::<usize>() == partitions.len()
+    });
+    // The draining node is still a voter: the others commit with it, and without it.
+    for p in &partitions {
+        assert!(matches!(
+            propose(&others, *p, send(&user_in(*p, 0), "after")),
+            outcome::Result::Appended(_)
+        ));
+    }
+    let id = draining.id;
+    let at = nodes.iter().position(|n| n.id == id).unwrap();
+    nodes[at].stop(&net);
+    nodes.remove(at);
+    for p in &partitions {
+        let up: Vec<&TestNode> = nodes.iter().collect();
+        assert!(matches!(
+            propose(&up, *p, send(&user_in(*p, 0), "without")),
+            outcome::Result::Appended(_)
+        ));
+    }
+    for node in &mut nodes {
+        node.stop(&net);
+    }
+}
+
+#[test]
+fn requests_during_a_leadership_transfer_wait_for_the_new_leader_instead_of_failing() {
+    let dir = tempfile::tempdir().unwrap();
+    let net = Net::default();
+    let p: Partition = 5;
+    let mut nodes: Vec<TestNode> = (1..=3).map(|id| TestNode::start(id, dir.path(), &net)).collect();
+    for node in &nodes {
+        node.handle.create(p, vec![1, 2, 3]);
+    }
+    let all: Vec<&TestNode> = nodes.iter().collect();
+    propose(&all, p, register(&user_in(p, 0)));
+    let command = |i: usize| {
+        Command {
+            op: Some(send(&user_in(p, 0), &format!("during-{i}"))),
+        }
+        .encode_to_vec()
+    };
+    let leader = nodes
+        .iter()
+        .find(|n| ask(&n.handle, p, &command(0)).is_ok())
+        .expect("a leader");
+    // The leader hands over; requests keep coming to it meanwhile.
+    leader.handle.drain();
+    let mut answers = Vec::new();
+    for i in 1..=20 {
+        answers.push(ask(&leader.handle, p, &command(i)));
+        answers.push(barrier(&leader.handle, p).map(|()| Outcome::default()));
+    }
+    for answer in &answers {
+        assert!(
+            matches!(
+                answer,
+                Ok(_) | Err(ProposeError::NotLeader { leader: Some(_), .. })
+            ),
+            "{answer:?}"
+        );
+    }
+    assert!(
+        answers.iter().any(|a| a.is_err()),
+        "the leadership moved away meanwhile"
+    );
+    for node in &mut nodes {
+        node.stop(&net);
+    }
+}
