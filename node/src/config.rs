@@ -194,8 +194,9 @@ pub struct StorageConfig {
     /// Messages older than this are removed from inboxes, in days; 0 keeps
     /// them until the count limit. Default: 30.
     pub retention_max_age_days: u64,
-    /// How often, in minutes, every inbox is checked for messages past the age
-    /// limit (an inbox also trims itself whenever a message arrives). Default: 60.
+    /// How often, in minutes, every inbox is checked against the retention limits
+    /// (first 5 s after the start; an inbox also trims itself whenever a message
+    /// arrives). Default: 60.
     pub retention_sweep_minutes: u64,
 }
 

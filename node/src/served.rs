@@ -37,6 +37,9 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
+/// How long after the start the first retention sweep runs (the later ones run every
+/// `storage.retention_sweep_minutes`).
+pub const RETENTION_FIRST_SWEEP: Duration = Duration::from_secs(5);
 /// How often the leader of a partition looks for group fan-outs left pending there.
 pub const FANOUT_SWEEP: Duration = Duration::from_secs(2);
 /// Most posts one fan-out plan covers.
@@ -69,6 +72,7 @@ impl Served {
         disk: Disk,
         max_messages: u64,
         max_age: Option<Duration>,
+        sweep_every: Duration,
     ) -> Arc<Self> {
         let served = Arc::new_cyclic(|myself| Self {
             remote,
@@ -83,6 +87,9 @@ impl Served {
             myself: myself.clone(),
         });
         tokio::spawn(sweep(Arc::downgrade(&served)));
+        if max_messages > 0 || max_age.is_some() {
+            tokio::spawn(sweep_retention(Arc::downgrade(&served), sweep_every));
+        }
         served
     }
 
@@ -273,7 +280,7 @@ impl Served {
             }),
             InboxMsg::Release { reply } => reply(Vec::new()),
             // Sessions leave the directory with `Remote::set_session_user`; retention
-            // runs with each append; there are no inbox actors to stop.
+            // runs with each append and `sweep_retention`; there are no inbox actors.
             InboxMsg::Detach { .. }
             | InboxMsg::ForgetNode(_)
             | InboxMsg::Sweep
@@ -750,6 +757,52 @@ async fn sweep(served: Weak<Served>) {
             Some(served) => served.resume_fanouts(),
             None => return,
         }
+    }
+}
+
+/// Applies retention to every inbox of the partitions led here (those that receive
+/// nothing new, which no append trims): [`RETENTION_FIRST_SWEEP`] after the start, then
+/// every `every`, a batch of inboxes per command (`chat_state`'s `Sweep`).
+async fn sweep_retention(served: Weak<Served>, every: Duration) {
+    let mut wait = RETENTION_FIRST_SWEEP.min(every);
+    loop {
+        tokio::time::sleep(wait).await;
+        wait = every;
+        let Some(led) = served.upgrade().map(|s| s.consensus.led()) else {
+            return;
+        };
+        let (mut commands, mut partitions) = (0u64, 0usize);
+        for p in led {
+            let mut after = String::new();
+            loop {
+                let Some(me) = served.upgrade() else {
+                    return;
+                };
+                let op = Op::Sweep(command::Sweep {
+                    after: std::mem::take(&mut after),
+                    limit: chat_state::machine::MAX_SWEEP_INBOXES,
+                    now_ms: storage::now_ms(),
+                    retention: Some(me.retention),
+                });
+                match me.propose_async(p, op).await {
+                    Ok(outcome::Result::Swept(last)) if !last.is_empty() => {
+                        commands += 1;
+                        after = last;
+                    }
+                    Ok(_) => {
+                        commands += 1;
+                        break;
+                    }
+                    Err(e) => {
+                        // Led elsewhere now, or no majority: its leader sweeps it.
+                        tracing::debug!(partition = p, error = %e, "retention sweep skipped");
+                        break;
+                    }
+                }
+            }
+            partitions += 1;
+        }
+        tracing::debug!(partitions, commands, "retention sweep done");
     }
 }
 

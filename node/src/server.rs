@@ -249,6 +249,7 @@ pub async fn run(config: Config, listeners: Listeners, shutdown: CancellationTok
                     disk.clone(),
                     config.storage.retention_max_messages,
                     max_age,
+                    Duration::from_secs(config.storage.retention_sweep_minutes.max(1) * 60),
                 ),
             ),
             None => Router::new(registry.clone()),

@@ -23,6 +23,9 @@ use std::collections::BTreeMap;
 /// appends, so one append never does unbounded work).
 const MAX_TRIM_PER_APPEND: usize = 64;
 
+/// Most inboxes one [`command::Sweep`] visits.
+pub const MAX_SWEEP_INBOXES: u32 = 256;
+
 /// Applies one command of partition `p`'s log.
 ///
 /// An `Err` means the store failed: this replica must stop applying (nothing of this
@@ -142,6 +145,7 @@ pub fn apply(p: Partition, command: &[u8], store: &mut impl Store) -> Result<Out
             }
             outcome::Result::Fanned(Fanned { seqs })
         }
+        Op::Sweep(sweep) => outcome::Result::Swept(sweep_inboxes(p, store, &sweep)?),
         Op::JoinCluster(j) => membership::join(store, j)?,
         Op::LeaveCluster(l) => membership::leave(store, l)?,
         Op::RemoveNode(r) => membership::remove(store, r)?,
@@ -204,8 +208,45 @@ fn misplaced(p: Partition, op: &Op) -> Option<String> {
         Op::Post(post) => group(&post.group),
         Op::Fanout(f) => f.items.iter().find_map(|i| user(&i.user)),
         Op::FanoutDone(d) => group(&d.group),
-        Op::JoinCluster(_) | Op::LeaveCluster(_) | Op::RemoveNode(_) => None,
+        Op::Sweep(_) | Op::JoinCluster(_) | Op::LeaveCluster(_) | Op::RemoveNode(_) => None,
     }
+}
+
+/// Applies retention to the inboxes of `p` after `sweep.after`, at most
+/// [`MAX_SWEEP_INBOXES`] of them (and, as an append does, at most
+/// [`MAX_TRIM_PER_APPEND`] entries each). Returns the last inbox visited, or "" once the
+/// partition's last inbox was.
+fn sweep_inboxes(p: Partition, store: &mut impl Store, sweep: &command::Sweep) -> Result<String> {
+    let mut prefix = keys::partition_prefix(p).to_vec();
+    prefix.push(tree::INBOX);
+    // Past every key of a user: its kinds are all below 0xff.
+    let past = |user: &str| keys::scoped(p, tree::INBOX, user, u8::MAX);
+    let mut after = (!sweep.after.is_empty()).then(|| past(&sweep.after));
+    let retention = sweep.retention.unwrap_or_default();
+    let mut last = String::new();
+    for _ in 0..sweep.limit.clamp(1, MAX_SWEEP_INBOXES) {
+        let Some((key, _)) = store.scan(&prefix, after.as_deref(), 1)?.into_iter().next() else {
+            return Ok(String::new());
+        };
+        let len = key.get(3).copied().unwrap_or(0) as usize;
+        let Some(user) = key.get(4..4 + len).and_then(|n| std::str::from_utf8(n).ok()) else {
+            // Not an inbox key of this layout (nothing writes one): the sweep ends here.
+            return Ok(String::new());
+        };
+        let user = user.to_owned();
+        let mut meta = inbox_meta(p, store, &user)?;
+        let before = meta;
+        trim(p, store, &user, &mut meta, sweep.now_ms, &retention)?;
+        if meta != before {
+            store.put(
+                keys::scoped(p, tree::INBOX, &user, kind::META),
+                meta.encode_to_vec(),
+            );
+        }
+        after = Some(past(&user));
+        last = user;
+    }
+    Ok(last)
 }
 
 fn member_key(p: Partition, group: &str, user: &str) -> Vec<u8> {
@@ -538,6 +579,75 @@ mod tests {
         assert_eq!(s, before, "a duplicate writes nothing");
         // The same client id from another sender is another message.
         assert_eq!(appended(run(p, &mut s, send(&bob, "carol", "m2", none))).seq, 4);
+    }
+
+    #[test]
+    fn a_sweep_applies_retention_to_quiet_inboxes_a_batch_at_a_time() {
+        let (p, mut s) = (9, MemStore::default());
+        let users: Vec<String> = (0..5).map(|i| user_in(p, i)).collect();
+        for u in &users {
+            register(p, &mut s, u);
+            for i in 1..=3 {
+                run(
+                    p,
+                    &mut s,
+                    send(u, "alice", &format!("m{i}"), command::Retention::default()),
+                );
+            }
+        }
+        // Something else of the partition that is not an inbox.
+        run(
+            p,
+            &mut s,
+            Op::CreateGroup(command::CreateGroup {
+                group: group_in(p),
+                creator: users[0].clone(),
+                now_ms: 1,
+            }),
+        );
+        // A day later, everything older than an hour goes (but each inbox's newest).
+        let sweep = |after: &str| {
+            Op::Sweep(command::Sweep {
+                after: after.into(),
+                limit: 2,
+                now_ms: 86_400_000,
+                retention: Some(command::Retention {
+                    max_messages: 0,
+                    max_age_ms: 3_600_000,
+                }),
+            })
+        };
+        let mut after = String::new();
+        let mut batches = 0;
+        loop {
+            let outcome::Result::Swept(last) = run(p, &mut s, sweep(&after)) else {
+                panic!("a sweep answers how far it went");
+            };
+            batches += 1;
+            if last.is_empty() {
+                break;
+            }
+            after = last;
+        }
+        assert_eq!(batches, 3, "five inboxes, two per sweep");
+        // Nothing too old is left (but each inbox's newest): another sweep changes nothing.
+        let before = s.clone();
+        run(p, &mut s, sweep(""));
+        assert!(s == before, "a second sweep changed the records");
+        for u in &users {
+            let meta = inbox_meta(p, &s, u).unwrap();
+            assert_eq!((meta.first_seq, meta.last_seq), (3, 3), "{u}");
+            for seq in 1..3 {
+                assert!(
+                    s.get(&keys::seq_key(p, tree::INBOX, u, kind::ENTRY, seq))
+                        .unwrap()
+                        .is_none()
+                );
+            }
+            // Their origins went too: a resend of m1 is a new message.
+            let again = run(p, &mut s, send(u, "alice", "m1", command::Retention::default()));
+            assert_eq!(appended(again).seq, 4);
+        }
     }
 
     #[test]

@@ -181,6 +181,13 @@ impl Node {
         Ok(())
     }
 
+    /// Kills the node (SIGKILL) and starts it again on the same data folder with other
+    /// options (its name and cluster port must stay).
+    pub fn restart_with(&mut self, opts: NodeOpts) -> Result<()> {
+        self.opts = opts;
+        self.restart()
+    }
+
     /// A connected client (after Hello).
     pub async fn connect(&self) -> Result<(Client, UnboundedReceiver<Push>)> {
         Ok(Client::connect(&self.addr).await?)

@@ -348,6 +348,32 @@ async fn retention_keeps_the_newest_messages_and_says_where_history_starts() {
 }
 
 #[tokio::test]
+async fn retention_reaches_inboxes_that_receive_nothing_new() {
+    let mut node = Node::start().unwrap();
+    let (alice, _) = node.user("alice").await.unwrap();
+    node.user("bob").await.unwrap();
+    for i in 1..=6 {
+        alice.send_private("bob", &format!("m{i}")).await.unwrap();
+    }
+    // A stricter limit from now on; bob's inbox receives nothing more: the sweep after
+    // the start trims it.
+    node.restart_with(chat_tests::NodeOpts {
+        extra_toml: "[storage]\nretention_max_messages = 2".into(),
+        ..Default::default()
+    })
+    .unwrap();
+    let (bob, _, _) = node.login("bob").await.unwrap();
+    let page = wait_for("the sweep to trim bob's inbox", DEADLINE, || async {
+        let page = bob.sync(0, 0).await.ok()?;
+        (page.first_available_seq == 5).then_some(page)
+    })
+    .await
+    .unwrap();
+    let texts: Vec<&str> = page.messages.iter().map(|m| m.text.as_str()).collect();
+    assert_eq!(texts, ["m5", "m6"]);
+}
+
+#[tokio::test]
 async fn dropping_the_last_client_handle_closes_the_connection_and_the_user_goes_offline() {
     let node = Node::start().unwrap();
     let (alice, _) = node.user("alice").await.unwrap();
