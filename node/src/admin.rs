@@ -1,5 +1,6 @@
 //! The operators' HTTP endpoint: `/health`, `/metrics` (Prometheus text), `/cluster`
-//! (JSON), and `POST /nodes/{name}/remove` (a dead node leaves the cluster for good).
+//! (JSON), `POST /nodes/{name}/remove` (a dead node leaves the cluster for good) and
+//! `POST /leave` (this node leaves: its replicas move to the others first).
 //!
 //! It listens on its own address (loopback by default) so that it is never
 //! exposed where clients connect.
@@ -23,6 +24,7 @@ pub async fn serve(listener: TcpListener, ctx: Arc<NodeCtx>, shutdown: Cancellat
         .route("/metrics", get(metrics))
         .route("/cluster", get(cluster))
         .route("/nodes/{name}/remove", post(remove_node))
+        .route("/leave", post(leave))
         .with_state(ctx);
     let result = axum::serve(listener, app)
         .with_graceful_shutdown(async move { shutdown.cancelled().await })
@@ -141,8 +143,7 @@ async fn cluster(State(ctx): State<Arc<NodeCtx>>) -> impl IntoResponse {
 /// reachable leader (retry).
 async fn remove_node(State(ctx): State<Arc<NodeCtx>>, Path(name): Path<String>) -> impl IntoResponse {
     use chat_protocol::internal::command::{Op, RemoveNode};
-    use chat_protocol::internal::{Command, outcome};
-    use prost::Message;
+    use chat_protocol::internal::outcome;
     if ctx.consensus.is_none() {
         return (
             StatusCode::CONFLICT,
@@ -156,10 +157,96 @@ async fn remove_node(State(ctx): State<Arc<NodeCtx>>, Path(name): Path<String>) 
         );
     }
     let node = crate::consensus::node_id(&name);
-    let command = Command {
-        op: Some(Op::RemoveNode(RemoveNode { node })),
+    match propose_membership(&ctx, Op::RemoveNode(RemoveNode { node })).await {
+        Ok(outcome::Result::Done(_)) => (StatusCode::OK, format!("removed {name}\n")),
+        Ok(outcome::Result::NotFound(_)) => (StatusCode::NOT_FOUND, format!("{name} is no member\n")),
+        Ok(other) => (
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("unexpected outcome {other:?}\n"),
+        ),
+        Err(e) => (StatusCode::SERVICE_UNAVAILABLE, format!("{e}; retry\n")),
     }
-    .encode_to_vec();
+}
+
+/// This node leaves the cluster for good, gracefully: a `LeaveCluster` decision of the
+/// metadata group takes it out of placement, the groups' leaders move its replicas to
+/// the others, and once it holds none it proposes its own removal (then it can be
+/// stopped; its name cannot join again). 200 once the leave is committed (the move
+/// goes on: `/cluster` shows its `groups` falling to 0, and its log says when it is
+/// out); 409 without consensus or for the cluster's last member; 503 without a
+/// reachable leader of the metadata group (retry).
+async fn leave(State(ctx): State<Arc<NodeCtx>>) -> impl IntoResponse {
+    use chat_protocol::internal::command::{LeaveCluster, Op};
+    use chat_protocol::internal::outcome;
+    let Some(consensus) = ctx.consensus.clone() else {
+        return (
+            StatusCode::CONFLICT,
+            "this node runs no consensus (cluster.consensus)\n".to_owned(),
+        );
+    };
+    if consensus.active_members() <= 1 {
+        return (
+            StatusCode::CONFLICT,
+            "the last member of a cluster cannot leave it: nowhere to move its replicas\n".to_owned(),
+        );
+    }
+    let node = crate::consensus::node_id(&ctx.node_name);
+    match propose_membership(&ctx, Op::LeaveCluster(LeaveCluster { node })).await {
+        Ok(outcome::Result::Done(_)) => {
+            // Its leaderships go to the others, which know the members (this node may
+            // lose its replica of the metadata group first) and move its replicas.
+            consensus.drain();
+            tokio::spawn(finish_leaving(ctx.clone(), consensus));
+            (
+                StatusCode::OK,
+                format!(
+                    "{} is leaving: its replicas move to the other nodes; it removes itself once it holds none\n",
+                    ctx.node_name
+                ),
+            )
+        }
+        Ok(outcome::Result::NotFound(_)) => (
+            StatusCode::CONFLICT,
+            format!("{} is no member (removed?)\n", ctx.node_name),
+        ),
+        Ok(other) => (
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("unexpected outcome {other:?}\n"),
+        ),
+        Err(e) => (StatusCode::SERVICE_UNAVAILABLE, format!("{e}; retry\n")),
+    }
+}
+
+/// Once a leaving node holds no replica, it proposes its own removal (retrying while
+/// the metadata group has no reachable leader).
+async fn finish_leaving(ctx: Arc<NodeCtx>, consensus: crate::consensus::driver::Handle) {
+    use chat_protocol::internal::command::{Op, RemoveNode};
+    let node = crate::consensus::node_id(&ctx.node_name);
+    loop {
+        tokio::select! {
+            _ = ctx.shutdown.cancelled() => return,
+            _ = tokio::time::sleep(std::time::Duration::from_millis(500)) => {}
+        }
+        if consensus.status().groups > 0 {
+            continue;
+        }
+        match propose_membership(&ctx, Op::RemoveNode(RemoveNode { node })).await {
+            Ok(_) => {
+                tracing::info!(node = %ctx.node_name, "left the cluster: no replica is left here; this node can be stopped");
+                return;
+            }
+            Err(e) => tracing::debug!(error = %e, "removing this node: retrying"),
+        }
+    }
+}
+
+/// Proposes a command of the metadata group at its leader, within 15 s.
+async fn propose_membership(
+    ctx: &NodeCtx,
+    op: chat_protocol::internal::command::Op,
+) -> Result<chat_protocol::internal::outcome::Result, String> {
+    use prost::Message;
+    let command = chat_protocol::internal::Command { op: Some(op) }.encode_to_vec();
     let (tx, rx) = tokio::sync::oneshot::channel();
     ctx.remote.propose(
         chat_state::membership::META,
@@ -169,19 +256,9 @@ async fn remove_node(State(ctx): State<Arc<NodeCtx>>, Path(name): Path<String>) 
         }),
     );
     match tokio::time::timeout(std::time::Duration::from_secs(15), rx).await {
-        Ok(Ok(Ok(o))) => match o.result {
-            Some(outcome::Result::Done(_)) => (StatusCode::OK, format!("removed {name}\n")),
-            Some(outcome::Result::NotFound(_)) => (StatusCode::NOT_FOUND, format!("{name} is no member\n")),
-            other => (
-                StatusCode::INTERNAL_SERVER_ERROR,
-                format!("unexpected outcome {other:?}\n"),
-            ),
-        },
-        Ok(Ok(Err(e))) => (StatusCode::SERVICE_UNAVAILABLE, format!("{e}; retry\n")),
-        _ => (
-            StatusCode::SERVICE_UNAVAILABLE,
-            "no answer from the metadata group; retry\n".to_owned(),
-        ),
+        Ok(Ok(Ok(o))) => o.result.ok_or_else(|| "empty outcome".to_owned()),
+        Ok(Ok(Err(e))) => Err(e.to_string()),
+        _ => Err("no answer from the metadata group".to_owned()),
     }
 }
 

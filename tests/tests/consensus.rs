@@ -248,3 +248,59 @@ async fn a_default_node_is_a_one_node_cluster_of_the_raft_core_serving_at_once()
     assert_eq!(c["leaderless"], 0, "{c}");
     assert_eq!(c["groups"], c["leading"], "{c}");
 }
+
+#[tokio::test]
+async fn a_node_that_leaves_moves_its_replicas_away_then_removes_itself() {
+    let first = ["v1", "v2", "v3", "v4"];
+    let ports = [free_port(), free_port(), free_port(), free_port()];
+    let mut nodes = Vec::new();
+    for (i, name) in first.iter().enumerate() {
+        let seeds: Vec<u16> = ports.iter().copied().filter(|p| *p != ports[i]).collect();
+        nodes.push(Node::start_with(consensus_member(name, ports[i], &seeds, &first)).unwrap());
+    }
+    let four: Vec<&Node> = nodes.iter().collect();
+    wait_members(&four, 4).await;
+    wait_settled(&four, 3 * DEADLINE).await;
+    let (alice, _) = nodes[0].user("alice").await.unwrap();
+    nodes[1].user("bob").await.unwrap();
+    for i in 0..5 {
+        alice.send_private("bob", &format!("before {i}")).await.unwrap();
+    }
+    assert!(consensus_of(&nodes[3]).await.unwrap()["groups"].as_u64().unwrap() > 0);
+
+    let admin = nodes[3].admin.trim_start_matches("http://").to_owned();
+    let (ok, out, err) = cli(&["leave", "--admin", &admin]).await.unwrap();
+    assert!(ok, "{err}");
+    assert!(out.contains("v4 is leaving"), "{out}");
+    // Its replicas move to the others, then it removes itself from the members.
+    wait_for("v4 to hold no replica", 3 * DEADLINE, || async {
+        (consensus_of(&nodes[3]).await?["groups"] == 0).then_some(())
+    })
+    .await
+    .unwrap();
+    let three: Vec<&Node> = nodes[..3].iter().collect();
+    wait_members(&three, 3).await;
+    wait_settled(&three, 3 * DEADLINE).await;
+    wait_for("v4's log to say it left", DEADLINE, || async {
+        let log = std::fs::read_to_string(&nodes[3].log).ok()?;
+        log.contains("left the cluster").then_some(())
+    })
+    .await
+    .unwrap();
+    // Nothing acknowledged was lost, with v4 stopped.
+    nodes[3].kill9();
+    let (bob, _, _) = nodes[2].login("bob").await.unwrap();
+    let texts: Vec<String> = bob
+        .sync_all(0)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|d| d.text)
+        .collect();
+    assert_eq!(texts, (0..5).map(|i| format!("before {i}")).collect::<Vec<_>>());
+    // The cluster's last member cannot leave it.
+    let single = Node::start().unwrap();
+    let admin = single.admin.trim_start_matches("http://").to_owned();
+    let (ok, _, err) = cli(&["leave", "--admin", &admin]).await.unwrap();
+    assert!(!ok && err.contains("409"), "{err}");
+}

@@ -134,6 +134,15 @@ enum Command {
         #[arg(long, default_value = "127.0.0.1:7600")]
         admin: String,
     },
+    /// Operators: take a live node out of the cluster for good: its replicas move to
+    /// the others first, then it removes itself (its log says when; then stop it).
+    /// Talks to that node's admin endpoint.
+    #[command(after_help = "Example:\n  chat leave --admin 127.0.0.1:7603")]
+    Leave {
+        /// The admin endpoint (host:port) of the node that leaves.
+        #[arg(long, default_value = "127.0.0.1:7600")]
+        admin: String,
+    },
 }
 
 /// The local time zone's offset, read once before any thread starts (reading it is
@@ -192,8 +201,13 @@ async fn run(cli: Cli) -> Result<()> {
         clap_complete::generate(*shell, &mut Cli::command(), "chat", &mut std::io::stdout());
         return Ok(());
     }
-    if let Some(Command::RemoveNode { name, admin }) = &cli.command {
-        let (status, body) = http_post(admin, &format!("/nodes/{name}/remove")).await?;
+    let admin_call = match &cli.command {
+        Some(Command::RemoveNode { name, admin }) => Some((admin, format!("/nodes/{name}/remove"))),
+        Some(Command::Leave { admin }) => Some((admin, "/leave".to_owned())),
+        _ => None,
+    };
+    if let Some((admin, path)) = admin_call {
+        let (status, body) = http_post(admin, &path).await?;
         if status != 200 {
             bail!("{admin} answered {status}: {}", body.trim());
         }
@@ -231,7 +245,10 @@ async fn run(cli: Cli) -> Result<()> {
     let (user, password) = credentials(&cli.user, &cli.password)?;
     let login = client.login(&user, &password).await?;
     match command {
-        Command::Register { .. } | Command::Completions { .. } | Command::RemoveNode { .. } => {
+        Command::Register { .. }
+        | Command::Completions { .. }
+        | Command::RemoveNode { .. }
+        | Command::Leave { .. } => {
             unreachable!("handled above")
         }
         Command::Send { to, text } => {

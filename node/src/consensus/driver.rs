@@ -260,6 +260,13 @@ impl Handle {
         chat_state::membership::voters_of(&placed.members, GroupId::from(partition), placed.voters)
     }
 
+    /// How many members are not leaving, as this node's replica of the metadata group
+    /// last applied them (0 before it has).
+    pub fn active_members(&self) -> usize {
+        let placed = self.placed.lock().unwrap_or_else(|e| e.into_inner());
+        placed.members.values().filter(|m| !m.leaving).count()
+    }
+
     /// The partitions (not the metadata group) led here, as of the last tick.
     pub fn led(&self) -> Vec<Partition> {
         self.led.lock().unwrap_or_else(|e| e.into_inner()).clone()
