@@ -661,10 +661,7 @@ impl<P> MultiRaft<P> {
         let Some(g) = self.groups.get_mut(&group) else {
             return;
         };
-        if g.node.raft.state != StateRole::Leader
-            || g.node.raft.has_pending_conf()
-            || g.node.raft.lead_transferee.is_some()
-        {
+        if !free_to_change(g) {
             return;
         }
         // Still leading after a transfer asked lately: it failed (raft-rs gave it up
@@ -729,10 +726,7 @@ impl<P> MultiRaft<P> {
         let Some(g) = self.groups.get_mut(&group) else {
             return;
         };
-        if g.node.raft.state != StateRole::Leader
-            || g.node.raft.has_pending_conf()
-            || g.node.raft.lead_transferee.is_some()
-        {
+        if !free_to_change(g) {
             return;
         }
         if let Some((failed, asked)) = g.transfer {
@@ -1064,6 +1058,14 @@ fn apply_entries<P>(
 }
 
 /// Moves confirmed read barriers whose index is applied into `reads`.
+/// Whether `g` is led here with no configuration change and no leadership transfer
+/// under way: the only state in which this node starts either.
+fn free_to_change<P>(g: &Group<P>) -> bool {
+    g.node.raft.state == StateRole::Leader
+        && !g.node.raft.has_pending_conf()
+        && g.node.raft.lead_transferee.is_none()
+}
+
 fn release_reads<P>(g: &mut Group<P>, reads: &mut Vec<P>) {
     while g
         .read_confirmed

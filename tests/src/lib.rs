@@ -413,6 +413,21 @@ pub async fn wait_settled(nodes: &[&Node], members: usize) -> Result<()> {
     Ok(())
 }
 
+/// The partitions `node` leads, as its `/cluster` says, once it leads any (leadership
+/// spreads over the nodes once the groups are placed).
+pub async fn led_by(node: &Node) -> Result<Vec<u16>> {
+    wait_for("the node to lead partitions", DEADLINE, || async {
+        let status = cluster_status(node).await?;
+        let led: Vec<u16> = status["consensus"]["led"]
+            .as_array()?
+            .iter()
+            .filter_map(|p| p.as_u64().map(|p| p as u16))
+            .collect();
+        (!led.is_empty()).then_some(led)
+    })
+    .await
+}
+
 /// Polls `check` every `interval` until it returns `Some`, or fails after `deadline`
 /// (a longer interval for checks that are themselves expensive).
 pub async fn wait_for_every<T, F, Fut>(

@@ -61,20 +61,9 @@ async fn fully_replicated(nodes: &[&Node]) {
     chat_tests::wait_settled(nodes, nodes.len()).await.unwrap();
 }
 
-/// The partitions `node` leads, as its `/cluster` says, once it leads any (leadership
-/// spreads over the nodes once the groups are placed).
+/// The partitions `node` leads, once it leads any.
 async fn led_by(node: &Node) -> Vec<u16> {
-    wait_for("the node to lead partitions", DEADLINE, || async {
-        let status = cluster_status(node).await?;
-        let led: Vec<u16> = status["consensus"]["led"]
-            .as_array()?
-            .iter()
-            .filter_map(|p| p.as_u64().map(|p| p as u16))
-            .collect();
-        (!led.is_empty()).then_some(led)
-    })
-    .await
-    .unwrap()
+    chat_tests::led_by(node).await.unwrap()
 }
 
 /// Waits until `more` messages beyond `since` are acknowledged.
