@@ -83,12 +83,7 @@ impl TestNode {
     }
 
     fn start_timed(id: NodeId, dir: &std::path::Path, net: &Net, timing: Timing) -> Self {
-        // Only the driver's flushes make the records durable, as in the node.
-        let db = sled::Config::new()
-            .path(dir.join(id.to_string()))
-            .flush_every_ms(None)
-            .open()
-            .unwrap();
+        let db = open_db(&dir.join(id.to_string()));
         // Small, so that tests rewrite the log file too.
         let log = Wal::open(&dir.join(format!("{id}-raft")), 8 << 10).unwrap();
         let syncs = Arc::new(Mutex::new(0));
@@ -131,6 +126,24 @@ impl TestNode {
 
     fn record(&self, key: &[u8]) -> Option<Vec<u8>> {
         Disk::open(&self.db).unwrap().record(key).unwrap()
+    }
+}
+
+/// Opens a node's database; only the driver's flushes make its records durable, as in
+/// the node. A database just closed in this process may still be locked for a moment
+/// (sled's background work holds it after the last handle is dropped): retried until
+/// [`DEADLINE`].
+fn open_db(path: &std::path::Path) -> sled::Db {
+    let deadline = Instant::now() + DEADLINE;
+    loop {
+        match sled::Config::new().path(path).flush_every_ms(None).open() {
+            Ok(db) => return db,
+            Err(e) if Instant::now() < deadline => {
+                tracing::debug!(error = %e, "database still locked; retrying");
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            Err(e) => panic!("cannot open {}: {e}", path.display()),
+        }
     }
 }
 
