@@ -238,6 +238,9 @@ fn node_opts(net: &Net, i: usize) -> NodeOpts {
     if consensus() {
         let first: Vec<String> = (0..NODES).map(|j| format!("n{j}")).collect();
         cluster_toml.push_str(&format!("consensus = true\ninitial_members = {first:?}\n"));
+    } else {
+        // The Raft core is the default: the old core must be asked for.
+        cluster_toml.push_str("consensus = false\n");
     }
     NodeOpts {
         name: Some(format!("n{i}")),
