@@ -162,9 +162,12 @@ async fn serve(cfg: Config) -> anyhow::Result<()> {
     let shutdown = CancellationToken::new();
     tokio::spawn(watch_signals(shutdown.clone()));
     // Printed last, once ractor_cluster has bound it: the lines above keep their order.
+    // Written, not println!ed: whoever read the lines above may have closed the pipe,
+    // and a node must not die of that.
     let on_cluster_listening = Box::new(move |addr: &str| {
-        println!("chat-node {name} cluster peers on {addr}");
-        let _ = std::io::stdout().flush();
+        let mut out = std::io::stdout();
+        let _ = writeln!(out, "chat-node {name} cluster peers on {addr}");
+        let _ = out.flush();
     });
     let listeners = chat_node::Listeners {
         client: listener,

@@ -240,3 +240,43 @@ async fn a_data_folder_of_the_old_core_is_refused_not_served_empty() {
     assert!(!status.success());
     assert!(stderr.contains("holds data of the old core"), "{stderr}");
 }
+
+/// Whoever started the node may read its address and close the pipe: the node goes on
+/// (the cluster address it prints later must not kill it).
+#[tokio::test]
+async fn a_node_whose_stdout_is_closed_keeps_serving() {
+    use std::io::BufRead;
+    use std::process::{Command, Stdio};
+    let dir = tempfile::tempdir().unwrap();
+    let mut child = Command::new(chat_tests::bin("chat-node"))
+        .args(["--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0"])
+        .args(["--cluster-listen", "127.0.0.1:0", "--data-dir"])
+        .arg(dir.path())
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    std::io::BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let addr = line
+        .rsplit_once("listening for clients on ")
+        .unwrap()
+        .1
+        .trim()
+        .to_owned();
+    // The reader is gone. The node prints its cluster address before it accepts clients:
+    // a registration that succeeds comes after that print.
+    let registered = chat_tests::wait_for("a registration", chat_tests::DEADLINE, || async {
+        let (client, _) = chat_client::Client::connect(&addr).await.ok()?;
+        client.register("piper", "pw-piper").await.ok()
+    })
+    .await;
+    let alive = child.try_wait().unwrap().is_none();
+    let _ = child.kill();
+    let _ = child.wait();
+    registered.unwrap();
+    assert!(alive, "the node died");
+}
