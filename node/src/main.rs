@@ -117,6 +117,14 @@ fn main() -> anyhow::Result<()> {
         .block_on(serve(cfg))
 }
 
+/// Prints one line on stdout, now. Written, not `println!`ed: whoever reads these
+/// lines may close the pipe after the first, and a node must not die of that.
+fn announce(line: &str) {
+    let mut out = std::io::stdout();
+    let _ = writeln!(out, "{line}");
+    let _ = out.flush();
+}
+
 async fn serve(cfg: Config) -> anyhow::Result<()> {
     // Fail before announcing an address if another node runs on this data folder (held
     // until the process exits) or the TLS files are unusable.
@@ -146,28 +154,26 @@ async fn serve(cfg: Config) -> anyhow::Result<()> {
         None => None,
     };
     // Tests and scripts read these lines to learn the real ports.
-    println!("chat-node {name} listening for clients on {addr}");
+    announce(&format!("chat-node {name} listening for clients on {addr}"));
     if let Some(l) = &admin {
-        println!("chat-node {name} admin endpoint on http://{}", l.local_addr()?);
+        announce(&format!(
+            "chat-node {name} admin endpoint on http://{}",
+            l.local_addr()?
+        ));
     }
     if let Some(l) = &websocket {
         let scheme = if cfg.client.tls.is_some() { "wss" } else { "ws" };
-        println!(
+        announce(&format!(
             "chat-node {name} websocket clients on {scheme}://{}/ws",
             l.local_addr()?
-        );
+        ));
     }
-    std::io::stdout().flush()?;
 
     let shutdown = CancellationToken::new();
     tokio::spawn(watch_signals(shutdown.clone()));
     // Printed last, once ractor_cluster has bound it: the lines above keep their order.
-    // Written, not println!ed: whoever read the lines above may have closed the pipe,
-    // and a node must not die of that.
     let on_cluster_listening = Box::new(move |addr: &str| {
-        let mut out = std::io::stdout();
-        let _ = writeln!(out, "chat-node {name} cluster peers on {addr}");
-        let _ = out.flush();
+        announce(&format!("chat-node {name} cluster peers on {addr}"));
     });
     let listeners = chat_node::Listeners {
         client: listener,
