@@ -638,7 +638,7 @@ impl<S: Sync, T: Transport> Driver<S, T> {
         if self.raft.transferring(group) {
             return true;
         }
-        if !self.raft.groups().any(|g| g == group) || self.raft.leader(group).is_some() {
+        if self.raft.applied(group).is_none() || self.raft.leader(group).is_some() {
             return false;
         }
         let until = until.get_or_insert_with(|| Instant::now() + self.wait_for_leader);
