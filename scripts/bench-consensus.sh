@@ -1,8 +1,7 @@
 #!/usr/bin/env bash
-# The Raft core against today's core, in the same run on the same machine (the
-# "Raft core" table of BENCHMARKS.md), modes alternating within each run.
-# Usage: scripts/bench-consensus.sh [RUNS] [MODES]   (default 3 runs; modes "old-1 raft-1 raft-3")
-#   old-1:  one node, today's core;
+# The Raft core on one node and on three (the "Raft core" tables of BENCHMARKS.md),
+# modes alternating within each run. To compare two builds, run it on each checkout.
+# Usage: scripts/bench-consensus.sh [RUNS] [MODES]   (default 3 runs; modes "raft-1 raft-3")
 #   raft-1: one node serving through the Raft core (a one-voter group per partition);
 #   raft-3: three nodes through the Raft core, three replicas of every partition (a
 #           send is acknowledged once two of them have it durable), users spread over
@@ -12,23 +11,18 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 runs=${1:-3}
-modes=${2:-old-1 raft-1 raft-3}
+modes=${2:-raft-1 raft-3}
 cargo build --release -q -p chat-node -p chat-client
 work=$(mktemp -d)
 pids=()
 trap 'kill "${pids[@]}" 2>/dev/null || true; rm -rf "$work"' EXIT
 
-# start_node I N CONSENSUS: node I of N on clients 1930I, cluster 1940I, admin 1950I.
+# start_node I N: node I of N on clients 1930I, cluster 1940I, admin 1950I.
 start_node() {
-    local i=$1 n=$2 consensus=$3 config="$work/node$1.toml" seeds=()
+    local i=$1 n=$2 config="$work/node$1.toml" seeds=() first
     cp cluster-config/bench.toml "$config"
-    if [ "$consensus" = true ]; then
-        local first
-        first=$(seq -s, 1 "$n" | sed 's/\([0-9]\+\)/"bench\1"/g')
-        printf '\n[cluster]\nconsensus = true\nreplicas = %s\ninitial_members = [%s]\n' "$n" "$first" >>"$config"
-    else
-        printf '\n[cluster]\nconsensus = false\n' >>"$config"
-    fi
+    first=$(seq -s, 1 "$n" | sed 's/\([0-9]\+\)/"bench\1"/g')
+    printf '\n[cluster]\nreplicas = %s\ninitial_members = [%s]\n' "$n" "$first" >>"$config"
     for j in $(seq "$n"); do
         [ "$j" != "$i" ] && seeds+=(--seed "127.0.0.1:$((19400 + j))")
     done
@@ -68,9 +62,8 @@ echo "machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -
 for r in $(seq "$runs"); do
     for mode in $modes; do
         case "$mode" in
-        old-1) n=1 consensus=false ;;
-        raft-1) n=1 consensus=true ;;
-        raft-3) n=3 consensus=true ;;
+        raft-1) n=1 ;;
+        raft-3) n=3 ;;
         *)
             echo "unknown mode $mode" >&2
             exit 1
@@ -80,7 +73,7 @@ for r in $(seq "$runs"); do
             echo "== run $r: $mode, rate ${rate/#0/max}, 100 connections, 100-byte messages, 10 s"
             servers=()
             for i in $(seq "$n"); do
-                start_node "$i" "$n" "$consensus"
+                start_node "$i" "$n"
                 servers+=(--server "127.0.0.1:$((19300 + i))")
             done
             wait_settled "$n"

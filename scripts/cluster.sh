@@ -34,7 +34,7 @@ up() {
 status() {
     shopt -s nullglob
     printf '%-8s %-8s %-8s %-18s %-9s %-10s %-8s %s\n' \
-        NODE STATE PID CLIENTS SESSIONS PARTITIONS SETTLED "RAFT GROUPS (LEADING)"
+        NODE STATE PID CLIENTS SESSIONS "LED HERE" SETTLED "RAFT GROUPS (LEADING)"
     for pidfile in "$dir"/node*.pid; do
         local name pid i json
         name=$(basename "$pidfile" .pid)
@@ -53,10 +53,10 @@ status() {
 import json, sys
 name, pid, c = sys.argv[1], sys.argv[2], json.loads(sys.argv[3])
 me = next((n for n in c.get("nodes", []) if n.get("name") == c.get("node")), {})
-raft = c.get("consensus")
-groups = "%s (%s)" % (raft["groups"], raft["leading"]) if raft else "-"
+raft = c["consensus"]
+groups = "%s (%s)" % (raft["groups"], raft["leading"])
 print("%-8s %-8s %-8s %-18s %-9s %-10s %-8s %s" % (name, "running", pid, me.get("client_addr", "?"),
-      me.get("sessions", "?"), c["partitions"]["held"], str(c.get("settled")).lower(), groups))
+      me.get("sessions", "?"), len(raft["led"]), str(c.get("settled")).lower(), groups))
 ' "$name" "$pid" "$json"
     done
 }

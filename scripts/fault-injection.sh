@@ -6,8 +6,7 @@
 #
 #   scripts/fault-injection.sh [SEED...]        # default seed: 1
 #
-# CHAT_FI_FAULTS=N sets the faults per seed (default 8); the nodes run the Raft core
-# (cluster.consensus), CHAT_FI_CONSENSUS=0 runs today's core; CHAT_TEST_LOGS=DIR keeps every
+# CHAT_FI_FAULTS=N sets the faults per seed (default 8); CHAT_TEST_LOGS=DIR keeps every
 # node's log; CHAT_TEST_BIN_DIR=DIR runs another build of chat-node (for example today's
 # main, to compare).
 set -euo pipefail

@@ -5,7 +5,7 @@
 //! It listens on its own address (loopback by default) so that it is never
 //! exposed where clients connect.
 
-use crate::actors::registry::{RegistryMsg, RegistryStats};
+use crate::actors::registry::RegistryMsg;
 use crate::context::NodeCtx;
 use axum::Router;
 use axum::extract::{Path, State};
@@ -34,39 +34,36 @@ pub async fn serve(listener: TcpListener, ctx: Arc<NodeCtx>, shutdown: Cancellat
     }
 }
 
-/// Ready when storage is open (it is, once the node serves) and, if the node was given
-/// seeds, it has joined: it has met one of its seeds.
+/// Ready once this node is a member of a cluster: it has a replica of some Raft group
+/// (it started a cluster, or the cluster took it in).
 async fn health(State(ctx): State<Arc<NodeCtx>>) -> impl IntoResponse {
     if ctx.shutdown.is_cancelled() {
         return (StatusCode::SERVICE_UNAVAILABLE, "shutting down\n");
     }
-    if registry_stats(&ctx).await.joined {
+    if ctx.consensus.status().groups > 0 {
         (StatusCode::OK, "ok\n")
     } else {
-        (StatusCode::SERVICE_UNAVAILABLE, "not joined: no seed met yet\n")
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "not in a cluster yet: no seed met, or not taken in yet\n",
+        )
     }
 }
 
 async fn metrics(State(ctx): State<Arc<NodeCtx>>) -> impl IntoResponse {
-    let stats = registry_stats(&ctx).await;
     let peers = ctx.view.peers();
     let up = peers.iter().filter(|p| p.up).count() as u64;
+    let raft = ctx.consensus.status();
     let gauges = crate::metrics::Gauges {
+        inbox_entries: ctx.consensus.inbox_entries(),
         connections: ctx.sessions.load(Ordering::Relaxed) as u64,
-        online_users: stats.online_users as u64,
-        inboxes: stats.inboxes as u64,
-        groups: stats.groups as u64,
+        online_users: online_users(&ctx).await as u64,
         peers_up: up,
         peers_down: peers.len() as u64 - up,
         sled_bytes: ctx.storage.size_on_disk().unwrap_or(0),
-        partitions_held: stats.held_partitions as u64,
-        requests_waiting: stats.waiting as u64,
-        partitions_under_replicated: stats.under_replicated as u64,
-        partition_copies: stats.copies as u64,
-        // The database's syncs, and with the Raft core those of its log file.
-        storage_syncs: ctx.storage.syncs_completed()
-            + ctx.consensus.as_ref().map_or(0, |c| c.status().log_syncs),
-        raft_inbox_entries: ctx.consensus.as_ref().map(|c| c.inbox_entries()),
+        raft,
+        requests_waiting: ctx.remote.waiting() as u64,
+        storage_syncs: ctx.storage.syncs_completed() + raft.log_syncs,
     };
     (
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
@@ -88,49 +85,24 @@ async fn cluster(State(ctx): State<Arc<NodeCtx>>) -> impl IntoResponse {
             })
         })
         .collect();
-    let stats = registry_stats(&ctx).await;
-    // The Raft core's view, when it runs (`cluster.consensus`): `settled` means every
-    // group here has a live leader and every group led here is whole and placed.
-    let consensus = ctx.consensus.as_ref().map(|c| {
-        let s = c.status();
-        serde_json::json!({
-            "groups": s.groups,
-            "leading": s.leading,
-            "leaderless": s.leaderless,
-            "unsettled": s.unsettled,
-            "members": s.members,
-            "settled": s.settled(),
-            // The partitions led here (the metadata group is not one).
-            "led": c.led(),
-        })
+    // `settled`: every group here has a live leader and every group led here is whole
+    // and placed (scripts and tests wait on it).
+    let s = ctx.consensus.status();
+    let consensus = serde_json::json!({
+        "groups": s.groups,
+        "leading": s.leading,
+        "leaderless": s.leaderless,
+        "unsettled": s.unsettled,
+        "members": s.members,
+        "settled": s.settled(),
+        // The partitions led here (the metadata group is not one).
+        "led": ctx.consensus.led(),
     });
-    // Scripts and tests wait on this: with the Raft core, every partition has a live
-    // leader and every group led here is whole; without it, this node has joined, sees
-    // every node up, and nothing it holds is moving or short of copies.
-    let settled = match &consensus {
-        Some(c) => c["settled"] == true,
-        None => {
-            stats.joined
-                && stats.moving == 0
-                && stats.under_replicated == 0
-                && nodes.iter().all(|n| n["up"] == true)
-        }
-    };
     let body = serde_json::json!({
         "node": ctx.node_name,
-        "settled": settled,
+        "settled": s.settled(),
         "consensus": consensus,
         "nodes": nodes,
-        "joined": stats.joined,
-        "members": stats.members,
-        "partitions": {
-            "total": crate::partition::PARTITIONS,
-            "held": stats.held_partitions,
-            "moving": stats.moving,
-            "waiting_requests": stats.waiting,
-            "under_replicated": stats.under_replicated,
-            "copies": stats.copies,
-        },
     });
     ([(header::CONTENT_TYPE, "application/json")], body.to_string())
 }
@@ -139,17 +111,11 @@ async fn cluster(State(ctx): State<Arc<NodeCtx>>) -> impl IntoResponse {
 /// decision of the metadata group); placement then makes its replicas again elsewhere.
 /// Its id can never join again: a node with that name needs a new data folder and a new
 /// name. Answers 200 once the removal is committed, 404 for a name that is no member, 409
-/// without consensus or for this node itself, 503 when the metadata group has no
+/// for this node itself, 503 when the metadata group has no
 /// reachable leader (retry).
 async fn remove_node(State(ctx): State<Arc<NodeCtx>>, Path(name): Path<String>) -> impl IntoResponse {
     use chat_protocol::internal::command::{Op, RemoveNode};
     use chat_protocol::internal::outcome;
-    if ctx.consensus.is_none() {
-        return (
-            StatusCode::CONFLICT,
-            "this node runs no consensus (cluster.consensus)\n".to_owned(),
-        );
-    }
     if name == ctx.node_name {
         return (
             StatusCode::CONFLICT,
@@ -173,17 +139,12 @@ async fn remove_node(State(ctx): State<Arc<NodeCtx>>, Path(name): Path<String>) 
 /// the others, and once it holds none it proposes its own removal (then it can be
 /// stopped; its name cannot join again). 200 once the leave is committed (the move
 /// goes on: `/cluster` shows its `groups` falling to 0, and its log says when it is
-/// out); 409 without consensus or for the cluster's last member; 503 without a
+/// out); 409 for the cluster's last member; 503 without a
 /// reachable leader of the metadata group (retry).
 async fn leave(State(ctx): State<Arc<NodeCtx>>) -> impl IntoResponse {
     use chat_protocol::internal::command::{LeaveCluster, Op};
     use chat_protocol::internal::outcome;
-    let Some(consensus) = ctx.consensus.clone() else {
-        return (
-            StatusCode::CONFLICT,
-            "this node runs no consensus (cluster.consensus)\n".to_owned(),
-        );
-    };
+    let consensus = ctx.consensus.clone();
     if consensus.active_members() <= 1 {
         return (
             StatusCode::CONFLICT,
@@ -262,13 +223,14 @@ async fn propose_membership(
     }
 }
 
-async fn registry_stats(ctx: &NodeCtx) -> RegistryStats {
+/// How many users have a session on this node.
+async fn online_users(ctx: &NodeCtx) -> usize {
     let (tx, rx) = tokio::sync::oneshot::channel();
-    let reply = crate::actors::reply(move |s| {
-        let _ = tx.send(s);
+    let reply = crate::actors::reply(move |n| {
+        let _ = tx.send(n);
     });
-    if ctx.router.registry().cast(RegistryMsg::Stats { reply }).is_err() {
-        return RegistryStats::default();
+    if ctx.registry.cast(RegistryMsg::OnlineUsers { reply }).is_err() {
+        return 0;
     }
-    rx.await.unwrap_or_default()
+    rx.await.unwrap_or(0)
 }

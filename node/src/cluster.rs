@@ -11,10 +11,9 @@
 //! The member actor is the only remotable actor of a node (see ARCHITECTURE.md).
 
 use crate::actors::registry::RegistryMsg;
-use crate::actors::wire;
 use crate::remote::Remote;
+use chat_protocol::internal::item;
 use chat_protocol::internal::{NodeCard, OnlinePage};
-use chat_protocol::internal::{item, request};
 use chat_protocol::v1::NodeInfo;
 use prost::Message;
 use ractor::concurrency::Duration;
@@ -78,25 +77,8 @@ struct ViewState {
     misses: HashMap<ActorId, (String, u32)>,
     /// The member actor of each node seen, for sending to it.
     cells: HashMap<String, ActorCell>,
-    /// What this node says about the membership (from the registry).
-    local: LocalView,
     /// What this node says about its Raft core: (bootstrap_expect, in_consensus).
     consensus: (u32, bool),
-}
-
-/// What this node says about itself in its card (set by the registry).
-#[derive(Default, Clone)]
-pub struct LocalView {
-    /// The nodes it counts as members.
-    pub members: Vec<String>,
-    /// The nodes it knows have left.
-    pub left: Vec<String>,
-    /// Whether it is leaving.
-    pub leaving: bool,
-    /// Bitmap of the partitions whose data is here.
-    pub holds: Vec<u8>,
-    /// Bitmap of the partitions served here.
-    pub serving: Vec<u8>,
 }
 
 impl ClusterView {
@@ -138,22 +120,9 @@ impl ClusterView {
         self.inner.lock().expect("view lock").consensus = (bootstrap_expect, in_consensus);
     }
 
-    /// Sets what this node tells its peers about the membership.
-    pub fn set_local(&self, local: LocalView) {
-        self.inner.lock().expect("view lock").local = local;
-    }
-
     fn fill_card(&self, card: &mut NodeCard) {
-        let (local, consensus) = {
-            let inner = self.inner.lock().expect("view lock");
-            (inner.local.clone(), inner.consensus)
-        };
+        let consensus = self.inner.lock().expect("view lock").consensus;
         (card.bootstrap_expect, card.in_consensus) = consensus;
-        card.members = local.members;
-        card.left = local.left;
-        card.leaving = local.leaving;
-        card.holds = local.holds;
-        card.serving = local.serving;
     }
 
     fn seen(&self, cell: ActorCell, card: NodeCard) {
@@ -315,6 +284,13 @@ impl Actor for Member {
                     tokio::spawn(async move { heartbeat(member, view).await });
                 }
                 state.redial();
+                // Requests to peers that are down, or that waited too long, are answered
+                // UNAVAILABLE now rather than never.
+                let remote = &state.args.remote;
+                for peer in state.args.view.peers().iter().filter(|p| !p.up) {
+                    remote.fail_node(&peer.card.name);
+                }
+                remote.sweep();
             }
         }
         Ok(())
@@ -339,32 +315,14 @@ impl MemberState {
         let Some(items) = crate::remote::decode_envelope(bytes) else {
             return;
         };
-        let (remote, registry) = (&self.args.remote, &self.args.registry);
+        let remote = &self.args.remote;
         for item in items {
             match item.body {
-                Some(item::Body::Request(req))
-                    if matches!(req.op, Some(request::Op::Propose(_) | request::Op::Read(_))) =>
-                {
-                    remote.serve_at_leader(req)
-                }
-                Some(item::Body::Request(req)) => {
-                    let (origin, id, hops) = (req.origin.clone(), req.id, req.hops);
-                    match wire::from_request(req, remote) {
-                        Ok(target) => {
-                            let _ = registry.cast(RegistryMsg::Route { target, hops });
-                        }
-                        Err(why) => wire::refuse(remote, &origin, id, why),
-                    }
-                }
+                Some(item::Body::Request(req)) => remote.serve_at_leader(req),
                 Some(item::Body::Response(resp)) => remote.complete(resp),
-                Some(item::Body::Push(push)) => remote.push_to_session(push),
                 Some(item::Body::UserPush(push)) => remote.push_to_user(push),
-                Some(item::Body::ReplicationAck(ack)) => remote.replication_ack(ack),
                 Some(item::Body::Raft(batch)) => remote.raft(batch),
-                Some(body) => {
-                    let _ = registry.cast(RegistryMsg::Handoff(body));
-                }
-                None => tracing::warn!("empty item from a peer; dropped"),
+                None => tracing::warn!("empty or unknown item from a peer; dropped"),
             }
         }
     }

@@ -141,28 +141,21 @@ pub struct ClusterConfig {
     /// On SIGTERM (when a peer is up), hand the leadership of every Raft group led here
     /// to a caught-up live voter before stopping, waiting up to 10 s; the node stays a
     /// member and a voter, and catches up when it starts again. False: stop at once;
-    /// its groups elect new leaders after an election timeout. With `consensus = false`:
-    /// hand every partition held here to the other members (the node leaves; it takes
-    /// its share back when it starts again), or, false, leave its users unavailable
-    /// until it is back. Default: true.
+    /// its groups elect new leaders after an election timeout. Default: true.
     pub handoff_on_shutdown: bool,
     /// Voters of every partition's Raft group, on different nodes (capped by the number
     /// of members): a write is acknowledged once a majority of them has it durable, so
-    /// with 3 any one of them may fail. 1: a down node's partitions wait for it. With
-    /// `consensus = false`: copies, the holder's included; a send is acknowledged once
-    /// it is durable on all of them (down members count: with fewer nodes up than
-    /// copies, sends get UNAVAILABLE). Between 1 and 5. Default: 3.
+    /// with 3 any one of them may fail. 1: a down node's partitions wait for it.
+    /// Between 1 and 5. Default: 3.
     pub replicas: usize,
-    /// Serve requests through the Raft core: every partition is a Raft group of
-    /// `replicas` voters, with membership decided by the metadata group (see
-    /// ARCHITECTURE.md, "Consensus"); `/cluster` reports it. False: the old core
-    /// (registry takeover and handoff, `replication.rs`), kept for comparison and to be
-    /// removed; the Raft core does not read its data. Default: true.
+    /// Always true: every partition is a Raft group of `replicas` voters, with
+    /// membership decided by the metadata group (see ARCHITECTURE.md, "Consensus").
+    /// False asked for the old core, which is removed: refused at start.
     pub consensus: bool,
-    /// With `consensus`: the names of the nodes a new cluster starts with, the same
+    /// The names of the nodes a new cluster starts with, the same
     /// on each of them. Empty: a node without seeds starts a cluster of its own.
     pub initial_members: Vec<String>,
-    /// With `consensus` and no `initial_members`: a new node waits until it sees this
+    /// With no `initial_members`: a new node waits until it sees this
     /// many new nodes (itself included) all waiting with the same number, and they
     /// start the cluster together, their names as the first members; a node that sees
     /// a node already in a cluster joins it instead. 0: off.
@@ -185,8 +178,6 @@ pub struct AuthConfig {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct StorageConfig {
-    /// Most writes gathered into one flush (group commit). Default: 4096.
-    pub commit_max_batch: usize,
     /// sled's page cache, in MiB: the largest part of a busy node's memory. Default: 256.
     pub cache_mib: u64,
     /// Most messages kept per inbox; older ones are removed. Default: 100000.
@@ -263,7 +254,6 @@ impl Default for AuthConfig {
 impl Default for StorageConfig {
     fn default() -> Self {
         Self {
-            commit_max_batch: 4096,
             cache_mib: 256,
             retention_max_messages: 100_000,
             retention_max_age_days: 30,
@@ -354,8 +344,9 @@ impl Config {
             "auth.argon2_memory_kib must be at least 8 and auth.argon2_iterations at least 1",
         )?;
         check(
-            self.storage.commit_max_batch >= 1,
-            "storage.commit_max_batch must be at least 1",
+            self.cluster.consensus,
+            "cluster.consensus = false asked for the old core, which this version no longer has: \
+             remove the line (the Raft core is the only core)",
         )?;
         check(
             self.storage.retention_max_messages >= 1,
@@ -428,6 +419,18 @@ mod tests {
         let cfg = Config::from_toml("[cluster]\nconsensus = true\nbootstrap_expect = 3\n").unwrap();
         cfg.validate().unwrap();
         assert_eq!(cfg.cluster.bootstrap_expect, 3);
+    }
+
+    #[test]
+    fn asking_for_the_removed_old_core_is_refused_with_what_to_do() {
+        let cfg = Config::from_toml("[cluster]\nconsensus = false\n").unwrap();
+        let err = cfg.validate().unwrap_err().to_string();
+        assert!(
+            err.contains("cluster.consensus") && err.contains("remove the line"),
+            "{err}"
+        );
+        let old = Config::from_toml("[storage]\ncommit_max_batch = 4096\n").unwrap_err();
+        assert!(old.to_string().contains("commit_max_batch"), "{old}");
     }
 
     #[test]

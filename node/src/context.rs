@@ -3,10 +3,11 @@
 //! Kept apart from `server` (which starts and stops the node) so that what sessions
 //! use does not depend on how the node is put together.
 
-use crate::actors::registry::{RegistryMsg, Router};
+use crate::actors::registry::RegistryMsg;
 use crate::auth::PasswordHashing;
 use crate::config::Config;
 use crate::error::{ChatError, ChatResult};
+use crate::request::Router;
 use crate::storage::{Storage, StorageError};
 use chat_protocol::v1::NodeInfo;
 use std::sync::Arc;
@@ -51,9 +52,9 @@ pub enum NodeError {
     /// The data folder holds accounts and messages of the old core, which the Raft core
     /// does not read: starting on it would serve an empty cluster.
     #[error(
-        "the data folder {0} holds data of the old core (cluster.consensus = false), which the \
-         Raft core does not read and cannot migrate yet: start this node with \
-         `consensus = false` in [cluster], or give it a new data folder"
+        "the data folder {0} holds data of the old core (`cluster.consensus = false`, removed \
+         in this version), which this version cannot read: give this node a new data folder \
+         (the old one is left untouched)"
     )]
     OldCoreData(String),
     /// An actor could not start.
@@ -78,8 +79,10 @@ pub struct NodeCtx {
     pub node_name: String,
     /// The database.
     pub storage: Storage,
-    /// Routes to inboxes, groups and the registry.
+    /// Routes to inboxes, groups and accounts.
     pub router: Router,
+    /// Who is online here, and the cluster's nodes.
+    pub registry: ractor::ActorRef<RegistryMsg>,
     /// Connected sessions.
     pub sessions: Arc<AtomicUsize>,
     /// Session id allocator.
@@ -92,8 +95,8 @@ pub struct NodeCtx {
     pub view: crate::cluster::ClusterView,
     /// Links to the other nodes, and this node's session directory.
     pub remote: Arc<crate::remote::Remote>,
-    /// The Raft core, when `cluster.consensus` is set.
-    pub consensus: Option<crate::consensus::driver::Handle>,
+    /// The Raft core.
+    pub consensus: crate::consensus::driver::Handle,
     pub(crate) hashing: PasswordHashing,
     /// argon2 is memory-hard: bound how many hashes run at once.
     pub(crate) hash_slots: Semaphore,
@@ -125,7 +128,7 @@ impl NodeCtx {
         let reply = crate::actors::reply(move |nodes| {
             let _ = tx.send(nodes);
         });
-        if self.router.registry().cast(RegistryMsg::Nodes { reply }).is_err() {
+        if self.registry.cast(RegistryMsg::Nodes { reply }).is_err() {
             return Vec::new();
         }
         rx.await.unwrap_or_default()

@@ -90,15 +90,3 @@ impl ChatError {
         }
     }
 }
-
-impl From<crate::storage::StorageError> for ChatError {
-    fn from(e: crate::storage::StorageError) -> Self {
-        match e {
-            crate::storage::StorageError::Closed => Self::Unavailable("node is shutting down".into()),
-            crate::storage::StorageError::NotReplicated(why) => {
-                Self::Unavailable(format!("not stored on every replica ({why}); retry"))
-            }
-            other => Self::Internal(other.to_string()),
-        }
-    }
-}

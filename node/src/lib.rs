@@ -1,4 +1,4 @@
-//! A clustered chat node: sessions, inboxes and groups as ractor actors, durable mailboxes in sled.
+//! A clustered chat node: sessions as actors, inboxes and groups in partitions replicated by Raft, durable in sled.
 //!
 //! The binary (`main.rs`) parses flags and binds; [`server::run`] does the rest.
 
@@ -13,7 +13,7 @@ pub mod error;
 pub mod metrics;
 pub mod partition;
 pub mod remote;
-pub mod replication;
+pub mod request;
 pub mod served;
 pub mod server;
 pub mod storage;

@@ -1,7 +1,7 @@
 //! Counters and a latency histogram, rendered in Prometheus' text format by the admin endpoint.
 
 use std::fmt::Write;
-use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 /// Upper bounds of the send-latency histogram buckets, in seconds.
@@ -48,7 +48,6 @@ pub struct Metrics {
     logins: AtomicU64,
     sends: AtomicU64,
     deliveries: AtomicU64,
-    inbox_messages: AtomicI64,
     send_latency: LatencyHistogram,
     delivery_latency: LatencyHistogram,
 }
@@ -56,32 +55,23 @@ pub struct Metrics {
 /// Gauges read at scrape time.
 #[derive(Debug, Default, Clone, Copy)]
 pub struct Gauges {
-    /// Inbox entries the Raft core's records hold, when it runs (else the count kept
-    /// by [`Metrics::inbox_messages`]).
-    pub raft_inbox_entries: Option<u64>,
+    /// Inbox entries this node's records hold (every replica here, led or not).
+    pub inbox_entries: u64,
     /// Open client connections.
     pub connections: u64,
-    /// Users with a session on this node.
+    /// Users with at least one session here.
     pub online_users: u64,
-    /// Running inbox actors.
-    pub inboxes: u64,
-    /// Running group actors.
-    pub groups: u64,
-    /// Peers up and down.
+    /// Peers answering heartbeats.
     pub peers_up: u64,
-    /// Peers known but down.
+    /// Peers not answering.
     pub peers_down: u64,
     /// Bytes sled uses on disk.
     pub sled_bytes: u64,
-    /// Partitions whose data this node holds and serves.
-    pub partitions_held: u64,
-    /// Requests waiting for a partition this node is taking over.
+    /// The Raft core as this node sees it.
+    pub raft: crate::consensus::driver::Status,
+    /// Requests waiting for an answer from another node.
     pub requests_waiting: u64,
-    /// Held partitions lacking a whole copy on one of their replicas.
-    pub partitions_under_replicated: u64,
-    /// Whole copies of other nodes' partitions kept here.
-    pub partition_copies: u64,
-    /// Syncs to disk (sled's flush, then `fdatasync`) completed since start.
+    /// Syncs to disk so far: the database's and the Raft log's.
     pub storage_syncs: u64,
 }
 
@@ -103,11 +93,6 @@ impl Metrics {
         self.delivery_latency.observe(took);
     }
 
-    /// Messages stored in inboxes changed by `delta` (appends, retention).
-    pub fn inbox_messages(&self, delta: i64) {
-        self.inbox_messages.fetch_add(delta, Ordering::Relaxed);
-    }
-
     /// The Prometheus text exposition of everything.
     pub fn render(&self, g: Gauges) -> String {
         let mut out = String::new();
@@ -126,36 +111,36 @@ impl Metrics {
             "Users with a session on this node.",
             g.online_users,
         );
+        let raft = &g.raft;
         metric(
-            "chat_inboxes_running",
+            "chat_raft_groups",
             "gauge",
-            "Running inbox actors.",
-            g.inboxes,
+            "Raft groups (partitions and the metadata group) with a replica on this node.",
+            raft.groups as u64,
         );
-        metric("chat_groups_running", "gauge", "Running group actors.", g.groups);
         metric(
-            "chat_partitions_held",
+            "chat_raft_groups_led",
             "gauge",
-            "Partitions whose data this node holds and serves.",
-            g.partitions_held,
+            "Raft groups led by this node.",
+            raft.leading as u64,
+        );
+        metric(
+            "chat_raft_groups_leaderless",
+            "gauge",
+            "Raft groups whose replica here knows no leader.",
+            raft.leaderless as u64,
+        );
+        metric(
+            "chat_raft_groups_unsettled",
+            "gauge",
+            "Raft groups led here that are not whole (a voter behind or silent, or a move under way).",
+            raft.unsettled as u64,
         );
         metric(
             "chat_requests_waiting",
             "gauge",
-            "Requests waiting for a partition this node is taking over.",
+            "Requests waiting for an answer from another node.",
             g.requests_waiting,
-        );
-        metric(
-            "chat_partitions_under_replicated",
-            "gauge",
-            "Held partitions lacking a whole copy on one of their replicas.",
-            g.partitions_under_replicated,
-        );
-        metric(
-            "chat_partition_copies",
-            "gauge",
-            "Whole copies of other nodes' partitions kept here.",
-            g.partition_copies,
         );
         metric(
             "chat_sled_size_bytes",
@@ -166,17 +151,14 @@ impl Metrics {
         metric(
             "chat_storage_syncs_total",
             "counter",
-            "Syncs to disk (flush, then fdatasync; with the Raft core its log file's too), one per group-commit round.",
+            "Syncs to disk of the Raft log and of the database (flush, then fdatasync), one per round that wrote.",
             g.storage_syncs,
         );
-        let inbox = g
-            .raft_inbox_entries
-            .unwrap_or_else(|| self.inbox_messages.load(Ordering::Relaxed).max(0) as u64);
         metric(
             "chat_inbox_messages",
             "gauge",
-            "Messages stored in this node's inboxes (mailbox sizes, summed).",
-            inbox,
+            "Messages stored in the inboxes this node has a replica of (mailbox sizes, summed).",
+            g.inbox_entries,
         );
         let load = |c: &AtomicU64| c.load(Ordering::Relaxed);
         metric(

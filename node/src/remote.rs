@@ -14,7 +14,7 @@ use crate::cluster::{ClusterView, MemberMsg};
 use crate::error::{ChatError, ChatResult};
 use bytes::Bytes;
 use chat_protocol::internal::{
-    Answer, Envelope, Item, Query, Request, Response, SessionPush, UserPush, item, request, response,
+    Answer, Envelope, Item, Query, Request, Response, UserPush, item, request, response,
 };
 use prost::Message;
 use ractor::ActorRef;
@@ -86,9 +86,6 @@ pub struct Remote {
     users: Mutex<HashMap<String, Vec<u64>>>,
     /// The runtime links are spawned on: replies may be sent from the committer thread.
     runtime: Option<tokio::runtime::Handle>,
-    /// Where replicas' acknowledgements go (straight from the member actor: they
-    /// complete clients' writes, so they skip the registry's queue).
-    replicator: std::sync::OnceLock<std::sync::Weak<crate::replication::Replicator>>,
     /// Where peers' Raft messages go, when this node runs consensus.
     consensus: std::sync::OnceLock<crate::consensus::driver::Handle>,
     /// What answers reads of partitions led here.
@@ -136,7 +133,6 @@ impl Remote {
             sessions: Mutex::default(),
             users: Mutex::default(),
             runtime,
-            replicator: std::sync::OnceLock::new(),
             consensus: std::sync::OnceLock::new(),
             reader: std::sync::OnceLock::new(),
             outcomes,
@@ -170,28 +166,9 @@ impl Remote {
         }
     }
 
-    /// Hands replicas' acknowledgements to `replicator` from now on.
-    pub fn set_replicator(&self, replicator: &Arc<crate::replication::Replicator>) {
-        let _ = self.replicator.set(Arc::downgrade(replicator));
-    }
-
-    /// A replica's acknowledgement arrived.
-    pub fn replication_ack(&self, ack: chat_protocol::internal::ReplicationAck) {
-        if let Some(r) = self.replicator.get().and_then(std::sync::Weak::upgrade) {
-            r.acked(&ack.from, ack.stream, ack.seq, ack.ok);
-        }
-    }
-
     /// This node's name.
     pub fn me(&self) -> &str {
         &self.me
-    }
-
-    /// Queues a push for a session on `node`. False only if the link is gone; a full
-    /// link drops the push but keeps the session attached (pushes are a shortcut: the
-    /// client sees the gap in seqs, and the entry waits in the inbox for its sync).
-    pub fn push(self: &Arc<Self>, node: &str, push: SessionPush) -> bool {
-        self.send(node, item::Body::Push(push)) || self.links.lock().expect("links lock").contains_key(node)
     }
 
     /// Queues `body` for `node`; false if its link is full.
@@ -247,17 +224,6 @@ impl Remote {
         if !self.send(node, item::Body::Request(req)) {
             self.fail(id, unavailable(node));
         }
-    }
-
-    /// Sends a request nobody waits for.
-    pub fn tell(self: &Arc<Self>, node: &str, hops: u32, op: request::Op) {
-        let req = Request {
-            id: 0,
-            origin: self.me.clone(),
-            hops,
-            op: Some(op),
-        };
-        self.send(node, item::Body::Request(req));
     }
 
     /// Sends the response to request `id` of `origin`.
@@ -443,7 +409,10 @@ impl Remote {
         let (partition, op) = match req.op {
             Some(request::Op::Propose(p)) => (p.partition, AtLeader::Propose(p.command)),
             Some(request::Op::Read(r)) => (r.partition, AtLeader::Read(r.query.unwrap_or_default())),
-            _ => return,
+            None => {
+                let e = ChatError::BadRequest("a request with no operation".into());
+                return self.respond(&origin, id, response::Result::Error(e.to_proto()));
+            }
         };
         let Ok(partition) = u16::try_from(partition) else {
             let e = ChatError::BadRequest(format!("no partition {partition}"));
@@ -513,19 +482,6 @@ impl Remote {
                 w.node
             ))));
         }
-    }
-
-    /// Registers `on_response` for a request id, as [`Remote::request`] does (tests).
-    #[cfg(test)]
-    pub(crate) fn wait_for_response(&self, id: u64, on_response: OnResponse) {
-        self.pending.lock().expect("pending lock").insert(
-            id,
-            Waiting {
-                node: self.me.clone(),
-                deadline: Instant::now() + REQUEST_TIMEOUT,
-                on_response,
-            },
-        );
     }
 
     /// Requests waiting for a response.
@@ -622,24 +578,6 @@ impl Remote {
             .get(&id)
             .map(|s| s.mailbox.clone())
     }
-
-    /// A push from a remote inbox to one of this node's sessions.
-    pub fn push_to_session(&self, push: SessionPush) {
-        let Some(mailbox) = self.session(push.session) else {
-            return;
-        };
-        let frame = Bytes::from(push.frame);
-        let _ = mailbox.send(if push.seq == 0 {
-            SessionMsg::Push(frame)
-        } else {
-            SessionMsg::Deliver {
-                user: Arc::from(push.user.as_str()),
-                seq: push.seq,
-                frame,
-                since: Instant::now(),
-            }
-        });
-    }
 }
 
 fn forget_user_session(users: &mut HashMap<String, Vec<u64>>, user: &str, id: u64) {
@@ -729,26 +667,20 @@ mod tests {
     #[tokio::test]
     async fn a_link_refuses_what_would_exceed_its_byte_bound_and_fails_requests_it_cannot_send() {
         let remote = Remote::new("here", ClusterView::default());
-        let huge = SessionPush {
-            session: 1,
-            seq: 1,
-            frame: vec![0; LINK_BYTES + 1],
+        let push = |seq, bytes| UserPush {
             user: "u".into(),
+            seq,
+            frame: vec![0; bytes],
+            skip_session: 0,
         };
-        assert!(!remote.send("there", item::Body::Push(huge)));
-        let small = SessionPush {
-            session: 1,
-            seq: 2,
-            frame: vec![0; 16],
-            user: "u".into(),
-        };
-        assert!(remote.send("there", item::Body::Push(small)));
+        assert!(!remote.send("there", item::Body::UserPush(push(1, LINK_BYTES + 1))));
+        assert!(remote.send("there", item::Body::UserPush(push(2, 16))));
 
         // "there" is not up: a request to it is answered UNAVAILABLE, not left waiting.
         let (tx, rx) = tokio::sync::oneshot::channel();
-        let op = request::Op::Account(chat_protocol::internal::AccountOp {
-            user: "bob".into(),
-            op: None,
+        let op = request::Op::Propose(chat_protocol::internal::Propose {
+            partition: 1,
+            command: Vec::new(),
         });
         remote.request(
             "there",
@@ -767,9 +699,9 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn replies_can_be_sent_from_the_committer_thread() {
-        // Completions of storage writes run on a plain thread; a reply sent from there
-        // may open the first link to a peer.
+    async fn replies_can_be_sent_from_a_thread_outside_the_runtime() {
+        // Outcomes of the Raft core are decided on its own thread; a reply sent from
+        // there may open the first link to a peer.
         let remote = Remote::new("here", ClusterView::default());
         let r = remote.clone();
         let sent = std::thread::spawn(move || {

@@ -1,4 +1,4 @@
-//! Serving clients through the Raft core (`cluster.consensus`): every request a
+//! Serving clients through the Raft core: every request a
 //! session routes becomes a command proposed to the leader of its partition (a write,
 //! acknowledged once a majority of the partition's replicas has it durable and it is
 //! applied), or a query answered there after a read barrier (never from a deposed
@@ -17,14 +17,14 @@
 //!   sender's inbox, deduplicated by (kind, reader, message).
 
 use crate::actors::Reply;
-use crate::actors::group::GroupMsg;
-use crate::actors::inbox::{self, AckKind, Appended, Draft, InboxMsg, Page};
-use crate::actors::registry::{AccountMsg, Route, Target};
 use crate::consensus::disk::{Disk, Pending};
 use crate::consensus::driver::Handle;
 use crate::error::{ChatError, ChatResult};
 use crate::partition::{self, Partition};
 use crate::remote::Remote;
+use crate::request::{
+    self as inbox, AccountMsg, AckKind, Appended, Draft, GroupMsg, InboxMsg, Page, Route, Target,
+};
 use crate::storage;
 use chat_protocol::internal::answer::{self, A};
 use chat_protocol::internal::command::{self, Op};
@@ -198,7 +198,7 @@ impl Served {
             InboxMsg::Append { origin, draft, reply } => self.append(user, origin, draft, reply),
             InboxMsg::Attach { session, reply } => {
                 // Pushes for the user reach the session from now on (its node is this one).
-                self.remote.set_session_user(session.id, Some(user.clone()));
+                self.remote.set_session_user(session, Some(user.clone()));
                 self.read(p, Q::InboxMeta(user), move |r| {
                     reply(r.and_then(|a| match a {
                         A::InboxMeta(meta) => Ok(meta),
@@ -278,16 +278,10 @@ impl Served {
                     other => Err(unexpected(&other)),
                 }))
             }),
-            InboxMsg::Release { reply } => reply(Vec::new()),
             // Sessions leave the directory with `Remote::set_session_user`; retention
             // runs with each append and `sweep_retention`; there are no inbox actors.
-            InboxMsg::Detach { .. }
-            | InboxMsg::ForgetNode(_)
-            | InboxMsg::Sweep
-            | InboxMsg::Stop
-            | InboxMsg::Persisted { .. }
-            | InboxMsg::Confirmed { .. }
-            | InboxMsg::IdleCheck => {}
+            // Its node forgets the session itself (`Remote::set_session_user`).
+            InboxMsg::Detach { .. } => {}
         }
     }
 
@@ -534,12 +528,6 @@ impl Served {
                 self.runtime
                     .spawn(async move { reply(me.group_receipts(group, user, group_seq).await) });
             }
-            GroupMsg::Wake => self.fan_out(group),
-            GroupMsg::Stop
-            | GroupMsg::Persisted { .. }
-            | GroupMsg::FanoutAck { .. }
-            | GroupMsg::RetryFanout { .. }
-            | GroupMsg::IdleCheck => {}
         }
     }
 

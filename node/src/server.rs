@@ -1,14 +1,15 @@
 //! Starting, running and stopping a node: the accept loop and the shutdown order (stop
-//! accepting, close sessions, stop inboxes and groups, flush sled).
+//! accepting, close sessions, hand leaderships over, stop the Raft core, sync sled).
 
 pub use crate::context::{NodeCtx, NodeError};
 
-use crate::actors::registry::{Registry, RegistryArgs, RegistryMsg, Router};
+use crate::actors::registry::{Registry, RegistryArgs};
 use crate::auth::PasswordHashing;
 use crate::cluster::Cluster;
 use crate::config::Config;
 use crate::error::ChatError;
-use crate::storage::{Storage, StorageError};
+use crate::request::Router;
+use crate::storage::Storage;
 use ractor::Actor;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -18,8 +19,6 @@ use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
-/// How long a leaving node waits for its partitions to be taken over.
-const LEAVE_LIMIT: Duration = Duration::from_secs(30);
 /// How long a starting node waits for its Raft groups to know a leader before serving.
 const LEADERS_AT_START: Duration = Duration::from_secs(5);
 /// How long a stopping node waits for its Raft groups to be led elsewhere.
@@ -95,16 +94,6 @@ pub fn default_name(addr: SocketAddr) -> String {
     format!("node-{}", addr.port())
 }
 
-/// Wakes every group whose fan-out a crash interrupted, so it finishes it; the
-/// inboxes drop the copies they already have.
-pub fn resume_interrupted_fanouts(storage: &Storage, router: &Router) -> Result<(), StorageError> {
-    for group in storage.pending_fanouts()? {
-        tracing::info!(group = %group, "finishing an interrupted group fan-out");
-        router.to_group(&group, crate::actors::group::GroupMsg::Wake);
-    }
-    Ok(())
-}
-
 /// The sockets a node serves on, bound by the caller (so tests can use port 0).
 pub struct Listeners {
     /// Clients over TCP (or TLS).
@@ -138,16 +127,10 @@ pub async fn run(config: Config, listeners: Listeners, shutdown: CancellationTok
         path: config.data_dir.display().to_string(),
         source,
     })?;
-    let storage = Storage::open(
-        &config.data_dir,
-        config.storage.commit_max_batch,
-        config.storage.cache_mib << 20,
-    )?;
+    let storage = Storage::open(&config.data_dir, config.storage.cache_mib << 20)?;
     let sessions = Arc::new(AtomicUsize::new(0));
     let view = crate::cluster::ClusterView::default();
     let remote = crate::remote::Remote::new(&node_name, view.clone());
-    let replicator = crate::replication::Replicator::new(&node_name, remote.clone());
-    storage.set_replicator(replicator.clone());
     let metrics = Arc::new(crate::metrics::Metrics::default());
     let max_age = match config.storage.retention_max_age_days {
         0 => None,
@@ -159,17 +142,8 @@ pub async fn run(config: Config, listeners: Listeners, shutdown: CancellationTok
         RegistryArgs {
             node: node_name.clone(),
             client_addr: client_addr.to_string(),
-            storage: storage.clone(),
-            max_messages: config.storage.retention_max_messages,
-            max_age,
-            sweep_every: Duration::from_secs(config.storage.retention_sweep_minutes.max(1) * 60),
             sessions: sessions.clone(),
             view: view.clone(),
-            metrics: metrics.clone(),
-            remote: remote.clone(),
-            seeds: config.cluster.seeds.clone(),
-            replicas: config.cluster.replicas,
-            replicator,
         },
     )
     .await
@@ -190,47 +164,31 @@ pub async fn run(config: Config, listeners: Listeners, shutdown: CancellationTok
     if let Some(announce) = on_cluster_listening {
         announce(&cluster.card.cluster_addr);
     }
-    let consensus = if config.cluster.consensus {
-        let started = start_consensus(&config, &node_name, &storage, &remote, &cluster.view)?;
-        let waits = config.cluster.bootstrap_expect > 0 && started.0.started_fresh();
-        if !waits && !first_members(&config, &node_name).contains(&node_name) {
-            let addr = cluster.card.cluster_addr.clone();
-            tokio::spawn(join_cluster(
-                remote.clone(),
-                node_name.clone(),
-                addr,
-                shutdown.clone(),
-            ));
-        }
-        tokio::spawn(consensus_card(
-            ConsensusCard {
-                view: cluster.view.clone(),
-                handle: started.0.clone(),
-                remote: remote.clone(),
-                name: node_name.clone(),
-                addr: cluster.card.cluster_addr.clone(),
-                expect: if waits { config.cluster.bootstrap_expect } else { 0 },
-            },
+    let (consensus, consensus_thread, records) =
+        start_consensus(&config, &node_name, &storage, &remote, &cluster.view)?;
+    let waits = config.cluster.bootstrap_expect > 0 && consensus.started_fresh();
+    if !waits && !first_members(&config, &node_name).contains(&node_name) {
+        let addr = cluster.card.cluster_addr.clone();
+        tokio::spawn(join_cluster(
+            remote.clone(),
+            node_name.clone(),
+            addr,
             shutdown.clone(),
         ));
-        if started.0.started_with_groups() {
-            wait_for_leaders(&started.0, &node_name).await;
-        }
-        Some(started)
-    } else {
-        None
-    };
-    {
-        // The stored-message gauge starts from what is on disk; counting it is a scan,
-        // so it runs beside startup rather than before it.
-        let (storage, metrics) = (storage.clone(), metrics.clone());
-        // (The Raft core keeps its count with its records.)
-        if consensus.is_none() {
-            tokio::task::spawn_blocking(move || match storage.count_inbox_entries() {
-                Ok(n) => metrics.inbox_messages(n as i64),
-                Err(e) => tracing::warn!(error = %e, "cannot count stored messages"),
-            });
-        }
+    }
+    tokio::spawn(consensus_card(
+        ConsensusCard {
+            view: cluster.view.clone(),
+            handle: consensus.clone(),
+            remote: remote.clone(),
+            name: node_name.clone(),
+            addr: cluster.card.cluster_addr.clone(),
+            expect: if waits { config.cluster.bootstrap_expect } else { 0 },
+        },
+        shutdown.clone(),
+    ));
+    if consensus.started_with_groups() {
+        wait_for_leaders(&consensus, &node_name).await;
     }
     let hashing = PasswordHashing::new(config.auth.argon2_memory_kib, config.auth.argon2_iterations)
         .map_err(|e| NodeError::Config(crate::config::ConfigError::Invalid(e)))?;
@@ -239,21 +197,16 @@ pub async fn run(config: Config, listeners: Listeners, shutdown: CancellationTok
         config: config.clone(),
         node_name: node_name.clone(),
         storage: storage.clone(),
-        router: match &consensus {
-            // Requests go to partition leaders through the Raft core.
-            Some((handle, _, disk)) => Router::served_by(
-                registry.clone(),
-                crate::served::Served::start(
-                    remote.clone(),
-                    handle.clone(),
-                    disk.clone(),
-                    config.storage.retention_max_messages,
-                    max_age,
-                    Duration::from_secs(config.storage.retention_sweep_minutes.max(1) * 60),
-                ),
-            ),
-            None => Router::new(registry.clone()),
-        },
+        // Requests go to partition leaders through the Raft core.
+        router: Router::new(crate::served::Served::start(
+            remote.clone(),
+            consensus.clone(),
+            records,
+            config.storage.retention_max_messages,
+            max_age,
+            Duration::from_secs(config.storage.retention_sweep_minutes.max(1) * 60),
+        )),
+        registry: registry.clone(),
         sessions: sessions.clone(),
         // Session ids are unique in the cluster: remote inboxes know sessions by id.
         next_session_id: AtomicU64::new(crate::auth::random_u64() >> 1),
@@ -261,11 +214,10 @@ pub async fn run(config: Config, listeners: Listeners, shutdown: CancellationTok
         metrics: metrics.clone(),
         view: cluster.view.clone(),
         remote,
-        consensus: consensus.as_ref().map(|(handle, _, _)| handle.clone()),
+        consensus: consensus.clone(),
         hashing,
         hash_slots: Semaphore::new(parallelism),
     });
-    resume_interrupted_fanouts(&storage, &ctx.router)?;
     let admin = admin.map(|l| tokio::spawn(crate::admin::serve(l, ctx.clone(), shutdown.clone())));
     let websocket = websocket.map(|l| tokio::spawn(crate::websocket::serve(l, tls.clone(), ctx.clone())));
     tracing::info!(node = %node_name, addr = %client_addr, data = %config.data_dir.display(), "node started");
@@ -308,40 +260,12 @@ pub async fn run(config: Config, listeners: Listeners, shutdown: CancellationTok
     }
     tracing::info!(node = %node_name, left = sessions.load(Ordering::Relaxed), "sessions closed");
     let peers_up = cluster.view.peers().iter().any(|p| p.up);
-    if let Some((handle, _, _)) = &consensus {
-        if config.cluster.handoff_on_shutdown && peers_up {
-            drain_leadership(handle, &node_name).await;
-        }
-    } else if config.cluster.handoff_on_shutdown && peers_up {
-        // Hand every partition held here to the nodes that own it without this one.
-        let (tx, rx) = tokio::sync::oneshot::channel();
-        let leave = RegistryMsg::Leave {
-            deadline: tokio::time::Instant::now() + LEAVE_LIMIT,
-            reply: crate::actors::reply(move |done| {
-                let _ = tx.send(done);
-            }),
-        };
-        if registry.cast(leave).is_ok() {
-            match rx.await {
-                Ok(true) => tracing::info!(node = %node_name, "partitions handed off"),
-                _ => tracing::warn!(node = %node_name, "some partitions were not handed off; they stay here"),
-            }
-        }
+    if config.cluster.handoff_on_shutdown && peers_up {
+        drain_leadership(&consensus, &node_name).await;
     }
-    tracing::info!(node = %node_name, "stopping inboxes and groups");
-    let (tx, rx) = tokio::sync::oneshot::channel();
-    let reply = crate::actors::reply(move |()| {
-        let _ = tx.send(());
-    });
-    if registry.cast(RegistryMsg::Drain { reply }).is_ok() {
-        let _ = tokio::time::timeout(DRAIN_SESSIONS, rx).await;
-    }
-    if let Some((handle, thread, _)) = consensus {
-        handle.stop();
-        let _ = tokio::task::spawn_blocking(move || thread.join()).await;
-    }
-    storage.barrier().await?;
-    storage.flush()?;
+    consensus.stop();
+    let _ = tokio::task::spawn_blocking(move || consensus_thread.join()).await;
+    storage.sync_to_disk()?;
     registry.stop(None);
     let _ = registry_handle.await;
     tracing::info!(node = %node_name, "storage flushed; leaving the cluster");
@@ -627,90 +551,5 @@ impl crate::consensus::driver::Transport for RaftLinks {
         let batch = chat_protocol::internal::RaftBatch { messages };
         self.remote
             .send(&name, chat_protocol::internal::item::Body::Raft(batch));
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::storage::{TreeId, kind, scoped, seq_key, suffix_key};
-    use chat_protocol::internal::{GroupMessage, GroupRecord};
-    use prost::Message;
-
-    #[tokio::test]
-    async fn a_group_fan_out_cut_short_by_a_crash_is_finished_at_start() {
-        let dir = tempfile::tempdir().unwrap();
-        let storage = Storage::open(dir.path(), 16, 8 << 20).unwrap();
-        // What a crash leaves behind: the message is stored and acknowledged, but
-        // bob's inbox never got it, and alice's did.
-        let record = GroupRecord {
-            creator: "alice".into(),
-            created_at_ms: 1,
-            last_seq: 1,
-            fanout_seq: 0,
-        };
-        let message = GroupMessage {
-            message_id: "g:team:1".into(),
-            from: "carol".into(),
-            timestamp_ms: 5,
-            text: "survives".into(),
-            client_msg_id: "c1".into(),
-            recipients: vec!["alice".into(), "bob".into()],
-        };
-        let mut groups = crate::storage::Writes::default();
-        groups.put(TreeId::Groups, scoped("team", kind::META), record.encode_to_vec());
-        groups.put(
-            TreeId::Groups,
-            seq_key("team", kind::MESSAGE, 1),
-            message.encode_to_vec(),
-        );
-        for m in ["alice", "bob", "carol"] {
-            groups.put(TreeId::Groups, suffix_key("team", kind::MEMBER, m.as_bytes()), []);
-        }
-        groups.put(TreeId::Fanout, b"team", []);
-        storage.commit_wait(groups).await.unwrap();
-
-        let registry = crate::actors::registry::test_registry(storage.clone()).await;
-        let router = Router::new(registry.clone());
-        // alice already has it (as if the crash came after her copy).
-        let (tx, rx) = tokio::sync::oneshot::channel();
-        router.to_inbox(
-            "alice",
-            crate::actors::inbox::InboxMsg::Append {
-                origin: crate::actors::inbox::group_origin("team", 1),
-                draft: crate::actors::inbox::Draft {
-                    from: "carol".into(),
-                    kind: chat_protocol::v1::ConversationKind::Group,
-                    conversation: "team".into(),
-                    text: "survives".into(),
-                    group: Some((1, "g:team:1".into(), 5)),
-                    receipt: None,
-                    own_copy: None,
-                },
-                reply: crate::actors::reply(move |r| {
-                    let _ = tx.send(r);
-                }),
-            },
-        );
-        rx.await.unwrap().unwrap();
-
-        resume_interrupted_fanouts(&storage, &router).unwrap();
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            let bob = storage.inbox_after("bob", 0, 10).unwrap();
-            let alice = storage.inbox_after("alice", 0, 10).unwrap();
-            let cleared = storage.pending_fanouts().unwrap().is_empty();
-            if bob.len() == 1 && cleared {
-                assert_eq!(bob[0].1.text, "survives");
-                assert_eq!(alice.len(), 1, "alice's copy was not stored twice");
-                break;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "fan-out not finished: bob {bob:?}, cleared {cleared}"
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        registry.stop(None);
     }
 }

@@ -396,9 +396,7 @@ pub async fn wait_settled(nodes: &[&Node], members: usize) -> Result<()> {
         let settled = wait_for("the cluster to settle", 3 * DEADLINE, || async {
             let status = cluster_status(node).await?;
             *last.lock().unwrap() = Some(status["consensus"].clone());
-            let seen = status["consensus"]["members"]
-                .as_u64()
-                .or_else(|| status["members"].as_u64())?;
+            let seen = status["consensus"]["members"].as_u64()?;
             (status["settled"] == true && seen == members as u64).then_some(())
         })
         .await;

@@ -175,18 +175,29 @@ async fn a_new_node_joins_through_its_seeds_and_takes_its_share() {
     assert!((150..=230).contains(&held), "j4 holds {held} groups");
 }
 
+/// The old core is gone: a configuration asking for it is refused at start, saying what
+/// to change, before anything is announced.
 #[tokio::test]
-async fn a_node_of_the_old_core_reports_no_consensus_and_refuses_removals() {
-    let node = Node::start_with(NodeOpts {
-        cluster_toml: "consensus = false\n".into(),
-        ..NodeOpts::default()
-    })
-    .unwrap();
-    let status = cluster_status(&node).await.unwrap();
-    assert!(status["consensus"].is_null(), "{status}");
-    let admin = node.admin.trim_start_matches("http://").to_owned();
-    let (ok, _, err) = cli(&["remove-node", "other", "--admin", &admin]).await.unwrap();
-    assert!(!ok && err.contains("409"), "{err}");
+async fn a_node_asked_for_the_removed_old_core_refuses_to_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("old.toml");
+    std::fs::write(&config, "[cluster]\nconsensus = false\n").unwrap();
+    let out = tokio::process::Command::new(chat_tests::bin("chat-node"))
+        .arg("--config")
+        .arg(&config)
+        .args(["--listen", "127.0.0.1:0", "--data-dir"])
+        .arg(dir.path().join("data"))
+        .stdin(std::process::Stdio::null())
+        .output();
+    let out = tokio::time::timeout(DEADLINE, out).await.unwrap().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        out.stdout.is_empty(),
+        "announced something: {}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    assert!(stderr.contains("cluster.consensus = false"), "{stderr}");
 }
 
 #[tokio::test]

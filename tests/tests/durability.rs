@@ -182,48 +182,36 @@ fn a_data_folder_keeps_its_node_name_and_refuses_another() {
     assert!(stderr.contains("belongs to node keeper, not taker"), "{stderr}");
 }
 
-/// The Raft core does not read what the old core stored: a data folder the old core
+/// This version does not read what the old core (removed) stored: a data folder it
 /// wrote is refused with a clear message, never served as if empty.
 #[tokio::test]
 async fn a_data_folder_of_the_old_core_is_refused_not_served_empty() {
-    use std::io::BufRead;
     use std::process::{Command, Stdio};
     let dir = tempfile::tempdir().unwrap();
-    let run = |old_core: bool| {
-        let config = dir.path().join(format!("node-{old_core}.toml"));
-        let cluster = if old_core { "consensus = false\n" } else { "" };
-        std::fs::write(
-            &config,
-            format!("[cluster]\nlisten = \"127.0.0.1:0\"\n{cluster}[admin]\nenabled = false\n"),
-        )
-        .unwrap();
-        Command::new(chat_tests::bin("chat-node"))
-            .arg("--config")
-            .arg(&config)
-            .args(["--listen", "127.0.0.1:0", "--data-dir"])
-            .arg(dir.path().join("data"))
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
+    let data = dir.path().join("data");
+    {
+        // What the old core left: an account in its `accounts` tree.
+        let db = sled::open(&data).unwrap();
+        db.open_tree("accounts")
             .unwrap()
-    };
-    let mut old = run(true);
-    let mut line = String::new();
-    // Kept open while the node runs: it prints more lines, and a closed pipe kills it.
-    let mut out = std::io::BufReader::new(old.stdout.take().unwrap());
-    out.read_line(&mut line).unwrap();
-    let addr = line
-        .rsplit_once("listening for clients on ")
-        .unwrap()
-        .1
-        .trim()
-        .to_owned();
-    let (client, _) = chat_client::Client::connect(&addr).await.unwrap();
-    client.register("elder", "pw-elder").await.unwrap();
-    old.kill().unwrap();
-    old.wait().unwrap();
-    let mut new = run(false);
+            .insert(b"elder", b"record")
+            .unwrap();
+        db.flush().unwrap();
+    }
+    let mut new = Command::new(chat_tests::bin("chat-node"))
+        .args([
+            "--listen",
+            "127.0.0.1:0",
+            "--cluster-listen",
+            "127.0.0.1:0",
+            "--data-dir",
+        ])
+        .arg(&data)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
     let deadline = std::time::Instant::now() + chat_tests::DEADLINE;
     let status = loop {
         if let Some(status) = new.try_wait().unwrap() {
@@ -231,7 +219,7 @@ async fn a_data_folder_of_the_old_core_is_refused_not_served_empty() {
         }
         if std::time::Instant::now() > deadline {
             new.kill().unwrap();
-            panic!("the Raft core started on a data folder of the old core");
+            panic!("the node started on a data folder of the old core");
         }
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     };

@@ -9,9 +9,7 @@
 //! duplicated, reordered, gaps and acknowledgement mismatches must all be zero.
 //!
 //! Seeds come from `CHAT_FI_SEEDS` (default `1,2,3`, as in CI), the number of faults per
-//! seed from `CHAT_FI_FAULTS` (default 8). The nodes run the Raft core
-//! (`cluster.consensus`); `CHAT_FI_CONSENSUS=0` runs today's core instead, to compare.
-//! `cargo test` runs it (as root, with `ip` and `nft`); `scripts/fault-injection.sh`
+//! seed from `CHAT_FI_FAULTS` (default 8). `cargo test` runs it (as root, with `ip` and `nft`); `scripts/fault-injection.sh`
 //! runs chosen seeds.
 
 use anyhow::{Context, Result, bail};
@@ -129,8 +127,6 @@ fn env_list(var: &str, default: &[u64]) -> Vec<u64> {
     }
 }
 
-/// Runs on the Raft core (`cluster.consensus`); `CHAT_FI_CONSENSUS=0` runs today's core,
-/// which loses acknowledged messages here (README, "Not promised").
 #[test]
 fn nothing_acknowledged_is_lost_duplicated_or_reordered_under_partitions_pauses_and_kills() {
     if let Err(e) = netns::require_tools() {
@@ -235,13 +231,8 @@ fn node_opts(net: &Net, i: usize) -> NodeOpts {
         "listen = \"{ip}:{CLUSTER_PORT}\"\nseeds = [{}]\ncookie = {COOKIE:?}\nreplicas = {REPLICAS}\n",
         seeds.join(", ")
     );
-    if consensus() {
-        let first: Vec<String> = (0..NODES).map(|j| format!("n{j}")).collect();
-        cluster_toml.push_str(&format!("consensus = true\ninitial_members = {first:?}\n"));
-    } else {
-        // The Raft core is the default: the old core must be asked for.
-        cluster_toml.push_str("consensus = false\n");
-    }
+    let first: Vec<String> = (0..NODES).map(|j| format!("n{j}")).collect();
+    cluster_toml.push_str(&format!("initial_members = {first:?}\n"));
     NodeOpts {
         name: Some(format!("n{i}")),
         netns: Some(net.node_ns(i).to_owned()),
@@ -250,11 +241,6 @@ fn node_opts(net: &Net, i: usize) -> NodeOpts {
         admin_toml: format!("listen = \"{ip}:{ADMIN_PORT}\"\n"),
         ..NodeOpts::default()
     }
-}
-
-/// Whether the nodes run the Raft core (unless `CHAT_FI_CONSENSUS=0`).
-fn consensus() -> bool {
-    std::env::var("CHAT_FI_CONSENSUS").map_or(true, |v| v != "0")
 }
 
 /// Polls `check` every 250 ms (each check reads every node) until it returns `Some`.
@@ -266,35 +252,17 @@ where
     chat_tests::wait_for_every(what, deadline, Duration::from_millis(250), check).await
 }
 
-/// Waits until every node says the cluster is settled: if `/cluster` has a `settled`
-/// flag, that; otherwise every node sees every node up and has joined, nothing moves, no
-/// held partition lacks copies, and the nodes hold every partition once between them.
+/// Waits until every node says the cluster is settled (`/cluster`'s `settled`: every
+/// group it has a replica of knows a live leader, every group it leads is whole).
 async fn settled(admins: &[String], deadline: Duration) -> Result<Duration> {
     let start = Instant::now();
     poll("the cluster to settle", deadline, || async {
-        let mut held = 0;
-        let mut legacy = false;
         for admin in admins {
-            let s = cluster_status_at(admin).await?;
-            if let Some(settled) = s.get("settled") {
-                if settled.as_bool() != Some(true) {
-                    return None;
-                }
-                continue;
-            }
-            legacy = true;
-            let up = s["nodes"].as_array()?.iter().filter(|n| n["up"] == true).count();
-            let p = &s["partitions"];
-            if up != admins.len()
-                || s["joined"] != true
-                || p["moving"].as_u64()? != 0
-                || p["under_replicated"].as_u64()? != 0
-            {
+            if cluster_status_at(admin).await?["settled"] != true {
                 return None;
             }
-            held += p["held"].as_u64()?;
         }
-        (!legacy || held == u64::from(chat_node::partition::PARTITIONS)).then_some(())
+        Some(())
     })
     .await?;
     Ok(start.elapsed())

@@ -8,13 +8,12 @@
 //! client that lets that queue fill up is disconnected: it resyncs from its
 //! inbox when it reconnects, so no message is lost and no memory grows.
 
-use super::group::GroupMsg;
-use super::inbox::{self, AckKind, Appended, Draft, InboxMsg, Page};
-use super::registry::{AccountMsg, RegistryMsg};
-use super::{Reply, SessionRef, reply};
+use super::registry::RegistryMsg;
+use super::{Reply, reply};
 use crate::auth;
 use crate::context::NodeCtx;
 use crate::error::{ChatError, ChatResult};
+use crate::request::{self as inbox, AccountMsg, AckKind, Appended, Draft, GroupMsg, InboxMsg, Page};
 use crate::storage;
 use bytes::{Bytes, BytesMut};
 use chat_protocol::codec::{CodecError, FrameCodec, encode_frame};
@@ -383,7 +382,7 @@ impl SessionState {
                     Ok(meta) => {
                         self.next_seq = meta.last_seq + 1;
                         self.catching_up = false;
-                        let _ = self.ctx.router.registry().cast(RegistryMsg::Online(user.clone()));
+                        let _ = self.ctx.registry.cast(RegistryMsg::Online(user.clone()));
                         tracing::debug!(session = self.id, user = %user, "logged in");
                         self.ctx.metrics.login();
                         self.ctx.remote.set_session_user(self.id, Some(user.clone()));
@@ -443,7 +442,7 @@ impl SessionState {
             self.ctx
                 .router
                 .to_inbox(&user, InboxMsg::Detach { session: self.id });
-            let _ = self.ctx.router.registry().cast(RegistryMsg::Offline(user));
+            let _ = self.ctx.registry.cast(RegistryMsg::Offline(user));
         }
     }
 
@@ -682,7 +681,7 @@ impl SessionState {
                         let first = h.before_seq == 0;
                         let reply = super::reply(move |r: ChatResult<(Vec<v1::Delivery>, u64)>| match r {
                             Ok((msgs, next)) if first && msgs.is_empty() => {
-                                router.route(super::registry::Target::Account(
+                                router.route(crate::request::Target::Account(
                                     peer.clone(),
                                     AccountMsg::Get {
                                         reply: super::reply(move |a: ChatResult<Option<AccountRecord>>| {
@@ -775,8 +774,7 @@ impl SessionState {
                 });
                 let reply = super::reply(move |page| reply(Ok(page)));
                 self.ctx
-                    .router
-                    .registry()
+                    .registry
                     .cast(RegistryMsg::ListOnline {
                         after: l.after,
                         limit,
@@ -891,7 +889,7 @@ impl SessionState {
             .ok_or_else(|| ChatError::BadRequest("login needs a password or a token".into()))?;
         self.login_pending = true;
         let ctx = self.ctx.clone();
-        let session = SessionRef::local(self.id, self.mailbox.clone());
+        let session = self.id;
         let me = self.mailbox.clone();
         tokio::spawn(async move {
             let _permit = permit;

@@ -1,0 +1,476 @@
+//! What a session asks of the cluster: the requests for a user's inbox, a group and an
+//! account, each with the continuation that gets its answer. `crate::served` serves
+//! them through the Raft core, wherever the partition's leader is; the session neither
+//! knows nor cares where that is.
+
+use crate::actors::Reply;
+use crate::error::{ChatError, ChatResult};
+use crate::partition::{self, Partition};
+use bytes::{Bytes, BytesMut};
+use chat_protocol::internal::{AccountRecord, InboxEntry, InboxMeta, TokenRecord};
+use chat_protocol::v1::{self, ConversationKind, server_frame};
+use prost::Message;
+use std::sync::Arc;
+
+/// What a sender learns once its message is durable.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Appended {
+    /// Cluster-unique id.
+    pub message_id: String,
+    /// The seq in this inbox.
+    pub seq: u64,
+    /// Server timestamp.
+    pub timestamp_ms: u64,
+}
+
+/// A message to store in an inbox; the inbox adds the seq.
+#[derive(Debug, Clone)]
+pub struct Draft {
+    /// Sender.
+    pub from: String,
+    /// Private or group.
+    pub kind: ConversationKind,
+    /// Recipient (private) or group name.
+    pub conversation: String,
+    /// Text.
+    pub text: String,
+    /// For group messages: the group's seq, id and timestamp.
+    pub group: Option<(u64, String, u64)>,
+    /// For receipts stored in a sender's inbox: the receipt (its seq is assigned here).
+    pub receipt: Option<v1::Receipt>,
+    /// For the sender's own copy of a private message it sent.
+    pub own_copy: Option<Box<OwnCopy>>,
+}
+
+/// What the sender's own copy of a private message keeps of the original.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OwnCopy {
+    /// The original's message id (as in the recipient's inbox and the SendAck).
+    pub message_id: String,
+    /// The original's timestamp.
+    pub timestamp_ms: u64,
+    /// The session that sent it: the copy is pushed to the sender's other sessions.
+    pub skip_session: u64,
+}
+
+/// Dedupe key of the sender's own copy of a private message to `to`.
+pub fn own_origin(to: &str, client_msg_id: &str) -> Vec<u8> {
+    let mut o = Vec::with_capacity(2 + to.len() + client_msg_id.len());
+    o.push(b's');
+    o.push(to.len() as u8);
+    o.extend_from_slice(to.as_bytes());
+    o.extend_from_slice(client_msg_id.as_bytes());
+    o
+}
+
+impl Draft {
+    /// The entry to store: a group message keeps the group's id and time, an own copy
+    /// the original's; a receipt or a message gets `id(is_receipt)` (empty: assigned
+    /// where it is applied) and, for a message, `now_ms`. The origin is the caller's.
+    pub fn into_entry(self, id: impl FnOnce(bool) -> String, now_ms: u64) -> InboxEntry {
+        let (message_id, timestamp_ms, group_seq) = match (&self.group, &self.receipt, &self.own_copy) {
+            (Some((gseq, id, ts)), _, _) => (id.clone(), *ts, *gseq),
+            (None, Some(r), _) => (id(true), r.timestamp_ms, 0),
+            (None, None, Some(c)) => (c.message_id.clone(), c.timestamp_ms, 0),
+            (None, None, None) => (id(false), now_ms, 0),
+        };
+        InboxEntry {
+            message_id,
+            from: self.from,
+            kind: self.kind as u32,
+            conversation: self.conversation,
+            timestamp_ms,
+            text: self.text,
+            group_seq,
+            origin: Vec::new(),
+            receipt: self.receipt,
+        }
+    }
+
+    /// A receipt for the sender of the receipted message.
+    pub fn receipt(receipt: v1::Receipt) -> Self {
+        Self {
+            from: receipt.by.clone(),
+            kind: ConversationKind::Private,
+            conversation: receipt.by.clone(),
+            text: String::new(),
+            group: None,
+            receipt: Some(receipt),
+            own_copy: None,
+        }
+    }
+}
+
+/// Dedupe key of a receipt: its kind, who acknowledged, and the message.
+pub fn receipt_origin(r: &v1::Receipt) -> Vec<u8> {
+    let mut o = vec![b'r', r.kind as u8, r.by.len() as u8];
+    o.extend_from_slice(r.by.as_bytes());
+    o.extend_from_slice(r.message_id.as_bytes());
+    o
+}
+
+/// Dedupe key of a private message: sender and its client message id.
+pub fn private_origin(from: &str, client_msg_id: &str) -> Vec<u8> {
+    let mut o = vec![b'p', from.len() as u8];
+    o.extend_from_slice(from.as_bytes());
+    o.extend_from_slice(client_msg_id.as_bytes());
+    o
+}
+
+/// Dedupe key of a group message fanned out into an inbox.
+pub fn group_origin(group: &str, group_seq: u64) -> Vec<u8> {
+    let mut o = vec![b'g', group.len() as u8];
+    o.extend_from_slice(group.as_bytes());
+    o.extend_from_slice(&group_seq.to_be_bytes());
+    o
+}
+
+/// Which cursor an acknowledgement moves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AckKind {
+    /// A device has the messages.
+    Delivered,
+    /// The user has read them.
+    Read,
+}
+
+/// A page of entries for Sync.
+#[derive(Debug, Clone, Default)]
+pub struct Page {
+    /// Entries in seq order.
+    pub messages: Vec<v1::Delivery>,
+    /// Highest durable seq.
+    pub last_seq: u64,
+    /// Lowest kept seq.
+    pub first_seq: u64,
+}
+
+/// Requests for a user's inbox.
+pub enum InboxMsg {
+    /// Store a message (idempotent per origin) and reply once durable.
+    Append {
+        /// Dedupe key.
+        origin: Vec<u8>,
+        /// The message.
+        draft: Draft,
+        /// Gets the id and seq.
+        reply: Reply<ChatResult<Appended>>,
+    },
+    /// A session of this user logs in: it gets pushes from now on.
+    Attach {
+        /// The session (on this node): pushes for the user reach it from now on.
+        session: u64,
+        /// Gets the cursors (last_seq is the highest durable seq).
+        reply: Reply<ChatResult<InboxMeta>>,
+    },
+    /// A session logs out or closes.
+    Detach {
+        /// Its id.
+        session: u64,
+    },
+    /// Entries after a seq.
+    Fetch {
+        /// Exclusive lower bound.
+        after: u64,
+        /// Most entries.
+        limit: usize,
+        /// Gets the page.
+        reply: Reply<ChatResult<Page>>,
+    },
+    /// Private history with one peer, newest first.
+    History {
+        /// The other user.
+        peer: String,
+        /// Exclusive upper bound (0 = newest).
+        before: u64,
+        /// Most entries.
+        limit: usize,
+        /// Gets the entries and where to continue.
+        reply: Reply<ChatResult<(Vec<v1::Delivery>, u64)>>,
+    },
+    /// Move the delivered or read cursor.
+    Ack {
+        /// Which cursor.
+        kind: AckKind,
+        /// New position.
+        up_to: u64,
+        /// Gets (delivered, read) once durable.
+        reply: Reply<ChatResult<(u64, u64)>>,
+    },
+    /// Record that the user joined (true) or left (false) a group.
+    Membership {
+        /// The group.
+        group: String,
+        /// Joined or left.
+        joined: bool,
+        /// Runs once durable.
+        reply: Reply<ChatResult<()>>,
+    },
+    /// Whether this inbox's copy of a group message is (delivered, read).
+    GroupState {
+        /// The group.
+        group: String,
+        /// The message's group seq.
+        group_seq: u64,
+        /// Gets the flags.
+        reply: Reply<ChatResult<(bool, bool)>>,
+    },
+    /// The user's groups.
+    Groups {
+        /// Gets the names.
+        reply: Reply<ChatResult<Vec<String>>>,
+    },
+}
+
+impl InboxMsg {
+    /// Answers the request, if it expects an answer, with `err`.
+    pub fn fail(self, err: ChatError) {
+        match self {
+            Self::Append { reply, .. } => reply(Err(err)),
+            Self::Attach { reply, .. } => reply(Err(err)),
+            Self::Fetch { reply, .. } => reply(Err(err)),
+            Self::History { reply, .. } => reply(Err(err)),
+            Self::Ack { reply, .. } => reply(Err(err)),
+            Self::Membership { reply, .. } => reply(Err(err)),
+            Self::Groups { reply, .. } => reply(Err(err)),
+            Self::GroupState { reply, .. } => reply(Err(err)),
+            Self::Detach { .. } => {}
+        }
+    }
+}
+
+/// Requests for a group.
+pub enum GroupMsg {
+    /// Create the group with `user` as its first member.
+    Create {
+        /// The creator.
+        user: String,
+        /// Runs once durable.
+        reply: Reply<ChatResult<()>>,
+    },
+    /// Add a member (joining twice is fine).
+    Join {
+        /// Who joins.
+        user: String,
+        /// Runs once durable.
+        reply: Reply<ChatResult<()>>,
+    },
+    /// Remove a member.
+    Leave {
+        /// Who leaves.
+        user: String,
+        /// Runs once durable.
+        reply: Reply<ChatResult<()>>,
+    },
+    /// The members, for a member.
+    Members {
+        /// Who asks.
+        user: String,
+        /// Gets the sorted names.
+        reply: Reply<ChatResult<Vec<String>>>,
+    },
+    /// Post a message (idempotent per sender and client message id).
+    Post {
+        /// Sender, who must be a member.
+        from: String,
+        /// Dedupe id.
+        client_msg_id: String,
+        /// Text.
+        text: String,
+        /// Gets the id and group seq once durable.
+        reply: Reply<ChatResult<Appended>>,
+    },
+    /// The group's messages with seq < `before`, newest first, for a member.
+    History {
+        /// Who asks.
+        user: String,
+        /// Exclusive upper bound (0 = newest).
+        before: u64,
+        /// Most messages.
+        limit: usize,
+        /// Gets the page and where to continue.
+        reply: Reply<ChatResult<(Vec<v1::Delivery>, u64)>>,
+    },
+    /// Where a message stands for each recipient, for a member.
+    Receipts {
+        /// Who asks.
+        user: String,
+        /// The message's group seq.
+        group_seq: u64,
+        /// Gets one entry per recipient, sorted.
+        reply: Reply<ChatResult<Vec<v1::MemberReceipt>>>,
+    },
+}
+
+impl GroupMsg {
+    /// Answers the request with `err`.
+    pub fn fail(self, err: ChatError) {
+        match self {
+            Self::Create { reply, .. } | Self::Join { reply, .. } | Self::Leave { reply, .. } => {
+                reply(Err(err))
+            }
+            Self::Members { reply, .. } => reply(Err(err)),
+            Self::Post { reply, .. } => reply(Err(err)),
+            Self::History { reply, .. } => reply(Err(err)),
+            Self::Receipts { reply, .. } => reply(Err(err)),
+        }
+    }
+}
+
+/// Requests about a user's account, served by the node holding the user's partition.
+pub enum AccountMsg {
+    /// The account record.
+    Get {
+        /// Gets it (None: no such user).
+        reply: Reply<ChatResult<Option<AccountRecord>>>,
+    },
+    /// Creates the account unless the name is taken (false).
+    Create {
+        /// The record.
+        record: AccountRecord,
+        /// Gets whether it was created, once durable.
+        reply: Reply<ChatResult<bool>>,
+    },
+    /// Stores a session token.
+    PutToken {
+        /// The token.
+        token: String,
+        /// Its record.
+        record: TokenRecord,
+        /// Runs once durable.
+        reply: Reply<ChatResult<()>>,
+    },
+    /// Looks a token up.
+    GetToken {
+        /// The token.
+        token: String,
+        /// Gets its record.
+        reply: Reply<ChatResult<Option<TokenRecord>>>,
+    },
+    /// Revokes a token.
+    RevokeToken {
+        /// The token.
+        token: String,
+        /// Runs once durable.
+        reply: Reply<ChatResult<()>>,
+    },
+}
+
+impl AccountMsg {
+    /// Answers the request with `err`.
+    pub fn fail(self, err: ChatError) {
+        match self {
+            Self::Get { reply } => reply(Err(err)),
+            Self::Create { reply, .. } => reply(Err(err)),
+            Self::PutToken { reply, .. } | Self::RevokeToken { reply, .. } => reply(Err(err)),
+            Self::GetToken { reply, .. } => reply(Err(err)),
+        }
+    }
+}
+
+/// What a routed request is for.
+pub enum Target {
+    /// A user's inbox.
+    Inbox(String, InboxMsg),
+    /// A group.
+    Group(String, GroupMsg),
+    /// A user's account.
+    Account(String, AccountMsg),
+}
+
+impl Target {
+    /// The partition of the entity.
+    pub fn partition(&self) -> Partition {
+        match self {
+            Self::Inbox(user, _) | Self::Account(user, _) => partition::of_user(user),
+            Self::Group(group, _) => partition::of_group(group),
+        }
+    }
+
+    /// Answers the request, if it expects an answer, with `err`.
+    pub fn fail(self, err: ChatError) {
+        match self {
+            Self::Inbox(_, m) => m.fail(err),
+            Self::Group(_, m) => m.fail(err),
+            Self::Account(_, m) => m.fail(err),
+        }
+    }
+}
+
+/// Serves routed requests (the Raft core, `crate::served`).
+pub trait Route: Send + Sync {
+    /// Serves one request; answers it in any case.
+    fn route(&self, target: Target);
+}
+
+/// A cheap handle for sending requests to inboxes, groups and accounts wherever they
+/// live.
+#[derive(Clone)]
+pub struct Router {
+    served: Arc<dyn Route>,
+}
+
+impl Router {
+    /// Routes through `served`.
+    pub fn new(served: Arc<dyn Route>) -> Self {
+        Self { served }
+    }
+
+    /// Routes a request; it is answered in any case.
+    pub fn route(&self, target: Target) {
+        self.served.route(target);
+    }
+
+    /// Sends to the inbox of `user`.
+    pub fn to_inbox(&self, user: &str, msg: InboxMsg) {
+        self.route(Target::Inbox(user.to_owned(), msg));
+    }
+
+    /// Sends to `group`.
+    pub fn to_group(&self, group: &str, msg: GroupMsg) {
+        self.route(Target::Group(group.to_owned(), msg));
+    }
+
+    /// Asks the holder of `user`'s account.
+    pub async fn account<T: Send + 'static>(
+        &self,
+        user: &str,
+        make: impl FnOnce(Reply<ChatResult<T>>) -> AccountMsg,
+    ) -> ChatResult<T> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let msg = make(Box::new(move |r| {
+            let _ = tx.send(r);
+        }));
+        self.route(Target::Account(user.to_owned(), msg));
+        rx.await
+            .unwrap_or_else(|_| Err(ChatError::Unavailable("node is shutting down".into())))
+    }
+}
+
+/// The wire form of a stored entry.
+pub fn to_delivery(seq: u64, e: &InboxEntry) -> v1::Delivery {
+    v1::Delivery {
+        receipt: e.receipt.clone().map(|r| v1::Receipt { seq, ..r }),
+        seq,
+        message_id: e.message_id.clone(),
+        from: e.from.clone(),
+        kind: e.kind as i32,
+        conversation: e.conversation.clone(),
+        timestamp_ms: e.timestamp_ms,
+        text: e.text.clone(),
+        group_seq: e.group_seq,
+    }
+}
+
+/// Encodes a push (request id 0) once, to be shared by every session it goes to.
+pub fn encode_push(body: server_frame::Body) -> Bytes {
+    let frame = v1::ServerFrame {
+        request_id: 0,
+        body: Some(body),
+    };
+    let mut buf = BytesMut::with_capacity(frame.encoded_len() + 5);
+    frame
+        .encode_length_delimited(&mut buf)
+        .expect("buffer sized for the frame");
+    buf.freeze()
+}
