@@ -1,12 +1,10 @@
 #!/usr/bin/env python3
-"""Fails if modules of a crate import each other in a loop, beyond the known legacy loop.
+"""Fails if modules of a crate import each other in a loop.
 
 Reads every `crate::` and `super::` path in each crate's src/ (use statements and inline
-paths), builds the module graph, and finds its strongly connected components. The node's
-old core (registry, replication, storage, ...) is one known loop, listed in
-scripts/known-cycles.txt, that the Raft core is replacing: the check fails if any other
-loop appears, or if a module joins the known one. When modules leave the known loop,
-shrink the list so that they cannot join it again.
+paths), builds the module graph, and finds its strongly connected components. Modules
+listed in scripts/known-cycles.txt would be tolerated in a loop; the list is empty (the
+old core's loop is gone) and must stay so.
 
     scripts/check-cycles.py            # exit 0: no new loop
 """
@@ -114,7 +112,7 @@ def main():
             if new:
                 failed = True
                 print(f"check-cycles: modules of {crate} import each other in a loop: {', '.join(sorted(names))}")
-                print(f"  not in the known legacy loop: {', '.join(new)}")
+                print(f"  not in scripts/known-cycles.txt: {', '.join(new)}")
     if failed:
         print("check-cycles: break the loop (layers point one way), see ARCHITECTURE.md")
         return 1

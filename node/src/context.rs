@@ -92,7 +92,7 @@ pub struct NodeCtx {
     /// Counters for `/metrics`.
     pub metrics: Arc<crate::metrics::Metrics>,
     /// The other nodes, as membership sees them.
-    pub view: crate::cluster::ClusterView,
+    pub view: crate::view::ClusterView,
     /// Links to the other nodes, and this node's session directory.
     pub remote: Arc<crate::remote::Remote>,
     /// The Raft core.

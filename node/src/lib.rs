@@ -18,6 +18,7 @@ pub mod served;
 pub mod server;
 pub mod storage;
 pub mod tls;
+pub mod view;
 pub mod websocket;
 
 pub use config::Config;

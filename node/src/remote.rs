@@ -9,9 +9,8 @@
 //! A full link refuses new items (the caller answers UNAVAILABLE), so a slow or
 //! frozen peer cannot grow this node's memory without bound.
 
-use crate::actors::session::{Mailbox, SessionMsg};
-use crate::cluster::{ClusterView, MemberMsg};
 use crate::error::{ChatError, ChatResult};
+use crate::view::{ClusterView, MemberMsg};
 use bytes::Bytes;
 use chat_protocol::internal::{
     Answer, Envelope, Item, Query, Request, Response, UserPush, item, request, response,
@@ -98,8 +97,19 @@ pub struct Remote {
 /// Work handed off the consensus thread.
 type Continuation = Box<dyn FnOnce() + Send>;
 
+/// One of this node's sessions as the links see it: where pushes for it go (its
+/// mailbox; `crate::actors::session` implements it).
+pub trait PushTarget: Send + Sync {
+    /// An entry of `user`'s inbox with its seq; an empty `frame` only moves the session
+    /// past `seq` (an own copy, not pushed to the session that sent it). `since`: when
+    /// it reached the inbox.
+    fn deliver(&self, user: Arc<str>, seq: u64, frame: Bytes, since: Instant);
+    /// Any other encoded push (receipts).
+    fn push(&self, frame: Bytes);
+}
+
 struct LocalSession {
-    mailbox: Mailbox,
+    target: Arc<dyn PushTarget>,
     /// The logged-in user, if any.
     user: Option<String>,
 }
@@ -490,11 +500,11 @@ impl Remote {
     }
 
     /// A session of this node, reachable for pushes from remote inboxes.
-    pub fn add_session(&self, id: u64, mailbox: Mailbox) {
+    pub fn add_session(&self, id: u64, target: Arc<dyn PushTarget>) {
         self.sessions
             .lock()
             .expect("sessions lock")
-            .insert(id, LocalSession { mailbox, user: None });
+            .insert(id, LocalSession { target, user: None });
     }
 
     /// The session logged in as `user` (or logged out: None).
@@ -512,16 +522,6 @@ impl Remote {
         if let Some(user) = user {
             users.entry(user).or_default().push(id);
         }
-    }
-
-    /// This node's logged-in sessions: id, user, mailbox.
-    pub fn logged_in(&self) -> Vec<(u64, String, Mailbox)> {
-        self.sessions
-            .lock()
-            .expect("sessions lock")
-            .iter()
-            .filter_map(|(id, s)| Some((*id, s.user.clone()?, s.mailbox.clone())))
-            .collect()
     }
 
     /// The session closed.
@@ -550,33 +550,30 @@ impl Remote {
         let frame = Bytes::from(push.frame);
         let user: Arc<str> = Arc::from(push.user.as_str());
         for id in ids {
-            if let Some(mailbox) = self.session(id) {
-                let _ = mailbox.send(if push.seq == 0 {
-                    SessionMsg::Push(frame.clone())
+            let Some(target) = self.session(id) else {
+                continue;
+            };
+            if push.seq == 0 {
+                target.push(frame.clone());
+            } else {
+                // The session that sent an own copy only moves past its seq.
+                let frame = if id == push.skip_session {
+                    Bytes::new()
                 } else {
-                    SessionMsg::Deliver {
-                        user: user.clone(),
-                        seq: push.seq,
-                        // The session that sent an own copy only moves past its seq.
-                        frame: if id == push.skip_session {
-                            Bytes::new()
-                        } else {
-                            frame.clone()
-                        },
-                        since: Instant::now(),
-                    }
-                });
+                    frame.clone()
+                };
+                target.deliver(user.clone(), push.seq, frame, Instant::now());
             }
         }
     }
 
-    /// The mailbox of a session of this node.
-    pub fn session(&self, id: u64) -> Option<Mailbox> {
+    /// Where pushes for a session of this node go.
+    fn session(&self, id: u64) -> Option<Arc<dyn PushTarget>> {
         self.sessions
             .lock()
             .expect("sessions lock")
             .get(&id)
-            .map(|s| s.mailbox.clone())
+            .map(|s| s.target.clone())
     }
 }
 

@@ -129,7 +129,7 @@ pub async fn run(config: Config, listeners: Listeners, shutdown: CancellationTok
     })?;
     let storage = Storage::open(&config.data_dir, config.storage.cache_mib << 20)?;
     let sessions = Arc::new(AtomicUsize::new(0));
-    let view = crate::cluster::ClusterView::default();
+    let view = crate::view::ClusterView::default();
     let remote = crate::remote::Remote::new(&node_name, view.clone());
     let metrics = Arc::new(crate::metrics::Metrics::default());
     let max_age = match config.storage.retention_max_age_days {
@@ -320,7 +320,7 @@ fn start_consensus(
     node_name: &str,
     storage: &Storage,
     remote: &Arc<crate::remote::Remote>,
-    view: &crate::cluster::ClusterView,
+    view: &crate::view::ClusterView,
 ) -> Result<Consensus, NodeError> {
     use crate::consensus::{disk::Disk, driver, node_id};
     let first = first_members(config, node_name);
@@ -376,7 +376,7 @@ fn first_members(config: &Config, node_name: &str) -> Vec<String> {
 
 /// What [`consensus_card`] needs.
 struct ConsensusCard {
-    view: crate::cluster::ClusterView,
+    view: crate::view::ClusterView,
     handle: crate::consensus::driver::Handle,
     remote: Arc<crate::remote::Remote>,
     name: String,
@@ -524,7 +524,7 @@ impl crate::consensus::driver::Sync for StorageSync {
 /// round; a node's Raft id is the hash of its name.
 struct RaftLinks {
     remote: Arc<crate::remote::Remote>,
-    view: crate::cluster::ClusterView,
+    view: crate::view::ClusterView,
     /// Names known before the peers are seen (the first members).
     names: Vec<String>,
 }

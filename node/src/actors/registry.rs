@@ -3,13 +3,16 @@
 //! partition's leader through `crate::served`, and the Raft core decides who leads.
 
 use super::Reply;
-use crate::cluster::ClusterView;
+use crate::view::ClusterView;
 use chat_protocol::internal::NodeCard;
 use chat_protocol::v1::NodeInfo;
 use ractor::{Actor, ActorProcessingErr, ActorRef};
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
+
+/// Most names in one online list page.
+pub const MAX_ONLINE_PAGE: usize = 1000;
 
 /// What the registry needs to know about its node.
 #[derive(Clone)]
@@ -109,7 +112,7 @@ impl Actor for Registry {
                 } else {
                     // Peers answer on their own time; the registry does not wait for them.
                     tokio::spawn(async move {
-                        reply(crate::cluster::online_everywhere(after, limit, (page, more)).await);
+                        reply(crate::view::online_everywhere(after, limit, (page, more)).await);
                     });
                 }
             }

@@ -8,7 +8,7 @@
 //! client that lets that queue fill up is disconnected: it resyncs from its
 //! inbox when it reconnects, so no message is lost and no memory grows.
 
-use super::registry::RegistryMsg;
+use super::registry::{MAX_ONLINE_PAGE, RegistryMsg};
 use super::{Reply, reply};
 use crate::auth;
 use crate::context::NodeCtx;
@@ -33,8 +33,6 @@ use tokio_util::codec::FramedRead;
 pub const MAX_CLIENT_MSG_ID: usize = 64;
 /// Most entries in one Sync or History page.
 pub const MAX_PAGE: usize = 500;
-/// Most names in one online list page.
-pub const MAX_ONLINE_PAGE: usize = 1000;
 /// Longest a single socket write may block before the client counts as dead.
 const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Most own-copy seqs a session remembers not to push back while it catches up.
@@ -103,6 +101,21 @@ pub struct LoggedIn {
 
 /// A session's mailbox address.
 pub type Mailbox = mpsc::UnboundedSender<SessionMsg>;
+
+impl crate::remote::PushTarget for Mailbox {
+    fn deliver(&self, user: Arc<str>, seq: u64, frame: Bytes, since: tokio::time::Instant) {
+        let _ = self.send(SessionMsg::Deliver {
+            user,
+            seq,
+            frame,
+            since,
+        });
+    }
+
+    fn push(&self, frame: Bytes) {
+        let _ = self.send(SessionMsg::Push(frame));
+    }
+}
 
 /// Encodes frames into the bounded outbound queue.
 #[derive(Clone)]
@@ -226,8 +239,8 @@ where
         tokens: f64::from(cfg.request_burst),
         refilled: tokio::time::Instant::now(),
     };
-    // Remote inboxes push to this session through the directory.
-    ctx.remote.add_session(state.id, state.mailbox.clone());
+    // Pushes for this session's user reach it through this node's directory.
+    ctx.remote.add_session(state.id, Arc::new(state.mailbox.clone()));
     tracing::debug!(session = state.id, peer = %peer, "session opened");
     // A frame is read only with a permit in hand, so at most max_in_flight requests
     // are being served; further frames wait in the socket.
