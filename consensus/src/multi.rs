@@ -437,8 +437,17 @@ impl<P> MultiRaft<P> {
         self.groups.get(&group).map(|g| g.applied)
     }
 
-    /// For a leader: whether the group is whole: no change under way, no learner, and
-    /// every voter heard from lately and no more than a few entries behind.
+    /// The group's learners, as this replica knows them.
+    pub fn learners(&self, group: GroupId) -> Vec<NodeId> {
+        self.groups
+            .get(&group)
+            .map(|g| g.node.raft.prs().conf().to_conf_state().learners)
+            .unwrap_or_default()
+    }
+
+    /// For a leader: whether the group is whole: no change under way, and every replica
+    /// (voter or learner) heard from lately and no more than a few entries behind.
+    /// Whether its replicas are the ones placement wants is the caller's to compare.
     pub fn whole(&self, group: GroupId) -> bool {
         let Some(g) = self.groups.get(&group) else {
             return false;
@@ -447,7 +456,7 @@ impl<P> MultiRaft<P> {
             return false;
         }
         let conf = g.node.raft.prs().conf().to_conf_state();
-        if !conf.voters_outgoing.is_empty() || !conf.learners.is_empty() {
+        if !conf.voters_outgoing.is_empty() || !conf.learners_next.is_empty() {
             return false;
         }
         let last = g.node.raft.raft_log.last_index();
@@ -649,9 +658,10 @@ impl<P> MultiRaft<P> {
             .map(|g| g.node.raft.prs().conf().to_conf_state())
     }
 
-    /// For a leader: takes the next step of moving the group's voters to `target`
-    /// (see [`crate::reconfig`]). Does nothing elsewhere or while a change is pending.
-    pub fn move_towards(&mut self, group: GroupId, target: &[NodeId]) {
+    /// For a leader: takes the next step of moving the group's voters to `target` and
+    /// its learners to `followers` (see [`crate::reconfig`]). Does nothing elsewhere or
+    /// while a change is pending.
+    pub fn move_towards(&mut self, group: GroupId, target: &[NodeId], followers: &[NodeId]) {
         // A peer not heard from lately is not caught up, whatever it matched before it
         // went silent: never the heir of a leadership transfer (raft-rs drops every
         // proposal while one is under way, and this one would be retried for ever).
@@ -686,12 +696,12 @@ impl<P> MultiRaft<P> {
                 .map(|pr| pr.matched)
                 .unwrap_or(0)
         };
-        let mut step = crate::reconfig::next_step(self.id, &conf, target, matched, last);
+        let mut step = crate::reconfig::next_step(self.id, &conf, target, followers, matched, last);
         if let (crate::reconfig::Step::TransferTo(heir), Some(failed)) = (&step, passed_over)
             && *heir == failed
         {
             let others = |n: NodeId| if n == failed { 0 } else { matched(n) };
-            step = match crate::reconfig::next_step(self.id, &conf, target, others, last) {
+            step = match crate::reconfig::next_step(self.id, &conf, target, followers, others, last) {
                 crate::reconfig::Step::TransferTo(other) if other != failed => {
                     crate::reconfig::Step::TransferTo(other)
                 }
@@ -1513,7 +1523,7 @@ mod tests {
         run(&mut raft, 2 * RaftConfig::default().election_ticks + 2, &[3]);
         assert!(raft.is_leader(3), "node 3 keeps the majority");
         // Placement wants node 1 out: leadership goes to the live voter, not node 2.
-        raft.move_towards(3, &[2, 3]);
+        raft.move_towards(3, &[2, 3], &[]);
         run(&mut raft, 1, &[3]);
         assert_eq!(transfers, vec![3], "handed over to the live voter only");
     }
@@ -1526,7 +1536,7 @@ mod tests {
         let (mut transfers, mut accepted) = (Vec::new(), 0);
         for i in 0..8 * election {
             raft.tick();
-            raft.move_towards(3, &[2, 3]);
+            raft.move_towards(3, &[2, 3], &[]);
             accepted += usize::from(raft.propose(3, vec![1], i as u32).is_ok());
             for _ in 0..3 {
                 let sent = settle(&mut raft).send;

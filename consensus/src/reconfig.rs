@@ -44,12 +44,14 @@ fn change(changes: Vec<ConfChangeSingle>) -> Step {
 }
 
 /// The next step for the leader `me` of a group configured as `conf`, towards the
-/// voters `target`. `matched(n)` is how far replica `n`'s log is known to match the
-/// leader's, whose last index is `last`.
+/// voters `target` and the learners `followers` (replicas that follow the group without
+/// voting: every member beyond the metadata group's voters). `matched(n)` is how far
+/// replica `n`'s log is known to match the leader's, whose last index is `last`.
 pub fn next_step(
     me: NodeId,
     conf: &ConfState,
     target: &[NodeId],
+    followers: &[NodeId],
     matched: impl Fn(NodeId) -> u64,
     last: u64,
 ) -> Step {
@@ -60,6 +62,19 @@ pub fn next_step(
     let voters: BTreeSet<NodeId> = conf.voters.iter().copied().collect();
     let learners: BTreeSet<NodeId> = conf.learners.iter().copied().collect();
     let target: BTreeSet<NodeId> = target.iter().copied().collect();
+    let followers: BTreeSet<NodeId> = followers
+        .iter()
+        .copied()
+        .filter(|n| !target.contains(n))
+        .collect();
+    // A voter no longer wanted as one steps down to a learner if it should follow.
+    let out = |n: NodeId| {
+        if followers.contains(&n) {
+            single(n, ConfChangeType::AddLearnerNode)
+        } else {
+            single(n, ConfChangeType::RemoveNode)
+        }
+    };
     // A replica that has received nothing (matched 0: not even the snapshot a new
     // replica starts from) is never caught up, however short the log.
     let caught_up = |n: NodeId| n == me || (matched(n) > 0 && matched(n) + CAUGHT_UP_SLACK >= last);
@@ -95,16 +110,25 @@ pub fn next_step(
     if let Some(promoted) = ready.first() {
         let mut changes = vec![single(*promoted, ConfChangeType::AddNode)];
         if let Some(removed) = unwanted.first() {
-            changes.push(single(*removed, ConfChangeType::RemoveNode));
+            changes.push(out(*removed));
         }
         return change(changes);
     }
     if voters.len() > target.len()
         && let Some(removed) = unwanted.first()
     {
-        return change(vec![single(*removed, ConfChangeType::RemoveNode)]);
+        return change(vec![out(*removed)]);
     }
-    if let Some(extra) = learners.iter().find(|n| !target.contains(n)) {
+    if let Some(follower) = followers
+        .iter()
+        .find(|n| !voters.contains(n) && !learners.contains(n))
+    {
+        return change(vec![single(*follower, ConfChangeType::AddLearnerNode)]);
+    }
+    if let Some(extra) = learners
+        .iter()
+        .find(|n| !target.contains(n) && !followers.contains(n))
+    {
         return change(vec![single(*extra, ConfChangeType::RemoveNode)]);
     }
     Step::Wait
@@ -132,27 +156,34 @@ mod tests {
     #[test]
     fn a_lone_voter_moving_elsewhere_promotes_its_successor_then_hands_over() {
         // Group of voter 1 only, placed on 2 alone; 2 is a caught-up learner.
-        let step = next_step(1, &conf(&[1], &[2]), &[2], |_| 100, 100);
+        let step = next_step(1, &conf(&[1], &[2]), &[2], &[], |_| 100, 100);
         assert_eq!(changes(step), vec![(2, ConfChangeType::AddNode)]);
         // Once 2 votes, leadership goes to it, and 2 then removes 1.
         assert_eq!(
-            next_step(1, &conf(&[1, 2], &[]), &[2], |_| 100, 100),
+            next_step(1, &conf(&[1, 2], &[]), &[2], &[], |_| 100, 100),
             Step::TransferTo(2)
         );
         assert_eq!(
-            changes(next_step(2, &conf(&[1, 2], &[]), &[2], |_| 100, 100)),
+            changes(next_step(2, &conf(&[1, 2], &[]), &[2], &[], |_| 100, 100)),
             vec![(1, ConfChangeType::RemoveNode)]
         );
         // A learner still catching up is not promoted.
         assert_eq!(
-            next_step(1, &conf(&[1], &[2]), &[2], |n| if n == 2 { 10 } else { 100 }, 100),
+            next_step(
+                1,
+                &conf(&[1], &[2]),
+                &[2],
+                &[],
+                |n| if n == 2 { 10 } else { 100 },
+                100
+            ),
             Step::Wait
         );
     }
 
     #[test]
     fn a_new_replica_first_joins_as_a_learner() {
-        let step = next_step(1, &conf(&[1, 2, 3], &[]), &[1, 2, 4], |_| 100, 100);
+        let step = next_step(1, &conf(&[1, 2, 3], &[]), &[1, 2, 4], &[], |_| 100, 100);
         assert_eq!(changes(step), vec![(4, ConfChangeType::AddLearnerNode)]);
     }
 
@@ -162,11 +193,12 @@ mod tests {
             1,
             &conf(&[1, 2, 3], &[4]),
             &[1, 2, 4],
+            &[],
             |n| if n == 4 { 10 } else { 100 },
             100,
         );
         assert_eq!(behind, Step::Wait);
-        let ready = next_step(1, &conf(&[1, 2, 3], &[4]), &[1, 2, 4], |_| 100, 100);
+        let ready = next_step(1, &conf(&[1, 2, 3], &[4]), &[1, 2, 4], &[], |_| 100, 100);
         assert_eq!(
             changes(ready),
             vec![(4, ConfChangeType::AddNode), (3, ConfChangeType::RemoveNode)]
@@ -179,6 +211,7 @@ mod tests {
             1,
             &conf(&[1, 2, 3], &[4]),
             &[1, 2, 4],
+            &[],
             |n| if n == 4 { 0 } else { 9 },
             9,
         );
@@ -187,9 +220,9 @@ mod tests {
 
     #[test]
     fn a_leader_to_be_removed_hands_over_first() {
-        let step = next_step(3, &conf(&[1, 2, 3], &[4]), &[1, 2, 4], |_| 100, 100);
+        let step = next_step(3, &conf(&[1, 2, 3], &[4]), &[1, 2, 4], &[], |_| 100, 100);
         assert_eq!(step, Step::TransferTo(1));
-        let nobody_ready = next_step(3, &conf(&[1, 2, 3], &[]), &[1, 2, 4], |_| 0, 100);
+        let nobody_ready = next_step(3, &conf(&[1, 2, 3], &[]), &[1, 2, 4], &[], |_| 0, 100);
         assert_eq!(changes(nobody_ready), vec![(4, ConfChangeType::AddLearnerNode)]);
     }
 
@@ -197,9 +230,9 @@ mod tests {
     fn nothing_happens_in_a_joint_configuration_or_at_the_target() {
         let mut joint = conf(&[1, 2, 4], &[]);
         joint.voters_outgoing = vec![1, 2, 3];
-        assert_eq!(next_step(1, &joint, &[1, 2, 4], |_| 100, 100), Step::Wait);
+        assert_eq!(next_step(1, &joint, &[1, 2, 4], &[], |_| 100, 100), Step::Wait);
         assert_eq!(
-            next_step(1, &conf(&[1, 2, 4], &[]), &[4, 2, 1], |_| 100, 100),
+            next_step(1, &conf(&[1, 2, 4], &[]), &[4, 2, 1], &[], |_| 100, 100),
             Step::Wait
         );
     }
@@ -207,12 +240,81 @@ mod tests {
     #[test]
     fn a_group_shrinks_and_drops_unwanted_learners() {
         assert_eq!(
-            changes(next_step(1, &conf(&[1, 2, 3, 4], &[]), &[1, 2, 3], |_| 100, 100)),
+            changes(next_step(
+                1,
+                &conf(&[1, 2, 3, 4], &[]),
+                &[1, 2, 3],
+                &[],
+                |_| 100,
+                100
+            )),
             vec![(4, ConfChangeType::RemoveNode)]
         );
         assert_eq!(
-            changes(next_step(1, &conf(&[1, 2, 3], &[5]), &[1, 2, 3], |_| 100, 100)),
+            changes(next_step(
+                1,
+                &conf(&[1, 2, 3], &[5]),
+                &[1, 2, 3],
+                &[],
+                |_| 100,
+                100
+            )),
             vec![(5, ConfChangeType::RemoveNode)]
+        );
+    }
+
+    #[test]
+    fn members_beyond_the_voters_follow_as_learners_and_a_dropped_voter_steps_down_to_one() {
+        // 4 should follow: it joins as a learner once the voters are in place.
+        assert_eq!(
+            changes(next_step(
+                1,
+                &conf(&[1, 2, 3], &[]),
+                &[1, 2, 3],
+                &[4],
+                |_| 100,
+                100
+            )),
+            vec![(4, ConfChangeType::AddLearnerNode)]
+        );
+        // A follower is kept, not removed as an unwanted learner, nor promoted.
+        assert_eq!(
+            next_step(1, &conf(&[1, 2, 3], &[4]), &[1, 2, 3], &[4], |_| 100, 100),
+            Step::Wait
+        );
+        // 3 is no longer a voter but still a member: it steps down to a learner while 5
+        // is promoted, in one change.
+        assert_eq!(
+            changes(next_step(
+                1,
+                &conf(&[1, 2, 3], &[5]),
+                &[1, 2, 5],
+                &[3],
+                |_| 100,
+                100
+            )),
+            vec![(5, ConfChangeType::AddNode), (3, ConfChangeType::AddLearnerNode)]
+        );
+        // A voter the group has too many of steps down too, if it follows.
+        assert_eq!(
+            changes(next_step(
+                1,
+                &conf(&[1, 2, 3, 4], &[]),
+                &[1, 2, 3],
+                &[4],
+                |_| 100,
+                100
+            )),
+            vec![(4, ConfChangeType::AddLearnerNode)]
+        );
+        // A target voter listed as a follower too is a voter.
+        assert_eq!(
+            changes(next_step(1, &conf(&[1, 2], &[]), &[1, 2, 3], &[3], |_| 100, 100)),
+            vec![(3, ConfChangeType::AddLearnerNode)]
+        );
+        assert_eq!(
+            changes(next_step(1, &conf(&[1, 2], &[3]), &[1, 2, 3], &[3], |_| 100, 100)),
+            vec![(3, ConfChangeType::AddNode)]
         );
     }
 }

@@ -272,7 +272,7 @@ fn first_meta_records() -> Vec<u8> {
 
 /// Where placement wants every group now, by the members this node's replica of the
 /// metadata group has applied.
-fn targets_seen_by(kv: &MemStore) -> BTreeMap<GroupId, Vec<NodeId>> {
+fn targets_seen_by(kv: &MemStore) -> BTreeMap<GroupId, (Vec<NodeId>, Vec<NodeId>)> {
     let members = chat_state::membership::members(kv).expect("memory");
     if members.is_empty() {
         return BTreeMap::new();
@@ -284,7 +284,9 @@ fn targets_seen_by(kv: &MemStore) -> BTreeMap<GroupId, Vec<NodeId>> {
             } else {
                 REPLICAS
             };
-            (g, chat_state::membership::voters_of(&members, g, count))
+            let voters = chat_state::membership::voters_of(&members, g, count);
+            let followers = chat_state::membership::learners_of(&members, g, &voters);
+            (g, (voters, followers))
         })
         .collect()
 }
@@ -965,18 +967,20 @@ impl Sim {
             if (now + self.nodes[i].tick_phase).is_multiple_of(FANOUT_EVERY_MS) {
                 self.fan_out(i);
                 // Placement, from this node's replica of the metadata group.
-                for (group, target) in targets_seen_by(&self.nodes[i].kv) {
+                for (group, (target, followers)) in targets_seen_by(&self.nodes[i].kv) {
                     let full = group == META_GROUP || target.len() == REPLICAS;
                     if full && !target.is_empty() {
                         let raft = &mut self.nodes[i].raft;
                         let mut voters = raft.voters(group);
                         voters.sort();
-                        if voters == target && raft.whole(group) {
+                        let mut learners = raft.learners(group);
+                        learners.sort();
+                        if voters == target && learners == followers && raft.whole(group) {
                             if let Some(heir) = chat_state::membership::preferred_leader(&voters, group) {
                                 raft.prefer_leader(group, heir);
                             }
                         } else {
-                            raft.move_towards(group, &target);
+                            raft.move_towards(group, &target, &followers);
                         }
                     }
                 }
@@ -1465,8 +1469,9 @@ impl Sim {
         });
     }
 
-    /// Where placement wants every group, by the metadata group's leader.
-    fn final_targets(&self) -> BTreeMap<GroupId, Vec<NodeId>> {
+    /// Where placement wants every group (voters, learners), by the metadata group's
+    /// leader.
+    fn final_targets(&self) -> BTreeMap<GroupId, (Vec<NodeId>, Vec<NodeId>)> {
         self.leader_of(META)
             .map(|l| targets_seen_by(&l.kv))
             .unwrap_or_default()
@@ -1480,15 +1485,16 @@ impl Sim {
         self.nodes.iter().find(|n| n.up && n.raft.is_leader(u32::from(p)))
     }
 
-    /// Every group is on placement's target voters, which have all applied the same
-    /// last index, under a leader.
+    /// Every group is on placement's target voters and learners, which have all applied
+    /// the same last index, under a leader.
     fn caught_up(&self) -> bool {
         let targets = self.final_targets();
         !targets.is_empty()
             && all_groups().all(|group| {
-                let target = &targets[&group];
+                let (target, followers) = &targets[&group];
                 let applied: BTreeSet<Option<u64>> = target
                     .iter()
+                    .chain(followers)
                     .map(|id| self.nodes[(*id - 1) as usize].raft.applied(group))
                     .collect();
                 let conf = self
@@ -1498,7 +1504,8 @@ impl Sim {
                 full && applied.len() == 1
                     && conf.is_some_and(|mut c| {
                         c.voters.sort();
-                        c.voters == *target && c.learners.is_empty() && c.voters_outgoing.is_empty()
+                        c.learners.sort();
+                        c.voters == *target && c.learners == *followers && c.voters_outgoing.is_empty()
                     })
             })
     }
@@ -1557,8 +1564,10 @@ impl Sim {
         // Every replica of a partition holds the same records.
         for group in all_groups() {
             let p = group as Partition;
-            let copies: Vec<(NodeId, Records)> = targets[&group]
+            let (voters, followers) = &targets[&group];
+            let copies: Vec<(NodeId, Records)> = voters
                 .iter()
+                .chain(followers)
                 .copied()
                 .map(|id| (id, partition_records(&self.nodes[(id - 1) as usize].kv, p)))
                 .collect();

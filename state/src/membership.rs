@@ -127,6 +127,22 @@ pub fn voters_of(members: &BTreeMap<NodeId, MemberRecord>, group: u32, count: us
     active
 }
 
+/// Where placement wants a group's learners, beside its `voters`: for the metadata group
+/// every other member not leaving, so that every member applies the membership and sees
+/// where each group belongs, however many members there are (a leaving member gives up
+/// every replica, this one too, before it removes itself); none for a partition (a
+/// learner there is only a voter on its way in). Sorted by id.
+pub fn learners_of(members: &BTreeMap<NodeId, MemberRecord>, group: u32, voters: &[NodeId]) -> Vec<NodeId> {
+    if group != u32::from(META) || voters.is_empty() {
+        return Vec::new();
+    }
+    members
+        .iter()
+        .filter(|(id, m)| !m.leaving && !voters.contains(id))
+        .map(|(id, _)| *id)
+        .collect()
+}
+
 /// Which of a group's `voters` should lead it when all is well: the one of highest
 /// rendezvous weight, so that leaders (and the writes they take) spread over the
 /// members as evenly as replicas do. `None` without voters.
@@ -150,6 +166,24 @@ mod tests {
     use crate::store::MemStore;
     use chat_protocol::internal::Command;
     use chat_protocol::internal::command::Op;
+
+    #[test]
+    fn every_member_beyond_the_metadata_voters_follows_it_as_a_learner() {
+        let mut members: BTreeMap<NodeId, MemberRecord> =
+            (1..=7).map(|id| (id, MemberRecord::default())).collect();
+        members.get_mut(&7).unwrap().leaving = true;
+        let meta = u32::from(META);
+        let voters = voters_of(&members, meta, META_VOTERS);
+        assert_eq!(voters.len(), META_VOTERS);
+        let learners = learners_of(&members, meta, &voters);
+        assert_eq!(learners.len(), 1, "{voters:?} {learners:?}");
+        assert!(!learners.contains(&7), "a leaving member gives its replica up");
+        assert!(learners.iter().all(|l| !voters.contains(l)));
+        assert!(learners.windows(2).all(|w| w[0] < w[1]));
+        // A partition has no lasting learners; nor does a group with no voters.
+        assert!(learners_of(&members, 3, &voters_of(&members, 3, 3)).is_empty());
+        assert!(learners_of(&members, meta, &[]).is_empty());
+    }
 
     #[test]
     fn preferred_leaders_spread_evenly_and_are_voters() {

@@ -153,6 +153,56 @@ async fn a_dead_node_is_removed_by_an_operator_and_its_replicas_are_placed_elsew
     .unwrap();
 }
 
+/// With more members than the metadata group has voters, the others follow it as
+/// learners: a member that is no voter still knows the members, and takes its place
+/// among the voters when one is removed.
+#[tokio::test]
+async fn members_beyond_the_metadata_voters_follow_it_and_see_membership_change() {
+    let first = ["m1", "m2", "m3", "m4", "m5", "m6"];
+    let ports: Vec<u16> = first.iter().map(|_| free_port()).collect();
+    let mut nodes = Vec::new();
+    for (i, name) in first.iter().enumerate() {
+        let seeds: Vec<u16> = ports.iter().copied().filter(|p| *p != ports[i]).collect();
+        nodes.push(Node::start_with(consensus_member(name, ports[i], &seeds, &first)).unwrap());
+    }
+    // Placement leaves one member out of the metadata group's five voters.
+    let id = chat_node::consensus::node_id;
+    let members = first
+        .iter()
+        .map(|n| (id(n), chat_protocol::internal::MemberRecord::default()))
+        .collect();
+    let meta = u32::from(chat_state::membership::META);
+    let voters = chat_state::membership::voters_of(&members, meta, chat_state::membership::META_VOTERS);
+    let follower = first.iter().position(|n| !voters.contains(&id(n))).unwrap();
+    let all: Vec<&Node> = nodes.iter().collect();
+    wait_settled(&all, 3 * DEADLINE).await;
+    wait_members(&all, 6).await;
+    // Another member dies for good and is removed.
+    let dead = (follower + 1) % first.len();
+    nodes[dead].kill9();
+    let admin = nodes[follower].admin.trim_start_matches("http://").to_owned();
+    let name = first[dead];
+    wait_for("remove-node to be committed", 2 * DEADLINE, || {
+        let admin = admin.clone();
+        async move {
+            let (ok, _, err) = cli(&["remove-node", name, "--admin", &admin]).await.ok()?;
+            assert!(ok || err.contains("503"), "remove-node failed: {err}");
+            ok.then_some(())
+        }
+    })
+    .await
+    .unwrap();
+    // Every survivor applies the removal (the follower becomes a voter on the way).
+    let survivors: Vec<&Node> = nodes
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| *i != dead)
+        .map(|(_, n)| n)
+        .collect();
+    wait_members(&survivors, 5).await;
+    wait_settled(&survivors, 3 * DEADLINE).await;
+}
+
 #[tokio::test]
 async fn a_new_node_joins_through_its_seeds_and_takes_its_share() {
     let first = ["j1", "j2", "j3"];

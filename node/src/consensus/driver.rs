@@ -896,6 +896,8 @@ impl<S: Sync, T: Transport> Driver<S, T> {
                 self.replicas
             };
             let target = chat_state::membership::voters_of(&members, group, count.min(active));
+            // Every member beyond the metadata group's voters follows it as a learner.
+            let followers = chat_state::membership::learners_of(&members, group, &target);
             if !self.raft.is_leader(group) {
                 status.leaderless += usize::from(self.raft.leader(group).is_none());
                 continue;
@@ -906,7 +908,9 @@ impl<S: Sync, T: Transport> Driver<S, T> {
             }
             let mut voters = self.raft.voters(group);
             voters.sort();
-            let placed = target.is_empty() || voters == target;
+            let mut learners = self.raft.learners(group);
+            learners.sort();
+            let placed = target.is_empty() || (voters == target && learners == followers);
             if !(placed && self.raft.whole(group)) {
                 status.unsettled += 1;
                 if look {
@@ -920,7 +924,7 @@ impl<S: Sync, T: Transport> Driver<S, T> {
                 // Placement as if this node were leaving: leadership goes to a caught-up
                 // live voter that stays, and no other change starts from here.
                 if !others.is_empty() {
-                    self.raft.move_towards(group, &others);
+                    self.raft.move_towards(group, &others, &followers);
                 }
             } else if look && !target.is_empty() {
                 if placed && self.raft.whole(group) {
@@ -930,7 +934,7 @@ impl<S: Sync, T: Transport> Driver<S, T> {
                         self.raft.prefer_leader(group, heir);
                     }
                 } else {
-                    self.raft.move_towards(group, &target);
+                    self.raft.move_towards(group, &target, &followers);
                 }
             }
         }
