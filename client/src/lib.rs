@@ -40,6 +40,9 @@ pub enum ClientError {
         code: ErrorCode,
         /// The server's explanation.
         message: String,
+        /// With `RATE_LIMITED` for held-back logins and registrations: how long until
+        /// the next attempt may be made, in milliseconds (0: not said).
+        retry_after_ms: u64,
     },
     /// The connection closed before the answer came.
     #[error("connection closed")]
@@ -92,6 +95,16 @@ impl ClientError {
     pub fn code(&self) -> Option<ErrorCode> {
         match self {
             Self::Server { code, .. } => Some(*code),
+            _ => None,
+        }
+    }
+
+    /// How long the server asks to wait before trying again, if it said.
+    pub fn retry_after(&self) -> Option<Duration> {
+        match self {
+            Self::Server { retry_after_ms, .. } if *retry_after_ms > 0 => {
+                Some(Duration::from_millis(*retry_after_ms))
+            }
             _ => None,
         }
     }
@@ -161,6 +174,12 @@ impl Client {
     /// Connects, says Hello, and starts the keep-alive. Pushes arrive on the returned channel.
     pub async fn connect(addr: &str) -> Result<(Self, mpsc::UnboundedReceiver<Push>)> {
         let stream = TcpStream::connect(addr).await?;
+        Self::over(stream).await
+    }
+
+    /// Says Hello over a connection made by the caller (one bound to a chosen local
+    /// address, say), and starts the keep-alive.
+    pub async fn over(stream: TcpStream) -> Result<(Self, mpsc::UnboundedReceiver<Push>)> {
         stream.set_nodelay(true)?;
         Self::start(stream).await
     }
@@ -353,6 +372,7 @@ impl Client {
             Resp::Error(e) => Err(ClientError::Server {
                 code: ErrorCode::try_from(e.code).unwrap_or(ErrorCode::Unspecified),
                 message: e.message,
+                retry_after_ms: e.retry_after_ms,
             }),
             other => Ok(other),
         }

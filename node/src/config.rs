@@ -172,6 +172,17 @@ pub struct AuthConfig {
     pub argon2_memory_kib: u32,
     /// argon2id passes. Default: 2.
     pub argon2_iterations: u32,
+    /// Failed logins of one account (from anywhere) before each further one is held
+    /// back, 5 s then doubling up to 5 minutes (answered RATE_LIMITED with a retry-after,
+    /// without hashing); forgotten after 15 quiet minutes or a successful login. Counted
+    /// per node. 0: no limit. Default: 5.
+    pub max_failed_logins: u32,
+    /// The same for failed logins from one client address, whatever the account.
+    /// Default: 20.
+    pub max_failed_logins_per_address: u32,
+    /// Registrations from one client address per minute (and as many at once); more
+    /// get RATE_LIMITED with a retry-after. Counted per node. 0: no limit. Default: 60.
+    pub registrations_per_minute: u32,
 }
 
 /// Storage and retention.
@@ -247,6 +258,9 @@ impl Default for AuthConfig {
             token_ttl_secs: 30 * 24 * 3600,
             argon2_memory_kib: 19 * 1024,
             argon2_iterations: 2,
+            max_failed_logins: 5,
+            max_failed_logins_per_address: 20,
+            registrations_per_minute: 60,
         }
     }
 }

@@ -98,6 +98,11 @@ pub struct NodeCtx {
     /// The Raft core.
     pub consensus: crate::consensus::driver::Handle,
     pub(crate) hashing: PasswordHashing,
+    /// A hash of no one's password: a login of a user that does not exist is verified
+    /// against it, so that it takes as long as a wrong password of one that does.
+    pub(crate) dummy_hash: String,
+    /// Failed logins and registrations held back (see `crate::throttle`).
+    pub(crate) guard: std::sync::Mutex<crate::throttle::Guard>,
     /// argon2 is memory-hard: bound how many hashes run at once.
     pub(crate) hash_slots: Semaphore,
 }
@@ -115,6 +120,7 @@ impl NodeCtx {
     /// Verifies a password on the blocking pool.
     pub async fn verify_password(&self, password: String, phc: String) -> ChatResult<()> {
         let _slot = self.hash_slots.acquire().await.map_err(|_| unavailable())?;
+        self.metrics.password_checked();
         let hashing = self.hashing.clone();
         tokio::task::spawn_blocking(move || hashing.verify(&password, &phc))
             .await
@@ -132,6 +138,34 @@ impl NodeCtx {
             return Vec::new();
         }
         rx.await.unwrap_or_default()
+    }
+}
+
+impl NodeCtx {
+    /// Whether a login of `user` from `addr` may be tried now.
+    pub(crate) fn may_log_in(&self, user: &str, addr: std::net::IpAddr) -> ChatResult<()> {
+        let guard = self.guard.lock().unwrap_or_else(|e| e.into_inner());
+        guard
+            .may_log_in(user, addr, crate::storage::now_ms())
+            .map_err(|retry_after_ms| ChatError::TooManyAttempts { retry_after_ms })
+    }
+
+    /// Counts a login's outcome: a wrong credential holds further attempts back.
+    pub(crate) fn login_outcome<T>(&self, user: &str, addr: std::net::IpAddr, outcome: &ChatResult<T>) {
+        let mut guard = self.guard.lock().unwrap_or_else(|e| e.into_inner());
+        match outcome {
+            Ok(_) => guard.login_succeeded(user),
+            Err(ChatError::InvalidCredentials) => guard.login_failed(user, addr, crate::storage::now_ms()),
+            Err(_) => {}
+        }
+    }
+
+    /// Takes a registration from `addr`, if its allowance has one left.
+    pub(crate) fn may_register(&self, addr: std::net::IpAddr) -> ChatResult<()> {
+        let mut guard = self.guard.lock().unwrap_or_else(|e| e.into_inner());
+        guard
+            .may_register(addr, crate::storage::now_ms())
+            .map_err(|retry_after_ms| ChatError::TooManyAttempts { retry_after_ms })
     }
 }
 

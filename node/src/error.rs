@@ -35,6 +35,13 @@ pub enum ChatError {
     /// The connection sends faster than its limit.
     #[error("too many requests: at most {0} per second, retry later")]
     RateLimited(u32),
+    /// Too many failed logins for the account or from the client address, or too many
+    /// registrations from the address: held back for `retry_after_ms`.
+    #[error("too many attempts; try again in {} s", retry_after_ms.div_ceil(1000))]
+    TooManyAttempts {
+        /// How long until the next attempt may be made.
+        retry_after_ms: u64,
+    },
     /// The request cannot be served now; retrying later may work.
     #[error("{0}")]
     Unavailable(String),
@@ -67,7 +74,7 @@ impl ChatError {
             Self::NotAMember(_) => ErrorCode::NotAMember,
             Self::AlreadyExists(_) => ErrorCode::AlreadyExists,
             Self::Unexpected(_) => ErrorCode::Unexpected,
-            Self::RateLimited(_) => ErrorCode::RateLimited,
+            Self::RateLimited(_) | Self::TooManyAttempts { .. } => ErrorCode::RateLimited,
             Self::Unavailable(_) => ErrorCode::Unavailable,
             Self::Internal(_) => ErrorCode::Internal,
             Self::Peer { code, .. } => *code,
@@ -87,6 +94,10 @@ impl ChatError {
         v1::Error {
             code: self.code() as i32,
             message: self.to_string(),
+            retry_after_ms: match self {
+                Self::TooManyAttempts { retry_after_ms } => *retry_after_ms,
+                _ => 0,
+            },
         }
     }
 }

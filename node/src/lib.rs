@@ -17,6 +17,7 @@ pub mod request;
 pub mod served;
 pub mod server;
 pub mod storage;
+pub mod throttle;
 pub mod tls;
 pub mod view;
 pub mod websocket;

@@ -46,6 +46,7 @@ impl LatencyHistogram {
 #[derive(Debug, Default)]
 pub struct Metrics {
     logins: AtomicU64,
+    password_checks: AtomicU64,
     sends: AtomicU64,
     deliveries: AtomicU64,
     send_latency: LatencyHistogram,
@@ -85,6 +86,11 @@ impl Metrics {
     pub fn sent(&self, took: Duration) {
         self.sends.fetch_add(1, Ordering::Relaxed);
         self.send_latency.observe(took);
+    }
+
+    /// A password was verified against a stored (or the dummy) hash.
+    pub fn password_checked(&self) {
+        self.password_checks.fetch_add(1, Ordering::Relaxed);
     }
 
     /// An inbox entry was pushed to a session, `took` after it reached the inbox.
@@ -166,6 +172,12 @@ impl Metrics {
             "counter",
             "Successful logins.",
             load(&self.logins),
+        );
+        metric(
+            "chat_password_checks_total",
+            "counter",
+            "Passwords verified at login (wrong ones and unknown users included).",
+            load(&self.password_checks),
         );
         metric(
             "chat_messages_in_total",

@@ -192,6 +192,7 @@ pub async fn run(config: Config, listeners: Listeners, shutdown: CancellationTok
     }
     let hashing = PasswordHashing::new(config.auth.argon2_memory_kib, config.auth.argon2_iterations)
         .map_err(|e| NodeError::Config(crate::config::ConfigError::Invalid(e)))?;
+    let dummy_hash = hashing.hash(&crate::auth::new_token());
     let parallelism = std::thread::available_parallelism().map_or(2, |n| n.get());
     let ctx = Arc::new(NodeCtx {
         config: config.clone(),
@@ -215,6 +216,12 @@ pub async fn run(config: Config, listeners: Listeners, shutdown: CancellationTok
         view: cluster.view.clone(),
         remote,
         consensus: consensus.clone(),
+        dummy_hash,
+        guard: std::sync::Mutex::new(crate::throttle::Guard::new(
+            config.auth.max_failed_logins,
+            config.auth.max_failed_logins_per_address,
+            config.auth.registrations_per_minute,
+        )),
         hashing,
         hash_slots: Semaphore::new(parallelism),
     });

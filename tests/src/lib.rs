@@ -63,6 +63,8 @@ pub struct NodeOpts {
     pub cluster_toml: String,
     /// `[admin]` lines (the listen address defaults to a port chosen by the OS).
     pub admin_toml: String,
+    /// `[auth]` lines (argon2 is made cheap in any case).
+    pub auth_toml: String,
     /// Run the node inside this network namespace (`ip netns exec NS chat-node ...`; `ip`
     /// execs, so the child's pid is the node's). Default: the test's own namespace.
     pub netns: Option<String>,
@@ -285,11 +287,12 @@ fn spawn_node(dir: &Path, opts: &NodeOpts) -> Result<Spawned> {
     std::fs::write(
         &config,
         format!(
-            "{name}data_dir = {data:?}\n[client]\n{client_listen}{client}\n[cluster]\n{cluster_listen}{cluster}\n[auth]\nargon2_memory_kib = 64\nargon2_iterations = 1\n[admin]\n{admin_listen}{admin}\n{extra}\n",
+            "{name}data_dir = {data:?}\n[client]\n{client_listen}{client}\n[cluster]\n{cluster_listen}{cluster}\n[auth]\nargon2_memory_kib = 64\nargon2_iterations = 1\n{auth}\n[admin]\n{admin_listen}{admin}\n{extra}\n",
             data = dir.join("data"),
             client = opts.client_toml,
             cluster = opts.cluster_toml,
             admin = opts.admin_toml,
+            auth = opts.auth_toml,
             extra = opts.extra_toml,
         ),
     )?;

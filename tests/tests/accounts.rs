@@ -117,3 +117,102 @@ async fn requests_before_hello_are_answered_with_unexpected() {
     };
     assert!(matches!(f.body, Some(server_frame::Body::Error(_))));
 }
+
+/// The value of an unlabelled metric line `name value`.
+async fn metric(node: &Node, name: &str) -> u64 {
+    let (_, text) = chat_tests::http_get(&node.admin, "/metrics").await.unwrap();
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no {name} in {text}"))
+}
+
+/// A login of a user that does not exist is verified against a dummy hash, so it costs
+/// what a wrong password of a real user costs (names cannot be found by timing).
+#[tokio::test]
+async fn a_login_of_an_unknown_user_costs_a_password_check_like_a_wrong_password() {
+    let node = Node::start().unwrap();
+    let (c, _) = node.connect().await.unwrap();
+    c.register("carol", "right").await.unwrap();
+    let before = metric(&node, "chat_password_checks_total").await;
+    c.login("carol", "wrong").await.unwrap_err();
+    assert_eq!(metric(&node, "chat_password_checks_total").await, before + 1);
+    c.login("nobody", "right").await.unwrap_err();
+    assert_eq!(
+        metric(&node, "chat_password_checks_total").await,
+        before + 2,
+        "the unknown user's login was checked against a hash too"
+    );
+}
+
+/// A connection from another loopback address (the whole of 127/8 is local on Linux).
+async fn connect_from(node: &Node, local: &str) -> chat_client::Client {
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.bind(format!("{local}:0").parse().unwrap()).unwrap();
+    let stream = socket.connect(node.addr.parse().unwrap()).await.unwrap();
+    chat_client::Client::over(stream).await.unwrap().0
+}
+
+#[tokio::test]
+async fn password_guessing_is_held_back_per_account_and_per_address_without_slowing_others() {
+    let node = Node::start_with(chat_tests::NodeOpts {
+        auth_toml: "max_failed_logins = 3\nmax_failed_logins_per_address = 6\n".into(),
+        ..Default::default()
+    })
+    .unwrap();
+    let (c, _) = node.connect().await.unwrap();
+    c.register("dave", "right").await.unwrap();
+    c.register("erin", "right").await.unwrap();
+    for _ in 0..3 {
+        let e = c.login("dave", "guess").await.unwrap_err();
+        assert_eq!(e.code(), Some(ErrorCode::InvalidCredentials));
+    }
+    // Past the free failures the account is held back, from any address, before any
+    // hashing: even the right password waits.
+    let checks = metric(&node, "chat_password_checks_total").await;
+    c.login("dave", "guess").await.unwrap_err();
+    let held = c.login("dave", "right").await.unwrap_err();
+    assert_eq!(held.code(), Some(ErrorCode::RateLimited), "{held}");
+    assert!(held.retry_after().is_some_and(|d| d.as_millis() > 0), "{held:?}");
+    assert!(held.to_string().contains("try again in"), "{held}");
+    let elsewhere = connect_from(&node, "127.0.0.2").await;
+    let held = elsewhere.login("dave", "right").await.unwrap_err();
+    assert_eq!(held.code(), Some(ErrorCode::RateLimited), "{held}");
+    // Another user logs in at once, from the same address too (it is below its limit).
+    c.login("erin", "right").await.unwrap();
+    // Only the failure that set the delay and erin's login were hashed.
+    assert_eq!(metric(&node, "chat_password_checks_total").await, checks + 2);
+    // Guesses at other accounts from one address hold that address back...
+    let (g, _) = node.connect().await.unwrap();
+    for user in ["u1", "u2", "u3"] {
+        let e = g.login(user, "guess").await.unwrap_err();
+        assert_eq!(e.code(), Some(ErrorCode::InvalidCredentials), "{e}");
+    }
+    let held = g.login("erin", "right").await.unwrap_err();
+    assert_eq!(held.code(), Some(ErrorCode::RateLimited), "{held}");
+    // ...but not another address.
+    let other = connect_from(&node, "127.0.0.3").await;
+    other.login("erin", "right").await.unwrap();
+}
+
+#[tokio::test]
+async fn registrations_from_one_address_are_limited_per_minute() {
+    let node = Node::start_with(chat_tests::NodeOpts {
+        auth_toml: "registrations_per_minute = 3\n".into(),
+        ..Default::default()
+    })
+    .unwrap();
+    let (c, _) = node.connect().await.unwrap();
+    for name in ["r1", "r2", "r3"] {
+        c.register(name, "pw").await.unwrap();
+    }
+    let held = c.register("r4", "pw").await.unwrap_err();
+    assert_eq!(held.code(), Some(ErrorCode::RateLimited), "{held}");
+    assert!(held.retry_after().is_some_and(|d| d.as_secs() <= 20), "{held:?}");
+    // Another address has its own allowance; the connection goes on.
+    connect_from(&node, "127.0.0.2")
+        .await
+        .register("r4", "pw")
+        .await
+        .unwrap();
+    c.login("r1", "pw").await.unwrap();
+}

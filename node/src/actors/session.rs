@@ -546,6 +546,7 @@ impl SessionState {
                         Body::Error(v1::Error {
                             code: ErrorCode::UnsupportedVersion as i32,
                             message: msg.clone(),
+                            retry_after_ms: 0,
                         }),
                     );
                     self.close(ErrorCode::UnsupportedVersion, &msg);
@@ -867,6 +868,8 @@ impl SessionState {
     fn register(&self, id: u64, r: v1::RegisterRequest, permit: Permit) -> ChatResult<()> {
         check_name(&r.username)?;
         check_password(&r.password)?;
+        // Before any hashing: a flood of sign-ups costs the node nothing.
+        self.ctx.may_register(self.peer.ip())?;
         let ctx = self.ctx.clone();
         let reply = self.respond(id, permit, |()| Body::RegisterOk(v1::RegisterOk {}));
         tokio::spawn(async move {
@@ -900,6 +903,9 @@ impl SessionState {
         let credential = l
             .credential
             .ok_or_else(|| ChatError::BadRequest("login needs a password or a token".into()))?;
+        // Before any hashing: guesses held back cost the node nothing.
+        let addr = self.peer.ip();
+        self.ctx.may_log_in(&l.username, addr)?;
         self.login_pending = true;
         let ctx = self.ctx.clone();
         let session = self.id;
@@ -907,7 +913,9 @@ impl SessionState {
         tokio::spawn(async move {
             let _permit = permit;
             let user = l.username;
-            match authenticate(&ctx, &user, credential).await {
+            let outcome = authenticate(&ctx, &user, credential).await;
+            ctx.login_outcome(&user, addr, &outcome);
+            match outcome {
                 Ok(token) => {
                     let nodes = ctx.nodes().await;
                     ctx.router.to_inbox(
@@ -952,8 +960,13 @@ async fn authenticate(
             let account = ctx
                 .router
                 .account(user, |reply| AccountMsg::Get { reply })
-                .await?
-                .ok_or(ChatError::InvalidCredentials)?;
+                .await?;
+            // A user that does not exist costs a hash too: a wrong password takes as long
+            // either way, so names cannot be found by timing logins.
+            let Some(account) = account else {
+                let _ = ctx.verify_password(password, ctx.dummy_hash.clone()).await;
+                return Err(ChatError::InvalidCredentials);
+            };
             ctx.verify_password(password, account.password_hash).await?;
             let token = auth::new_token();
             let expires = now + ctx.config.auth.token_ttl_secs * 1000;
