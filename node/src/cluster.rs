@@ -220,6 +220,7 @@ fn to_info(card: &NodeCard, up: bool) -> NodeInfo {
         client_addr: card.client_addr.clone(),
         up,
         sessions: card.sessions,
+        ws_url: card.ws_url.clone(),
     }
 }
 
@@ -534,6 +535,7 @@ impl Cluster {
         advertised: &str,
         cookie: &str,
         client_addr: &str,
+        ws_url: &str,
         seeds: Vec<String>,
         sessions: Arc<AtomicUsize>,
         view: ClusterView,
@@ -588,6 +590,7 @@ impl Cluster {
             name: name.to_owned(),
             client_addr: client_addr.to_owned(),
             cluster_addr: advertised.clone(),
+            ws_url: ws_url.to_owned(),
             ..Default::default()
         };
         let (member, _) = Actor::spawn(

@@ -79,6 +79,8 @@ pub struct RegistryArgs {
     pub node: String,
     /// This node's client address, as clients should dial it.
     pub client_addr: String,
+    /// This node's WebSocket URL (`ws://host:port/ws`), empty without a listener.
+    pub ws_url: String,
     /// The database.
     pub storage: Storage,
     /// Inbox retention: most messages.
@@ -626,6 +628,7 @@ impl Actor for Registry {
                 let me = NodeCard {
                     name: state.args.node.clone(),
                     client_addr: state.args.client_addr.clone(),
+                    ws_url: state.args.ws_url.clone(),
                     sessions: state.args.sessions.load(Ordering::Relaxed) as u32,
                     ..Default::default()
                 };
@@ -2299,6 +2302,7 @@ pub(crate) async fn test_registry_with(
     let mut args = RegistryArgs {
         node: "t".into(),
         client_addr: "127.0.0.1:1".into(),
+        ws_url: String::new(),
         storage,
         max_messages: 100,
         max_age: None,
