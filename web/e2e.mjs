@@ -150,8 +150,9 @@ const browser = await chromium.launch({
 });
 try {
   // Separate contexts: each user has their own localStorage, as on their own machine.
-  const newPage = async (who, url) => {
+  const newPage = async (who, url, init) => {
     const context = await browser.newContext({ viewport: { width: 1280, height: 800 } });
+    if (init) await context.addInitScript(init);
     const page = await context.newPage();
     page.setDefaultTimeout(15000);
     watch(page, who);
@@ -159,7 +160,21 @@ try {
     return page;
   };
   const alice = await newPage("alice", cfg.pages[0]);
-  const bob = await newPage("bob", cfg.pages[1]);
+  // bob's notifications are recorded, not shown: headless Chromium has no desktop.
+  const bob = await newPage("bob", cfg.pages[1], () => {
+    window.__notified = [];
+    window.Notification = class {
+      static permission = "default";
+      static requestPermission() {
+        window.Notification.permission = "granted";
+        return Promise.resolve("granted");
+      }
+      constructor(title, options) {
+        window.__notified.push(`${title}: ${options.body}`);
+      }
+      close() {}
+    };
+  });
 
   await hiddenBeforeLogin(alice);
   ok("conversation panel hidden before login");
@@ -301,7 +316,24 @@ try {
   await nav(bob).waitFor();
   await checkLayout(bob, 390, 844, "phone-390-list.png", { composer: false });
   await conversation(bob, "alice").click();
-  ok("layout at 390 px");
+  await checkLayout(bob, 360, 740, "phone-360.png");
+  ok("layout at 390 px (and 360 px)");
+
+  // Desktop notifications, once allowed, for messages that come while the tab is hidden.
+  await button(bob, "Enable notifications").click();
+  await button(bob, "Enable notifications").waitFor({ state: "hidden" });
+  const setHidden = (page, hidden) => page.evaluate((hidden) => {
+    Object.defineProperty(document, "visibilityState", { value: hidden ? "hidden" : "visible", configurable: true });
+    document.dispatchEvent(new Event("visibilitychange"));
+  }, hidden);
+  await setHidden(bob, true);
+  await carol("send", "bob", "knock knock");
+  await until("a notification", async () => {
+    const seen = await bob.evaluate(() => window.__notified);
+    return seen.includes("carol: knock knock") || seen.join("; ");
+  });
+  await setHidden(bob, false);
+  ok("notifications while hidden");
 
   // alice's node dies under her; she writes meanwhile, and so does carol.
   noProblems("before the failover");
@@ -311,7 +343,18 @@ try {
     new MutationObserver(() => window.__states.push(el.textContent)).observe(el, { childList: true, subtree: true });
   });
   const nodeBefore = await status(alice).textContent();
+  // A burst of messages with the node killed in the middle of it: one in flight when
+  // it dies is sent again with its client_msg_id, and must not be stored twice.
+  const burst = Array.from({ length: 12 }, (_, i) => `burst ${i + 1}`);
+  const typing = (async () => {
+    for (const text of burst) {
+      await messageBox(alice).fill(text);
+      await messageBox(alice).press("Enter");
+    }
+  })();
+  await until("the burst to be under way", async () => (await count(alice, "burst 3")) === 1 || "not yet");
   await killNode(0);
+  await typing;
   await until("the page to show the lost connection", async () => {
     const states = await alice.evaluate(() => window.__states);
     return states.some((s) => /^(Connection lost|Reconnecting)/.test(s)) || states.join(",");
@@ -330,7 +373,8 @@ try {
   await send(alice, "sent after the outage");
   ok(`reconnected to another node (${nodeBefore} -> ${nodeAfter})`);
 
-  for (const text of ["sent during the outage", "sent after the outage"]) {
+  const outage = [...burst, "sent during the outage", "sent after the outage"];
+  for (const text of outage) {
     await until(`bob to get "${text}" once`, async () => (await count(bob, text)) === 1 || (await count(bob, text)), 30000);
     if ((await count(alice, text)) !== 1) throw new Error(`alice shows "${text}" ${await count(alice, text)} times`);
   }
@@ -340,11 +384,24 @@ try {
   await bob.reload();
   await connected(bob);
   await conversation(bob, "alice").click();
-  for (const text of ["sent during the outage", "sent after the outage"]) {
+  for (const text of outage) {
     await message(bob, text).first().waitFor();
     if ((await count(bob, text)) !== 1) throw new Error(`after a reload bob shows "${text}" ${await count(bob, text)} times`);
   }
   ok("every message once");
+
+  // Logging out forgets the session; an expired (here: made up) token means the login form.
+  // (bob's page: alice's came from the node killed above.)
+  await button(bob, "Log out").click();
+  await bob.getByRole("textbox", { name: "Username" }).waitFor();
+  await bob.reload();
+  await bob.getByRole("button", { name: "Log in", exact: true }).waitFor();
+  if (await nav(bob).isVisible()) throw new Error("logged in again after logging out");
+  await bob.evaluate(() => localStorage.setItem("chat.session", JSON.stringify({ user: "bob", token: "made-up" })));
+  await bob.reload();
+  await bob.getByRole("alert").filter({ hasText: "Your session has expired" }).waitFor();
+  await bob.getByRole("textbox", { name: "Username" }).waitFor();
+  ok("logout and an expired session");
 
   noProblems("during the run");
   ok("no console errors");

@@ -141,8 +141,10 @@ async fn browser_users_and_a_cli_user_chat_through_a_cluster_that_loses_a_node()
         "session survives a reload",
         "layout at 1280 px",
         "layout at 390 px",
+        "notifications while hidden",
         "reconnected to another node",
         "every message once",
+        "logout and an expired session",
         "no console errors",
     ] {
         assert!(
@@ -150,7 +152,7 @@ async fn browser_users_and_a_cli_user_chat_through_a_cluster_that_loses_a_node()
             "missing step {step:?}:\n{stdout}"
         );
     }
-    for shot in ["desktop-1280.png", "phone-390.png"] {
+    for shot in ["desktop-1280.png", "phone-390.png", "phone-360.png"] {
         let png = std::fs::read(shots.path().join(shot)).unwrap();
         assert!(
             png.starts_with(b"\x89PNG") && png.len() > 5000,
