@@ -154,6 +154,11 @@ async fn browser_users_and_a_cli_user_chat_through_a_cluster_that_loses_a_node()
     }
     for shot in ["desktop-1280.png", "phone-390.png", "phone-360.png"] {
         let png = std::fs::read(shots.path().join(shot)).unwrap();
+        // CHAT_TEST_LOGS=folder keeps the screenshots there too, beside the node logs.
+        if let Some(keep) = std::env::var_os("CHAT_TEST_LOGS") {
+            let _ = std::fs::create_dir_all(&keep);
+            let _ = std::fs::write(PathBuf::from(keep).join(shot), &png);
+        }
         assert!(
             png.starts_with(b"\x89PNG") && png.len() > 5000,
             "{shot} is not a real screenshot"
