@@ -235,6 +235,11 @@ try {
   const { stdout } = await carol("recv", "--wait", "2");
   if (!stdout.includes("alice -> carol: hi carol, from the browser")) throw new Error(`carol did not get it:\n${stdout}`);
   await tick(alice, "hi carol, from the browser", "delivered").waitFor();
+  // A user who does not exist is said so, and no empty conversation stays behind.
+  await alice.getByRole("textbox", { name: /^Chat with/ }).fill("nobody");
+  await button(alice, "Open").click();
+  await alice.getByRole("alert").filter({ hasText: "User nobody not found" }).waitFor();
+  await conversation(alice, "nobody").waitFor({ state: "detached" });
   ok("private chat with the CLI user");
 
   // Read ticks: bob has alice's conversation open, so what she sends is read at once;

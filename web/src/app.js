@@ -145,7 +145,6 @@ async function onReady() {
   } catch {
     // Not connected any more: the next login asks again.
   }
-  if (current) loadOlder(model.conv(current));
 }
 
 function refresh(key) {
@@ -206,6 +205,7 @@ function openConversation(key) {
   $("members").hidden = true;
   $("members-btn").setAttribute("aria-expanded", "false");
   $("send-error").textContent = "";
+  $("side-error").textContent = "";
   renderList();
   renderMessages({ bottom: true });
   updateLimit();
@@ -235,9 +235,16 @@ async function loadOlder(c) {
       if (page.messages.length || !page.next_before_seq) break;
     }
   } catch (e) {
-    if (e instanceof ServerError) {
+    if (e instanceof ServerError && model) {
       c.older = 0;
-      if (c.key === current) $("send-error").textContent = human(e);
+      // No such user, or not a member: nothing to show, so no conversation to list.
+      if (c.messages.size === 0) {
+        model.remove(c.key);
+        if (c.key === current) closeConversation();
+        $("side-error").textContent = human(e);
+      } else if (c.key === current) {
+        $("send-error").textContent = human(e);
+      }
     }
   } finally {
     c.loading = false;
@@ -354,12 +361,16 @@ function markReadIfVisible() {
 function notify(key, msg) {
   if (document.visibilityState !== "hidden" || !("Notification" in window) || Notification.permission !== "granted") return;
   const where = key.startsWith("#") ? ` in ${key}` : "";
-  const n = new Notification(`${msg.from}${where}`, { body: msg.text.slice(0, 200), tag: key });
-  n.onclick = () => {
-    window.focus();
-    openConversation(key);
-    n.close();
-  };
+  try {
+    const n = new Notification(`${msg.from}${where}`, { body: msg.text.slice(0, 200), tag: key });
+    n.onclick = () => {
+      window.focus();
+      openConversation(key);
+      n.close();
+    };
+  } catch {
+    // Some browsers (Chrome on Android) show notifications only from a service worker.
+  }
 }
 
 function updateNotifyButton() {

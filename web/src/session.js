@@ -100,13 +100,19 @@ export class Session {
     this.wanted = true;
   }
 
+  /** Registers on a connection of its own (the login that follows opens another). */
   async register(user, password) {
     this.on.state("connecting", "Connecting…");
-    const conn = await Connection.open(this.urls[0], { onPush() {}, onClose() {} });
     try {
-      await conn.request("register", { username: user, password });
-    } finally {
-      conn.close();
+      const conn = await Connection.open(this.urls[0], { onPush() {}, onClose() {} });
+      try {
+        await conn.request("register", { username: user, password });
+      } finally {
+        conn.close();
+      }
+    } catch (e) {
+      this.on.state("offline", "Not connected");
+      throw e;
     }
   }
 
