@@ -408,6 +408,19 @@ try {
   await bob.getByRole("textbox", { name: "Username" }).waitFor();
   ok("logout and an expired session");
 
+  // A message that waited for bob is acknowledged as delivered when his next login
+  // catches up, before he opens it. He logs in with the keyboard alone.
+  await conversation(alice, "bob").click();
+  await send(alice, "while you were out");
+  await tick(alice, "while you were out", "sent").waitFor();
+  await bob.keyboard.type("bob");
+  await bob.keyboard.press("Tab");
+  await bob.keyboard.type("pbob");
+  await bob.keyboard.press("Enter");
+  await conversation(bob, "alice, 1 unread, last from alice: while you were out").waitFor();
+  await tick(alice, "while you were out", "delivered").waitFor();
+  ok("waiting messages delivered at login");
+
   noProblems("during the run");
   ok("no console errors");
 } catch (e) {

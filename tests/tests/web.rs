@@ -145,6 +145,7 @@ async fn browser_users_and_a_cli_user_chat_through_a_cluster_that_loses_a_node()
         "reconnected to another node",
         "every message once",
         "logout and an expired session",
+        "waiting messages delivered at login",
         "no console errors",
     ] {
         assert!(

@@ -145,6 +145,9 @@ async function onReady() {
   } catch {
     // Not connected any more: the next login asks again.
   }
+  // Opened while the connection was down or catching up: its history is still to load.
+  const c = current && model.convs.get(current);
+  if (c && c.older === null) loadOlder(c);
 }
 
 function refresh(key) {

@@ -158,7 +158,7 @@ export class Session {
   // ---- connecting ----------------------------------------------------------
 
   async connectTo(url, credential) {
-    const again = credential.token ? "Reconnecting" : "Connecting";
+    const again = this.loadedOnce ? "Reconnecting" : "Connecting";
     this.on.state("connecting", `${again} to ${new URL(url).host}…`);
     this.connecting = true;
     try {
@@ -271,6 +271,8 @@ export class Session {
     this.loadedOnce = true;
     this.syncing = false;
     this.deliver(this.buffer.splice(0), false);
+    // What the catch-up fetched is on this device now (acks wait while syncing).
+    this.ackDelivered();
   }
 
   push(conn, kind, value) {
