@@ -276,6 +276,8 @@ try {
   await message(bob, "hi from carol").waitFor();
   const { stdout: got } = await carol("recv", "--wait", "2");
   if (!got.includes("alice -> #team: hello team")) throw new Error(`carol did not get the group message:\n${got}`);
+  // bob has read it and carol's device has it: delivered to every member.
+  await tick(alice, "hello team", "delivered").waitFor();
   await button(alice, "Members").click();
   await alice.getByText("Members: alice, bob, carol").waitFor();
   await button(bob, "Leave group").click();

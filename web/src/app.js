@@ -7,6 +7,9 @@ import { ServerError, ConnectionLost } from "./connection.js";
 
 const $ = (id) => document.getElementById(id);
 const HISTORY_PAGE = 50;
+/** How often the open group's receipts are asked for (groups have no receipt pushes). */
+const GROUP_RECEIPTS_MS = 3000;
+const GROUP_RECEIPTS_MESSAGES = 10;
 const bytes = (text) => new TextEncoder().encode(text).length;
 
 let model = null;
@@ -19,6 +22,7 @@ const session = new Session({
   sent(item, ack) {
     model?.acked(item, ack);
     refresh(item.conversation);
+    if (item.conversation === current) refreshGroupReceipts();
   },
   failed(item, error) {
     model?.failed(item, human(error));
@@ -361,6 +365,25 @@ function markReadIfVisible() {
   session.markRead(model.readCursor());
 }
 
+/** Asks where the open group's latest own messages stand, while the page is seen. */
+async function refreshGroupReceipts() {
+  const c = current && model?.convs.get(current);
+  if (!c || c.kind !== "GROUP" || document.visibilityState !== "visible" || c.asking) return;
+  c.asking = true;
+  let changed = false;
+  try {
+    for (const m of model.openGroupReceipts(c, GROUP_RECEIPTS_MESSAGES)) {
+      const r = await session.request("group_receipts", { group: c.name, group_seq: m.gseq });
+      changed = model.groupReceipts(c, m, r.members) || changed;
+    }
+  } catch {
+    // Not connected, or no longer a member: asked again later.
+  } finally {
+    c.asking = false;
+  }
+  if (changed && c.key === current) renderMessages();
+}
+
 function notify(key, msg) {
   if (document.visibilityState !== "hidden" || !("Notification" in window) || Notification.permission !== "granted") return;
   const where = key.startsWith("#") ? ` in ${key}` : "";
@@ -509,6 +532,7 @@ function wire() {
     const c = current && model?.conv(current);
     if (c && c.older && $("messages").scrollTop < 60) loadOlder(c);
   });
+  setInterval(refreshGroupReceipts, GROUP_RECEIPTS_MS);
   window.addEventListener("focus", markReadIfVisible);
   document.addEventListener("visibilitychange", markReadIfVisible);
 }

@@ -65,6 +65,7 @@ export class Model {
       text: d.text,
       ts: d.timestamp_ms,
       seq: d.seq,
+      gseq: d.group_seq, // a group message's seq in its group (for its receipts)
       mine: d.from === this.me,
       state: "sent",
     };
@@ -98,6 +99,7 @@ export class Model {
     c.messages.delete(msg.id);
     if (c.messages.has(ack.message_id)) return; // its copy came first (another device, or a sync)
     Object.assign(msg, { id: ack.message_id, ts: ack.timestamp_ms || msg.ts, state: "sent" });
+    if (c.kind === "GROUP") msg.gseq = ack.seq;
     c.messages.set(msg.id, msg);
     if (!c.last || msg.ts >= c.last.ts) c.last = msg;
   }
@@ -118,8 +120,26 @@ export class Model {
     return [...c.messages.values()].sort((a, b) => a.ts - b.ts || a.seq - b.seq);
   }
 
+  /** Own group messages whose members' receipts may still change (newest first). */
+  openGroupReceipts(c, most) {
+    const mine = this.ordered(c).filter((m) => m.mine && m.gseq && m.state === "sent" && m.groupTick !== "read");
+    return mine.reverse().slice(0, most);
+  }
+
+  /** Where one own group message stands for the other members (GroupReceipts):
+   * "read" once all have read it, "delivered" once all have it. */
+  groupReceipts(c, m, members) {
+    const known = members.filter((r) => !r.unknown);
+    if (members.length === 0 || known.length < members.length) return false;
+    const state = known.every((r) => r.read) ? "read" : known.every((r) => r.delivered || r.read) ? "delivered" : undefined;
+    if (state === m.groupTick) return false;
+    m.groupTick = state;
+    return true;
+  }
+
   /** Own private messages are "read" or "delivered" up to the newest one a receipt
-   * of that kind names (receipts are cumulative), else "sent" (or "pending"). */
+   * of that kind names (receipts are cumulative), else "sent" (or "pending"); own
+   * group messages as every member's receipt says. */
   ticks(c) {
     let delivered = -1;
     let read = -1;
@@ -129,7 +149,8 @@ export class Model {
       if (kind === "READ") read = Math.max(read, m.ts);
     }
     return (m) => {
-      if (m.state !== "sent" || c.kind === "GROUP") return m.state;
+      if (m.state !== "sent") return m.state;
+      if (c.kind === "GROUP") return m.groupTick ?? "sent";
       if (m.ts <= read) return "read";
       if (m.ts <= delivered) return "delivered";
       return "sent";
