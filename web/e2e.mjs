@@ -94,9 +94,10 @@ async function openChat(page, name) {
   await page.getByRole("heading", { name: name.replace(/^@/, ""), exact: true }).waitFor();
 }
 
+/** Writes `text` and sends it with the Send button (Enter is used elsewhere). */
 async function send(page, text) {
   await messageBox(page).fill(text);
-  await messageBox(page).press("Enter");
+  await button(page, "Send").click();
   await message(page, text).last().waitFor();
 }
 
@@ -182,7 +183,7 @@ try {
   // A wrong password says so, in words.
   await alice.getByRole("textbox", { name: "Username" }).fill("nobody");
   await alice.getByRole("textbox", { name: "Password" }).fill("wrong");
-  await alice.getByRole("textbox", { name: "Password" }).press("Enter");
+  await button(alice, "Log in").click();
   await alice.getByRole("alert").filter({ hasText: "Wrong username or password." }).waitFor();
   await register(alice, "alice", "palice");
   await register(bob, "bob", "pbob");
@@ -192,7 +193,10 @@ try {
   await carol("send", "alice", "hello alice from the terminal");
   await carol("send", "alice", "are you there?");
   await openChat(bob, "alice");
-  for (let i = 1; i <= 3; i++) await send(bob, `count ${i}`);
+  for (let i = 1; i <= 3; i++) {
+    await messageBox(bob).fill(`count ${i}`);
+    await messageBox(bob).press("Enter");
+  }
   await conversation(alice, "bob, 3 unread, last from bob: count 3").waitFor();
   await conversation(alice, "carol, 2 unread, last from carol: are you there?").waitFor();
   const first = await nav(alice).getByRole("list").getByRole("button").first().getAttribute("aria-label");
