@@ -3,7 +3,8 @@
 //! loss of its node, refuses an oversized message, shows read ticks and lays out at
 //! desktop and phone widths. `web/e2e.mjs` drives the browsers (playwright-core with
 //! Debian's chromium, which `scripts/ci-setup.sh` installs); this test builds the
-//! page, starts the nodes, and kills a node when the script asks for it.
+//! page, starts the nodes, and kills a node when the script asks for it. The page's
+//! model has unit tests of its own (`web/test/`), run here too.
 
 use chat_tests::{Node, NodeOpts, bin, free_port, wait_settled};
 use std::io::{BufRead, BufReader, Write};
@@ -111,6 +112,23 @@ fn run_script(mut nodes: Vec<Node>, config: serde_json::Value) -> (bool, String,
     let _ = done_tx.send(());
     watchdog.join().unwrap();
     (status.success(), out, err.join().unwrap())
+}
+
+/// The page's model (conversations, unread counts, receipts, the read cursor) without a
+/// browser: `web/test/*.test.mjs` under Node's own test runner.
+#[test]
+fn the_web_clients_model_passes_its_unit_tests() {
+    let out = Command::new("node")
+        .current_dir(repo().join("web"))
+        .args(["--test", "test/"])
+        .output()
+        .expect("node (Node.js) runs");
+    assert!(
+        out.status.success(),
+        "web unit tests failed:\n{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 #[tokio::test]
