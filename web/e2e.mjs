@@ -312,7 +312,8 @@ try {
   await alice.reload();
   await connected(alice);
   if (await alice.getByRole("button", { name: "Log in", exact: true }).isVisible()) throw new Error("the login form is back");
-  await conversation(alice, "#team").waitFor();
+  // Her own group message is the group's last, though only others' are in her inbox.
+  await conversation(alice, "#team, last from you: still here after the long one").waitFor();
   await conversation(alice, "carol").waitFor();
   await conversation(alice, "bob").click();
   await message(alice, "are you there, bob?").waitFor();

@@ -133,17 +133,16 @@ function onEntries(list, { initial }) {
 }
 
 /** After each login: the groups the user is in, even those without messages yet,
- * with their newest message (own group posts are not in the inbox). */
+ * each with its newest message (own group posts are not in the inbox, so the
+ * inbox alone can show an older last message). */
 async function onReady() {
   if (!model) return;
   try {
     const { groups } = await session.request("list_my_groups", {});
     for (const g of groups) {
       const c = model.conv(`#${g}`);
-      if (c.older === null && c.messages.size === 0) {
-        const page = await session.request("history", { kind: "GROUP", conversation: g, before_seq: 0, limit: 1 });
-        for (const d of page.messages) model.add(c, d);
-      }
+      const page = await session.request("history", { kind: "GROUP", conversation: g, before_seq: 0, limit: 1 });
+      for (const d of page.messages) model.add(c, d);
     }
     renderList();
   } catch {
