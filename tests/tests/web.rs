@@ -153,6 +153,7 @@ async fn browser_users_and_a_cli_user_chat_through_a_cluster_that_loses_a_node()
         "conversation panel hidden before login",
         "unread counts and previews",
         "history on opening a conversation",
+        "private chat with the CLI user",
         "read ticks",
         "group chat",
         "oversized message refused",
