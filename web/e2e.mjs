@@ -339,13 +339,18 @@ try {
     document.dispatchEvent(new Event("visibilitychange"));
   }, hidden);
   await setHidden(bob, true);
+  // bob has alice's conversation open, but hidden it is not read: delivered only.
+  await send(alice, "are you reading?");
+  await tick(alice, "are you reading?", "delivered").waitFor();
+  if (await tick(alice, "are you reading?", "read").count()) throw new Error("read while the tab was hidden");
   await carol("send", "bob", "knock knock");
-  await until("a notification", async () => {
+  await until("the notifications", async () => {
     const seen = await bob.evaluate(() => window.__notified);
-    return seen.includes("carol: knock knock") || seen.join("; ");
+    return (seen.includes("alice: are you reading?") && seen.includes("carol: knock knock")) || seen.join("; ");
   });
   await setHidden(bob, false);
-  ok("notifications while hidden");
+  await tick(alice, "are you reading?", "read").waitFor();
+  ok("notifications while hidden, and read once seen");
 
   // alice's node dies under her; she writes meanwhile, and so does carol.
   noProblems("before the failover");
