@@ -1,68 +1,461 @@
-// End-to-end check of the web client in headless Chromium (playwright-core + Debian's
-// chromium): a browser user on WebSocket and a CLI user on TCP chat both ways, with
-// receipts shown as ticks and a group message; a screenshot proves the page renders.
+// End-to-end test of the web client in headless Chromium (playwright-core with Debian's
+// chromium), driven by tests/tests/web.rs against a three-node cluster: two browser
+// users (alice on node 0, bob on node 1) and a CLI user (carol) chat privately and in
+// a group; unread counts, history, read ticks, the length limit, a reload, layout at
+// two widths, and the loss of alice's node. Elements are found by role and accessible
+// name. Every wait polls until a deadline; any console or page error fails the run.
 //
-// Usage: node e2e.mjs PAGE_URL TCP_ADDR CHAT_BIN CHROMIUM SCREENSHOT
+// Usage: node e2e.mjs '{"pages":[URL,URL,URL],"cli_servers":[ADDR,...],"chat":BIN,
+//                        "chromium":PATH,"shots":DIR}'
+// It prints "ok: STEP" per step. To kill node N it prints "@@kill N" and waits for
+// the line "killed" on stdin.
 import { chromium } from "playwright-core";
 import { execFile } from "node:child_process";
 import { promisify } from "node:util";
-import { statSync } from "node:fs";
+import { createInterface } from "node:readline";
+import { join } from "node:path";
 
-const [pageUrl, tcp, chatBin, chromiumPath, screenshot] = process.argv.slice(2);
+const cfg = JSON.parse(process.argv[2]);
 const run = promisify(execFile);
-const chat = (...args) => run(chatBin, ["--server", tcp, ...args], { timeout: 20000 });
+const servers = cfg.cli_servers.flatMap((s) => ["--server", s]);
+const chat = (...args) => run(cfg.chat, [...servers, ...args], { timeout: 20000 });
+const carol = (...args) => chat("--user", "carol", "--password", "pcarol", ...args);
 const ok = (what) => console.log(`ok: ${what}`);
+const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
+
+// ---- harness ------------------------------------------------------------------------
+
+const harnessLines = createInterface({ input: process.stdin });
+const harness = harnessLines[Symbol.asyncIterator]();
+async function killNode(n) {
+  console.log(`@@kill ${n}`);
+  const { value } = await harness.next();
+  if (value !== "killed") throw new Error(`the harness did not kill node ${n}: ${value}`);
+}
+
+/** Polls `check` (true when done; anything else, or a throw, is the reason to go on)
+ * every 100 ms until `timeout`. */
+async function until(what, check, timeout = 15000) {
+  const end = Date.now() + timeout;
+  for (;;) {
+    let last;
+    try {
+      last = await check();
+      if (last === true) return;
+    } catch (e) {
+      last = e.message;
+    }
+    if (Date.now() > end) throw new Error(`timed out after ${timeout} ms waiting for ${what} (last: ${last})`);
+    await sleep(100);
+  }
+}
+
+const problems = [];
+function watch(page, who) {
+  page.on("console", (m) => {
+    if (m.type() === "error") problems.push(`${who}: console error: ${m.text()}`);
+  });
+  page.on("pageerror", (e) => problems.push(`${who}: page error: ${e.message}`));
+}
+function noProblems(when) {
+  if (problems.length) throw new Error(`browser errors ${when}:\n${problems.join("\n")}`);
+}
+
+// ---- the page, by role and name -----------------------------------------------------------
+
+const escape = (s) => s.replace(/[.*+?^${}()|[\]\\]/g, "\\$&");
+const exact = (s) => new RegExp(`^${escape(s)}$`);
+const status = (page) => page.getByRole("status");
+const nav = (page) => page.getByRole("navigation", { name: "Conversations" });
+const log = (page) => page.getByRole("log", { name: "Messages" });
+const messageBox = (page) => page.getByRole("textbox", { name: "Message", exact: true });
+const button = (page, name) => page.getByRole("button", { name, exact: true });
+/** A conversation in the list: its accessible name starts with its name. */
+const conversation = (page, name) => nav(page).getByRole("button", { name: new RegExp(`^${escape(name)}(,|$)`) });
+/** The messages whose text is exactly `text`. */
+const message = (page, text) => log(page).locator("li.msg").filter({ has: page.locator(".text", { hasText: exact(text) }) });
+const tick = (page, text, label) => message(page, text).locator(`.tick[aria-label="${label}"]`);
+
+async function connected(page, timeout = 15000) {
+  await status(page).filter({ hasText: /^Connected to / }).waitFor({ timeout });
+}
+
+async function register(page, user, password) {
+  await page.getByRole("textbox", { name: "Username" }).fill(user);
+  await page.getByRole("textbox", { name: "Password" }).fill(password);
+  await button(page, "Register").click();
+  await connected(page);
+  await nav(page).waitFor();
+}
+
+async function openChat(page, name) {
+  await page.getByRole("textbox", { name: /^Chat with/ }).fill(name);
+  await button(page, "Open").click();
+  await page.getByRole("heading", { name: name.replace(/^@/, ""), exact: true }).waitFor();
+}
+
+/** Writes `text` and sends it with the Send button (Enter is used elsewhere). */
+async function send(page, text) {
+  await messageBox(page).fill(text);
+  await button(page, "Send").click();
+  await message(page, text).last().waitFor();
+}
+
+async function count(page, text) {
+  return message(page, text).count();
+}
+
+/** Layout problems: anything visible cut off at the sides, a page wider than the
+ * viewport or taller than it (the lists scroll inside their panels), and the composer
+ * outside the viewport. */
+async function layoutProblems(page, composer) {
+  return page.evaluate((composer) => {
+    const out = [];
+    const vw = document.documentElement.clientWidth;
+    const vh = window.innerHeight;
+    const root = document.scrollingElement;
+    if (root.scrollWidth > vw) out.push(`the page scrolls sideways (${root.scrollWidth} > ${vw})`);
+    if (root.scrollHeight > vh) out.push(`the page is taller than the viewport (${root.scrollHeight} > ${vh})`);
+    const name = (el) => el.id || el.getAttribute("aria-label") || `${el.tagName.toLowerCase()}.${el.className}`;
+    for (const el of document.querySelectorAll("body *")) {
+      if (el.closest(".visually-hidden")) continue;
+      const r = el.getBoundingClientRect();
+      if (!r.width || !r.height || getComputedStyle(el).visibility === "hidden") continue;
+      if (r.left < -0.5 || r.right > vw + 0.5) out.push(`${name(el)} is cut off (${r.left}..${r.right} of ${vw})`);
+    }
+    for (const id of composer ? ["message", "send"] : []) {
+      const r = document.getElementById(id).getBoundingClientRect();
+      if (!r.width || r.top < 0 || r.bottom > vh || r.left < 0 || r.right > vw) {
+        out.push(`#${id} is not within the viewport (${JSON.stringify(r)})`);
+      }
+    }
+    return out;
+  }, composer);
+}
+
+async function checkLayout(page, width, height, shot, { composer = true } = {}) {
+  await page.setViewportSize({ width, height });
+  if (composer) await messageBox(page).waitFor();
+  const found = await layoutProblems(page, composer);
+  await page.screenshot({ path: join(cfg.shots, shot) });
+  if (found.length) throw new Error(`layout at ${width} px:\n${found.join("\n")}`);
+}
+
+// ---- the run ------------------------------------------------------------------------------
 
 const browser = await chromium.launch({
-  executablePath: chromiumPath,
+  executablePath: cfg.chromium,
   headless: true,
   args: ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
     "--disable-background-networking", "--disable-component-update", "--disable-sync"],
 });
 try {
-  const page = await browser.newPage();
-  page.setDefaultTimeout(15000);
-  page.on("pageerror", (e) => console.error(`page error: ${e.message}`));
-  await page.goto(pageUrl);
-  await page.waitForSelector("#status:text('connected')");
-  await page.fill("#user", "web");
-  await page.fill("#password", "pweb");
-  await page.click("#register");
-  await page.waitForSelector("#status:text('registered')");
-  await chat("register", "cli", "--password", "pcli");
-  // An offline message for the browser user, waiting before it logs in.
-  await chat("--user", "cli", "--password", "pcli", "send", "web", "sent while you were away");
-  await page.click("#login-btn");
-  await page.waitForSelector("#me:text('web')");
-  await page.waitForSelector("#messages .text:text('sent while you were away')");
-  ok("browser user registered, logged in and got the offline message");
+  // Separate contexts: each user has their own localStorage, as on their own machine.
+  const newPage = async (who, url, init) => {
+    const context = await browser.newContext({ viewport: { width: 1280, height: 800 } });
+    if (init) await context.addInitScript(init);
+    const page = await context.newPage();
+    page.setDefaultTimeout(15000);
+    watch(page, who);
+    await page.goto(url);
+    return page;
+  };
+  const alice = await newPage("alice", cfg.pages[0]);
+  // bob's notifications are recorded, not shown: headless Chromium has no desktop.
+  const bob = await newPage("bob", cfg.pages[1], () => {
+    window.__notified = [];
+    window.Notification = class {
+      static permission = "default";
+      static requestPermission() {
+        window.Notification.permission = "granted";
+        return Promise.resolve("granted");
+      }
+      constructor(title, options) {
+        window.__notified.push(`${title}: ${options.body}`);
+      }
+      close() {}
+    };
+  });
 
-  await chat("--user", "cli", "--password", "pcli", "send", "web", "hello browser");
-  await page.waitForSelector("#messages .text:text('hello browser')");
-  ok("live message from the CLI user shown");
+  await hiddenBeforeLogin(alice);
+  ok("conversation panel hidden before login");
 
-  await page.fill("#to", "@cli");
-  await page.fill("#text", "hello terminal");
-  await page.click("#send");
-  await page.waitForSelector(".msg.mine:has(.text:text('hello terminal')) .tick:text('✓')");
-  ok("message from the browser sent (one tick)");
-  const { stdout } = await chat("--user", "cli", "--password", "pcli", "recv", "--wait", "2");
-  if (!stdout.includes("web -> cli: hello terminal")) throw new Error(`CLI did not get it:\n${stdout}`);
-  await page.waitForSelector(".msg.mine:has(.text:text('hello terminal')) .tick:text('✓✓')");
-  ok("CLI user received it and the browser shows the delivered receipt (two ticks)");
+  // A wrong password says so, in words.
+  await alice.getByRole("textbox", { name: "Username" }).fill("nobody");
+  await alice.getByRole("textbox", { name: "Password" }).fill("wrong");
+  await button(alice, "Log in").click();
+  await alice.getByRole("alert").filter({ hasText: "Wrong username or password." }).waitFor();
+  await register(alice, "alice", "palice");
+  await register(bob, "bob", "pbob");
+  await chat("register", "carol", "--password", "pcarol");
 
-  await page.fill("#group", "team");
-  await page.click("#create");
-  await page.waitForSelector("#groups li:text('#team')");
-  await chat("--user", "cli", "--password", "pcli", "group-join", "team");
-  await chat("--user", "cli", "--password", "pcli", "group-send", "team", "hello team");
-  await page.waitForSelector(".msg:has(.who:text('#team')) .text:text('hello team')");
-  ok("group message shown");
+  // Messages for alice while she looks elsewhere: two from carol, three from bob.
+  await carol("send", "alice", "hello alice from the terminal");
+  await carol("send", "alice", "are you there?");
+  await openChat(bob, "alice");
+  for (let i = 1; i <= 3; i++) {
+    await messageBox(bob).fill(`count ${i}`);
+    await messageBox(bob).press("Enter");
+  }
+  await conversation(alice, "bob, 3 unread, last from bob: count 3").waitFor();
+  await conversation(alice, "carol, 2 unread, last from carol: are you there?").waitFor();
+  const first = await nav(alice).getByRole("list").getByRole("button").first().getAttribute("aria-label");
+  if (!first.startsWith("bob")) throw new Error(`the most recent conversation is not first: ${first}`);
+  ok("unread counts and previews");
 
-  await page.waitForSelector("#online li:text('web')");
-  await page.screenshot({ path: screenshot, fullPage: true });
-  if (statSync(screenshot).size < 5000) throw new Error("the screenshot is nearly empty");
-  ok("page rendered and screenshot taken");
+  await conversation(alice, "carol").click();
+  await message(alice, "hello alice from the terminal").waitFor();
+  await message(alice, "are you there?").waitFor();
+  await conversation(alice, "carol, last from carol: are you there?").waitFor();
+  await conversation(alice, "bob").click();
+  await message(alice, "count 3").waitFor();
+  await log(alice).getByRole("separator").filter({ hasText: "Today" }).first().waitFor();
+  // A group with a longer past than alice's inbox holds: she joins after 60 messages.
+  await bob.getByRole("textbox", { name: /^Chat with/ }).fill("lobby");
+  await button(bob, "Create group").click();
+  await bob.getByRole("heading", { name: "#lobby", exact: true }).waitFor();
+  for (let i = 1; i <= 60; i++) {
+    await messageBox(bob).fill(`lobby ${i}`);
+    await messageBox(bob).press("Enter");
+  }
+  await tick(bob, "lobby 60", "sent").waitFor();
+  await alice.getByRole("textbox", { name: /^Chat with/ }).fill("#lobby");
+  await button(alice, "Join group").click();
+  await message(alice, "lobby 60").waitFor();
+  if ((await count(alice, "lobby 1")) !== 0) throw new Error("the first page of history holds the oldest message");
+  // Scrolling to the top loads the older page.
+  await until("older messages on scrolling up", async () => {
+    await log(alice).evaluate((el) => (el.scrollTop = 0));
+    return (await count(alice, "lobby 1")) === 1 || "not yet";
+  });
+  await log(alice).getByText("Beginning of the conversation").waitFor();
+  const list = await log(alice).evaluate((el) => ({ scroll: el.scrollHeight, client: el.clientHeight }));
+  if (list.scroll <= list.client) throw new Error("the message list does not scroll inside its panel");
+  ok("history on opening a conversation");
+
+  // Private chat with the CLI user, both ways, with the delivered tick.
+  await conversation(alice, "carol").click();
+  await send(alice, "hi carol, from the browser");
+  const { stdout } = await carol("recv", "--wait", "2");
+  if (!stdout.includes("alice -> carol: hi carol, from the browser")) throw new Error(`carol did not get it:\n${stdout}`);
+  await tick(alice, "hi carol, from the browser", "delivered").waitFor();
+  // A user who does not exist is said so, and no empty conversation stays behind.
+  await alice.getByRole("textbox", { name: /^Chat with/ }).fill("nobody");
+  await button(alice, "Open").click();
+  await alice.getByRole("alert").filter({ hasText: "User nobody not found" }).waitFor();
+  await conversation(alice, "nobody").waitFor({ state: "detached" });
+  ok("private chat with the CLI user");
+
+  // Read ticks: bob has alice's conversation open, so what she sends is read at once;
+  // and what alice read of bob's (above) shows as read on his side.
+  await conversation(bob, "alice").click();
+  await conversation(alice, "bob").click();
+  await send(alice, "are you there, bob?");
+  await message(bob, "are you there, bob?").waitFor();
+  await tick(alice, "are you there, bob?", "read").waitFor();
+  await tick(bob, "count 3", "read").waitFor();
+  // Shift+Enter adds a line; Enter sends.
+  await messageBox(bob).fill("line one");
+  await messageBox(bob).press("Shift+Enter");
+  await messageBox(bob).pressSequentially("line two");
+  await messageBox(bob).press("Enter");
+  await message(alice, "line one\nline two").waitFor();
+  ok("read ticks");
+
+  // A group of three: created and joined in the browsers, joined by the CLI user.
+  await alice.getByRole("textbox", { name: /^Chat with/ }).fill("team");
+  await button(alice, "Create group").click();
+  await alice.getByRole("heading", { name: "#team", exact: true }).waitFor();
+  await bob.getByRole("textbox", { name: /^Chat with/ }).fill("#team");
+  await button(bob, "Join group").click();
+  await bob.getByRole("heading", { name: "#team", exact: true }).waitFor();
+  await carol("group-join", "team");
+  await conversation(bob, "alice").click();
+  await send(alice, "hello team");
+  await conversation(bob, "#team, 1 unread, last from alice: hello team").waitFor();
+  await conversation(bob, "#team").click();
+  await message(bob, "hello team").locator(".who", { hasText: "alice" }).waitFor();
+  await carol("group-send", "team", "hi from carol");
+  await message(alice, "hi from carol").waitFor();
+  await message(bob, "hi from carol").waitFor();
+  const { stdout: got } = await carol("recv", "--wait", "2");
+  if (!got.includes("alice -> #team: hello team")) throw new Error(`carol did not get the group message:\n${got}`);
+  // bob has read it and carol's device has it: delivered to every member.
+  await tick(alice, "hello team", "delivered").waitFor();
+  await button(alice, "Members").click();
+  await alice.getByText("Members: alice, bob, carol").waitFor();
+  await button(bob, "Leave group").click();
+  await conversation(bob, "#team").waitFor({ state: "detached" });
+  await button(alice, "Members").click(); // closes the list
+  await button(alice, "Members").click(); // and asks again
+  await alice.getByText("Members: alice, carol").waitFor();
+  ok("group chat");
+
+  // Empty messages are not sent; an oversized one is refused before sending, in words,
+  // and the session goes on.
+  const before = await log(alice).locator("li.msg").count();
+  await messageBox(alice).fill("   ");
+  await messageBox(alice).press("Enter");
+  await send(alice, "still a conversation");
+  if ((await log(alice).locator("li.msg").count()) !== before + 1) throw new Error("an empty message was sent");
+  await messageBox(alice).fill("x".repeat(20000));
+  await alice.locator("#limit").filter({ hasText: "Too long: 20000 bytes; at most 16384" }).waitFor();
+  await messageBox(alice).press("Enter");
+  await alice.getByRole("alert").filter({ hasText: /too long: 20000 bytes, and at most 16384/ }).waitFor();
+  await messageBox(alice).fill("still here after the long one");
+  await messageBox(alice).press("Enter");
+  await tick(alice, "still here after the long one", "sent").waitFor();
+  await connected(alice, 1000);
+  ok("oversized message refused");
+
+  // A reload keeps the session: no login form, the conversations and their history.
+  await alice.reload();
+  await connected(alice);
+  if (await alice.getByRole("button", { name: "Log in", exact: true }).isVisible()) throw new Error("the login form is back");
+  // Her own group message is the group's last, though only others' are in her inbox.
+  await conversation(alice, "#team, last from you: still here after the long one").waitFor();
+  await conversation(alice, "carol").waitFor();
+  await conversation(alice, "bob").click();
+  await message(alice, "are you there, bob?").waitFor();
+  await tick(alice, "are you there, bob?", "read").waitFor();
+  ok("session survives a reload");
+
+  await checkLayout(alice, 1280, 800, "desktop-1280.png");
+  ok("layout at 1280 px");
+  await conversation(bob, "alice").click();
+  await checkLayout(bob, 390, 844, "phone-390.png");
+  await button(bob, "Back to conversations").click();
+  await nav(bob).waitFor();
+  await checkLayout(bob, 390, 844, "phone-390-list.png", { composer: false });
+  await conversation(bob, "alice").click();
+  await checkLayout(bob, 360, 740, "phone-360.png");
+  ok("layout at 390 px (and 360 px)");
+
+  // Desktop notifications, once allowed, for messages that come while the tab is hidden.
+  await button(bob, "Enable notifications").click();
+  await button(bob, "Enable notifications").waitFor({ state: "hidden" });
+  const setHidden = (page, hidden) => page.evaluate((hidden) => {
+    Object.defineProperty(document, "visibilityState", { value: hidden ? "hidden" : "visible", configurable: true });
+    document.dispatchEvent(new Event("visibilitychange"));
+  }, hidden);
+  await setHidden(bob, true);
+  // bob has alice's conversation open, but hidden it is not read: delivered only.
+  await send(alice, "are you reading?");
+  await tick(alice, "are you reading?", "delivered").waitFor();
+  if (await tick(alice, "are you reading?", "read").count()) throw new Error("read while the tab was hidden");
+  await carol("send", "bob", "knock knock");
+  await until("the notifications", async () => {
+    const seen = await bob.evaluate(() => window.__notified);
+    return (seen.includes("alice: are you reading?") && seen.includes("carol: knock knock")) || seen.join("; ");
+  });
+  await setHidden(bob, false);
+  await tick(alice, "are you reading?", "read").waitFor();
+  ok("notifications while hidden, and read once seen");
+
+  // alice's node dies under her; she writes meanwhile, and so does carol.
+  noProblems("before the failover");
+  await alice.evaluate(() => {
+    window.__states = [];
+    const el = document.querySelector('[role="status"]');
+    new MutationObserver(() => window.__states.push(el.textContent)).observe(el, { childList: true, subtree: true });
+  });
+  const nodeBefore = await status(alice).textContent();
+  // A burst of messages with the node killed in the middle of it: one in flight when
+  // it dies is sent again with its client_msg_id, and must not be stored twice.
+  const burst = Array.from({ length: 12 }, (_, i) => `burst ${i + 1}`);
+  const typing = (async () => {
+    for (const text of burst) {
+      await messageBox(alice).fill(text);
+      await messageBox(alice).press("Enter");
+    }
+  })();
+  await until("the burst to be under way", async () => (await count(alice, "burst 3")) === 1 || "not yet");
+  await killNode(0);
+  await typing;
+  await until("the page to show the lost connection", async () => {
+    const states = await alice.evaluate(() => window.__states);
+    return states.some((s) => /^(Connection lost|Reconnecting)/.test(s)) || states.join(",");
+  });
+  await messageBox(alice).fill("sent during the outage");
+  await messageBox(alice).press("Enter");
+  await until("carol's message to be taken", async () => {
+    await carol("send", "alice", "carol writes during the outage");
+    return true;
+  }, 40000);
+  await connected(alice, 40000);
+  const nodeAfter = await status(alice).textContent();
+  if (nodeAfter === nodeBefore) throw new Error(`still on the same node: ${nodeAfter}`);
+  await tick(alice, "sent during the outage", "sent").or(tick(alice, "sent during the outage", "delivered"))
+    .or(tick(alice, "sent during the outage", "read")).waitFor({ timeout: 20000 });
+  await send(alice, "sent after the outage");
+  ok(`reconnected to another node (${nodeBefore} -> ${nodeAfter})`);
+
+  const outage = [...burst, "sent during the outage", "sent after the outage"];
+  for (const text of outage) {
+    await until(`bob to get "${text}" once`, async () => (await count(bob, text)) === 1 || (await count(bob, text)), 30000);
+    if ((await count(alice, text)) !== 1) throw new Error(`alice shows "${text}" ${await count(alice, text)} times`);
+  }
+  await conversation(alice, "carol").click();
+  await until("carol's message once", async () => (await count(alice, "carol writes during the outage")) === 1 || "no", 20000);
+  // Nothing doubled on a fresh load of everything either.
+  await bob.reload();
+  await connected(bob);
+  await conversation(bob, "alice").click();
+  for (const text of outage) {
+    await message(bob, text).first().waitFor();
+    if ((await count(bob, text)) !== 1) throw new Error(`after a reload bob shows "${text}" ${await count(bob, text)} times`);
+  }
+  ok("every message once");
+
+  // Logging out forgets the session; an expired (here: made up) token means the login form.
+  // (bob's page: alice's came from the node killed above.)
+  await button(bob, "Log out").click();
+  await bob.getByRole("textbox", { name: "Username" }).waitFor();
+  await bob.reload();
+  await bob.getByRole("button", { name: "Log in", exact: true }).waitFor();
+  if (await nav(bob).isVisible()) throw new Error("logged in again after logging out");
+  await bob.evaluate(() => localStorage.setItem("chat.session", JSON.stringify({ user: "bob", token: "made-up" })));
+  await bob.reload();
+  await bob.getByRole("alert").filter({ hasText: "Your session has expired" }).waitFor();
+  await bob.getByRole("textbox", { name: "Username" }).waitFor();
+  ok("logout and an expired session");
+
+  // A message that waited for bob is acknowledged as delivered when his next login
+  // catches up, before he opens it. He logs in with the keyboard alone.
+  await conversation(alice, "bob").click();
+  await send(alice, "while you were out");
+  await tick(alice, "while you were out", "sent").waitFor();
+  await bob.keyboard.type("bob");
+  await bob.keyboard.press("Tab");
+  await bob.keyboard.type("pbob");
+  await bob.keyboard.press("Enter");
+  await conversation(bob, "alice, 1 unread, last from alice: while you were out").waitFor();
+  await tick(alice, "while you were out", "delivered").waitFor();
+  ok("waiting messages delivered at login");
+
+  noProblems("during the run");
+  ok("no console errors");
+} catch (e) {
+  // What each page showed, to tell a broken page from a slow cluster.
+  for (const context of browser.contexts()) {
+    for (const page of context.pages()) {
+      const text = await page.locator("body").innerText().catch((err) => String(err));
+      console.error(`---- ${page.url()} showed:\n${text.slice(0, 3000)}`);
+    }
+  }
+  console.error(problems.join("\n"));
+  throw e;
 } finally {
   await browser.close();
+  // An open stdin would keep this process alive.
+  harnessLines.close();
+  process.stdin.destroy();
 }
+
+async function hiddenBeforeLogin(page) {
+  await page.getByRole("button", { name: "Log in", exact: true }).waitFor();
+  await status(page).waitFor();
+  if (await nav(page).isVisible()) throw new Error("the conversation list shows before login");
+  if (await messageBox(page).isVisible()) throw new Error("the composer shows before login");
+}
+

@@ -330,6 +330,7 @@ impl Cluster {
         advertised: &str,
         cookie: &str,
         client_addr: &str,
+        ws_url: &str,
         seeds: Vec<String>,
         sessions: Arc<AtomicUsize>,
         view: ClusterView,
@@ -384,6 +385,7 @@ impl Cluster {
             name: name.to_owned(),
             client_addr: client_addr.to_owned(),
             cluster_addr: advertised.clone(),
+            ws_url: ws_url.to_owned(),
             ..Default::default()
         };
         let (member, _) = Actor::spawn(

@@ -42,6 +42,10 @@ struct Cli {
     /// Also accept clients over WebSocket on this address.
     #[arg(long)]
     ws_listen: Option<SocketAddr>,
+    /// Serve the built web client from this folder (web/dist after scripts/build-web.sh)
+    /// at / on the WebSocket address.
+    #[arg(long)]
+    web_dir: Option<PathBuf>,
     /// Admin HTTP listen address (/health, /metrics, /cluster).
     #[arg(long)]
     admin_listen: Option<SocketAddr>,
@@ -57,6 +61,7 @@ const EXAMPLES: &str = "Examples:
   chat-node
   chat-node --listen 127.0.0.1:0 --data-dir /tmp/n1
   chat-node --config cluster-config/node1.toml
+  chat-node --ws-listen 127.0.0.1:7480 --web-dir web/dist
   RUST_LOG=chat_node=debug chat-node";
 
 impl Cli {
@@ -82,6 +87,9 @@ impl Cli {
         }
         if let Some(addr) = self.ws_listen {
             cfg.client.websocket_listen = Some(addr);
+        }
+        if let Some(dir) = self.web_dir {
+            cfg.client.web_dir = Some(dir);
         }
         if let Some(addr) = self.admin_listen {
             cfg.admin.listen = addr;
@@ -167,6 +175,18 @@ async fn serve(cfg: Config) -> anyhow::Result<()> {
             "chat-node {name} websocket clients on {scheme}://{}/ws",
             l.local_addr()?
         ));
+        if cfg.client.web_dir.is_some() {
+            // Scripts find these lines by what they say, so one more disturbs none of them.
+            let scheme = if cfg.client.tls.is_some() { "https" } else { "http" };
+            announce(&format!(
+                "chat-node {name} web client on {scheme}://{}/",
+                l.local_addr()?
+            ));
+        }
+    } else if cfg.client.web_dir.is_some() {
+        tracing::warn!(
+            "client.web_dir is set but client.websocket_listen is not: the web client is not served"
+        );
     }
 
     let shutdown = CancellationToken::new();

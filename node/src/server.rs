@@ -107,6 +107,16 @@ pub struct Listeners {
     pub on_cluster_listening: Option<OnClusterListening>,
 }
 
+/// Where WebSocket clients reach this node (told to clients at login, so that a web
+/// client can reconnect to another node), or empty without a WebSocket listener.
+fn websocket_url(listener: Option<&TcpListener>, tls: bool) -> std::io::Result<String> {
+    let Some(listener) = listener else {
+        return Ok(String::new());
+    };
+    let scheme = if tls { "wss" } else { "ws" };
+    Ok(format!("{scheme}://{}/ws", listener.local_addr()?))
+}
+
 /// Called with the cluster address (`host:port`) peers dial.
 pub type OnClusterListening = Box<dyn FnOnce(&str) + Send>;
 
@@ -122,6 +132,7 @@ pub async fn run(config: Config, listeners: Listeners, shutdown: CancellationTok
     let tls = config.client.tls.as_ref().map(crate::tls::acceptor).transpose()?;
     let config = Arc::new(config);
     let client_addr = listener.local_addr()?;
+    let ws_url = websocket_url(websocket.as_ref(), tls.is_some())?;
     let node_name = node_name(&config.data_dir, config.name.as_deref(), client_addr)?;
     std::fs::create_dir_all(&config.data_dir).map_err(|source| NodeError::DataDir {
         path: config.data_dir.display().to_string(),
@@ -142,6 +153,7 @@ pub async fn run(config: Config, listeners: Listeners, shutdown: CancellationTok
         RegistryArgs {
             node: node_name.clone(),
             client_addr: client_addr.to_string(),
+            ws_url: ws_url.clone(),
             sessions: sessions.clone(),
             view: view.clone(),
         },
@@ -154,6 +166,7 @@ pub async fn run(config: Config, listeners: Listeners, shutdown: CancellationTok
         &config.cluster_advertised(),
         &config.cluster.cookie,
         &client_addr.to_string(),
+        &ws_url,
         config.cluster.seeds.clone(),
         sessions.clone(),
         view,

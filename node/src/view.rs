@@ -171,6 +171,7 @@ fn to_info(card: &NodeCard, up: bool) -> NodeInfo {
         client_addr: card.client_addr.clone(),
         up,
         sessions: card.sessions,
+        ws_url: card.ws_url.clone(),
     }
 }
 

@@ -22,6 +22,8 @@ fn help_lists_every_flag_the_issue_names() {
         "--seed",
         "--data-dir",
         "--cookie",
+        "--ws-listen",
+        "--web-dir",
     ] {
         assert!(help.contains(flag), "--help lacks {flag}:\n{help}");
     }

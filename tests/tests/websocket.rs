@@ -82,7 +82,12 @@ async fn a_websocket_client_and_a_tcp_client_chat_both_ways() {
         credential: Some(proto::login_request::Credential::Password("pw".into())),
     };
     send(&mut ws, 3, Req::Login(login)).await;
-    assert!(matches!(answer(&mut ws, 3, &mut pushes).await, Resp::LoginOk(_)));
+    let Resp::LoginOk(ok) = answer(&mut ws, 3, &mut pushes).await else {
+        panic!("no LoginOk")
+    };
+    // The node list tells web clients where to reconnect.
+    let ws_urls: Vec<&str> = ok.nodes.iter().map(|n| n.ws_url.as_str()).collect();
+    assert_eq!(ws_urls, vec![node.ws.as_deref().unwrap()]);
 
     // TCP -> WebSocket.
     let (tcp, mut tcp_rx) = node.user("tcpuser").await.unwrap();

@@ -21,6 +21,8 @@ pub struct RegistryArgs {
     pub node: String,
     /// This node's client address, as clients should dial it.
     pub client_addr: String,
+    /// This node's WebSocket URL (`ws://host:port/ws`), empty without a listener.
+    pub ws_url: String,
     /// Connected sessions on this node.
     pub sessions: Arc<AtomicUsize>,
     /// The other nodes, as the cluster membership sees them.
@@ -120,6 +122,7 @@ impl Actor for Registry {
                 let me = NodeCard {
                     name: state.args.node.clone(),
                     client_addr: state.args.client_addr.clone(),
+                    ws_url: state.args.ws_url.clone(),
                     sessions: state.args.sessions.load(Ordering::Relaxed) as u32,
                     ..Default::default()
                 };
@@ -153,6 +156,7 @@ mod tests {
             args: RegistryArgs {
                 node: "n".into(),
                 client_addr: "127.0.0.1:1".into(),
+                ws_url: String::new(),
                 sessions: Arc::default(),
                 view: ClusterView::default(),
             },

@@ -1,0 +1,192 @@
+// What the page knows of the user's conversations, without the DOM: messages by
+// conversation (deduplicated by message id), unread counts, receipts and the
+// read cursor. Conversations are keyed "@user" (private) or "#group".
+
+const READ_KEY = "chat.read.";
+
+export class Model {
+  constructor(me) {
+    this.me = me;
+    this.convs = new Map();
+    /** message_id -> "DELIVERED" | "READ": the newest receipt for each message. */
+    this.receipts = new Map();
+    this.lastSeq = 0;
+    /** Conversations read on this device beyond the server's read cursor. */
+    try {
+      this.localRead = JSON.parse(localStorage.getItem(READ_KEY + me)) ?? {};
+    } catch {
+      this.localRead = {};
+    }
+  }
+
+  conv(key) {
+    let c = this.convs.get(key);
+    if (!c) {
+      c = {
+        key,
+        kind: key.startsWith("#") ? "GROUP" : "PRIVATE",
+        name: key.slice(1),
+        messages: new Map(),
+        unread: new Set(),
+        last: null,
+        older: null, // null: history not loaded; 0: nothing older; else before_seq
+        loading: false,
+      };
+      this.convs.set(key, c);
+    }
+    return c;
+  }
+
+  /** An inbox entry (a Delivery from sync or a push). Returns the message added to a
+   * conversation, or null (a receipt, or a message already known). */
+  entry(d, readSeq) {
+    this.lastSeq = Math.max(this.lastSeq, d.seq);
+    if (d.receipt) {
+      this.receipt(d.receipt);
+      return null;
+    }
+    const key = keyOf(d, this.me);
+    const c = this.conv(key);
+    const msg = this.add(c, d);
+    if (msg && !msg.mine && d.seq > readSeq && d.seq > (this.localRead[key] ?? 0)) c.unread.add(d.seq);
+    return msg;
+  }
+
+  receipt(r) {
+    if (this.receipts.get(r.message_id) !== "READ") this.receipts.set(r.message_id, r.kind);
+  }
+
+  /** Adds a delivery (inbox or history) to `c` unless its message is known. */
+  add(c, d) {
+    if (c.messages.has(d.message_id)) return null;
+    const msg = {
+      id: d.message_id,
+      from: d.from,
+      text: d.text,
+      ts: d.timestamp_ms,
+      seq: d.seq,
+      gseq: d.group_seq, // a group message's seq in its group (for its receipts)
+      mine: d.from === this.me,
+      state: "sent",
+    };
+    c.messages.set(msg.id, msg);
+    if (!c.last || msg.ts >= c.last.ts) c.last = msg;
+    return msg;
+  }
+
+  /** A message being sent (from the outbox): shown at once, acknowledged later. */
+  pending(item) {
+    const c = this.conv(item.conversation);
+    const msg = {
+      id: `pending:${item.client_msg_id}`,
+      from: this.me,
+      text: item.text,
+      ts: Date.now(),
+      seq: 0,
+      mine: true,
+      state: "pending",
+    };
+    c.messages.set(msg.id, msg);
+    c.last = msg;
+    return msg;
+  }
+
+  /** The send of `item` was acknowledged: its message gets its id and time. */
+  acked(item, ack) {
+    const c = this.conv(item.conversation);
+    const msg = c.messages.get(`pending:${item.client_msg_id}`);
+    if (!msg) return;
+    c.messages.delete(msg.id);
+    if (c.messages.has(ack.message_id)) return; // its copy came first (another device, or a sync)
+    Object.assign(msg, { id: ack.message_id, ts: ack.timestamp_ms || msg.ts, state: "sent" });
+    if (c.kind === "GROUP") msg.gseq = ack.seq;
+    c.messages.set(msg.id, msg);
+    if (!c.last || msg.ts >= c.last.ts) c.last = msg;
+  }
+
+  failed(item, error) {
+    const msg = this.conv(item.conversation).messages.get(`pending:${item.client_msg_id}`);
+    if (msg) Object.assign(msg, { state: "failed", error });
+  }
+
+  /** A page of history (newest first) for `c`; `next` is where older ones start. */
+  history(c, page) {
+    for (const d of page.messages) this.add(c, d);
+    c.older = page.next_before_seq;
+  }
+
+  /** The conversation's messages, oldest first. */
+  ordered(c) {
+    return [...c.messages.values()].sort((a, b) => a.ts - b.ts || a.seq - b.seq);
+  }
+
+  /** Own group messages whose members' receipts may still change (newest first). */
+  openGroupReceipts(c, most) {
+    const mine = this.ordered(c).filter((m) => m.mine && m.gseq && m.state === "sent" && m.groupTick !== "read");
+    return mine.reverse().slice(0, most);
+  }
+
+  /** Where one own group message stands for the other members (GroupReceipts):
+   * "read" once all have read it, "delivered" once all have it. */
+  groupReceipts(c, m, members) {
+    const known = members.filter((r) => !r.unknown);
+    if (members.length === 0 || known.length < members.length) return false;
+    const state = known.every((r) => r.read) ? "read" : known.every((r) => r.delivered || r.read) ? "delivered" : undefined;
+    if (state === m.groupTick) return false;
+    m.groupTick = state;
+    return true;
+  }
+
+  /** Own private messages are "read" or "delivered" up to the newest one a receipt
+   * of that kind names (receipts are cumulative), else "sent" (or "pending"); own
+   * group messages as every member's receipt says. */
+  ticks(c) {
+    let delivered = -1;
+    let read = -1;
+    for (const m of c.messages.values()) {
+      const kind = m.mine && this.receipts.get(m.id);
+      if (kind) delivered = Math.max(delivered, m.ts);
+      if (kind === "READ") read = Math.max(read, m.ts);
+    }
+    return (m) => {
+      if (m.state !== "sent") return m.state;
+      if (c.kind === "GROUP") return m.groupTick ?? "sent";
+      if (m.ts <= read) return "read";
+      if (m.ts <= delivered) return "delivered";
+      return "sent";
+    };
+  }
+
+  /** Conversations, the most recently active first. */
+  sorted() {
+    const ts = (c) => c.last?.ts ?? 0;
+    return [...this.convs.values()].sort((a, b) => ts(b) - ts(a) || a.key.localeCompare(b.key));
+  }
+
+  /** Everything in `c` counts as read on this device. */
+  readAll(c) {
+    if (c.unread.size === 0) return false;
+    this.localRead[c.key] = Math.max(this.localRead[c.key] ?? 0, ...c.unread);
+    c.unread.clear();
+    localStorage.setItem(READ_KEY + this.me, JSON.stringify(this.localRead));
+    return true;
+  }
+
+  /** How far the server's read cursor may move: it is one number for the whole
+   * inbox, so it stops before the first message still unread in any conversation. */
+  readCursor() {
+    let first = Infinity;
+    for (const c of this.convs.values()) for (const seq of c.unread) first = Math.min(first, seq);
+    return first === Infinity ? this.lastSeq : first - 1;
+  }
+
+  remove(key) {
+    this.convs.delete(key);
+  }
+}
+
+/** The conversation a delivery belongs to, as seen by `me`. */
+export function keyOf(d, me) {
+  if (d.kind === "GROUP") return `#${d.conversation}`;
+  return d.from === me ? `@${d.conversation}` : `@${d.from}`;
+}
