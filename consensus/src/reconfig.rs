@@ -263,58 +263,45 @@ mod tests {
         );
     }
 
+    /// The next step of leader 1 with every replica caught up.
+    fn step_caught_up(
+        voters: &[NodeId],
+        learners: &[NodeId],
+        target: &[NodeId],
+        followers: &[NodeId],
+    ) -> Step {
+        next_step(1, &conf(voters, learners), target, followers, |_| 100, 100)
+    }
+
     #[test]
     fn members_beyond_the_voters_follow_as_learners_and_a_dropped_voter_steps_down_to_one() {
+        use ConfChangeType::{AddLearnerNode, AddNode};
         // 4 should follow: it joins as a learner once the voters are in place.
         assert_eq!(
-            changes(next_step(
-                1,
-                &conf(&[1, 2, 3], &[]),
-                &[1, 2, 3],
-                &[4],
-                |_| 100,
-                100
-            )),
-            vec![(4, ConfChangeType::AddLearnerNode)]
+            changes(step_caught_up(&[1, 2, 3], &[], &[1, 2, 3], &[4])),
+            vec![(4, AddLearnerNode)]
         );
         // A follower is kept, not removed as an unwanted learner, nor promoted.
-        assert_eq!(
-            next_step(1, &conf(&[1, 2, 3], &[4]), &[1, 2, 3], &[4], |_| 100, 100),
-            Step::Wait
-        );
+        assert_eq!(step_caught_up(&[1, 2, 3], &[4], &[1, 2, 3], &[4]), Step::Wait);
         // 3 is no longer a voter but still a member: it steps down to a learner while 5
         // is promoted, in one change.
         assert_eq!(
-            changes(next_step(
-                1,
-                &conf(&[1, 2, 3], &[5]),
-                &[1, 2, 5],
-                &[3],
-                |_| 100,
-                100
-            )),
-            vec![(5, ConfChangeType::AddNode), (3, ConfChangeType::AddLearnerNode)]
+            changes(step_caught_up(&[1, 2, 3], &[5], &[1, 2, 5], &[3])),
+            vec![(5, AddNode), (3, AddLearnerNode)]
         );
         // A voter the group has too many of steps down too, if it follows.
         assert_eq!(
-            changes(next_step(
-                1,
-                &conf(&[1, 2, 3, 4], &[]),
-                &[1, 2, 3],
-                &[4],
-                |_| 100,
-                100
-            )),
-            vec![(4, ConfChangeType::AddLearnerNode)]
+            changes(step_caught_up(&[1, 2, 3, 4], &[], &[1, 2, 3], &[4])),
+            vec![(4, AddLearnerNode)]
         );
         // A target voter listed as a follower too is a voter.
         assert_eq!(
-            changes(next_step(1, &conf(&[1, 2], &[]), &[1, 2, 3], &[3], |_| 100, 100)),
-            vec![(3, ConfChangeType::AddLearnerNode)]
+            changes(step_caught_up(&[1, 2], &[], &[1, 2, 3], &[3])),
+            vec![(3, AddLearnerNode)]
         );
         assert_eq!(
-            changes(next_step(1, &conf(&[1, 2], &[3]), &[1, 2, 3], &[3], |_| 100, 100)),
-            vec![(3, ConfChangeType::AddNode)]
+            changes(step_caught_up(&[1, 2], &[3], &[1, 2, 3], &[3])),
+            vec![(3, AddNode)]
         );
     }
 }
