@@ -319,12 +319,21 @@ async fn a_node_without_a_replica_of_a_partition_serves_it_through_one_that_has_
         .unwrap();
     let (_, _) = nodes[1].user("near").await.unwrap();
     for (i, via) in nodes.iter().enumerate() {
-        let (client, _, _) = via.login(&user).await.unwrap();
-        client
-            .send_private_with_id("near", &format!("c{i}"), &format!("through {}", names[i]))
-            .await
-            .unwrap();
-        let copies = client.sync_all(0).await.unwrap();
+        // A client retries what is answered UNAVAILABLE (a peer counted down for a
+        // moment on a loaded machine); the send is idempotent by its id.
+        let user = &user;
+        let copies = wait_for("a send through every node", DEADLINE, || async move {
+            let (client, _, _) = via.login(user).await.ok()?;
+            let text = format!("through {}", names[i]);
+            match client.send_private_with_id("near", &format!("c{i}"), &text).await {
+                Ok(_) => {}
+                Err(e) if e.code() == Some(ErrorCode::Unavailable) => return None,
+                Err(e) => panic!("send through {}: {e}", names[i]),
+            }
+            client.sync_all(0).await.ok()
+        })
+        .await
+        .unwrap();
         assert_eq!(copies.len(), i + 1, "own copies read through {}", names[i]);
     }
 }
