@@ -436,6 +436,31 @@ impl Client {
         }
     }
 
+    /// Changes this user's password (the old one is required). The user's other
+    /// sessions are closed and their tokens revoked; this session and its token stay.
+    pub async fn change_password(&self, old_password: &str, new_password: &str) -> Result<()> {
+        let req = Req::ChangePassword(v1::ChangePasswordRequest {
+            old_password: old_password.into(),
+            new_password: new_password.into(),
+        });
+        match self.request(req).await? {
+            Resp::ChangePasswordOk(_) => Ok(()),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    /// Revokes every token of this user and closes the user's sessions everywhere;
+    /// this one is logged out and stays open for another login.
+    pub async fn logout_everywhere(&self) -> Result<()> {
+        match self
+            .request(Req::LogoutEverywhere(v1::LogoutEverywhereRequest {}))
+            .await?
+        {
+            Resp::LogoutOk(_) => Ok(()),
+            other => Err(unexpected(other)),
+        }
+    }
+
     /// Round trip.
     pub async fn ping(&self, nonce: u64) -> Result<v1::Pong> {
         match self.request(Req::Ping(v1::Ping { nonce })).await? {

@@ -106,6 +106,9 @@ pub trait PushTarget: Send + Sync {
     fn deliver(&self, user: Arc<str>, seq: u64, frame: Bytes, since: Instant);
     /// Any other encoded push (receipts).
     fn push(&self, frame: Bytes);
+    /// `user`'s tokens were revoked: if the session is logged in as `user`, it is logged
+    /// out and closed, telling the client `reason`.
+    fn log_out(&self, user: Arc<str>, reason: &str);
 }
 
 struct LocalSession {
@@ -553,7 +556,11 @@ impl Remote {
             let Some(target) = self.session(id) else {
                 continue;
             };
-            if push.seq == 0 {
+            if !push.log_out.is_empty() {
+                if id != push.skip_session {
+                    target.log_out(user.clone(), &push.log_out);
+                }
+            } else if push.seq == 0 {
                 target.push(frame.clone());
             } else {
                 // The session that sent an own copy only moves past its seq.
@@ -669,6 +676,7 @@ mod tests {
             seq,
             frame: vec![0; bytes],
             skip_session: 0,
+            log_out: String::new(),
         };
         assert!(!remote.send("there", item::Body::UserPush(push(1, LINK_BYTES + 1))));
         assert!(remote.send("there", item::Body::UserPush(push(2, 16))));

@@ -347,6 +347,21 @@ pub enum AccountMsg {
         /// Gets its record.
         reply: Reply<ChatResult<Option<TokenRecord>>>,
     },
+    /// Revokes every token of the user but `keep` (empty: all), sets a new password hash
+    /// if `password_hash` is not empty, and logs the user's sessions out everywhere but
+    /// `skip_session`, telling them `reason`.
+    RevokeTokens {
+        /// The token that stays (the asking session's), or empty.
+        keep: String,
+        /// The new password's hash, or empty.
+        password_hash: String,
+        /// The asking session, which is not closed.
+        skip_session: u64,
+        /// What the closed sessions are told.
+        reason: String,
+        /// Runs once the revocation is committed.
+        reply: Reply<ChatResult<()>>,
+    },
     /// Revokes a token.
     RevokeToken {
         /// The token.
@@ -362,7 +377,9 @@ impl AccountMsg {
         match self {
             Self::Get { reply } => reply(Err(err)),
             Self::Create { reply, .. } => reply(Err(err)),
-            Self::PutToken { reply, .. } | Self::RevokeToken { reply, .. } => reply(Err(err)),
+            Self::PutToken { reply, .. }
+            | Self::RevokeToken { reply, .. }
+            | Self::RevokeTokens { reply, .. } => reply(Err(err)),
             Self::GetToken { reply, .. } => reply(Err(err)),
         }
     }

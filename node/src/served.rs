@@ -187,6 +187,38 @@ impl Served {
                 let op = Op::RevokeToken(command::RevokeToken { user, token });
                 self.propose(p, op, move |r| reply(r.map(|_| ())));
             }
+            AccountMsg::RevokeTokens {
+                keep,
+                password_hash,
+                skip_session,
+                reason,
+                reply,
+            } => {
+                let op = Op::RevokeTokens(command::RevokeTokens {
+                    user: user.clone(),
+                    keep,
+                    password_hash,
+                });
+                let remote = self.remote.clone();
+                self.propose(p, op, move |r| match r {
+                    Ok(outcome::Result::Done(_)) => {
+                        // The revoked tokens' sessions go too, on every node.
+                        remote.push_everywhere(UserPush {
+                            user,
+                            seq: 0,
+                            frame: Vec::new(),
+                            skip_session,
+                            log_out: reason,
+                        });
+                        reply(Ok(()));
+                    }
+                    Ok(outcome::Result::NotFound(_)) => {
+                        reply(Err(ChatError::NotFound(format!("user {user}"))))
+                    }
+                    Ok(other) => reply(Err(unexpected_outcome(&other))),
+                    Err(e) => reply(Err(e)),
+                });
+            }
         }
     }
 
@@ -805,6 +837,7 @@ fn push(remote: &Arc<Remote>, user: &str, seq: u64, entry: &InboxEntry, skip_ses
         seq,
         frame: frame.to_vec(),
         skip_session,
+        log_out: String::new(),
     });
 }
 

@@ -14,7 +14,9 @@ use crate::store::{Result, Store, decode};
 use chat_protocol::internal::command::{self, Op};
 use chat_protocol::internal::outcome::{self, Fanned, Posted};
 use chat_protocol::internal::response::{self, Appended, Cursors};
-use chat_protocol::internal::{Command, Empty, GroupMessage, GroupRecord, InboxEntry, InboxMeta, Outcome};
+use chat_protocol::internal::{
+    AccountRecord, Command, Empty, GroupMessage, GroupRecord, InboxEntry, InboxMeta, Outcome,
+};
 use chat_protocol::v1::ConversationKind;
 use prost::Message;
 use std::collections::BTreeMap;
@@ -63,6 +65,7 @@ pub fn apply(p: Partition, command: &[u8], store: &mut impl Store) -> Result<Out
             store.delete(keys::token(p, &t.user, &t.token));
             done()
         }
+        Op::RevokeTokens(r) => revoke_tokens(p, store, &r)?,
         Op::Append(a) => {
             if a.require_account && store.get(&keys::account(p, &a.user))?.is_none() {
                 outcome::Result::NotFound(Empty {})
@@ -199,6 +202,7 @@ fn misplaced(p: Partition, op: &Op) -> Option<String> {
         Op::CreateAccount(c) => user(&c.user),
         Op::PutToken(t) => user(&t.user),
         Op::RevokeToken(t) => user(&t.user),
+        Op::RevokeTokens(r) => user(&r.user),
         Op::Append(a) => user(&a.user),
         Op::Ack(a) => user(&a.user),
         Op::Membership(m) => user(&m.user),
@@ -251,6 +255,26 @@ fn sweep_inboxes(p: Partition, store: &mut impl Store, sweep: &command::Sweep) -
 
 fn member_key(p: Partition, group: &str, user: &str) -> Vec<u8> {
     keys::suffix_key(p, tree::GROUPS, group, kind::MEMBER, user.as_bytes())
+}
+
+/// Revokes every token of a user but the one to keep, and sets a new password hash if
+/// one is given; NotFound without an account.
+fn revoke_tokens(p: Partition, store: &mut impl Store, r: &command::RevokeTokens) -> Result<outcome::Result> {
+    let account_key = keys::account(p, &r.user);
+    let Some(mut account) = decode::<AccountRecord>(store.get(&account_key)?, "account")? else {
+        return Ok(outcome::Result::NotFound(Empty {}));
+    };
+    if !r.password_hash.is_empty() {
+        account.password_hash.clone_from(&r.password_hash);
+        store.put(account_key, account.encode_to_vec());
+    }
+    let keep = (!r.keep.is_empty()).then(|| keys::token(p, &r.user, &r.keep));
+    for (key, _) in store.scan(&keys::token(p, &r.user, ""), None, usize::MAX)? {
+        if Some(&key) != keep.as_ref() {
+            store.delete(key);
+        }
+    }
+    Ok(done())
 }
 
 pub(crate) fn group(p: Partition, store: &impl Store, group: &str) -> Result<Option<GroupRecord>> {
@@ -493,7 +517,7 @@ fn post(p: Partition, store: &mut impl Store, post: command::Post) -> Result<out
 mod tests {
     use super::*;
     use crate::store::MemStore;
-    use chat_protocol::internal::{AccountRecord, Command};
+    use chat_protocol::internal::Command;
 
     fn user_in(p: Partition, n: usize) -> String {
         placement::user_named_in(p, "user", n)
@@ -520,6 +544,54 @@ mod tests {
                 record: Some(record),
             }),
         )
+    }
+
+    #[test]
+    fn revoking_tokens_keeps_only_the_one_asked_and_can_change_the_password() {
+        let p = 7;
+        let (ann, bob) = (user_in(p, 0), user_in(p, 1));
+        let mut store = MemStore::default();
+        let put = |user: &str, token: &str| {
+            Op::PutToken(command::PutToken {
+                user: user.into(),
+                token: token.into(),
+                record: None,
+            })
+        };
+        let revoke = |user: &str, keep: &str, hash: &str| {
+            Op::RevokeTokens(command::RevokeTokens {
+                user: user.into(),
+                keep: keep.into(),
+                password_hash: hash.into(),
+            })
+        };
+        assert_eq!(
+            run(p, &mut store, revoke(&ann, "", "")),
+            outcome::Result::NotFound(Empty {}),
+            "no account"
+        );
+        register(p, &mut store, &ann);
+        register(p, &mut store, &bob);
+        for t in ["t1", "t2", "t3"] {
+            run(p, &mut store, put(&ann, t));
+        }
+        run(p, &mut store, put(&bob, "b1"));
+        let tokens =
+            |store: &MemStore, user: &str| store.scan(&keys::token(p, user, ""), None, 100).unwrap().len();
+        assert_eq!(run(p, &mut store, revoke(&ann, "t2", "new")), done());
+        assert!(store.get(&keys::token(p, &ann, "t2")).unwrap().is_some());
+        assert_eq!(tokens(&store, &ann), 1, "only the kept token is left");
+        assert_eq!(tokens(&store, &bob), 1, "another user's tokens stay");
+        let account: AccountRecord = decode(store.get(&keys::account(p, &ann)).unwrap(), "a")
+            .unwrap()
+            .unwrap();
+        assert_eq!(account.password_hash, "new");
+        assert_eq!(run(p, &mut store, revoke(&ann, "", "")), done());
+        assert_eq!(tokens(&store, &ann), 0);
+        let account: AccountRecord = decode(store.get(&keys::account(p, &ann)).unwrap(), "a")
+            .unwrap()
+            .unwrap();
+        assert_eq!(account.password_hash, "new", "no hash given: the password stays");
     }
 
     fn send(user: &str, from: &str, client_id: &str, retention: command::Retention) -> Op {

@@ -216,3 +216,98 @@ async fn registrations_from_one_address_are_limited_per_minute() {
         .unwrap();
     c.login("r1", "pw").await.unwrap();
 }
+
+/// Two nodes: the first starts the cluster, the second joins through it.
+async fn two_nodes() -> Vec<Node> {
+    let seed = chat_tests::free_port();
+    let first = Node::start_with(chat_tests::NodeOpts::member("acc1", seed, &[], "acc")).unwrap();
+    let second = Node::start_with(chat_tests::NodeOpts::member(
+        "acc2",
+        chat_tests::free_port(),
+        &[seed],
+        "acc",
+    ))
+    .unwrap();
+    chat_tests::wait_settled(&[&first, &second], 2).await.unwrap();
+    vec![first, second]
+}
+
+/// Waits for the push that closes a session, and says why.
+async fn closed_because(pushes: &mut tokio::sync::mpsc::UnboundedReceiver<chat_client::Push>) -> String {
+    let wait = async {
+        loop {
+            match pushes.recv().await {
+                Some(chat_client::Push::Closing(c)) => return c.reason,
+                Some(_) => {}
+                None => panic!("closed without a Closing push"),
+            }
+        }
+    };
+    tokio::time::timeout(chat_tests::DEADLINE, wait)
+        .await
+        .expect("no Closing push in time")
+}
+
+#[tokio::test]
+async fn logging_out_everywhere_revokes_every_token_and_closes_sessions_on_every_node() {
+    let nodes = two_nodes().await;
+    let (a, _) = nodes[0].connect().await.unwrap();
+    a.register("frank", "pw").await.unwrap();
+    let token = a.login("frank", "pw").await.unwrap().token;
+    let (b, mut b_pushes) = nodes[1].connect().await.unwrap();
+    b.login_token("frank", &token).await.unwrap();
+    let (c, mut c_pushes) = nodes[0].connect().await.unwrap();
+    c.login("frank", "pw").await.unwrap();
+
+    a.logout_everywhere().await.unwrap();
+    assert!(
+        closed_because(&mut b_pushes)
+            .await
+            .contains("logged out everywhere")
+    );
+    assert!(
+        closed_because(&mut c_pushes)
+            .await
+            .contains("logged out everywhere")
+    );
+    // This session is logged out, and stays open for another login.
+    let e = a.sync(0, 10).await.unwrap_err();
+    assert_eq!(e.code(), Some(ErrorCode::NotAuthenticated), "{e}");
+    // Every token is revoked; the password still works.
+    let (d, _) = nodes[1].connect().await.unwrap();
+    let e = d.login_token("frank", &token).await.unwrap_err();
+    assert_eq!(e.code(), Some(ErrorCode::InvalidCredentials), "{e}");
+    a.login("frank", "pw").await.unwrap();
+}
+
+#[tokio::test]
+async fn changing_the_password_needs_the_old_one_and_closes_the_other_sessions() {
+    let nodes = two_nodes().await;
+    let (a, mut a_pushes) = nodes[0].connect().await.unwrap();
+    a.register("gail", "old-pw").await.unwrap();
+    let kept = a.login("gail", "old-pw").await.unwrap().token;
+    let (b, mut b_pushes) = nodes[1].connect().await.unwrap();
+    let other = b.login("gail", "old-pw").await.unwrap().token;
+
+    let e = a.change_password("wrong", "new-pw").await.unwrap_err();
+    assert_eq!(e.code(), Some(ErrorCode::InvalidCredentials), "{e}");
+    a.change_password("old-pw", "new-pw").await.unwrap();
+    assert!(
+        closed_because(&mut b_pushes)
+            .await
+            .contains("password was changed")
+    );
+    // This session goes on, and its token still logs in; the other's does not.
+    a.sync(0, 10).await.unwrap();
+    assert!(a_pushes.try_recv().is_err(), "nothing closed this session");
+    let (c, _) = nodes[1].connect().await.unwrap();
+    c.login_token("gail", &kept).await.unwrap();
+    let (d, _) = nodes[0].connect().await.unwrap();
+    let e = d.login_token("gail", &other).await.unwrap_err();
+    assert_eq!(e.code(), Some(ErrorCode::InvalidCredentials), "{e}");
+    assert_eq!(
+        d.login("gail", "old-pw").await.unwrap_err().code(),
+        Some(ErrorCode::InvalidCredentials)
+    );
+    d.login("gail", "new-pw").await.unwrap();
+}

@@ -76,6 +76,14 @@ pub enum SessionMsg {
     },
     /// Login finished: attached to the inbox (boxed: it is much larger than the rest).
     LoggedIn(Box<LoggedIn>),
+    /// `user`'s tokens were revoked: if logged in as `user`, log out, and with a reason
+    /// close the connection telling it.
+    LogOut {
+        /// Whose tokens.
+        user: Arc<str>,
+        /// Close the connection with this reason (None: stay open for another Login).
+        closing: Option<String>,
+    },
     /// Login failed before attaching.
     LoginFailed {
         /// The Login's request id.
@@ -114,6 +122,13 @@ impl crate::remote::PushTarget for Mailbox {
 
     fn push(&self, frame: Bytes) {
         let _ = self.send(SessionMsg::Push(frame));
+    }
+
+    fn log_out(&self, user: Arc<str>, reason: &str) {
+        let _ = self.send(SessionMsg::LogOut {
+            user,
+            closing: Some(reason.to_owned()),
+        });
     }
 }
 
@@ -373,6 +388,15 @@ impl SessionState {
                     self.out.send_bytes(frame);
                 }
             }
+            SessionMsg::LogOut { user, closing } => {
+                if self.user.as_ref().is_some_and(|(me, _)| **me == *user) {
+                    self.logout();
+                    self.new_login_window = true;
+                    if let Some(reason) = closing {
+                        self.close(ErrorCode::NotAuthenticated, &reason);
+                    }
+                }
+            }
             SessionMsg::CatchUp { last_seq } => {
                 if self.user.is_none() || last_seq < self.next_seq {
                     return;
@@ -590,6 +614,15 @@ impl SessionState {
                 self.new_login_window = true;
                 self.out.send(id, Body::LogoutOk(v1::LogoutOk {}));
             }
+            B::ChangePassword(c) => self.change_password(id, c, permit)?,
+            B::LogoutEverywhere(_) => self.revoke_everywhere(
+                id,
+                permit,
+                String::new(),
+                "logged out everywhere: log in again".into(),
+                |()| Body::LogoutOk(v1::LogoutOk {}),
+                true,
+            ),
             B::SendPrivate(m) => {
                 let me = self.me().to_owned();
                 check_name(&m.to)?;
@@ -865,6 +898,72 @@ impl SessionState {
         Ok(())
     }
 
+    /// Changes the password: the old one checked (a wrong one counts as a failed login),
+    /// the new one hashed, then every other token revoked and the user's other
+    /// sessions closed.
+    fn change_password(&self, id: u64, c: v1::ChangePasswordRequest, permit: Permit) -> ChatResult<()> {
+        check_password(&c.new_password)?;
+        let (user, token) = self.user.clone().ok_or(ChatError::NotAuthenticated)?;
+        let user = user.to_string();
+        let addr = self.peer.ip();
+        self.ctx.may_log_in(&user, addr)?;
+        let (ctx, session) = (self.ctx.clone(), self.id);
+        let reply = self.respond(id, permit, |()| Body::ChangePasswordOk(v1::ChangePasswordOk {}));
+        tokio::spawn(async move {
+            let result = async {
+                let checked = check_password_of(&ctx, &user, c.old_password).await;
+                ctx.login_outcome(&user, addr, &checked);
+                checked?;
+                let password_hash = ctx.hash_password(c.new_password).await?;
+                let revoke = |reply| AccountMsg::RevokeTokens {
+                    keep: token,
+                    password_hash,
+                    skip_session: session,
+                    reason: "the password was changed: log in again".into(),
+                    reply,
+                };
+                ctx.router.account(&user, revoke).await
+            };
+            reply(result.await);
+        });
+        Ok(())
+    }
+
+    /// Revokes the user's tokens but `keep`, closes the user's other sessions with
+    /// `reason`, answers with `ok`, and, with `log_out_here`, logs this session out.
+    fn revoke_everywhere(
+        &self,
+        id: u64,
+        permit: Permit,
+        keep: String,
+        reason: String,
+        ok: impl FnOnce(()) -> Body + Send + 'static,
+        log_out_here: bool,
+    ) {
+        let Some((user, _)) = self.user.clone() else {
+            return;
+        };
+        let (router, session, me) = (self.ctx.router.clone(), self.id, self.mailbox.clone());
+        let reply = self.respond(id, permit, ok);
+        tokio::spawn(async move {
+            let revoke = |reply| AccountMsg::RevokeTokens {
+                keep,
+                password_hash: String::new(),
+                skip_session: session,
+                reason,
+                reply,
+            };
+            let result = router.account(&user, revoke).await;
+            if result.is_ok() && log_out_here {
+                let _ = me.send(SessionMsg::LogOut {
+                    user: user.as_str().into(),
+                    closing: None,
+                });
+            }
+            reply(result);
+        });
+    }
+
     fn register(&self, id: u64, r: v1::RegisterRequest, permit: Permit) -> ChatResult<()> {
         check_name(&r.username)?;
         check_password(&r.password)?;
@@ -946,6 +1045,21 @@ impl SessionState {
     }
 }
 
+/// Checks `password` against `user`'s account. A user that does not exist costs a hash
+/// too: a wrong password takes as long either way, so names cannot be found by timing.
+async fn check_password_of(ctx: &NodeCtx, user: &str, password: String) -> ChatResult<()> {
+    check_password(&password)?;
+    let account = ctx
+        .router
+        .account(user, |reply| AccountMsg::Get { reply })
+        .await?;
+    let Some(account) = account else {
+        let _ = ctx.verify_password(password, ctx.dummy_hash.clone()).await;
+        return Err(ChatError::InvalidCredentials);
+    };
+    ctx.verify_password(password, account.password_hash).await
+}
+
 /// Checks a credential and returns the session token to use (a new one for a password).
 async fn authenticate(
     ctx: &NodeCtx,
@@ -956,18 +1070,7 @@ async fn authenticate(
     let now = storage::now_ms();
     match credential {
         Credential::Password(password) => {
-            check_password(&password)?;
-            let account = ctx
-                .router
-                .account(user, |reply| AccountMsg::Get { reply })
-                .await?;
-            // A user that does not exist costs a hash too: a wrong password takes as long
-            // either way, so names cannot be found by timing logins.
-            let Some(account) = account else {
-                let _ = ctx.verify_password(password, ctx.dummy_hash.clone()).await;
-                return Err(ChatError::InvalidCredentials);
-            };
-            ctx.verify_password(password, account.password_hash).await?;
+            check_password_of(ctx, user, password).await?;
             let token = auth::new_token();
             let expires = now + ctx.config.auth.token_ttl_secs * 1000;
             let record = TokenRecord {
