@@ -117,6 +117,37 @@ async fn cli_scripting_commands_work_end_to_end() {
 }
 
 #[tokio::test]
+async fn passwd_and_logout_everywhere_from_the_cli() {
+    let node = Node::start().unwrap();
+    let s = node.addr.as_str();
+    let run = |args: Vec<&'static str>| {
+        let s = s.to_owned();
+        async move {
+            let mut all = vec!["--server", s.as_str()];
+            all.extend(args);
+            cli(&all).await.unwrap()
+        }
+    };
+    let (ok, _, err) = run(vec!["register", "hal", "--password", "old"]).await;
+    assert!(ok, "{err}");
+    let (ok, out, err) = run(vec![
+        "--user",
+        "hal",
+        "--password",
+        "old",
+        "passwd",
+        "--new-password",
+        "new",
+    ])
+    .await;
+    assert!(ok && out.contains("password changed"), "{out} {err}");
+    let (ok, _, err) = run(vec!["--user", "hal", "--password", "old", "groups"]).await;
+    assert!(!ok && err.contains("invalid username or credentials"), "{err}");
+    let (ok, out, err) = run(vec!["--user", "hal", "--password", "new", "logout-everywhere"]).await;
+    assert!(ok && out.contains("logged out everywhere"), "{out} {err}");
+}
+
+#[tokio::test]
 async fn recv_prints_live_messages_as_they_arrive() {
     let node = Node::start().unwrap();
     node.user("alice").await.unwrap();

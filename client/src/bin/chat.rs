@@ -109,6 +109,17 @@ enum Command {
         after_help = "Example:\n  chat --server 127.0.0.1:7401 --server 127.0.0.1:7402 --user bob --password builder nodes"
     )]
     Nodes,
+    /// Change your password (--password is the old one; the new one is asked for
+    /// unless given). Your other sessions are closed.
+    #[command(after_help = "Example:\n  chat --user bob --password builder passwd")]
+    Passwd {
+        /// The new password (asked for if not given).
+        #[arg(long)]
+        new_password: Option<String>,
+    },
+    /// Log out every device: every token is revoked and every session closed.
+    #[command(after_help = "Example:\n  chat --user bob --password builder logout-everywhere")]
+    LogoutEverywhere,
     /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
     #[command(after_help = "Example:\n  chat completions bash > /etc/bash_completion.d/chat")]
     Completions {
@@ -288,6 +299,18 @@ async fn run(cli: Cli) -> Result<()> {
             for m in client.members(&group).await? {
                 println!("{m}");
             }
+        }
+        Command::Passwd { new_password } => {
+            let new = match new_password {
+                Some(p) => p,
+                None => rpassword::prompt_password("new password: ")?,
+            };
+            client.change_password(&password, &new).await?;
+            println!("password changed; your other sessions were closed");
+        }
+        Command::LogoutEverywhere => {
+            client.logout_everywhere().await?;
+            println!("logged out everywhere");
         }
         Command::Nodes => {
             for n in &login.nodes {
