@@ -85,6 +85,7 @@ fn server_text(code: ErrorCode, message: &str) -> String {
         ErrorCode::RateLimited => "too many requests; try again shortly",
         ErrorCode::Unavailable => "the server cannot serve this right now; try again",
         ErrorCode::Internal => "the server failed; try again",
+        ErrorCode::AccountDisabled => "this account is disabled",
         ErrorCode::Unexpected | ErrorCode::Unspecified => "the server did not expect this request",
     }
     .to_owned()

@@ -1,6 +1,8 @@
 //! The operators' HTTP endpoint: `/health`, `/metrics` (Prometheus text), `/cluster`
-//! (JSON), `POST /nodes/{name}/remove` (a dead node leaves the cluster for good) and
-//! `POST /leave` (this node leaves: its replicas move to the others first).
+//! (JSON), `POST /nodes/{name}/remove` (a dead node leaves the cluster for good),
+//! `POST /leave` (this node leaves: its replicas move to the others first), and user
+//! administration, which needs the admin token: `POST /users/{name}/disable`, `/enable`
+//! and `/logout`.
 //!
 //! It listens on its own address (loopback by default) so that it is never
 //! exposed where clients connect.
@@ -8,27 +10,59 @@
 use crate::actors::registry::RegistryMsg;
 use crate::context::NodeCtx;
 use axum::Router;
-use axum::extract::{Path, State};
-use axum::http::{StatusCode, header};
+use axum::extract::{ConnectInfo, FromRef, Path, Request, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::middleware::{self, Next};
 use axum::response::IntoResponse;
+use axum::response::Response;
 use axum::routing::{get, post};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
+/// What the handlers share: the node, and the admin token if one is set.
+#[derive(Clone)]
+struct Admin {
+    ctx: Arc<NodeCtx>,
+    token: Option<Arc<str>>,
+}
+
+impl FromRef<Admin> for Arc<NodeCtx> {
+    fn from_ref(admin: &Admin) -> Self {
+        admin.ctx.clone()
+    }
+}
+
 /// Serves the admin endpoint on `listener` until `shutdown`.
 pub async fn serve(listener: TcpListener, ctx: Arc<NodeCtx>, shutdown: CancellationToken) {
+    let token = std::env::var("CHAT_ADMIN_TOKEN")
+        .ok()
+        .or_else(|| ctx.config.admin.token.clone())
+        .filter(|t| !t.is_empty())
+        .map(Arc::from);
+    let admin = Admin { ctx, token };
+    // Changes need the token when one is set; user administration needs one set.
+    let changes = Router::new()
+        .route("/nodes/{name}/remove", post(remove_node))
+        .route("/leave", post(leave))
+        .route_layer(middleware::from_fn_with_state(admin.clone(), token_if_set));
+    let users = Router::new()
+        .route("/users/{name}/{action}", post(user_action))
+        .route_layer(middleware::from_fn_with_state(admin.clone(), token_required));
     let app = Router::new()
         .route("/health", get(health))
         .route("/metrics", get(metrics))
         .route("/cluster", get(cluster))
-        .route("/nodes/{name}/remove", post(remove_node))
-        .route("/leave", post(leave))
-        .with_state(ctx);
-    let result = axum::serve(listener, app)
-        .with_graceful_shutdown(async move { shutdown.cancelled().await })
-        .await;
+        .merge(changes)
+        .merge(users)
+        .with_state(admin);
+    let result = axum::serve(
+        listener,
+        app.into_make_service_with_connect_info::<std::net::SocketAddr>(),
+    )
+    .with_graceful_shutdown(async move { shutdown.cancelled().await })
+    .await;
     if let Err(e) = result {
         tracing::error!(error = %e, "admin endpoint failed");
     }
@@ -220,6 +254,104 @@ async fn propose_membership(
         Ok(Ok(Ok(o))) => o.result.ok_or_else(|| "empty outcome".to_owned()),
         Ok(Ok(Err(e))) => Err(e.to_string()),
         _ => Err("no answer from the metadata group".to_owned()),
+    }
+}
+
+/// Lets a request through if no admin token is set, or it carries the token.
+async fn token_if_set(
+    State(admin): State<Admin>,
+    headers: HeaderMap,
+    request: Request,
+    next: Next,
+) -> Response {
+    if admin.token.is_some()
+        && let Err(refused) = check_token(&admin, &headers)
+    {
+        return refused.into_response();
+    }
+    next.run(request).await
+}
+
+/// Lets a request through only if an admin token is set and the request carries it.
+async fn token_required(
+    State(admin): State<Admin>,
+    headers: HeaderMap,
+    request: Request,
+    next: Next,
+) -> Response {
+    match check_token(&admin, &headers) {
+        Ok(()) => next.run(request).await,
+        Err(refused) => refused.into_response(),
+    }
+}
+
+fn check_token(admin: &Admin, headers: &HeaderMap) -> Result<(), (StatusCode, &'static str)> {
+    let Some(expected) = &admin.token else {
+        return Err((
+            StatusCode::FORBIDDEN,
+            "user administration needs an admin token: set admin.token or CHAT_ADMIN_TOKEN\n",
+        ));
+    };
+    let given = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "));
+    match given {
+        Some(given) if same_secret(given.as_bytes(), expected.as_bytes()) => Ok(()),
+        _ => Err((
+            StatusCode::UNAUTHORIZED,
+            "missing or wrong admin token (Authorization: Bearer TOKEN)\n",
+        )),
+    }
+}
+
+/// Compares two secrets in time that depends on their length only.
+fn same_secret(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// `POST /users/{name}/disable`, `/enable` or `/logout`: disable an account (every token
+/// revoked, its sessions closed on every node, logins refused), enable it again, or log
+/// it out everywhere. 200 once committed, 404 for no such user or action, 503 when the
+/// user's partition has no reachable leader (retry). Logged with who asked.
+async fn user_action(
+    State(ctx): State<Arc<NodeCtx>>,
+    ConnectInfo(from): ConnectInfo<std::net::SocketAddr>,
+    Path((name, action)): Path<(String, String)>,
+) -> impl IntoResponse {
+    use crate::request::AccountMsg;
+    let result = match action.as_str() {
+        "disable" | "enable" => {
+            let disabled = action == "disable";
+            ctx.router
+                .account(&name, |reply| AccountMsg::SetDisabled { disabled, reply })
+                .await
+        }
+        "logout" => {
+            let revoke = |reply| AccountMsg::RevokeTokens {
+                keep: String::new(),
+                password_hash: String::new(),
+                skip_session: 0,
+                reason: "logged out by an operator".into(),
+                reply,
+            };
+            ctx.router.account(&name, revoke).await
+        }
+        _ => {
+            return (
+                StatusCode::NOT_FOUND,
+                format!("no action {action}: disable, enable or logout\n"),
+            );
+        }
+    };
+    match result {
+        Ok(()) => {
+            tracing::info!(user = %name, action = %action, from = %from, "admin action");
+            (StatusCode::OK, format!("{action}: {name}\n"))
+        }
+        Err(crate::error::ChatError::NotFound(_)) => (StatusCode::NOT_FOUND, format!("no user {name}\n")),
+        Err(crate::error::ChatError::InvalidName(_)) => (StatusCode::NOT_FOUND, format!("no user {name}\n")),
+        Err(e) => (StatusCode::SERVICE_UNAVAILABLE, format!("{e}; retry\n")),
     }
 }
 

@@ -62,6 +62,11 @@ pub struct AdminConfig {
     pub enabled: bool,
     /// Its address; keep it on loopback or a private network. Default: `127.0.0.1:7600`.
     pub listen: SocketAddr,
+    /// The token the user administration endpoints (`/users/...`) and every `POST`
+    /// require, as `Authorization: Bearer TOKEN`; the environment variable
+    /// `CHAT_ADMIN_TOKEN` overrides it. Unset: user administration is refused, and the
+    /// other `POST`s need no token (the endpoint stays on loopback). Default: unset.
+    pub token: Option<String>,
 }
 
 impl Default for AdminConfig {
@@ -69,6 +74,7 @@ impl Default for AdminConfig {
         Self {
             enabled: true,
             listen: SocketAddr::from(([127, 0, 0, 1], 7600)),
+            token: None,
         }
     }
 }

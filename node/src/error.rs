@@ -42,6 +42,9 @@ pub enum ChatError {
         /// How long until the next attempt may be made.
         retry_after_ms: u64,
     },
+    /// Login: an operator disabled the account.
+    #[error("this account is disabled")]
+    AccountDisabled,
     /// The request cannot be served now; retrying later may work.
     #[error("{0}")]
     Unavailable(String),
@@ -76,6 +79,7 @@ impl ChatError {
             Self::Unexpected(_) => ErrorCode::Unexpected,
             Self::RateLimited(_) | Self::TooManyAttempts { .. } => ErrorCode::RateLimited,
             Self::Unavailable(_) => ErrorCode::Unavailable,
+            Self::AccountDisabled => ErrorCode::AccountDisabled,
             Self::Internal(_) => ErrorCode::Internal,
             Self::Peer { code, .. } => *code,
         }

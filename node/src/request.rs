@@ -362,6 +362,14 @@ pub enum AccountMsg {
         /// Runs once the revocation is committed.
         reply: Reply<ChatResult<()>>,
     },
+    /// Disables (revoking every token and closing the user's sessions everywhere) or
+    /// enables the account.
+    SetDisabled {
+        /// Disable, or enable.
+        disabled: bool,
+        /// Runs once committed.
+        reply: Reply<ChatResult<()>>,
+    },
     /// Revokes a token.
     RevokeToken {
         /// The token.
@@ -379,7 +387,8 @@ impl AccountMsg {
             Self::Create { reply, .. } => reply(Err(err)),
             Self::PutToken { reply, .. }
             | Self::RevokeToken { reply, .. }
-            | Self::RevokeTokens { reply, .. } => reply(Err(err)),
+            | Self::RevokeTokens { reply, .. }
+            | Self::SetDisabled { reply, .. } => reply(Err(err)),
             Self::GetToken { reply, .. } => reply(Err(err)),
         }
     }

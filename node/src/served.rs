@@ -187,6 +187,32 @@ impl Served {
                 let op = Op::RevokeToken(command::RevokeToken { user, token });
                 self.propose(p, op, move |r| reply(r.map(|_| ())));
             }
+            AccountMsg::SetDisabled { disabled, reply } => {
+                let op = Op::SetDisabled(command::SetDisabled {
+                    user: user.clone(),
+                    disabled,
+                });
+                let remote = self.remote.clone();
+                self.propose(p, op, move |r| match r {
+                    Ok(outcome::Result::Done(_)) => {
+                        if disabled {
+                            remote.push_everywhere(UserPush {
+                                user,
+                                seq: 0,
+                                frame: Vec::new(),
+                                skip_session: 0,
+                                log_out: "this account was disabled by an operator".into(),
+                            });
+                        }
+                        reply(Ok(()));
+                    }
+                    Ok(outcome::Result::NotFound(_)) => {
+                        reply(Err(ChatError::NotFound(format!("user {user}"))))
+                    }
+                    Ok(other) => reply(Err(unexpected_outcome(&other))),
+                    Err(e) => reply(Err(e)),
+                });
+            }
             AccountMsg::RevokeTokens {
                 keep,
                 password_hash,

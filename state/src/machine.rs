@@ -66,6 +66,24 @@ pub fn apply(p: Partition, command: &[u8], store: &mut impl Store) -> Result<Out
             done()
         }
         Op::RevokeTokens(r) => revoke_tokens(p, store, &r)?,
+        Op::SetDisabled(d) => {
+            let revoke_all = command::RevokeTokens {
+                user: d.user.clone(),
+                ..Default::default()
+            };
+            let account_key = keys::account(p, &d.user);
+            match decode::<AccountRecord>(store.get(&account_key)?, "account")? {
+                None => outcome::Result::NotFound(Empty {}),
+                Some(mut account) => {
+                    account.disabled = d.disabled;
+                    store.put(account_key, account.encode_to_vec());
+                    if d.disabled {
+                        revoke_tokens(p, store, &revoke_all)?;
+                    }
+                    done()
+                }
+            }
+        }
         Op::Append(a) => {
             if a.require_account && store.get(&keys::account(p, &a.user))?.is_none() {
                 outcome::Result::NotFound(Empty {})
@@ -203,6 +221,7 @@ fn misplaced(p: Partition, op: &Op) -> Option<String> {
         Op::PutToken(t) => user(&t.user),
         Op::RevokeToken(t) => user(&t.user),
         Op::RevokeTokens(r) => user(&r.user),
+        Op::SetDisabled(d) => user(&d.user),
         Op::Append(a) => user(&a.user),
         Op::Ack(a) => user(&a.user),
         Op::Membership(m) => user(&m.user),
@@ -535,6 +554,7 @@ mod tests {
         let record = AccountRecord {
             password_hash: "h".into(),
             created_at_ms: 1,
+            disabled: false,
         };
         run(
             p,
@@ -592,6 +612,41 @@ mod tests {
             .unwrap()
             .unwrap();
         assert_eq!(account.password_hash, "new", "no hash given: the password stays");
+    }
+
+    #[test]
+    fn disabling_an_account_revokes_its_tokens_and_enabling_keeps_the_password() {
+        let p = 9;
+        let ann = user_in(p, 0);
+        let mut store = MemStore::default();
+        let set = |disabled| {
+            Op::SetDisabled(command::SetDisabled {
+                user: ann.clone(),
+                disabled,
+            })
+        };
+        assert_eq!(run(p, &mut store, set(true)), outcome::Result::NotFound(Empty {}));
+        register(p, &mut store, &ann);
+        let token = Op::PutToken(command::PutToken {
+            user: ann.clone(),
+            token: "t".into(),
+            record: None,
+        });
+        run(p, &mut store, token);
+        let account = |store: &MemStore| -> AccountRecord {
+            decode(store.get(&keys::account(p, &ann)).unwrap(), "a")
+                .unwrap()
+                .unwrap()
+        };
+        assert_eq!(run(p, &mut store, set(true)), done());
+        assert!(account(&store).disabled);
+        assert!(
+            store.get(&keys::token(p, &ann, "t")).unwrap().is_none(),
+            "tokens revoked"
+        );
+        assert_eq!(run(p, &mut store, set(false)), done());
+        assert!(!account(&store).disabled);
+        assert_eq!(account(&store).password_hash, "h");
     }
 
     fn send(user: &str, from: &str, client_id: &str, retention: command::Retention) -> Op {

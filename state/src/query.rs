@@ -249,6 +249,7 @@ mod tests {
         let record = AccountRecord {
             password_hash: "h".into(),
             created_at_ms: 1,
+            disabled: false,
         };
         let op = Op::CreateAccount(command::CreateAccount {
             user: user.into(),

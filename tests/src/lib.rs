@@ -593,10 +593,25 @@ pub async fn cluster_status_at(base: &str) -> Option<serde_json::Value> {
 
 /// A plain HTTP GET against `base` (`http://host:port`); returns (status, body).
 pub async fn http_get(base: &str, path: &str) -> Result<(u16, String)> {
+    http_request(base, "GET", path, &[]).await
+}
+
+/// Sends an HTTP/1.1 request with no body and `headers` (name, value), and returns the
+/// status code and body.
+pub async fn http_request(
+    base: &str,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+) -> Result<(u16, String)> {
     let host = base.trim_start_matches("http://");
     let mut stream = TcpStream::connect(host).await?;
+    let extra: String = headers.iter().map(|(k, v)| format!("{k}: {v}\r\n")).collect();
     stream
-        .write_all(format!("GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n").as_bytes())
+        .write_all(
+            format!("{method} {path} HTTP/1.1\r\nHost: {host}\r\nContent-Length: 0\r\n{extra}Connection: close\r\n\r\n")
+                .as_bytes(),
+        )
         .await?;
     let mut raw = Vec::new();
     tokio::time::timeout(DEADLINE, stream.read_to_end(&mut raw)).await??;

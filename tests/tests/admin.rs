@@ -128,3 +128,95 @@ async fn a_node_logs_a_seed_it_cannot_reach() {
     .await
     .unwrap();
 }
+
+/// Waits for the push that closes a session, and says why.
+async fn closed_because(pushes: &mut tokio::sync::mpsc::UnboundedReceiver<chat_client::Push>) -> String {
+    let wait = async {
+        loop {
+            match pushes.recv().await {
+                Some(chat_client::Push::Closing(c)) => return c.reason,
+                Some(_) => {}
+                None => panic!("closed without a Closing push"),
+            }
+        }
+    };
+    tokio::time::timeout(DEADLINE, wait)
+        .await
+        .expect("no Closing push in time")
+}
+
+#[tokio::test]
+async fn user_administration_needs_the_admin_token() {
+    use chat_tests::http_request;
+    let plain = Node::start().unwrap();
+    let (status, body) = http_request(&plain.admin, "POST", "/users/x/disable", &[])
+        .await
+        .unwrap();
+    assert_eq!(status, 403, "no token configured: {body}");
+    let node = Node::start_with(NodeOpts {
+        admin_toml: "token = \"s3cret-admin\"\n".into(),
+        ..NodeOpts::default()
+    })
+    .unwrap();
+    for auth in [None, Some("Bearer wrong"), Some("s3cret-admin")] {
+        let headers: Vec<(&str, &str)> = auth.map(|a| ("Authorization", a)).into_iter().collect();
+        let (status, body) = http_request(&node.admin, "POST", "/users/x/disable", &headers)
+            .await
+            .unwrap();
+        assert_eq!(status, 401, "{auth:?}: {body}");
+    }
+    // With a token set, the other changes need it too.
+    let (status, _) = http_request(&node.admin, "POST", "/leave", &[]).await.unwrap();
+    assert_eq!(status, 401);
+    // Reading stays open.
+    assert_eq!(http_get(&node.admin, "/health").await.unwrap().0, 200);
+}
+
+#[tokio::test]
+async fn an_operator_disables_an_account_closing_its_sessions_and_enables_it_again() {
+    use chat_client::proto::ErrorCode;
+    use chat_tests::http_request;
+    let node = Node::start_with(NodeOpts {
+        admin_toml: "token = \"s3cret-admin\"\n".into(),
+        ..NodeOpts::default()
+    })
+    .unwrap();
+    let auth = [("Authorization", "Bearer s3cret-admin")];
+    let post = |path: String| {
+        let admin = node.admin.clone();
+        async move { http_request(&admin, "POST", &path, &auth).await.unwrap() }
+    };
+    let (ivy, mut pushes) = node.connect().await.unwrap();
+    ivy.register("ivy", &chat_tests::password("ivy")).await.unwrap();
+    let token = ivy
+        .login("ivy", &chat_tests::password("ivy"))
+        .await
+        .unwrap()
+        .token;
+    let (status, body) = post("/users/ivy/disable".into()).await;
+    assert_eq!(status, 200, "{body}");
+    assert!(closed_because(&mut pushes).await.contains("disabled"));
+    let (c, _) = node.connect().await.unwrap();
+    let e = c.login("ivy", &chat_tests::password("ivy")).await.unwrap_err();
+    assert_eq!(e.code(), Some(ErrorCode::AccountDisabled), "{e}");
+    // A wrong password does not learn that the account is disabled.
+    let e = c.login("ivy", "wrong").await.unwrap_err();
+    assert_eq!(e.code(), Some(ErrorCode::InvalidCredentials), "{e}");
+    let e = c.login_token("ivy", &token).await.unwrap_err();
+    assert_eq!(e.code(), Some(ErrorCode::InvalidCredentials), "{e}");
+    assert_eq!(post("/users/ivy/enable".into()).await.0, 200);
+    c.login("ivy", &chat_tests::password("ivy")).await.unwrap();
+    // Logged out everywhere by the operator: its sessions close, its tokens go.
+    let (d, mut d_pushes) = node.connect().await.unwrap();
+    let token = d.login("ivy", &chat_tests::password("ivy")).await.unwrap().token;
+    assert_eq!(post("/users/ivy/logout".into()).await.0, 200);
+    assert!(closed_because(&mut d_pushes).await.contains("operator"));
+    let (e2, _) = node.connect().await.unwrap();
+    let e = e2.login_token("ivy", &token).await.unwrap_err();
+    assert_eq!(e.code(), Some(ErrorCode::InvalidCredentials), "{e}");
+    assert_eq!(post("/users/nobody/disable".into()).await.0, 404);
+    assert_eq!(post("/users/ivy/explode".into()).await.0, 404);
+    // Every action is in the node's log with who asked.
+    let log = std::fs::read_to_string(&node.log).unwrap();
+    assert!(log.contains("admin action") && log.contains("disable"), "{log}");
+}

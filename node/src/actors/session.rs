@@ -977,6 +977,7 @@ impl SessionState {
                 let record = AccountRecord {
                     password_hash: hash,
                     created_at_ms: storage::now_ms(),
+                    disabled: false,
                 };
                 let create = |reply| AccountMsg::Create { record, reply };
                 if ctx.router.account(&r.username, create).await? {
@@ -1057,7 +1058,12 @@ async fn check_password_of(ctx: &NodeCtx, user: &str, password: String) -> ChatR
         let _ = ctx.verify_password(password, ctx.dummy_hash.clone()).await;
         return Err(ChatError::InvalidCredentials);
     };
-    ctx.verify_password(password, account.password_hash).await
+    ctx.verify_password(password, account.password_hash).await?;
+    // Said only to whoever knows the password.
+    if account.disabled {
+        return Err(ChatError::AccountDisabled);
+    }
+    Ok(())
 }
 
 /// Checks a credential and returns the session token to use (a new one for a password).
