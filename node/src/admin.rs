@@ -350,7 +350,6 @@ async fn user_action(
             (StatusCode::OK, format!("{action}: {name}\n"))
         }
         Err(crate::error::ChatError::NotFound(_)) => (StatusCode::NOT_FOUND, format!("no user {name}\n")),
-        Err(crate::error::ChatError::InvalidName(_)) => (StatusCode::NOT_FOUND, format!("no user {name}\n")),
         Err(e) => (StatusCode::SERVICE_UNAVAILABLE, format!("{e}; retry\n")),
     }
 }

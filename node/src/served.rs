@@ -192,26 +192,8 @@ impl Served {
                     user: user.clone(),
                     disabled,
                 });
-                let remote = self.remote.clone();
-                self.propose(p, op, move |r| match r {
-                    Ok(outcome::Result::Done(_)) => {
-                        if disabled {
-                            remote.push_everywhere(UserPush {
-                                user,
-                                seq: 0,
-                                frame: Vec::new(),
-                                skip_session: 0,
-                                log_out: "this account was disabled by an operator".into(),
-                            });
-                        }
-                        reply(Ok(()));
-                    }
-                    Ok(outcome::Result::NotFound(_)) => {
-                        reply(Err(ChatError::NotFound(format!("user {user}"))))
-                    }
-                    Ok(other) => reply(Err(unexpected_outcome(&other))),
-                    Err(e) => reply(Err(e)),
-                });
+                let log_out = disabled.then(|| (0, "this account was disabled by an operator".into()));
+                self.revoke(p, op, user, log_out, reply);
             }
             AccountMsg::RevokeTokens {
                 keep,
@@ -225,27 +207,40 @@ impl Served {
                     keep,
                     password_hash,
                 });
-                let remote = self.remote.clone();
-                self.propose(p, op, move |r| match r {
-                    Ok(outcome::Result::Done(_)) => {
-                        // The revoked tokens' sessions go too, on every node.
-                        remote.push_everywhere(UserPush {
-                            user,
-                            seq: 0,
-                            frame: Vec::new(),
-                            skip_session,
-                            log_out: reason,
-                        });
-                        reply(Ok(()));
-                    }
-                    Ok(outcome::Result::NotFound(_)) => {
-                        reply(Err(ChatError::NotFound(format!("user {user}"))))
-                    }
-                    Ok(other) => reply(Err(unexpected_outcome(&other))),
-                    Err(e) => reply(Err(e)),
-                });
+                self.revoke(p, op, user, Some((skip_session, reason)), reply);
             }
         }
+    }
+
+    /// Proposes a command that revokes tokens of `user`; once done, with `log_out`
+    /// (a session to spare, a reason), the user's sessions on every node are logged out
+    /// and closed with the reason.
+    fn revoke(
+        &self,
+        p: Partition,
+        op: Op,
+        user: String,
+        log_out: Option<(u64, String)>,
+        reply: Reply<ChatResult<()>>,
+    ) {
+        let remote = self.remote.clone();
+        self.propose(p, op, move |r| match r {
+            Ok(outcome::Result::Done(_)) => {
+                if let Some((skip_session, reason)) = log_out {
+                    remote.push_everywhere(UserPush {
+                        user,
+                        seq: 0,
+                        frame: Vec::new(),
+                        skip_session,
+                        log_out: reason,
+                    });
+                }
+                reply(Ok(()));
+            }
+            Ok(outcome::Result::NotFound(_)) => reply(Err(ChatError::NotFound(format!("user {user}")))),
+            Ok(other) => reply(Err(unexpected_outcome(&other))),
+            Err(e) => reply(Err(e)),
+        });
     }
 
     // ---- inboxes --------------------------------------------------------------

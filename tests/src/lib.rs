@@ -481,6 +481,15 @@ pub async fn next_delivery(pushes: &mut UnboundedReceiver<Push>) -> Result<chat_
     .await
 }
 
+/// The reason of the next `Closing` push (the server closing the connection).
+pub async fn next_closing(pushes: &mut UnboundedReceiver<Push>) -> Result<String> {
+    next_push(pushes, |p| match p {
+        Push::Closing(c) => Some(c.reason),
+        _ => None,
+    })
+    .await
+}
+
 /// The receipts stored in a logged-in user's inbox after `after_seq` (its inbox also
 /// holds messages, and its own copies of what it sent); None if the sync fails.
 pub async fn receipts_after(client: &Client, after_seq: u64) -> Option<Vec<chat_protocol::v1::Delivery>> {

@@ -232,22 +232,6 @@ async fn two_nodes() -> Vec<Node> {
     vec![first, second]
 }
 
-/// Waits for the push that closes a session, and says why.
-async fn closed_because(pushes: &mut tokio::sync::mpsc::UnboundedReceiver<chat_client::Push>) -> String {
-    let wait = async {
-        loop {
-            match pushes.recv().await {
-                Some(chat_client::Push::Closing(c)) => return c.reason,
-                Some(_) => {}
-                None => panic!("closed without a Closing push"),
-            }
-        }
-    };
-    tokio::time::timeout(chat_tests::DEADLINE, wait)
-        .await
-        .expect("no Closing push in time")
-}
-
 #[tokio::test]
 async fn logging_out_everywhere_revokes_every_token_and_closes_sessions_on_every_node() {
     let nodes = two_nodes().await;
@@ -261,13 +245,15 @@ async fn logging_out_everywhere_revokes_every_token_and_closes_sessions_on_every
 
     a.logout_everywhere().await.unwrap();
     assert!(
-        closed_because(&mut b_pushes)
+        chat_tests::next_closing(&mut b_pushes)
             .await
+            .unwrap()
             .contains("logged out everywhere")
     );
     assert!(
-        closed_because(&mut c_pushes)
+        chat_tests::next_closing(&mut c_pushes)
             .await
+            .unwrap()
             .contains("logged out everywhere")
     );
     // This session is logged out, and stays open for another login.
@@ -293,8 +279,9 @@ async fn changing_the_password_needs_the_old_one_and_closes_the_other_sessions()
     assert_eq!(e.code(), Some(ErrorCode::InvalidCredentials), "{e}");
     a.change_password("old-pw", "new-pw").await.unwrap();
     assert!(
-        closed_because(&mut b_pushes)
+        chat_tests::next_closing(&mut b_pushes)
             .await
+            .unwrap()
             .contains("password was changed")
     );
     // This session goes on, and its token still logs in; the other's does not.

@@ -129,22 +129,6 @@ async fn a_node_logs_a_seed_it_cannot_reach() {
     .unwrap();
 }
 
-/// Waits for the push that closes a session, and says why.
-async fn closed_because(pushes: &mut tokio::sync::mpsc::UnboundedReceiver<chat_client::Push>) -> String {
-    let wait = async {
-        loop {
-            match pushes.recv().await {
-                Some(chat_client::Push::Closing(c)) => return c.reason,
-                Some(_) => {}
-                None => panic!("closed without a Closing push"),
-            }
-        }
-    };
-    tokio::time::timeout(DEADLINE, wait)
-        .await
-        .expect("no Closing push in time")
-}
-
 #[tokio::test]
 async fn user_administration_needs_the_admin_token() {
     use chat_tests::http_request;
@@ -195,7 +179,12 @@ async fn an_operator_disables_an_account_closing_its_sessions_and_enables_it_aga
         .token;
     let (status, body) = post("/users/ivy/disable".into()).await;
     assert_eq!(status, 200, "{body}");
-    assert!(closed_because(&mut pushes).await.contains("disabled"));
+    assert!(
+        chat_tests::next_closing(&mut pushes)
+            .await
+            .unwrap()
+            .contains("disabled")
+    );
     let (c, _) = node.connect().await.unwrap();
     let e = c.login("ivy", &chat_tests::password("ivy")).await.unwrap_err();
     assert_eq!(e.code(), Some(ErrorCode::AccountDisabled), "{e}");
@@ -210,7 +199,12 @@ async fn an_operator_disables_an_account_closing_its_sessions_and_enables_it_aga
     let (d, mut d_pushes) = node.connect().await.unwrap();
     let token = d.login("ivy", &chat_tests::password("ivy")).await.unwrap().token;
     assert_eq!(post("/users/ivy/logout".into()).await.0, 200);
-    assert!(closed_because(&mut d_pushes).await.contains("operator"));
+    assert!(
+        chat_tests::next_closing(&mut d_pushes)
+            .await
+            .unwrap()
+            .contains("operator")
+    );
     let (e2, _) = node.connect().await.unwrap();
     let e = e2.login_token("ivy", &token).await.unwrap_err();
     assert_eq!(e.code(), Some(ErrorCode::InvalidCredentials), "{e}");

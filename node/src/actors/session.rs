@@ -615,14 +615,7 @@ impl SessionState {
                 self.out.send(id, Body::LogoutOk(v1::LogoutOk {}));
             }
             B::ChangePassword(c) => self.change_password(id, c, permit)?,
-            B::LogoutEverywhere(_) => self.revoke_everywhere(
-                id,
-                permit,
-                String::new(),
-                "logged out everywhere: log in again".into(),
-                |()| Body::LogoutOk(v1::LogoutOk {}),
-                true,
-            ),
+            B::LogoutEverywhere(_) => self.logout_everywhere(id, permit)?,
             B::SendPrivate(m) => {
                 let me = self.me().to_owned();
                 check_name(&m.to)?;
@@ -929,32 +922,22 @@ impl SessionState {
         Ok(())
     }
 
-    /// Revokes the user's tokens but `keep`, closes the user's other sessions with
-    /// `reason`, answers with `ok`, and, with `log_out_here`, logs this session out.
-    fn revoke_everywhere(
-        &self,
-        id: u64,
-        permit: Permit,
-        keep: String,
-        reason: String,
-        ok: impl FnOnce(()) -> Body + Send + 'static,
-        log_out_here: bool,
-    ) {
-        let Some((user, _)) = self.user.clone() else {
-            return;
-        };
+    /// Revokes every token of the user, closes the user's other sessions, answers
+    /// LogoutOk, and logs this session out.
+    fn logout_everywhere(&self, id: u64, permit: Permit) -> ChatResult<()> {
+        let (user, _) = self.user.clone().ok_or(ChatError::NotAuthenticated)?;
         let (router, session, me) = (self.ctx.router.clone(), self.id, self.mailbox.clone());
-        let reply = self.respond(id, permit, ok);
+        let reply = self.respond(id, permit, |()| Body::LogoutOk(v1::LogoutOk {}));
         tokio::spawn(async move {
             let revoke = |reply| AccountMsg::RevokeTokens {
-                keep,
+                keep: String::new(),
                 password_hash: String::new(),
                 skip_session: session,
-                reason,
+                reason: "logged out everywhere: log in again".into(),
                 reply,
             };
             let result = router.account(&user, revoke).await;
-            if result.is_ok() && log_out_here {
+            if result.is_ok() {
                 let _ = me.send(SessionMsg::LogOut {
                     user: user.as_str().into(),
                     closing: None,
@@ -962,6 +945,7 @@ impl SessionState {
             }
             reply(result);
         });
+        Ok(())
     }
 
     fn register(&self, id: u64, r: v1::RegisterRequest, permit: Permit) -> ChatResult<()> {
