@@ -86,6 +86,7 @@ fn server_text(code: ErrorCode, message: &str) -> String {
         ErrorCode::Unavailable => "the server cannot serve this right now; try again",
         ErrorCode::Internal => "the server failed; try again",
         ErrorCode::AccountDisabled => "this account is disabled",
+        ErrorCode::NotAllowed => "that user does not accept messages from you",
         ErrorCode::Unexpected | ErrorCode::Unspecified => "the server did not expect this request",
     }
     .to_owned()
@@ -651,6 +652,82 @@ impl Client {
         }
     }
 
+    /// Asks `user` to become a contact (or accepts, if `user` asked first).
+    pub async fn contact_request(&self, user: &str) -> Result<v1::ContactState> {
+        self.contact_op(Req::ContactRequest(v1::ContactRequest { user: user.into() }))
+            .await
+    }
+
+    /// Accepts `user`'s contact request.
+    pub async fn contact_accept(&self, user: &str) -> Result<v1::ContactState> {
+        self.contact_op(Req::ContactAccept(v1::ContactAccept { user: user.into() }))
+            .await
+    }
+
+    /// Declines `user`'s contact request.
+    pub async fn contact_decline(&self, user: &str) -> Result<v1::ContactState> {
+        self.contact_op(Req::ContactDecline(v1::ContactDecline { user: user.into() }))
+            .await
+    }
+
+    /// Removes `user` from the contacts (or withdraws a request to or from `user`).
+    pub async fn contact_remove(&self, user: &str) -> Result<v1::ContactState> {
+        self.contact_op(Req::ContactRemove(v1::ContactRemove { user: user.into() }))
+            .await
+    }
+
+    async fn contact_op(&self, req: Req) -> Result<v1::ContactState> {
+        match self.request(req).await? {
+            Resp::ContactOk(ok) => Ok(ok.state()),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    /// This user's contacts and requests, by name.
+    pub async fn contacts(&self) -> Result<Vec<v1::Contact>> {
+        match self.request(Req::ListContacts(v1::ListContacts {})).await? {
+            Resp::ContactList(l) => Ok(l.contacts),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    /// Blocks (true) or unblocks `user`.
+    pub async fn block(&self, user: &str, blocked: bool) -> Result<()> {
+        let req = if blocked {
+            Req::Block(v1::BlockUser { user: user.into() })
+        } else {
+            Req::Unblock(v1::UnblockUser { user: user.into() })
+        };
+        match self.request(req).await? {
+            Resp::BlockOk(_) => Ok(()),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    /// The users this user blocks.
+    pub async fn blocks(&self) -> Result<Vec<String>> {
+        match self.request(Req::ListBlocks(v1::ListBlocks {})).await? {
+            Resp::BlockList(l) => Ok(l.users),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    /// Changes the privacy settings given (`None` keeps one) and returns those in effect.
+    pub async fn set_privacy(
+        &self,
+        contacts_only: Option<bool>,
+        hide_last_seen: Option<bool>,
+    ) -> Result<v1::Privacy> {
+        let req = Req::SetPrivacy(v1::SetPrivacy {
+            contacts_only,
+            hide_last_seen,
+        });
+        match self.request(req).await? {
+            Resp::Privacy(p) => Ok(p),
+            other => Err(unexpected(other)),
+        }
+    }
+
     /// Every online user, following pages.
     pub async fn online(&self) -> Result<Vec<String>> {
         let mut users: Vec<String> = Vec::new();
@@ -700,6 +777,9 @@ pub fn format_delivery(d: &v1::Delivery) -> String {
     if let Some(r) = &d.receipt {
         return format!("[{}] receipt: {} {:?} by {}", d.seq, r.message_id, r.kind(), r.by);
     }
+    if let Some(c) = &d.contact {
+        return format!("[{}] {}", d.seq, format_contact_event(c));
+    }
     let to = if d.kind == v1::ConversationKind::Group as i32 {
         format!("#{}", d.conversation)
     } else {
@@ -708,4 +788,18 @@ pub fn format_delivery(d: &v1::Delivery) -> String {
     // Group history entries carry only the group's seq.
     let seq = if d.seq == 0 { d.group_seq } else { d.seq };
     format!("[{}] {} -> {}: {}", seq, d.from, to, d.text)
+}
+
+/// A contact event in words, as its inbox's owner sees it: `contact: bob asked you`.
+pub fn format_contact_event(c: &v1::ContactEvent) -> String {
+    let (other, by_other) = (&c.user, c.by == c.user);
+    let what = match (c.state(), by_other) {
+        (v1::ContactState::Incoming, _) => format!("{other} asked to be your contact"),
+        (v1::ContactState::Outgoing, _) => format!("you asked {other} to be your contact"),
+        (v1::ContactState::Contact, true) => format!("{other} accepted: you are contacts"),
+        (v1::ContactState::Contact, false) => format!("you and {other} are contacts"),
+        (v1::ContactState::None, true) => format!("{other} ended your contact or request"),
+        (v1::ContactState::None, false) => format!("you ended your contact or request with {other}"),
+    };
+    format!("contact: {what}")
 }

@@ -650,7 +650,7 @@ impl Client {
                 let record = AccountRecord {
                     password_hash: "x".into(),
                     created_at_ms: now,
-                    disabled: false,
+                    ..AccountRecord::default()
                 };
                 (
                     placement::of_user(&user),

@@ -42,6 +42,10 @@ pub enum ChatError {
         /// How long until the next attempt may be made.
         retry_after_ms: u64,
     },
+    /// Send private: the recipient does not accept messages from this sender (contacts
+    /// only, or a block: the same answer for both).
+    #[error("{0} does not accept messages from you")]
+    NotAllowed(String),
     /// Login: an operator disabled the account.
     #[error("this account is disabled")]
     AccountDisabled,
@@ -80,6 +84,7 @@ impl ChatError {
             Self::RateLimited(_) | Self::TooManyAttempts { .. } => ErrorCode::RateLimited,
             Self::Unavailable(_) => ErrorCode::Unavailable,
             Self::AccountDisabled => ErrorCode::AccountDisabled,
+            Self::NotAllowed(_) => ErrorCode::NotAllowed,
             Self::Internal(_) => ErrorCode::Internal,
             Self::Peer { code, .. } => *code,
         }

@@ -9,6 +9,7 @@ use crate::partition::{self, Partition};
 use bytes::{Bytes, BytesMut};
 use chat_protocol::internal::{AccountRecord, InboxEntry, InboxMeta, TokenRecord};
 use chat_protocol::v1::{self, ConversationKind, server_frame};
+use chat_state::contacts;
 use prost::Message;
 use std::sync::Arc;
 
@@ -84,6 +85,7 @@ impl Draft {
             group_seq,
             origin: Vec::new(),
             receipt: self.receipt,
+            contact: None,
         }
     }
 
@@ -394,6 +396,61 @@ impl AccountMsg {
     }
 }
 
+/// Requests about a user's contacts, blocks and privacy settings.
+pub enum ContactMsg {
+    /// Act on the relation with another user; gets the user's view afterwards, once
+    /// the user's own view is durable (the other's follows).
+    Act {
+        /// The other user.
+        other: String,
+        /// What to do.
+        action: contacts::Action,
+        /// Gets where the relation stands.
+        reply: Reply<ChatResult<v1::ContactState>>,
+    },
+    /// The user's relations.
+    List {
+        /// Gets them, by name.
+        reply: Reply<ChatResult<Vec<v1::Contact>>>,
+    },
+    /// Block or unblock another user.
+    Block {
+        /// The other user.
+        other: String,
+        /// Block (true) or unblock.
+        blocked: bool,
+        /// Runs once durable.
+        reply: Reply<ChatResult<()>>,
+    },
+    /// The users this user blocks.
+    Blocks {
+        /// Gets their names, sorted.
+        reply: Reply<ChatResult<Vec<String>>>,
+    },
+    /// Change (or, with both unset, read) the privacy settings.
+    Privacy {
+        /// Contacts only, or everyone, may send private messages.
+        contacts_only: Option<bool>,
+        /// Hide when the user was last online.
+        hide_last_seen: Option<bool>,
+        /// Gets the settings in effect.
+        reply: Reply<ChatResult<v1::Privacy>>,
+    },
+}
+
+impl ContactMsg {
+    /// Answers the request with `err`.
+    pub fn fail(self, err: ChatError) {
+        match self {
+            Self::Act { reply, .. } => reply(Err(err)),
+            Self::List { reply } => reply(Err(err)),
+            Self::Block { reply, .. } => reply(Err(err)),
+            Self::Blocks { reply } => reply(Err(err)),
+            Self::Privacy { reply, .. } => reply(Err(err)),
+        }
+    }
+}
+
 /// What a routed request is for.
 pub enum Target {
     /// A user's inbox.
@@ -402,13 +459,17 @@ pub enum Target {
     Group(String, GroupMsg),
     /// A user's account.
     Account(String, AccountMsg),
+    /// A user's contacts, blocks and privacy.
+    Contacts(String, ContactMsg),
 }
 
 impl Target {
     /// The partition of the entity.
     pub fn partition(&self) -> Partition {
         match self {
-            Self::Inbox(user, _) | Self::Account(user, _) => partition::of_user(user),
+            Self::Inbox(user, _) | Self::Account(user, _) | Self::Contacts(user, _) => {
+                partition::of_user(user)
+            }
             Self::Group(group, _) => partition::of_group(group),
         }
     }
@@ -419,6 +480,7 @@ impl Target {
             Self::Inbox(_, m) => m.fail(err),
             Self::Group(_, m) => m.fail(err),
             Self::Account(_, m) => m.fail(err),
+            Self::Contacts(_, m) => m.fail(err),
         }
     }
 }
@@ -485,6 +547,7 @@ pub fn to_delivery(seq: u64, e: &InboxEntry) -> v1::Delivery {
         timestamp_ms: e.timestamp_ms,
         text: e.text.clone(),
         group_seq: e.group_seq,
+        contact: e.contact.clone(),
     }
 }
 

@@ -10,6 +10,11 @@
 //!   → (), ORIGIN ‖ scope(sender) ‖ client id → group seq, MESSAGE ‖ seq →
 //!   `GroupMessage`, FANOUT ‖ partition → the group seq delivered there
 //! - pending: `group` → () while the group has posts not yet in every member's inbox
+//! - contacts: `scope(user) ‖ kind ‖ other` with kinds CONTACT → `ContactIndex` (the
+//!   user's view), BLOCKED → (), PAIR → `PairRecord` (under the pair's smaller name, in
+//!   its partition)
+//! - contact outbox: `scope(user) ‖ other` → `ContactUpdate` not yet delivered to
+//!   `user`'s partition (in the pair's partition)
 //! - applied: the index of the last log entry applied to the partition (written by the
 //!   consensus driver in the same batch as the entry's effects)
 //!
@@ -29,6 +34,10 @@ pub mod tree {
     pub const GROUPS: u8 = 4;
     /// Groups whose fan-out is not complete.
     pub const PENDING: u8 = 5;
+    /// Contacts, blocks and pair records.
+    pub const CONTACTS: u8 = 6;
+    /// Contact updates not yet delivered.
+    pub const CONTACT_OUTBOX: u8 = 7;
     /// The applied index.
     pub const APPLIED: u8 = 0xf0;
 }
@@ -49,6 +58,12 @@ pub mod kind {
     pub const MESSAGE: u8 = 4;
     /// How far a group's fan-out reached, per destination partition.
     pub const FANOUT: u8 = 5;
+    /// A user's view of a relation, by the other's name.
+    pub const CONTACT: u8 = 1;
+    /// A user blocked, by name.
+    pub const BLOCKED: u8 = 2;
+    /// The record of a pair, by the larger name.
+    pub const PAIR: u8 = 3;
 }
 
 /// Everything of a partition starts with this.
@@ -117,6 +132,45 @@ pub fn token(p: Partition, user: &str, token: &str) -> Vec<u8> {
     key.extend_from_slice(user.as_bytes());
     key.extend_from_slice(token.as_bytes());
     key
+}
+
+/// `user`'s view of its relation with `other`.
+pub fn contact(p: Partition, user: &str, other: &str) -> Vec<u8> {
+    suffix_key(p, tree::CONTACTS, user, kind::CONTACT, other.as_bytes())
+}
+
+/// Whether `user` blocks `other`.
+pub fn blocked(p: Partition, user: &str, other: &str) -> Vec<u8> {
+    suffix_key(p, tree::CONTACTS, user, kind::BLOCKED, other.as_bytes())
+}
+
+/// The record of the pair `first < second`.
+pub fn pair(p: Partition, first: &str, second: &str) -> Vec<u8> {
+    suffix_key(p, tree::CONTACTS, first, kind::PAIR, second.as_bytes())
+}
+
+/// The undelivered update of `user`'s view of its relation with `other`.
+pub fn contact_outbox(p: Partition, user: &str, other: &str) -> Vec<u8> {
+    let mut key = start(p, tree::CONTACT_OUTBOX, user.len() + other.len() + 1);
+    key.push(user.len() as u8);
+    key.extend_from_slice(user.as_bytes());
+    key.extend_from_slice(other.as_bytes());
+    key
+}
+
+/// The prefix of every undelivered contact update of partition `p`.
+pub fn contact_outbox_prefix(p: Partition) -> Vec<u8> {
+    start(p, tree::CONTACT_OUTBOX, 0)
+}
+
+/// The origin of a contact event in `user`'s inbox: the other user and the version.
+pub fn contact_origin(other: &str, version: u64) -> Vec<u8> {
+    let mut o = Vec::with_capacity(2 + other.len() + 8);
+    o.push(b'c');
+    o.push(other.len() as u8);
+    o.extend_from_slice(other.as_bytes());
+    o.extend_from_slice(&version.to_be_bytes());
+    o
 }
 
 /// The applied index of a partition.

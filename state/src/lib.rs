@@ -8,10 +8,12 @@
 //! - [`store`]: the key-value interface the machine reads and writes.
 //! - [`machine`]: commands in, records and outcomes out.
 //! - [`membership`]: the metadata group's members, and placement's target voters.
+//! - [`contacts`]: who asked whom, and who agreed (the pair's record decides).
 //! - [`fanout`]: which posts of a group still have to reach which partitions.
 //! - [`query`]: what a leader answers reads with.
 //! - [`snapshot`]: a partition's records as the bytes of a Raft snapshot.
 
+pub mod contacts;
 pub mod fanout;
 pub mod keys;
 pub mod machine;

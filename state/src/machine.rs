@@ -7,17 +7,19 @@
 //! twice after a leader change, finds its origin already stored and gets its first
 //! outcome back.
 
+use crate::contacts;
 use crate::keys::{self, kind, tree};
 use crate::membership;
 use crate::placement::{self, Partition};
 use crate::store::{Result, Store, decode};
 use chat_protocol::internal::command::{self, Op};
-use chat_protocol::internal::outcome::{self, Fanned, Posted};
+use chat_protocol::internal::outcome::{self, ContactChanged, Fanned, Posted};
 use chat_protocol::internal::response::{self, Appended, Cursors};
 use chat_protocol::internal::{
-    AccountRecord, Command, Empty, GroupMessage, GroupRecord, InboxEntry, InboxMeta, Outcome,
+    AccountRecord, Command, ContactIndex, Empty, GroupMessage, GroupRecord, InboxEntry, InboxMeta, Outcome,
+    PairRecord,
 };
-use chat_protocol::v1::ConversationKind;
+use chat_protocol::v1::{ContactState, ConversationKind};
 use prost::Message;
 use std::collections::BTreeMap;
 
@@ -85,10 +87,15 @@ pub fn apply(p: Partition, command: &[u8], store: &mut impl Store) -> Result<Out
             }
         }
         Op::Append(a) => {
-            if a.require_account && store.get(&keys::account(p, &a.user))?.is_none() {
-                outcome::Result::NotFound(Empty {})
+            let entry = a.entry.unwrap_or_default();
+            let refusal = if a.require_account {
+                refusal(p, store, &a.user, &entry)?
             } else {
-                let entry = a.entry.unwrap_or_default();
+                None
+            };
+            if let Some(refused) = refusal {
+                refused
+            } else {
                 let retention = a.retention.unwrap_or_default();
                 match append(p, store, &a.user, &a.origin, entry, a.now_ms, &retention)? {
                     (appended, false) => outcome::Result::Appended(appended),
@@ -167,6 +174,33 @@ pub fn apply(p: Partition, command: &[u8], store: &mut impl Store) -> Result<Out
             outcome::Result::Fanned(Fanned { seqs })
         }
         Op::Sweep(sweep) => outcome::Result::Swept(sweep_inboxes(p, store, &sweep)?),
+        Op::ContactAction(c) => contact_action(p, store, &c)?,
+        Op::ContactUpdate(u) => contact_update(p, store, u)?,
+        Op::ContactDelivered(d) => {
+            let key = keys::contact_outbox(p, &d.user, &d.other);
+            let stored = decode::<command::ContactUpdate>(store.get(&key)?, "contact update")?;
+            if stored.is_some_and(|u| u.version == d.version) {
+                store.delete(key);
+            }
+            done()
+        }
+        Op::Block(b) => block(p, store, &b)?,
+        Op::SetPrivacy(s) => {
+            let key = keys::account(p, &s.user);
+            match decode::<AccountRecord>(store.get(&key)?, "account")? {
+                None => outcome::Result::NotFound(Empty {}),
+                Some(mut account) => {
+                    if let Some(only) = s.contacts_only {
+                        account.contacts_only = only;
+                    }
+                    if let Some(hide) = s.hide_last_seen {
+                        account.hide_last_seen = hide;
+                    }
+                    store.put(key, account.encode_to_vec());
+                    outcome::Result::Account(account)
+                }
+            }
+        }
         Op::JoinCluster(j) => membership::join(store, j)?,
         Op::LeaveCluster(l) => membership::leave(store, l)?,
         Op::RemoveNode(r) => membership::remove(store, r)?,
@@ -216,6 +250,7 @@ fn invalid(why: String) -> Outcome {
 fn misplaced(p: Partition, op: &Op) -> Option<String> {
     let user = |name: &str| (placement::of_user(name) != p).then(|| format!("user {name}"));
     let group = |name: &str| (placement::of_group(name) != p).then(|| format!("group {name}"));
+    let pair = |a: &str, b: &str| (contacts::pair_partition(a, b) != p).then(|| format!("pair {a}, {b}"));
     match op {
         Op::CreateAccount(c) => user(&c.user),
         Op::PutToken(t) => user(&t.user),
@@ -231,6 +266,11 @@ fn misplaced(p: Partition, op: &Op) -> Option<String> {
         Op::Post(post) => group(&post.group),
         Op::Fanout(f) => f.items.iter().find_map(|i| user(&i.user)),
         Op::FanoutDone(d) => group(&d.group),
+        Op::ContactAction(c) => pair(&c.actor, &c.other),
+        Op::ContactUpdate(u) => user(&u.user),
+        Op::ContactDelivered(d) => pair(&d.user, &d.other),
+        Op::Block(b) => user(&b.user),
+        Op::SetPrivacy(s) => user(&s.user),
         Op::Sweep(_) | Op::JoinCluster(_) | Op::LeaveCluster(_) | Op::RemoveNode(_) => None,
     }
 }
@@ -270,6 +310,142 @@ fn sweep_inboxes(p: Partition, store: &mut impl Store, sweep: &command::Sweep) -
         last = user;
     }
     Ok(last)
+}
+
+/// Why `user` refuses `entry`, a private message for it (or the sender's own copy):
+/// NotFound without an account, NotAllowed when the user blocks the sender or takes
+/// messages from contacts only and the sender is not one.
+fn refusal(
+    p: Partition,
+    store: &impl Store,
+    user: &str,
+    entry: &InboxEntry,
+) -> Result<Option<outcome::Result>> {
+    let Some(account) = decode::<AccountRecord>(store.get(&keys::account(p, user))?, "account")? else {
+        return Ok(Some(outcome::Result::NotFound(Empty {})));
+    };
+    let from = entry.from.as_str();
+    if from == user {
+        return Ok(None);
+    }
+    let blocked = account.blocks > 0 && store.get(&keys::blocked(p, user, from))?.is_some();
+    let stranger = account.contacts_only && {
+        let view = decode::<ContactIndex>(store.get(&keys::contact(p, user, from))?, "contact")?;
+        view.is_none_or(|v| v.state != ContactState::Contact as u32)
+    };
+    Ok((blocked || stranger).then_some(outcome::Result::NotAllowed(Empty {})))
+}
+
+/// A user acts on a relation, in the pair's partition: the pair record changes as
+/// [`contacts::decide`] says, and each user's new view waits in the outbox until it is
+/// delivered.
+fn contact_action(
+    p: Partition,
+    store: &mut impl Store,
+    c: &command::ContactAction,
+) -> Result<outcome::Result> {
+    let Some(action) = contacts::Action::from_number(c.action) else {
+        return Ok(outcome::Result::Invalid(format!(
+            "no contact action {}",
+            c.action
+        )));
+    };
+    if c.actor == c.other {
+        return Ok(outcome::Result::Invalid("a relation needs two users".into()));
+    }
+    let (first, second) = contacts::ordered(&c.actor, &c.other);
+    let key = keys::pair(p, first, second);
+    let record = decode::<PairRecord>(store.get(&key)?, "pair")?.unwrap_or_default();
+    let now = contacts::relation(&record);
+    let changed = match contacts::decide(&now, &c.actor, action) {
+        contacts::Decision::NotFound => return Ok(outcome::Result::NotFound(Empty {})),
+        contacts::Decision::Same(same) => {
+            return Ok(outcome::Result::ContactChanged(ContactChanged {
+                updates: Vec::new(),
+                state: contacts::view(&same, &c.actor) as u32,
+            }));
+        }
+        contacts::Decision::Changed(changed) => changed,
+    };
+    let version = record.version + 1;
+    store.put(key, contacts::record(&changed, version, c.now_ms).encode_to_vec());
+    let updates: Vec<_> = [(&c.actor, &c.other), (&c.other, &c.actor)]
+        .into_iter()
+        .map(|(user, other)| command::ContactUpdate {
+            user: user.clone(),
+            other: other.clone(),
+            state: contacts::view(&changed, user) as u32,
+            version,
+            by: c.actor.clone(),
+            now_ms: c.now_ms,
+            retention: None,
+        })
+        .collect();
+    for u in &updates {
+        store.put(keys::contact_outbox(p, &u.user, &u.other), u.encode_to_vec());
+    }
+    Ok(outcome::Result::ContactChanged(ContactChanged {
+        updates,
+        state: contacts::view(&changed, &c.actor) as u32,
+    }))
+}
+
+/// Brings `u.user`'s view of its relation with `u.other` up to date (older or repeated
+/// updates change nothing) and tells the user with an entry in its inbox. A request
+/// from a user it blocks is dropped, and nothing a blocked user does is told.
+fn contact_update(
+    p: Partition,
+    store: &mut impl Store,
+    u: command::ContactUpdate,
+) -> Result<outcome::Result> {
+    let key = keys::contact(p, &u.user, &u.other);
+    let view = decode::<ContactIndex>(store.get(&key)?, "contact")?;
+    if view.is_some_and(|v| v.version >= u.version) {
+        return Ok(done());
+    }
+    let Some(account) = decode::<AccountRecord>(store.get(&keys::account(p, &u.user))?, "account")? else {
+        return Ok(done());
+    };
+    let blocked =
+        u.by != u.user && account.blocks > 0 && store.get(&keys::blocked(p, &u.user, &u.by))?.is_some();
+    if blocked && u.state == ContactState::Incoming as u32 {
+        return Ok(done());
+    }
+    let index = ContactIndex {
+        state: u.state,
+        version: u.version,
+        since_ms: u.now_ms,
+    };
+    store.put(key, index.encode_to_vec());
+    if blocked {
+        return Ok(done());
+    }
+    let entry = contacts::event_entry(&u);
+    let origin = keys::contact_origin(&u.other, u.version);
+    let retention = u.retention.unwrap_or_default();
+    let (appended, _) = append(p, store, &u.user, &origin, entry, u.now_ms, &retention)?;
+    Ok(outcome::Result::Appended(appended))
+}
+
+/// Blocks or unblocks, keeping the account's count of blocks.
+fn block(p: Partition, store: &mut impl Store, b: &command::Block) -> Result<outcome::Result> {
+    let account_key = keys::account(p, &b.user);
+    let Some(mut account) = decode::<AccountRecord>(store.get(&account_key)?, "account")? else {
+        return Ok(outcome::Result::NotFound(Empty {}));
+    };
+    let key = keys::blocked(p, &b.user, &b.other);
+    let was = store.get(&key)?.is_some();
+    if b.blocked && !was {
+        store.put(key, Vec::new());
+        account.blocks += 1;
+    } else if !b.blocked && was {
+        store.delete(key);
+        account.blocks = account.blocks.saturating_sub(1);
+    } else {
+        return Ok(done());
+    }
+    store.put(account_key, account.encode_to_vec());
+    Ok(done())
 }
 
 fn member_key(p: Partition, group: &str, user: &str) -> Vec<u8> {
@@ -342,7 +518,11 @@ fn append(
     let mut meta = inbox_meta(p, store, user)?;
     let seq = meta.last_seq + 1;
     if entry.message_id.is_empty() {
-        let prefix = if entry.receipt.is_some() { "r" } else { "p" };
+        let prefix = match (&entry.receipt, &entry.contact) {
+            (Some(_), _) => "r",
+            (None, Some(_)) => "c",
+            (None, None) => "p",
+        };
         entry.message_id = format!("{prefix}:{user}:{seq}");
     }
     entry.origin = origin.to_vec();
@@ -554,7 +734,7 @@ mod tests {
         let record = AccountRecord {
             password_hash: "h".into(),
             created_at_ms: 1,
-            disabled: false,
+            ..AccountRecord::default()
         };
         run(
             p,
@@ -1054,5 +1234,230 @@ mod tests {
         }
         .encode_to_vec();
         assert!(apply(p, &cmd, &mut s).is_err());
+    }
+
+    fn private(user: &str, from: &str, id: &str) -> Op {
+        Op::Append(command::Append {
+            user: user.into(),
+            origin: keys::private_origin(from, id),
+            entry: Some(InboxEntry {
+                from: from.into(),
+                kind: ConversationKind::Private as u32,
+                conversation: user.into(),
+                text: "hi".into(),
+                ..InboxEntry::default()
+            }),
+            require_account: true,
+            now_ms: 5,
+            retention: None,
+        })
+    }
+
+    fn act(actor: &str, other: &str, action: contacts::Action) -> Op {
+        Op::ContactAction(command::ContactAction {
+            actor: actor.into(),
+            other: other.into(),
+            action: action as u32,
+            now_ms: 9,
+        })
+    }
+
+    /// Two users of one partition (it is both users' and the pair's).
+    fn pair_in_one_partition() -> (Partition, String, String, MemStore) {
+        let p = 9;
+        let (ann, bob) = (user_in(p, 0), user_in(p, 1));
+        let mut store = MemStore::default();
+        register(p, &mut store, &ann);
+        register(p, &mut store, &bob);
+        (p, ann, bob, store)
+    }
+
+    /// Acts, then delivers every update the action left (as the node does), and
+    /// returns the actor's view.
+    fn act_and_deliver(p: Partition, store: &mut MemStore, op: Op) -> outcome::Result {
+        let result = run(p, store, op);
+        if let outcome::Result::ContactChanged(c) = &result {
+            for u in &c.updates {
+                run(p, store, Op::ContactUpdate(u.clone()));
+                let delivered = command::ContactDelivered {
+                    user: u.user.clone(),
+                    other: u.other.clone(),
+                    version: u.version,
+                };
+                run(p, store, Op::ContactDelivered(delivered));
+            }
+        }
+        result
+    }
+
+    fn contacts_of(p: Partition, store: &MemStore, user: &str) -> Vec<(String, i32)> {
+        let q = chat_protocol::internal::Query {
+            q: Some(chat_protocol::internal::query::Q::Contacts(user.into())),
+        };
+        match crate::query::evaluate(p, &q, store).unwrap().a.unwrap() {
+            chat_protocol::internal::answer::A::Contacts(c) => {
+                c.contacts.into_iter().map(|c| (c.user, c.state)).collect()
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    fn events(p: Partition, store: &MemStore, user: &str) -> Vec<chat_protocol::v1::ContactEvent> {
+        let prefix = keys::scoped(p, tree::INBOX, user, kind::ENTRY);
+        store
+            .scan(&prefix, None, usize::MAX)
+            .unwrap()
+            .into_iter()
+            .filter_map(|(_, v)| InboxEntry::decode(v.as_slice()).unwrap().contact)
+            .collect()
+    }
+
+    #[test]
+    fn a_contact_request_reaches_both_inboxes_and_an_accept_makes_contacts() {
+        let (p, ann, bob, mut store) = pair_in_one_partition();
+        let asked = act_and_deliver(p, &mut store, act(&ann, &bob, contacts::Action::Request));
+        let outcome::Result::ContactChanged(c) = &asked else {
+            panic!("{asked:?}")
+        };
+        assert_eq!(c.state, ContactState::Outgoing as u32);
+        assert_eq!(
+            contacts_of(p, &store, &bob),
+            vec![(ann.clone(), ContactState::Incoming as i32)]
+        );
+        assert_eq!(
+            contacts_of(p, &store, &ann),
+            vec![(bob.clone(), ContactState::Outgoing as i32)]
+        );
+        let told = events(p, &store, &bob);
+        assert_eq!(told.len(), 1);
+        assert_eq!(
+            (told[0].user.as_str(), told[0].by.as_str()),
+            (ann.as_str(), ann.as_str())
+        );
+        // Asking again changes nothing and tells nobody again.
+        let again = act_and_deliver(p, &mut store, act(&ann, &bob, contacts::Action::Request));
+        assert!(matches!(again, outcome::Result::ContactChanged(ref c) if c.updates.is_empty()));
+        assert_eq!(events(p, &store, &bob).len(), 1);
+        act_and_deliver(p, &mut store, act(&bob, &ann, contacts::Action::Accept));
+        assert_eq!(
+            contacts_of(p, &store, &ann),
+            vec![(bob.clone(), ContactState::Contact as i32)]
+        );
+        assert_eq!(
+            contacts_of(p, &store, &bob),
+            vec![(ann.clone(), ContactState::Contact as i32)]
+        );
+        assert_eq!(events(p, &store, &ann).len(), 2);
+        // Every update was delivered: the outbox is empty.
+        assert!(
+            store
+                .scan(&keys::contact_outbox_prefix(p), None, 10)
+                .unwrap()
+                .is_empty()
+        );
+        // Removed: neither lists the other.
+        act_and_deliver(p, &mut store, act(&bob, &ann, contacts::Action::Remove));
+        assert!(contacts_of(p, &store, &ann).is_empty());
+        assert!(contacts_of(p, &store, &bob).is_empty());
+        assert_eq!(
+            run(p, &mut store, act(&ann, &bob, contacts::Action::Accept)),
+            outcome::Result::NotFound(Empty {}),
+            "nothing to accept"
+        );
+    }
+
+    #[test]
+    fn late_or_repeated_contact_updates_change_nothing() {
+        let (p, ann, bob, mut store) = pair_in_one_partition();
+        let outcome::Result::ContactChanged(first) =
+            run(p, &mut store, act(&ann, &bob, contacts::Action::Request))
+        else {
+            panic!()
+        };
+        let outcome::Result::ContactChanged(second) =
+            run(p, &mut store, act(&ann, &bob, contacts::Action::Remove))
+        else {
+            panic!()
+        };
+        let to_bob = |c: &ContactChanged| c.updates.iter().find(|u| u.user == bob).unwrap().clone();
+        // The newer arrives first; the older one, late, is ignored.
+        run(p, &mut store, Op::ContactUpdate(to_bob(&second)));
+        run(p, &mut store, Op::ContactUpdate(to_bob(&first)));
+        run(p, &mut store, Op::ContactUpdate(to_bob(&second)));
+        assert!(contacts_of(p, &store, &bob).is_empty());
+        assert_eq!(events(p, &store, &bob).len(), 1, "only the newer change is told");
+        // Delivered with an old version: the newer update stays in the outbox.
+        let old = command::ContactDelivered {
+            user: bob.clone(),
+            other: ann.clone(),
+            version: first.updates[0].version,
+        };
+        run(p, &mut store, Op::ContactDelivered(old));
+        assert!(store.get(&keys::contact_outbox(p, &bob, &ann)).unwrap().is_some());
+    }
+
+    #[test]
+    fn blocks_and_contacts_only_refuse_private_messages_but_never_own_copies() {
+        let (p, ann, bob, mut store) = pair_in_one_partition();
+        let allowed = |r: &outcome::Result| matches!(r, outcome::Result::Appended(_));
+        assert!(allowed(&run(p, &mut store, private(&bob, &ann, "1"))));
+        let privacy = |only: bool| {
+            Op::SetPrivacy(command::SetPrivacy {
+                user: bob.clone(),
+                contacts_only: Some(only),
+                hide_last_seen: None,
+            })
+        };
+        let account = run(p, &mut store, privacy(true));
+        assert!(matches!(account, outcome::Result::Account(ref a) if a.contacts_only && !a.hide_last_seen));
+        let not_allowed = outcome::Result::NotAllowed(Empty {});
+        assert_eq!(run(p, &mut store, private(&bob, &ann, "2")), not_allowed);
+        assert!(
+            allowed(&run(p, &mut store, private(&bob, &bob, "own"))),
+            "own copy"
+        );
+        act_and_deliver(p, &mut store, act(&ann, &bob, contacts::Action::Request));
+        assert_eq!(
+            run(p, &mut store, private(&bob, &ann, "3")),
+            not_allowed,
+            "a request is not enough"
+        );
+        act_and_deliver(p, &mut store, act(&bob, &ann, contacts::Action::Accept));
+        assert!(allowed(&run(p, &mut store, private(&bob, &ann, "4"))));
+        // A contact bob blocks is refused too; unblocked, allowed again.
+        let block = |blocked: bool| {
+            Op::Block(command::Block {
+                user: bob.clone(),
+                other: ann.clone(),
+                blocked,
+            })
+        };
+        run(p, &mut store, privacy(false));
+        run(p, &mut store, block(true));
+        run(p, &mut store, block(true));
+        assert_eq!(run(p, &mut store, private(&bob, &ann, "5")), not_allowed);
+        run(p, &mut store, block(false));
+        assert!(allowed(&run(p, &mut store, private(&bob, &ann, "6"))));
+        let count = decode::<AccountRecord>(store.get(&keys::account(p, &bob)).unwrap(), "a").unwrap();
+        assert_eq!(count.unwrap().blocks, 0, "blocking twice counted once");
+    }
+
+    #[test]
+    fn a_blocked_users_request_never_reaches_the_blocker() {
+        let (p, ann, bob, mut store) = pair_in_one_partition();
+        let block = Op::Block(command::Block {
+            user: bob.clone(),
+            other: ann.clone(),
+            blocked: true,
+        });
+        run(p, &mut store, block);
+        act_and_deliver(p, &mut store, act(&ann, &bob, contacts::Action::Request));
+        assert!(contacts_of(p, &store, &bob).is_empty());
+        assert!(events(p, &store, &bob).is_empty());
+        // The requester sees its request as any other.
+        assert_eq!(
+            contacts_of(p, &store, &ann),
+            vec![(bob.clone(), ContactState::Outgoing as i32)]
+        );
     }
 }

@@ -13,9 +13,9 @@ use chat_protocol::internal::answer::{self, A};
 use chat_protocol::internal::query::{self, Q};
 use chat_protocol::internal::response::Flags;
 use chat_protocol::internal::{
-    AccountRecord, Answer, Empty, GroupMessage, InboxEntry, InboxMeta, Query, TokenRecord,
+    AccountRecord, Answer, ContactIndex, Empty, GroupMessage, InboxEntry, InboxMeta, Query, TokenRecord,
 };
-use chat_protocol::v1::ConversationKind;
+use chat_protocol::v1::{Contact, ContactState, ConversationKind};
 
 /// Most entries or posts one query returns, whatever it asks for.
 pub const MAX_PAGE: usize = 1000;
@@ -41,6 +41,12 @@ pub fn evaluate(p: Partition, query: &Query, store: &impl Store) -> Result<Answe
         Some(Q::InboxMeta(user)) => A::InboxMeta(inbox_meta(p, store, user)?),
         Some(Q::Entries(e)) => A::Entries(entries(p, store, e)?),
         Some(Q::PrivateHistory(h)) => A::Entries(private_history(p, store, h)?),
+        Some(Q::Contacts(user)) => A::Contacts(answer::Contacts {
+            contacts: contacts_of(p, store, user)?,
+        }),
+        Some(Q::Blocks(user)) => A::Names(answer::Names {
+            names: names_under(store, &keys::scoped(p, tree::CONTACTS, user, kind::BLOCKED))?,
+        }),
         Some(Q::GroupsOf(user)) => {
             let prefix = keys::scoped(p, tree::INBOX, user, kind::GROUP);
             A::Names(answer::Names {
@@ -132,6 +138,32 @@ fn names_under(store: &impl Store, prefix: &[u8]) -> Result<Vec<String>> {
     Ok(names)
 }
 
+/// `user`'s relations, by name (a relation that ended is not listed).
+fn contacts_of(p: Partition, store: &impl Store, user: &str) -> Result<Vec<Contact>> {
+    let prefix = keys::scoped(p, tree::CONTACTS, user, kind::CONTACT);
+    let mut out = Vec::new();
+    let mut after: Option<Vec<u8>> = None;
+    loop {
+        let page = store.scan(&prefix, after.as_deref(), 1024)?;
+        let Some((last, _)) = page.last() else { break };
+        after = Some(last.clone());
+        for (key, value) in page {
+            let Some(view) = decode::<ContactIndex>(Some(value), "contact")? else {
+                continue;
+            };
+            if view.state == ContactState::None as u32 {
+                continue;
+            }
+            out.push(Contact {
+                user: String::from_utf8_lossy(&key[prefix.len()..]).into_owned(),
+                state: view.state as i32,
+                since_ms: view.since_ms,
+            });
+        }
+    }
+    Ok(out)
+}
+
 /// `None` when `user` is a member of `group`; otherwise the answer that says why not.
 fn member_check(p: Partition, store: &impl Store, group_name: &str, user: &str) -> Result<Option<A>> {
     if group(p, store, group_name)?.is_none() {
@@ -186,6 +218,7 @@ fn private_history(p: Partition, store: &impl Store, h: &query::PrivateHistory) 
         if let Some(entry) = decode::<InboxEntry>(store.get(&key)?, "inbox entry")?
             && entry.kind == ConversationKind::Private as u32
             && entry.receipt.is_none()
+            && entry.contact.is_none()
             && (entry.from == h.peer || (entry.from == h.user && entry.conversation == h.peer))
         {
             out.push(answer::Entry {
@@ -249,7 +282,7 @@ mod tests {
         let record = AccountRecord {
             password_hash: "h".into(),
             created_at_ms: 1,
-            disabled: false,
+            ..AccountRecord::default()
         };
         let op = Op::CreateAccount(command::CreateAccount {
             user: user.into(),

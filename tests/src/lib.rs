@@ -65,6 +65,8 @@ pub struct NodeOpts {
     pub admin_toml: String,
     /// `[auth]` lines (argon2 is made cheap in any case).
     pub auth_toml: String,
+    /// Environment variables for the node (for example `CHAT_FAULTS`, its fault points).
+    pub env: Vec<(String, String)>,
     /// Run the node inside this network namespace (`ip netns exec NS chat-node ...`; `ip`
     /// execs, so the child's pid is the node's). Default: the test's own namespace.
     pub netns: Option<String>,
@@ -318,6 +320,7 @@ fn spawn_node(dir: &Path, opts: &NodeOpts) -> Result<Spawned> {
             "RUST_LOG",
             std::env::var("CHAT_TEST_RUST_LOG").unwrap_or_else(|_| "info".into()),
         )
+        .envs(opts.env.iter().map(|(k, v)| (k, v)))
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(std::fs::File::create(&log)?)

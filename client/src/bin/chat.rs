@@ -1,7 +1,7 @@
 //! The `chat` command-line client: an interactive chat, and subcommands for scripts.
 
 use anyhow::{Context, Result, anyhow, bail};
-use chat_client::proto::ConversationKind;
+use chat_client::proto::{self as v1, ConversationKind};
 use chat_client::{Client, Push, TlsClient, format_delivery};
 use clap::{Parser, Subcommand};
 use std::time::Duration;
@@ -103,6 +103,65 @@ enum Command {
     Members {
         /// Group name.
         group: String,
+    },
+    /// Ask USER to be your contact (accepts at once if USER asked you first).
+    #[command(after_help = "Example:\n  chat --user alice --password wonderland contact-add bob")]
+    ContactAdd {
+        /// Username.
+        #[arg(value_name = "USER")]
+        name: String,
+    },
+    /// Accept USER's contact request.
+    #[command(after_help = "Example:\n  chat --user bob --password builder contact-accept alice")]
+    ContactAccept {
+        /// Username.
+        #[arg(value_name = "USER")]
+        name: String,
+    },
+    /// Decline USER's contact request.
+    #[command(after_help = "Example:\n  chat --user bob --password builder contact-decline alice")]
+    ContactDecline {
+        /// Username.
+        #[arg(value_name = "USER")]
+        name: String,
+    },
+    /// Remove USER from your contacts, or withdraw a request to or from USER.
+    #[command(after_help = "Example:\n  chat --user bob --password builder contact-remove alice")]
+    ContactRemove {
+        /// Username.
+        #[arg(value_name = "USER")]
+        name: String,
+    },
+    /// Print your contacts and requests: `NAME contact|incoming|outgoing`, one per line.
+    #[command(after_help = "Example:\n  chat --user bob --password builder contacts")]
+    Contacts,
+    /// Block USER: its private messages are refused and its contact requests dropped.
+    #[command(after_help = "Example:\n  chat --user bob --password builder block mallory")]
+    Block {
+        /// Username.
+        #[arg(value_name = "USER")]
+        name: String,
+    },
+    /// Unblock USER.
+    #[command(after_help = "Example:\n  chat --user bob --password builder unblock mallory")]
+    Unblock {
+        /// Username.
+        #[arg(value_name = "USER")]
+        name: String,
+    },
+    /// Print the users you block, one per line.
+    #[command(after_help = "Example:\n  chat --user bob --password builder blocks")]
+    Blocks,
+    /// Show or change who may send you private messages, and whether your last seen
+    /// time is hidden.
+    #[command(after_help = "Example:\n  chat --user bob --password builder privacy --messages contacts")]
+    Privacy {
+        /// `everyone` or `contacts` (contacts only).
+        #[arg(long, value_parser = ["everyone", "contacts"])]
+        messages: Option<String>,
+        /// Hide (true) or show (false) when you were last online.
+        #[arg(long)]
+        hide_last_seen: Option<bool>,
     },
     /// Print the cluster's nodes: name, client address, up or down, sessions.
     #[command(
@@ -300,6 +359,38 @@ async fn run(cli: Cli) -> Result<()> {
                 println!("{m}");
             }
         }
+        Command::ContactAdd { name: user } => print_contact(&user, client.contact_request(&user).await?),
+        Command::ContactAccept { name: user } => print_contact(&user, client.contact_accept(&user).await?),
+        Command::ContactDecline { name: user } => print_contact(&user, client.contact_decline(&user).await?),
+        Command::ContactRemove { name: user } => print_contact(&user, client.contact_remove(&user).await?),
+        Command::Contacts => {
+            for c in client.contacts().await? {
+                println!("{} {}", c.user, state_word(c.state()));
+            }
+        }
+        Command::Block { name: user } => {
+            client.block(&user, true).await?;
+            println!("blocked {user}");
+        }
+        Command::Unblock { name: user } => {
+            client.block(&user, false).await?;
+            println!("unblocked {user}");
+        }
+        Command::Blocks => {
+            for u in client.blocks().await? {
+                println!("{u}");
+            }
+        }
+        Command::Privacy {
+            messages,
+            hide_last_seen,
+        } => {
+            let only = messages.map(|m| m == "contacts");
+            let p = client.set_privacy(only, hide_last_seen).await?;
+            let who = if p.contacts_only { "contacts" } else { "everyone" };
+            println!("messages from: {who}");
+            println!("last seen: {}", if p.hide_last_seen { "hidden" } else { "shown" });
+        }
         Command::Passwd { new_password } => {
             let new = match new_password {
                 Some(p) => p,
@@ -424,6 +515,14 @@ const HELP: &str = "  @USER TEXT     private message
   :leave G       leave group G
   :groups        my groups
   :members G     members of group G
+  :add U         ask U to be your contact (or accept U's request)
+  :accept U      accept U's contact request
+  :decline U     decline U's contact request
+  :remove U      remove contact U (or withdraw a request)
+  :contacts      my contacts and requests
+  :block U       block U
+  :unblock U     unblock U
+  :blocks        users I block
   :history X     history with user X or #group X
   :help          this text
   :q             quit";
@@ -678,6 +777,27 @@ async fn command(client: &Client, line: &str, state: &mut State) -> Result<bool>
             .map(|()| println!("left #{rest}"))?,
         ":groups" => println!("groups: {}", client.my_groups().await?.join(", ")),
         ":members" => println!("members: {}", client.members(arg("GROUP")?).await?.join(", ")),
+        ":add" => print_contact(rest, client.contact_request(arg("USER")?).await?),
+        ":accept" => print_contact(rest, client.contact_accept(arg("USER")?).await?),
+        ":decline" => print_contact(rest, client.contact_decline(arg("USER")?).await?),
+        ":remove" => print_contact(rest, client.contact_remove(arg("USER")?).await?),
+        ":contacts" => {
+            let contacts = client.contacts().await?;
+            let shown: Vec<String> = contacts
+                .iter()
+                .map(|c| format!("{} ({})", c.user, state_word(c.state())))
+                .collect();
+            println!("contacts: {}", shown.join(", "));
+        }
+        ":block" => client
+            .block(arg("USER")?, true)
+            .await
+            .map(|()| println!("blocked {rest}"))?,
+        ":unblock" => client
+            .block(arg("USER")?, false)
+            .await
+            .map(|()| println!("unblocked {rest}"))?,
+        ":blocks" => println!("blocked: {}", client.blocks().await?.join(", ")),
         ":to" => {
             let to = arg("@USER|#GROUP")?;
             let name = to.strip_prefix('@').unwrap_or(to);
@@ -746,4 +866,18 @@ async fn http_post(addr: &str, path: &str) -> Result<(u16, String)> {
         .and_then(|s| s.parse().ok())
         .with_context(|| format!("not an HTTP answer from {addr}"))?;
     Ok((status, body.to_owned()))
+}
+
+/// A relation in one word, as `contacts` prints it.
+fn state_word(state: v1::ContactState) -> &'static str {
+    match state {
+        v1::ContactState::Contact => "contact",
+        v1::ContactState::Incoming => "incoming",
+        v1::ContactState::Outgoing => "outgoing",
+        v1::ContactState::None => "none",
+    }
+}
+
+fn print_contact(user: &str, state: v1::ContactState) {
+    println!("{user}: {}", state_word(state));
 }

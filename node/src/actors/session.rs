@@ -13,12 +13,15 @@ use super::{Reply, reply};
 use crate::auth;
 use crate::context::NodeCtx;
 use crate::error::{ChatError, ChatResult};
-use crate::request::{self as inbox, AccountMsg, AckKind, Appended, Draft, GroupMsg, InboxMsg, Page};
+use crate::request::{
+    self as inbox, AccountMsg, AckKind, Appended, ContactMsg, Draft, GroupMsg, InboxMsg, Page, Target,
+};
 use crate::storage;
 use bytes::{Bytes, BytesMut};
 use chat_protocol::codec::{CodecError, FrameCodec, encode_frame};
 use chat_protocol::internal::{AccountRecord, InboxMeta, TokenRecord};
 use chat_protocol::v1::{self, ClientFrame, ConversationKind, ErrorCode, client_frame, server_frame::Body};
+use chat_state::contacts::Action;
 use futures::StreamExt;
 use prost::Message;
 use std::net::SocketAddr;
@@ -802,6 +805,30 @@ impl SessionState {
                     },
                 );
             }
+            B::ContactRequest(c) => self.contact_act(id, permit, c.user, Action::Request)?,
+            B::ContactAccept(c) => self.contact_act(id, permit, c.user, Action::Accept)?,
+            B::ContactDecline(c) => self.contact_act(id, permit, c.user, Action::Decline)?,
+            B::ContactRemove(c) => self.contact_act(id, permit, c.user, Action::Remove)?,
+            B::ListContacts(_) => {
+                let reply = self.respond(id, permit, |contacts| {
+                    Body::ContactList(v1::ContactList { contacts })
+                });
+                self.to_contacts(ContactMsg::List { reply });
+            }
+            B::Block(b) => self.block(id, permit, b.user, true)?,
+            B::Unblock(b) => self.block(id, permit, b.user, false)?,
+            B::ListBlocks(_) => {
+                let reply = self.respond(id, permit, |users| Body::BlockList(v1::BlockList { users }));
+                self.to_contacts(ContactMsg::Blocks { reply });
+            }
+            B::SetPrivacy(s) => {
+                let reply = self.respond(id, permit, Body::Privacy);
+                self.to_contacts(ContactMsg::Privacy {
+                    contacts_only: s.contacts_only,
+                    hide_last_seen: s.hide_last_seen,
+                    reply,
+                });
+            }
             B::ListMyGroups(_) => {
                 let reply = self.respond(id, permit, |groups| Body::GroupList(v1::GroupList { groups }));
                 let me = self.me().to_owned();
@@ -873,6 +900,48 @@ impl SessionState {
         self.ctx
             .router
             .to_inbox(self.me(), InboxMsg::Ack { kind, up_to, reply });
+    }
+
+    fn to_contacts(&self, msg: ContactMsg) {
+        let me = self.me().to_owned();
+        self.ctx.router.route(Target::Contacts(me, msg));
+    }
+
+    fn contact_act(&self, id: u64, permit: Permit, user: String, action: Action) -> ChatResult<()> {
+        check_name(&user)?;
+        if user == self.me() {
+            return Err(ChatError::BadRequest("a contact is someone else".into()));
+        }
+        let name = user.clone();
+        let reply = self.respond(id, permit, move |state: v1::ContactState| {
+            Body::ContactOk(v1::ContactOk {
+                user: name,
+                state: state as i32,
+            })
+        });
+        self.to_contacts(ContactMsg::Act {
+            other: user,
+            action,
+            reply,
+        });
+        Ok(())
+    }
+
+    fn block(&self, id: u64, permit: Permit, user: String, blocked: bool) -> ChatResult<()> {
+        check_name(&user)?;
+        if user == self.me() {
+            return Err(ChatError::BadRequest("you cannot block yourself".into()));
+        }
+        let name = user.clone();
+        let reply = self.respond(id, permit, move |()| {
+            Body::BlockOk(v1::BlockOk { user: name, blocked })
+        });
+        self.to_contacts(ContactMsg::Block {
+            other: user,
+            blocked,
+            reply,
+        });
+        Ok(())
     }
 
     fn group_op(
@@ -961,7 +1030,7 @@ impl SessionState {
                 let record = AccountRecord {
                     password_hash: hash,
                     created_at_ms: storage::now_ms(),
-                    disabled: false,
+                    ..AccountRecord::default()
                 };
                 let create = |reply| AccountMsg::Create { record, reply };
                 if ctx.router.account(&r.username, create).await? {

@@ -205,7 +205,7 @@ fn register(user: &str) -> Op {
         record: Some(AccountRecord {
             password_hash: "h".into(),
             created_at_ms: 1,
-            disabled: false,
+            ..AccountRecord::default()
         }),
     })
 }

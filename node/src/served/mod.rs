@@ -16,6 +16,8 @@
 //! - Receipts: an acknowledgement that moves a cursor stores a receipt in each
 //!   sender's inbox, deduplicated by (kind, reader, message).
 
+mod contacts;
+
 use crate::actors::Reply;
 use crate::consensus::disk::{Disk, Pending};
 use crate::consensus::driver::Handle;
@@ -59,6 +61,8 @@ pub struct Served {
     runtime: tokio::runtime::Handle,
     /// Groups whose fan-out runs here, and whether it must look again when done.
     fanouts: Mutex<HashMap<String, bool>>,
+    /// Contact updates whose delivery runs here.
+    contact_deliveries: contacts::Deliveries,
     /// Itself, for work that outlives a call.
     myself: Weak<Served>,
 }
@@ -84,6 +88,7 @@ impl Served {
             },
             runtime: tokio::runtime::Handle::current(),
             fanouts: Mutex::default(),
+            contact_deliveries: Mutex::default(),
             myself: myself.clone(),
         });
         tokio::spawn(sweep(Arc::downgrade(&served)));
@@ -370,6 +375,7 @@ impl Served {
                 }));
             }
             Ok(outcome::Result::NotFound(_)) => reply(Err(ChatError::NotFound(format!("user {user}")))),
+            Ok(outcome::Result::NotAllowed(_)) => reply(Err(ChatError::NotAllowed(user))),
             Ok(other) => reply(Err(unexpected_outcome(&other))),
             Err(e) => reply(Err(e)),
         });
@@ -786,6 +792,7 @@ impl Route for Served {
             Target::Inbox(user, msg) => me.inbox(user, msg),
             Target::Group(group, msg) => me.group(group, msg),
             Target::Account(user, msg) => me.account(user, msg),
+            Target::Contacts(user, msg) => me.contacts(user, msg),
         }
     }
 }
@@ -795,7 +802,10 @@ async fn sweep(served: Weak<Served>) {
     loop {
         tokio::time::sleep(FANOUT_SWEEP).await;
         match served.upgrade() {
-            Some(served) => served.resume_fanouts(),
+            Some(served) => {
+                served.resume_fanouts();
+                served.resume_contact_deliveries();
+            }
             None => return,
         }
     }
@@ -884,6 +894,7 @@ fn group_deliveries(group: &str, posts: Vec<answer::Post>) -> Vec<v1::Delivery> 
                 text: m.text,
                 group_seq: p.group_seq,
                 receipt: None,
+                contact: None,
             })
         })
         .collect()

@@ -1,0 +1,238 @@
+//! Contacts, blocking and privacy across nodes: users on different nodes of a
+//! three-node cluster (replicas 3). A contact request waits in the inbox of a recipient
+//! who is offline and is pushed live to one who is online; an accept makes both
+//! contacts on both sides; "contacts only" refuses strangers with NOT_ALLOWED; a
+//! blocked user's messages are refused the same way and its requests never reach the
+//! blocker. The CLI commands do the same with their exit codes.
+
+use chat_client::proto::{ContactEvent, ContactState, ErrorCode};
+use chat_client::{Client, Push};
+use chat_tests::{DEADLINE, Node, NodeOpts, cli, free_port, next_push, wait_for, wait_settled};
+use tokio::sync::mpsc::UnboundedReceiver;
+
+const COOKIE: &str = "contacts-cookie";
+
+async fn three_nodes(names: [&str; 3]) -> [Node; 3] {
+    let ports = [free_port(), free_port(), free_port()];
+    let start = |i: usize| {
+        let seeds: Vec<u16> = (0..3).filter(|j| *j != i).map(|j| ports[j]).collect();
+        let mut opts = NodeOpts::member(names[i], ports[i], &seeds, COOKIE);
+        opts.cluster_toml
+            .push_str(&format!("replicas = 3\ninitial_members = {names:?}\n"));
+        Node::start_with(opts).unwrap()
+    };
+    let nodes = [start(0), start(1), start(2)];
+    wait_settled(&[&nodes[0], &nodes[1], &nodes[2]], 3).await.unwrap();
+    nodes
+}
+
+async fn register(node: &Node, users: &[&str]) {
+    let (c, _) = node.connect().await.unwrap();
+    for u in users {
+        c.register(u, &chat_tests::password(u)).await.unwrap();
+    }
+}
+
+/// The next contact event pushed that says `state`.
+async fn next_contact_event(pushes: &mut UnboundedReceiver<Push>, state: ContactState) -> ContactEvent {
+    next_push(pushes, |p| match p {
+        Push::Delivery(d) => d.contact.filter(|c| c.state() == state),
+        _ => None,
+    })
+    .await
+    .unwrap()
+}
+
+/// `user`'s view of its relation with `other`, as its contact list says.
+async fn state_of(client: &Client, other: &str) -> ContactState {
+    let list = client.contacts().await.unwrap();
+    list.iter()
+        .find(|c| c.user == other)
+        .map_or(ContactState::None, |c| c.state())
+}
+
+#[tokio::test]
+async fn requests_wait_for_offline_users_and_accepting_makes_contacts_on_both_sides() {
+    let [a, b, c] = three_nodes(["ct1", "ct2", "ct3"]).await;
+    register(&a, &["alice", "bob", "carol", "mallory"]).await;
+    let (alice, mut alice_pushes, _) = a.login("alice").await.unwrap();
+
+    // Bob is offline: the request waits in his inbox.
+    assert_eq!(
+        alice.contact_request("bob").await.unwrap(),
+        ContactState::Outgoing
+    );
+    assert_eq!(state_of(&alice, "bob").await, ContactState::Outgoing);
+    let (bob, _bob_pushes, _) = b.login("bob").await.unwrap();
+    let waiting = wait_for("the request in bob's inbox", DEADLINE, || async {
+        let all = bob.sync_all(0).await.ok()?;
+        all.into_iter().find_map(|d| d.contact)
+    })
+    .await
+    .unwrap();
+    assert_eq!(
+        (waiting.user.as_str(), waiting.state(), waiting.by.as_str()),
+        ("alice", ContactState::Incoming, "alice")
+    );
+    assert_eq!(state_of(&bob, "alice").await, ContactState::Incoming);
+    // Nothing to accept from someone who did not ask; no such user.
+    let err = bob.contact_accept("carol").await.unwrap_err();
+    assert_eq!(err.code(), Some(ErrorCode::NotFound), "{err}");
+    let err = bob.contact_request("nobody").await.unwrap_err();
+    assert_eq!(err.code(), Some(ErrorCode::NotFound), "{err}");
+    let err = bob.contact_request("bob").await.unwrap_err();
+    assert_eq!(err.code(), Some(ErrorCode::BadRequest), "{err}");
+
+    // Bob accepts on node 2; alice, online on node 1, is told at once.
+    assert_eq!(bob.contact_accept("alice").await.unwrap(), ContactState::Contact);
+    // (Alice's own sessions were told of her request too: skip to the answer.)
+    let told = next_contact_event(&mut alice_pushes, ContactState::Contact).await;
+    assert_eq!(
+        (told.user.as_str(), told.state(), told.by.as_str()),
+        ("bob", ContactState::Contact, "bob")
+    );
+    assert_eq!(state_of(&alice, "bob").await, ContactState::Contact);
+    assert_eq!(state_of(&bob, "alice").await, ContactState::Contact);
+    // Accepting again changes nothing.
+    assert_eq!(bob.contact_accept("alice").await.unwrap(), ContactState::Contact);
+
+    // Contacts only: a stranger is refused, a contact is not.
+    let (carol, _, _) = c.login("carol").await.unwrap();
+    let privacy = bob.set_privacy(Some(true), None).await.unwrap();
+    assert!(privacy.contacts_only && !privacy.hide_last_seen);
+    let refused = carol.send_private("bob", "hello?").await.unwrap_err();
+    assert_eq!(refused.code(), Some(ErrorCode::NotAllowed), "{refused}");
+    alice.send_private("bob", "hi bob").await.unwrap();
+    // Asking is allowed (it is not a message), and accepting lets carol write.
+    carol.contact_request("bob").await.unwrap();
+    wait_for("carol's request at bob", DEADLINE, || async {
+        (state_of(&bob, "carol").await == ContactState::Incoming).then_some(())
+    })
+    .await
+    .unwrap();
+    bob.contact_accept("carol").await.unwrap();
+    carol.send_private("bob", "thanks").await.unwrap();
+    // Removed by either side: both lists lose it, and contacts-only refuses again.
+    assert_eq!(carol.contact_remove("bob").await.unwrap(), ContactState::None);
+    wait_for("bob to lose carol", DEADLINE, || async {
+        (state_of(&bob, "carol").await == ContactState::None).then_some(())
+    })
+    .await
+    .unwrap();
+    let refused = carol.send_private("bob", "again").await.unwrap_err();
+    assert_eq!(refused.code(), Some(ErrorCode::NotAllowed), "{refused}");
+    assert!(!bob.set_privacy(Some(false), None).await.unwrap().contacts_only);
+    carol
+        .send_private("bob", "everyone may write again")
+        .await
+        .unwrap();
+
+    // Blocking: mallory's messages are refused like a stranger's...
+    let (mallory, _, _) = c.login("mallory").await.unwrap();
+    mallory.send_private("bob", "before the block").await.unwrap();
+    bob.block("mallory", true).await.unwrap();
+    assert_eq!(bob.blocks().await.unwrap(), vec!["mallory".to_string()]);
+    let refused = mallory.send_private("bob", "spam").await.unwrap_err();
+    assert_eq!(refused.code(), Some(ErrorCode::NotAllowed), "{refused}");
+    // ...and its request never reaches bob. Proof without waiting on a clock: bob
+    // unblocks, mallory withdraws; once bob is told of the withdrawal (a newer change of
+    // the same pair), the request can never arrive any more.
+    assert_eq!(
+        mallory.contact_request("bob").await.unwrap(),
+        ContactState::Outgoing
+    );
+    bob.block("mallory", false).await.unwrap();
+    assert!(bob.blocks().await.unwrap().is_empty());
+    mallory.contact_remove("bob").await.unwrap();
+    let from_mallory = wait_for("the withdrawal at bob", DEADLINE, || async {
+        let all = bob.sync_all(0).await.ok()?;
+        let events: Vec<ContactEvent> = all
+            .into_iter()
+            .filter_map(|d| d.contact)
+            .filter(|e| e.user == "mallory")
+            .collect();
+        (!events.is_empty()).then_some(events)
+    })
+    .await
+    .unwrap();
+    assert!(
+        from_mallory.iter().all(|e| e.state() != ContactState::Incoming),
+        "a blocked user's request reached bob: {from_mallory:?}"
+    );
+    mallory.send_private("bob", "unblocked").await.unwrap();
+    // Contact events are not messages: the private history with alice has only text.
+    let history = bob
+        .history(chat_client::proto::ConversationKind::Private, "alice", 0, 50)
+        .await
+        .unwrap();
+    assert_eq!(history.messages.len(), 1, "{:?}", history.messages);
+}
+
+#[tokio::test]
+async fn the_cli_manages_contacts_and_blocks_and_recv_prints_contact_events() {
+    let node = Node::start().unwrap();
+    register(&node, &["ann", "ben", "eve"]).await;
+    let run = |user: &'static str, args: &'static [&'static str]| {
+        let pw = chat_tests::password(user);
+        let addr = node.addr.clone();
+        async move {
+            let mut all = vec!["--server", &addr, "--user", user, "--password", &pw];
+            all.extend_from_slice(args);
+            cli(&all).await.unwrap()
+        }
+    };
+    let (ok, out, err) = run("ann", &["contact-add", "ben"]).await;
+    assert!(ok && out.contains("ben: outgoing"), "{out} {err}");
+    let (ok, out, _) = run("ben", &["recv", "--wait", "0"]).await;
+    assert!(
+        ok && out.contains("contact: ann asked to be your contact"),
+        "{out}"
+    );
+    let (ok, out, _) = run("ben", &["contacts"]).await;
+    assert!(ok && out.lines().any(|l| l == "ann incoming"), "{out}");
+    let (ok, _, err) = run("ben", &["contact-accept", "eve"]).await;
+    assert!(!ok && err.contains("contact request from eve"), "{err}");
+    let (ok, out, _) = run("ben", &["contact-accept", "ann"]).await;
+    assert!(ok && out.contains("ann: contact"), "{out}");
+    let (ok, out, _) = run("ann", &["contacts"]).await;
+    assert!(ok && out.lines().any(|l| l == "ben contact"), "{out}");
+    let (ok, out, _) = run("ann", &["contact-remove", "ben"]).await;
+    assert!(ok && out.contains("ben: none"), "{out}");
+    let (ok, out, _) = run("ben", &["block", "eve"]).await;
+    assert!(ok && out.contains("blocked eve"), "{out}");
+    let (ok, out, _) = run("ben", &["blocks"]).await;
+    assert!(ok && out.lines().any(|l| l == "eve"), "{out}");
+    let (ok, _, err) = run("eve", &["send", "ben", "hi"]).await;
+    assert!(!ok && err.contains("does not accept messages from you"), "{err}");
+    let (ok, out, _) = run("ben", &["unblock", "eve"]).await;
+    assert!(ok && out.contains("unblocked eve"), "{out}");
+    let (ok, out, _) = run("ben", &["privacy", "--messages", "contacts"]).await;
+    assert!(ok && out.contains("messages from: contacts"), "{out}");
+    let (ok, _, err) = run("eve", &["send", "ben", "hi"]).await;
+    assert!(!ok && err.contains("does not accept messages from you"), "{err}");
+    let (ok, out, _) = run("ben", &["privacy"]).await;
+    assert!(
+        ok && out.contains("messages from: contacts") && out.contains("last seen: shown"),
+        "{out}"
+    );
+    let (ok, out, err) = run("ben", &["block", "nobody"]).await;
+    assert!(!ok && err.contains("nobody"), "{out} / {err}");
+}
+
+#[tokio::test]
+async fn a_change_whose_delivery_was_cut_short_reaches_the_other_user_through_the_outbox() {
+    // The fault point leaves the other user's update undelivered, as if the node had
+    // died right after the change committed: the partition's leader delivers it.
+    let node = Node::start_with(NodeOpts {
+        env: vec![("CHAT_FAULTS".into(), "skip-contact-delivery".into())],
+        ..NodeOpts::default()
+    })
+    .unwrap();
+    register(&node, &["dora", "eli"]).await;
+    let (dora, _, _) = node.login("dora").await.unwrap();
+    let (eli, mut eli_pushes, _) = node.login("eli").await.unwrap();
+    assert_eq!(dora.contact_request("eli").await.unwrap(), ContactState::Outgoing);
+    let told = next_contact_event(&mut eli_pushes, ContactState::Incoming).await;
+    assert_eq!((told.user.as_str(), told.by.as_str()), ("dora", "dora"));
+    assert_eq!(state_of(&eli, "dora").await, ContactState::Incoming);
+}
