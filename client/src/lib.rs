@@ -126,6 +126,10 @@ pub enum Push {
     Closing(v1::Closing),
     /// An error not tied to a request (for example a malformed frame).
     Error(v1::Error),
+    /// Contacts or group members came online or went offline.
+    Presence(v1::PresenceUpdate),
+    /// Someone is typing (or stopped).
+    Typing(v1::TypingNotice),
 }
 
 /// What a client needs to speak TLS: the roots it trusts and, optionally, the name to
@@ -271,6 +275,8 @@ impl Client {
                     Resp::Receipt(r) => Push::Receipt(r),
                     Resp::Closing(c) => Push::Closing(c),
                     Resp::Error(e) => Push::Error(e),
+                    Resp::Presence(p) => Push::Presence(p),
+                    Resp::Typing(t) => Push::Typing(t),
                     _ => continue,
                 };
                 let _ = push_tx.send(push);
@@ -378,6 +384,20 @@ impl Client {
             }),
             other => Ok(other),
         }
+    }
+
+    /// Tells the conversation that this user is typing (or, with `stopped`, stopped).
+    /// Never answered: it returns once the frame is handed to the connection.
+    pub async fn typing(&self, kind: v1::ConversationKind, conversation: &str, stopped: bool) -> Result<()> {
+        let frame = ClientFrame {
+            request_id: self.next_id.fetch_add(1, Ordering::Relaxed),
+            body: Some(Req::Typing(v1::Typing {
+                kind: kind as i32,
+                conversation: conversation.into(),
+                stopped,
+            })),
+        };
+        self.out.send(frame).await.map_err(|_| ClientError::Closed)
     }
 
     /// Registers a new account.

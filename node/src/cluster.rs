@@ -109,6 +109,19 @@ impl Actor for Member {
                     }
                 });
             }
+            MemberMsg::SessionsAmong(bytes, reply) => {
+                let names = OnlinePage::decode(bytes.as_slice())
+                    .map(|p| p.users)
+                    .unwrap_or_default();
+                let users = state.args.remote.with_sessions(names);
+                let _ = reply.send(
+                    OnlinePage {
+                        users,
+                        has_more: false,
+                    }
+                    .encode_to_vec(),
+                );
+            }
             MemberMsg::Envelope(bytes) => state.dispatch(&bytes),
             MemberMsg::Tick => {
                 let members: Vec<ActorCell> = pg::get_members(&PG_GROUP.to_owned())
@@ -159,6 +172,7 @@ impl MemberState {
                 Some(item::Body::Request(req)) => remote.serve_at_leader(req),
                 Some(item::Body::Response(resp)) => remote.complete(resp),
                 Some(item::Body::UserPush(push)) => remote.push_to_user(push),
+                Some(item::Body::Notice(notice)) => remote.notice(notice),
                 Some(item::Body::Raft(batch)) => remote.raft(batch),
                 None => tracing::warn!("empty or unknown item from a peer; dropped"),
             }

@@ -97,6 +97,8 @@ pub struct NodeCtx {
     pub remote: Arc<crate::remote::Remote>,
     /// The Raft core.
     pub consensus: crate::consensus::driver::Handle,
+    /// Presence and typing notices.
+    pub presence: Arc<crate::presence::Presence>,
     pub(crate) hashing: PasswordHashing,
     /// A hash of no one's password: a login of a user that does not exist is verified
     /// against it, so that it takes as long as a wrong password of one that does.

@@ -12,6 +12,7 @@ pub mod context;
 pub mod error;
 pub mod metrics;
 pub mod partition;
+pub mod presence;
 pub mod remote;
 pub mod request;
 pub mod served;

@@ -13,7 +13,7 @@ use crate::error::{ChatError, ChatResult};
 use crate::view::{ClusterView, MemberMsg};
 use bytes::Bytes;
 use chat_protocol::internal::{
-    Answer, Envelope, Item, Query, Request, Response, UserPush, item, request, response,
+    Answer, Envelope, Item, Notice, Query, Request, Response, UserPush, item, request, response,
 };
 use prost::Message;
 use ractor::ActorRef;
@@ -92,7 +92,16 @@ pub struct Remote {
     /// Continuations of proposals' outcomes, run in order by one task rather than on
     /// the consensus thread (they encode, decode and push; the thread only decides).
     outcomes: Option<tokio::sync::mpsc::UnboundedSender<Continuation>>,
+    /// Told when a user's first session here logs in (true) or its last one here ends.
+    local_presence: std::sync::OnceLock<PresenceHook>,
+    /// Gets the presence changes of notices.
+    presence_notices: std::sync::OnceLock<NoticeHook>,
 }
+
+/// See [`Remote::on_local_presence`].
+pub type PresenceHook = Box<dyn Fn(String, bool) + Send + Sync>;
+/// See [`Remote::on_presence_notice`].
+pub type NoticeHook = Box<dyn Fn(Notice) + Send + Sync>;
 
 /// Work handed off the consensus thread.
 type Continuation = Box<dyn FnOnce() + Send>;
@@ -149,7 +158,71 @@ impl Remote {
             consensus: std::sync::OnceLock::new(),
             reader: std::sync::OnceLock::new(),
             outcomes,
+            local_presence: std::sync::OnceLock::new(),
+            presence_notices: std::sync::OnceLock::new(),
         })
+    }
+
+    /// Calls `hook(user, true)` when a user's first session on this node logs in, and
+    /// `hook(user, false)` when its last one here logs out or closes.
+    pub fn on_local_presence(&self, hook: PresenceHook) {
+        let _ = self.local_presence.set(hook);
+    }
+
+    /// Hands the presence changes of notices (from peers and from here) to `hook`.
+    pub fn on_presence_notice(&self, hook: NoticeHook) {
+        let _ = self.presence_notices.set(hook);
+    }
+
+    /// Whether `user` has a logged-in session on this node.
+    pub fn has_sessions(&self, user: &str) -> bool {
+        self.users.lock().expect("users lock").contains_key(user)
+    }
+
+    /// Those of `names` with a logged-in session on this node.
+    pub fn with_sessions(&self, names: Vec<String>) -> Vec<String> {
+        let users = self.users.lock().expect("users lock");
+        names.into_iter().filter(|n| users.contains_key(n)).collect()
+    }
+
+    /// Sends a notice to every node up, this one included.
+    pub fn notice_everywhere(self: &Arc<Self>, notice: Notice) {
+        for peer in self.view.peers().into_iter().filter(|p| p.up) {
+            self.send(&peer.card.name, item::Body::Notice(notice.clone()));
+        }
+        self.notice(notice);
+    }
+
+    /// A notice for users of this node: its frame is pushed to their sessions here, its
+    /// presence change goes to the presence hook.
+    pub fn notice(&self, notice: Notice) {
+        if !notice.frame.is_empty() {
+            let frame = Bytes::from(notice.frame);
+            for user in notice.users {
+                self.push_frame(&user, &frame);
+            }
+        } else if let Some(hook) = self.presence_notices.get() {
+            hook(notice);
+        }
+    }
+
+    /// Pushes `frame` to every session of `user` on this node.
+    fn push_frame(&self, user: &str, frame: &Bytes) {
+        let ids = match self.users.lock().expect("users lock").get(user) {
+            Some(ids) => ids.clone(),
+            None => return,
+        };
+        for id in ids {
+            if let Some(target) = self.session(id) {
+                target.push(frame.clone());
+            }
+        }
+    }
+
+    fn presence_changed(&self, user: &str, online: bool) {
+        if let Some(hook) = self.local_presence.get() {
+            hook(user.to_owned(), online);
+        }
     }
 
     /// Runs `work` after the continuations handed off before it, off the calling
@@ -519,19 +592,29 @@ impl Remote {
             return;
         }
         let mut users = self.users.lock().expect("users lock");
-        if let Some(before) = before {
-            forget_user_session(&mut users, &before, id);
+        let gone = before.filter(|before| forget_user_session(&mut users, before, id));
+        let came = user.filter(|user| {
+            let ids = users.entry(user.clone()).or_default();
+            ids.push(id);
+            ids.len() == 1
+        });
+        drop(users);
+        drop(sessions);
+        if let Some(gone) = gone {
+            self.presence_changed(&gone, false);
         }
-        if let Some(user) = user {
-            users.entry(user).or_default().push(id);
+        if let Some(came) = came {
+            self.presence_changed(&came, true);
         }
     }
 
     /// The session closed.
     pub fn remove_session(&self, id: u64) {
         let removed = self.sessions.lock().expect("sessions lock").remove(&id);
-        if let Some(user) = removed.and_then(|s| s.user) {
-            forget_user_session(&mut self.users.lock().expect("users lock"), &user, id);
+        if let Some(user) = removed.and_then(|s| s.user)
+            && forget_user_session(&mut self.users.lock().expect("users lock"), &user, id)
+        {
+            self.presence_changed(&user, false);
         }
     }
 
@@ -584,13 +667,17 @@ impl Remote {
     }
 }
 
-fn forget_user_session(users: &mut HashMap<String, Vec<u64>>, user: &str, id: u64) {
-    if let Some(ids) = users.get_mut(user) {
-        ids.retain(|s| *s != id);
-        if ids.is_empty() {
-            users.remove(user);
-        }
+/// Forgets one session of `user`; true when it was the user's last one here.
+fn forget_user_session(users: &mut HashMap<String, Vec<u64>>, user: &str, id: u64) -> bool {
+    let Some(ids) = users.get_mut(user) else {
+        return false;
+    };
+    ids.retain(|s| *s != id);
+    if ids.is_empty() {
+        users.remove(user);
+        return true;
     }
+    false
 }
 
 /// Drains one link: packs waiting items into envelopes and casts them to the peer.

@@ -427,6 +427,21 @@ pub enum ContactMsg {
         /// Gets their names, sorted.
         reply: Reply<ChatResult<Vec<String>>>,
     },
+    /// The user's last session anywhere ended at `at_ms`: gets whether the user hides
+    /// its last seen time.
+    Seen {
+        /// When.
+        at_ms: u64,
+        /// Gets whether it is hidden.
+        reply: Reply<ChatResult<bool>>,
+    },
+    /// Whether the user takes private messages from `from`.
+    MayMessage {
+        /// The sender.
+        from: String,
+        /// Gets the answer (NotFound: no such user).
+        reply: Reply<ChatResult<bool>>,
+    },
     /// Change (or, with both unset, read) the privacy settings.
     Privacy {
         /// Contacts only, or everyone, may send private messages.
@@ -447,6 +462,7 @@ impl ContactMsg {
             Self::Block { reply, .. } => reply(Err(err)),
             Self::Blocks { reply } => reply(Err(err)),
             Self::Privacy { reply, .. } => reply(Err(err)),
+            Self::Seen { reply, .. } | Self::MayMessage { reply, .. } => reply(Err(err)),
         }
     }
 }

@@ -207,19 +207,21 @@ pub async fn run(config: Config, listeners: Listeners, shutdown: CancellationTok
         .map_err(|e| NodeError::Config(crate::config::ConfigError::Invalid(e)))?;
     let dummy_hash = hashing.hash(&crate::auth::new_token());
     let parallelism = std::thread::available_parallelism().map_or(2, |n| n.get());
+    // Requests go to partition leaders through the Raft core.
+    let router = Router::new(crate::served::Served::start(
+        remote.clone(),
+        consensus.clone(),
+        records,
+        config.storage.retention_max_messages,
+        max_age,
+        Duration::from_secs(config.storage.retention_sweep_minutes.max(1) * 60),
+    ));
+    let presence = crate::presence::Presence::start(router.clone(), remote.clone());
     let ctx = Arc::new(NodeCtx {
         config: config.clone(),
         node_name: node_name.clone(),
         storage: storage.clone(),
-        // Requests go to partition leaders through the Raft core.
-        router: Router::new(crate::served::Served::start(
-            remote.clone(),
-            consensus.clone(),
-            records,
-            config.storage.retention_max_messages,
-            max_age,
-            Duration::from_secs(config.storage.retention_sweep_minutes.max(1) * 60),
-        )),
+        router,
         registry: registry.clone(),
         sessions: sessions.clone(),
         // Session ids are unique in the cluster: remote inboxes know sessions by id.
@@ -229,6 +231,7 @@ pub async fn run(config: Config, listeners: Listeners, shutdown: CancellationTok
         view: cluster.view.clone(),
         remote,
         consensus: consensus.clone(),
+        presence,
         dummy_hash,
         guard: std::sync::Mutex::new(crate::throttle::Guard::new(
             config.auth.max_failed_logins,

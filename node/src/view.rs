@@ -28,6 +28,10 @@ pub enum MemberMsg {
     /// second; answered with a prost-encoded [`OnlinePage`].
     #[rpc]
     Online(String, u32, RpcReplyPort<Vec<u8>>),
+    /// Which of some users have sessions on this node: a prost-encoded [`OnlinePage`] of
+    /// names, answered with the same of those that do.
+    #[rpc]
+    SessionsAmong(Vec<u8>, RpcReplyPort<Vec<u8>>),
     /// Traffic for this node's router: a prost-encoded [`chat_protocol::internal::Envelope`].
     Envelope(Vec<u8>),
     /// Local tick: ask every peer, redial the lost.
@@ -209,4 +213,37 @@ pub async fn online_everywhere(
     }
     more |= names.len() > limit;
     (names.into_iter().take(limit).collect(), more)
+}
+
+/// Those of `names` with a session on some other reachable node (a peer that does not
+/// answer in time counts as having none).
+pub async fn with_sessions_elsewhere(names: Vec<String>) -> Vec<String> {
+    let ask = OnlinePage {
+        users: names,
+        has_more: false,
+    }
+    .encode_to_vec();
+    let peers: Vec<ActorRef<MemberMsg>> = pg::get_members(&PG_GROUP.to_owned())
+        .into_iter()
+        .filter(|m| !m.get_id().is_local())
+        .map(ActorRef::from)
+        .collect();
+    let asks = peers.into_iter().map(|peer| {
+        let ask = ask.clone();
+        async move {
+            let call = peer.call(
+                |reply| MemberMsg::SessionsAmong(ask, reply),
+                Some(HEARTBEAT_TIMEOUT),
+            );
+            match call.await {
+                Ok(ractor::rpc::CallResult::Success(bytes)) => OnlinePage::decode(bytes.as_slice()).ok(),
+                _ => None,
+            }
+        }
+    });
+    let mut found = std::collections::BTreeSet::new();
+    for page in futures::future::join_all(asks).await.into_iter().flatten() {
+        found.extend(page.users);
+    }
+    found.into_iter().collect()
 }

@@ -89,7 +89,7 @@ pub fn apply(p: Partition, command: &[u8], store: &mut impl Store) -> Result<Out
         Op::Append(a) => {
             let entry = a.entry.unwrap_or_default();
             let refusal = if a.require_account {
-                refusal(p, store, &a.user, &entry)?
+                refusal(p, store, &a.user, &entry.from)?
             } else {
                 None
             };
@@ -185,6 +185,19 @@ pub fn apply(p: Partition, command: &[u8], store: &mut impl Store) -> Result<Out
             done()
         }
         Op::Block(b) => block(p, store, &b)?,
+        Op::Seen(s) => {
+            let key = keys::account(p, &s.user);
+            match decode::<AccountRecord>(store.get(&key)?, "account")? {
+                Some(mut account) => {
+                    if s.at_ms > account.last_seen_ms {
+                        account.last_seen_ms = s.at_ms;
+                        store.put(key, account.encode_to_vec());
+                    }
+                    outcome::Result::Account(account)
+                }
+                None => outcome::Result::NotFound(Empty {}),
+            }
+        }
         Op::SetPrivacy(s) => {
             let key = keys::account(p, &s.user);
             match decode::<AccountRecord>(store.get(&key)?, "account")? {
@@ -271,6 +284,7 @@ fn misplaced(p: Partition, op: &Op) -> Option<String> {
         Op::ContactDelivered(d) => pair(&d.user, &d.other),
         Op::Block(b) => user(&b.user),
         Op::SetPrivacy(s) => user(&s.user),
+        Op::Seen(s) => user(&s.user),
         Op::Sweep(_) | Op::JoinCluster(_) | Op::LeaveCluster(_) | Op::RemoveNode(_) => None,
     }
 }
@@ -312,19 +326,18 @@ fn sweep_inboxes(p: Partition, store: &mut impl Store, sweep: &command::Sweep) -
     Ok(last)
 }
 
-/// Why `user` refuses `entry`, a private message for it (or the sender's own copy):
+/// Why `user` refuses a private message `from` someone (or its own copy, from itself):
 /// NotFound without an account, NotAllowed when the user blocks the sender or takes
 /// messages from contacts only and the sender is not one.
-fn refusal(
+pub(crate) fn refusal(
     p: Partition,
     store: &impl Store,
     user: &str,
-    entry: &InboxEntry,
+    from: &str,
 ) -> Result<Option<outcome::Result>> {
     let Some(account) = decode::<AccountRecord>(store.get(&keys::account(p, user))?, "account")? else {
         return Ok(Some(outcome::Result::NotFound(Empty {})));
     };
-    let from = entry.from.as_str();
     if from == user {
         return Ok(None);
     }

@@ -10,6 +10,7 @@ use crate::machine::group;
 use crate::placement::Partition;
 use crate::store::{Result, Store, decode};
 use chat_protocol::internal::answer::{self, A};
+use chat_protocol::internal::outcome;
 use chat_protocol::internal::query::{self, Q};
 use chat_protocol::internal::response::Flags;
 use chat_protocol::internal::{
@@ -47,6 +48,11 @@ pub fn evaluate(p: Partition, query: &Query, store: &impl Store) -> Result<Answe
         Some(Q::Blocks(user)) => A::Names(answer::Names {
             names: names_under(store, &keys::scoped(p, tree::CONTACTS, user, kind::BLOCKED))?,
         }),
+        Some(Q::MayMessage(pair)) => match crate::machine::refusal(p, store, &pair.user, &pair.other)? {
+            None => A::Allowed(Empty {}),
+            Some(outcome::Result::NotFound(_)) => A::NotFound(Empty {}),
+            Some(_) => A::NotAllowed(Empty {}),
+        },
         Some(Q::GroupsOf(user)) => {
             let prefix = keys::scoped(p, tree::INBOX, user, kind::GROUP);
             A::Names(answer::Names {
@@ -158,6 +164,7 @@ fn contacts_of(p: Partition, store: &impl Store, user: &str) -> Result<Vec<Conta
                 user: String::from_utf8_lossy(&key[prefix.len()..]).into_owned(),
                 state: view.state as i32,
                 since_ms: view.since_ms,
+                ..Contact::default()
             });
         }
     }

@@ -636,3 +636,10 @@ pub async fn http_request(
         .context("no status code")?;
     Ok((status, body.to_owned()))
 }
+
+/// Milliseconds since the Unix epoch, as the nodes' clocks count them.
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}

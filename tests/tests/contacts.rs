@@ -5,7 +5,7 @@
 //! blocked user's messages are refused the same way and its requests never reach the
 //! blocker. The CLI commands do the same with their exit codes.
 
-use chat_client::proto::{ContactEvent, ContactState, ErrorCode};
+use chat_client::proto::{ContactEvent, ContactState, ConversationKind, ErrorCode, Presence};
 use chat_client::{Client, Push};
 use chat_tests::{DEADLINE, Node, NodeOpts, cli, free_port, next_push, wait_for, wait_settled};
 use tokio::sync::mpsc::UnboundedReceiver;
@@ -195,7 +195,7 @@ async fn the_cli_manages_contacts_and_blocks_and_recv_prints_contact_events() {
     let (ok, out, _) = run("ben", &["contact-accept", "ann"]).await;
     assert!(ok && out.contains("ann: contact"), "{out}");
     let (ok, out, _) = run("ann", &["contacts"]).await;
-    assert!(ok && out.lines().any(|l| l == "ben contact"), "{out}");
+    assert!(ok && out.lines().any(|l| l.starts_with("ben contact ")), "{out}");
     let (ok, out, _) = run("ann", &["contact-remove", "ben"]).await;
     assert!(ok && out.contains("ben: none"), "{out}");
     let (ok, out, _) = run("ben", &["block", "eve"]).await;
@@ -235,4 +235,140 @@ async fn a_change_whose_delivery_was_cut_short_reaches_the_other_user_through_th
     let told = next_contact_event(&mut eli_pushes, ContactState::Incoming).await;
     assert_eq!((told.user.as_str(), told.by.as_str()), ("dora", "dora"));
     assert_eq!(state_of(&eli, "dora").await, ContactState::Incoming);
+}
+
+/// The next presence change of `user` pushed.
+async fn next_presence_of(pushes: &mut UnboundedReceiver<Push>, user: &str) -> Presence {
+    next_push(pushes, |p| match p {
+        Push::Presence(update) => update.changes.into_iter().rev().find(|c| c.user == user),
+        _ => None,
+    })
+    .await
+    .unwrap()
+}
+
+/// Makes `a` and `b` contacts.
+async fn befriend(a: &Client, b: &Client, b_name: &str, a_name: &str) {
+    a.contact_request(b_name).await.unwrap();
+    wait_for("the request to arrive", DEADLINE, || async {
+        (state_of(b, a_name).await == ContactState::Incoming).then_some(())
+    })
+    .await
+    .unwrap();
+    b.contact_accept(a_name).await.unwrap();
+}
+
+#[tokio::test]
+async fn presence_reaches_contacts_and_group_members_on_other_nodes_and_typing_passes_on() {
+    let [a, b, c] = three_nodes(["pr1", "pr2", "pr3"]).await;
+    register(&a, &["amy", "ben", "cat", "dan"]).await;
+    let (amy, _, _) = a.login("amy").await.unwrap();
+    let (ben, mut ben_pushes, _) = b.login("ben").await.unwrap();
+    let (cat, mut cat_pushes, _) = c.login("cat").await.unwrap();
+    befriend(&amy, &ben, "ben", "amy").await;
+    // Cat is no contact of amy's, but they share a group.
+    amy.create_group("crew").await.unwrap();
+    cat.join_group("crew").await.unwrap();
+    drop(amy);
+
+    // Amy goes offline (her only session ended): ben and cat are told, with the time.
+    let before_offline = chat_tests::now_ms();
+    let gone = next_presence_of(&mut ben_pushes, "amy").await;
+    assert!(
+        !gone.online && gone.last_seen_ms >= before_offline.saturating_sub(5_000),
+        "{gone:?}"
+    );
+    assert!(!next_presence_of(&mut cat_pushes, "amy").await.online);
+    let listed = ben.contacts().await.unwrap();
+    let amy_listed = listed.iter().find(|c| c.user == "amy").unwrap();
+    assert!(
+        !amy_listed.online && amy_listed.last_seen_ms > 0,
+        "{amy_listed:?}"
+    );
+
+    // Back on another node: told online within the deadline.
+    let started = std::time::Instant::now();
+    let (amy, _, _) = b.login("amy").await.unwrap();
+    assert!(next_presence_of(&mut ben_pushes, "amy").await.online);
+    assert!(next_presence_of(&mut cat_pushes, "amy").await.online);
+    eprintln!("presence of a login reached a contact in {:?}", started.elapsed());
+    assert!(
+        ben.contacts()
+            .await
+            .unwrap()
+            .iter()
+            .any(|c| c.user == "amy" && c.online)
+    );
+
+    // A second session elsewhere: closing one of the two says nothing; closing the
+    // last one says offline, as of then.
+    let (amy_too, _, _) = c.login("amy").await.unwrap();
+    drop(amy);
+    // Dan's login is told to ben after amy's first close was handled on its node.
+    let (dan, _, _) = a.login("dan").await.unwrap();
+    befriend(&dan, &ben, "ben", "dan").await;
+    drop(dan);
+    let mut amy_meanwhile: Vec<Presence> = Vec::new();
+    next_push(&mut ben_pushes, |p| match p {
+        Push::Presence(update) => {
+            let dan_seen = update.changes.iter().any(|c| c.user == "dan");
+            amy_meanwhile.extend(update.changes.into_iter().filter(|c| c.user == "amy"));
+            dan_seen.then_some(())
+        }
+        _ => None,
+    })
+    .await
+    .unwrap();
+    assert!(
+        amy_meanwhile.iter().all(|c| c.online),
+        "told offline while a session was left: {amy_meanwhile:?}"
+    );
+    let last_close = chat_tests::now_ms();
+    drop(amy_too);
+    let gone = next_presence_of(&mut ben_pushes, "amy").await;
+    assert!(
+        !gone.online && gone.last_seen_ms >= last_close,
+        "told offline while a session was left: {gone:?} (last close at {last_close})"
+    );
+
+    // Hiding last seen: the next offline has no time, nor does the list.
+    let (amy, _, _) = a.login("amy").await.unwrap();
+    assert!(next_presence_of(&mut ben_pushes, "amy").await.online);
+    amy.set_privacy(None, Some(true)).await.unwrap();
+    drop(amy);
+    let gone = next_presence_of(&mut ben_pushes, "amy").await;
+    assert_eq!((gone.online, gone.last_seen_ms), (false, 0));
+    let listed = ben.contacts().await.unwrap();
+    assert_eq!(listed.iter().find(|c| c.user == "amy").unwrap().last_seen_ms, 0);
+
+    // Typing: to a contact across nodes, and to a group's other members.
+    let (amy, _, _) = a.login("amy").await.unwrap();
+    amy.typing(ConversationKind::Private, "ben", false).await.unwrap();
+    let typing = next_push(&mut ben_pushes, |p| match p {
+        Push::Typing(t) => Some(t),
+        _ => None,
+    })
+    .await
+    .unwrap();
+    assert_eq!(
+        (typing.from.as_str(), typing.conversation.as_str()),
+        ("amy", "amy")
+    );
+    assert!(typing.expires_in_ms > 0 && !typing.stopped);
+    amy.typing(ConversationKind::Group, "crew", false).await.unwrap();
+    let typing = next_push(&mut cat_pushes, |p| match p {
+        Push::Typing(t) => Some(t),
+        _ => None,
+    })
+    .await
+    .unwrap();
+    assert_eq!(
+        (typing.from.as_str(), typing.kind(), typing.conversation.as_str()),
+        ("amy", ConversationKind::Group, "crew")
+    );
+    // A malformed one is answered with an error; the session goes on.
+    amy.typing(ConversationKind::Unspecified, "ben", false)
+        .await
+        .unwrap();
+    amy.ping(1).await.unwrap();
 }

@@ -132,7 +132,8 @@ enum Command {
         #[arg(value_name = "USER")]
         name: String,
     },
-    /// Print your contacts and requests: `NAME contact|incoming|outgoing`, one per line.
+    /// Print your contacts and requests, one per line: `NAME incoming|outgoing`, or
+    /// `NAME contact online|offline[, last seen TIME]`.
     #[command(after_help = "Example:\n  chat --user bob --password builder contacts")]
     Contacts,
     /// Block USER: its private messages are refused and its contact requests dropped.
@@ -365,7 +366,13 @@ async fn run(cli: Cli) -> Result<()> {
         Command::ContactRemove { name: user } => print_contact(&user, client.contact_remove(&user).await?),
         Command::Contacts => {
             for c in client.contacts().await? {
-                println!("{} {}", c.user, state_word(c.state()));
+                let presence = match (c.state(), c.online, c.last_seen_ms) {
+                    (v1::ContactState::Contact, true, _) => " online".to_owned(),
+                    (v1::ContactState::Contact, false, 0) => " offline".to_owned(),
+                    (v1::ContactState::Contact, false, at) => format!(" offline, last seen {}", stamp(at)),
+                    _ => String::new(),
+                };
+                println!("{} {}{presence}", c.user, state_word(c.state()));
             }
         }
         Command::Block { name: user } => {
@@ -487,6 +494,8 @@ async fn recv(
                 }
             }
             Some(Push::Closing(c)) => bail!("server closed the connection: {}", c.reason),
+            Some(Push::Presence(p)) => p.changes.iter().for_each(|c| println!("{}", show_presence(c))),
+            Some(Push::Typing(t)) => println!("{}", show_typing(&t)),
             Some(_) => {}
             None => bail!("connection lost"),
         }
@@ -666,6 +675,8 @@ async fn interactive(
                     lost = true;
                 }
                 Some(Push::Error(e)) => eprintln!("server error: {}", e.message),
+                Some(Push::Presence(p)) => p.changes.iter().for_each(|c| println!("  ({})", show_presence(c))),
+                Some(Push::Typing(t)) => println!("  ({})", show_typing(&t)),
                 None => lost = true,
             },
             line = lines.next_line() => {
@@ -880,4 +891,25 @@ fn state_word(state: v1::ContactState) -> &'static str {
 
 fn print_contact(user: &str, state: v1::ContactState) {
     println!("{user}: {}", state_word(state));
+}
+
+/// A presence change in words: `presence: bob online`, `presence: bob offline, last
+/// seen 14:03`.
+fn show_presence(p: &v1::Presence) -> String {
+    match (p.online, p.last_seen_ms) {
+        (true, _) => format!("presence: {} online", p.user),
+        (false, 0) => format!("presence: {} offline", p.user),
+        (false, at) => format!("presence: {} offline, last seen {}", p.user, stamp(at)),
+    }
+}
+
+/// A typing notice in words: `typing: bob in #rust`, `typing: bob stopped`.
+fn show_typing(t: &v1::TypingNotice) -> String {
+    let place = if t.kind == ConversationKind::Group as i32 {
+        format!(" in #{}", t.conversation)
+    } else {
+        String::new()
+    };
+    let what = if t.stopped { " stopped" } else { "" };
+    format!("typing: {}{place}{what}", t.from)
 }

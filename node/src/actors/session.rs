@@ -40,6 +40,8 @@ pub const MAX_PAGE: usize = 500;
 const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Most own-copy seqs a session remembers not to push back while it catches up.
 const MAX_SKIPS: usize = 64;
+/// At most one typing notice per conversation this often is passed on.
+pub const TYPING_EVERY: Duration = Duration::from_secs(2);
 /// Room kept below the frame limit when filling pages.
 const PAGE_HEADROOM: usize = 512;
 
@@ -214,6 +216,8 @@ pub struct SessionState {
     catching_up: bool,
     /// Seqs beyond a gap not to push here (own copies of what this session sent).
     skips: Vec<u64>,
+    /// When a typing notice was last passed on, per conversation (kind, name).
+    typing: std::collections::HashMap<(i32, String), tokio::time::Instant>,
     ending: Ending,
 }
 
@@ -252,6 +256,7 @@ where
         pushed_up_to: 0,
         catching_up: false,
         skips: Vec::new(),
+        typing: std::collections::HashMap::new(),
         ending: Ending::No,
         new_login_window: false,
         tokens: f64::from(cfg.request_burst),
@@ -829,6 +834,10 @@ impl SessionState {
                     reply,
                 });
             }
+            B::Typing(t) => {
+                drop(permit);
+                self.typing(t)?;
+            }
             B::ListMyGroups(_) => {
                 let reply = self.respond(id, permit, |groups| Body::GroupList(v1::GroupList { groups }));
                 let me = self.me().to_owned();
@@ -900,6 +909,37 @@ impl SessionState {
         self.ctx
             .router
             .to_inbox(self.me(), InboxMsg::Ack { kind, up_to, reply });
+    }
+
+    /// Passes a typing notice on, at most one per conversation every
+    /// [`TYPING_EVERY`] (a "stopped" one too, so a client cannot flood with them);
+    /// never answered.
+    fn typing(&mut self, t: v1::Typing) -> ChatResult<()> {
+        check_name(&t.conversation)?;
+        let kind = ConversationKind::try_from(t.kind)
+            .ok()
+            .filter(|k| *k != ConversationKind::Unspecified)
+            .ok_or_else(|| ChatError::BadRequest("typing: kind must be PRIVATE or GROUP".into()))?;
+        let now = tokio::time::Instant::now();
+        if self.typing.len() > 64 {
+            self.typing.retain(|_, at| now.duration_since(*at) < TYPING_EVERY);
+        }
+        let key = (t.kind, t.conversation.clone());
+        if self
+            .typing
+            .get(&key)
+            .is_some_and(|at| now.duration_since(*at) < TYPING_EVERY)
+        {
+            return Ok(());
+        }
+        self.typing.insert(key, now);
+        let (presence, from) = (self.ctx.presence.clone(), self.me().to_owned());
+        tokio::spawn(async move {
+            if let Err(e) = presence.typing(from, kind, t.conversation, t.stopped).await {
+                tracing::debug!(error = %e, "typing notice not passed on");
+            }
+        });
+        Ok(())
     }
 
     fn to_contacts(&self, msg: ContactMsg) {

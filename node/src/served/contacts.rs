@@ -15,7 +15,7 @@ use crate::storage;
 use chat_protocol::internal::answer::A;
 use chat_protocol::internal::command::{self, Op};
 use chat_protocol::internal::outcome;
-use chat_protocol::internal::query::Q;
+use chat_protocol::internal::query::{self, Q};
 use chat_protocol::v1;
 use chat_state::contacts::{self, Action};
 use chat_state::{Store, keys};
@@ -48,6 +48,31 @@ impl Served {
                             Err(e) => Err(e),
                         },
                     );
+                }
+                ContactMsg::Seen { at_ms, reply } => {
+                    let op = Op::Seen(command::Seen {
+                        user: user.clone(),
+                        at_ms,
+                    });
+                    reply(match me.propose_async(partition::of_user(&user), op).await {
+                        Ok(outcome::Result::Account(a)) => Ok(a.hide_last_seen),
+                        Ok(outcome::Result::NotFound(_)) => Err(ChatError::NotFound(format!("user {user}"))),
+                        Ok(other) => Err(unexpected_outcome(&other)),
+                        Err(e) => Err(e),
+                    });
+                }
+                ContactMsg::MayMessage { from, reply } => {
+                    let q = Q::MayMessage(query::Pair {
+                        user: user.clone(),
+                        other: from,
+                    });
+                    reply(match me.read_async(partition::of_user(&user), q).await {
+                        Ok(A::Allowed(_)) => Ok(true),
+                        Ok(A::NotAllowed(_)) => Ok(false),
+                        Ok(A::NotFound(_)) => Err(ChatError::NotFound(format!("user {user}"))),
+                        Ok(other) => Err(unexpected(&other)),
+                        Err(e) => Err(e),
+                    });
                 }
                 ContactMsg::Privacy {
                     contacts_only,
@@ -122,14 +147,48 @@ impl Served {
         }
     }
 
+    /// The user's relations; contacts with their presence (online anywhere, or when
+    /// last seen unless they hide it).
     async fn list_contacts(&self, user: String) -> ChatResult<Vec<v1::Contact>> {
-        match self
+        let mut contacts = match self
             .read_async(partition::of_user(&user), Q::Contacts(user))
             .await?
         {
-            A::Contacts(c) => Ok(c.contacts),
-            other => Err(unexpected(&other)),
+            A::Contacts(c) => c.contacts,
+            other => return Err(unexpected(&other)),
+        };
+        let names: Vec<String> = contacts
+            .iter()
+            .filter(|c| c.state() == v1::ContactState::Contact)
+            .map(|c| c.user.clone())
+            .collect();
+        if names.is_empty() {
+            return Ok(contacts);
         }
+        let mut online: HashSet<String> = self.remote.with_sessions(names.clone()).into_iter().collect();
+        online.extend(crate::view::with_sessions_elsewhere(names).await);
+        let seen = contacts.iter().map(|c| {
+            let ask = c.state() == v1::ContactState::Contact && !online.contains(&c.user);
+            let name = c.user.clone();
+            async move {
+                if !ask {
+                    return 0;
+                }
+                match self
+                    .read_async(partition::of_user(&name), Q::Account(name.clone()))
+                    .await
+                {
+                    Ok(A::Account(a)) if !a.hide_last_seen => a.last_seen_ms,
+                    _ => 0,
+                }
+            }
+        });
+        let seen = futures::future::join_all(seen).await;
+        for (c, last_seen_ms) in contacts.iter_mut().zip(seen) {
+            c.online = online.contains(&c.user);
+            c.last_seen_ms = last_seen_ms;
+        }
+        Ok(contacts)
     }
 
     async fn block(&self, user: String, other: String, blocked: bool) -> ChatResult<()> {
