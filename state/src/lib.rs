@@ -10,8 +10,10 @@
 //! - [`membership`]: the metadata group's members, and placement's target voters.
 //! - [`fanout`]: which posts of a group still have to reach which partitions.
 //! - [`query`]: what a leader answers reads with.
+//! - [`admin`]: what operators ask: listings of accounts and groups, group deletion.
 //! - [`snapshot`]: a partition's records as the bytes of a Raft snapshot.
 
+pub mod admin;
 pub mod fanout;
 pub mod keys;
 pub mod machine;
