@@ -1,6 +1,8 @@
 //! A Rust client for the chat protocol: one connection, concurrent requests matched by
 //! request id, server pushes on a channel, and a keep-alive ping.
 
+pub mod admin;
+
 use chat_protocol::codec::{CodecError, FrameCodec};
 use chat_protocol::v1::{
     self, ClientFrame, ErrorCode, ServerFrame, client_frame::Body as Req, server_frame::Body as Resp,

@@ -1,17 +1,21 @@
 //! The operators' HTTP endpoint: `/health`, `/metrics` (Prometheus text), `/cluster`
 //! (JSON), `POST /nodes/{name}/remove` (a dead node leaves the cluster for good),
 //! `POST /leave` (this node leaves: its replicas move to the others first), and user
-//! administration, which needs the admin token: `POST /users/{name}/disable`, `/enable`
-//! and `/logout`.
+//! administration, which needs the admin token: `GET /users` and `GET /groups` (list and
+//! search by name prefix, a page at a time), `POST /users/{name}/disable`, `/enable`,
+//! `/logout` and `/reset-password`, and `POST /groups/{name}/delete` (the work itself is
+//! in `admin_users.rs`).
 //!
 //! It listens on its own address (loopback by default) so that it is never
 //! exposed where clients connect.
 
 use crate::actors::registry::RegistryMsg;
+use crate::admin_users::{self, ListAsk};
 use crate::context::NodeCtx;
+use crate::error::ChatError;
 use axum::Router;
 use axum::extract::{ConnectInfo, FromRef, Path, Request, State};
-use axum::http::{HeaderMap, StatusCode, header};
+use axum::http::{HeaderMap, StatusCode, Uri, header};
 use axum::middleware::{self, Next};
 use axum::response::IntoResponse;
 use axum::response::Response;
@@ -48,7 +52,11 @@ pub async fn serve(listener: TcpListener, ctx: Arc<NodeCtx>, shutdown: Cancellat
         .route("/leave", post(leave))
         .route_layer(middleware::from_fn_with_state(admin.clone(), token_if_set));
     let users = Router::new()
+        .route("/users", get(list_users))
+        .route("/users/{name}/reset-password", post(reset_password))
         .route("/users/{name}/{action}", post(user_action))
+        .route("/groups", get(list_groups))
+        .route("/groups/{name}/delete", post(delete_group))
         .route_layer(middleware::from_fn_with_state(admin.clone(), token_required));
     let app = Router::new()
         .route("/health", get(health))
@@ -351,6 +359,126 @@ async fn user_action(
         }
         Err(crate::error::ChatError::NotFound(_)) => (StatusCode::NOT_FOUND, format!("no user {name}\n")),
         Err(e) => (StatusCode::SERVICE_UNAVAILABLE, format!("{e}; retry\n")),
+    }
+}
+
+type From = ConnectInfo<std::net::SocketAddr>;
+
+/// The answer to a failed user or group administration request: 404 for what does not
+/// exist, 400 for a bad request, 503 (retry) otherwise.
+fn refused(e: &ChatError) -> Response {
+    let status = match e {
+        ChatError::NotFound(_) => StatusCode::NOT_FOUND,
+        ChatError::BadRequest(_) => StatusCode::BAD_REQUEST,
+        _ => StatusCode::SERVICE_UNAVAILABLE,
+    };
+    let retry = if status == StatusCode::SERVICE_UNAVAILABLE {
+        "; retry"
+    } else {
+        ""
+    };
+    (status, format!("{e}{retry}\n")).into_response()
+}
+
+fn json(body: serde_json::Value) -> Response {
+    ([(header::CONTENT_TYPE, "application/json")], body.to_string()).into_response()
+}
+
+/// `GET /users?prefix=P&after=A&limit=N`: accounts whose names start with P, after A,
+/// at most N (100 by default, 1000 at most), in name order, from every partition:
+/// `{"users": [{"name", "created_at_ms", "disabled"}], "has_more", "next_after"}`.
+async fn list_users(State(ctx): State<Arc<NodeCtx>>, ConnectInfo(from): From, uri: Uri) -> Response {
+    let ask = match ListAsk::from_query(uri.query().unwrap_or("")) {
+        Ok(ask) => ask,
+        Err(e) => return (StatusCode::BAD_REQUEST, format!("{e}\n")).into_response(),
+    };
+    match admin_users::list_users(&ctx, &ask).await {
+        Ok(page) => {
+            tracing::info!(prefix = %ask.prefix, from = %from, "admin action: list users");
+            let users: Vec<serde_json::Value> = page
+                .items
+                .into_iter()
+                .map(|a| serde_json::json!({"name": a.name, "created_at_ms": a.created_at_ms, "disabled": a.disabled}))
+                .collect();
+            json(serde_json::json!({"users": users, "has_more": page.has_more, "next_after": page.covered}))
+        }
+        Err(e) => refused(&e),
+    }
+}
+
+/// `GET /groups?prefix=P&after=A&limit=N`, as `/users`: `{"groups": [{"name",
+/// "creator", "created_at_ms", "members", "members_at_least"}], "has_more",
+/// "next_after"}` (`members` is counted up to a bound, then `members_at_least`).
+async fn list_groups(State(ctx): State<Arc<NodeCtx>>, ConnectInfo(from): From, uri: Uri) -> Response {
+    let ask = match ListAsk::from_query(uri.query().unwrap_or("")) {
+        Ok(ask) => ask,
+        Err(e) => return (StatusCode::BAD_REQUEST, format!("{e}\n")).into_response(),
+    };
+    match admin_users::list_groups(&ctx, &ask).await {
+        Ok(page) => {
+            tracing::info!(prefix = %ask.prefix, from = %from, "admin action: list groups");
+            let groups: Vec<serde_json::Value> = page
+                .items
+                .into_iter()
+                .map(|g| {
+                    serde_json::json!({
+                        "name": g.name,
+                        "creator": g.creator,
+                        "created_at_ms": g.created_at_ms,
+                        "members": g.members,
+                        "members_at_least": g.members_at_least,
+                    })
+                })
+                .collect();
+            json(serde_json::json!({"groups": groups, "has_more": page.has_more, "next_after": page.covered}))
+        }
+        Err(e) => refused(&e),
+    }
+}
+
+/// `POST /users/{name}/reset-password` with `{"password": "..."}` or `password=...`:
+/// sets the password, revokes every token and closes every session of the user.
+async fn reset_password(
+    State(ctx): State<Arc<NodeCtx>>,
+    ConnectInfo(from): From,
+    Path(name): Path<String>,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> Response {
+    let content_type = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok());
+    let password = match admin_users::password_from_body(content_type, &body) {
+        Ok(password) => password,
+        Err(e) => return (StatusCode::BAD_REQUEST, format!("{e}\n")).into_response(),
+    };
+    match admin_users::reset_password(&ctx, &name, password).await {
+        Ok(()) => {
+            tracing::info!(user = %name, action = "reset-password", from = %from, "admin action");
+            (StatusCode::OK, format!("reset-password: {name}\n")).into_response()
+        }
+        Err(e) => refused(&e),
+    }
+}
+
+/// `POST /groups/{name}/delete`: deletes a group, its records and every member's
+/// membership of it (members keep the posts already in their inboxes).
+async fn delete_group(
+    State(ctx): State<Arc<NodeCtx>>,
+    ConnectInfo(from): From,
+    Path(name): Path<String>,
+) -> Response {
+    if !crate::auth::valid_name(&name) {
+        return refused(&ChatError::NotFound(format!("group {name}")));
+    }
+    match admin_users::delete_group(&ctx, &name).await {
+        Ok(members) => {
+            tracing::info!(group = %name, members, action = "delete", from = %from, "admin action");
+            (
+                StatusCode::OK,
+                format!("deleted group {name} ({members} members)\n"),
+            )
+                .into_response()
+        }
+        Err(e) => refused(&e),
     }
 }
 

@@ -4,6 +4,7 @@
 
 pub mod actors;
 pub mod admin;
+pub mod admin_users;
 pub mod auth;
 pub mod cluster;
 pub mod config;

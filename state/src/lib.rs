@@ -11,8 +11,10 @@
 //! - [`contacts`]: who asked whom, and who agreed (the pair's record decides).
 //! - [`fanout`]: which posts of a group still have to reach which partitions.
 //! - [`query`]: what a leader answers reads with.
+//! - [`admin`]: what operators ask: listings of accounts and groups, group deletion.
 //! - [`snapshot`]: a partition's records as the bytes of a Raft snapshot.
 
+pub mod admin;
 pub mod contacts;
 pub mod fanout;
 pub mod keys;

@@ -217,6 +217,7 @@ pub fn apply(p: Partition, command: &[u8], store: &mut impl Store) -> Result<Out
         Op::JoinCluster(j) => membership::join(store, j)?,
         Op::LeaveCluster(l) => membership::leave(store, l)?,
         Op::RemoveNode(r) => membership::remove(store, r)?,
+        Op::PurgeGroup(c) => crate::admin::purge_group(p, store, &c)?,
         Op::FanoutDone(d) if d.all => {
             if let Some(mut record) = group(p, store, &d.group)?
                 && d.group_seq > record.fanout_seq
@@ -285,6 +286,7 @@ fn misplaced(p: Partition, op: &Op) -> Option<String> {
         Op::Block(b) => user(&b.user),
         Op::SetPrivacy(s) => user(&s.user),
         Op::Seen(s) => user(&s.user),
+        Op::PurgeGroup(c) => group(&c.group),
         Op::Sweep(_) | Op::JoinCluster(_) | Op::LeaveCluster(_) | Op::RemoveNode(_) => None,
     }
 }
@@ -485,11 +487,14 @@ fn revoke_tokens(p: Partition, store: &mut impl Store, r: &command::RevokeTokens
     Ok(done())
 }
 
+/// A group's record; `None` for no group, or one being deleted (gone for everything but
+/// its deletion, see `crate::admin::purge_group`).
 pub(crate) fn group(p: Partition, store: &impl Store, group: &str) -> Result<Option<GroupRecord>> {
-    decode(
+    let record: Option<GroupRecord> = decode(
         store.get(&keys::scoped(p, tree::GROUPS, group, kind::META))?,
         "group record",
-    )
+    )?;
+    Ok(record.filter(|r| !r.deleting))
 }
 
 fn inbox_meta(p: Partition, store: &impl Store, user: &str) -> Result<InboxMeta> {

@@ -101,6 +101,8 @@ pub fn evaluate(p: Partition, query: &Query, store: &impl Store) -> Result<Answe
             }),
             None => A::NotFound(Empty {}),
         },
+        Some(Q::ListAccounts(ask)) => A::Accounts(crate::admin::list_accounts(p, store, ask)?),
+        Some(Q::ListGroups(ask)) => A::Groups(crate::admin::list_groups(p, store, ask)?),
         Some(Q::FanoutPlan(g)) => {
             let plan = crate::fanout::plan(p, store, &g.group, g.group_seq.max(1))?;
             A::Plan(answer::Plan {

@@ -616,15 +616,28 @@ pub async fn http_request(
     path: &str,
     headers: &[(&str, &str)],
 ) -> Result<(u16, String)> {
+    http_request_with_body(base, method, path, headers, b"").await
+}
+
+/// An HTTP request with a body (give its `Content-Type` in `headers`); returns (status,
+/// body).
+pub async fn http_request_with_body(
+    base: &str,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> Result<(u16, String)> {
     let host = base.trim_start_matches("http://");
     let mut stream = TcpStream::connect(host).await?;
     let extra: String = headers.iter().map(|(k, v)| format!("{k}: {v}\r\n")).collect();
-    stream
-        .write_all(
-            format!("{method} {path} HTTP/1.1\r\nHost: {host}\r\nContent-Length: 0\r\n{extra}Connection: close\r\n\r\n")
-                .as_bytes(),
-        )
-        .await?;
+    let mut request = format!(
+        "{method} {path} HTTP/1.1\r\nHost: {host}\r\nContent-Length: {}\r\n{extra}Connection: close\r\n\r\n",
+        body.len()
+    )
+    .into_bytes();
+    request.extend_from_slice(body);
+    stream.write_all(&request).await?;
     let mut raw = Vec::new();
     tokio::time::timeout(DEADLINE, stream.read_to_end(&mut raw)).await??;
     let text = String::from_utf8_lossy(&raw).into_owned();

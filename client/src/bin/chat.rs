@@ -214,6 +214,63 @@ enum Command {
         #[arg(long, default_value = "127.0.0.1:7600")]
         admin: String,
     },
+    /// Operators: user and group administration through a node's admin endpoint,
+    /// with its admin token (--token or CHAT_ADMIN_TOKEN).
+    #[command(
+        after_help = "Examples:\n  chat admin users --prefix al --admin 127.0.0.1:7600\n  chat admin reset-password alice --admin 127.0.0.1:7600   (asks for the new password)\n  chat admin delete-group rust --admin 127.0.0.1:7600"
+    )]
+    Admin {
+        /// The admin endpoint (host:port) of any node.
+        #[arg(long, default_value = "127.0.0.1:7600", global = true)]
+        admin: String,
+        /// The admin token (`admin.token` of the node).
+        #[arg(long, env = "CHAT_ADMIN_TOKEN", hide_env_values = true, global = true)]
+        token: Option<String>,
+        #[command(subcommand)]
+        action: AdminAction,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum AdminAction {
+    /// List accounts (name, when created, disabled), in name order.
+    Users {
+        /// Only names that start with this.
+        #[arg(long, default_value = "")]
+        prefix: String,
+    },
+    /// Set a user's password (--password, else read from stdin or asked for); every
+    /// token of the user is revoked and every session closed.
+    ResetPassword {
+        /// The user.
+        user: String,
+    },
+    /// Disable an account: its sessions close, logins are refused.
+    Disable {
+        /// The user.
+        user: String,
+    },
+    /// Enable a disabled account again.
+    Enable {
+        /// The user.
+        user: String,
+    },
+    /// Log a user out everywhere: every token revoked, every session closed.
+    Logout {
+        /// The user.
+        user: String,
+    },
+    /// List groups (name, creator, when created, members), in name order.
+    Groups {
+        /// Only names that start with this.
+        #[arg(long, default_value = "")]
+        prefix: String,
+    },
+    /// Delete a group for everyone (members keep the posts already in their inboxes).
+    DeleteGroup {
+        /// The group.
+        group: String,
+    },
 }
 
 /// The local time zone's offset, read once before any thread starts (reading it is
@@ -221,8 +278,17 @@ enum Command {
 static LOCAL_OFFSET: std::sync::OnceLock<time::UtcOffset> = std::sync::OnceLock::new();
 
 fn main() {
+    use clap::{CommandFactory, FromArgMatches};
     let _ = LOCAL_OFFSET.set(time::UtcOffset::current_local_offset().unwrap_or(time::UtcOffset::UTC));
-    let cli = Cli::parse();
+    let matches = Cli::command().get_matches();
+    let mut cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
+    // `chat admin reset-password` takes the new password from --password only: never
+    // from CHAT_PASSWORD, which is the caller's own.
+    if matches!(cli.command, Some(Command::Admin { .. }))
+        && password_source(&matches) != Some(clap::parser::ValueSource::CommandLine)
+    {
+        cli.password = None;
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(runtime) => runtime,
         Err(e) => {
@@ -277,6 +343,9 @@ async fn run(cli: Cli) -> Result<()> {
         Some(Command::Leave { admin }) => Some((admin, "/leave".to_owned())),
         _ => None,
     };
+    if let Some(Command::Admin { admin, token, action }) = &cli.command {
+        return admin_command(admin, token.clone(), action, cli.password.clone()).await;
+    }
     if let Some((admin, path)) = admin_call {
         let (status, body) = http_post(admin, &path).await?;
         if status != 200 {
@@ -319,7 +388,8 @@ async fn run(cli: Cli) -> Result<()> {
         Command::Register { .. }
         | Command::Completions { .. }
         | Command::RemoveNode { .. }
-        | Command::Leave { .. } => {
+        | Command::Leave { .. }
+        | Command::Admin { .. } => {
             unreachable!("handled above")
         }
         Command::Send { to, text } => {
@@ -423,6 +493,103 @@ async fn run(cli: Cli) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// Where --password came from, looking into the subcommands it may be given after.
+fn password_source(matches: &clap::ArgMatches) -> Option<clap::parser::ValueSource> {
+    let mut at = matches;
+    let mut source = at.value_source("password");
+    while let Some((_, sub)) = at.subcommand() {
+        source = sub.value_source("password").or(source);
+        at = sub;
+    }
+    source
+}
+
+/// `chat admin ...`: one request to the admin endpoint (a listing follows its pages).
+async fn admin_command(
+    addr: &str,
+    token: Option<String>,
+    action: &AdminAction,
+    password: Option<String>,
+) -> Result<()> {
+    use chat_client::admin::AdminClient;
+    let admin = AdminClient::new(addr, token);
+    let said = match action {
+        AdminAction::Users { prefix } => {
+            for u in admin.users(prefix).await? {
+                let disabled = if u.disabled { "  disabled" } else { "" };
+                println!("{}  created {}{disabled}", u.name, full_stamp(u.created_at_ms));
+            }
+            return Ok(());
+        }
+        AdminAction::Groups { prefix } => {
+            for g in admin.groups(prefix).await? {
+                let more = if g.members_at_least { "+" } else { "" };
+                println!(
+                    "{}  by {}  created {}  {}{more} members",
+                    g.name,
+                    g.creator,
+                    full_stamp(g.created_at_ms),
+                    g.members
+                );
+            }
+            return Ok(());
+        }
+        AdminAction::ResetPassword { user } => {
+            let password = match password {
+                Some(p) => p,
+                None => new_password(user)?,
+            };
+            admin.reset_password(user, &password).await?
+        }
+        AdminAction::Disable { user } => admin.user_action(user, "disable").await?,
+        AdminAction::Enable { user } => admin.user_action(user, "enable").await?,
+        AdminAction::Logout { user } => admin.user_action(user, "logout").await?,
+        AdminAction::DeleteGroup { group } => admin.delete_group(group).await?,
+    };
+    print!("{said}");
+    Ok(())
+}
+
+/// The new password for a reset: asked for twice on a terminal, else the first line of
+/// stdin.
+fn new_password(user: &str) -> Result<String> {
+    use std::io::IsTerminal;
+    if !std::io::stdin().is_terminal() {
+        let mut line = String::new();
+        std::io::stdin().read_line(&mut line)?;
+        let password = line.trim_end_matches(['\r', '\n']).to_owned();
+        if password.is_empty() {
+            bail!("no password on stdin");
+        }
+        return Ok(password);
+    }
+    let first = rpassword::prompt_password(format!("new password for {user}: "))?;
+    let again = rpassword::prompt_password("again: ")?;
+    if first != again {
+        bail!("the passwords differ");
+    }
+    Ok(first)
+}
+
+/// A time as `2026-11-29 14:03` in the local zone (`-` for none).
+fn full_stamp(ms: u64) -> String {
+    if ms == 0 {
+        return "-".into();
+    }
+    let offset = LOCAL_OFFSET.get().copied().unwrap_or(time::UtcOffset::UTC);
+    let at = time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000)
+        .unwrap_or(time::OffsetDateTime::UNIX_EPOCH)
+        .to_offset(offset);
+    format!(
+        "{}-{:02}-{:02} {:02}:{:02}",
+        at.year(),
+        u8::from(at.month()),
+        at.day(),
+        at.hour(),
+        at.minute()
+    )
 }
 
 fn credentials(user: &Option<String>, password: &Option<String>) -> Result<(String, String)> {

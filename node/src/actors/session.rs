@@ -1207,7 +1207,7 @@ fn check_name(name: &str) -> ChatResult<()> {
     }
 }
 
-fn check_password(password: &str) -> ChatResult<()> {
+pub(crate) fn check_password(password: &str) -> ChatResult<()> {
     if password.is_empty() || password.len() > auth::MAX_PASSWORD_LEN {
         return Err(ChatError::BadRequest(format!(
             "password must be 1 to {} bytes",
