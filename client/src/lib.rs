@@ -89,6 +89,7 @@ fn server_text(code: ErrorCode, message: &str) -> String {
         ErrorCode::Internal => "the server failed; try again",
         ErrorCode::AccountDisabled => "this account is disabled",
         ErrorCode::NotAllowed => "that user does not accept messages from you",
+        ErrorCode::Forbidden => "your role in the group does not allow this, or you may not join it",
         ErrorCode::Unexpected | ErrorCode::Unspecified => "the server did not expect this request",
     }
     .to_owned()
@@ -119,6 +120,8 @@ pub type Result<T> = std::result::Result<T, ClientError>;
 
 /// Something the server sent without being asked.
 #[derive(Debug, Clone)]
+// Most pushes are deliveries: boxing them would cost an allocation each for nothing.
+#[allow(clippy::large_enum_variant)]
 pub enum Push {
     /// A message for this user.
     Delivery(v1::Delivery),
@@ -616,10 +619,85 @@ impl Client {
         }
     }
 
-    /// Creates a group.
+    /// Creates a public group.
     pub async fn create_group(&self, group: &str) -> Result<()> {
-        self.group_op(Req::CreateGroup(v1::CreateGroup { group: group.into() }))
+        self.create_group_with(group, false, "").await
+    }
+
+    /// Creates a group, private (invitation only) or public, with a title.
+    pub async fn create_group_with(&self, group: &str, private: bool, title: &str) -> Result<()> {
+        self.group_op(Req::CreateGroup(v1::CreateGroup {
+            group: group.into(),
+            private,
+            title: title.into(),
+        }))
+        .await
+    }
+
+    /// Invites `user` to `group`.
+    pub async fn group_invite(&self, group: &str, user: &str) -> Result<()> {
+        let (group, user) = (group.into(), user.into());
+        self.group_op(Req::GroupInvite(v1::GroupInvite { group, user }))
             .await
+    }
+
+    /// Removes member `user` from `group`.
+    pub async fn group_remove(&self, group: &str, user: &str) -> Result<()> {
+        let (group, user) = (group.into(), user.into());
+        self.group_op(Req::GroupRemove(v1::GroupRemove { group, user }))
+            .await
+    }
+
+    /// Bans `user` from `group`.
+    pub async fn group_ban(&self, group: &str, user: &str) -> Result<()> {
+        let (group, user) = (group.into(), user.into());
+        self.group_op(Req::GroupBan(v1::GroupBan { group, user })).await
+    }
+
+    /// Unbans `user`.
+    pub async fn group_unban(&self, group: &str, user: &str) -> Result<()> {
+        let (group, user) = (group.into(), user.into());
+        self.group_op(Req::GroupUnban(v1::GroupUnban { group, user }))
+            .await
+    }
+
+    /// Owner: makes `user` an admin or a member.
+    pub async fn group_set_role(&self, group: &str, user: &str, role: v1::GroupRole) -> Result<()> {
+        self.group_op(Req::GroupSetRole(v1::GroupSetRole {
+            group: group.into(),
+            user: user.into(),
+            role: role as i32,
+        }))
+        .await
+    }
+
+    /// Owner: hands `group` over to `user`.
+    pub async fn group_transfer(&self, group: &str, user: &str) -> Result<()> {
+        let (group, user) = (group.into(), user.into());
+        self.group_op(Req::GroupTransfer(v1::GroupTransfer { group, user }))
+            .await
+    }
+
+    /// Admins: changes what is given of the title, topic and history setting.
+    pub async fn group_set_info(&self, info: v1::GroupSetInfo) -> Result<()> {
+        self.group_op(Req::GroupSetInfo(info)).await
+    }
+
+    /// Owner: deletes `group`.
+    pub async fn group_delete(&self, group: &str) -> Result<()> {
+        self.group_op(Req::GroupDelete(v1::GroupDelete { group: group.into() }))
+            .await
+    }
+
+    /// A group's settings and members with roles.
+    pub async fn group_info(&self, group: &str) -> Result<v1::GroupInfo> {
+        match self
+            .request(Req::GroupInfo(v1::GroupInfoRequest { group: group.into() }))
+            .await?
+        {
+            Resp::GroupInfo(info) => Ok(info),
+            other => Err(unexpected(other)),
+        }
     }
 
     /// Joins a group.
@@ -662,6 +740,17 @@ impl Client {
             .await?
         {
             Resp::MemberList(m) => Ok(m.members),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    /// A group's members with their roles.
+    pub async fn members_with_roles(&self, group: &str) -> Result<Vec<v1::GroupMember>> {
+        match self
+            .request(Req::ListMembers(v1::ListMembers { group: group.into() }))
+            .await?
+        {
+            Resp::MemberList(m) => Ok(m.roles),
             other => Err(unexpected(other)),
         }
     }
@@ -802,6 +891,10 @@ pub fn format_delivery(d: &v1::Delivery) -> String {
     if let Some(c) = &d.contact {
         return format!("[{}] {}", d.seq, format_contact_event(c));
     }
+    if let Some(e) = &d.group_event {
+        let seq = if d.seq == 0 { d.group_seq } else { d.seq };
+        return format!("[{seq}] #{}: {}", d.conversation, format_group_event(e));
+    }
     let to = if d.kind == v1::ConversationKind::Group as i32 {
         format!("#{}", d.conversation)
     } else {
@@ -824,4 +917,33 @@ pub fn format_contact_event(c: &v1::ContactEvent) -> String {
         (v1::ContactState::None, false) => format!("you ended your contact or request with {other}"),
     };
     format!("contact: {what}")
+}
+
+/// A group event in words: `alice invited bob`, `bob joined`, `alice made bob an admin`.
+pub fn format_group_event(e: &v1::GroupEvent) -> String {
+    use v1::group_event::Kind;
+    let (actor, target) = (&e.actor, &e.target);
+    match e.kind() {
+        Kind::Joined => format!("{actor} joined"),
+        Kind::Left => format!("{actor} left"),
+        Kind::Invited => format!("{actor} invited {target}"),
+        Kind::Removed => format!("{actor} removed {target}"),
+        Kind::Banned => format!("{actor} banned {target}"),
+        Kind::Unbanned => format!("{actor} unbanned {target}"),
+        Kind::RoleChanged if e.role() == v1::GroupRole::Admin => format!("{actor} made {target} an admin"),
+        Kind::RoleChanged => format!("{actor} made {target} a member"),
+        Kind::OwnerChanged => format!("{actor} handed the group over to {target}"),
+        Kind::InfoChanged => {
+            let history = if e.history_for_new_members {
+                "shown"
+            } else {
+                "hidden"
+            };
+            format!(
+                "{actor} set the title to {:?}, the topic to {:?}, history for new members {history}",
+                e.title, e.topic
+            )
+        }
+        Kind::Unspecified => format!("{actor} changed the group"),
+    }
 }

@@ -666,11 +666,16 @@ impl Client {
                     group,
                     creator: user,
                     now_ms: now,
+                    ..Default::default()
                 }),
             ),
             Step::Join(group) => (
                 placement::of_group(&group),
-                Op::JoinGroup(command::JoinGroup { group, user }),
+                Op::JoinGroup(command::JoinGroup {
+                    group,
+                    user,
+                    now_ms: 0,
+                }),
             ),
             Step::Private { to, client_id } => (
                 placement::of_user(&to),

@@ -469,7 +469,7 @@ async fn delete_group(
     if !crate::auth::valid_name(&name) {
         return refused(&ChatError::NotFound(format!("group {name}")));
     }
-    match admin_users::delete_group(&ctx, &name).await {
+    match admin_users::delete_group(&ctx.remote, &name).await {
         Ok(members) => {
             tracing::info!(group = %name, members, action = "delete", from = %from, "admin action");
             (

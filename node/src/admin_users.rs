@@ -189,7 +189,7 @@ async fn scatter<T>(
 /// Sets a new password for `user` (checked as at registration, hashed with argon2id),
 /// revokes every token and closes every session of the user on every node.
 pub async fn reset_password(ctx: &crate::context::NodeCtx, user: &str, password: String) -> ChatResult<()> {
-    crate::actors::session::check_password(&password)?;
+    crate::auth::check_password(&password)?;
     if !crate::auth::valid_name(user) {
         return Err(ChatError::NotFound(format!("user {user}")));
     }
@@ -209,7 +209,7 @@ pub async fn reset_password(ctx: &crate::context::NodeCtx, user: &str, password:
 /// record removed before the group forgets the member, until its last record is gone.
 /// Returns how many members it had. Stopped half-way (an error), it can be run again:
 /// the group is already gone for everyone else, and the next run goes on.
-pub async fn delete_group(ctx: &crate::context::NodeCtx, group: &str) -> ChatResult<usize> {
+pub async fn delete_group(remote: &std::sync::Arc<crate::remote::Remote>, group: &str) -> ChatResult<usize> {
     let p = partition::of_group(group);
     let (mut forget, mut members, mut first) = (Vec::new(), 0, true);
     loop {
@@ -218,10 +218,10 @@ pub async fn delete_group(ctx: &crate::context::NodeCtx, group: &str) -> ChatRes
             limit: PURGE_BATCH,
             forget: std::mem::take(&mut forget),
         });
-        match propose(ctx, p, op).await? {
+        match propose(remote, p, op).await? {
             outcome::Result::Purged(Purged { done: true, .. }) => return Ok(members),
             outcome::Result::Purged(Purged { members: left, .. }) => {
-                leave_all(ctx, group, &left).await?;
+                leave_all(remote, group, &left).await?;
                 members += left.len();
                 forget = left;
             }
@@ -238,7 +238,11 @@ pub async fn delete_group(ctx: &crate::context::NodeCtx, group: &str) -> ChatRes
 }
 
 /// Removes `group` from the lists of groups of `users`, in their partitions.
-async fn leave_all(ctx: &crate::context::NodeCtx, group: &str, users: &[String]) -> ChatResult<()> {
+async fn leave_all(
+    remote: &std::sync::Arc<crate::remote::Remote>,
+    group: &str,
+    users: &[String],
+) -> ChatResult<()> {
     let ops: Vec<(partition::Partition, Op)> = users
         .iter()
         .map(|user| {
@@ -251,20 +255,20 @@ async fn leave_all(ctx: &crate::context::NodeCtx, group: &str, users: &[String])
         })
         .collect();
     futures::stream::iter(ops)
-        .map(|(p, op)| propose(ctx, p, op))
+        .map(|(p, op)| propose(remote, p, op))
         .buffer_unordered(MEMBERSHIPS_AT_ONCE)
         .try_for_each(|_| futures::future::ready(Ok(())))
         .await
 }
 
 async fn propose(
-    ctx: &crate::context::NodeCtx,
+    remote: &std::sync::Arc<crate::remote::Remote>,
     p: partition::Partition,
     op: Op,
 ) -> ChatResult<outcome::Result> {
     let (tx, rx) = tokio::sync::oneshot::channel();
     let command = Command { op: Some(op) }.encode_to_vec();
-    ctx.remote.propose(
+    remote.propose(
         p,
         command,
         Box::new(move |r| {

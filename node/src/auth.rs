@@ -12,6 +12,16 @@ pub const MAX_NAME_LEN: usize = 32;
 /// Longest password, in bytes.
 pub const MAX_PASSWORD_LEN: usize = 1024;
 
+/// A password a user may set: 1 to [`MAX_PASSWORD_LEN`] bytes.
+pub fn check_password(password: &str) -> crate::error::ChatResult<()> {
+    if password.is_empty() || password.len() > MAX_PASSWORD_LEN {
+        return Err(crate::error::ChatError::BadRequest(format!(
+            "password must be 1 to {MAX_PASSWORD_LEN} bytes"
+        )));
+    }
+    Ok(())
+}
+
 /// True for 1 to 32 characters of `[A-Za-z0-9_.-]`: the rule for users, groups and nodes.
 pub fn valid_name(name: &str) -> bool {
     (1..=MAX_NAME_LEN).contains(&name.len())

@@ -46,6 +46,9 @@ pub enum ChatError {
     /// only, or a block: the same answer for both).
     #[error("{0} does not accept messages from you")]
     NotAllowed(String),
+    /// Groups: the role does not allow it, the group is private, or a ban.
+    #[error("{0}")]
+    Forbidden(String),
     /// Login: an operator disabled the account.
     #[error("this account is disabled")]
     AccountDisabled,
@@ -85,6 +88,7 @@ impl ChatError {
             Self::Unavailable(_) => ErrorCode::Unavailable,
             Self::AccountDisabled => ErrorCode::AccountDisabled,
             Self::NotAllowed(_) => ErrorCode::NotAllowed,
+            Self::Forbidden(_) => ErrorCode::Forbidden,
             Self::Internal(_) => ErrorCode::Internal,
             Self::Peer { code, .. } => *code,
         }

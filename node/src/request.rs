@@ -9,7 +9,7 @@ use crate::partition::{self, Partition};
 use bytes::{Bytes, BytesMut};
 use chat_protocol::internal::{AccountRecord, InboxEntry, InboxMeta, TokenRecord};
 use chat_protocol::v1::{self, ConversationKind, server_frame};
-use chat_state::contacts;
+use chat_state::{contacts, governance};
 use prost::Message;
 use std::sync::Arc;
 
@@ -86,6 +86,7 @@ impl Draft {
             origin: Vec::new(),
             receipt: self.receipt,
             contact: None,
+            group_event: None,
         }
     }
 
@@ -243,10 +244,29 @@ impl InboxMsg {
 
 /// Requests for a group.
 pub enum GroupMsg {
-    /// Create the group with `user` as its first member.
+    /// An admin action; once done, its consequences outside the group's partition
+    /// (the target's list of groups, an invitee's inbox) follow before the answer.
+    Admin {
+        /// What.
+        action: GroupAction,
+        /// Runs once done.
+        reply: Reply<ChatResult<()>>,
+    },
+    /// Settings and members with roles, for `user`.
+    Info {
+        /// Who asks.
+        user: String,
+        /// Gets them.
+        reply: Reply<ChatResult<v1::GroupInfo>>,
+    },
+    /// Create the group with `user` as its owner and first member.
     Create {
         /// The creator.
         user: String,
+        /// Invitation only, history hidden from new members.
+        private: bool,
+        /// Its title.
+        title: String,
         /// Runs once durable.
         reply: Reply<ChatResult<()>>,
     },
@@ -304,10 +324,46 @@ pub enum GroupMsg {
     },
 }
 
+/// An admin action on a group (see `chat_state::governance`).
+#[derive(Debug, Clone)]
+pub struct GroupAction {
+    /// Who does it.
+    pub actor: String,
+    /// What.
+    pub action: governance::Action,
+    /// To whom (empty for SetInfo and Delete).
+    pub target: String,
+    /// SetRole: the new role.
+    pub role: v1::GroupRole,
+    /// SetInfo: what to change.
+    pub title: Option<String>,
+    /// SetInfo.
+    pub topic: Option<String>,
+    /// SetInfo.
+    pub history_for_new_members: Option<bool>,
+}
+
+impl GroupAction {
+    /// `actor` does `action` to `target`.
+    pub fn on(actor: &str, action: governance::Action, target: &str) -> Self {
+        Self {
+            actor: actor.to_owned(),
+            action,
+            target: target.to_owned(),
+            role: v1::GroupRole::Member,
+            title: None,
+            topic: None,
+            history_for_new_members: None,
+        }
+    }
+}
+
 impl GroupMsg {
     /// Answers the request with `err`.
     pub fn fail(self, err: ChatError) {
         match self {
+            Self::Admin { reply, .. } => reply(Err(err)),
+            Self::Info { reply, .. } => reply(Err(err)),
             Self::Create { reply, .. } | Self::Join { reply, .. } | Self::Leave { reply, .. } => {
                 reply(Err(err))
             }
@@ -564,6 +620,7 @@ pub fn to_delivery(seq: u64, e: &InboxEntry) -> v1::Delivery {
         text: e.text.clone(),
         group_seq: e.group_seq,
         contact: e.contact.clone(),
+        group_event: e.group_event.clone(),
     }
 }
 

@@ -346,6 +346,7 @@ mod tests {
             group: group.into(),
             creator: creator.into(),
             now_ms: 5,
+            ..Default::default()
         });
         assert_eq!(
             run(placement::of_group(group), store, op),
@@ -496,6 +497,7 @@ mod tests {
             let join = Op::JoinGroup(command::JoinGroup {
                 group: "rust".into(),
                 user: user.into(),
+                ..Default::default()
             });
             run(placement::of_group("rust"), &mut store, join);
         }
@@ -549,6 +551,7 @@ mod tests {
             let join = Op::JoinGroup(command::JoinGroup {
                 group: g.clone(),
                 user: user.clone(),
+                ..Default::default()
             });
             run(p, &mut store, join);
         }
@@ -596,6 +599,7 @@ mod tests {
         let join = Op::JoinGroup(command::JoinGroup {
             group: g.clone(),
             user: "eve".into(),
+            ..Default::default()
         });
         assert_eq!(run(p, &mut store, join), outcome::Result::NotFound(Empty {}));
         assert!(
@@ -608,6 +612,7 @@ mod tests {
             group: g.clone(),
             creator: "eve".into(),
             now_ms: 9,
+            ..Default::default()
         });
         assert_eq!(run(p, &mut store, again), outcome::Result::Exists(Empty {}));
         // Batches until done, forgetting the members named each time.
@@ -647,6 +652,7 @@ mod tests {
             group: g.clone(),
             creator: "eve".into(),
             now_ms: 9,
+            ..Default::default()
         });
         assert_eq!(
             run(p, &mut store, again),

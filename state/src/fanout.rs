@@ -118,6 +118,7 @@ pub fn plan(p: Partition, store: &impl Store, group_name: &str, max_posts: u64) 
                 from: post.from.clone(),
                 timestamp_ms: post.timestamp_ms,
                 text: post.text.clone(),
+                event: post.event.clone(),
             }));
         }
         if !pending_seen {
@@ -176,18 +177,12 @@ mod tests {
                 group: g.clone(),
                 creator: "owner".into(),
                 now_ms: 1,
+                ..Default::default()
             }),
         );
         let members: Vec<String> = (0..6).map(|i| format!("m{i}")).collect();
         for m in &members {
-            run(
-                p,
-                &mut s,
-                Op::JoinGroup(command::JoinGroup {
-                    group: g.clone(),
-                    user: m.clone(),
-                }),
-            );
+            crate::groups::add_member(p, &mut s, &g, m);
         }
         for i in 1..=posts {
             run(
@@ -322,15 +317,12 @@ mod tests {
             group: g.clone(),
             creator: "owner".into(),
             now_ms: 1,
+            ..Default::default()
         });
         run(p, &mut s, create);
         let members: Vec<String> = (0..2).map(|i| placement::user_named_in(40 + i, "m", 0)).collect();
         for m in &members {
-            let join = Op::JoinGroup(command::JoinGroup {
-                group: g.clone(),
-                user: m.clone(),
-            });
-            run(p, &mut s, join);
+            crate::groups::add_member(p, &mut s, &g, m);
         }
         let big = "x".repeat(400 << 10);
         for i in 1..=7u64 {

@@ -7,7 +7,7 @@
 //! - inbox: `scope(user) ‖ kind ‖ ...` with kinds META → `InboxMeta`, ENTRY ‖ seq →
 //!   `InboxEntry`, ORIGIN ‖ origin → seq, GROUP ‖ group → ()
 //! - groups: `scope(group) ‖ kind ‖ ...` with kinds META → `GroupRecord`, MEMBER ‖ user
-//!   → (), ORIGIN ‖ scope(sender) ‖ client id → group seq, MESSAGE ‖ seq →
+//!   → `MemberEntry`, INVITED ‖ user → `Invitation`, BANNED ‖ user → (), ORIGIN ‖ scope(sender) ‖ client id → group seq, MESSAGE ‖ seq →
 //!   `GroupMessage`, FANOUT ‖ partition → the group seq delivered there
 //! - pending: `group` → () while the group has posts not yet in every member's inbox
 //! - contacts: `scope(user) ‖ kind ‖ other` with kinds CONTACT → `ContactIndex` (the
@@ -64,6 +64,10 @@ pub mod kind {
     pub const BLOCKED: u8 = 2;
     /// The record of a pair, by the larger name.
     pub const PAIR: u8 = 3;
+    /// A user invited to a group, by name.
+    pub const INVITED: u8 = 6;
+    /// A user banned from a group, by name.
+    pub const BANNED: u8 = 7;
 }
 
 /// Everything of a partition starts with this.

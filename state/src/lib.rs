@@ -9,6 +9,8 @@
 //! - [`machine`]: commands in, records and outcomes out.
 //! - [`membership`]: the metadata group's members, and placement's target voters.
 //! - [`contacts`]: who asked whom, and who agreed (the pair's record decides).
+//! - [`governance`]: who may do what in a group (roles, invitations, bans).
+//! - [`groups`]: what group commands do, each change an event in the group's order.
 //! - [`fanout`]: which posts of a group still have to reach which partitions.
 //! - [`query`]: what a leader answers reads with.
 //! - [`admin`]: what operators ask: listings of accounts and groups, group deletion.
@@ -17,6 +19,8 @@
 pub mod admin;
 pub mod contacts;
 pub mod fanout;
+pub mod governance;
+pub mod groups;
 pub mod keys;
 pub mod machine;
 pub mod membership;

@@ -8,6 +8,7 @@
 //! outcome back.
 
 use crate::contacts;
+use crate::groups;
 use crate::keys::{self, kind, tree};
 use crate::membership;
 use crate::placement::{self, Partition};
@@ -16,8 +17,7 @@ use chat_protocol::internal::command::{self, Op};
 use chat_protocol::internal::outcome::{self, ContactChanged, Fanned, Posted};
 use chat_protocol::internal::response::{self, Appended, Cursors};
 use chat_protocol::internal::{
-    AccountRecord, Command, ContactIndex, Empty, GroupMessage, GroupRecord, InboxEntry, InboxMeta, Outcome,
-    PairRecord,
+    AccountRecord, Command, ContactIndex, Empty, GroupMessage, InboxEntry, InboxMeta, Outcome, PairRecord,
 };
 use chat_protocol::v1::{ContactState, ConversationKind};
 use prost::Message;
@@ -113,40 +113,10 @@ pub fn apply(p: Partition, command: &[u8], store: &mut impl Store) -> Result<Out
             }
             done()
         }
-        Op::CreateGroup(c) => {
-            let meta = keys::scoped(p, tree::GROUPS, &c.group, kind::META);
-            if store.get(&meta)?.is_some() {
-                outcome::Result::Exists(Empty {})
-            } else {
-                let record = GroupRecord {
-                    creator: c.creator.clone(),
-                    created_at_ms: c.now_ms,
-                    ..GroupRecord::default()
-                };
-                store.put(meta, record.encode_to_vec());
-                store.put(member_key(p, &c.group, &c.creator), Vec::new());
-                done()
-            }
-        }
-        Op::JoinGroup(j) => {
-            if group(p, store, &j.group)?.is_none() {
-                outcome::Result::NotFound(Empty {})
-            } else {
-                store.put(member_key(p, &j.group, &j.user), Vec::new());
-                done()
-            }
-        }
-        Op::LeaveGroup(l) => {
-            let key = member_key(p, &l.group, &l.user);
-            if group(p, store, &l.group)?.is_none() {
-                outcome::Result::NotFound(Empty {})
-            } else if store.get(&key)?.is_none() {
-                outcome::Result::NotAMember(Empty {})
-            } else {
-                store.delete(key);
-                done()
-            }
-        }
+        Op::CreateGroup(c) => groups::create(p, store, &c)?,
+        Op::JoinGroup(j) => groups::join(p, store, &j)?,
+        Op::LeaveGroup(l) => groups::leave(p, store, &l)?,
+        Op::GroupAdmin(a) => groups::admin(p, store, &a)?,
         Op::Post(post) => self::post(p, store, post)?,
         Op::Fanout(f) => {
             let retention = f.retention.unwrap_or_default();
@@ -165,6 +135,7 @@ pub fn apply(p: Partition, command: &[u8], store: &mut impl Store) -> Result<Out
                     timestamp_ms: item.timestamp_ms,
                     text: item.text,
                     group_seq: item.group_seq,
+                    group_event: item.event,
                     ..InboxEntry::default()
                 };
                 let origin = keys::group_origin(&f.group, item.group_seq);
@@ -287,6 +258,7 @@ fn misplaced(p: Partition, op: &Op) -> Option<String> {
         Op::SetPrivacy(s) => user(&s.user),
         Op::Seen(s) => user(&s.user),
         Op::PurgeGroup(c) => group(&c.group),
+        Op::GroupAdmin(a) => group(&a.group),
         Op::Sweep(_) | Op::JoinCluster(_) | Op::LeaveCluster(_) | Op::RemoveNode(_) => None,
     }
 }
@@ -463,9 +435,7 @@ fn block(p: Partition, store: &mut impl Store, b: &command::Block) -> Result<out
     Ok(done())
 }
 
-fn member_key(p: Partition, group: &str, user: &str) -> Vec<u8> {
-    keys::suffix_key(p, tree::GROUPS, group, kind::MEMBER, user.as_bytes())
-}
+use crate::groups::member_key;
 
 /// Revokes every token of a user but the one to keep, and sets a new password hash if
 /// one is given; NotFound without an account.
@@ -489,13 +459,7 @@ fn revoke_tokens(p: Partition, store: &mut impl Store, r: &command::RevokeTokens
 
 /// A group's record; `None` for no group, or one being deleted (gone for everything but
 /// its deletion, see `crate::admin::purge_group`).
-pub(crate) fn group(p: Partition, store: &impl Store, group: &str) -> Result<Option<GroupRecord>> {
-    let record: Option<GroupRecord> = decode(
-        store.get(&keys::scoped(p, tree::GROUPS, group, kind::META))?,
-        "group record",
-    )?;
-    Ok(record.filter(|r| !r.deleting))
-}
+pub(crate) use crate::groups::group;
 
 fn inbox_meta(p: Partition, store: &impl Store, user: &str) -> Result<InboxMeta> {
     Ok(decode(
@@ -710,6 +674,7 @@ fn post(p: Partition, store: &mut impl Store, post: command::Post) -> Result<out
         text: post.text,
         client_msg_id: post.client_msg_id,
         recipients,
+        event: None,
     };
     store.put(
         keys::seq_key(p, tree::GROUPS, &post.group, kind::MESSAGE, group_seq),
@@ -928,6 +893,7 @@ mod tests {
                 group: group_in(p),
                 creator: users[0].clone(),
                 now_ms: 1,
+                ..Default::default()
             }),
         );
         // A day later, everything older than an hour goes (but each inbox's newest).
@@ -1125,6 +1091,7 @@ mod tests {
             group: g.clone(),
             creator: "ann".into(),
             now_ms: 1,
+            ..Default::default()
         };
         assert_eq!(run(p, &mut s, Op::CreateGroup(create.clone())), done());
         assert_eq!(
@@ -1141,6 +1108,7 @@ mod tests {
             Op::JoinGroup(command::JoinGroup {
                 group: g.clone(),
                 user: "ben".into(),
+                ..Default::default()
             }),
         );
         let first = run(p, &mut s, post("ann", "1"));
@@ -1150,14 +1118,15 @@ mod tests {
             (outcome::Result::Posted(a), outcome::Result::Posted(b), outcome::Result::Posted(c)) => (a, b, c),
             other => panic!("{other:?}"),
         };
-        assert_eq!((first.group_seq, first.duplicate), (1, false));
+        // Seq 1 is ben's JOINED event.
+        assert_eq!((first.group_seq, first.duplicate), (2, false));
         assert_eq!(
             (again.group_seq, again.duplicate, &again.message_id),
-            (1, true, &first.message_id)
+            (2, true, &first.message_id)
         );
-        assert_eq!(second.group_seq, 2);
+        assert_eq!(second.group_seq, 3);
         let stored: GroupMessage = decode(
-            s.get(&keys::seq_key(p, tree::GROUPS, &g, kind::MESSAGE, 1))
+            s.get(&keys::seq_key(p, tree::GROUPS, &g, kind::MESSAGE, 2))
                 .unwrap(),
             "m",
         )
@@ -1172,6 +1141,7 @@ mod tests {
             Op::LeaveGroup(command::LeaveGroup {
                 group: g.clone(),
                 user: user.into(),
+                ..Default::default()
             })
         };
         assert_eq!(run(p, &mut s, leave("ben")), done());
@@ -1194,6 +1164,7 @@ mod tests {
             from: "ann".into(),
             timestamp_ms: 7,
             text: format!("post {seq}"),
+            ..Default::default()
         };
         let fanout = |items| {
             Op::Fanout(command::Fanout {

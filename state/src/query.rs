@@ -5,8 +5,8 @@
 //! partition and has applied everything committed before the query arrived, so an
 //! answer never misses an acknowledged write.
 
+use crate::groups::{self, group};
 use crate::keys::{self, kind, tree};
-use crate::machine::group;
 use crate::placement::Partition;
 use crate::store::{Result, Store, decode};
 use chat_protocol::internal::answer::{self, A};
@@ -48,6 +48,11 @@ pub fn evaluate(p: Partition, query: &Query, store: &impl Store) -> Result<Answe
         Some(Q::Blocks(user)) => A::Names(answer::Names {
             names: names_under(store, &keys::scoped(p, tree::CONTACTS, user, kind::BLOCKED))?,
         }),
+        Some(Q::GroupInfo(g)) => match groups::info(p, store, &g.group, &g.user)? {
+            Ok(info) => A::GroupInfo(info),
+            Err(groups::Missing::Group) => A::NotFound(Empty {}),
+            Err(groups::Missing::Membership) => A::NotAMember(Empty {}),
+        },
         Some(Q::MayMessage(pair)) => match crate::machine::refusal(p, store, &pair.user, &pair.other)? {
             None => A::Allowed(Empty {}),
             Some(outcome::Result::NotFound(_)) => A::NotFound(Empty {}),
@@ -246,6 +251,8 @@ fn private_history(p: Partition, store: &impl Store, h: &query::PrivateHistory) 
 
 fn group_history(p: Partition, store: &impl Store, h: &query::GroupHistory) -> Result<answer::Posts> {
     let record = group(p, store, &h.group)?.unwrap_or_default();
+    let entry = groups::member(p, store, &h.group, &h.user)?.unwrap_or_default();
+    let first = groups::first_readable(&record, &entry);
     let limit = (h.limit as usize).min(MAX_PAGE);
     let top = if h.before == 0 {
         record.last_seq
@@ -254,7 +261,7 @@ fn group_history(p: Partition, store: &impl Store, h: &query::GroupHistory) -> R
     };
     let mut posts = Vec::new();
     let mut seq = top;
-    while seq >= 1 && posts.len() < limit {
+    while seq >= first && posts.len() < limit {
         let key = keys::seq_key(p, tree::GROUPS, &h.group, kind::MESSAGE, seq);
         if let Some(message) = decode::<GroupMessage>(store.get(&key)?, "group message")? {
             posts.push(answer::Post {
@@ -265,7 +272,7 @@ fn group_history(p: Partition, store: &impl Store, h: &query::GroupHistory) -> R
         seq -= 1;
     }
     let next = match posts.last() {
-        Some(last) if posts.len() == limit && last.group_seq > 1 => last.group_seq,
+        Some(last) if posts.len() == limit && last.group_seq > first => last.group_seq,
         _ => 0,
     };
     Ok(answer::Posts { posts, next })
@@ -414,13 +421,10 @@ mod tests {
             group: group.clone(),
             creator: "ann".into(),
             now_ms: 1,
+            ..Default::default()
         });
         apply_op(p, create, &mut store).unwrap();
-        let join = Op::JoinGroup(command::JoinGroup {
-            group: group.clone(),
-            user: "ben".into(),
-        });
-        apply_op(p, join, &mut store).unwrap();
+        crate::groups::add_member(p, &mut store, &group, "ben");
         for i in 0..3 {
             let post = Op::Post(command::Post {
                 group: group.clone(),
@@ -479,14 +483,11 @@ mod tests {
             group: group.clone(),
             creator: "ann".into(),
             now_ms: 1,
+            ..Default::default()
         });
         apply_op(p, create, &mut store).unwrap();
         for user in ["ben", "cy"] {
-            let join = Op::JoinGroup(command::JoinGroup {
-                group: group.clone(),
-                user: user.into(),
-            });
-            apply_op(p, join, &mut store).unwrap();
+            crate::groups::add_member(p, &mut store, &group, user);
         }
         let post = Op::Post(command::Post {
             group: group.clone(),
@@ -530,6 +531,7 @@ mod tests {
                 from: "ann".into(),
                 timestamp_ms: 1,
                 text: "hi".into(),
+                ..Default::default()
             }],
             now_ms: 1,
             retention: None,

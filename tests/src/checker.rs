@@ -51,8 +51,9 @@ pub struct Entry {
     pub group_seq: u64,
     /// The text.
     pub text: String,
-    /// A receipt rather than a message: it takes a seq but is no message.
-    pub receipt: bool,
+    /// A receipt or an event (a group's or a contact's) rather than a message: it takes
+    /// a seq but is no message.
+    pub no_message: bool,
 }
 
 impl From<&chat_client::proto::Delivery> for Entry {
@@ -64,7 +65,7 @@ impl From<&chat_client::proto::Delivery> for Entry {
             conversation: d.conversation.clone(),
             group_seq: d.group_seq,
             text: d.text.clone(),
-            receipt: d.receipt.is_some(),
+            no_message: d.receipt.is_some() || d.group_event.is_some() || d.contact.is_some(),
         }
     }
 }
@@ -280,7 +281,7 @@ pub fn check(history: &History, inboxes: &Inboxes) -> Report {
         // The first copy of each message, in inbox order.
         let mut first: Vec<(&Entry, usize, &Sent)> = Vec::new();
         let mut seen: HashMap<&str, &Entry> = HashMap::new();
-        for e in inbox.iter().filter(|e| !e.receipt) {
+        for e in inbox.iter().filter(|e| !e.no_message) {
             let Some(&(order, sent)) = by_text.get(e.text.as_str()) else {
                 report.counts.unexpected += 1;
                 report.note("unexpected", || format!("{user}: unknown entry {e:?}"));
@@ -502,7 +503,7 @@ mod tests {
                 conversation: conversation.into(),
                 group_seq,
                 text: text.into(),
-                receipt: false,
+                no_message: false,
             });
         }
 
@@ -684,7 +685,7 @@ mod tests {
         inbox.push(Entry {
             seq,
             from: BOB.into(),
-            receipt: true,
+            no_message: true,
             ..Entry::default()
         });
         assert_eq!(w.counts().anomalies(), 0);

@@ -475,10 +475,10 @@ pub async fn next_push<T>(
     }
 }
 
-/// The next delivery pushed.
+/// The next message pushed (a delivery that is no contact or group event).
 pub async fn next_delivery(pushes: &mut UnboundedReceiver<Push>) -> Result<chat_protocol::v1::Delivery> {
     next_push(pushes, |p| match p {
-        Push::Delivery(d) => Some(d),
+        Push::Delivery(d) if d.contact.is_none() && d.group_event.is_none() => Some(d),
         _ => None,
     })
     .await

@@ -121,14 +121,14 @@ async fn group_chat_reaches_members_but_the_sender_and_offline_members_on_login(
     drop(carol);
 
     let ack = alice.send_group("rust", "hello group").await.unwrap();
-    assert_eq!(ack.seq, 1, "the group's own seq");
+    assert_eq!(ack.seq, 3, "the group's own seq, after bob's and carol's joins");
     let d = next_delivery(&mut bob_rx).await.unwrap();
     assert_eq!(
         (d.from.as_str(), d.conversation.as_str(), d.text.as_str()),
         ("alice", "rust", "hello group")
     );
     assert_eq!(d.kind, ConversationKind::Group as i32);
-    assert_eq!(d.group_seq, 1);
+    assert_eq!(d.group_seq, 3);
     assert_eq!(d.message_id, ack.message_id);
 
     let (carol, _rx, ok) = node.login("carol").await.unwrap();
@@ -149,8 +149,20 @@ async fn group_chat_reaches_members_but_the_sender_and_offline_members_on_login(
         .history(ConversationKind::Group, "rust", 0, 10)
         .await
         .unwrap();
-    let texts: Vec<&str> = history.messages.iter().map(|m| m.text.as_str()).collect();
+    let texts: Vec<&str> = history
+        .messages
+        .iter()
+        .filter(|m| m.group_event.is_none())
+        .map(|m| m.text.as_str())
+        .collect();
     assert_eq!(texts, ["reply", "hello group"], "newest first");
+    // The joins are in the group's history too, in its order.
+    let joins: Vec<(u64, &str)> = history
+        .messages
+        .iter()
+        .filter_map(|m| Some((m.group_seq, m.group_event.as_ref()?.actor.as_str())))
+        .collect();
+    assert_eq!(joins, [(2, "carol"), (1, "bob")]);
 }
 
 #[tokio::test]

@@ -144,7 +144,7 @@ async fn users_on_different_nodes_chat_as_if_on_one_node() {
     carol.logout().await.unwrap();
     alice.send_group("crew", "to the crew").await.unwrap();
     let g = next_push(&mut bob_rx, |p| match p {
-        Push::Delivery(d) if d.kind == ConversationKind::Group as i32 => Some(d),
+        Push::Delivery(d) if d.kind == ConversationKind::Group as i32 && d.group_event.is_none() => Some(d),
         _ => None,
     })
     .await
@@ -358,7 +358,14 @@ async fn a_node_stopped_with_sigterm_hands_its_leaderships_over_and_loses_nothin
 
     for r in &receivers {
         let (c, _, _) = nodes[1].login(r).await.unwrap();
-        let texts: Vec<String> = c.sync_all(0).await.unwrap().into_iter().map(|d| d.text).collect();
+        let texts: Vec<String> = c
+            .sync_all(0)
+            .await
+            .unwrap()
+            .into_iter()
+            .filter(|d| d.group_event.is_none())
+            .map(|d| d.text)
+            .collect();
         assert_eq!(
             texts,
             [
@@ -506,7 +513,14 @@ async fn a_whole_cluster_stopped_and_started_again_delivers_everything_acknowled
     for (i, r) in receivers.iter().enumerate() {
         let (c, _, ok) = nodes[(i + 1) % 3].login(r).await.unwrap();
         assert_eq!(ok.delivered_seq, 0);
-        let texts: Vec<String> = c.sync_all(0).await.unwrap().into_iter().map(|d| d.text).collect();
+        let texts: Vec<String> = c
+            .sync_all(0)
+            .await
+            .unwrap()
+            .into_iter()
+            .filter(|d| d.group_event.is_none())
+            .map(|d| d.text)
+            .collect();
         let mut want = acked[r].clone();
         want.push("to all".into());
         assert_eq!(texts, want, "{r}");
@@ -544,7 +558,14 @@ async fn a_joining_node_killed_during_its_takeover_and_restarted_loses_nothing()
     settled(&[&nodes[0], &nodes[1], &nodes[2], &k4]).await;
     for r in &movers {
         let (c, _, _) = k4.login(r).await.unwrap();
-        let texts: Vec<String> = c.sync_all(0).await.unwrap().into_iter().map(|d| d.text).collect();
+        let texts: Vec<String> = c
+            .sync_all(0)
+            .await
+            .unwrap()
+            .into_iter()
+            .filter(|d| d.group_event.is_none())
+            .map(|d| d.text)
+            .collect();
         let want: Vec<String> = (0..20).map(|k| format!("{r} {k}")).collect();
         assert_eq!(texts, want, "{r}");
     }

@@ -57,12 +57,111 @@ enum Command {
         /// Text.
         text: String,
     },
-    /// Create a group (you become its first member).
-    #[command(after_help = "Example:\n  chat --user alice --password wonderland group-create rust")]
+    /// Create a group (you become its owner and first member).
+    #[command(after_help = "Example:\n  chat --user alice --password wonderland group-create rust --private")]
     GroupCreate {
         /// Group name.
         group: String,
+        /// Invitation only; new members do not see the history from before they joined.
+        #[arg(long)]
+        private: bool,
+        /// Its title.
+        #[arg(long, default_value = "")]
+        title: String,
     },
+    /// Invite USER to a group (admins, for a private group); USER accepts with group-accept.
+    #[command(after_help = "Example:\n  chat --user alice --password wonderland group-invite rust bob")]
+    GroupInvite {
+        /// Group name.
+        group: String,
+        /// Username.
+        #[arg(value_name = "USER")]
+        name: String,
+    },
+    /// Remove member USER from a group (admins).
+    #[command(after_help = "Example:\n  chat --user alice --password wonderland group-kick rust bob")]
+    GroupKick {
+        /// Group name.
+        group: String,
+        /// Username.
+        #[arg(value_name = "USER")]
+        name: String,
+    },
+    /// Ban USER from a group: removed, and kept out until unbanned (admins).
+    #[command(after_help = "Example:\n  chat --user alice --password wonderland group-ban rust mallory")]
+    GroupBan {
+        /// Group name.
+        group: String,
+        /// Username.
+        #[arg(value_name = "USER")]
+        name: String,
+    },
+    /// Unban USER (admins).
+    #[command(after_help = "Example:\n  chat --user alice --password wonderland group-unban rust mallory")]
+    GroupUnban {
+        /// Group name.
+        group: String,
+        /// Username.
+        #[arg(value_name = "USER")]
+        name: String,
+    },
+    /// Hand the group over to member USER (owner); you stay as an admin.
+    #[command(after_help = "Example:\n  chat --user alice --password wonderland group-transfer rust bob")]
+    GroupTransfer {
+        /// Group name.
+        group: String,
+        /// Username.
+        #[arg(value_name = "USER")]
+        name: String,
+    },
+    /// Accept an invitation to a group (the same as group-join).
+    #[command(after_help = "Example:\n  chat --user bob --password builder group-accept rust")]
+    GroupAccept {
+        /// Group name.
+        group: String,
+    },
+    /// Make member USER an admin or a member again (owner).
+    #[command(after_help = "Example:\n  chat --user alice --password wonderland group-role rust bob admin")]
+    GroupRole {
+        /// Group name.
+        group: String,
+        /// Username.
+        #[arg(value_name = "USER")]
+        name: String,
+        /// `admin` or `member`.
+        #[arg(value_parser = ["admin", "member"])]
+        role: String,
+    },
+    /// Change a group's title, topic, or whether new members see its history (admins).
+    #[command(
+        after_help = "Example:\n  chat --user alice --password wonderland group-set rust --topic \"release on friday\""
+    )]
+    GroupSet {
+        /// Group name.
+        group: String,
+        /// New title.
+        #[arg(long)]
+        title: Option<String>,
+        /// New topic.
+        #[arg(long)]
+        topic: Option<String>,
+        /// Whether new members see the history from before they joined.
+        #[arg(long)]
+        history: Option<bool>,
+    },
+    /// Delete a group (owner).
+    #[command(after_help = "Example:\n  chat --user alice --password wonderland group-delete rust")]
+    GroupDelete {
+        /// Group name.
+        group: String,
+    },
+    /// Print a group's settings, then its members with their roles, one per line.
+    #[command(after_help = "Example:\n  chat --user bob --password builder group-info rust")]
+    GroupInfo {
+        /// Group name.
+        group: String,
+    },
+
     /// Join a group.
     #[command(after_help = "Example:\n  chat --user bob --password builder group-join rust")]
     GroupJoin {
@@ -396,10 +495,67 @@ async fn run(cli: Cli) -> Result<()> {
             let ack = client.send_private(&to, &text).await?;
             println!("sent {} (seq {})", ack.message_id, ack.seq);
         }
-        Command::GroupCreate { group } => {
-            client.create_group(&group).await?;
-            println!("created #{group}");
+        Command::GroupCreate {
+            group,
+            private,
+            title,
+        } => {
+            client.create_group_with(&group, private, &title).await?;
+            println!("created #{group}{}", if private { " (private)" } else { "" });
         }
+        Command::GroupInvite { group, name } => {
+            client.group_invite(&group, &name).await?;
+            println!("invited {name} to #{group}");
+        }
+        Command::GroupAccept { group } => {
+            client.join_group(&group).await?;
+            println!("joined #{group}");
+        }
+        Command::GroupKick { group, name } => {
+            client.group_remove(&group, &name).await?;
+            println!("removed {name} from #{group}");
+        }
+        Command::GroupBan { group, name } => {
+            client.group_ban(&group, &name).await?;
+            println!("banned {name} from #{group}");
+        }
+        Command::GroupUnban { group, name } => {
+            client.group_unban(&group, &name).await?;
+            println!("unbanned {name} from #{group}");
+        }
+        Command::GroupTransfer { group, name } => {
+            client.group_transfer(&group, &name).await?;
+            println!("#{group} now belongs to {name}");
+        }
+        Command::GroupRole { group, name, role } => {
+            let r = if role == "admin" {
+                v1::GroupRole::Admin
+            } else {
+                v1::GroupRole::Member
+            };
+            client.group_set_role(&group, &name, r).await?;
+            println!("{name} is now {role} of #{group}");
+        }
+        Command::GroupSet {
+            group,
+            title,
+            topic,
+            history,
+        } => {
+            let info = v1::GroupSetInfo {
+                group: group.clone(),
+                title,
+                topic,
+                history_for_new_members: history,
+            };
+            client.group_set_info(info).await?;
+            println!("updated #{group}");
+        }
+        Command::GroupDelete { group } => {
+            client.group_delete(&group).await?;
+            println!("deleted #{group}");
+        }
+        Command::GroupInfo { group } => print!("{}", show_group_info(&client.group_info(&group).await?)),
         Command::GroupJoin { group } => {
             client.join_group(&group).await?;
             println!("joined #{group}");
@@ -691,6 +847,11 @@ const HELP: &str = "  @USER TEXT     private message
   :leave G       leave group G
   :groups        my groups
   :members G     members of group G
+  :invite G U    invite U to group G
+  :kick G U      remove U from group G
+  :ban G U       ban U from group G
+  :role G U R    make U of group G an admin or a member (R)
+  :info G        group G's settings and members with roles
   :add U         ask U to be your contact (or accept U's request)
   :accept U      accept U's contact request
   :decline U     decline U's contact request
@@ -955,6 +1116,37 @@ async fn command(client: &Client, line: &str, state: &mut State) -> Result<bool>
             .map(|()| println!("left #{rest}"))?,
         ":groups" => println!("groups: {}", client.my_groups().await?.join(", ")),
         ":members" => println!("members: {}", client.members(arg("GROUP")?).await?.join(", ")),
+        ":invite" | ":kick" | ":ban" | ":role" => {
+            let words: Vec<&str> = arg("GROUP USER")?.split_whitespace().collect();
+            match (head, words.as_slice()) {
+                (":invite", [g, u]) => client
+                    .group_invite(g, u)
+                    .await
+                    .map(|()| println!("invited {u} to #{g}"))?,
+                (":kick", [g, u]) => client
+                    .group_remove(g, u)
+                    .await
+                    .map(|()| println!("removed {u} from #{g}"))?,
+                (":ban", [g, u]) => client
+                    .group_ban(g, u)
+                    .await
+                    .map(|()| println!("banned {u} from #{g}"))?,
+                (":role", [g, u, r @ ("admin" | "member")]) => {
+                    let role = if *r == "admin" {
+                        v1::GroupRole::Admin
+                    } else {
+                        v1::GroupRole::Member
+                    };
+                    client
+                        .group_set_role(g, u, role)
+                        .await
+                        .map(|()| println!("{u} is now {r} of #{g}"))?
+                }
+                (":role", _) => bail!("usage: :role GROUP USER admin|member"),
+                _ => bail!("usage: {head} GROUP USER"),
+            }
+        }
+        ":info" => print!("{}", show_group_info(&client.group_info(arg("GROUP")?).await?)),
         ":add" => print_contact(rest, client.contact_request(arg("USER")?).await?),
         ":accept" => print_contact(rest, client.contact_accept(arg("USER")?).await?),
         ":decline" => print_contact(rest, client.contact_decline(arg("USER")?).await?),
@@ -1079,4 +1271,33 @@ fn show_typing(t: &v1::TypingNotice) -> String {
     };
     let what = if t.stopped { " stopped" } else { "" };
     format!("typing: {}{place}{what}", t.from)
+}
+
+/// A group's settings, then its members with their roles, one per line.
+fn show_group_info(info: &v1::GroupInfo) -> String {
+    let mut out = format!(
+        "#{}{}: owner {}{}{}\n",
+        info.group,
+        if info.private { " (private)" } else { "" },
+        info.owner,
+        if info.title.is_empty() {
+            String::new()
+        } else {
+            format!(", title {:?}", info.title)
+        },
+        if info.topic.is_empty() {
+            String::new()
+        } else {
+            format!(", topic {:?}", info.topic)
+        },
+    );
+    for m in &info.members {
+        let role = match m.role() {
+            v1::GroupRole::Owner => "owner",
+            v1::GroupRole::Admin => "admin",
+            v1::GroupRole::Member => "member",
+        };
+        out.push_str(&format!("{} {role}\n", m.user));
+    }
+    out
 }

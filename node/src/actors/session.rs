@@ -13,6 +13,7 @@ use super::{Reply, reply};
 use crate::auth;
 use crate::context::NodeCtx;
 use crate::error::{ChatError, ChatResult};
+use crate::request::GroupAction;
 use crate::request::{
     self as inbox, AccountMsg, AckKind, Appended, ContactMsg, Draft, GroupMsg, InboxMsg, Page, Target,
 };
@@ -21,7 +22,8 @@ use bytes::{Bytes, BytesMut};
 use chat_protocol::codec::{CodecError, FrameCodec, encode_frame};
 use chat_protocol::internal::{AccountRecord, InboxMeta, TokenRecord};
 use chat_protocol::v1::{self, ClientFrame, ConversationKind, ErrorCode, client_frame, server_frame::Body};
-use chat_state::contacts::Action;
+use chat_state::contacts::Action as ContactAction;
+use chat_state::governance::Action;
 use futures::StreamExt;
 use prost::Message;
 use std::net::SocketAddr;
@@ -40,6 +42,10 @@ pub const MAX_PAGE: usize = 500;
 const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Most own-copy seqs a session remembers not to push back while it catches up.
 const MAX_SKIPS: usize = 64;
+/// Longest group title, in bytes.
+const MAX_TITLE: usize = 128;
+/// Longest group topic, in bytes.
+const MAX_TOPIC: usize = 1024;
 /// At most one typing notice per conversation this often is passed on.
 pub const TYPING_EVERY: Duration = Duration::from_secs(2);
 /// Room kept below the frame limit when filling pages.
@@ -769,10 +775,47 @@ impl SessionState {
                     ))),
                 }
             }
-            B::CreateGroup(g) => self.group_op(id, permit, g.group, |user, reply| GroupMsg::Create {
-                user,
-                reply,
-            })?,
+            B::CreateGroup(g) => {
+                check_text("title", &g.title, MAX_TITLE)?;
+                let (private, title) = (g.private, g.title);
+                self.group_op(id, permit, g.group, move |user, reply| GroupMsg::Create {
+                    user,
+                    private,
+                    title,
+                    reply,
+                })?
+            }
+            B::GroupInvite(g) => self.group_admin(id, permit, g.group, Action::Invite, g.user, |_| {})?,
+            B::GroupRemove(g) => self.group_admin(id, permit, g.group, Action::Remove, g.user, |_| {})?,
+            B::GroupBan(g) => self.group_admin(id, permit, g.group, Action::Ban, g.user, |_| {})?,
+            B::GroupUnban(g) => self.group_admin(id, permit, g.group, Action::Unban, g.user, |_| {})?,
+            B::GroupTransfer(g) => self.group_admin(id, permit, g.group, Action::Transfer, g.user, |_| {})?,
+            B::GroupSetRole(g) => {
+                let role = v1::GroupRole::try_from(g.role)
+                    .map_err(|_| ChatError::BadRequest(format!("no group role {}", g.role)))?;
+                self.group_admin(id, permit, g.group, Action::SetRole, g.user, |a| a.role = role)?
+            }
+            B::GroupSetInfo(g) => {
+                check_text("title", g.title.as_deref().unwrap_or(""), MAX_TITLE)?;
+                check_text("topic", g.topic.as_deref().unwrap_or(""), MAX_TOPIC)?;
+                let me = self.me().to_owned();
+                self.group_admin(id, permit, g.group, Action::SetInfo, me, |a| {
+                    a.target.clear();
+                    a.title = g.title;
+                    a.topic = g.topic;
+                    a.history_for_new_members = g.history_for_new_members;
+                })?
+            }
+            B::GroupDelete(g) => {
+                let me = self.me().to_owned();
+                self.group_admin(id, permit, g.group, Action::Delete, me, |a| a.target.clear())?
+            }
+            B::GroupInfo(g) => {
+                check_name(&g.group)?;
+                let reply = self.respond(id, permit, Body::GroupInfo);
+                let user = self.me().to_owned();
+                self.ctx.router.to_group(&g.group, GroupMsg::Info { user, reply });
+            }
             B::JoinGroup(g) => {
                 self.group_op(id, permit, g.group, |user, reply| GroupMsg::Join { user, reply })?
             }
@@ -781,14 +824,23 @@ impl SessionState {
             }
             B::ListMembers(g) => {
                 check_name(&g.group)?;
-                let group = g.group.clone();
-                let reply = self.respond(id, permit, move |members| {
-                    Body::MemberList(v1::MemberList { group, members })
+                let (group, me) = (g.group.clone(), self.me().to_owned());
+                let reply = self.respond(id, permit, Body::MemberList);
+                let reply = super::reply(move |r: ChatResult<v1::GroupInfo>| {
+                    reply(r.and_then(|info| {
+                        // Members only, public group or not.
+                        if !info.members.iter().any(|m| m.user == me) {
+                            return Err(ChatError::NotAMember(group));
+                        }
+                        Ok(v1::MemberList {
+                            group,
+                            members: info.members.iter().map(|m| m.user.clone()).collect(),
+                            roles: info.members,
+                        })
+                    }))
                 });
                 let user = self.me().to_owned();
-                self.ctx
-                    .router
-                    .to_group(&g.group, GroupMsg::Members { user, reply });
+                self.ctx.router.to_group(&g.group, GroupMsg::Info { user, reply });
             }
             B::GroupReceipts(g) => {
                 check_name(&g.group)?;
@@ -810,10 +862,10 @@ impl SessionState {
                     },
                 );
             }
-            B::ContactRequest(c) => self.contact_act(id, permit, c.user, Action::Request)?,
-            B::ContactAccept(c) => self.contact_act(id, permit, c.user, Action::Accept)?,
-            B::ContactDecline(c) => self.contact_act(id, permit, c.user, Action::Decline)?,
-            B::ContactRemove(c) => self.contact_act(id, permit, c.user, Action::Remove)?,
+            B::ContactRequest(c) => self.contact_act(id, permit, c.user, ContactAction::Request)?,
+            B::ContactAccept(c) => self.contact_act(id, permit, c.user, ContactAction::Accept)?,
+            B::ContactDecline(c) => self.contact_act(id, permit, c.user, ContactAction::Decline)?,
+            B::ContactRemove(c) => self.contact_act(id, permit, c.user, ContactAction::Remove)?,
             B::ListContacts(_) => {
                 let reply = self.respond(id, permit, |contacts| {
                     Body::ContactList(v1::ContactList { contacts })
@@ -947,7 +999,7 @@ impl SessionState {
         self.ctx.router.route(Target::Contacts(me, msg));
     }
 
-    fn contact_act(&self, id: u64, permit: Permit, user: String, action: Action) -> ChatResult<()> {
+    fn contact_act(&self, id: u64, permit: Permit, user: String, action: ContactAction) -> ChatResult<()> {
         check_name(&user)?;
         if user == self.me() {
             return Err(ChatError::BadRequest("a contact is someone else".into()));
@@ -984,6 +1036,30 @@ impl SessionState {
         Ok(())
     }
 
+    /// An admin action of this user on a group, answered GroupOk once done.
+    fn group_admin(
+        &self,
+        id: u64,
+        permit: Permit,
+        group: String,
+        action: Action,
+        target: String,
+        set: impl FnOnce(&mut GroupAction),
+    ) -> ChatResult<()> {
+        check_name(&group)?;
+        if !target.is_empty() {
+            check_name(&target)?;
+        }
+        let mut a = GroupAction::on(self.me(), action, &target);
+        set(&mut a);
+        let name = group.clone();
+        let reply = self.respond(id, permit, move |()| Body::GroupOk(v1::GroupOk { group: name }));
+        self.ctx
+            .router
+            .to_group(&group, GroupMsg::Admin { action: a, reply });
+        Ok(())
+    }
+
     fn group_op(
         &self,
         id: u64,
@@ -1004,7 +1080,7 @@ impl SessionState {
     /// the new one hashed, then every other token revoked and the user's other
     /// sessions closed.
     fn change_password(&self, id: u64, c: v1::ChangePasswordRequest, permit: Permit) -> ChatResult<()> {
-        check_password(&c.new_password)?;
+        auth::check_password(&c.new_password)?;
         let (user, token) = self.user.clone().ok_or(ChatError::NotAuthenticated)?;
         let user = user.to_string();
         let addr = self.peer.ip();
@@ -1059,7 +1135,7 @@ impl SessionState {
 
     fn register(&self, id: u64, r: v1::RegisterRequest, permit: Permit) -> ChatResult<()> {
         check_name(&r.username)?;
-        check_password(&r.password)?;
+        auth::check_password(&r.password)?;
         // Before any hashing: a flood of sign-ups costs the node nothing.
         self.ctx.may_register(self.peer.ip())?;
         let ctx = self.ctx.clone();
@@ -1142,7 +1218,7 @@ impl SessionState {
 /// Checks `password` against `user`'s account. A user that does not exist costs a hash
 /// too: a wrong password takes as long either way, so names cannot be found by timing.
 async fn check_password_of(ctx: &NodeCtx, user: &str, password: String) -> ChatResult<()> {
-    check_password(&password)?;
+    auth::check_password(&password)?;
     let account = ctx
         .router
         .account(user, |reply| AccountMsg::Get { reply })
@@ -1207,11 +1283,11 @@ fn check_name(name: &str) -> ChatResult<()> {
     }
 }
 
-pub(crate) fn check_password(password: &str) -> ChatResult<()> {
-    if password.is_empty() || password.len() > auth::MAX_PASSWORD_LEN {
+/// A group's title or topic: at most `max` bytes.
+fn check_text(what: &str, text: &str, max: usize) -> ChatResult<()> {
+    if text.len() > max {
         return Err(ChatError::BadRequest(format!(
-            "password must be 1 to {} bytes",
-            auth::MAX_PASSWORD_LEN
+            "{what} must be at most {max} bytes"
         )));
     }
     Ok(())

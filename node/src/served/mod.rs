@@ -17,6 +17,7 @@
 //!   sender's inbox, deduplicated by (kind, reader, message).
 
 mod contacts;
+mod groups;
 
 use crate::actors::Reply;
 use crate::consensus::disk::{Disk, Pending};
@@ -458,11 +459,38 @@ impl Served {
             move || ChatError::NotFound(format!("group {group}"))
         };
         match msg {
-            GroupMsg::Create { user, reply } => {
+            GroupMsg::Admin { action, reply } => {
+                let me = self.clone();
+                self.runtime
+                    .spawn(async move { reply(me.group_admin(group, action).await) });
+            }
+            GroupMsg::Info { user, reply } => {
+                let q = Q::GroupInfo(query::GroupAsk {
+                    group: group.clone(),
+                    user,
+                    group_seq: 0,
+                });
+                self.read(p, q, move |r| {
+                    reply(r.and_then(|a| match a {
+                        A::GroupInfo(info) => Ok(info),
+                        A::NotFound(_) => Err(missing()),
+                        A::NotAMember(_) => Err(ChatError::NotAMember(group)),
+                        other => Err(unexpected(&other)),
+                    }))
+                });
+            }
+            GroupMsg::Create {
+                user,
+                private,
+                title,
+                reply,
+            } => {
                 let op = Op::CreateGroup(command::CreateGroup {
                     group: group.clone(),
                     creator: user.clone(),
                     now_ms: storage::now_ms(),
+                    private,
+                    title,
                 });
                 let me = self.clone();
                 self.propose(p, op, move |r| match r {
@@ -478,11 +506,16 @@ impl Served {
                 let op = Op::JoinGroup(command::JoinGroup {
                     group: group.clone(),
                     user: user.clone(),
+                    now_ms: storage::now_ms(),
                 });
                 let me = self.clone();
                 self.propose(p, op, move |r| match r {
-                    Ok(outcome::Result::Done(_)) => me.membership(user, group, true, reply),
+                    Ok(outcome::Result::Done(_)) => {
+                        me.fan_out(group.clone());
+                        me.membership(user, group, true, reply);
+                    }
                     Ok(outcome::Result::NotFound(_)) => reply(Err(missing())),
+                    Ok(outcome::Result::Forbidden(why)) => reply(Err(ChatError::Forbidden(why))),
                     Ok(other) => reply(Err(unexpected_outcome(&other))),
                     Err(e) => reply(Err(e)),
                 });
@@ -491,11 +524,16 @@ impl Served {
                 let op = Op::LeaveGroup(command::LeaveGroup {
                     group: group.clone(),
                     user: user.clone(),
+                    now_ms: storage::now_ms(),
                 });
                 let me = self.clone();
                 self.propose(p, op, move |r| match r {
-                    Ok(outcome::Result::Done(_)) => me.membership(user, group, false, reply),
+                    Ok(outcome::Result::Done(_)) => {
+                        me.fan_out(group.clone());
+                        me.membership(user, group, false, reply);
+                    }
                     Ok(outcome::Result::NotFound(_)) => reply(Err(missing())),
+                    Ok(outcome::Result::Forbidden(why)) => reply(Err(ChatError::Forbidden(why))),
                     // Maybe an earlier attempt left the group but not the user's list:
                     // the list is made to agree, and the answer stays NOT_A_MEMBER.
                     Ok(outcome::Result::NotAMember(_)) => me.membership(
@@ -755,6 +793,7 @@ impl Served {
                 timestamp_ms: item.timestamp_ms,
                 text: item.text,
                 group_seq: item.group_seq,
+                group_event: item.event,
                 ..InboxEntry::default()
             };
             push(&self.remote, &item.user, seq, &entry, 0);
@@ -895,6 +934,7 @@ fn group_deliveries(group: &str, posts: Vec<answer::Post>) -> Vec<v1::Delivery> 
                 group_seq: p.group_seq,
                 receipt: None,
                 contact: None,
+                group_event: m.event,
             })
         })
         .collect()
