@@ -335,6 +335,7 @@ async fn user_action(
                 .account(&name, |reply| AccountMsg::SetDisabled { disabled, reply })
                 .await
         }
+        "delete" => crate::admin_users::delete_user(&ctx, &name).await.map(|_| ()),
         "logout" => {
             let revoke = |reply| AccountMsg::RevokeTokens {
                 keep: String::new(),
@@ -348,7 +349,7 @@ async fn user_action(
         _ => {
             return (
                 StatusCode::NOT_FOUND,
-                format!("no action {action}: disable, enable or logout\n"),
+                format!("no action {action}: disable, enable, logout, delete or reset-password\n"),
             );
         }
     };

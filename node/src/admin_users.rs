@@ -237,6 +237,82 @@ pub async fn delete_group(remote: &std::sync::Arc<crate::remote::Remote>, group:
     }
 }
 
+/// Deletes `user` and all its data: disabled first (every token revoked, every session
+/// closed), its relations ended (both sides are told, through the pairs' outboxes), it
+/// leaves its groups (ownership passes on; a group left empty is deleted), then its
+/// records go batch by batch on every replica of its partition: tokens, inbox,
+/// contacts and blocks. The account stays as a tombstone that keeps the name taken:
+/// what it sent others stays in their inboxes under its name. Stopped half-way (an
+/// error), it can be run again. Returns how many groups it left.
+pub async fn delete_user(ctx: &crate::context::NodeCtx, user: &str) -> ChatResult<usize> {
+    let p = partition::of_user(user);
+    match read(ctx, p, Q::Account(user.to_owned())).await? {
+        A::Account(_) => {
+            let disable = |reply| AccountMsg::SetDisabled {
+                disabled: true,
+                reply,
+            };
+            ctx.router.account(user, disable).await?;
+        }
+        // Maybe a deletion that stopped half-way: a tombstone reads as no account.
+        _ => {
+            let op = Op::PurgeUser(command::PurgeUser {
+                user: user.to_owned(),
+                limit: 1,
+            });
+            if matches!(propose(&ctx.remote, p, op).await?, outcome::Result::NotFound(_)) {
+                return Err(ChatError::NotFound(format!("user {user}")));
+            }
+        }
+    }
+    if let A::Contacts(c) = read(ctx, p, Q::Contacts(user.to_owned())).await? {
+        for contact in c.contacts {
+            let op = Op::ContactAction(command::ContactAction {
+                actor: user.to_owned(),
+                other: contact.user.clone(),
+                action: chat_state::contacts::Action::Remove as u32,
+                now_ms: crate::storage::now_ms(),
+            });
+            propose(
+                &ctx.remote,
+                chat_state::contacts::pair_partition(user, &contact.user),
+                op,
+            )
+            .await?;
+        }
+    }
+    let groups = match read(ctx, p, Q::GroupsOf(user.to_owned())).await? {
+        A::Names(n) => n.names,
+        _ => Vec::new(),
+    };
+    for group in &groups {
+        let op = Op::DropMember(command::DropMember {
+            group: group.clone(),
+            user: user.to_owned(),
+            now_ms: crate::storage::now_ms(),
+        });
+        if let outcome::Result::Purged(Purged { done: true, .. }) =
+            propose(&ctx.remote, partition::of_group(group), op).await?
+        {
+            match delete_group(&ctx.remote, group).await {
+                Ok(_) | Err(ChatError::NotFound(_)) => {}
+                Err(e) => return Err(e),
+            }
+        }
+    }
+    loop {
+        let op = Op::PurgeUser(command::PurgeUser {
+            user: user.to_owned(),
+            limit: PURGE_BATCH,
+        });
+        match propose(&ctx.remote, p, op).await? {
+            outcome::Result::Purged(Purged { done: true, .. }) => return Ok(groups.len()),
+            outcome::Result::Purged(_) => {}
+            other => return Err(ChatError::Internal(format!("unexpected outcome {other:?}"))),
+        }
+    }
+}
+
 /// Removes `group` from the lists of groups of `users`, in their partitions.
 async fn leave_all(
     remote: &std::sync::Arc<crate::remote::Remote>,

@@ -11,7 +11,7 @@ use crate::keys::{self, kind, tree};
 use crate::placement::Partition;
 use crate::store::{Result, Store, decode};
 use chat_protocol::internal::answer::{AccountSummary, Accounts, GroupSummary, Groups};
-use chat_protocol::internal::command::PurgeGroup;
+use chat_protocol::internal::command::{PurgeGroup, PurgeUser};
 use chat_protocol::internal::outcome::{self, Purged};
 use chat_protocol::internal::query::ListPage;
 use chat_protocol::internal::{AccountRecord, Empty, GroupRecord};
@@ -262,6 +262,50 @@ fn summary(name: String, record: GroupRecord) -> GroupSummary {
         members: 0,
         members_at_least: false,
     }
+}
+
+/// One batch of a user's deletion: the account becomes a tombstone (deleted and
+/// disabled, no password: the name stays taken), then up to `limit` of the user's
+/// records go: tokens, the inbox (entries, cursors, dedupe index, list of groups), and
+/// contacts, blocks and pair records kept under its name. `done` once none is left.
+pub fn purge_user(p: Partition, store: &mut impl Store, c: &PurgeUser) -> Result<outcome::Result> {
+    let account_key = keys::account(p, &c.user);
+    let Some(account) = decode::<AccountRecord>(store.get(&account_key)?, "account")? else {
+        return Ok(outcome::Result::NotFound(Empty {}));
+    };
+    if !account.deleted {
+        let tombstone = AccountRecord {
+            created_at_ms: account.created_at_ms,
+            disabled: true,
+            deleted: true,
+            ..AccountRecord::default()
+        };
+        store.put(account_key, tombstone.encode_to_vec());
+    }
+    let limit = c.limit.clamp(1, MAX_PURGE) as usize;
+    let scope = |tree: u8| {
+        let mut prefix = keys::scoped(p, tree, &c.user, 0);
+        prefix.pop();
+        prefix
+    };
+    let mut removed = 0;
+    for prefix in [
+        keys::token(p, &c.user, ""),
+        scope(tree::INBOX),
+        scope(tree::CONTACTS),
+    ] {
+        for (key, _) in store.scan(&prefix, None, limit - removed)? {
+            store.delete(key);
+            removed += 1;
+        }
+        if removed == limit {
+            break;
+        }
+    }
+    Ok(outcome::Result::Purged(Purged {
+        members: Vec::new(),
+        done: removed < limit,
+    }))
 }
 
 /// One batch of a group's deletion (see [`PurgeGroup`]): marks it deleting, removes
@@ -659,5 +703,106 @@ mod tests {
             outcome::Result::Done(Empty {}),
             "the name is free"
         );
+    }
+
+    #[test]
+    fn a_deleted_user_leaves_a_tombstone_and_nothing_else_batch_by_batch() {
+        let p = 12;
+        let (gone, kept) = (
+            placement::user_named_in(p, "u", 0),
+            placement::user_named_in(p, "u", 1),
+        );
+        let mut s = MemStore::default();
+        register(&mut s, &gone, 3);
+        register(&mut s, &kept, 3);
+        let token = |user: &str, t: &str| {
+            Op::PutToken(command::PutToken {
+                user: user.into(),
+                token: t.into(),
+                record: None,
+            })
+        };
+        let message = |user: &str, id: &str| {
+            Op::Append(command::Append {
+                user: user.into(),
+                origin: keys::private_origin("x", id),
+                entry: Some(chat_protocol::internal::InboxEntry {
+                    from: "x".into(),
+                    text: id.into(),
+                    ..Default::default()
+                }),
+                require_account: true,
+                now_ms: 1,
+                retention: None,
+            })
+        };
+        for (user, t) in [(&gone, "t1"), (&gone, "t2"), (&kept, "t3")] {
+            run(p, &mut s, token(user, t));
+        }
+        for id in ["a", "b", "c"] {
+            run(p, &mut s, message(&gone, id));
+            run(p, &mut s, message(&kept, id));
+        }
+        let block = Op::Block(command::Block {
+            user: gone.clone(),
+            other: kept.clone(),
+            blocked: true,
+        });
+        run(p, &mut s, block);
+        let kept_before: Vec<_> = s.scan(&keys::partition_prefix(p), None, usize::MAX).unwrap();
+        // Whose a key is: the name after the tree byte (accounts: the rest of the key).
+        let owner = |k: &[u8]| -> Vec<u8> {
+            if k[2] == tree::ACCOUNTS {
+                return k[3..].to_vec();
+            }
+            let len = k[3] as usize;
+            k[4..4 + len].to_vec()
+        };
+        let kept_before: Vec<_> = kept_before
+            .into_iter()
+            .filter(|(k, _)| owner(k) == kept.as_bytes())
+            .collect();
+        assert!(kept_before.len() > 5);
+        let purge = || {
+            Op::PurgeUser(command::PurgeUser {
+                user: gone.clone(),
+                limit: 2,
+            })
+        };
+        let mut batches = 0;
+        loop {
+            batches += 1;
+            match run(p, &mut s, purge()) {
+                outcome::Result::Purged(Purged { done: true, .. }) => break,
+                outcome::Result::Purged(_) => assert!(batches < 20),
+                other => panic!("{other:?}"),
+            }
+        }
+        assert!(batches > 2, "bounded batches: {batches}");
+        // Only the tombstone is left of it; the other user's records are untouched.
+        let left: Vec<_> = s
+            .scan(&keys::partition_prefix(p), None, usize::MAX)
+            .unwrap()
+            .into_iter()
+            .filter(|(k, _)| owner(k) == gone.as_bytes())
+            .collect();
+        assert_eq!(left.len(), 1, "{left:?}");
+        let tomb = decode::<AccountRecord>(Some(left[0].1.clone()), "a")
+            .unwrap()
+            .unwrap();
+        assert!(tomb.deleted && tomb.disabled && tomb.password_hash.is_empty());
+        for (k, v) in &kept_before {
+            assert_eq!(s.get(k).unwrap().as_ref(), Some(v));
+        }
+        // Nothing reaches it, and its name stays taken.
+        assert_eq!(
+            run(p, &mut s, message(&gone, "d")),
+            outcome::Result::NotFound(Empty {})
+        );
+        let again = Op::CreateAccount(command::CreateAccount {
+            user: gone.clone(),
+            record: None,
+        });
+        assert_eq!(run(p, &mut s, again), outcome::Result::Exists(Empty {}));
     }
 }

@@ -8,7 +8,7 @@ use crate::governance::{self, Action, Refusal};
 use crate::keys::{self, kind, tree};
 use crate::placement::Partition;
 use crate::store::{Result, Store, decode};
-use chat_protocol::internal::command::{CreateGroup, GroupAdmin, JoinGroup, LeaveGroup};
+use chat_protocol::internal::command::{CreateGroup, DropMember, GroupAdmin, JoinGroup, LeaveGroup};
 use chat_protocol::internal::outcome;
 use chat_protocol::internal::{Empty, GroupMessage, GroupRecord, Invitation, MemberEntry};
 use chat_protocol::v1::{GroupEvent, GroupInfo, GroupMember, GroupRole, group_event::Kind};
@@ -233,6 +233,47 @@ pub fn leave(p: Partition, store: &mut impl Store, l: &LeaveGroup) -> Result<out
     Ok(done())
 }
 
+/// A deleted user leaves: its ownership passes to the first admin by name, else the
+/// first member; a LEFT event (and OWNER_CHANGED) tell the others. `done` when no
+/// member is left (the node then deletes the group).
+pub fn drop_member(p: Partition, store: &mut impl Store, d: &DropMember) -> Result<outcome::Result> {
+    let Some(mut record) = group(p, store, &d.group)? else {
+        return Ok(outcome::Result::NotFound(Empty {}));
+    };
+    let purged = |done| {
+        outcome::Result::Purged(outcome::Purged {
+            members: Vec::new(),
+            done,
+        })
+    };
+    if member(p, store, &d.group, &d.user)?.is_none() {
+        return Ok(purged(members_of(p, store, &d.group)?.is_empty()));
+    }
+    store.delete(member_key(p, &d.group, &d.user));
+    let left = members_of(p, store, &d.group)?;
+    if left.is_empty() {
+        return Ok(purged(true));
+    }
+    if owner(&record) == d.user {
+        let admin = |e: &MemberEntry| e.role == GroupRole::Admin as u32;
+        let (heir, _) = left.iter().find(|(_, e)| admin(e)).unwrap_or(&left[0]).clone();
+        record.owner.clone_from(&heir);
+        let mut e = event(Kind::OwnerChanged, &d.user, &heir);
+        e.role = GroupRole::Owner as i32;
+        post_event(p, store, &d.group, &mut record, e, d.now_ms, None)?;
+    }
+    post_event(
+        p,
+        store,
+        &d.group,
+        &mut record,
+        event(Kind::Left, &d.user, ""),
+        d.now_ms,
+        None,
+    )?;
+    Ok(purged(false))
+}
+
 /// An admin action: refused as the roles say, or done with its event (group seq 0 when
 /// nothing changed: a repeat).
 pub fn admin(p: Partition, store: &mut impl Store, a: &GroupAdmin) -> Result<outcome::Result> {
@@ -421,4 +462,52 @@ pub fn first_readable(record: &GroupRecord, entry: &MemberEntry) -> u64 {
 #[cfg(test)]
 pub(crate) fn add_member(p: Partition, store: &mut impl Store, group: &str, user: &str) {
     store.put(member_key(p, group, user), Vec::new());
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::placement;
+    use crate::store::MemStore;
+
+    fn dropped(p: Partition, s: &mut MemStore, g: &str, user: &str) -> bool {
+        let d = DropMember {
+            group: g.into(),
+            user: user.into(),
+            now_ms: 9,
+        };
+        match drop_member(p, s, &d).unwrap() {
+            outcome::Result::Purged(purged) => purged.done,
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_dropped_owner_hands_the_group_to_an_admin_first_and_the_last_one_empties_it() {
+        let p = 40;
+        let g = placement::group_named_in(p, "g", 0);
+        let mut s = MemStore::default();
+        let c = CreateGroup {
+            group: g.clone(),
+            creator: "ann".into(),
+            now_ms: 1,
+            ..Default::default()
+        };
+        create(p, &mut s, &c).unwrap();
+        add_member(p, &mut s, &g, "bob");
+        add_member(p, &mut s, &g, "cy");
+        let admin = MemberEntry {
+            role: GroupRole::Admin as u32,
+            joined_seq: 0,
+        };
+        s.put(member_key(p, &g, "cy"), admin.encode_to_vec());
+        assert!(!dropped(p, &mut s, &g, "ann"));
+        let record = group(p, &s, &g).unwrap().unwrap();
+        assert_eq!(owner(&record), "cy", "an admin before a member");
+        assert_eq!(record.last_seq, 2, "OWNER_CHANGED and LEFT are told");
+        assert!(!dropped(p, &mut s, &g, "cy"));
+        assert_eq!(owner(&group(p, &s, &g).unwrap().unwrap()), "bob");
+        assert!(!dropped(p, &mut s, &g, "nobody"), "not a member: nothing changes");
+        assert!(dropped(p, &mut s, &g, "bob"), "the last member leaves it empty");
+    }
 }

@@ -74,7 +74,7 @@ pub fn apply(p: Partition, command: &[u8], store: &mut impl Store) -> Result<Out
                 ..Default::default()
             };
             let account_key = keys::account(p, &d.user);
-            match decode::<AccountRecord>(store.get(&account_key)?, "account")? {
+            match live_account(store.get(&account_key)?)? {
                 None => outcome::Result::NotFound(Empty {}),
                 Some(mut account) => {
                     account.disabled = d.disabled;
@@ -117,13 +117,15 @@ pub fn apply(p: Partition, command: &[u8], store: &mut impl Store) -> Result<Out
         Op::JoinGroup(j) => groups::join(p, store, &j)?,
         Op::LeaveGroup(l) => groups::leave(p, store, &l)?,
         Op::GroupAdmin(a) => groups::admin(p, store, &a)?,
+        Op::DropMember(d) => groups::drop_member(p, store, &d)?,
+        Op::PurgeUser(u) => crate::admin::purge_user(p, store, &u)?,
         Op::Post(post) => self::post(p, store, post)?,
         Op::Fanout(f) => {
             let retention = f.retention.unwrap_or_default();
             let mut seqs = Vec::with_capacity(f.items.len());
             for item in f.items {
                 // A member whose account is gone gets nothing.
-                if store.get(&keys::account(p, &item.user))?.is_none() {
+                if live_account(store.get(&keys::account(p, &item.user))?)?.is_none() {
                     seqs.push(0);
                     continue;
                 }
@@ -158,7 +160,7 @@ pub fn apply(p: Partition, command: &[u8], store: &mut impl Store) -> Result<Out
         Op::Block(b) => block(p, store, &b)?,
         Op::Seen(s) => {
             let key = keys::account(p, &s.user);
-            match decode::<AccountRecord>(store.get(&key)?, "account")? {
+            match live_account(store.get(&key)?)? {
                 Some(mut account) => {
                     if s.at_ms > account.last_seen_ms {
                         account.last_seen_ms = s.at_ms;
@@ -171,7 +173,7 @@ pub fn apply(p: Partition, command: &[u8], store: &mut impl Store) -> Result<Out
         }
         Op::SetPrivacy(s) => {
             let key = keys::account(p, &s.user);
-            match decode::<AccountRecord>(store.get(&key)?, "account")? {
+            match live_account(store.get(&key)?)? {
                 None => outcome::Result::NotFound(Empty {}),
                 Some(mut account) => {
                     if let Some(only) = s.contacts_only {
@@ -259,6 +261,8 @@ fn misplaced(p: Partition, op: &Op) -> Option<String> {
         Op::Seen(s) => user(&s.user),
         Op::PurgeGroup(c) => group(&c.group),
         Op::GroupAdmin(a) => group(&a.group),
+        Op::DropMember(d) => group(&d.group),
+        Op::PurgeUser(u) => user(&u.user),
         Op::Sweep(_) | Op::JoinCluster(_) | Op::LeaveCluster(_) | Op::RemoveNode(_) => None,
     }
 }
@@ -300,6 +304,12 @@ fn sweep_inboxes(p: Partition, store: &mut impl Store, sweep: &command::Sweep) -
     Ok(last)
 }
 
+/// The account stored, unless there is none or it was deleted (a deleted account keeps
+/// its name taken and nothing else).
+pub(crate) fn live_account(bytes: Option<Vec<u8>>) -> Result<Option<AccountRecord>> {
+    Ok(decode::<AccountRecord>(bytes, "account")?.filter(|a| !a.deleted))
+}
+
 /// Why `user` refuses a private message `from` someone (or its own copy, from itself):
 /// NotFound without an account, NotAllowed when the user blocks the sender or takes
 /// messages from contacts only and the sender is not one.
@@ -309,7 +319,7 @@ pub(crate) fn refusal(
     user: &str,
     from: &str,
 ) -> Result<Option<outcome::Result>> {
-    let Some(account) = decode::<AccountRecord>(store.get(&keys::account(p, user))?, "account")? else {
+    let Some(account) = live_account(store.get(&keys::account(p, user))?)? else {
         return Ok(Some(outcome::Result::NotFound(Empty {})));
     };
     if from == user {
@@ -390,7 +400,7 @@ fn contact_update(
     if view.is_some_and(|v| v.version >= u.version) {
         return Ok(done());
     }
-    let Some(account) = decode::<AccountRecord>(store.get(&keys::account(p, &u.user))?, "account")? else {
+    let Some(account) = live_account(store.get(&keys::account(p, &u.user))?)? else {
         return Ok(done());
     };
     let blocked =
@@ -417,7 +427,7 @@ fn contact_update(
 /// Blocks or unblocks, keeping the account's count of blocks.
 fn block(p: Partition, store: &mut impl Store, b: &command::Block) -> Result<outcome::Result> {
     let account_key = keys::account(p, &b.user);
-    let Some(mut account) = decode::<AccountRecord>(store.get(&account_key)?, "account")? else {
+    let Some(mut account) = live_account(store.get(&account_key)?)? else {
         return Ok(outcome::Result::NotFound(Empty {}));
     };
     let key = keys::blocked(p, &b.user, &b.other);
@@ -441,7 +451,7 @@ use crate::groups::member_key;
 /// one is given; NotFound without an account.
 fn revoke_tokens(p: Partition, store: &mut impl Store, r: &command::RevokeTokens) -> Result<outcome::Result> {
     let account_key = keys::account(p, &r.user);
-    let Some(mut account) = decode::<AccountRecord>(store.get(&account_key)?, "account")? else {
+    let Some(mut account) = live_account(store.get(&account_key)?)? else {
         return Ok(outcome::Result::NotFound(Empty {}));
     };
     if !r.password_hash.is_empty() {

@@ -14,7 +14,7 @@ use chat_protocol::internal::outcome;
 use chat_protocol::internal::query::{self, Q};
 use chat_protocol::internal::response::Flags;
 use chat_protocol::internal::{
-    AccountRecord, Answer, ContactIndex, Empty, GroupMessage, InboxEntry, InboxMeta, Query, TokenRecord,
+    Answer, ContactIndex, Empty, GroupMessage, InboxEntry, InboxMeta, Query, TokenRecord,
 };
 use chat_protocol::v1::{Contact, ContactState, ConversationKind};
 
@@ -27,12 +27,10 @@ pub const MAX_SCAN: usize = 20_000;
 pub fn evaluate(p: Partition, query: &Query, store: &impl Store) -> Result<Answer> {
     let a = match &query.q {
         None => A::NotFound(Empty {}),
-        Some(Q::Account(user)) => {
-            match decode::<AccountRecord>(store.get(&keys::account(p, user))?, "account")? {
-                Some(record) => A::Account(record),
-                None => A::NotFound(Empty {}),
-            }
-        }
+        Some(Q::Account(user)) => match crate::machine::live_account(store.get(&keys::account(p, user))?)? {
+            Some(record) => A::Account(record),
+            None => A::NotFound(Empty {}),
+        },
         Some(Q::Token(t)) => {
             match decode::<TokenRecord>(store.get(&keys::token(p, &t.user, &t.token))?, "token")? {
                 Some(record) => A::Token(record),
@@ -284,6 +282,7 @@ mod tests {
     use crate::machine::apply_op;
     use crate::placement;
     use crate::store::MemStore;
+    use chat_protocol::internal::AccountRecord;
     use chat_protocol::internal::command::{self, Op};
 
     fn user_in(p: Partition, n: usize) -> String {

@@ -380,3 +380,90 @@ async fn a_deleted_group_is_gone_for_its_members_on_every_node() {
 fn admin_addr(node: &Node) -> String {
     node.admin.trim_start_matches("http://").to_owned()
 }
+
+/// The value of an unlabelled metric line `name value`.
+fn metric(text: &str, name: &str) -> Option<u64> {
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+}
+
+#[tokio::test]
+async fn a_deleted_user_is_gone_from_every_replica_and_the_others_keep_what_it_sent() {
+    let nodes = three_nodes(["del1", "del2", "del3"]).await;
+    let (reg, _) = nodes[0].connect().await.unwrap();
+    let users = ["gone", "kim", "lee"];
+    for u in users {
+        reg.register(u, &chat_tests::password(u)).await.unwrap();
+    }
+    let (gone, mut gone_rx, _) = nodes[0].login("gone").await.unwrap();
+    let (kim, _kim_rx, _) = nodes[1].login("kim").await.unwrap();
+    let (lee, _lee_rx, _) = nodes[2].login("lee").await.unwrap();
+    // Messages both ways, a contact, a group it owns with lee in it, and kim's group.
+    for i in 0..3 {
+        kim.send_private("gone", &format!("to gone {i}")).await.unwrap();
+    }
+    gone.send_private("kim", "from gone").await.unwrap();
+    gone.contact_request("kim").await.unwrap();
+    kim.contact_accept("gone").await.unwrap();
+    gone.create_group("gones").await.unwrap();
+    lee.join_group("gones").await.unwrap();
+    kim.create_group("kims").await.unwrap();
+    gone.join_group("kims").await.unwrap();
+    gone.send_group("kims", "hello kims").await.unwrap();
+
+    // Without the token: refused.
+    let (status, _) = http_request(&nodes[1].admin, "POST", "/users/gone/delete", &[])
+        .await
+        .unwrap();
+    assert_eq!(status, 401);
+    let (status, body) = http_request(&nodes[1].admin, "POST", "/users/gone/delete", &[AUTH])
+        .await
+        .unwrap();
+    assert_eq!(status, 200, "{body}");
+    next_closing(&mut gone_rx).await.unwrap();
+    let (status, _) = http_request(&nodes[2].admin, "POST", "/users/nobody/delete", &[AUTH])
+        .await
+        .unwrap();
+    assert_eq!(status, 404);
+
+    // It cannot log in, and its name stays taken.
+    let (c, _) = nodes[2].connect().await.unwrap();
+    let err = c.login("gone", &chat_tests::password("gone")).await.unwrap_err();
+    assert_eq!(err.code(), Some(ErrorCode::InvalidCredentials));
+    let err = c.register("gone", "another").await.unwrap_err();
+    assert_eq!(err.code(), Some(ErrorCode::UsernameTaken));
+    // Its contact lost it; its group passed to lee; kim's group lost it.
+    wait_for("kim's contacts to lose it", DEADLINE, || async {
+        kim.contacts().await.ok()?.is_empty().then_some(())
+    })
+    .await
+    .unwrap();
+    assert_eq!(lee.group_info("gones").await.unwrap().owner, "lee");
+    let members = kim.members("kims").await.unwrap();
+    assert_eq!(members, ["kim"]);
+    let err = kim.send_private("gone", "still there?").await.unwrap_err();
+    assert_eq!(err.code(), Some(ErrorCode::NotFound));
+    // What it sent stays with the others, under its name.
+    let kims = kim.sync_all(0).await.unwrap();
+    assert!(kims.iter().any(|d| d.from == "gone" && d.text == "from gone"));
+    assert!(kims.iter().any(|d| d.from == "gone" && d.text == "hello kims"));
+
+    // Every replica holds exactly what the others' inboxes hold: nothing of gone's.
+    let (kim, lee) = (&kim, &lee);
+    let nodes = &nodes;
+    wait_for("every replica to drop its inbox", DEADLINE, || async move {
+        let mut left = 0;
+        for c in [kim, lee] {
+            left += c.sync_all(0).await.ok()?.len() as u64;
+        }
+        for n in nodes {
+            let (_, text) = http_request(&n.admin, "GET", "/metrics", &[]).await.ok()?;
+            if metric(&text, "chat_inbox_messages")? != left {
+                return None;
+            }
+        }
+        Some(())
+    })
+    .await
+    .unwrap();
+}

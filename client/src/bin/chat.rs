@@ -359,6 +359,12 @@ enum AdminAction {
         /// The user.
         user: String,
     },
+    /// Delete a user and all its data (its sessions close, its contacts and groups
+    /// lose it; what it sent others stays, under its name, which stays taken).
+    DeleteUser {
+        /// The user.
+        user: String,
+    },
     /// List groups (name, creator, when created, members), in name order.
     Groups {
         /// Only names that start with this.
@@ -702,6 +708,7 @@ async fn admin_command(
         AdminAction::Disable { user } => admin.user_action(user, "disable").await?,
         AdminAction::Enable { user } => admin.user_action(user, "enable").await?,
         AdminAction::Logout { user } => admin.user_action(user, "logout").await?,
+        AdminAction::DeleteUser { user } => admin.user_action(user, "delete").await?,
         AdminAction::DeleteGroup { group } => admin.delete_group(group).await?,
     };
     print!("{said}");
