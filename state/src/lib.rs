@@ -8,6 +8,7 @@
 //! - [`store`]: the key-value interface the machine reads and writes.
 //! - [`machine`]: commands in, records and outcomes out.
 //! - [`membership`]: the metadata group's members, and placement's target voters.
+//! - [`devices`]: a user's tokens as devices: ids, listing, revoking one, last logins.
 //! - [`contacts`]: who asked whom, and who agreed (the pair's record decides).
 //! - [`fanout`]: which posts of a group still have to reach which partitions.
 //! - [`query`]: what a leader answers reads with.
@@ -16,6 +17,7 @@
 
 pub mod admin;
 pub mod contacts;
+pub mod devices;
 pub mod fanout;
 pub mod keys;
 pub mod machine;
