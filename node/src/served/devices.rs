@@ -49,7 +49,7 @@ impl Served {
                         reply(Ok(()));
                     }
                     Ok(outcome::Result::NotFound(_)) => {
-                        reply(Err(ChatError::NotFound(format!("no device {device}"))))
+                        reply(Err(ChatError::NotFound(format!("device {device}"))))
                     }
                     Ok(other) => reply(Err(unexpected_outcome(&other))),
                     Err(e) => reply(Err(e)),
