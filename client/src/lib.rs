@@ -419,15 +419,21 @@ impl Client {
         }
     }
 
-    /// Logs in with a password.
+    /// Logs in with a password (the new token's device is unnamed).
     pub async fn login(&self, username: &str, password: &str) -> Result<v1::LoginOk> {
-        self.login_with(username, v1::login_request::Credential::Password(password.into()))
-            .await
+        self.login_device(username, password, "").await
     }
 
-    /// Logs in with a token from an earlier login.
+    /// Logs in with a password, naming the device the new token is for (`devices`
+    /// lists it; at most 64 bytes).
+    pub async fn login_device(&self, username: &str, password: &str, device: &str) -> Result<v1::LoginOk> {
+        let credential = v1::login_request::Credential::Password(password.into());
+        self.login_with(username, credential, device).await
+    }
+
+    /// Logs in with a token from an earlier login (the same device as that login).
     pub async fn login_token(&self, username: &str, token: &str) -> Result<v1::LoginOk> {
-        self.login_with(username, v1::login_request::Credential::Token(token.into()))
+        self.login_with(username, v1::login_request::Credential::Token(token.into()), "")
             .await
     }
 
@@ -435,11 +441,13 @@ impl Client {
         &self,
         username: &str,
         credential: v1::login_request::Credential,
+        device: &str,
     ) -> Result<v1::LoginOk> {
         match self
             .request(Req::Login(v1::LoginRequest {
                 username: username.into(),
                 credential: Some(credential),
+                device: device.into(),
             }))
             .await?
         {
@@ -484,6 +492,33 @@ impl Client {
             .await?
         {
             Resp::LogoutOk(_) => Ok(()),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    /// This user's devices (its unexpired tokens), the most recently used first;
+    /// `current` marks this session's.
+    pub async fn devices(&self) -> Result<v1::DeviceList> {
+        match self.request(Req::ListDevices(v1::ListDevices {})).await? {
+            Resp::DeviceList(l) => Ok(l),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    /// Logs device `id` (a `devices` id) out: its token is revoked and its sessions
+    /// on every node are closed.
+    pub async fn logout_device(&self, id: &str) -> Result<()> {
+        let req = Req::LogoutDevice(v1::LogoutDevice { id: id.into() });
+        match self.request(req).await? {
+            Resp::LogoutDeviceOk(_) => Ok(()),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    /// This user's sessions on every node that answers; `current` marks this one.
+    pub async fn sessions(&self) -> Result<Vec<v1::SessionInfo>> {
+        match self.request(Req::ListSessions(v1::ListSessions {})).await? {
+            Resp::SessionList(l) => Ok(l.sessions),
             other => Err(unexpected(other)),
         }
     }

@@ -14,7 +14,7 @@ use crate::actors::registry::RegistryMsg;
 use crate::remote::Remote;
 use crate::view::{ClusterView, HEARTBEAT_TIMEOUT, MemberMsg, PG_GROUP};
 use chat_protocol::internal::item;
-use chat_protocol::internal::{NodeCard, OnlinePage};
+use chat_protocol::internal::{NodeCard, OnlinePage, SessionsPage};
 use prost::Message;
 use ractor::concurrency::Duration;
 use ractor::{Actor, ActorCell, ActorId, ActorProcessingErr, ActorRef, pg};
@@ -121,6 +121,13 @@ impl Actor for Member {
                     }
                     .encode_to_vec(),
                 );
+            }
+            MemberMsg::SessionsOf(user, reply) => {
+                let sessions = state.args.remote.sessions_of(&user);
+                let page = SessionsPage {
+                    sessions: sessions.into_iter().map(|(_, s)| s).collect(),
+                };
+                let _ = reply.send(page.encode_to_vec());
             }
             MemberMsg::Envelope(bytes) => state.dispatch(&bytes),
             MemberMsg::Tick => {

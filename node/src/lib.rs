@@ -10,6 +10,7 @@ pub mod cluster;
 pub mod config;
 pub mod consensus;
 pub mod context;
+pub mod devices;
 pub mod error;
 pub mod metrics;
 pub mod partition;

@@ -279,6 +279,7 @@ async fn flush(presence: Weak<Presence>) {
                 frame: frame.to_vec(),
                 skip_session: 0,
                 log_out: String::new(),
+                log_out_device: String::new(),
             });
         }
     }

@@ -35,6 +35,9 @@ pub const MAX_BATCH_BYTES: usize = 4 << 20;
 /// A request with no response after this long is answered UNAVAILABLE.
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// Most sessions of one user a node lists (`Remote::sessions_of`).
+pub const MAX_SESSIONS_LISTED: usize = 256;
+
 /// Runs with the response to a request (or the reason there is none).
 pub type OnResponse = Box<dyn FnOnce(ChatResult<response::Result>) + Send>;
 
@@ -124,6 +127,12 @@ struct LocalSession {
     target: Arc<dyn PushTarget>,
     /// The logged-in user, if any.
     user: Option<String>,
+    /// The device (`chat_state::devices::id_of` its token) it logged in with, if any.
+    device: Option<String>,
+    /// The client's address, as the session saw it.
+    address: String,
+    /// When the connection opened (ms since the epoch).
+    since_ms: u64,
 }
 
 fn unavailable(node: &str) -> ChatError {
@@ -213,7 +222,7 @@ impl Remote {
             None => return,
         };
         for id in ids {
-            if let Some(target) = self.session(id) {
+            if let Some((target, _)) = self.session(id) {
                 target.push(frame.clone());
             }
         }
@@ -575,12 +584,50 @@ impl Remote {
         self.pending.lock().expect("pending lock").len()
     }
 
-    /// A session of this node, reachable for pushes from remote inboxes.
-    pub fn add_session(&self, id: u64, target: Arc<dyn PushTarget>) {
-        self.sessions
-            .lock()
-            .expect("sessions lock")
-            .insert(id, LocalSession { target, user: None });
+    /// A session of this node, reachable for pushes from remote inboxes, connected from
+    /// `address` (listed by [`Remote::sessions_of`]).
+    pub fn add_session(&self, id: u64, target: Arc<dyn PushTarget>, address: String) {
+        let session = LocalSession {
+            target,
+            user: None,
+            device: None,
+            address,
+            since_ms: crate::storage::now_ms(),
+        };
+        self.sessions.lock().expect("sessions lock").insert(id, session);
+    }
+
+    /// The device the session logged in with (a log-out forgets it).
+    pub fn set_session_device(&self, id: u64, device: String) {
+        if let Some(s) = self.sessions.lock().expect("sessions lock").get_mut(&id) {
+            s.device = Some(device);
+        }
+    }
+
+    /// `user`'s logged-in sessions on this node, by connection time, with their ids
+    /// (`current` unset); at most [`MAX_SESSIONS_LISTED`].
+    pub fn sessions_of(&self, user: &str) -> Vec<(u64, chat_protocol::v1::SessionInfo)> {
+        let Some(ids) = self.users.lock().expect("users lock").get(user).cloned() else {
+            return Vec::new();
+        };
+        let sessions = self.sessions.lock().expect("sessions lock");
+        let mut found: Vec<(u64, chat_protocol::v1::SessionInfo)> = ids
+            .into_iter()
+            .filter_map(|id| {
+                let s = sessions.get(&id).filter(|s| s.user.as_deref() == Some(user))?;
+                let info = chat_protocol::v1::SessionInfo {
+                    node: self.me.clone(),
+                    client_address: s.address.clone(),
+                    connected_since_ms: s.since_ms,
+                    device_id: s.device.clone().unwrap_or_default(),
+                    current: false,
+                };
+                Some((id, info))
+            })
+            .collect();
+        found.sort_by_key(|(id, s)| (s.connected_since_ms, *id));
+        found.truncate(MAX_SESSIONS_LISTED);
+        found
     }
 
     /// The session logged in as `user` (or logged out: None).
@@ -588,6 +635,9 @@ impl Remote {
         let mut sessions = self.sessions.lock().expect("sessions lock");
         let Some(s) = sessions.get_mut(&id) else { return };
         let before = std::mem::replace(&mut s.user, user.clone());
+        if user.is_none() {
+            s.device = None;
+        }
         if before == user {
             return;
         }
@@ -636,11 +686,14 @@ impl Remote {
         let frame = Bytes::from(push.frame);
         let user: Arc<str> = Arc::from(push.user.as_str());
         for id in ids {
-            let Some(target) = self.session(id) else {
+            let Some((target, device)) = self.session(id) else {
                 continue;
             };
             if !push.log_out.is_empty() {
-                if id != push.skip_session {
+                // A device's log-out closes only the sessions logged in with its token.
+                let targeted =
+                    push.log_out_device.is_empty() || device.as_deref() == Some(&push.log_out_device);
+                if id != push.skip_session && targeted {
                     target.log_out(user.clone(), &push.log_out);
                 }
             } else if push.seq == 0 {
@@ -657,13 +710,13 @@ impl Remote {
         }
     }
 
-    /// Where pushes for a session of this node go.
-    fn session(&self, id: u64) -> Option<Arc<dyn PushTarget>> {
+    /// Where pushes for a session of this node go, and the device it logged in with.
+    fn session(&self, id: u64) -> Option<(Arc<dyn PushTarget>, Option<String>)> {
         self.sessions
             .lock()
             .expect("sessions lock")
             .get(&id)
-            .map(|s| s.target.clone())
+            .map(|s| (s.target.clone(), s.device.clone()))
     }
 }
 
@@ -764,6 +817,7 @@ mod tests {
             frame: vec![0; bytes],
             skip_session: 0,
             log_out: String::new(),
+            log_out_device: String::new(),
         };
         assert!(!remote.send("there", item::Body::UserPush(push(1, LINK_BYTES + 1))));
         assert!(remote.send("there", item::Body::UserPush(push(2, 16))));
@@ -788,6 +842,62 @@ mod tests {
             .unwrap();
         assert!(matches!(answer, Err(ChatError::Unavailable(_))), "{answer:?}");
         assert_eq!(remote.waiting(), 0);
+    }
+
+    /// Records the log-outs it is told.
+    #[derive(Default)]
+    struct Recorder(Mutex<Vec<String>>);
+
+    impl PushTarget for Recorder {
+        fn deliver(&self, _: Arc<str>, _: u64, _: Bytes, _: Instant) {}
+        fn push(&self, _: Bytes) {}
+        fn log_out(&self, _: Arc<str>, reason: &str) {
+            self.0.lock().unwrap().push(reason.to_owned());
+        }
+    }
+
+    #[tokio::test]
+    async fn a_devices_log_out_reaches_only_the_sessions_logged_in_with_it() {
+        let remote = Remote::new("here", ClusterView::default());
+        let sessions: Vec<Arc<Recorder>> = (0..3).map(|_| Arc::new(Recorder::default())).collect();
+        for (id, (s, device)) in sessions.iter().zip(["d1", "d2", "d1"]).enumerate() {
+            let id = id as u64 + 1;
+            remote.add_session(id, s.clone(), format!("127.0.0.1:{id}"));
+            remote.set_session_user(id, Some("ann".into()));
+            remote.set_session_device(id, device.into());
+        }
+        let listed: Vec<(u64, String)> = remote
+            .sessions_of("ann")
+            .into_iter()
+            .map(|(id, s)| (id, s.device_id))
+            .collect();
+        assert_eq!(listed, vec![(1, "d1".into()), (2, "d2".into()), (3, "d1".into())]);
+        assert!(remote.sessions_of("bob").is_empty());
+        remote.push_to_user(UserPush {
+            user: "ann".into(),
+            log_out: "bye".into(),
+            log_out_device: "d1".into(),
+            ..UserPush::default()
+        });
+        let told: Vec<usize> = sessions.iter().map(|s| s.0.lock().unwrap().len()).collect();
+        assert_eq!(told, vec![1, 0, 1], "only d1's sessions");
+        // Without a device, every session of the user is logged out.
+        remote.push_to_user(UserPush {
+            user: "ann".into(),
+            log_out: "all".into(),
+            ..UserPush::default()
+        });
+        let told: Vec<usize> = sessions.iter().map(|s| s.0.lock().unwrap().len()).collect();
+        assert_eq!(told, vec![2, 1, 2]);
+        // A session that logged out forgets its device.
+        remote.set_session_user(2, None);
+        remote.set_session_user(2, Some("ann".into()));
+        let second = remote
+            .sessions_of("ann")
+            .into_iter()
+            .find(|(id, _)| *id == 2)
+            .unwrap();
+        assert_eq!(second.1.device_id, "");
     }
 
     #[tokio::test]

@@ -523,6 +523,44 @@ impl ContactMsg {
     }
 }
 
+/// Requests about a user's devices (its tokens), served in the user's partition.
+pub enum DeviceMsg {
+    /// The devices whose tokens are unexpired at `now_ms`.
+    List {
+        /// The asking node's clock.
+        now_ms: u64,
+        /// Gets them, the most recently used first (`current` unset).
+        reply: Reply<ChatResult<v1::DeviceList>>,
+    },
+    /// Revokes the token of device `device` and closes the sessions logged in with it
+    /// on every node; NotFound when the user has no such device.
+    LogOut {
+        /// The device id (`chat_state::devices::id_of`).
+        device: String,
+        /// Runs once the revocation is committed.
+        reply: Reply<ChatResult<()>>,
+    },
+    /// A login with `token` at `at_ms`: its last login moves forward.
+    Touch {
+        /// The token.
+        token: String,
+        /// When.
+        at_ms: u64,
+        /// Runs once committed (NotFound: the token is gone).
+        reply: Reply<ChatResult<()>>,
+    },
+}
+
+impl DeviceMsg {
+    /// Answers the request with `err`.
+    pub fn fail(self, err: ChatError) {
+        match self {
+            Self::List { reply, .. } => reply(Err(err)),
+            Self::LogOut { reply, .. } | Self::Touch { reply, .. } => reply(Err(err)),
+        }
+    }
+}
+
 /// What a routed request is for.
 pub enum Target {
     /// A user's inbox.
@@ -533,15 +571,18 @@ pub enum Target {
     Account(String, AccountMsg),
     /// A user's contacts, blocks and privacy.
     Contacts(String, ContactMsg),
+    /// A user's devices.
+    Devices(String, DeviceMsg),
 }
 
 impl Target {
     /// The partition of the entity.
     pub fn partition(&self) -> Partition {
         match self {
-            Self::Inbox(user, _) | Self::Account(user, _) | Self::Contacts(user, _) => {
-                partition::of_user(user)
-            }
+            Self::Inbox(user, _)
+            | Self::Account(user, _)
+            | Self::Contacts(user, _)
+            | Self::Devices(user, _) => partition::of_user(user),
             Self::Group(group, _) => partition::of_group(group),
         }
     }
@@ -553,6 +594,7 @@ impl Target {
             Self::Group(_, m) => m.fail(err),
             Self::Account(_, m) => m.fail(err),
             Self::Contacts(_, m) => m.fail(err),
+            Self::Devices(_, m) => m.fail(err),
         }
     }
 }

@@ -3,7 +3,7 @@
 //! understands, and the cluster-wide online list. The links (`crate::remote`) and the
 //! node's context read it; it imports none of them.
 
-use chat_protocol::internal::{NodeCard, OnlinePage};
+use chat_protocol::internal::{NodeCard, OnlinePage, SessionsPage};
 use chat_protocol::v1::NodeInfo;
 use prost::Message;
 use ractor::concurrency::Duration;
@@ -32,6 +32,10 @@ pub enum MemberMsg {
     /// names, answered with the same of those that do.
     #[rpc]
     SessionsAmong(Vec<u8>, RpcReplyPort<Vec<u8>>),
+    /// A user's logged-in sessions on this node: answered with a prost-encoded
+    /// [`SessionsPage`].
+    #[rpc]
+    SessionsOf(String, RpcReplyPort<Vec<u8>>),
     /// Traffic for this node's router: a prost-encoded [`chat_protocol::internal::Envelope`].
     Envelope(Vec<u8>),
     /// Local tick: ask every peer, redial the lost.
@@ -246,4 +250,33 @@ pub async fn with_sessions_elsewhere(names: Vec<String>) -> Vec<String> {
         found.extend(page.users);
     }
     found.into_iter().collect()
+}
+
+/// `user`'s sessions on every other reachable node, as each node lists them; a peer that
+/// does not answer within [`HEARTBEAT_TIMEOUT`] is left out.
+pub async fn sessions_elsewhere(user: &str) -> Vec<chat_protocol::v1::SessionInfo> {
+    let peers: Vec<ActorRef<MemberMsg>> = pg::get_members(&PG_GROUP.to_owned())
+        .into_iter()
+        .filter(|m| !m.get_id().is_local())
+        .map(ActorRef::from)
+        .collect();
+    let asks = peers.into_iter().map(|peer| {
+        let user = user.to_owned();
+        async move {
+            let call = peer.call(
+                |reply| MemberMsg::SessionsOf(user, reply),
+                Some(HEARTBEAT_TIMEOUT),
+            );
+            match call.await {
+                Ok(ractor::rpc::CallResult::Success(bytes)) => SessionsPage::decode(bytes.as_slice()).ok(),
+                _ => None,
+            }
+        }
+    });
+    futures::future::join_all(asks)
+        .await
+        .into_iter()
+        .flatten()
+        .flat_map(|page| page.sessions)
+        .collect()
 }

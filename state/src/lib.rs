@@ -8,6 +8,7 @@
 //! - [`store`]: the key-value interface the machine reads and writes.
 //! - [`machine`]: commands in, records and outcomes out.
 //! - [`membership`]: the metadata group's members, and placement's target voters.
+//! - [`devices`]: a user's tokens as devices: ids, listing, revoking one, last logins.
 //! - [`contacts`]: who asked whom, and who agreed (the pair's record decides).
 //! - [`governance`]: who may do what in a group (roles, invitations, bans).
 //! - [`groups`]: what group commands do, each change an event in the group's order.
@@ -18,6 +19,7 @@
 
 pub mod admin;
 pub mod contacts;
+pub mod devices;
 pub mod fanout;
 pub mod governance;
 pub mod groups;

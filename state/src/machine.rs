@@ -68,6 +68,8 @@ pub fn apply(p: Partition, command: &[u8], store: &mut impl Store) -> Result<Out
             done()
         }
         Op::RevokeTokens(r) => revoke_tokens(p, store, &r)?,
+        Op::RevokeDevice(r) => crate::devices::revoke(p, store, &r)?,
+        Op::TouchToken(t) => crate::devices::touch(p, store, &t)?,
         Op::SetDisabled(d) => {
             let revoke_all = command::RevokeTokens {
                 user: d.user.clone(),
@@ -243,6 +245,8 @@ fn misplaced(p: Partition, op: &Op) -> Option<String> {
         Op::PutToken(t) => user(&t.user),
         Op::RevokeToken(t) => user(&t.user),
         Op::RevokeTokens(r) => user(&r.user),
+        Op::RevokeDevice(r) => user(&r.user),
+        Op::TouchToken(t) => user(&t.user),
         Op::SetDisabled(d) => user(&d.user),
         Op::Append(a) => user(&a.user),
         Op::Ack(a) => user(&a.user),

@@ -37,6 +37,7 @@ pub fn evaluate(p: Partition, query: &Query, store: &impl Store) -> Result<Answe
                 None => A::NotFound(Empty {}),
             }
         }
+        Some(Q::Devices(d)) => A::Devices(crate::devices::list(p, store, &d.user, d.now_ms)?),
         Some(Q::InboxMeta(user)) => A::InboxMeta(inbox_meta(p, store, user)?),
         Some(Q::Entries(e)) => A::Entries(entries(p, store, e)?),
         Some(Q::PrivateHistory(h)) => A::Entries(private_history(p, store, h)?),
@@ -340,12 +341,18 @@ mod tests {
         let op = Op::PutToken(command::PutToken {
             user: alice,
             token: "t".into(),
-            record: Some(TokenRecord { expires_at_ms: 9 }),
+            record: Some(TokenRecord {
+                expires_at_ms: 9,
+                ..TokenRecord::default()
+            }),
         });
         apply_op(p, op, &mut store).unwrap();
         assert_eq!(
             ask(p, &store, Q::Token(key)),
-            A::Token(TokenRecord { expires_at_ms: 9 })
+            A::Token(TokenRecord {
+                expires_at_ms: 9,
+                ..TokenRecord::default()
+            })
         );
     }
 

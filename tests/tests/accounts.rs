@@ -78,6 +78,7 @@ async fn requests_before_hello_are_answered_with_unexpected() {
         body: Some(Body::Login(LoginRequest {
             username: "frank".into(),
             credential: Some(Credential::Password(password("frank"))),
+            device: String::new(),
         })),
     })
     .await

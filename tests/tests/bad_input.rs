@@ -226,6 +226,7 @@ fn login(id: u64, user: &str) -> ClientFrame {
                 credential: Some(chat_client::proto::login_request::Credential::Password(
                     chat_tests::password(user),
                 )),
+                device: String::new(),
             },
         )),
     }

@@ -80,6 +80,7 @@ async fn a_websocket_client_and_a_tcp_client_chat_both_ways() {
     let login = proto::LoginRequest {
         username: "web".into(),
         credential: Some(proto::login_request::Credential::Password("pw".into())),
+        device: String::new(),
     };
     send(&mut ws, 3, Req::Login(login)).await;
     let Resp::LoginOk(ok) = answer(&mut ws, 3, &mut pushes).await else {

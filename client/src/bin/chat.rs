@@ -27,6 +27,10 @@ struct Cli {
     /// Password (prompted for when missing and needed).
     #[arg(long, global = true, env = "CHAT_PASSWORD", hide_env_values = true)]
     password: Option<String>,
+    /// The name of this device, shown by `chat devices` for the token a login makes
+    /// (at most 64 bytes).
+    #[arg(long, global = true, default_value = "chat cli")]
+    device: String,
     #[command(subcommand)]
     command: Option<Command>,
 }
@@ -39,6 +43,7 @@ const EXAMPLES: &str = "Examples:
   chat --user alice --password secret group-create rust
   chat --user alice --password secret group-send rust \"hello all\"
   chat --user alice --password secret online
+  chat --user alice --password secret --device \"laptop\" devices
   chat --user alice --password secret nodes";
 
 #[derive(Debug, Subcommand)]
@@ -276,6 +281,22 @@ enum Command {
         #[arg(long)]
         new_password: Option<String>,
     },
+    /// Print your devices (one per token, the most recently used first): ID  NAME
+    /// created TIME  last login TIME  expires TIME, and `(this device)` for this one.
+    #[command(after_help = "Example:\n  chat --user bob --password builder --device \"work laptop\" devices")]
+    Devices,
+    /// Log device ID (as `chat devices` prints it) out: its token is revoked and its
+    /// sessions on every node are closed; your other devices stay logged in.
+    #[command(after_help = "Example:\n  chat --user bob --password builder logout-device 3f2a9c0d11e4b765")]
+    LogoutDevice {
+        /// The device's id.
+        #[arg(value_name = "ID")]
+        id: String,
+    },
+    /// Print your sessions on every node that answers: NODE  ADDRESS  since TIME
+    /// device ID, and `(this session)` for this one.
+    #[command(after_help = "Example:\n  chat --user bob --password builder sessions")]
+    Sessions,
     /// Log out every device: every token is revoked and every session closed.
     #[command(after_help = "Example:\n  chat --user bob --password builder logout-everywhere")]
     LogoutEverywhere,
@@ -468,12 +489,13 @@ async fn run(cli: Cli) -> Result<()> {
         .with_context(|| format!("cannot connect to {}", cli.servers.join(", ")))?;
     let Some(command) = cli.command else {
         let (user, password) = credentials(&cli.user, &cli.password)?;
-        let ok = client.login(&user, &password).await?;
+        let ok = client.login_device(&user, &password, &cli.device).await?;
         let mut again = Reconnect {
             addrs: cli.servers.clone(),
             tls,
             user,
             password,
+            device: cli.device.clone(),
         };
         again.learn(&ok);
         return interactive(client, pushes, again, ok.delivered_seq).await;
@@ -488,7 +510,7 @@ async fn run(cli: Cli) -> Result<()> {
         return Ok(());
     }
     let (user, password) = credentials(&cli.user, &cli.password)?;
-    let login = client.login(&user, &password).await?;
+    let login = client.login_device(&user, &password, &cli.device).await?;
     match command {
         Command::Register { .. }
         | Command::Completions { .. }
@@ -638,6 +660,20 @@ async fn run(cli: Cli) -> Result<()> {
             client.change_password(&password, &new).await?;
             println!("password changed; your other sessions were closed");
         }
+        Command::Devices => {
+            for line in device_lines(&client.devices().await?) {
+                println!("{line}");
+            }
+        }
+        Command::LogoutDevice { id } => {
+            client.logout_device(&id).await?;
+            println!("logged out device {id}");
+        }
+        Command::Sessions => {
+            for s in client.sessions().await? {
+                println!("{}", session_line(&s));
+            }
+        }
         Command::LogoutEverywhere => {
             client.logout_everywhere().await?;
             println!("logged out everywhere");
@@ -655,6 +691,45 @@ async fn run(cli: Cli) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// `chat devices`' lines: `ID  NAME  created TIME  last login TIME  expires TIME`.
+fn device_lines(list: &v1::DeviceList) -> Vec<String> {
+    let mut lines: Vec<String> = list
+        .devices
+        .iter()
+        .map(|d| {
+            let name = if d.device.is_empty() {
+                "(unnamed)"
+            } else {
+                &d.device
+            };
+            let current = if d.current { "  (this device)" } else { "" };
+            format!(
+                "{}  {name}  created {}  last login {}  expires {}{current}",
+                d.id,
+                full_stamp(d.created_at_ms),
+                full_stamp(d.last_login_ms),
+                full_stamp(d.expires_at_ms)
+            )
+        })
+        .collect();
+    if list.truncated {
+        lines.push("(more devices not listed)".into());
+    }
+    lines
+}
+
+/// A `chat sessions` line: `NODE  ADDRESS  since TIME  device ID`.
+fn session_line(s: &v1::SessionInfo) -> String {
+    let current = if s.current { "  (this session)" } else { "" };
+    format!(
+        "{}  {}  since {}  device {}{current}",
+        s.node,
+        s.client_address,
+        full_stamp(s.connected_since_ms),
+        s.device_id
+    )
 }
 
 /// Where --password came from, looking into the subcommands it may be given after.
@@ -868,6 +943,9 @@ const HELP: &str = "  @USER TEXT     private message
   :unblock U     unblock U
   :blocks        users I block
   :history X     history with user X or #group X
+  :devices       my devices (ID, name, times)
+  :logout-device ID  log device ID out (its sessions close)
+  :sessions      my sessions on every node
   :help          this text
   :q             quit";
 
@@ -878,6 +956,7 @@ struct Reconnect {
     tls: Option<TlsClient>,
     user: String,
     password: String,
+    device: String,
 }
 
 impl Reconnect {
@@ -897,7 +976,10 @@ impl Reconnect {
         let mut wait = Duration::from_millis(200);
         loop {
             if let Ok((client, pushes)) = Client::connect_any_with(&self.addrs, self.tls.as_ref()).await {
-                match client.login(&self.user, &self.password).await {
+                match client
+                    .login_device(&self.user, &self.password, &self.device)
+                    .await
+                {
                     Ok(ok) => {
                         self.learn(&ok);
                         println!("-- reconnected; catching up");
@@ -1006,6 +1088,11 @@ async fn interactive(
                     }
                 }
                 Some(Push::Closing(c)) => {
+                    // Logged out (this device, everywhere, a new password, an operator):
+                    // logging in again with the password would undo it.
+                    if c.code() == v1::ErrorCode::NotAuthenticated {
+                        bail!("logged out by the server: {}", c.reason);
+                    }
                     println!("-- the server is closing the connection: {}", c.reason);
                     lost = true;
                 }
@@ -1175,6 +1262,18 @@ async fn command(client: &Client, line: &str, state: &mut State) -> Result<bool>
             .await
             .map(|()| println!("unblocked {rest}"))?,
         ":blocks" => println!("blocked: {}", client.blocks().await?.join(", ")),
+        ":devices" => device_lines(&client.devices().await?)
+            .iter()
+            .for_each(|l| println!("{l}")),
+        ":logout-device" => client
+            .logout_device(arg("ID")?)
+            .await
+            .map(|()| println!("logged out device {rest}"))?,
+        ":sessions" => {
+            for s in client.sessions().await? {
+                println!("{}", session_line(&s));
+            }
+        }
         ":to" => {
             let to = arg("@USER|#GROUP")?;
             let name = to.strip_prefix('@').unwrap_or(to);

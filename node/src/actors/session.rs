@@ -20,7 +20,7 @@ use crate::request::{
 use crate::storage;
 use bytes::{Bytes, BytesMut};
 use chat_protocol::codec::{CodecError, FrameCodec, encode_frame};
-use chat_protocol::internal::{AccountRecord, InboxMeta, TokenRecord};
+use chat_protocol::internal::{AccountRecord, InboxMeta};
 use chat_protocol::v1::{self, ClientFrame, ConversationKind, ErrorCode, client_frame, server_frame::Body};
 use chat_state::contacts::Action as ContactAction;
 use chat_state::governance::Action;
@@ -269,7 +269,8 @@ where
         refilled: tokio::time::Instant::now(),
     };
     // Pushes for this session's user reach it through this node's directory.
-    ctx.remote.add_session(state.id, Arc::new(state.mailbox.clone()));
+    ctx.remote
+        .add_session(state.id, Arc::new(state.mailbox.clone()), peer.to_string());
     tracing::debug!(session = state.id, peer = %peer, "session opened");
     // A frame is read only with a permit in hand, so at most max_in_flight requests
     // are being served; further frames wait in the socket.
@@ -437,6 +438,8 @@ impl SessionState {
                         tracing::debug!(session = self.id, user = %user, "logged in");
                         self.ctx.metrics.login();
                         self.ctx.remote.set_session_user(self.id, Some(user.clone()));
+                        let device = chat_state::devices::id_of(&token.0);
+                        self.ctx.remote.set_session_device(self.id, device);
                         self.user = Some((user, token.0.clone()));
                         self.out.send(
                             request_id,
@@ -895,6 +898,21 @@ impl SessionState {
                 let me = self.me().to_owned();
                 self.ctx.router.to_inbox(&me, InboxMsg::Groups { reply });
             }
+            B::ListDevices(_) => {
+                let reply = self.respond(id, permit, Body::DeviceList);
+                let current = chat_state::devices::id_of(&self.user.as_ref().expect("checked above").1);
+                crate::devices::list_devices(&self.ctx, self.me(), current, reply);
+            }
+            B::LogoutDevice(l) => {
+                let reply = self.respond(id, permit, |id| Body::LogoutDeviceOk(v1::LogoutDeviceOk { id }));
+                crate::devices::logout_device(&self.ctx, self.me(), &l.id, reply)?;
+            }
+            B::ListSessions(_) => {
+                let reply = self.respond(id, permit, |sessions| {
+                    Body::SessionList(v1::SessionList { sessions })
+                });
+                crate::devices::list_sessions(&self.ctx, self.me(), self.id, reply);
+            }
             B::ListOnline(l) => {
                 let limit = page_limit(l.limit, MAX_ONLINE_PAGE);
                 let reply = self.respond(id, permit, |(users, has_more)| {
@@ -1169,6 +1187,7 @@ impl SessionState {
             return Err(ChatError::Unexpected("a login is already in progress".into()));
         }
         check_name(&l.username)?;
+        crate::devices::check_device_name(&l.device)?;
         let credential = l
             .credential
             .ok_or_else(|| ChatError::BadRequest("login needs a password or a token".into()))?;
@@ -1182,7 +1201,7 @@ impl SessionState {
         tokio::spawn(async move {
             let _permit = permit;
             let user = l.username;
-            let outcome = authenticate(&ctx, &user, credential).await;
+            let outcome = authenticate(&ctx, &user, credential, l.device).await;
             ctx.login_outcome(&user, addr, &outcome);
             match outcome {
                 Ok(token) => {
@@ -1240,6 +1259,7 @@ async fn authenticate(
     ctx: &NodeCtx,
     user: &str,
     credential: v1::login_request::Credential,
+    device: String,
 ) -> ChatResult<(String, u64)> {
     use v1::login_request::Credential;
     let now = storage::now_ms();
@@ -1247,10 +1267,8 @@ async fn authenticate(
         Credential::Password(password) => {
             check_password_of(ctx, user, password).await?;
             let token = auth::new_token();
-            let expires = now + ctx.config.auth.token_ttl_secs * 1000;
-            let record = TokenRecord {
-                expires_at_ms: expires,
-            };
+            let record = crate::devices::new_token_record(device, now, ctx.config.auth.token_ttl_secs * 1000);
+            let expires = record.expires_at_ms;
             let put = |reply| AccountMsg::PutToken {
                 token: token.clone(),
                 record,
@@ -1268,7 +1286,10 @@ async fn authenticate(
                 reply,
             };
             match ctx.router.account(user, get).await? {
-                Some(t) if t.expires_at_ms > now => Ok((token, t.expires_at_ms)),
+                Some(t) if t.expires_at_ms > now => {
+                    crate::devices::touch(ctx, user, token.clone(), &t, now);
+                    Ok((token, t.expires_at_ms))
+                }
                 _ => Err(ChatError::InvalidCredentials),
             }
         }

@@ -17,6 +17,7 @@
 //!   sender's inbox, deduplicated by (kind, reader, message).
 
 mod contacts;
+mod devices;
 mod groups;
 
 use crate::actors::Reply;
@@ -239,6 +240,7 @@ impl Served {
                         frame: Vec::new(),
                         skip_session,
                         log_out: reason,
+                        log_out_device: String::new(),
                     });
                 }
                 reply(Ok(()));
@@ -832,6 +834,7 @@ impl Route for Served {
             Target::Group(group, msg) => me.group(group, msg),
             Target::Account(user, msg) => me.account(user, msg),
             Target::Contacts(user, msg) => me.contacts(user, msg),
+            Target::Devices(user, msg) => me.devices(user, msg),
         }
     }
 }
@@ -908,6 +911,7 @@ fn push(remote: &Arc<Remote>, user: &str, seq: u64, entry: &InboxEntry, skip_ses
         frame: frame.to_vec(),
         skip_session,
         log_out: String::new(),
+        log_out_device: String::new(),
     });
 }
 
