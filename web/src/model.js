@@ -278,13 +278,14 @@ export class Model {
 
 /** Decides when to tell the server that the user is typing (data in, commands out):
  * the server passes on one notice per conversation every `every` ms and drops the
- * rest, "stopped" ones included, so a "stopped" that would be dropped waits for the
- * end of that window instead. Each method returns `{ send: "typing" | "stopped" }`
- * (send that now), `{ retryIn: ms }` (call `due` again then) or `{}`. */
+ * rest, "stopped" ones included, so a notice that would be dropped waits for the end
+ * of that window instead. Each method returns `{ send: "typing" | "stopped" }` (send
+ * that now), `{ retryIn: ms }` (call `due` again then) or `{}`. */
 export class TypingOut {
   constructor(every = 2000) {
     this.every = every;
-    /** key -> { at, sent, want }: when the last notice went and what it said. */
+    /** key -> { at, sent, shown, want }: when the last notice went, what it said,
+     * whether the others show the user typing now, and what they should show. */
     this.state = new Map();
   }
 
@@ -293,9 +294,16 @@ export class TypingOut {
     return this.decide(key, now, "typing", true);
   }
 
-  /** The message was sent, or the field cleared, or the conversation left. */
+  /** The field was cleared, or the conversation left. */
   stopped(key, now) {
     return this.decide(key, now, "stopped", false);
+  }
+
+  /** A message was sent: its arrival ends the "typing…" on the other side, so typing
+   * again must say so anew, but a "stopped" still goes for clients that wait for it. */
+  messageSent(key, now) {
+    this.entry(key).shown = false;
+    return this.stopped(key, now);
   }
 
   /** A `retryIn` came due. */
@@ -303,16 +311,26 @@ export class TypingOut {
     return this.decide(key, now, undefined, false);
   }
 
-  decide(key, now, want, keystroke) {
+  entry(key) {
     let s = this.state.get(key);
-    if (!s) this.state.set(key, (s = { at: -Infinity, sent: "stopped", want: "stopped" }));
+    if (!s) this.state.set(key, (s = { at: -Infinity, sent: "stopped", shown: false, want: "stopped" }));
+    return s;
+  }
+
+  decide(key, now, want, keystroke) {
+    const s = this.entry(key);
     if (want) s.want = want;
-    // Typing again past the window renews the notice (it expires on the other side).
-    if (s.want === s.sent && !(keystroke && s.want === "typing")) return {};
     const wait = s.at + this.every - now;
-    if (wait > 0) return s.want === s.sent ? {} : { retryIn: wait };
+    if (s.want === "typing") {
+      // Typing again past the window renews the notice (it expires on the other side).
+      if (s.shown && (wait > 0 || !keystroke)) return {};
+    } else if (s.sent === "stopped") {
+      return {};
+    }
+    if (wait > 0) return { retryIn: wait };
     s.at = now;
     s.sent = s.want;
+    s.shown = s.want === "typing";
     return { send: s.sent };
   }
 }

@@ -227,3 +227,14 @@ test("typing notices go out at most once per window, and a late stop waits for i
   assert.deepEqual(t.typed("@dave", 3000), { retryIn: 1500 });
   assert.deepEqual(t.due("@dave", 4500), { send: "typing" });
 });
+
+test("after a message, typing again is announced anew, once the window allows", () => {
+  const t = new TypingOut(2000);
+  assert.deepEqual(t.typed("@bob", 0), { send: "typing" });
+  // The message ends "typing…" over there; the "stopped" waits for the window.
+  assert.deepEqual(t.messageSent("@bob", 100), { retryIn: 1900 });
+  assert.deepEqual(t.typed("@bob", 200), { retryIn: 1800 }, "not taken as still shown");
+  assert.deepEqual(t.due("@bob", 2000), { send: "typing" });
+  assert.deepEqual(t.messageSent("@bob", 4500), { send: "stopped" });
+  assert.deepEqual(t.typed("@bob", 7000), { send: "typing" });
+});
