@@ -2,7 +2,8 @@
 // chromium), driven by tests/tests/web.rs against a three-node cluster: two browser
 // users (alice on node 0, bob on node 1) and a CLI user (carol) chat privately and in
 // a group; unread counts, history, read ticks, the length limit, a reload, layout at
-// two widths, and the loss of alice's node. Elements are found by role and accessible
+// two widths, contacts with presence, typing, blocking and privacy, and the loss of
+// alice's node. Elements are found by role and accessible
 // name. Every wait polls until a deadline; any console or page error fails the run.
 //
 // Usage: node e2e.mjs '{"pages":[URL,URL,URL],"cli_servers":[ADDR,...],"chat":BIN,
@@ -75,6 +76,11 @@ const conversation = (page, name) => nav(page).getByRole("button", { name: new R
 /** The messages whose text is exactly `text`. */
 const message = (page, text) => log(page).locator("li.msg").filter({ has: page.locator(".text", { hasText: exact(text) }) });
 const tick = (page, text, label) => message(page, text).locator(`.tick[aria-label="${label}"]`);
+
+const tab = (page, name) => page.getByRole("tab", { name, exact: true });
+/** A row of the contacts panel (contacts and requests both ways). */
+const contactRow = (page, user) => page.getByRole("list", { name: "Contacts and requests" }).locator(`li[data-user="${user}"]`);
+const typingLine = (page) => page.locator("#typing");
 
 async function connected(page, timeout = 15000) {
   await status(page).filter({ hasText: /^Connected to / }).waitFor({ timeout });
@@ -352,6 +358,82 @@ try {
   await tick(alice, "are you reading?", "read").waitFor();
   ok("notifications while hidden, and read once seen");
 
+  // Contacts across two nodes: alice (node 0) asks, bob (node 1, on a phone) sees the
+  // request counted on his Contacts tab and accepts; then both see the other online.
+  await tab(alice, "Contacts").click();
+  await alice.getByRole("textbox", { name: "Add a contact" }).fill("bob");
+  await button(alice, "Add").click();
+  await contactRow(alice, "bob").filter({ hasText: "request sent, pending" }).waitFor();
+  await button(bob, "Back to conversations").click();
+  await tab(bob, "Contacts, 1 request").click();
+  await contactRow(bob, "alice").filter({ hasText: "wants to be your contact" }).waitFor();
+  await checkLayout(bob, 360, 740, "phone-360-contacts.png", { composer: false });
+  await button(bob, "Accept alice").click();
+  for (const [page, other] of [[alice, "bob"], [bob, "alice"]]) {
+    await contactRow(page, other).filter({ hasText: "online" }).locator(".dot.online").waitFor();
+  }
+  await tab(bob, "Contacts").waitFor(); // no request waits any more
+  await checkLayout(alice, 1280, 800, "desktop-1280-contacts.png");
+  await button(bob, "Chat with alice").click();
+  await bob.locator("#conv-presence").filter({ hasText: "online" }).waitFor();
+  noProblems("with contacts");
+  ok("contact request accepted, both online");
+
+  // Typing in one page shows in the other, and goes when the field is cleared (well
+  // before the notice's own expiry, 6 s) or the message is sent.
+  await tab(alice, "Chats").click();
+  await conversation(alice, "bob").click();
+  await messageBox(alice).pressSequentially("hel");
+  await typingLine(bob).filter({ hasText: "alice is typing…" }).waitFor();
+  await checkLayout(bob, 360, 740, "phone-360-typing.png");
+  await messageBox(alice).fill("");
+  await typingLine(bob).filter({ hasText: "typing" }).waitFor({ state: "detached", timeout: 4500 });
+  await messageBox(alice).pressSequentially("hello again");
+  await typingLine(bob).filter({ hasText: "alice is typing…" }).waitFor();
+  await button(alice, "Send").click();
+  await message(bob, "hello again").waitFor();
+  await typingLine(bob).filter({ hasText: "typing" }).waitFor({ state: "detached", timeout: 4500 });
+  ok("typing shown and gone");
+
+  // bob blocks alice from their conversation: her message is refused, in words.
+  await button(bob, "Block").click();
+  await button(bob, "Unblock").waitFor();
+  await messageBox(alice).fill("can you hear me?");
+  await button(alice, "Send").click();
+  await alice.getByRole("alert").filter({ hasText: "Not sent: bob does not accept messages from you" }).waitFor();
+  await message(alice, "can you hear me?").locator(".fail").waitFor();
+  if (await count(bob, "can you hear me?")) throw new Error("bob got a message from a user he blocks");
+  await button(bob, "Unblock").click();
+  await button(bob, "Block").waitFor();
+  await send(alice, "unblocked now");
+  await message(bob, "unblocked now").waitFor();
+  // Contacts only: carol (no contact of bob's) is refused, alice (a contact) is not.
+  await button(bob, "Back to conversations").click();
+  await tab(bob, "Contacts").click();
+  await bob.getByRole("checkbox", { name: "Only contacts may message me" }).check();
+  await until("carol to be refused", async () => {
+    try {
+      await carol("send", "bob", "only contacts?");
+      return "carol's message was taken";
+    } catch (e) {
+      return /does not accept messages/.test(`${e.stderr}${e.stdout}`) || `${e.stderr}`;
+    }
+  });
+  await send(alice, "from a contact");
+  await bob.reload();
+  await connected(bob);
+  await tab(bob, "Contacts").click();
+  const only = bob.getByRole("checkbox", { name: "Only contacts may message me" });
+  await until("the setting to be read back", async () => (await only.isChecked()) || "unchecked");
+  await only.uncheck();
+  await until("the setting to be saved", async () => (await only.isEnabled()) || "saving");
+  await carol("send", "bob", "everyone again");
+  await tab(bob, "Chats").click();
+  await conversation(bob, "alice").click();
+  await message(bob, "from a contact").waitFor();
+  noProblems("with blocking");
+  ok("blocking and contacts only refuse messages");
+
   // alice's node dies under her; she writes meanwhile, and so does carol.
   noProblems("before the failover");
   await alice.evaluate(() => {
@@ -422,7 +504,9 @@ try {
 
   // A message that waited for bob is acknowledged as delivered when his next login
   // catches up, before he opens it. He logs in with the keyboard alone.
+  // Meanwhile alice sees when her contact was last online, and then online again.
   await conversation(alice, "bob").click();
+  await alice.locator("#conv-presence").filter({ hasText: /^last seen / }).waitFor();
   await send(alice, "while you were out");
   await tick(alice, "while you were out", "sent").waitFor();
   await bob.keyboard.type("bob");
@@ -431,7 +515,9 @@ try {
   await bob.keyboard.press("Enter");
   await conversation(bob, "alice, 1 unread, last from alice: while you were out").waitFor();
   await tick(alice, "while you were out", "delivered").waitFor();
+  await alice.locator("#conv-presence").filter({ hasText: /^online$/ }).waitFor();
   ok("waiting messages delivered at login");
+  ok("last seen, then online again");
 
   noProblems("during the run");
   ok("no console errors");

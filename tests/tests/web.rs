@@ -1,10 +1,12 @@
 //! The web client in headless Chromium against a three-node cluster: two browser users
 //! and a CLI user chat privately and in a group, the page survives a reload and the
 //! loss of its node, refuses an oversized message, shows read ticks and lays out at
-//! desktop and phone widths. `web/e2e.mjs` drives the browsers (playwright-core with
-//! Debian's chromium, which `scripts/ci-setup.sh` installs); this test builds the
-//! page, starts the nodes, and kills a node when the script asks for it. The page's
-//! model has unit tests of its own (`web/test/`), run here too.
+//! desktop and phone widths; the two browser users, on different nodes, become
+//! contacts and see each other online, see each other typing, and block.
+//! `web/e2e.mjs` drives the browsers (playwright-core with Debian's chromium, which
+//! `scripts/ci-setup.sh` installs); this test builds the page, starts the nodes, and
+//! kills a node when the script asks for it. The page's model has unit tests of its
+//! own (`web/test/`), run here too.
 
 use chat_tests::{Node, NodeOpts, bin, free_port, wait_settled};
 use std::io::{BufRead, BufReader, Write};
@@ -161,10 +163,14 @@ async fn browser_users_and_a_cli_user_chat_through_a_cluster_that_loses_a_node()
         "layout at 1280 px",
         "layout at 390 px",
         "notifications while hidden",
+        "contact request accepted, both online",
+        "typing shown and gone",
+        "blocking and contacts only refuse messages",
         "reconnected to another node",
         "every message once",
         "logout and an expired session",
         "waiting messages delivered at login",
+        "last seen, then online again",
         "no console errors",
     ] {
         assert!(
@@ -172,7 +178,14 @@ async fn browser_users_and_a_cli_user_chat_through_a_cluster_that_loses_a_node()
             "missing step {step:?}:\n{stdout}"
         );
     }
-    for shot in ["desktop-1280.png", "phone-390.png", "phone-360.png"] {
+    for shot in [
+        "desktop-1280.png",
+        "phone-390.png",
+        "phone-360.png",
+        "phone-360-contacts.png",
+        "desktop-1280-contacts.png",
+        "phone-360-typing.png",
+    ] {
         let png = std::fs::read(shots.path().join(shot)).unwrap();
         // CHAT_TEST_LOGS=folder keeps the screenshots there too, beside the node logs.
         if let Some(keep) = std::env::var_os("CHAT_TEST_LOGS") {

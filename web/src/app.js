@@ -1,8 +1,9 @@
-// The web client's page: login, the conversation list, the open conversation and
-// its composer. The session (session.js) talks to the cluster; the model
-// (model.js) keeps what is known; this module only turns both into DOM and back.
+// The web client's page: login, the conversation list, contacts and privacy, the
+// open conversation and its composer. The session (session.js) talks to the
+// cluster; the model (model.js) keeps what is known; this module only turns both
+// into DOM and back.
 import { Session } from "./session.js";
-import { Model, keyOf } from "./model.js";
+import { Model, TypingOut, keyOf } from "./model.js";
 import { ServerError, ConnectionLost } from "./connection.js";
 
 const $ = (id) => document.getElementById(id);
@@ -14,6 +15,13 @@ const bytes = (text) => new TextEncoder().encode(text).length;
 
 let model = null;
 let current = null; // key of the open conversation
+/** The server passes on one typing notice per conversation every 2 s; the margin keeps
+ * a "stopped" sent at the end of that window from arriving a little inside it. */
+const TYPING_EVERY_MS = 2000 + 150;
+let typingOut = new TypingOut(TYPING_EVERY_MS);
+/** conversation key -> the timer of a typing notice waiting for its window. */
+const typingTimers = new Map();
+let typingShown = null; // the timer that hides an expired "typing…"
 
 const session = new Session({
   state: showState,
@@ -25,9 +33,22 @@ const session = new Session({
     if (item.conversation === current) refreshGroupReceipts();
   },
   failed(item, error) {
-    model?.failed(item, human(error));
+    const why = refused(item.conversation, error);
+    model?.failed(item, why);
     refresh(item.conversation);
-    if (item.conversation === current) $("send-error").textContent = `Not sent: ${human(error)}`;
+    if (item.conversation === current) $("send-error").textContent = `Not sent: ${why}`;
+  },
+  presence(update) {
+    if (!model) return;
+    model.presenceUpdate(update);
+    renderContacts();
+    renderList();
+    renderPresence();
+  },
+  typing(notice) {
+    if (!model) return;
+    const key = model.typingNotice(notice, Date.now());
+    if (key === current) renderTyping();
   },
   loggedOut: showLogin,
 });
@@ -42,7 +63,16 @@ const MESSAGES = {
   ALREADY_EXISTS: "A group with that name exists already.",
   RATE_LIMITED: "Too many requests; try again in a moment.",
   UNAVAILABLE: "The server cannot do that right now; try again.",
+  NOT_ALLOWED: "That user does not accept messages from you.",
 };
+
+/** Why a message to `key` was refused, in words. */
+function refused(key, e) {
+  if (e instanceof ServerError && e.code === "NOT_ALLOWED" && key.startsWith("@")) {
+    return `${key.slice(1)} does not accept messages from you (they take messages from their contacts only, or they blocked you).`;
+  }
+  return human(e);
+}
 
 function human(e) {
   if (e instanceof ConnectionLost) return "Not connected; try again once the connection is back.";
@@ -72,6 +102,11 @@ function showLogin(reason) {
   $("notify").hidden = true;
   $("login").hidden = false;
   $("conv-list").replaceChildren();
+  $("contact-list").replaceChildren();
+  for (const t of typingTimers.values()) clearTimeout(t);
+  typingTimers.clear();
+  typingOut = new TypingOut(TYPING_EVERY_MS);
+  showTab("chats");
   closeConversation();
   $("login-error").textContent = reason || "";
   document.title = "chat";
@@ -87,6 +122,7 @@ function showApp(user) {
   $("password").value = "";
   updateNotifyButton();
   renderList();
+  renderContacts();
 }
 
 /** Logs in (after registering, if asked); the form says what went wrong. */
@@ -117,10 +153,16 @@ async function enter(register) {
 function onEntries(list, { initial }) {
   if (!model) return;
   const touched = new Set();
+  let contactsChanged = false;
+  let contactsStale = false;
   for (const d of list) {
     const msg = model.entry(d, session.readSeq);
     if (d.receipt) {
       touched.add(`@${d.receipt.by}`);
+    } else if (d.contact) {
+      contactsChanged = true;
+      // Presence comes with the list, for contacts only: a new contact's is asked for.
+      if (d.contact.state === "CONTACT") contactsStale = true;
     } else if (msg) {
       const key = keyOf(d, model.me);
       touched.add(key);
@@ -128,7 +170,15 @@ function onEntries(list, { initial }) {
     }
   }
   renderList();
-  if (touched.has(current)) renderMessages();
+  if (touched.has(current)) {
+    renderMessages();
+    renderTyping(); // a message ends its sender's "typing…"
+  }
+  if (contactsChanged) {
+    renderContacts();
+    renderPresence();
+  }
+  if (contactsStale && !initial) refreshContacts();
   markReadIfVisible();
 }
 
@@ -137,6 +187,7 @@ function onEntries(list, { initial }) {
  * inbox alone can show an older last message). */
 async function onReady() {
   if (!model) return;
+  refreshContacts();
   try {
     const { groups } = await session.request("list_my_groups", {});
     for (const g of groups) {
@@ -168,6 +219,8 @@ function renderList() {
     if (c.key === current) button.setAttribute("aria-current", "true");
     const title = c.kind === "GROUP" ? c.key : c.name;
     const name = span("conv-name", title);
+    const seen = c.kind === "PRIVATE" && model.presence.get(c.name);
+    if (seen) name.prepend(dot(seen.online ? "online" : "offline"));
     const time = span("conv-time", c.last ? shortTime(c.last.ts) : "");
     const last = c.last;
     const preview = span("conv-preview", last ? `${last.mine ? "You" : last.from}: ${last.text}` : "No messages yet");
@@ -189,6 +242,13 @@ function renderList() {
   document.title = unread ? `(${unread}) chat` : "chat";
 }
 
+function dot(kind) {
+  const d = span(`dot ${kind}`, "");
+  d.setAttribute("aria-hidden", "true");
+  d.title = kind;
+  return d;
+}
+
 function span(className, text) {
   const s = document.createElement("span");
   s.className = className;
@@ -201,6 +261,7 @@ function span(className, text) {
 function openConversation(key) {
   if (!model) return;
   const c = model.conv(key);
+  if (current && current !== key) stopTyping(current);
   current = key;
   document.body.classList.add("conv-open");
   $("placeholder").hidden = true;
@@ -214,6 +275,8 @@ function openConversation(key) {
   $("side-error").textContent = "";
   renderList();
   renderMessages({ bottom: true });
+  renderPresence();
+  renderTyping();
   updateLimit();
   $("message").focus();
   if (c.older === null) loadOlder(c);
@@ -221,10 +284,11 @@ function openConversation(key) {
 }
 
 function closeConversation() {
+  if (current) stopTyping(current);
   current = null;
   document.body.classList.remove("conv-open");
   $("placeholder").hidden = false;
-  for (const id of ["conv-head", "messages", "composer", "members"]) $(id).hidden = true;
+  for (const id of ["conv-head", "messages", "typing", "composer", "members"]) $(id).hidden = true;
   renderList();
 }
 
@@ -427,6 +491,7 @@ function sendComposed() {
     return;
   }
   model.pending(session.send(current, text));
+  typingCommand(current, typingOut.messageSent(current, Date.now()));
   box.value = "";
   updateLimit();
   refresh(current);
@@ -493,6 +558,236 @@ async function toggleMembers() {
   }
 }
 
+// ---- presence and typing -----------------------------------------------------------
+
+/** "online" or "last seen …" under the open private conversation's name. */
+function renderPresence() {
+  const el = $("conv-presence");
+  const c = current && model?.conv(current);
+  const seen = c && c.kind === "PRIVATE" && model.presence.get(c.name);
+  el.hidden = !seen;
+  if (seen) el.replaceChildren(dot(seen.online ? "online" : "offline"), presenceText(seen) || "offline");
+  const block = $("block");
+  block.hidden = !c || c.kind !== "PRIVATE";
+  if (c && c.kind === "PRIVATE") {
+    const blocked = model.blocked.has(c.name);
+    block.textContent = blocked ? "Unblock" : "Block";
+    block.title = blocked ? `${c.name} can message you again` : `${c.name} can no longer message you`;
+  }
+}
+
+function presenceText(p) {
+  if (p.online) return "online";
+  return p.lastSeen ? `last seen ${when(p.lastSeen)}` : "";
+}
+
+function when(ts) {
+  const d = new Date(ts);
+  const today = new Date();
+  const yesterday = new Date(today.getFullYear(), today.getMonth(), today.getDate() - 1);
+  if (d.toDateString() === today.toDateString()) return `today at ${clock(ts)}`;
+  if (d.toDateString() === yesterday.toDateString()) return `yesterday at ${clock(ts)}`;
+  return `${d.toLocaleDateString([], { day: "numeric", month: "short", year: "numeric" })} at ${clock(ts)}`;
+}
+
+/** "… is typing…" in the open conversation, until the notice expires. */
+function renderTyping() {
+  clearTimeout(typingShown);
+  const el = $("typing");
+  if (!model || !current) {
+    el.hidden = true;
+    return;
+  }
+  const now = Date.now();
+  const who = model.typers(current, now);
+  el.hidden = false;
+  el.textContent = who.length === 0 ? "" : `${who.join(", ")} ${who.length === 1 ? "is" : "are"} typing…`;
+  const next = model.typingExpiry(current);
+  if (next !== Infinity) typingShown = setTimeout(renderTyping, Math.max(0, next - now) + 10);
+}
+
+/** The composer changed: tell the other side that the user is typing, or stopped. */
+function composerTyped() {
+  if (!current) return;
+  if ($("message").value === "") stopTyping(current);
+  else typingCommand(current, typingOut.typed(current, Date.now()));
+}
+
+function stopTyping(key) {
+  if (key) typingCommand(key, typingOut.stopped(key, Date.now()));
+}
+
+function typingCommand(key, { send, retryIn }) {
+  clearTimeout(typingTimers.get(key));
+  typingTimers.delete(key);
+  if (send) {
+    const kind = key.startsWith("#") ? "GROUP" : "PRIVATE";
+    session.tell("typing", { kind, conversation: key.slice(1), stopped: send === "stopped" });
+  } else if (retryIn !== undefined) {
+    typingTimers.set(key, setTimeout(() => typingCommand(key, typingOut.due(key, Date.now())), retryIn));
+  }
+}
+
+// ---- contacts, blocking, privacy ------------------------------------------------------
+
+let contactsAsked = null; // the ListContacts in flight
+let contactsAgain = false;
+
+/** Asks for the contacts (with their presence), the blocked users and the privacy
+ * settings; once at a time, again if asked meanwhile. */
+async function refreshContacts() {
+  if (contactsAsked) {
+    contactsAgain = true;
+    return;
+  }
+  contactsAsked = (async () => {
+    do {
+      contactsAgain = false;
+      try {
+        const [list, blocks, privacy] = await Promise.all([
+          session.request("list_contacts", {}),
+          session.request("list_blocks", {}),
+          session.request("set_privacy", {}), // an empty SetPrivacy only reads
+        ]);
+        if (!model) return;
+        model.contactList(list);
+        model.blocked = new Set(blocks.users);
+        showPrivacy(privacy);
+      } catch {
+        return; // not connected: the next login asks again
+      }
+      renderContacts();
+      renderList();
+      renderPresence();
+    } while (contactsAgain);
+  })();
+  try {
+    await contactsAsked;
+  } finally {
+    contactsAsked = null;
+  }
+}
+
+function renderContacts() {
+  if (!model) return;
+  const rows = model.contactRows().map((c) => {
+    const li = document.createElement("li");
+    li.className = "contact";
+    li.dataset.user = c.user;
+    li.dataset.state = c.state;
+    const name = span("contact-name", c.user);
+    const actions = document.createElement("span");
+    actions.className = "contact-actions";
+    let status;
+    if (c.state === "INCOMING") {
+      li.append(dot("request"));
+      status = "wants to be your contact";
+      actions.append(
+        actionButton("Accept", `Accept ${c.user}`, () => contactAction("contact_accept", c.user)),
+        actionButton("Decline", `Decline ${c.user}`, () => contactAction("contact_decline", c.user), true),
+      );
+    } else if (c.state === "OUTGOING") {
+      li.append(dot("pending"));
+      status = "request sent, pending";
+      actions.append(actionButton("Withdraw", `Withdraw the request to ${c.user}`, () => contactAction("contact_remove", c.user), true));
+    } else {
+      li.append(dot(c.online ? "online" : "offline"));
+      status = presenceText(c) || "offline";
+      actions.append(
+        actionButton("Chat", `Chat with ${c.user}`, () => openConversation(`@${c.user}`)),
+        actionButton("Remove", `Remove ${c.user} from contacts`, () => contactAction("contact_remove", c.user), true),
+      );
+    }
+    li.append(name, span("contact-seen", status), actions);
+    return li;
+  });
+  $("contact-list").replaceChildren(...rows);
+  $("no-contacts").hidden = rows.length > 0;
+  const waiting = model.incoming();
+  const badge = $("requests");
+  badge.hidden = waiting === 0;
+  badge.textContent = String(waiting);
+  $("tab-contacts").setAttribute("aria-label", waiting ? `Contacts, ${waiting} ${waiting === 1 ? "request" : "requests"}` : "Contacts");
+}
+
+function actionButton(text, label, onclick, plain = false) {
+  const b = document.createElement("button");
+  b.type = "button";
+  b.textContent = text;
+  b.setAttribute("aria-label", label);
+  if (plain) b.className = "plain";
+  b.onclick = onclick;
+  return b;
+}
+
+/** ContactRequest, ContactAccept, ContactDecline or ContactRemove for `user`. */
+async function contactAction(field, user) {
+  $("contacts-error").textContent = "";
+  try {
+    const ok = await session.request(field, { user });
+    if (!model) return;
+    model.setContact(ok.user, ok.state, 0);
+    renderContacts();
+    if (ok.state === "CONTACT") refreshContacts(); // for their presence
+    return true;
+  } catch (e) {
+    $("contacts-error").textContent = human(e);
+    return false;
+  }
+}
+
+async function addContact() {
+  const user = $("add-contact").value.trim().replace(/^@/, "");
+  if (!user) {
+    $("contacts-error").textContent = "Type the name of the user to add.";
+    return;
+  }
+  if (await contactAction("contact_request", user)) $("add-contact").value = "";
+}
+
+function showTab(which) {
+  const contacts = which === "contacts";
+  $("tab-chats").setAttribute("aria-selected", String(!contacts));
+  $("tab-contacts").setAttribute("aria-selected", String(contacts));
+  $("tab-chats").tabIndex = contacts ? -1 : 0;
+  $("tab-contacts").tabIndex = contacts ? 0 : -1;
+  $("conversations").hidden = contacts;
+  $("contacts").hidden = !contacts;
+}
+
+async function toggleBlock() {
+  const c = current && model?.conv(current);
+  if (!c || c.kind !== "PRIVATE") return;
+  $("send-error").textContent = "";
+  const blocking = !model.blocked.has(c.name);
+  try {
+    const ok = await session.request(blocking ? "block" : "unblock", { user: c.name });
+    if (ok.blocked) model.blocked.add(ok.user);
+    else model.blocked.delete(ok.user);
+    renderPresence();
+  } catch (e) {
+    $("send-error").textContent = human(e);
+  }
+}
+
+function showPrivacy(p) {
+  $("contacts-only").checked = p.contacts_only;
+  $("hide-last-seen").checked = p.hide_last_seen;
+}
+
+async function setPrivacy(field, box) {
+  $("contacts-error").textContent = "";
+  box.disabled = true;
+  try {
+    showPrivacy(await session.request("set_privacy", { [field]: box.checked }));
+  } catch (e) {
+    box.checked = !box.checked;
+    $("contacts-error").textContent = human(e);
+  } finally {
+    box.disabled = false;
+  }
+}
+
 // ---- wiring ----------------------------------------------------------------------
 
 function wire() {
@@ -520,7 +815,26 @@ function wire() {
     sendComposed();
     $("message").focus();
   };
-  $("message").addEventListener("input", updateLimit);
+  $("message").addEventListener("input", () => {
+    updateLimit();
+    composerTyped();
+  });
+  $("tab-chats").onclick = () => showTab("chats");
+  $("tab-contacts").onclick = () => showTab("contacts");
+  for (const [tab, other] of [["tab-chats", "tab-contacts"], ["tab-contacts", "tab-chats"]]) {
+    $(tab).addEventListener("keydown", (e) => {
+      if (e.key !== "ArrowLeft" && e.key !== "ArrowRight") return;
+      showTab(other === "tab-contacts" ? "contacts" : "chats");
+      $(other).focus();
+    });
+  }
+  $("add-contact-form").onsubmit = (e) => {
+    e.preventDefault();
+    addContact();
+  };
+  $("contacts-only").onchange = (e) => setPrivacy("contacts_only", e.target);
+  $("hide-last-seen").onchange = (e) => setPrivacy("hide_last_seen", e.target);
+  $("block").onclick = toggleBlock;
   $("message").addEventListener("keydown", (e) => {
     if (e.key === "Enter" && !e.shiftKey && !e.isComposing) {
       e.preventDefault();

@@ -77,6 +77,13 @@ export class Connection {
     });
   }
 
+  /** Sends a request that is never answered (Typing): nothing waits for it, and an
+   * error about it, having no waiter, is dropped. */
+  tell(field, body) {
+    if (this.closed || this.ws.readyState !== WebSocket.OPEN) return;
+    this.ws.send(encodeRequest(this.nextId++, field, body));
+  }
+
   close() {
     this.closed = true;
     this.ws.close();

@@ -1,6 +1,7 @@
 // What the page knows of the user's conversations, without the DOM: messages by
 // conversation (deduplicated by message id), unread counts, receipts and the
-// read cursor. Conversations are keyed "@user" (private) or "#group".
+// read cursor; contacts, presence and who is typing where. Conversations are
+// keyed "@user" (private) or "#group". Time comes in as an argument (`now`).
 
 const READ_KEY = "chat.read.";
 
@@ -11,6 +12,15 @@ export class Model {
     /** message_id -> "DELIVERED" | "READ": the newest receipt for each message. */
     this.receipts = new Map();
     this.lastSeq = 0;
+    /** user -> { state: "OUTGOING" | "INCOMING" | "CONTACT", since }: relations in effect. */
+    this.contacts = new Map();
+    /** user -> { online, lastSeen } (lastSeen 0: unknown or hidden), for contacts and
+     * group co-members, as the last ContactList or presence push said. */
+    this.presence = new Map();
+    /** Users this user blocks. */
+    this.blocked = new Set();
+    /** conversation key -> Map(user -> when their typing notice expires). */
+    this.typing = new Map();
     /** Conversations read on this device beyond the server's read cursor. */
     try {
       this.localRead = JSON.parse(localStorage.getItem(READ_KEY + me)) ?? {};
@@ -38,15 +48,21 @@ export class Model {
   }
 
   /** An inbox entry (a Delivery from sync or a push). Returns the message added to a
-   * conversation, or null (a receipt, or a message already known). */
+   * conversation, or null (a receipt, a contact change, or a message already known). */
   entry(d, readSeq) {
     this.lastSeq = Math.max(this.lastSeq, d.seq);
     if (d.receipt) {
       this.receipt(d.receipt);
       return null;
     }
+    if (d.contact) {
+      this.contactEvent(d.contact);
+      return null;
+    }
     const key = keyOf(d, this.me);
     const c = this.conv(key);
+    // A message ends its sender's typing there, whether or not its "stopped" came.
+    this.typing.get(key)?.delete(d.from);
     const msg = this.add(c, d);
     if (msg && !msg.mine && d.seq > readSeq && d.seq > (this.localRead[key] ?? 0)) c.unread.add(d.seq);
     return msg;
@@ -182,6 +198,140 @@ export class Model {
 
   remove(key) {
     this.convs.delete(key);
+  }
+
+  // ---- contacts and presence ------------------------------------------------
+
+  /** A change of a relation (ContactEvent): `state` is where it stands for me now. */
+  contactEvent(e) {
+    this.setContact(e.user, e.state, 0);
+  }
+
+  /** The whole list (ContactList) replaces what was known; it carries presence for
+   * contacts. */
+  contactList(list) {
+    this.contacts.clear();
+    for (const c of list.contacts) {
+      this.setContact(c.user, c.state, c.since_ms);
+      if (c.state === "CONTACT") this.presence.set(c.user, { online: c.online, lastSeen: c.last_seen_ms });
+    }
+  }
+
+  setContact(user, state, since) {
+    if (state === "OUTGOING" || state === "INCOMING" || state === "CONTACT") {
+      const was = this.contacts.get(user);
+      this.contacts.set(user, { state, since: since || (was?.state === state ? was.since : 0) });
+    } else {
+      this.contacts.delete(user);
+    }
+  }
+
+  /** A PresenceUpdate push. */
+  presenceUpdate(update) {
+    for (const p of update.changes) this.presence.set(p.user, { online: p.online, lastSeen: p.online ? 0 : p.last_seen_ms });
+  }
+
+  /** Contacts and requests for the panel: requests to me first, then contacts, then
+   * my own requests; each by name. */
+  contactRows() {
+    const order = { INCOMING: 0, CONTACT: 1, OUTGOING: 2 };
+    return [...this.contacts.entries()]
+      .map(([user, c]) => ({ user, state: c.state, online: false, lastSeen: 0, ...this.presence.get(user) }))
+      .sort((a, b) => order[a.state] - order[b.state] || a.user.localeCompare(b.user));
+  }
+
+  /** How many contact requests wait for my answer. */
+  incoming() {
+    let n = 0;
+    for (const c of this.contacts.values()) if (c.state === "INCOMING") n++;
+    return n;
+  }
+
+  // ---- typing ---------------------------------------------------------------------
+
+  /** A TypingNotice push, received at `now`. Returns the conversation's key. */
+  typingNotice(n, now) {
+    const key = n.kind === "GROUP" ? `#${n.conversation}` : `@${n.from}`;
+    let who = this.typing.get(key);
+    if (n.stopped) {
+      who?.delete(n.from);
+    } else {
+      if (!who) this.typing.set(key, (who = new Map()));
+      who.set(n.from, now + n.expires_in_ms);
+    }
+    return key;
+  }
+
+  /** Who is typing in `key` at `now`, by name (expired notices are forgotten). */
+  typers(key, now) {
+    const who = this.typing.get(key);
+    if (!who) return [];
+    for (const [user, until] of who) if (until <= now) who.delete(user);
+    return [...who.keys()].sort();
+  }
+
+  /** When the next typing notice in `key` expires (Infinity: none shown). */
+  typingExpiry(key) {
+    return Math.min(Infinity, ...(this.typing.get(key)?.values() ?? []));
+  }
+}
+
+/** Decides when to tell the server that the user is typing (data in, commands out):
+ * the server passes on one notice per conversation every `every` ms and drops the
+ * rest, "stopped" ones included, so a notice that would be dropped waits for the end
+ * of that window instead. Each method returns `{ send: "typing" | "stopped" }` (send
+ * that now), `{ retryIn: ms }` (call `due` again then) or `{}`. */
+export class TypingOut {
+  constructor(every = 2000) {
+    this.every = every;
+    /** key -> { at, sent, shown, want }: when the last notice went, what it said,
+     * whether the others show the user typing now, and what they should show. */
+    this.state = new Map();
+  }
+
+  /** The user typed something in `key`. */
+  typed(key, now) {
+    return this.decide(key, now, "typing", true);
+  }
+
+  /** The field was cleared, or the conversation left. */
+  stopped(key, now) {
+    return this.decide(key, now, "stopped", false);
+  }
+
+  /** A message was sent: its arrival ends the "typing…" on the other side, so typing
+   * again must say so anew, but a "stopped" still goes for clients that wait for it. */
+  messageSent(key, now) {
+    this.entry(key).shown = false;
+    return this.stopped(key, now);
+  }
+
+  /** A `retryIn` came due. */
+  due(key, now) {
+    return this.decide(key, now, undefined, false);
+  }
+
+  entry(key) {
+    let s = this.state.get(key);
+    if (!s) this.state.set(key, (s = { at: -Infinity, sent: "stopped", shown: false, want: "stopped" }));
+    return s;
+  }
+
+  decide(key, now, want, keystroke) {
+    const s = this.entry(key);
+    if (want) s.want = want;
+    const wait = s.at + this.every - now;
+    if (s.want === "typing") {
+      // Typing again past the window renews the notice (it expires on the other side).
+      if (s.shown && (wait > 0 || !keystroke)) return {};
+    } else if (s.sent === "stopped") {
+      return {};
+    }
+    if (wait > 0) return { retryIn: wait };
+    s.at = now;
+    s.sent = s.want;
+    s.shown = s.want === "typing";
+    return { send: s.sent };
   }
 }
 

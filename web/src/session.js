@@ -33,7 +33,8 @@ export function pageSocketUrl() {
 
 export class Session {
   /** `on` receives: state(kind, text), entries(list, {initial}), ready() after each
-   * login and catch-up, sent(item, ack), failed(item, error), loggedOut(reason). */
+   * login and catch-up, sent(item, ack), failed(item, error), loggedOut(reason),
+   * presence(update) and typing(notice) (pushes that are not inbox entries). */
   constructor(on) {
     this.on = on;
     this.urls = [pageSocketUrl()];
@@ -138,6 +139,12 @@ export class Session {
   request(field, body) {
     if (!this.conn || this.syncing) return Promise.reject(new ConnectionLost("not connected"));
     return this.conn.request(field, body);
+  }
+
+  /** A request without an answer (Typing), dropped when not connected: it is only
+   * worth something now. */
+  tell(field, body) {
+    if (this.conn && !this.syncing) this.conn.tell(field, body);
   }
 
   /** Queues a message; it is sent (again, after a reconnect) until acknowledged. */
@@ -281,6 +288,8 @@ export class Session {
     if (kind === "delivery") entry = value;
     else if (kind === "receipt") entry = { seq: value.seq, receipt: value };
     else if (kind === "closing") conn.ws.close(); // the node is going away: reconnect
+    else if (kind === "presence") this.on.presence(value);
+    else if (kind === "typing") this.on.typing(value);
     if (!entry) return;
     if (this.syncing) this.buffer.push(entry);
     else this.deliver([entry], false);

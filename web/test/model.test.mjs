@@ -17,7 +17,7 @@ globalThis.localStorage = {
   },
 };
 
-const { Model, keyOf } = await import("../src/model.js");
+const { Model, TypingOut, keyOf } = await import("../src/model.js");
 
 let nextId = 1;
 const delivery = (seq, from, conversation, text, extra = {}) => ({
@@ -123,4 +123,118 @@ test("conversations are listed by their last activity", () => {
   m.entry(delivery(2, "carol", "alice-order", "second"), 0);
   m.entry(delivery(3, "bob", "alice-order", "third"), 0);
   assert.deepEqual(m.sorted().map((c) => c.key), ["@bob", "@carol"]);
+});
+
+/** A contact change as the inbox carries it: a Delivery with `contact` set. */
+const contactEntry = (seq, user, state, by) => ({
+  ...delivery(seq, user, "", ""),
+  contact: { user, state, by },
+});
+
+test("contact changes are inbox entries but never messages, and never unread", () => {
+  const m = new Model("alice-contacts");
+  assert.equal(m.entry(contactEntry(1, "bob", "INCOMING", "bob"), 0), null);
+  assert.equal(m.entry(contactEntry(2, "carol", "OUTGOING", "alice-contacts"), 0), null);
+  assert.equal(m.convs.size, 0, "no conversation appears for a contact change");
+  assert.equal(m.lastSeq, 2, "they are acknowledged like messages");
+  assert.equal(m.readCursor(), 2, "nothing unread holds the read cursor back");
+  assert.deepEqual(
+    m.contactRows().map((c) => [c.user, c.state]),
+    [["bob", "INCOMING"], ["carol", "OUTGOING"]],
+  );
+  assert.equal(m.incoming(), 1);
+  m.entry(contactEntry(3, "bob", "CONTACT", "alice-contacts"), 0);
+  m.entry(contactEntry(4, "carol", "CONTACT_STATE_NONE", "carol"), 0);
+  assert.deepEqual(m.contactRows().map((c) => [c.user, c.state]), [["bob", "CONTACT"]]);
+  assert.equal(m.incoming(), 0);
+});
+
+test("the contact list replaces what was known and brings presence with it", () => {
+  const m = new Model("alice-list");
+  m.entry(contactEntry(1, "old", "CONTACT", "old"), 0);
+  m.contactList({
+    contacts: [
+      { user: "zed", state: "CONTACT", since_ms: 5, online: false, last_seen_ms: 1234 },
+      { user: "bob", state: "CONTACT", since_ms: 6, online: true, last_seen_ms: 0 },
+      { user: "carol", state: "OUTGOING", since_ms: 7, online: false, last_seen_ms: 0 },
+      { user: "dave", state: "INCOMING", since_ms: 8, online: false, last_seen_ms: 0 },
+    ],
+  });
+  assert.deepEqual(
+    m.contactRows().map((c) => [c.user, c.state, c.online, c.lastSeen]),
+    [
+      ["dave", "INCOMING", false, 0],
+      ["bob", "CONTACT", true, 0],
+      ["zed", "CONTACT", false, 1234],
+      ["carol", "OUTGOING", false, 0],
+    ],
+  );
+});
+
+test("presence pushes move the dot and the last seen time", () => {
+  const m = new Model("alice-presence");
+  m.contactList({ contacts: [{ user: "bob", state: "CONTACT", since_ms: 1, online: false, last_seen_ms: 10 }] });
+  m.presenceUpdate({ changes: [{ user: "bob", online: true, last_seen_ms: 0 }] });
+  assert.deepEqual(m.contactRows()[0], { user: "bob", state: "CONTACT", online: true, lastSeen: 0 });
+  m.presenceUpdate({ changes: [{ user: "bob", online: false, last_seen_ms: 99 }, { user: "member", online: true }] });
+  assert.deepEqual(m.contactRows()[0], { user: "bob", state: "CONTACT", online: false, lastSeen: 99 });
+  assert.equal(m.presence.get("member").online, true, "group co-members have presence too");
+});
+
+test("typing shows until it expires, is stopped, or a message from the typist comes", () => {
+  const m = new Model("alice-typing");
+  const notice = (from, extra = {}) => ({ from, kind: "PRIVATE", conversation: "alice-typing", stopped: false, expires_in_ms: 6000, ...extra });
+  assert.equal(m.typingNotice(notice("bob"), 1000), "@bob");
+  assert.deepEqual(m.typers("@bob", 1000), ["bob"]);
+  assert.equal(m.typingExpiry("@bob"), 7000);
+  assert.deepEqual(m.typers("@bob", 6999), ["bob"]);
+  assert.deepEqual(m.typers("@bob", 7000), [], "gone once expired");
+  assert.equal(m.typingExpiry("@bob"), Infinity);
+
+  m.typingNotice(notice("bob"), 8000);
+  m.typingNotice(notice("bob", { stopped: true }), 8500);
+  assert.deepEqual(m.typers("@bob", 8500), [], "gone when stopped");
+
+  m.typingNotice(notice("bob"), 9000);
+  m.entry(delivery(1, "bob", "alice-typing", "done typing"), 0);
+  assert.deepEqual(m.typers("@bob", 9001), [], "gone when the message comes");
+
+  const group = (from) => notice(from, { kind: "GROUP", conversation: "team" });
+  assert.equal(m.typingNotice(group("carol"), 0), "#team");
+  m.typingNotice(group("bob"), 0);
+  assert.deepEqual(m.typers("#team", 1), ["bob", "carol"]);
+  assert.deepEqual(m.typers("@carol", 1), [], "a group notice is not a private one");
+});
+
+test("typing notices go out at most once per window, and a late stop waits for it", () => {
+  const t = new TypingOut(2000);
+  assert.deepEqual(t.typed("@bob", 0), { send: "typing" });
+  assert.deepEqual(t.typed("@bob", 500), {}, "within the window");
+  assert.deepEqual(t.typed("#team", 600), { send: "typing" }, "windows are per conversation");
+  assert.deepEqual(t.typed("@bob", 2100), { send: "typing" }, "renewed after the window");
+  // Sent at 2500: the server would drop a "stopped" before 4100.
+  assert.deepEqual(t.stopped("@bob", 2500), { retryIn: 1600 });
+  assert.deepEqual(t.due("@bob", 4100), { send: "stopped" });
+  assert.deepEqual(t.stopped("@bob", 4200), {}, "already stopped");
+  assert.deepEqual(t.stopped("@carol", 0), {}, "never started");
+  // Typing again before a delayed stop went out cancels it.
+  assert.deepEqual(t.typed("@dave", 0), { send: "typing" });
+  assert.deepEqual(t.stopped("@dave", 100), { retryIn: 1900 });
+  assert.deepEqual(t.typed("@dave", 1000), {});
+  assert.deepEqual(t.due("@dave", 2000), {});
+  // And typing right after a stop waits for the window too.
+  assert.deepEqual(t.stopped("@dave", 2500), { send: "stopped" });
+  assert.deepEqual(t.typed("@dave", 3000), { retryIn: 1500 });
+  assert.deepEqual(t.due("@dave", 4500), { send: "typing" });
+});
+
+test("after a message, typing again is announced anew, once the window allows", () => {
+  const t = new TypingOut(2000);
+  assert.deepEqual(t.typed("@bob", 0), { send: "typing" });
+  // The message ends "typing…" over there; the "stopped" waits for the window.
+  assert.deepEqual(t.messageSent("@bob", 100), { retryIn: 1900 });
+  assert.deepEqual(t.typed("@bob", 200), { retryIn: 1800 }, "not taken as still shown");
+  assert.deepEqual(t.due("@bob", 2000), { send: "typing" });
+  assert.deepEqual(t.messageSent("@bob", 4500), { send: "stopped" });
+  assert.deepEqual(t.typed("@bob", 7000), { send: "typing" });
 });
