@@ -166,7 +166,7 @@ function onEntries(list, { initial }) {
     } else if (msg) {
       const key = keyOf(d, model.me);
       touched.add(key);
-      if (!initial && !msg.mine) notify(key, msg);
+      if (!initial && !msg.mine && !msg.event) notify(key, msg);
     }
   }
   renderList();
@@ -372,11 +372,11 @@ const TICKS = {
 
 function messageItem(c, m, state) {
   const li = document.createElement("li");
-  li.className = m.mine ? "msg mine" : "msg";
+  li.className = m.event ? "msg event" : m.mine ? "msg mine" : "msg";
   li.dataset.id = m.id;
   const bubble = document.createElement("div");
   bubble.className = "bubble";
-  if (!m.mine && c.kind === "GROUP") bubble.append(span("who", m.from));
+  if (!m.mine && !m.event && c.kind === "GROUP") bubble.append(span("who", m.from));
   bubble.append(span("text", m.text));
   const meta = document.createElement("div");
   meta.className = "meta";

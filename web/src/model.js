@@ -64,7 +64,7 @@ export class Model {
     // A message ends its sender's typing there, whether or not its "stopped" came.
     this.typing.get(key)?.delete(d.from);
     const msg = this.add(c, d);
-    if (msg && !msg.mine && d.seq > readSeq && d.seq > (this.localRead[key] ?? 0)) c.unread.add(d.seq);
+    if (msg && !msg.mine && !msg.event && d.seq > readSeq && d.seq > (this.localRead[key] ?? 0)) c.unread.add(d.seq);
     return msg;
   }
 
@@ -78,7 +78,9 @@ export class Model {
     const msg = {
       id: d.message_id,
       from: d.from,
-      text: d.text,
+      // A change of the group (joined, invited, roles...) is shown as a line of its own.
+      text: d.group_event ? describeGroupEvent(d.group_event, this.me) : d.text,
+      event: Boolean(d.group_event),
       ts: d.timestamp_ms,
       seq: d.seq,
       gseq: d.group_seq, // a group message's seq in its group (for its receipts)
@@ -336,6 +338,34 @@ export class TypingOut {
 }
 
 /** The conversation a delivery belongs to, as seen by `me`. */
+/** A group event in words, as `me` reads it. */
+export function describeGroupEvent(e, me) {
+  const who = (u) => (u === me ? "you" : u);
+  const [actor, target] = [who(e.actor), who(e.target)];
+  switch (e.kind) {
+    case "JOINED":
+      return `${actor} joined`;
+    case "LEFT":
+      return `${actor} left`;
+    case "INVITED":
+      return `${actor} invited ${target}`;
+    case "REMOVED":
+      return `${actor} removed ${target}`;
+    case "BANNED":
+      return `${actor} banned ${target}`;
+    case "UNBANNED":
+      return `${actor} unbanned ${target}`;
+    case "ROLE_CHANGED":
+      return `${actor} made ${target} ${e.role === "ADMIN" ? "an admin" : "a member"}`;
+    case "OWNER_CHANGED":
+      return `${actor} handed the group over to ${target}`;
+    case "INFO_CHANGED":
+      return `${actor} changed the group's title, topic or history setting`;
+    default:
+      return `${actor} changed the group`;
+  }
+}
+
 export function keyOf(d, me) {
   if (d.kind === "GROUP") return `#${d.conversation}`;
   return d.from === me ? `@${d.conversation}` : `@${d.from}`;

@@ -17,7 +17,7 @@ globalThis.localStorage = {
   },
 };
 
-const { Model, TypingOut, keyOf } = await import("../src/model.js");
+const { Model, TypingOut, describeGroupEvent, keyOf } = await import("../src/model.js");
 
 let nextId = 1;
 const delivery = (seq, from, conversation, text, extra = {}) => ({
@@ -237,4 +237,28 @@ test("after a message, typing again is announced anew, once the window allows", 
   assert.deepEqual(t.due("@bob", 2000), { send: "typing" });
   assert.deepEqual(t.messageSent("@bob", 4500), { send: "stopped" });
   assert.deepEqual(t.typed("@bob", 7000), { send: "typing" });
+});
+
+test("group events are lines of their own: described, never unread", () => {
+  const m = new Model("ann");
+  const event = (seq, kind, actor, target, extra = {}) => ({
+    seq,
+    message_id: `g:crew:${seq}`,
+    from: actor,
+    kind: "GROUP",
+    conversation: "crew",
+    timestamp_ms: seq,
+    text: "",
+    group_seq: seq,
+    receipt: null,
+    contact: null,
+    group_event: { kind, actor, target, role: "GROUP_ROLE_MEMBER", ...extra },
+  });
+  const joined = m.entry(event(1, "JOINED", "bob", ""), 0);
+  assert.equal(joined.text, "bob joined");
+  assert.ok(joined.event);
+  const promoted = m.entry(event(2, "ROLE_CHANGED", "bob", "ann", { role: "ADMIN" }), 0);
+  assert.equal(promoted.text, "bob made you an admin");
+  assert.equal(describeGroupEvent({ kind: "INVITED", actor: "ann", target: "cy" }, "ann"), "you invited cy");
+  assert.equal(m.conv("#crew").unread.size, 0, "events are not unread messages");
 });
