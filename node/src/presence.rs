@@ -28,8 +28,15 @@ use std::time::Duration;
 
 /// How long presence changes are gathered before they are pushed.
 pub const FLUSH: Duration = Duration::from_millis(250);
+/// At most one typing notice per conversation this often is passed on (and a "stopped"
+/// right after a start).
+pub const TYPING_EVERY: Duration = Duration::from_secs(2);
 /// How long a client shows a typing notice unless another one comes.
 pub const TYPING_SHOWN: Duration = Duration::from_secs(6);
+/// Tries to tell one presence change before giving up.
+const ANNOUNCE_ATTEMPTS: u32 = 4;
+/// How long after a failed try the next one starts (times the tries so far).
+const ANNOUNCE_RETRY: Duration = Duration::from_millis(500);
 /// Most groups whose members a presence change is told to.
 const MAX_GROUPS: usize = 200;
 /// Most users one presence change is told to.
@@ -102,8 +109,16 @@ impl Presence {
             if let Some(p) = weak.upgrade() {
                 let at = storage::now_ms();
                 runtime.spawn(async move {
-                    if let Err(e) = p.announce(&user, online, at).await {
-                        tracing::debug!(user = %user, online, error = %e, "presence not told");
+                    // A partition without a leader for a moment must not leave watchers
+                    // seeing a user online for good: a few tries, further apart.
+                    for attempt in 1..=ANNOUNCE_ATTEMPTS {
+                        match p.announce(&user, online, at).await {
+                            Ok(()) => return,
+                            Err(e) if attempt == ANNOUNCE_ATTEMPTS => {
+                                tracing::info!(user = %user, online, error = %e, "presence not told");
+                            }
+                            Err(_) => tokio::time::sleep(ANNOUNCE_RETRY * attempt).await,
+                        }
                     }
                 });
             }
@@ -155,7 +170,15 @@ impl Presence {
     async fn audience(&self, user: &str) -> ChatResult<Vec<String>> {
         let me = user.to_owned();
         let contacts = self
-            .ask(|reply| Target::Contacts(me.clone(), ContactMsg::List { reply }))
+            .ask(|reply| {
+                Target::Contacts(
+                    me.clone(),
+                    ContactMsg::List {
+                        presence: false,
+                        reply,
+                    },
+                )
+            })
             .await?;
         let mut audience: BTreeSet<String> = contacts
             .into_iter()
@@ -261,6 +284,17 @@ impl Presence {
     }
 }
 
+/// Whether a session's typing notice for a conversation is passed on, given how long
+/// ago the last one passed (and whether it said "stopped"): one per [`TYPING_EVERY`],
+/// but a "stopped" right after a start goes through, so it is not shown for nothing.
+pub fn typing_passes(last: Option<(Duration, bool)>, stopped: bool) -> bool {
+    match last {
+        None => true,
+        Some((ago, _)) if ago >= TYPING_EVERY => true,
+        Some((_, last_stopped)) => stopped && !last_stopped,
+    }
+}
+
 /// Every [`FLUSH`], pushes each watcher its gathered changes.
 async fn flush(presence: Weak<Presence>) {
     loop {
@@ -313,6 +347,18 @@ mod tests {
         );
         assert_eq!(out[1], ("w2".to_string(), vec![change("ann", true)]));
         assert!(c.drain(100).is_empty(), "drained");
+    }
+
+    #[test]
+    fn typing_is_passed_on_once_per_interval_but_a_stop_after_a_start_always() {
+        let soon = Some((Duration::from_millis(300), false));
+        assert!(typing_passes(None, false));
+        assert!(!typing_passes(soon, false), "a start right after a start");
+        assert!(typing_passes(soon, true), "a stop right after a start");
+        let stopped = Some((Duration::from_millis(300), true));
+        assert!(!typing_passes(stopped, true), "a stop right after a stop");
+        assert!(!typing_passes(stopped, false), "a start right after a stop");
+        assert!(typing_passes(Some((TYPING_EVERY, false)), false));
     }
 
     #[test]

@@ -466,6 +466,8 @@ pub enum ContactMsg {
     },
     /// The user's relations.
     List {
+        /// With the contacts' presence (online, last seen), as the user may see it.
+        presence: bool,
         /// Gets them, by name.
         reply: Reply<ChatResult<Vec<v1::Contact>>>,
     },
@@ -514,7 +516,7 @@ impl ContactMsg {
     pub fn fail(self, err: ChatError) {
         match self {
             Self::Act { reply, .. } => reply(Err(err)),
-            Self::List { reply } => reply(Err(err)),
+            Self::List { reply, .. } => reply(Err(err)),
             Self::Block { reply, .. } => reply(Err(err)),
             Self::Blocks { reply } => reply(Err(err)),
             Self::Privacy { reply, .. } => reply(Err(err)),

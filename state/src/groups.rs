@@ -52,10 +52,24 @@ pub fn owner(record: &GroupRecord) -> &str {
     }
 }
 
-/// `user`'s role in the group, `None` when no member.
-pub fn role(record: &GroupRecord, entry: Option<&MemberEntry>, user: &str) -> Option<GroupRole> {
+/// Who owns the group now: its owner while a member; otherwise (a group from before
+/// roles whose creator left) its first admin by name, else its first member.
+pub fn owner_now(p: Partition, store: &impl Store, name: &str, record: &GroupRecord) -> Result<String> {
+    let recorded = owner(record);
+    if member(p, store, name, recorded)?.is_some() {
+        return Ok(recorded.to_owned());
+    }
+    let members = members_of(p, store, name)?;
+    let admin = members.iter().find(|(_, e)| e.role == GroupRole::Admin as u32);
+    Ok(admin
+        .or(members.first())
+        .map_or_else(|| recorded.to_owned(), |(m, _)| m.clone()))
+}
+
+/// `user`'s role in the group owned by `owner`, `None` when no member.
+pub fn role(owner: &str, entry: Option<&MemberEntry>, user: &str) -> Option<GroupRole> {
     let entry = entry?;
-    if owner(record) == user {
+    if owner == user {
         return Some(GroupRole::Owner);
     }
     Some(GroupRole::try_from(entry.role as i32).unwrap_or(GroupRole::Member))
@@ -215,7 +229,7 @@ pub fn leave(p: Partition, store: &mut impl Store, l: &LeaveGroup) -> Result<out
         }
         return Ok(outcome::Result::NotAMember(Empty {}));
     }
-    if owner(&record) == l.user {
+    if owner_now(p, store, &l.group, &record)? == l.user {
         return Ok(forbidden(
             "the owner hands the group over (or deletes it) before leaving",
         ));
@@ -249,12 +263,13 @@ pub fn drop_member(p: Partition, store: &mut impl Store, d: &DropMember) -> Resu
     if member(p, store, &d.group, &d.user)?.is_none() {
         return Ok(purged(members_of(p, store, &d.group)?.is_empty()));
     }
+    let was_owner = owner_now(p, store, &d.group, &record)? == d.user;
     store.delete(member_key(p, &d.group, &d.user));
     let left = members_of(p, store, &d.group)?;
     if left.is_empty() {
         return Ok(purged(true));
     }
-    if owner(&record) == d.user {
+    if was_owner {
         let admin = |e: &MemberEntry| e.role == GroupRole::Admin as u32;
         let (heir, _) = left.iter().find(|(_, e)| admin(e)).unwrap_or(&left[0]).clone();
         record.owner.clone_from(&heir);
@@ -285,8 +300,9 @@ pub fn admin(p: Partition, store: &mut impl Store, a: &GroupAdmin) -> Result<out
     };
     let actor_entry = member(p, store, &a.group, &a.actor)?;
     let target_entry = member(p, store, &a.group, &a.target)?;
-    let actor_role = role(&record, actor_entry.as_ref(), &a.actor);
-    let target_role = role(&record, target_entry.as_ref(), &a.target);
+    let owner = owner_now(p, store, &a.group, &record)?;
+    let actor_role = role(&owner, actor_entry.as_ref(), &a.actor);
+    let target_role = role(&owner, target_entry.as_ref(), &a.target);
     let new_role = GroupRole::try_from(a.role as i32).unwrap_or(GroupRole::Member);
     match governance::may(action, actor_role, target_role, record.private, new_role) {
         Ok(()) => {}
@@ -417,7 +433,7 @@ pub fn info(p: Partition, store: &impl Store, name: &str, user: &str) -> Result<
     if record.private && !members.iter().any(|(m, _)| m == user) {
         return Ok(Err(Missing::Membership));
     }
-    let owner = owner(&record).to_owned();
+    let owner = owner_now(p, store, name, &record)?;
     Ok(Ok(GroupInfo {
         group: name.to_owned(),
         title: record.title.clone(),
@@ -429,7 +445,7 @@ pub fn info(p: Partition, store: &impl Store, name: &str, user: &str) -> Result<
         members: members
             .into_iter()
             .map(|(m, entry)| GroupMember {
-                role: role(&record, Some(&entry), &m).unwrap_or(GroupRole::Member) as i32,
+                role: role(&owner, Some(&entry), &m).unwrap_or(GroupRole::Member) as i32,
                 user: m,
             })
             .collect(),
@@ -509,5 +525,38 @@ mod tests {
         assert_eq!(owner(&group(p, &s, &g).unwrap().unwrap()), "bob");
         assert!(!dropped(p, &mut s, &g, "nobody"), "not a member: nothing changes");
         assert!(dropped(p, &mut s, &g, "bob"), "the last member leaves it empty");
+    }
+
+    #[test]
+    fn a_group_from_before_roles_whose_creator_left_is_owned_by_a_member() {
+        let p = 41;
+        let g = placement::group_named_in(p, "g", 0);
+        let mut s = MemStore::default();
+        let record = GroupRecord {
+            creator: "ann".into(),
+            ..GroupRecord::default()
+        };
+        put_record(p, &mut s, &g, &record);
+        add_member(p, &mut s, &g, "cy");
+        add_member(p, &mut s, &g, "bob");
+        assert_eq!(
+            owner_now(p, &s, &g, &record).unwrap(),
+            "bob",
+            "the first member by name"
+        );
+        let set_info = GroupAdmin {
+            group: g.clone(),
+            actor: "bob".into(),
+            action: Action::SetInfo as u32,
+            topic: Some("ours".into()),
+            now_ms: 3,
+            ..GroupAdmin::default()
+        };
+        assert!(matches!(
+            admin(p, &mut s, &set_info).unwrap(),
+            outcome::Result::GroupChanged(_)
+        ));
+        let info = info(p, &s, &g, "cy").unwrap().unwrap();
+        assert_eq!(info.owner, "bob");
     }
 }

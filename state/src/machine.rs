@@ -392,8 +392,8 @@ fn contact_action(
 }
 
 /// Brings `u.user`'s view of its relation with `u.other` up to date (older or repeated
-/// updates change nothing) and tells the user with an entry in its inbox. A request
-/// from a user it blocks is dropped, and nothing a blocked user does is told.
+/// updates change nothing) and tells the user with an entry in its inbox. Nothing a
+/// blocked user does is told; its request is kept, unlisted until the block ends.
 fn contact_update(
     p: Partition,
     store: &mut impl Store,
@@ -407,11 +407,9 @@ fn contact_update(
     let Some(account) = live_account(store.get(&keys::account(p, &u.user))?)? else {
         return Ok(done());
     };
+    // Kept, but not told (and not listed while the block lasts: see query::contacts_of).
     let blocked =
         u.by != u.user && account.blocks > 0 && store.get(&keys::blocked(p, &u.user, &u.by))?.is_some();
-    if blocked && u.state == ContactState::Incoming as u32 {
-        return Ok(done());
-    }
     let index = ContactIndex {
         state: u.state,
         version: u.version,
@@ -1462,5 +1460,17 @@ mod tests {
             contacts_of(p, &store, &ann),
             vec![(bob.clone(), ContactState::Outgoing as i32)]
         );
+        // Unblocked: the request is there (untold), and bob may accept it.
+        let unblock = Op::Block(command::Block {
+            user: bob.clone(),
+            other: ann.clone(),
+            blocked: false,
+        });
+        run(p, &mut store, unblock);
+        assert_eq!(
+            contacts_of(p, &store, &bob),
+            vec![(ann.clone(), ContactState::Incoming as i32)]
+        );
+        assert!(events(p, &store, &bob).is_empty());
     }
 }

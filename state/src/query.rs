@@ -92,8 +92,13 @@ pub fn evaluate(p: Partition, query: &Query, store: &impl Store) -> Result<Answe
         Some(Q::GroupPost(g)) => match member_check(p, store, &g.group, &g.user)? {
             Some(refusal) => refusal,
             None => {
+                // What the member may not read (history hidden from new members) is
+                // answered as missing, receipts included.
+                let record = group(p, store, &g.group)?.unwrap_or_default();
+                let entry = groups::member(p, store, &g.group, &g.user)?.unwrap_or_default();
                 let key = keys::seq_key(p, tree::GROUPS, &g.group, kind::MESSAGE, g.group_seq);
-                match decode::<GroupMessage>(store.get(&key)?, "group message")? {
+                let readable = g.group_seq >= groups::first_readable(&record, &entry);
+                match decode::<GroupMessage>(store.get(&key)?, "group message")?.filter(|_| readable) {
                     Some(post) => A::Post(post),
                     None => A::NotFound(Empty {}),
                 }
@@ -150,8 +155,10 @@ fn names_under(store: &impl Store, prefix: &[u8]) -> Result<Vec<String>> {
     Ok(names)
 }
 
-/// `user`'s relations, by name (a relation that ended is not listed).
+/// `user`'s relations, by name (a relation that ended is not listed, nor a request from
+/// a user it blocks while the block lasts).
 fn contacts_of(p: Partition, store: &impl Store, user: &str) -> Result<Vec<Contact>> {
+    let blocks = crate::machine::live_account(store.get(&keys::account(p, user))?)?.map_or(0, |a| a.blocks);
     let prefix = keys::scoped(p, tree::CONTACTS, user, kind::CONTACT);
     let mut out = Vec::new();
     let mut after: Option<Vec<u8>> = None;
@@ -163,11 +170,15 @@ fn contacts_of(p: Partition, store: &impl Store, user: &str) -> Result<Vec<Conta
             let Some(view) = decode::<ContactIndex>(Some(value), "contact")? else {
                 continue;
             };
-            if view.state == ContactState::None as u32 {
+            let other = String::from_utf8_lossy(&key[prefix.len()..]).into_owned();
+            let hidden = view.state == ContactState::Incoming as u32
+                && blocks > 0
+                && store.get(&keys::blocked(p, user, &other))?.is_some();
+            if view.state == ContactState::None as u32 || hidden {
                 continue;
             }
             out.push(Contact {
-                user: String::from_utf8_lossy(&key[prefix.len()..]).into_owned(),
+                user: other,
                 state: view.state as i32,
                 since_ms: view.since_ms,
                 ..Contact::default()

@@ -371,4 +371,12 @@ async fn presence_reaches_contacts_and_group_members_on_other_nodes_and_typing_p
         .await
         .unwrap();
     amy.ping(1).await.unwrap();
+
+    // A contact who blocks amy shows her nothing of its presence.
+    let listed = amy.contacts().await.unwrap();
+    assert!(listed.iter().any(|c| c.user == "ben" && c.online), "{listed:?}");
+    ben.block("amy", true).await.unwrap();
+    let listed = amy.contacts().await.unwrap();
+    let shown = listed.iter().find(|c| c.user == "ben").unwrap();
+    assert!(!shown.online && shown.last_seen_ms == 0, "{shown:?}");
 }

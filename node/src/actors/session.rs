@@ -46,8 +46,6 @@ const MAX_SKIPS: usize = 64;
 const MAX_TITLE: usize = 128;
 /// Longest group topic, in bytes.
 const MAX_TOPIC: usize = 1024;
-/// At most one typing notice per conversation this often is passed on.
-pub const TYPING_EVERY: Duration = Duration::from_secs(2);
 /// Room kept below the frame limit when filling pages.
 const PAGE_HEADROOM: usize = 512;
 
@@ -222,8 +220,9 @@ pub struct SessionState {
     catching_up: bool,
     /// Seqs beyond a gap not to push here (own copies of what this session sent).
     skips: Vec<u64>,
-    /// When a typing notice was last passed on, per conversation (kind, name).
-    typing: std::collections::HashMap<(i32, String), tokio::time::Instant>,
+    /// When a typing notice was last passed on, per conversation (kind, name), and
+    /// whether it said "stopped".
+    typing: std::collections::HashMap<(i32, String), (tokio::time::Instant, bool)>,
     ending: Ending,
 }
 
@@ -873,7 +872,10 @@ impl SessionState {
                 let reply = self.respond(id, permit, |contacts| {
                     Body::ContactList(v1::ContactList { contacts })
                 });
-                self.to_contacts(ContactMsg::List { reply });
+                self.to_contacts(ContactMsg::List {
+                    presence: true,
+                    reply,
+                });
             }
             B::Block(b) => self.block(id, permit, b.user, true)?,
             B::Unblock(b) => self.block(id, permit, b.user, false)?,
@@ -992,17 +994,18 @@ impl SessionState {
             .ok_or_else(|| ChatError::BadRequest("typing: kind must be PRIVATE or GROUP".into()))?;
         let now = tokio::time::Instant::now();
         if self.typing.len() > 64 {
-            self.typing.retain(|_, at| now.duration_since(*at) < TYPING_EVERY);
+            self.typing
+                .retain(|_, (at, _)| now.duration_since(*at) < crate::presence::TYPING_EVERY);
         }
         let key = (t.kind, t.conversation.clone());
-        if self
+        let last = self
             .typing
             .get(&key)
-            .is_some_and(|at| now.duration_since(*at) < TYPING_EVERY)
-        {
+            .map(|(at, stopped)| (now.duration_since(*at), *stopped));
+        if !crate::presence::typing_passes(last, t.stopped) {
             return Ok(());
         }
-        self.typing.insert(key, now);
+        self.typing.insert(key, (now, t.stopped));
         let (presence, from) = (self.ctx.presence.clone(), self.me().to_owned());
         tokio::spawn(async move {
             if let Err(e) = presence.typing(from, kind, t.conversation, t.stopped).await {

@@ -32,7 +32,7 @@ impl Served {
         self.runtime.spawn(async move {
             match msg {
                 ContactMsg::Act { other, action, reply } => reply(me.act(user, other, action).await),
-                ContactMsg::List { reply } => reply(me.list_contacts(user).await),
+                ContactMsg::List { presence, reply } => reply(me.list_contacts(user, presence).await),
                 ContactMsg::Block {
                     other,
                     blocked,
@@ -130,8 +130,11 @@ impl Served {
             let me = self.clone();
             self.runtime.spawn(async move { me.deliver_logged(update).await });
         }
-        for update in mine {
-            self.deliver(update).await?;
+        // The actor's own view is durable before the answer, even while a sweep
+        // delivers the same update (a repeat changes nothing).
+        for mut update in mine {
+            update.retention = Some(self.retention);
+            self.deliver_now(update).await?;
         }
         Ok(v1::ContactState::try_from(changed.state as i32).unwrap_or_default())
     }
@@ -147,11 +150,11 @@ impl Served {
         }
     }
 
-    /// The user's relations; contacts with their presence (online anywhere, or when
-    /// last seen unless they hide it).
-    async fn list_contacts(&self, user: String) -> ChatResult<Vec<v1::Contact>> {
+    /// The user's relations; with `presence`, contacts with theirs (online anywhere, or
+    /// when last seen unless they hide it; nothing of a contact that blocks the user).
+    async fn list_contacts(&self, user: String, presence: bool) -> ChatResult<Vec<v1::Contact>> {
         let mut contacts = match self
-            .read_async(partition::of_user(&user), Q::Contacts(user))
+            .read_async(partition::of_user(&user), Q::Contacts(user.clone()))
             .await?
         {
             A::Contacts(c) => c.contacts,
@@ -162,30 +165,43 @@ impl Served {
             .filter(|c| c.state() == v1::ContactState::Contact)
             .map(|c| c.user.clone())
             .collect();
-        if names.is_empty() {
+        if !presence || names.is_empty() {
             return Ok(contacts);
         }
         let mut online: HashSet<String> = self.remote.with_sessions(names.clone()).into_iter().collect();
         online.extend(crate::view::with_sessions_elsewhere(names).await);
-        let seen = contacts.iter().map(|c| {
-            let ask = c.state() == v1::ContactState::Contact && !online.contains(&c.user);
-            let name = c.user.clone();
+        let shown = contacts.iter().map(|c| {
+            let contact = c.state() == v1::ContactState::Contact;
+            let (name, me, on) = (c.user.clone(), user.clone(), online.contains(&c.user));
             async move {
-                if !ask {
-                    return 0;
+                if !contact {
+                    return (false, 0);
+                }
+                let q = Q::MayMessage(query::Pair {
+                    user: name.clone(),
+                    other: me,
+                });
+                if !matches!(
+                    self.read_async(partition::of_user(&name), q).await,
+                    Ok(A::Allowed(_))
+                ) {
+                    return (false, 0);
+                }
+                if on {
+                    return (true, 0);
                 }
                 match self
                     .read_async(partition::of_user(&name), Q::Account(name.clone()))
                     .await
                 {
-                    Ok(A::Account(a)) if !a.hide_last_seen => a.last_seen_ms,
-                    _ => 0,
+                    Ok(A::Account(a)) if !a.hide_last_seen => (false, a.last_seen_ms),
+                    _ => (false, 0),
                 }
             }
         });
-        let seen = futures::future::join_all(seen).await;
-        for (c, last_seen_ms) in contacts.iter_mut().zip(seen) {
-            c.online = online.contains(&c.user);
+        let shown = futures::future::join_all(shown).await;
+        for (c, (online, last_seen_ms)) in contacts.iter_mut().zip(shown) {
+            c.online = online;
             c.last_seen_ms = last_seen_ms;
         }
         Ok(contacts)

@@ -46,6 +46,16 @@ impl Served {
                 return Err(ChatError::NotFound(format!("group {group}")));
             }
             outcome::Result::NotFound(_) => {
+                if a.action == Action::Remove {
+                    // Maybe a resend of a removal whose answer was lost: its member's
+                    // list of groups is made to agree before the answer.
+                    let op = Op::Membership(command::Membership {
+                        user: a.target.clone(),
+                        group: group.clone(),
+                        joined: false,
+                    });
+                    self.propose_async(partition::of_user(&a.target), op).await?;
+                }
                 return Err(ChatError::NotFound(format!("{} in group {group}", a.target)));
             }
             outcome::Result::NotAMember(_) => return Err(ChatError::NotAMember(group)),
