@@ -618,6 +618,10 @@ enum Step {
     },
     /// Read a user's inbox at the leader of its partition (a read barrier).
     Read(String),
+    /// Ask another user to be a contact (decided in the pair's partition).
+    Contact(String),
+    /// Block another user (its later private messages are refused, not acknowledged).
+    Block(String),
 }
 
 #[derive(Debug, Clone)]
@@ -646,6 +650,23 @@ impl Client {
             ),
             Step::RemoveNode(node) => (META, Op::RemoveNode(command::RemoveNode { node })),
             Step::Read(_) => unreachable!("reads are no commands (Sim::read)"),
+            Step::Contact(other) => (
+                chat_state::contacts::pair_partition(&user, &other),
+                Op::ContactAction(command::ContactAction {
+                    actor: user,
+                    other,
+                    action: chat_state::contacts::Action::Request as u32,
+                    now_ms: now,
+                }),
+            ),
+            Step::Block(other) => (
+                placement::of_user(&user),
+                Op::Block(command::Block {
+                    user,
+                    other,
+                    blocked: true,
+                }),
+            ),
             Step::Register => {
                 let record = AccountRecord {
                     password_hash: "x".into(),
@@ -806,6 +827,18 @@ impl Sim {
                         }
                     })
                     .collect();
+                let someone_else = |rng: &mut Rng| loop {
+                    let other = &users[rng.below(users.len() as u64) as usize];
+                    if other != user {
+                        break other.clone();
+                    }
+                };
+                if users.len() > 1 && rng.chance(300) {
+                    plan.push(Step::Contact(someone_else(&mut rng)));
+                }
+                if users.len() > 1 && rng.chance(150) {
+                    plan.push(Step::Block(someone_else(&mut rng)));
+                }
                 for m in 0..MESSAGES_PER_CLIENT {
                     let client_id = format!("{user}-{m}");
                     if !joined.is_empty() && rng.chance(400) {
@@ -1196,6 +1229,10 @@ impl Sim {
             ) => true,
             (Step::CreateGroup(_), Some(R::Done(_) | R::Exists(_))) => true,
             (Step::Join(_), Some(R::Done(_))) => true,
+            (Step::Contact(_), Some(R::ContactChanged(_))) => true,
+            (Step::Block(_), Some(R::Done(_))) => true,
+            // The recipient blocks the sender: refused, so never acknowledged.
+            (Step::Private { .. }, Some(R::NotAllowed(_))) => true,
             (Step::Private { to, client_id }, Some(R::Appended(a) | R::Duplicate(a))) => {
                 let acked = Acked::Private {
                     to: to.clone(),
