@@ -932,6 +932,8 @@ const HELP: &str = "  @USER TEXT     private message
   :invite G U    invite U to group G
   :kick G U      remove U from group G
   :ban G U       ban U from group G
+  :unban G U     unban U from group G
+  :transfer G U  hand group G over to U
   :role G U R    make U of group G an admin or a member (R)
   :info G        group G's settings and members with roles
   :add U         ask U to be your contact (or accept U's request)
@@ -1210,7 +1212,7 @@ async fn command(client: &Client, line: &str, state: &mut State) -> Result<bool>
             .map(|()| println!("left #{rest}"))?,
         ":groups" => println!("groups: {}", client.my_groups().await?.join(", ")),
         ":members" => println!("members: {}", client.members(arg("GROUP")?).await?.join(", ")),
-        ":invite" | ":kick" | ":ban" | ":role" => {
+        ":invite" | ":kick" | ":ban" | ":unban" | ":transfer" | ":role" => {
             let words: Vec<&str> = arg("GROUP USER")?.split_whitespace().collect();
             match (head, words.as_slice()) {
                 (":invite", [g, u]) => client
@@ -1225,6 +1227,14 @@ async fn command(client: &Client, line: &str, state: &mut State) -> Result<bool>
                     .group_ban(g, u)
                     .await
                     .map(|()| println!("banned {u} from #{g}"))?,
+                (":unban", [g, u]) => client
+                    .group_unban(g, u)
+                    .await
+                    .map(|()| println!("unbanned {u} from #{g}"))?,
+                (":transfer", [g, u]) => client
+                    .group_transfer(g, u)
+                    .await
+                    .map(|()| println!("#{g} now belongs to {u}"))?,
                 (":role", [g, u, r @ ("admin" | "member")]) => {
                     let role = if *r == "admin" {
                         v1::GroupRole::Admin
