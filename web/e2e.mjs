@@ -2,7 +2,8 @@
 // chromium), driven by tests/tests/web.rs against a three-node cluster: two browser
 // users (alice on node 0, bob on node 1) and a CLI user (carol) chat privately and in
 // a group; unread counts, history, read ticks, the length limit, a reload, layout at
-// two widths, contacts with presence, typing, blocking and privacy, and the loss of
+// two widths, contacts with presence, typing, blocking and privacy, group settings
+// (a private group, an invitation accepted from the prompt, roles), and the loss of
 // alice's node. Elements are found by role and accessible
 // name. Every wait polls until a deadline; any console or page error fails the run.
 //
@@ -81,6 +82,15 @@ const tab = (page, name) => page.getByRole("tab", { name, exact: true });
 /** A row of the contacts panel (contacts and requests both ways). */
 const contactRow = (page, user) => page.getByRole("list", { name: "Contacts and requests" }).locator(`li[data-user="${user}"]`);
 const typingLine = (page) => page.locator("#typing");
+const groupPanel = (page) => page.getByRole("region", { name: "Group settings" });
+const invitation = (page) => page.getByRole("region", { name: "Invitation" });
+/** A member's row in the open group's settings panel. */
+const memberRow = (page, user) => groupPanel(page).getByRole("list", { name: "Members" }).locator(`li[data-user="${user}"]`);
+/** The open group's members as the panel lists them, "name:role", in its order. */
+const members = (page) =>
+  groupPanel(page).getByRole("list", { name: "Members" }).locator("li").evaluateAll((lis) => lis.map((li) => `${li.dataset.user}:${li.dataset.role}`).join(" "));
+/** Waits until `user`'s role badge in the panel reads `role`. */
+const badge = (page, user, role) => memberRow(page, user).locator(".role", { hasText: exact(role) }).waitFor();
 
 async function connected(page, timeout = 15000) {
   await status(page).filter({ hasText: /^Connected to / }).waitFor({ timeout });
@@ -219,6 +229,7 @@ try {
   // A group with a longer past than alice's inbox holds: she joins after 60 messages.
   await bob.getByRole("textbox", { name: /^Chat with/ }).fill("lobby");
   await button(bob, "Create group").click();
+  await button(bob, "Create").click();
   await bob.getByRole("heading", { name: "#lobby", exact: true }).waitFor();
   for (let i = 1; i <= 60; i++) {
     await messageBox(bob).fill(`lobby ${i}`);
@@ -271,6 +282,7 @@ try {
   // A group of three: created and joined in the browsers, joined by the CLI user.
   await alice.getByRole("textbox", { name: /^Chat with/ }).fill("team");
   await button(alice, "Create group").click();
+  await button(alice, "Create").click();
   await alice.getByRole("heading", { name: "#team", exact: true }).waitFor();
   await bob.getByRole("textbox", { name: /^Chat with/ }).fill("#team");
   await button(bob, "Join group").click();
@@ -288,14 +300,80 @@ try {
   if (!got.includes("alice -> #team: hello team")) throw new Error(`carol did not get the group message:\n${got}`);
   // bob has read it and carol's device has it: delivered to every member.
   await tick(alice, "hello team", "delivered").waitFor();
-  await button(alice, "Members").click();
-  await alice.getByText("Members: alice, bob, carol").waitFor();
+  await button(alice, "Group settings").click();
+  await until("the members", async () => (await members(alice)) === "alice:owner bob:member carol:member" || members(alice));
+  await groupPanel(alice).getByText("Public · owner alice").waitFor();
   await button(bob, "Leave group").click();
   await conversation(bob, "#team").waitFor({ state: "detached" });
-  await button(alice, "Members").click(); // closes the list
-  await button(alice, "Members").click(); // and asks again
-  await alice.getByText("Members: alice, carol").waitFor();
+  // The open panel follows the group's events by itself.
+  await until("bob to be gone", async () => (await members(alice)) === "alice:owner carol:member" || members(alice));
+  await button(alice, "Group settings").click(); // closes it
+  await groupPanel(alice).waitFor({ state: "hidden" });
   ok("group chat");
+
+  // A private group with a title: alice (node 0) invites bob (node 1), who accepts from
+  // the prompt; she makes him an admin, and his page offers what an admin may do and
+  // not what only the owner may.
+  await alice.getByRole("textbox", { name: /^Chat with/ }).fill("club");
+  await button(alice, "Create group").click();
+  await alice.getByRole("textbox", { name: "Title of the new group (optional)" }).fill("The club");
+  await alice.getByRole("checkbox", { name: "Private: by invitation only" }).check();
+  await button(alice, "Create").click();
+  await alice.getByRole("heading", { name: "#club", exact: true }).waitFor();
+  await button(alice, "Group settings").click();
+  await groupPanel(alice).getByText("The club · Private (by invitation) · owner alice").waitFor();
+  await badge(alice, "alice", "owner");
+  if (await button(alice, "Leave group").isVisible()) throw new Error("the owner is offered to leave");
+  const invite = (page) => groupPanel(page).getByRole("textbox", { name: "Invite a user" });
+  // carol is banned (from the CLI): inviting her is refused below, in words.
+  await chat("--user", "alice", "--password", "palice", "group-ban", "club", "carol");
+  await invite(alice).fill("bob");
+  await button(alice, "Invite").click();
+  await until("the invitation to be sent", async () => (await invite(alice).inputValue()) === "" || "not yet");
+  await conversation(bob, "#club, last from alice: alice invited you").click();
+  await invitation(bob).getByText("alice invited you to #club.").waitFor();
+  if (await messageBox(bob).isVisible()) throw new Error("the composer shows before the invitation is accepted");
+  await button(bob, "Accept").click();
+  await invitation(bob).waitFor({ state: "hidden" });
+  await send(bob, "glad to be in the club");
+  await message(alice, "glad to be in the club").waitFor();
+  await badge(alice, "bob", "member");
+  await button(alice, "Make bob an admin").click();
+  await badge(alice, "bob", "admin");
+  await button(alice, "Make bob a member").waitFor();
+  await button(bob, "Group settings").click();
+  await badge(bob, "bob", "admin");
+  await badge(bob, "alice", "owner");
+  // An admin invites to a private group, edits the topic, unbans; the owner's own
+  // actions are not offered, nor anything against the owner.
+  await invite(bob).waitFor();
+  await groupPanel(bob).getByRole("textbox", { name: "Unban a user" }).waitFor();
+  await groupPanel(bob).getByRole("textbox", { name: "Topic" }).fill("board games");
+  await button(bob, "Save").click();
+  await groupPanel(alice).getByText("Topic: board games").waitFor();
+  for (const name of ["Delete group", "Make alice a member", "Remove alice", "Ban alice", "Hand #club over to alice"]) {
+    if (await button(bob, name).count()) throw new Error(`an admin is offered "${name}"`);
+  }
+  if (await button(bob, "Leave group").isHidden()) throw new Error("an admin is not offered to leave");
+  await invite(bob).fill("carol");
+  await button(bob, "Invite").click();
+  await groupPanel(bob).getByRole("alert").filter({ hasText: "Not allowed: that user is banned from this group: unban first." }).waitFor();
+  await groupPanel(bob).getByRole("textbox", { name: "Unban a user" }).fill("carol");
+  await button(bob, "Unban").click();
+  await message(bob, "you unbanned carol").waitFor();
+  await button(bob, "Invite").click();
+  await message(alice, "bob invited carol").waitFor();
+  await carol("group-join", "club");
+  await button(bob, "Remove carol").waitFor();
+  await button(bob, "Ban carol").waitFor();
+  if (await button(bob, "Make carol an admin").count()) throw new Error("an admin is offered to name admins");
+  await button(alice, "Make carol an admin").waitFor();
+  await button(alice, "Delete group").waitFor();
+  await button(alice, "Group settings").click();
+  await button(bob, "Group settings").click();
+  noProblems("with group settings");
+  ok("group settings, invitation and roles");
+  await conversation(alice, "#team").click();
 
   // Empty messages are not sent; an oversized one is refused before sending, in words,
   // and the session goes on.

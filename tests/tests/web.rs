@@ -2,7 +2,8 @@
 //! and a CLI user chat privately and in a group, the page survives a reload and the
 //! loss of its node, refuses an oversized message, shows read ticks and lays out at
 //! desktop and phone widths; the two browser users, on different nodes, become
-//! contacts and see each other online, see each other typing, and block.
+//! contacts and see each other online, see each other typing, and block; one makes a
+//! private group, invites the other, who accepts from the page, and makes them admin.
 //! `web/e2e.mjs` drives the browsers (playwright-core with Debian's chromium, which
 //! `scripts/ci-setup.sh` installs); this test builds the page, starts the nodes, and
 //! kills a node when the script asks for it. The page's model has unit tests of its
@@ -158,6 +159,7 @@ async fn browser_users_and_a_cli_user_chat_through_a_cluster_that_loses_a_node()
         "private chat with the CLI user",
         "read ticks",
         "group chat",
+        "group settings, invitation and roles",
         "oversized message refused",
         "session survives a reload",
         "layout at 1280 px",

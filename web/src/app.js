@@ -3,7 +3,7 @@
 // cluster; the model (model.js) keeps what is known; this module only turns both
 // into DOM and back.
 import { Session } from "./session.js";
-import { Model, TypingOut, keyOf } from "./model.js";
+import { Model, TypingOut, keyOf, groupPanel } from "./model.js";
 import { ServerError, ConnectionLost } from "./connection.js";
 
 const $ = (id) => document.getElementById(id);
@@ -15,6 +15,8 @@ const bytes = (text) => new TextEncoder().encode(text).length;
 
 let model = null;
 let current = null; // key of the open conversation
+/** The open group's GroupInfo (null: not known, or not a group). */
+let groupInfo = null;
 /** The server passes on one typing notice per conversation every 2 s; the margin keeps
  * a "stopped" sent at the end of that window from arriving a little inside it. */
 const TYPING_EVERY_MS = 2000 + 150;
@@ -65,6 +67,12 @@ const MESSAGES = {
   UNAVAILABLE: "The server cannot do that right now; try again.",
   NOT_ALLOWED: "That user does not accept messages from you.",
 };
+
+/** A refused group action in words: FORBIDDEN says why (role, private group, ban). */
+function groupError(e) {
+  if (e instanceof ServerError && e.code === "FORBIDDEN") return `Not allowed: ${e.message || "your role does not allow that"}.`;
+  return human(e);
+}
 
 /** Why a message to `key` was refused, in words. */
 function refused(key, e) {
@@ -155,6 +163,7 @@ function onEntries(list, { initial }) {
   const touched = new Set();
   let contactsChanged = false;
   let contactsStale = false;
+  let groupChanged = false;
   for (const d of list) {
     const msg = model.entry(d, session.readSeq);
     if (d.receipt) {
@@ -166,6 +175,7 @@ function onEntries(list, { initial }) {
     } else if (msg) {
       const key = keyOf(d, model.me);
       touched.add(key);
+      if (d.group_event && key === current) groupChanged = true;
       if (!initial && !msg.mine && !msg.event) notify(key, msg);
     }
   }
@@ -173,7 +183,9 @@ function onEntries(list, { initial }) {
   if (touched.has(current)) {
     renderMessages();
     renderTyping(); // a message ends its sender's "typing…"
+    renderInvitation();
   }
+  if (groupChanged) refreshGroupInfo();
   if (contactsChanged) {
     renderContacts();
     renderPresence();
@@ -190,6 +202,8 @@ async function onReady() {
   refreshContacts();
   try {
     const { groups } = await session.request("list_my_groups", {});
+    model.memberOf(groups);
+    renderInvitation();
     for (const g of groups) {
       const c = model.conv(`#${g}`);
       const page = await session.request("history", { kind: "GROUP", conversation: g, before_seq: 0, limit: 1 });
@@ -201,7 +215,8 @@ async function onReady() {
   }
   // Opened while the connection was down or catching up: its history is still to load.
   const c = current && model.convs.get(current);
-  if (c && c.older === null) loadOlder(c);
+  if (c && c.older === null && !model.invitation(c.key)) loadOlder(c);
+  if (c?.kind === "GROUP") refreshGroupInfo();
 }
 
 function refresh(key) {
@@ -269,8 +284,11 @@ function openConversation(key) {
   $("conv-title").textContent = c.kind === "GROUP" ? key : c.name;
   $("members-btn").hidden = c.kind !== "GROUP";
   $("leave").hidden = c.kind !== "GROUP";
-  $("members").hidden = true;
+  $("group-panel").hidden = true;
   $("members-btn").setAttribute("aria-expanded", "false");
+  $("group-error").textContent = "";
+  $("invite-error").textContent = "";
+  groupInfo = null;
   $("send-error").textContent = "";
   $("side-error").textContent = "";
   renderList();
@@ -278,8 +296,11 @@ function openConversation(key) {
   renderPresence();
   renderTyping();
   updateLimit();
+  renderInvitation();
   $("message").focus();
-  if (c.older === null) loadOlder(c);
+  // An invitation not accepted yet: no history to see before joining.
+  if (c.older === null && !model.invitation(key)) loadOlder(c);
+  if (c.kind === "GROUP") refreshGroupInfo();
   markReadIfVisible();
 }
 
@@ -288,7 +309,8 @@ function closeConversation() {
   current = null;
   document.body.classList.remove("conv-open");
   $("placeholder").hidden = false;
-  for (const id of ["conv-head", "messages", "typing", "composer", "members"]) $(id).hidden = true;
+  for (const id of ["conv-head", "messages", "typing", "composer", "group-panel", "invite-prompt"]) $(id).hidden = true;
+  groupInfo = null;
   renderList();
 }
 
@@ -504,20 +526,41 @@ function typedName() {
   return { group: raw.startsWith("#"), name: raw.replace(/^[#@]/, "") };
 }
 
-async function groupAction(field, what) {
+async function groupAction(field, what, extra = {}) {
   const { name } = typedName();
   $("side-error").textContent = "";
   if (!name) {
     $("side-error").textContent = `Type the name of the group to ${what}.`;
-    return;
+    return false;
   }
   try {
-    await session.request(field, { group: name });
+    await session.request(field, { group: name, ...extra });
     $("open-name").value = "";
+    model.answered(`#${name}`); // joining accepts an invitation, if there was one
     openConversation(`#${name}`);
+    return true;
   } catch (e) {
-    $("side-error").textContent = human(e);
+    $("side-error").textContent = groupError(e);
+    return false;
   }
+}
+
+/** "Create group" opens the options of the new group (title, private); "Create" sends. */
+function showCreate(open) {
+  $("create-box").hidden = !open;
+  $("create").setAttribute("aria-expanded", String(open));
+  if (open) {
+    $("side-error").textContent = "";
+    (typedName().name ? $("create-title") : $("open-name")).focus();
+  } else {
+    $("create-title").value = "";
+    $("create-private").checked = false;
+  }
+}
+
+async function createGroup() {
+  const title = $("create-title").value.trim();
+  if (await groupAction("create_group", "create", { private: $("create-private").checked, title })) showCreate(false);
 }
 
 function openTyped() {
@@ -531,30 +574,221 @@ function openTyped() {
 async function leaveGroup() {
   const c = model?.conv(current);
   if (!c || c.kind !== "GROUP") return;
+  $("group-error").textContent = "";
   try {
     await session.request("leave_group", { group: c.name });
     model.remove(c.key);
     closeConversation();
   } catch (e) {
-    $("send-error").textContent = human(e);
+    $("send-error").textContent = groupError(e);
   }
 }
 
+// ---- invitations ------------------------------------------------------------------
+
+/** "… invited you" with Accept and Decline, instead of the composer, while an
+ * invitation to the open group waits for an answer. */
+function renderInvitation() {
+  const invite = current && model?.invitation(current);
+  $("invite-prompt").hidden = !invite;
+  $("composer").hidden = !current || Boolean(invite);
+  if (invite) $("invite-text").textContent = `${invite.from} invited you to ${current}.`;
+}
+
+async function answerInvitation(accept) {
+  const key = current;
+  const c = key && model?.conv(key);
+  if (!c || c.kind !== "GROUP") return;
+  $("invite-error").textContent = "";
+  try {
+    await session.request(accept ? "join_group" : "leave_group", { group: c.name });
+  } catch (e) {
+    $("invite-error").textContent = groupError(e);
+    return;
+  }
+  if (!model) return;
+  model.answered(key);
+  if (!accept) {
+    model.remove(key);
+    if (current === key) closeConversation();
+    return;
+  }
+  if (current !== key) return;
+  renderInvitation();
+  c.older = null; // the history a member may see
+  loadOlder(c);
+  refreshGroupInfo();
+  $("message").focus();
+}
+
+// ---- group settings ----------------------------------------------------------------
+
 async function toggleMembers() {
   const c = model?.conv(current);
-  const box = $("members");
+  const box = $("group-panel");
   if (!c || !box.hidden) {
     box.hidden = true;
     $("members-btn").setAttribute("aria-expanded", "false");
     return;
   }
+  $("group-error").textContent = "";
+  box.hidden = false;
+  $("members-btn").setAttribute("aria-expanded", "true");
+  renderGroupPanel();
+  refreshGroupInfo();
+}
+
+let infoAsking = null; // the group whose GroupInfo is being asked for
+let infoAgain = false;
+
+/** Asks for the open group's settings and members; once at a time, again if a change
+ * came meanwhile. */
+async function refreshGroupInfo() {
+  const key = current;
+  if (!key?.startsWith("#")) return;
+  if (infoAsking === key) {
+    infoAgain = true;
+    return;
+  }
+  infoAsking = key;
   try {
-    const list = await session.request("list_members", { group: c.name });
-    box.textContent = `Members: ${list.members.join(", ")}`;
-    box.hidden = false;
-    $("members-btn").setAttribute("aria-expanded", "true");
+    do {
+      infoAgain = false;
+      try {
+        const info = await session.request("group_info", { group: key.slice(1) });
+        if (current !== key) return;
+        groupInfo = info;
+        if (!$("group-panel").hidden && $("group-error").dataset.from === "load") $("group-error").textContent = "";
+      } catch (e) {
+        if (current !== key) return;
+        groupInfo = null;
+        // Not a member (an invitation not accepted yet): nothing to show but why.
+        if (!$("group-panel").hidden) {
+          $("group-error").textContent = groupError(e);
+          $("group-error").dataset.from = "load";
+        }
+      }
+      renderGroupPanel();
+    } while (infoAgain && current === key);
+  } finally {
+    if (infoAsking === key) infoAsking = null;
+  }
+}
+
+const ROLE_WORDS = { owner: "owner", admin: "admin", member: "member" };
+
+function renderGroupPanel() {
+  const info = groupInfo;
+  const view = info && model ? groupPanel(info, model.me) : { role: null, actions: [], members: [] };
+  // The owner hands the group over before leaving: no "Leave" to refuse.
+  if (current?.startsWith("#")) $("leave").hidden = Boolean(info) && view.role === "owner";
+  if ($("group-panel").hidden) return;
+  if (!info) {
+    $("group-summary").textContent = "Loading…";
+    $("group-topic").textContent = "";
+    $("group-members").replaceChildren();
+  } else {
+    const title = info.title ? `${info.title} · ` : "";
+    $("group-summary").textContent = `${title}${info.private ? "Private (by invitation)" : "Public"} · owner ${info.owner || "none"}`;
+    $("group-topic").textContent = info.topic ? `Topic: ${info.topic}` : "No topic";
+    $("group-members").replaceChildren(...view.members.map(memberRow));
+  }
+  const can = new Set(view.actions);
+  const editing = document.activeElement?.closest?.("#info-form");
+  $("info-form").hidden = !can.has("setInfo");
+  if (info && can.has("setInfo") && !editing) {
+    $("info-title").value = info.title;
+    $("info-topic").value = info.topic;
+    $("info-history").checked = info.history_for_new_members;
+  }
+  $("invite-form").hidden = !can.has("invite");
+  $("unban-form").hidden = !can.has("unban");
+  $("delete-group").hidden = !can.has("delete");
+}
+
+function memberRow(m) {
+  const li = document.createElement("li");
+  li.dataset.user = m.user;
+  li.dataset.role = m.role;
+  const badge = span(`role ${m.role}`, ROLE_WORDS[m.role]);
+  li.append(span("member-name", m.user === model.me ? `${m.user} (you)` : m.user), badge);
+  const group = current;
+  const ACTIONS = {
+    makeAdmin: ["Make admin", `Make ${m.user} an admin`, () => groupRequest("group_set_role", { user: m.user, role: "ADMIN" })],
+    makeMember: ["Make member", `Make ${m.user} a member`, () => groupRequest("group_set_role", { user: m.user, role: "GROUP_ROLE_MEMBER" })],
+    transfer: ["Hand over", `Hand ${group} over to ${m.user}`, () => confirm(`Make ${m.user} the owner of ${group}? You stay an admin.`) && groupRequest("group_transfer", { user: m.user })],
+    remove: ["Remove", `Remove ${m.user}`, () => groupRequest("group_remove", { user: m.user })],
+    ban: ["Ban", `Ban ${m.user}`, () => groupRequest("group_ban", { user: m.user })],
+  };
+  for (const a of m.actions) {
+    const [text, label, run] = ACTIONS[a];
+    li.append(actionButton(text, label, run, a !== "makeAdmin"));
+  }
+  return li;
+}
+
+/** One governance request about the open group; refused ones say why in the panel.
+ * What it changed comes back as a group event, which refreshes the panel. */
+async function groupRequest(field, body) {
+  const key = current;
+  if (!key?.startsWith("#")) return false;
+  $("group-error").textContent = "";
+  $("group-error").dataset.from = "";
+  try {
+    await session.request(field, { group: key.slice(1), ...body });
+    if (current === key) refreshGroupInfo();
+    newestEvents(key);
+    return true;
   } catch (e) {
-    $("send-error").textContent = human(e);
+    if (current === key) $("group-error").textContent = groupError(e);
+    return false;
+  }
+}
+
+/** Own group events are not in the actor's inbox: the group's newest entries show
+ * the line of what was just done. */
+async function newestEvents(key) {
+  try {
+    const page = await session.request("history", { kind: "GROUP", conversation: key.slice(1), before_seq: 0, limit: 5 });
+    const c = model?.convs.get(key);
+    if (!c) return;
+    for (const d of page.messages) model.add(c, d);
+    refresh(key);
+  } catch {
+    // Not connected, or the group is gone: the line shows with the next history load.
+  }
+}
+
+async function inviteTyped(field, box) {
+  const user = box.value.trim().replace(/^@/, "");
+  if (!user) {
+    $("group-error").textContent = "Type a user's name.";
+    return;
+  }
+  if (await groupRequest(field, { user })) box.value = "";
+}
+
+async function saveInfo() {
+  const info = groupInfo;
+  if (!info) return;
+  const change = {};
+  const title = $("info-title").value.trim();
+  const topic = $("info-topic").value.trim();
+  const history = $("info-history").checked;
+  if (title !== info.title) change.title = title;
+  if (topic !== info.topic) change.topic = topic;
+  if (history !== info.history_for_new_members) change.history_for_new_members = history;
+  if (Object.keys(change).length === 0) return;
+  await groupRequest("group_set_info", change);
+  document.activeElement?.blur();
+}
+
+async function deleteGroup() {
+  const key = current;
+  if (!key || !confirm(`Delete ${key} for all its members? This cannot be undone.`)) return;
+  if (await groupRequest("group_delete", {})) {
+    model.remove(key);
+    closeConversation();
   }
 }
 
@@ -802,7 +1036,24 @@ function wire() {
     e.preventDefault();
     openTyped();
   };
-  $("create").onclick = () => groupAction("create_group", "create");
+  $("create").onclick = () => showCreate($("create-box").hidden);
+  $("create-go").onclick = createGroup;
+  $("create-cancel").onclick = () => showCreate(false);
+  $("accept-invite").onclick = () => answerInvitation(true);
+  $("decline-invite").onclick = () => answerInvitation(false);
+  $("invite-form").onsubmit = (e) => {
+    e.preventDefault();
+    inviteTyped("group_invite", $("invite-user"));
+  };
+  $("unban-form").onsubmit = (e) => {
+    e.preventDefault();
+    inviteTyped("group_unban", $("unban-user"));
+  };
+  $("info-form").onsubmit = (e) => {
+    e.preventDefault();
+    saveInfo();
+  };
+  $("delete-group").onclick = deleteGroup;
   $("join").onclick = () => groupAction("join_group", "join");
   $("leave").onclick = leaveGroup;
   $("members-btn").onclick = toggleMembers;

@@ -1,9 +1,11 @@
 // What the page knows of the user's conversations, without the DOM: messages by
 // conversation (deduplicated by message id), unread counts, receipts and the
-// read cursor; contacts, presence and who is typing where. Conversations are
-// keyed "@user" (private) or "#group". Time comes in as an argument (`now`).
+// read cursor; contacts, presence and who is typing where; invitations to groups
+// and what a group role allows. Conversations are keyed "@user" (private) or
+// "#group". Time comes in as an argument (`now`).
 
 const READ_KEY = "chat.read.";
+const ANSWERED_KEY = "chat.invites.";
 
 export class Model {
   constructor(me) {
@@ -21,6 +23,14 @@ export class Model {
     this.blocked = new Set();
     /** conversation key -> Map(user -> when their typing notice expires). */
     this.typing = new Map();
+    /** group key -> { from, id }: invitations of mine not answered yet. */
+    this.invites = new Map();
+    /** Ids of invitations answered on this device (the inbox keeps them). */
+    try {
+      this.answeredInvites = new Set(JSON.parse(localStorage.getItem(ANSWERED_KEY + me)) ?? []);
+    } catch {
+      this.answeredInvites = new Set();
+    }
     /** Conversations read on this device beyond the server's read cursor. */
     try {
       this.localRead = JSON.parse(localStorage.getItem(READ_KEY + me)) ?? {};
@@ -60,6 +70,7 @@ export class Model {
       return null;
     }
     const key = keyOf(d, this.me);
+    if (d.group_event) this.membership(key, d);
     const c = this.conv(key);
     // A message ends its sender's typing there, whether or not its "stopped" came.
     this.typing.get(key)?.delete(d.from);
@@ -202,6 +213,39 @@ export class Model {
     this.convs.delete(key);
   }
 
+  // ---- group membership and invitations ------------------------------------------
+
+  /** A group event in my inbox, in seq order: an invitation for me waits for an
+   * answer until I join, leave (decline), am removed or banned. */
+  membership(key, d) {
+    const e = d.group_event;
+    if (e.kind === "INVITED" && e.target === this.me) {
+      if (!this.answeredInvites.has(d.message_id)) this.invites.set(key, { from: e.actor, id: d.message_id });
+    } else if (((e.kind === "JOINED" || e.kind === "LEFT") && e.actor === this.me) || ((e.kind === "REMOVED" || e.kind === "BANNED") && e.target === this.me)) {
+      this.invites.delete(key);
+    }
+  }
+
+  /** The groups I am a member of (ListMyGroups): no invitation waits there. */
+  memberOf(groups) {
+    for (const g of groups) this.invites.delete(`#${g}`);
+  }
+
+  /** The invitation to `key` waiting for an answer, or null. */
+  invitation(key) {
+    return this.invites.get(key) ?? null;
+  }
+
+  /** I accepted or declined the invitation to `key`: it is not asked again, even when
+   * the inbox is read anew. */
+  answered(key) {
+    const invite = this.invites.get(key);
+    if (!invite) return;
+    this.invites.delete(key);
+    this.answeredInvites.add(invite.id);
+    localStorage.setItem(ANSWERED_KEY + this.me, JSON.stringify([...this.answeredInvites]));
+  }
+
   // ---- contacts and presence ------------------------------------------------
 
   /** A change of a relation (ContactEvent): `state` is where it stands for me now. */
@@ -337,7 +381,67 @@ export class TypingOut {
   }
 }
 
-/** The conversation a delivery belongs to, as seen by `me`. */
+// ---- group roles -----------------------------------------------------------------
+
+/** A GroupRole as the wire names it, in the page's words. */
+export function roleName(role) {
+  return role === "OWNER" ? "owner" : role === "ADMIN" ? "admin" : "member";
+}
+
+const RANK = { member: 0, admin: 1, owner: 2 };
+
+/** Whether a user with role `actor` ("owner" | "admin" | "member"; null: not a member)
+ * may do `action` to a user with role `target` (null: not a member) in a group that is
+ * `isPrivate`; the rules of state/src/governance.rs, so that the page offers only
+ * what the server allows. Actions: invite, remove, ban, unban, setInfo, makeAdmin,
+ * makeMember, transfer, delete, leave. */
+export function mayInGroup(action, actor, target, isPrivate) {
+  if (!actor) return false;
+  const admin = RANK[actor] >= RANK.admin;
+  const owner = actor === "owner";
+  const outranks = target === null || RANK[actor] > RANK[target];
+  switch (action) {
+    case "invite":
+      return (!isPrivate || admin) && target === null;
+    case "remove":
+      return admin && target !== null && outranks;
+    case "ban":
+      return admin && outranks;
+    case "unban":
+    case "setInfo":
+      return admin;
+    case "makeAdmin":
+      return owner && target === "member";
+    case "makeMember":
+      return owner && target === "admin";
+    case "transfer":
+      return owner && (target === "member" || target === "admin");
+    case "delete":
+      return owner;
+    case "leave":
+      return !owner; // the owner hands the group over first
+    default:
+      return false;
+  }
+}
+
+/** What the settings panel of a group shows `me`, from its GroupInfo: my role, the
+ * actions on the group I may take, and each member with its role and the actions I
+ * may take on it (the owner first, then admins, then members, each by name). */
+export function groupPanel(info, me) {
+  const members = info.members.map((m) => ({ user: m.user, role: roleName(m.role) }));
+  const mine = members.find((m) => m.user === me)?.role ?? null;
+  const may = (action, target = null) => mayInGroup(action, mine, target, info.private);
+  const ON_MEMBERS = ["makeAdmin", "makeMember", "transfer", "remove", "ban"];
+  return {
+    role: mine,
+    actions: ["invite", "setInfo", "unban", "delete", "leave"].filter((a) => may(a)),
+    members: members
+      .map((m) => ({ ...m, actions: m.user === me ? [] : ON_MEMBERS.filter((a) => may(a, m.role)) }))
+      .sort((a, b) => RANK[b.role] - RANK[a.role] || a.user.localeCompare(b.user)),
+  };
+}
+
 /** A group event in words, as `me` reads it. */
 export function describeGroupEvent(e, me) {
   const who = (u) => (u === me ? "you" : u);
@@ -366,6 +470,7 @@ export function describeGroupEvent(e, me) {
   }
 }
 
+/** The conversation a delivery belongs to, as seen by `me`. */
 export function keyOf(d, me) {
   if (d.kind === "GROUP") return `#${d.conversation}`;
   return d.from === me ? `@${d.conversation}` : `@${d.from}`;

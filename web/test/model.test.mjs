@@ -17,7 +17,7 @@ globalThis.localStorage = {
   },
 };
 
-const { Model, TypingOut, describeGroupEvent, keyOf } = await import("../src/model.js");
+const { Model, TypingOut, describeGroupEvent, keyOf, mayInGroup, groupPanel, roleName } = await import("../src/model.js");
 
 let nextId = 1;
 const delivery = (seq, from, conversation, text, extra = {}) => ({
@@ -261,4 +261,116 @@ test("group events are lines of their own: described, never unread", () => {
   assert.equal(promoted.text, "bob made you an admin");
   assert.equal(describeGroupEvent({ kind: "INVITED", actor: "ann", target: "cy" }, "ann"), "you invited cy");
   assert.equal(m.conv("#crew").unread.size, 0, "events are not unread messages");
+});
+
+// ---- group roles and invitations ---------------------------------------------------
+
+const ROLES = [null, "member", "admin", "owner"];
+
+/** Who may do what, written out by hand from state/src/governance.rs (not derived
+ * from the code under test): for each action, the [actor, target] pairs allowed, in a
+ * public group and in a private one. */
+const ALLOWED = {
+  invite: { public: [["member", null], ["admin", null], ["owner", null]], private: [["admin", null], ["owner", null]] },
+  remove: { both: [["admin", "member"], ["owner", "member"], ["owner", "admin"]] },
+  ban: { both: [["admin", null], ["admin", "member"], ["owner", null], ["owner", "member"], ["owner", "admin"]] },
+  unban: { both: ["admin", "owner"].flatMap((a) => ROLES.map((t) => [a, t])) },
+  setInfo: { both: ["admin", "owner"].flatMap((a) => ROLES.map((t) => [a, t])) },
+  makeAdmin: { both: [["owner", "member"]] },
+  makeMember: { both: [["owner", "admin"]] },
+  transfer: { both: [["owner", "member"], ["owner", "admin"]] },
+  delete: { both: ROLES.map((t) => ["owner", t]) },
+  leave: { both: ["member", "admin"].flatMap((a) => ROLES.map((t) => [a, t])) },
+};
+
+test("each role may take exactly the group actions the server allows it", () => {
+  for (const [action, table] of Object.entries(ALLOWED)) {
+    for (const isPrivate of [false, true]) {
+      const pairs = table.both ?? (isPrivate ? table.private : table.public);
+      for (const actor of ROLES) {
+        for (const target of ROLES) {
+          const expected = pairs.some(([a, t]) => a === actor && t === target);
+          assert.equal(mayInGroup(action, actor, target, isPrivate), expected, `${action} by ${actor} on ${target}, private ${isPrivate}`);
+        }
+      }
+    }
+  }
+  assert.equal(mayInGroup("fly", "owner", null, false), false, "an unknown action is never offered");
+});
+
+test("the settings panel offers each member the actions of its role", () => {
+  const info = {
+    private: true,
+    members: [
+      { user: "cy", role: "GROUP_ROLE_MEMBER" },
+      { user: "ann", role: "OWNER" },
+      { user: "bob", role: "ADMIN" },
+      { user: "al", role: "GROUP_ROLE_MEMBER" },
+    ],
+  };
+  const owner = groupPanel(info, "ann");
+  assert.equal(owner.role, "owner");
+  assert.deepEqual(owner.actions, ["invite", "setInfo", "unban", "delete"]);
+  assert.deepEqual(owner.members.map((m) => `${m.user}:${m.role}`), ["ann:owner", "bob:admin", "al:member", "cy:member"]);
+  assert.deepEqual(owner.members[0].actions, [], "nothing to do to oneself");
+  assert.deepEqual(owner.members[1].actions, ["makeMember", "transfer", "remove", "ban"]);
+  assert.deepEqual(owner.members[2].actions, ["makeAdmin", "transfer", "remove", "ban"]);
+  const admin = groupPanel(info, "bob");
+  assert.deepEqual(admin.actions, ["invite", "setInfo", "unban", "leave"]);
+  assert.deepEqual(admin.members.map((m) => m.actions), [[], [], ["remove", "ban"], ["remove", "ban"]]);
+  const member = groupPanel(info, "cy");
+  assert.deepEqual(member.actions, ["leave"], "no invitations to a private group");
+  assert.ok(member.members.every((m) => m.actions.length === 0));
+  assert.deepEqual(groupPanel({ ...info, private: false }, "cy").actions, ["invite", "leave"]);
+  assert.equal(groupPanel(info, "dan").role, null, "a non-member may do nothing");
+  assert.deepEqual(groupPanel(info, "dan").actions, []);
+  assert.equal(roleName("GROUP_ROLE_MEMBER"), "member");
+});
+
+const groupEvent = (seq, group, kind, actor, target) => ({
+  seq,
+  message_id: `e:${group}:${seq}`,
+  from: actor,
+  kind: "GROUP",
+  conversation: group,
+  timestamp_ms: seq,
+  text: "",
+  group_seq: 0,
+  receipt: null,
+  contact: null,
+  group_event: { kind, actor, target, role: "GROUP_ROLE_MEMBER" },
+});
+
+test("an invitation for me waits for an answer, until I join or am a member", () => {
+  const m = new Model("ivy");
+  m.entry(groupEvent(1, "club", "INVITED", "ann", "ivy"), 0);
+  m.entry(groupEvent(2, "other", "INVITED", "ann", "bob"), 0);
+  assert.deepEqual(m.invitation("#club"), { from: "ann", id: "e:club:1" });
+  assert.equal(m.invitation("#other"), null, "an invitation of someone else");
+  assert.equal(m.conv("#club").last.text, "ann invited you");
+  m.entry(groupEvent(3, "club", "JOINED", "ivy", ""), 0);
+  assert.equal(m.invitation("#club"), null);
+  // Removed, then invited again: a new question.
+  m.entry(groupEvent(4, "club", "REMOVED", "ann", "ivy"), 0);
+  m.entry(groupEvent(5, "club", "INVITED", "ann", "ivy"), 0);
+  assert.equal(m.invitation("#club")?.id, "e:club:5");
+  m.memberOf(["club"]);
+  assert.equal(m.invitation("#club"), null, "a member has nothing to accept");
+});
+
+test("an answered invitation is not asked again when the inbox is read anew", () => {
+  const m = new Model("ivy-answers");
+  const invite = groupEvent(1, "club", "INVITED", "ann", "ivy-answers");
+  m.entry(invite, 0);
+  m.entry(groupEvent(2, "crew", "INVITED", "bob", "ivy-answers"), 0);
+  m.answered("#club");
+  assert.equal(m.invitation("#club"), null);
+  const reloaded = new Model("ivy-answers");
+  reloaded.entry(invite, 0);
+  reloaded.entry(groupEvent(2, "crew", "INVITED", "bob", "ivy-answers"), 0);
+  assert.equal(reloaded.invitation("#club"), null);
+  assert.equal(reloaded.invitation("#crew")?.from, "bob", "the other one still waits");
+  // Banned after the invitation: nothing to accept any more.
+  reloaded.entry(groupEvent(3, "crew", "BANNED", "bob", "ivy-answers"), 0);
+  assert.equal(reloaded.invitation("#crew"), null);
 });
