@@ -157,17 +157,18 @@ async fn groups_fan_out_in_group_order_to_members_on_every_node() {
         acks.push(ack);
     }
     let seqs: Vec<u64> = acks.iter().map(|a| a.seq).collect();
-    assert_eq!(seqs, [1, 2, 3, 4, 5, 6], "group seqs");
+    // Group seqs 1 and 2 are ben's and cy's joins.
+    assert_eq!(seqs, [3, 4, 5, 6, 7, 8], "group seqs");
     let resent = ann.send_group_with_id("crew", "p0", "ann 0").await.unwrap();
-    assert_eq!(resent.seq, 1, "a resend is the first post");
+    assert_eq!(resent.seq, 3, "a resend is the first post");
     let first = next_delivery(&mut ben_pushes).await.unwrap();
-    assert_eq!((first.conversation.as_str(), first.group_seq), ("crew", 1));
+    assert_eq!((first.conversation.as_str(), first.group_seq), ("crew", 3));
     let cy_first = next_delivery(&mut cy_pushes).await.unwrap();
-    assert_eq!(cy_first.group_seq, 1, "cy gets ann's posts, not her own");
+    assert_eq!(cy_first.group_seq, 3, "cy gets ann's posts, not her own");
     let group_order = |inbox: &[chat_client::proto::Delivery]| -> Vec<u64> {
         inbox
             .iter()
-            .filter(|d| d.conversation == "crew")
+            .filter(|d| d.conversation == "crew" && d.group_event.is_none())
             .map(|d| d.group_seq)
             .collect()
     };
@@ -177,25 +178,30 @@ async fn groups_fan_out_in_group_order_to_members_on_every_node() {
     })
     .await
     .unwrap();
-    assert_eq!(group_order(&ben_inbox), [1, 2, 3, 4, 5, 6]);
+    assert_eq!(group_order(&ben_inbox), [3, 4, 5, 6, 7, 8]);
     let cy_inbox = wait_for("cy to have ann's posts", DEADLINE, || async {
         let inbox = cy.sync_all(0).await.ok()?;
         (group_order(&inbox).len() == 3).then_some(inbox)
     })
     .await
     .unwrap();
-    assert_eq!(group_order(&cy_inbox), [1, 3, 5]);
+    assert_eq!(group_order(&cy_inbox), [3, 5, 7]);
 
     // History for members only, newest first, in pages.
     let page = ben.history(ConversationKind::Group, "crew", 0, 4).await.unwrap();
     let got: Vec<u64> = page.messages.iter().map(|d| d.group_seq).collect();
-    assert_eq!(got, [6, 5, 4, 3]);
+    assert_eq!(got, [8, 7, 6, 5]);
     let older = ben
         .history(ConversationKind::Group, "crew", page.next_before_seq, 4)
         .await
         .unwrap();
     let got: Vec<u64> = older.messages.iter().map(|d| d.group_seq).collect();
-    assert_eq!(got, [2, 1]);
+    assert_eq!(got, [4, 3, 2, 1]);
+    let joins: Vec<&str> = older.messages[2..]
+        .iter()
+        .filter_map(|d| Some(d.group_event.as_ref()?.actor.as_str()))
+        .collect();
+    assert_eq!(joins, ["cy", "ben"], "the joins are in the group's order too");
     let (eve, _) = a.user("eve").await.unwrap();
     let refused = eve
         .history(ConversationKind::Group, "crew", 0, 4)
@@ -204,10 +210,10 @@ async fn groups_fan_out_in_group_order_to_members_on_every_node() {
     assert_eq!(code(&refused), Some(ErrorCode::NotAMember));
 
     // Group receipts follow the members' cursors.
-    let ben_seq = ben_inbox.iter().find(|d| d.group_seq == 1).unwrap().seq;
+    let ben_seq = ben_inbox.iter().find(|d| d.group_seq == 3).unwrap().seq;
     ben.ack_read(ben_seq).await.unwrap();
     let receipts = wait_for("ben's read to show", DEADLINE, || async {
-        let r = ann.group_receipts("crew", 1).await.ok()?;
+        let r = ann.group_receipts("crew", 3).await.ok()?;
         r.iter().any(|m| m.user == "ben" && m.read).then_some(r)
     })
     .await
