@@ -33,6 +33,7 @@ struct Cli {
 
 const EXAMPLES: &str = "Examples:
   chat-bench --node-pid $(pgrep chat-node) send --connections 100 --duration 10
+  chat-bench offline --connections 100 --messages 200
   chat-bench send --connections 100 --rate 5000 --duration 10 --payload 100
   chat-bench --node-pid $(pgrep chat-node) idle --connections 10000";
 
@@ -40,6 +41,10 @@ const EXAMPLES: &str = "Examples:
 enum Mode {
     /// Private messages: connection i sends to connection i+1 (so every message is pushed live).
     Send(SendOpts),
+    /// Offline storage: senders write to recipients that are not logged in (the store
+    /// rate), then the recipients log in and sync everything (the drain rate, and the
+    /// time until the last message arrived).
+    Offline(OfflineOpts),
     /// Open logged-in connections that stay idle, and report node memory per connection.
     Idle {
         /// Connections to open.
@@ -53,6 +58,23 @@ enum Mode {
         #[arg(long, default_value_t = 12)]
         hold: u64,
     },
+}
+
+/// What `offline` does.
+#[derive(Debug, Clone, clap::Args)]
+struct OfflineOpts {
+    /// Sender connections; as many recipients, sender i writing to recipient i.
+    #[arg(long, default_value_t = 100)]
+    connections: usize,
+    /// Messages each recipient gets.
+    #[arg(long, default_value_t = 200)]
+    messages: usize,
+    /// Message text size in bytes.
+    #[arg(long, default_value_t = 100)]
+    payload: usize,
+    /// Unacknowledged sends allowed per connection.
+    #[arg(long, default_value_t = 32)]
+    window: usize,
 }
 
 /// What `send` does.
@@ -80,6 +102,7 @@ async fn main() -> Result<()> {
     let cli = Cli::parse();
     let result = match &cli.mode {
         Mode::Send(opts) => send(&cli.servers, cli.node_pid, opts, cli.plot.as_deref()).await?,
+        Mode::Offline(opts) => offline(&cli.servers, opts).await?,
         Mode::Idle {
             connections,
             users,
@@ -129,6 +152,102 @@ async fn open_users(
         out.push(t.await??);
     }
     Ok(out)
+}
+
+/// Stores `messages` for each of `connections` recipients that are offline, then logs
+/// them in and syncs everything.
+async fn offline(servers: &[String], opts: &OfflineOpts) -> Result<serde_json::Value> {
+    let OfflineOpts {
+        connections,
+        messages,
+        payload,
+        window,
+    } = opts.clone();
+    if connections == 0 || messages == 0 {
+        bail!("--connections and --messages must be at least 1");
+    }
+    let id = run_id();
+    let (senders, recipients) = (format!("s{id}-"), format!("r{id}-"));
+    // Recipients are registered and logged in once (their accounts exist), then leave.
+    for (c, _, _) in open_users(servers, connections, &recipients).await? {
+        c.logout().await?;
+    }
+    let users = open_users(servers, connections, &senders).await?;
+    println!(
+        "storing {messages} messages for each of {connections} offline users, payload {payload} B, window {window}"
+    );
+    let started = Instant::now();
+    let mut tasks = Vec::with_capacity(connections);
+    for (i, (client, _, _)) in users.iter().enumerate() {
+        let (client, to) = (client.clone(), format!("{recipients}{i}"));
+        let gate = Arc::new(Semaphore::new(window));
+        let text = "x".repeat(payload);
+        tasks.push(tokio::spawn(async move {
+            let mut sends = Vec::with_capacity(messages);
+            for _ in 0..messages {
+                let permit = gate.clone().acquire_owned().await?;
+                let (c, to, text) = (client.clone(), to.clone(), text.clone());
+                sends.push(tokio::spawn(async move {
+                    let _permit = permit;
+                    c.send_private(&to, &text).await
+                }));
+            }
+            for s in sends {
+                s.await??;
+            }
+            anyhow::Ok(())
+        }));
+    }
+    for t in tasks {
+        t.await??;
+    }
+    let store_s = started.elapsed().as_secs_f64();
+    let stored = connections * messages;
+    drop(users);
+    println!(
+        "stored: {stored} in {store_s:.2}s = {:.0} msg/s",
+        stored as f64 / store_s
+    );
+    // The recipients log in and sync everything, all at once.
+    let started = Instant::now();
+    let mut drains = Vec::with_capacity(connections);
+    for i in 0..connections {
+        let (addr, user) = (servers[i % servers.len()].clone(), format!("{recipients}{i}"));
+        drains.push(tokio::spawn(async move {
+            let (c, _pushes) = Client::connect(&addr).await?;
+            let ok = c.login(&user, "bench").await?;
+            let got = c.sync_all(ok.delivered_seq).await?.len();
+            anyhow::Ok((got, started.elapsed()))
+        }));
+    }
+    let (mut drained, mut last) = (0, Duration::ZERO);
+    for d in drains {
+        let (got, at) = d.await??;
+        drained += got;
+        last = last.max(at);
+    }
+    let drain_s = last.as_secs_f64();
+    println!(
+        "drained: {drained} in {drain_s:.2}s = {:.0} msg/s (the last message {:.0} ms after the first login)",
+        drained as f64 / drain_s,
+        drain_s * 1000.0
+    );
+    if drained != stored {
+        println!("WARNING: {stored} stored but {drained} drained");
+    }
+    Ok(serde_json::json!({
+        "mode": "offline",
+        "servers": servers.len(),
+        "connections": connections,
+        "messages_per_user": messages,
+        "payload_bytes": payload,
+        "window": window,
+        "stored": stored,
+        "store_messages_per_s": stored as f64 / store_s,
+        "drained": drained,
+        "drain_messages_per_s": drained as f64 / drain_s,
+        "drain_last_ms": drain_s * 1000.0,
+    }))
 }
 
 fn rss_kib(pid: u32) -> Option<u64> {
