@@ -243,8 +243,12 @@ fn private_history(p: Partition, store: &impl Store, h: &query::PrivateHistory) 
             && entry.kind == ConversationKind::Private as u32
             && entry.receipt.is_none()
             && entry.contact.is_none()
+            && entry.change.is_none()
             && (entry.from == h.peer || (entry.from == h.user && entry.conversation == h.peer))
         {
+            let mut entry = entry;
+            let state = crate::changes::inbox_state(p, store, &h.user, &entry.message_id)?;
+            crate::changes::view(&mut entry, (state != Default::default()).then_some(state));
             out.push(answer::Entry {
                 seq,
                 entry: Some(entry),

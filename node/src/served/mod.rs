@@ -16,6 +16,7 @@
 //! - Receipts: an acknowledgement that moves a cursor stores a receipt in each
 //!   sender's inbox, deduplicated by (kind, reader, message).
 
+mod changes;
 mod contacts;
 mod devices;
 mod groups;
@@ -257,6 +258,21 @@ impl Served {
         let p = partition::of_user(&user);
         match msg {
             InboxMsg::Append { origin, draft, reply } => self.append(user, origin, draft, reply),
+            InboxMsg::Change {
+                client_msg_id,
+                change,
+                edit_window_ms,
+                session,
+                reply,
+            } => {
+                let ask = changes::ChangeAsk {
+                    client_msg_id,
+                    change,
+                    edit_window_ms,
+                    session,
+                };
+                self.change_private(user, ask, reply);
+            }
             InboxMsg::Attach { session, reply } => {
                 // Pushes for the user reach the session from now on (its node is this one).
                 self.remote.set_session_user(session, Some(user.clone()));
@@ -936,9 +952,8 @@ fn group_deliveries(group: &str, posts: Vec<answer::Post>) -> Vec<v1::Delivery> 
                 timestamp_ms: m.timestamp_ms,
                 text: m.text,
                 group_seq: p.group_seq,
-                receipt: None,
-                contact: None,
                 group_event: m.event,
+                ..v1::Delivery::default()
             })
         })
         .collect()
