@@ -317,7 +317,20 @@ pub enum GroupMsg {
         client_msg_id: String,
         /// Text.
         text: String,
+        /// The message it answers (empty: none).
+        reply_to: String,
         /// Gets the id and group seq once durable.
+        reply: Reply<ChatResult<Appended>>,
+    },
+    /// Change a message of the group (decided in the group's order, then fanned out).
+    Change {
+        /// Dedupe key of the change (per author of the change).
+        client_msg_id: String,
+        /// What; `by` is the user.
+        change: v1::MessageChange,
+        /// Edits of older messages are refused.
+        edit_window_ms: u64,
+        /// Gets the change's id and group seq once durable.
         reply: Reply<ChatResult<Appended>>,
     },
     /// The group's messages with seq < `before`, newest first, for a member.
@@ -387,6 +400,7 @@ impl GroupMsg {
             }
             Self::Members { reply, .. } => reply(Err(err)),
             Self::Post { reply, .. } => reply(Err(err)),
+            Self::Change { reply, .. } => reply(Err(err)),
             Self::History { reply, .. } => reply(Err(err)),
             Self::Receipts { reply, .. } => reply(Err(err)),
         }

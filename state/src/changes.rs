@@ -8,14 +8,15 @@
 //! private message is decided in its recipient's inbox, where its id (`p:user:seq`)
 //! names its entry; the sender's inbox gets a copy without a second decision.
 
+use crate::groups;
 use crate::keys::{self, kind, tree};
 use crate::placement::Partition;
 use crate::store::{Result, Store, decode};
 use chat_protocol::internal::command;
-use chat_protocol::internal::outcome::{self, Changed};
+use chat_protocol::internal::outcome::{self, Changed, Posted};
 use chat_protocol::internal::response::Appended;
-use chat_protocol::internal::{InboxEntry, MessageState};
-use chat_protocol::v1::{ConversationKind, MessageChange, Reaction, message_change};
+use chat_protocol::internal::{GroupMessage, InboxEntry, MessageState};
+use chat_protocol::v1::{ConversationKind, GroupRole, MessageChange, Reaction, message_change};
 use prost::Message;
 
 /// Why a change is refused (`Outcome.changed.refused`).
@@ -121,6 +122,161 @@ pub fn view(entry: &mut InboxEntry, state: Option<MessageState>) {
         }
         entry.state = Some(state);
     }
+}
+
+/// The members a group message's text mentions (`@name`, a name ending at a
+/// character no name has), among `members`, once each in text order.
+pub fn mentions(text: &str, members: &[String]) -> Vec<String> {
+    let mut found: Vec<String> = Vec::new();
+    for (i, _) in text.match_indices('@') {
+        let name: String = text[i + 1..]
+            .chars()
+            .take_while(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'))
+            .collect();
+        // A sentence may end right after a name.
+        let name = name.trim_end_matches('.');
+        if members.iter().any(|m| m == name) && !found.iter().any(|f| f == name) {
+            found.push(name.to_owned());
+        }
+    }
+    found
+}
+
+/// Where the state of group message `group_seq` is kept.
+pub fn group_state_key(p: Partition, group: &str, group_seq: u64) -> Vec<u8> {
+    keys::seq_key(p, tree::GROUPS, group, kind::CHANGES, group_seq)
+}
+
+fn group_state(p: Partition, store: &impl Store, group: &str, group_seq: u64) -> Result<MessageState> {
+    Ok(decode(store.get(&group_state_key(p, group, group_seq))?, "message state")?.unwrap_or_default())
+}
+
+/// Shows a group message to `user` in history as its changes left it; of its
+/// mentions, only whether it mentions `user`.
+pub fn view_post(
+    p: Partition,
+    store: &impl Store,
+    group: &str,
+    group_seq: u64,
+    user: &str,
+    message: &mut GroupMessage,
+) -> Result<()> {
+    message.mentions.retain(|m| m == user);
+    let state = group_state(p, store, group, group_seq)?;
+    if state != MessageState::default() {
+        if state.edited || state.recalled {
+            message.text.clone_from(&state.text);
+        }
+        message.state = Some(state);
+    }
+    Ok(())
+}
+
+/// Applies a [`command::ChangeGroupMessage`]: decided in the group's order, then
+/// posted in its log as a message whose `change` is set, for every member (the actor
+/// too: its other devices learn it from its inbox).
+pub fn apply_group(
+    p: Partition,
+    store: &mut impl Store,
+    c: command::ChangeGroupMessage,
+) -> Result<outcome::Result> {
+    let change = c.change.clone().unwrap_or_default();
+    let refused = |r: Refusal| {
+        Ok(outcome::Result::Changed(Changed {
+            refused: r as u32,
+            ..Changed::default()
+        }))
+    };
+    let Some(mut record) = groups::group(p, store, &c.group)? else {
+        return refused(Refusal::NotFound);
+    };
+    let Some(entry) = groups::member(p, store, &c.group, &change.by)? else {
+        return refused(Refusal::NotFound);
+    };
+    // No post origin starts with 0xff (theirs start with a name's length).
+    let mut origin = vec![0xff, change.by.len() as u8];
+    origin.extend_from_slice(change.by.as_bytes());
+    origin.extend_from_slice(c.client_msg_id.as_bytes());
+    let origin_key = keys::suffix_key(p, tree::GROUPS, &c.group, kind::ORIGIN, &origin);
+    if let Some(seq) = store.get(&origin_key)? {
+        let group_seq = keys::seq_of(&seq);
+        let key = keys::seq_key(p, tree::GROUPS, &c.group, kind::MESSAGE, group_seq);
+        let first = decode::<GroupMessage>(store.get(&key)?, "group message")?.unwrap_or_default();
+        return Ok(outcome::Result::Posted(Posted {
+            group_seq,
+            message_id: first.message_id,
+            timestamp_ms: first.timestamp_ms,
+            duplicate: true,
+        }));
+    }
+    let seq = change
+        .message_id
+        .strip_prefix("g:")
+        .and_then(|r| r.strip_prefix(c.group.as_str()))
+        .and_then(|r| r.strip_prefix(':'))
+        .and_then(|r| r.parse::<u64>().ok())
+        .filter(|s| *s >= groups::first_readable(&record, &entry));
+    let target = match seq {
+        Some(seq) => decode::<GroupMessage>(
+            store.get(&keys::seq_key(p, tree::GROUPS, &c.group, kind::MESSAGE, seq))?,
+            "group message",
+        )?
+        .filter(|m| m.event.is_none() && m.change.is_none())
+        .map(|m| (seq, m)),
+        None => None,
+    };
+    let Some((seq, target)) = target else {
+        return refused(Refusal::NotFound);
+    };
+    let owner = groups::owner_now(p, store, &c.group, &record)?;
+    let role = groups::role(&owner, Some(&entry), &change.by);
+    let mut state = group_state(p, store, &c.group, seq)?;
+    let decided = decide(
+        &change,
+        &Target {
+            author: &target.from,
+            sent_at_ms: target.timestamp_ms,
+            state: &state,
+            visible: true,
+            moderator: matches!(role, Some(GroupRole::Owner | GroupRole::Admin)),
+        },
+        c.now_ms,
+        c.edit_window_ms,
+    );
+    if let Err(r) = decided {
+        return refused(r);
+    }
+    fold(&mut state, &change);
+    store.put(group_state_key(p, &c.group, seq), state.encode_to_vec());
+    let group_seq = record.last_seq + 1;
+    let message_id = format!("g:{}:{group_seq}", c.group);
+    let recipients = groups::members_of(p, store, &c.group)?
+        .into_iter()
+        .map(|(m, _)| m)
+        .collect();
+    let message = GroupMessage {
+        message_id: message_id.clone(),
+        from: change.by.clone(),
+        timestamp_ms: c.now_ms,
+        client_msg_id: c.client_msg_id,
+        recipients,
+        change: Some(change),
+        ..GroupMessage::default()
+    };
+    store.put(
+        keys::seq_key(p, tree::GROUPS, &c.group, kind::MESSAGE, group_seq),
+        message.encode_to_vec(),
+    );
+    store.put(origin_key, keys::seq_value(group_seq).to_vec());
+    store.put(keys::pending(p, &c.group), Vec::new());
+    record.last_seq = group_seq;
+    groups::put_record(p, store, &c.group, &record);
+    Ok(outcome::Result::Posted(Posted {
+        group_seq,
+        message_id,
+        timestamp_ms: c.now_ms,
+        duplicate: false,
+    }))
 }
 
 /// Where the state of message `message_id` of `user`'s inbox is kept.
@@ -516,5 +672,156 @@ mod tests {
                 ("fixed".to_string(), true, false, vec![("👍".to_string(), 2)]),
             ]
         );
+    }
+
+    #[test]
+    fn mentions_name_members_once_and_nobody_else() {
+        let members = ["bob".to_string(), "carol".into(), "d.e".into()];
+        assert_eq!(
+            mentions("hi @bob and @carol, @bob again; @mallory @d.e. @ @@", &members),
+            ["bob", "carol", "d.e"]
+        );
+        assert!(mentions("mail bob@carol.org", &members).is_empty());
+    }
+
+    #[test]
+    fn a_group_change_is_decided_in_the_groups_order_and_moderators_may_recall() {
+        use chat_protocol::internal::query::{self, Q};
+        use chat_protocol::internal::{Query, answer::A};
+        let p = 11;
+        let group = placement::group_named_in(p, "group", 0);
+        let mut store = MemStore::default();
+        let create = Op::CreateGroup(command::CreateGroup {
+            group: group.clone(),
+            creator: "owner".into(),
+            now_ms: 1_000,
+            ..command::CreateGroup::default()
+        });
+        run(p, &mut store, create);
+        for user in ["alice", "bob", "carol"] {
+            let join = Op::JoinGroup(command::JoinGroup {
+                group: group.clone(),
+                user: user.into(),
+                now_ms: 1_000,
+            });
+            run(p, &mut store, join);
+        }
+        let post = |store: &mut MemStore, id: &str, text: &str| {
+            let op = Op::Post(command::Post {
+                group: group.clone(),
+                from: "alice".into(),
+                client_msg_id: id.into(),
+                text: text.into(),
+                now_ms: 1_000,
+                reply_to: String::new(),
+            });
+            match run(p, store, op) {
+                outcome::Result::Posted(posted) => posted.message_id,
+                other => panic!("not posted: {other:?}"),
+            }
+        };
+        let first = post(&mut store, "m1", "hi @bob and @zed");
+        let second = post(&mut store, "m2", "oops");
+        let change_op = |client_id: &str, c: MessageChange, now_ms: u64| {
+            Op::ChangeGroupMessage(command::ChangeGroupMessage {
+                group: group.clone(),
+                client_msg_id: client_id.into(),
+                change: Some(c),
+                now_ms,
+                edit_window_ms: HOUR,
+            })
+        };
+        let refusal = |r: outcome::Result| match r {
+            outcome::Result::Changed(c) => Refusal::from_u32(c.refused),
+            _ => None,
+        };
+        let edit = change(message_change::Kind::Edit, &first, "hi @bob", "alice");
+        let Some(outcome::Result::Posted(edited)) =
+            Some(run(p, &mut store, change_op("e1", edit.clone(), 2_000)))
+        else {
+            panic!("edit refused")
+        };
+        let Some(outcome::Result::Posted(again)) = Some(run(p, &mut store, change_op("e1", edit, 9 * HOUR)))
+        else {
+            panic!("resend refused")
+        };
+        assert!(again.duplicate && again.group_seq == edited.group_seq);
+        let cases = [
+            (
+                change(message_change::Kind::Edit, &first, "x", "bob"),
+                2_000,
+                Some(Refusal::NotAuthor),
+            ),
+            (
+                change(message_change::Kind::Edit, &first, "x", "alice"),
+                9 * HOUR,
+                Some(Refusal::TooLate),
+            ),
+            (
+                change(message_change::Kind::Recall, &first, "", "carol"),
+                2_000,
+                Some(Refusal::NotAuthor),
+            ),
+            (
+                change(message_change::Kind::React, &first, "👍", "mallory"),
+                2_000,
+                Some(Refusal::NotFound),
+            ),
+            (
+                change(message_change::Kind::React, &edited.message_id, "👍", "bob"),
+                2_000,
+                Some(Refusal::NotFound),
+            ),
+            (
+                change(message_change::Kind::React, &first, "👍", "bob"),
+                2_000,
+                None,
+            ),
+            (
+                change(message_change::Kind::Recall, &second, "", "owner"),
+                2_000,
+                None,
+            ),
+            (
+                change(message_change::Kind::Edit, &second, "back", "alice"),
+                2_000,
+                Some(Refusal::NotFound),
+            ),
+        ];
+        for (n, (c, now, want)) in cases.into_iter().enumerate() {
+            let got = refusal(run(p, &mut store, change_op(&format!("c{n}"), c.clone(), now)));
+            assert_eq!(got, want, "{c:?}");
+        }
+        let history = |user: &str| {
+            let q = Q::GroupHistory(query::GroupHistory {
+                group: group.clone(),
+                user: user.into(),
+                before: 0,
+                limit: 10,
+            });
+            let Some(A::Posts(page)) = crate::query::evaluate(p, &Query { q: Some(q) }, &store)
+                .unwrap()
+                .a
+            else {
+                panic!("no posts");
+            };
+            page.posts
+                .into_iter()
+                .filter_map(|post| post.message)
+                .filter(|m| m.event.is_none())
+                .map(|m| {
+                    let s = m.state.unwrap_or_default();
+                    (m.text, s.edited, s.recalled, s.reactions.len(), m.mentions)
+                })
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(
+            history("bob"),
+            [
+                (String::new(), false, true, 0, vec![]),
+                ("hi @bob".to_string(), true, false, 1, vec!["bob".to_string()]),
+            ]
+        );
+        assert_eq!(history("carol")[1].4, Vec::<String>::new());
     }
 }

@@ -140,6 +140,9 @@ pub fn apply(p: Partition, command: &[u8], store: &mut impl Store) -> Result<Out
                     text: item.text,
                     group_seq: item.group_seq,
                     group_event: item.event,
+                    reply_to: item.reply_to,
+                    change: item.change,
+                    mentioned: item.mentioned,
                     ..InboxEntry::default()
                 };
                 let origin = keys::group_origin(&f.group, item.group_seq);
@@ -194,6 +197,7 @@ pub fn apply(p: Partition, command: &[u8], store: &mut impl Store) -> Result<Out
         Op::RemoveNode(r) => membership::remove(store, r)?,
         Op::PurgeGroup(c) => crate::admin::purge_group(p, store, &c)?,
         Op::ChangeMessage(c) => crate::changes::apply_private(p, store, c, append)?,
+        Op::ChangeGroupMessage(c) => crate::changes::apply_group(p, store, c)?,
         Op::FanoutDone(d) if d.all => {
             if let Some(mut record) = group(p, store, &d.group)?
                 && d.group_seq > record.fanout_seq
@@ -269,6 +273,7 @@ fn misplaced(p: Partition, op: &Op) -> Option<String> {
         Op::DropMember(d) => group(&d.group),
         Op::PurgeUser(u) => user(&u.user),
         Op::ChangeMessage(c) => user(&c.user),
+        Op::ChangeGroupMessage(c) => group(&c.group),
         Op::Sweep(_) | Op::JoinCluster(_) | Op::LeaveCluster(_) | Op::RemoveNode(_) => None,
     }
 }
@@ -685,6 +690,7 @@ fn post(p: Partition, store: &mut impl Store, post: command::Post) -> Result<out
             }
         }
     }
+    let mentions = crate::changes::mentions(&post.text, &recipients);
     let message = GroupMessage {
         message_id: message_id.clone(),
         from: post.from,
@@ -692,7 +698,9 @@ fn post(p: Partition, store: &mut impl Store, post: command::Post) -> Result<out
         text: post.text,
         client_msg_id: post.client_msg_id,
         recipients,
-        event: None,
+        reply_to: post.reply_to,
+        mentions,
+        ..GroupMessage::default()
     };
     store.put(
         keys::seq_key(p, tree::GROUPS, &post.group, kind::MESSAGE, group_seq),
@@ -1099,6 +1107,7 @@ mod tests {
                 client_msg_id: id.into(),
                 text: "hi".into(),
                 now_ms: 5,
+                reply_to: String::new(),
             })
         };
         assert_eq!(

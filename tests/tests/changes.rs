@@ -1,5 +1,5 @@
 //! Message changes across a three-node cluster (replicas 3): replies, edits, recalls
-//! and reactions of private messages reach every device of both participants live,
+//! and reactions of private and group messages (and mentions in groups) reach every device of both participants live,
 //! come back by sync, and history shows each message as its changes left it. Only
 //! the author edits or recalls, edits only within the edit window, and a resent change
 //! is stored once. The CLI commands do the same with their exit codes.
@@ -204,6 +204,128 @@ async fn private_changes_reach_every_device_come_back_by_sync_and_show_in_histor
         let inbox = late.sync_all(0).await.unwrap();
         assert_eq!(changes(&inbox), want, "{user}");
     }
+}
+
+#[tokio::test]
+async fn group_changes_replies_and_mentions_reach_every_member_device_and_history() {
+    let [a, b, c] = three_nodes(["gc1", "gc2", "gc3"]).await;
+    register(&a, &["olga", "ann", "ben"]).await;
+    let (olga, mut olga_pushes, _) = a.login("olga").await.unwrap();
+    let (ann, mut ann_pushes, _) = b.login("ann").await.unwrap();
+    let (ben, mut ben_pushes, _) = c.login("ben").await.unwrap();
+    let (_ben_laptop, mut laptop_pushes, _) = a.login("ben").await.unwrap();
+    olga.create_group("crew").await.unwrap();
+    ann.join_group("crew").await.unwrap();
+    ben.join_group("crew").await.unwrap();
+
+    // A mention flags the mentioned member's copy only.
+    let post = ann.send_group("crew", "hi @ben, look").await.unwrap().message_id;
+    let to_ben = next_delivery(&mut ben_pushes).await.unwrap();
+    assert_eq!(
+        (to_ben.message_id.as_str(), to_ben.mentioned),
+        (post.as_str(), true)
+    );
+    assert!(next_delivery(&mut laptop_pushes).await.unwrap().mentioned);
+    let to_olga = next_delivery(&mut olga_pushes).await.unwrap();
+    assert_eq!(
+        (to_olga.message_id.as_str(), to_olga.mentioned),
+        (post.as_str(), false)
+    );
+    let answer = ben
+        .send_group_reply("crew", "r1", "seen", &post)
+        .await
+        .unwrap()
+        .message_id;
+    let got = next_delivery(&mut ann_pushes).await.unwrap();
+    assert_eq!(
+        (got.text.as_str(), got.reply_to.as_str()),
+        ("seen", post.as_str())
+    );
+
+    // Edits and reactions reach every member's devices, the author's too.
+    ann.edit(&post, "hi @ben, look!").await.unwrap();
+    for pushes in [
+        &mut ben_pushes,
+        &mut laptop_pushes,
+        &mut olga_pushes,
+        &mut ann_pushes,
+    ] {
+        let (d, c) = next_change(pushes, Kind::Edit).await;
+        assert_eq!(
+            (d.conversation.as_str(), c.message_id.as_str()),
+            ("crew", post.as_str())
+        );
+    }
+    ben.react(&post, "👍").await.unwrap();
+    assert_eq!(next_change(&mut ann_pushes, Kind::React).await.1.text, "👍");
+
+    // Only the author edits; a member may not recall another's post, the owner may.
+    assert_eq!(code(ben.edit(&post, "mine").await), Some(ErrorCode::NotAuthor));
+    assert_eq!(code(ann.recall(&answer).await), Some(ErrorCode::NotAuthor));
+    olga.recall(&answer).await.unwrap();
+    assert_eq!(
+        next_change(&mut laptop_pushes, Kind::Recall).await.1.message_id,
+        answer
+    );
+
+    let shown = wait_for("the changes in the group's history", DEADLINE, || async {
+        let page = ben.history(ConversationKind::Group, "crew", 0, 0).await.ok()?;
+        let msgs: Vec<Delivery> = page
+            .messages
+            .into_iter()
+            .filter(|d| d.group_event.is_none())
+            .collect();
+        msgs.iter().any(|d| d.recalled).then_some(msgs)
+    })
+    .await
+    .unwrap();
+    let view: Vec<_> = shown
+        .iter()
+        .map(|d| {
+            let reactions: Vec<_> = d
+                .reactions
+                .iter()
+                .map(|r| (r.emoji.clone(), r.users.join(",")))
+                .collect();
+            (
+                d.text.clone(),
+                d.edited,
+                d.recalled,
+                d.reply_to.clone(),
+                d.mentioned,
+                reactions,
+            )
+        })
+        .collect();
+    assert_eq!(
+        view,
+        [
+            (String::new(), false, true, post.clone(), false, vec![]),
+            (
+                "hi @ben, look!".into(),
+                true,
+                false,
+                String::new(),
+                true,
+                vec![("👍".into(), "ben".into())]
+            ),
+        ]
+    );
+    // A device that was away syncs the changes in the group's order.
+    let (late, _, _) = b.login("ben").await.unwrap();
+    let inbox = late.sync_all(0).await.unwrap();
+    let kinds: Vec<_> = changes(&inbox)
+        .into_iter()
+        .map(|(by, kind, ..)| (by, kind))
+        .collect();
+    assert_eq!(
+        kinds,
+        [
+            ("ann".to_string(), Kind::Edit),
+            ("ben".into(), Kind::React),
+            ("olga".into(), Kind::Recall)
+        ]
+    );
 }
 
 #[tokio::test]

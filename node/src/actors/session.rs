@@ -698,6 +698,7 @@ impl SessionState {
             B::SendGroup(m) => {
                 check_name(&m.group)?;
                 check_msg(&m.client_msg_id, &m.text, cfg.client.max_text_bytes)?;
+                crate::changes::check_reply_to(&m.reply_to)?;
                 let reply = self.send_reply(id, permit, m.client_msg_id.clone());
                 let from = self.me().to_owned();
                 self.ctx.router.to_group(
@@ -706,6 +707,7 @@ impl SessionState {
                         from,
                         client_msg_id: m.client_msg_id,
                         text: m.text,
+                        reply_to: m.reply_to,
                         reply,
                     },
                 );
@@ -727,9 +729,15 @@ impl SessionState {
                             reply,
                         },
                     ),
-                    crate::changes::Home::Group(..) => {
-                        reply(Err(ChatError::NotFound("changes of group messages".into())))
-                    }
+                    crate::changes::Home::Group(group, _) => self.ctx.router.to_group(
+                        &group,
+                        GroupMsg::Change {
+                            client_msg_id: m.client_msg_id,
+                            change,
+                            edit_window_ms: cfg.client.edit_window_ms,
+                            reply,
+                        },
+                    ),
                 }
             }
             B::AckDelivered(a) => self.ack(id, AckKind::Delivered, a.up_to_seq, permit),

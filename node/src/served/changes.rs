@@ -1,5 +1,6 @@
-//! Changes of private messages (edits, recalls, reactions), served through the Raft
-//! core: decided in the recipient's inbox (its partition's state machine,
+//! Changes of messages (edits, recalls, reactions), served through the Raft core. A
+//! group message's change is decided and posted in the group's partition, then fanned
+//! out like a post. A private message's change is decided in the recipient's inbox (its partition's state machine,
 //! `chat_state::changes`), then copied to the other participant's inbox; each entry
 //! is pushed to its user's sessions once committed. The SendAck waits for both, so a
 //! resend (same client_msg_id) completes whichever is missing.
@@ -70,6 +71,39 @@ impl Served {
             seq: at.seq,
             timestamp_ms: at.timestamp_ms,
         })
+    }
+
+    /// Changes a message of `group`: decided and posted in the group's order, then
+    /// fanned out to its members like a post.
+    pub(super) fn change_group(
+        self: &Arc<Self>,
+        group: String,
+        ask: ChangeAsk,
+        reply: crate::actors::Reply<ChatResult<Appended>>,
+    ) {
+        let op = Op::ChangeGroupMessage(command::ChangeGroupMessage {
+            group: group.clone(),
+            client_msg_id: ask.client_msg_id,
+            change: Some(ask.change),
+            now_ms: crate::storage::now_ms(),
+            edit_window_ms: ask.edit_window_ms,
+        });
+        let me = self.clone();
+        self.propose(partition::of_group(&group), op, move |r| match r {
+            Ok(outcome::Result::Posted(p)) => {
+                reply(Ok(Appended {
+                    message_id: p.message_id,
+                    seq: p.group_seq,
+                    timestamp_ms: p.timestamp_ms,
+                }));
+                me.fan_out(group);
+            }
+            Ok(other) => reply(
+                changed(other, ask.edit_window_ms)
+                    .and_then(|c| Err(ChatError::Internal(format!("a group change answered {c:?}")))),
+            ),
+            Err(e) => reply(Err(e)),
+        });
     }
 
     fn push_change(&self, user: &str, ask: &ChangeAsk, c: &Changed) {

@@ -583,6 +583,7 @@ impl Served {
                 from,
                 client_msg_id,
                 text,
+                reply_to,
                 reply,
             } => {
                 let op = Op::Post(command::Post {
@@ -591,6 +592,7 @@ impl Served {
                     client_msg_id,
                     text,
                     now_ms: storage::now_ms(),
+                    reply_to,
                 });
                 let me = self.clone();
                 self.propose(p, op, move |r| match r {
@@ -612,6 +614,20 @@ impl Served {
                     Ok(other) => reply(Err(unexpected_outcome(&other))),
                     Err(e) => reply(Err(e)),
                 });
+            }
+            GroupMsg::Change {
+                client_msg_id,
+                change,
+                edit_window_ms,
+                reply,
+            } => {
+                let ask = changes::ChangeAsk {
+                    client_msg_id,
+                    change,
+                    edit_window_ms,
+                    session: 0,
+                };
+                self.change_group(group, ask, reply);
             }
             GroupMsg::History {
                 user,
@@ -812,6 +828,9 @@ impl Served {
                 text: item.text,
                 group_seq: item.group_seq,
                 group_event: item.event,
+                reply_to: item.reply_to,
+                change: item.change,
+                mentioned: item.mentioned,
                 ..InboxEntry::default()
             };
             push(&self.remote, &item.user, seq, &entry, 0);
@@ -953,6 +972,11 @@ fn group_deliveries(group: &str, posts: Vec<answer::Post>) -> Vec<v1::Delivery> 
                 text: m.text,
                 group_seq: p.group_seq,
                 group_event: m.event,
+                reply_to: m.reply_to,
+                edited: m.state.as_ref().is_some_and(|s| s.edited),
+                recalled: m.state.as_ref().is_some_and(|s| s.recalled),
+                reactions: m.state.map(|s| s.reactions).unwrap_or_default(),
+                mentioned: !m.mentions.is_empty(),
                 ..v1::Delivery::default()
             })
         })
