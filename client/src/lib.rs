@@ -90,6 +90,8 @@ fn server_text(code: ErrorCode, message: &str) -> String {
         ErrorCode::AccountDisabled => "this account is disabled",
         ErrorCode::NotAllowed => "that user does not accept messages from you",
         ErrorCode::Forbidden => "your role in the group does not allow this, or you may not join it",
+        ErrorCode::NotAuthor => "only the author may edit or recall that message",
+        ErrorCode::EditWindowClosed => "that message is too old to edit",
         ErrorCode::Unexpected | ErrorCode::Unspecified => "the server did not expect this request",
     }
     .to_owned()
@@ -558,12 +560,24 @@ impl Client {
         client_msg_id: &str,
         text: &str,
     ) -> Result<v1::SendAck> {
+        self.send_private_reply(to, client_msg_id, text, "").await
+    }
+
+    /// Sends a private message answering message `reply_to` (empty: none).
+    pub async fn send_private_reply(
+        &self,
+        to: &str,
+        client_msg_id: &str,
+        text: &str,
+        reply_to: &str,
+    ) -> Result<v1::SendAck> {
         self.check_length(text)?;
         expect_ack(
             self.request(Req::SendPrivate(v1::SendPrivate {
                 to: to.into(),
                 client_msg_id: client_msg_id.into(),
                 text: text.into(),
+                reply_to: reply_to.into(),
             }))
             .await?,
         )
@@ -581,15 +595,75 @@ impl Client {
         client_msg_id: &str,
         text: &str,
     ) -> Result<v1::SendAck> {
+        self.send_group_reply(group, client_msg_id, text, "").await
+    }
+
+    /// Sends a group message answering message `reply_to` (empty: none).
+    pub async fn send_group_reply(
+        &self,
+        group: &str,
+        client_msg_id: &str,
+        text: &str,
+        reply_to: &str,
+    ) -> Result<v1::SendAck> {
         self.check_length(text)?;
         expect_ack(
             self.request(Req::SendGroup(v1::SendGroup {
                 group: group.into(),
                 client_msg_id: client_msg_id.into(),
                 text: text.into(),
+                reply_to: reply_to.into(),
             }))
             .await?,
         )
+    }
+
+    /// Changes message `message_id`: `kind` EDIT (`text` the new text), RECALL, or
+    /// REACT (`text` the emoji, empty to remove it). Resend with the same
+    /// `client_msg_id` to retry.
+    pub async fn change_message(
+        &self,
+        client_msg_id: &str,
+        kind: v1::message_change::Kind,
+        message_id: &str,
+        text: &str,
+    ) -> Result<v1::SendAck> {
+        if kind == v1::message_change::Kind::Edit {
+            self.check_length(text)?;
+        }
+        expect_ack(
+            self.request(Req::ChangeMessage(v1::ChangeMessage {
+                client_msg_id: client_msg_id.into(),
+                change: Some(v1::MessageChange {
+                    kind: kind as i32,
+                    message_id: message_id.into(),
+                    text: text.into(),
+                    by: String::new(),
+                }),
+            }))
+            .await?,
+        )
+    }
+
+    /// Edits an own message (a fresh client message id).
+    pub async fn edit(&self, message_id: &str, text: &str) -> Result<v1::SendAck> {
+        let kind = v1::message_change::Kind::Edit;
+        self.change_message(&new_client_msg_id(), kind, message_id, text)
+            .await
+    }
+
+    /// Recalls (deletes for everyone) a message.
+    pub async fn recall(&self, message_id: &str) -> Result<v1::SendAck> {
+        let kind = v1::message_change::Kind::Recall;
+        self.change_message(&new_client_msg_id(), kind, message_id, "")
+            .await
+    }
+
+    /// Reacts to a message with `emoji` (empty: removes the reaction).
+    pub async fn react(&self, message_id: &str, emoji: &str) -> Result<v1::SendAck> {
+        let kind = v1::message_change::Kind::React;
+        self.change_message(&new_client_msg_id(), kind, message_id, emoji)
+            .await
     }
 
     /// Marks everything up to `seq` as delivered.
@@ -937,7 +1011,42 @@ pub fn format_delivery(d: &v1::Delivery) -> String {
     };
     // Group history entries carry only the group's seq.
     let seq = if d.seq == 0 { d.group_seq } else { d.seq };
-    format!("[{}] {} -> {}: {}", seq, d.from, to, d.text)
+    if let Some(c) = &d.change {
+        return format!("[{seq}] {} -> {to}: {}", d.from, format_change(c));
+    }
+    let mut line = format!("[{}] {} -> {}: {}", seq, d.from, to, d.text);
+    if d.recalled {
+        line = format!("[{seq}] {} -> {to}: (recalled)", d.from);
+    } else if d.edited {
+        line.push_str(" (edited)");
+    }
+    if !d.reply_to.is_empty() {
+        line.push_str(&format!(" (reply to {})", d.reply_to));
+    }
+    for r in &d.reactions {
+        line.push_str(&format!(" [{} {}]", r.emoji, r.users.join(",")));
+    }
+    if d.mentioned {
+        line.push_str(" (mentions you)");
+    }
+    if !d.message_id.is_empty() {
+        line.push_str(&format!("  id {}", d.message_id));
+    }
+    line
+}
+
+/// A change of a message in words: `edited p:bob:3: new text`, `recalled p:bob:3`,
+/// `reacted 👍 to p:bob:3`, `removed the reaction to p:bob:3`.
+pub fn format_change(c: &v1::MessageChange) -> String {
+    use v1::message_change::Kind;
+    let id = &c.message_id;
+    match c.kind() {
+        Kind::Edit => format!("edited {id}: {}", c.text),
+        Kind::Recall => format!("recalled {id}"),
+        Kind::React if c.text.is_empty() => format!("removed the reaction to {id}"),
+        Kind::React => format!("reacted {} to {id}", c.text),
+        Kind::Unspecified => format!("changed {id}"),
+    }
 }
 
 /// A contact event in words, as its inbox's owner sees it: `contact: bob asked you`.

@@ -723,6 +723,7 @@ impl Client {
                     from: user,
                     client_msg_id: client_id,
                     now_ms: now,
+                    reply_to: String::new(),
                 }),
             ),
         }

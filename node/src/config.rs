@@ -109,6 +109,9 @@ pub struct ClientConfig {
     /// sender's other devices get it (and History shows both directions). It doubles
     /// the inbox writes of private messages. Default: true.
     pub copy_own_messages: bool,
+    /// How long after sending its author may edit a message (ChangeMessage EDIT), in
+    /// milliseconds; older ones get EDIT_WINDOW_CLOSED. Default: 86400000 (24 h).
+    pub edit_window_ms: u64,
     /// Serve clients over TLS with this certificate and key. Default: none (plain TCP).
     pub tls: Option<TlsFiles>,
     /// Also accept clients over WebSocket here (binary messages, one protobuf message
@@ -235,6 +238,7 @@ impl Default for ClientConfig {
             max_requests_per_sec: 1000,
             request_burst: 2000,
             copy_own_messages: true,
+            edit_window_ms: 24 * 3_600_000,
             tls: None,
             websocket_listen: None,
             web_dir: None,

@@ -49,6 +49,12 @@ pub enum ChatError {
     /// Groups: the role does not allow it, the group is private, or a ban.
     #[error("{0}")]
     Forbidden(String),
+    /// A message change by someone who may not make it (not the author).
+    #[error("{0}")]
+    NotAuthor(String),
+    /// An edit after the edit window.
+    #[error("the message is older than the edit window of {0} s")]
+    EditWindowClosed(u64),
     /// Login: an operator disabled the account.
     #[error("this account is disabled")]
     AccountDisabled,
@@ -89,6 +95,8 @@ impl ChatError {
             Self::AccountDisabled => ErrorCode::AccountDisabled,
             Self::NotAllowed(_) => ErrorCode::NotAllowed,
             Self::Forbidden(_) => ErrorCode::Forbidden,
+            Self::NotAuthor(_) => ErrorCode::NotAuthor,
+            Self::EditWindowClosed(_) => ErrorCode::EditWindowClosed,
             Self::Internal(_) => ErrorCode::Internal,
             Self::Peer { code, .. } => *code,
         }

@@ -6,6 +6,7 @@ pub mod actors;
 pub mod admin;
 pub mod admin_users;
 pub mod auth;
+pub mod changes;
 pub mod cluster;
 pub mod config;
 pub mod consensus;

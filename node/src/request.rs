@@ -41,6 +41,8 @@ pub struct Draft {
     pub receipt: Option<v1::Receipt>,
     /// For the sender's own copy of a private message it sent.
     pub own_copy: Option<Box<OwnCopy>>,
+    /// The message this one answers (empty: none).
+    pub reply_to: String,
 }
 
 /// What the sender's own copy of a private message keeps of the original.
@@ -85,8 +87,8 @@ impl Draft {
             group_seq,
             origin: Vec::new(),
             receipt: self.receipt,
-            contact: None,
-            group_event: None,
+            reply_to: self.reply_to,
+            ..InboxEntry::default()
         }
     }
 
@@ -100,6 +102,7 @@ impl Draft {
             group: None,
             receipt: Some(receipt),
             own_copy: None,
+            reply_to: String::new(),
         }
     }
 }
@@ -200,6 +203,20 @@ pub enum InboxMsg {
         /// Gets (delivered, read) once durable.
         reply: Reply<ChatResult<(u64, u64)>>,
     },
+    /// Change a message of this inbox (the recipient's, for a private message): the
+    /// change is decided here, and a copy goes to the other participant's inbox.
+    Change {
+        /// Dedupe key of the change (per author of the change).
+        client_msg_id: String,
+        /// What; `by` is the user.
+        change: v1::MessageChange,
+        /// Edits of older messages are refused.
+        edit_window_ms: u64,
+        /// The session that asked: its own copy is not pushed back to it.
+        session: u64,
+        /// Gets the change's place in this inbox once both inboxes have it.
+        reply: Reply<ChatResult<Appended>>,
+    },
     /// Record that the user joined (true) or left (false) a group.
     Membership {
         /// The group.
@@ -230,6 +247,7 @@ impl InboxMsg {
     pub fn fail(self, err: ChatError) {
         match self {
             Self::Append { reply, .. } => reply(Err(err)),
+            Self::Change { reply, .. } => reply(Err(err)),
             Self::Attach { reply, .. } => reply(Err(err)),
             Self::Fetch { reply, .. } => reply(Err(err)),
             Self::History { reply, .. } => reply(Err(err)),
@@ -299,7 +317,20 @@ pub enum GroupMsg {
         client_msg_id: String,
         /// Text.
         text: String,
+        /// The message it answers (empty: none).
+        reply_to: String,
         /// Gets the id and group seq once durable.
+        reply: Reply<ChatResult<Appended>>,
+    },
+    /// Change a message of the group (decided in the group's order, then fanned out).
+    Change {
+        /// Dedupe key of the change (per author of the change).
+        client_msg_id: String,
+        /// What; `by` is the user.
+        change: v1::MessageChange,
+        /// Edits of older messages are refused.
+        edit_window_ms: u64,
+        /// Gets the change's id and group seq once durable.
         reply: Reply<ChatResult<Appended>>,
     },
     /// The group's messages with seq < `before`, newest first, for a member.
@@ -369,6 +400,7 @@ impl GroupMsg {
             }
             Self::Members { reply, .. } => reply(Err(err)),
             Self::Post { reply, .. } => reply(Err(err)),
+            Self::Change { reply, .. } => reply(Err(err)),
             Self::History { reply, .. } => reply(Err(err)),
             Self::Receipts { reply, .. } => reply(Err(err)),
         }
@@ -665,6 +697,12 @@ pub fn to_delivery(seq: u64, e: &InboxEntry) -> v1::Delivery {
         group_seq: e.group_seq,
         contact: e.contact.clone(),
         group_event: e.group_event.clone(),
+        reply_to: e.reply_to.clone(),
+        change: e.change.clone(),
+        edited: e.state.as_ref().is_some_and(|s| s.edited),
+        recalled: e.state.as_ref().is_some_and(|s| s.recalled),
+        reactions: e.state.as_ref().map(|s| s.reactions.clone()).unwrap_or_default(),
+        mentioned: e.mentioned,
     }
 }
 

@@ -226,6 +226,7 @@ mod tests {
                 to: "bob".into(),
                 client_msg_id: "1".into(),
                 text: "x".repeat(100),
+                ..Default::default()
             })),
         };
         let mut buf = BytesMut::new();

@@ -606,6 +606,7 @@ mod tests {
                 client_msg_id: format!("c{i}"),
                 text: "t".into(),
                 now_ms: 1,
+                reply_to: String::new(),
             });
             run(p, &mut store, post);
         }
@@ -638,6 +639,7 @@ mod tests {
             client_msg_id: "late".into(),
             text: "t".into(),
             now_ms: 1,
+            reply_to: String::new(),
         });
         assert_eq!(run(p, &mut store, post), outcome::Result::NotFound(Empty {}));
         let join = Op::JoinGroup(command::JoinGroup {

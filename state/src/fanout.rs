@@ -112,13 +112,16 @@ pub fn plan(p: Partition, store: &impl Store, group_name: &str, max_posts: u64) 
             *batch_bytes += bytes;
             plan_bytes += bytes;
             items.extend(users.into_iter().map(|user| FanoutItem {
-                user: user.clone(),
                 group_seq,
                 message_id: post.message_id.clone(),
                 from: post.from.clone(),
                 timestamp_ms: post.timestamp_ms,
                 text: post.text.clone(),
                 event: post.event.clone(),
+                reply_to: post.reply_to.clone(),
+                change: post.change.clone(),
+                mentioned: post.mentions.contains(user),
+                user: user.clone(),
             }));
         }
         if !pending_seen {
@@ -194,6 +197,7 @@ mod tests {
                     client_msg_id: i.to_string(),
                     text: format!("post {i}"),
                     now_ms: i,
+                    reply_to: String::new(),
                 }),
             );
         }
@@ -332,6 +336,7 @@ mod tests {
                 client_msg_id: i.to_string(),
                 text: big.clone(),
                 now_ms: i,
+                reply_to: String::new(),
             });
             run(p, &mut s, post);
         }

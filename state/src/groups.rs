@@ -92,7 +92,7 @@ pub fn members_of(p: Partition, store: &impl Store, group: &str) -> Result<Vec<(
     Ok(out)
 }
 
-fn put_record(p: Partition, store: &mut impl Store, name: &str, record: &GroupRecord) {
+pub(crate) fn put_record(p: Partition, store: &mut impl Store, name: &str, record: &GroupRecord) {
     store.put(
         keys::scoped(p, tree::GROUPS, name, kind::META),
         record.encode_to_vec(),

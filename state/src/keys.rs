@@ -5,7 +5,8 @@
 //! - accounts: `name` → `AccountRecord`
 //! - tokens: `scope(user) ‖ token` → `TokenRecord`
 //! - inbox: `scope(user) ‖ kind ‖ ...` with kinds META → `InboxMeta`, ENTRY ‖ seq →
-//!   `InboxEntry`, ORIGIN ‖ origin → seq, GROUP ‖ group → ()
+//!   `InboxEntry`, ORIGIN ‖ origin → seq, GROUP ‖ group → (), CHANGES ‖ message id →
+//!   `MessageState`
 //! - groups: `scope(group) ‖ kind ‖ ...` with kinds META → `GroupRecord`, MEMBER ‖ user
 //!   → `MemberEntry`, INVITED ‖ user → `Invitation`, BANNED ‖ user → (), ORIGIN ‖ scope(sender) ‖ client id → group seq, MESSAGE ‖ seq →
 //!   `GroupMessage`, FANOUT ‖ partition → the group seq delivered there
@@ -68,6 +69,9 @@ pub mod kind {
     pub const INVITED: u8 = 6;
     /// A user banned from a group, by name.
     pub const BANNED: u8 = 7;
+    /// What the changes of a message left of it (`MessageState`): by message id in an
+    /// inbox, by group seq in a group.
+    pub const CHANGES: u8 = 8;
 }
 
 /// Everything of a partition starts with this.

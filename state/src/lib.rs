@@ -11,6 +11,8 @@
 //! - [`devices`]: a user's tokens as devices: ids, listing, revoking one, last logins.
 //! - [`contacts`]: who asked whom, and who agreed (the pair's record decides).
 //! - [`governance`]: who may do what in a group (roles, invitations, bans).
+//! - [`changes`]: edits, recalls and reactions of sent messages: who may, and what
+//!   they leave of a message.
 //! - [`groups`]: what group commands do, each change an event in the group's order.
 //! - [`fanout`]: which posts of a group still have to reach which partitions.
 //! - [`query`]: what a leader answers reads with.
@@ -18,6 +20,7 @@
 //! - [`snapshot`]: a partition's records as the bytes of a Raft snapshot.
 
 pub mod admin;
+pub mod changes;
 pub mod contacts;
 pub mod devices;
 pub mod fanout;

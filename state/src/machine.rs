@@ -140,6 +140,9 @@ pub fn apply(p: Partition, command: &[u8], store: &mut impl Store) -> Result<Out
                     text: item.text,
                     group_seq: item.group_seq,
                     group_event: item.event,
+                    reply_to: item.reply_to,
+                    change: item.change,
+                    mentioned: item.mentioned,
                     ..InboxEntry::default()
                 };
                 let origin = keys::group_origin(&f.group, item.group_seq);
@@ -193,6 +196,8 @@ pub fn apply(p: Partition, command: &[u8], store: &mut impl Store) -> Result<Out
         Op::LeaveCluster(l) => membership::leave(store, l)?,
         Op::RemoveNode(r) => membership::remove(store, r)?,
         Op::PurgeGroup(c) => crate::admin::purge_group(p, store, &c)?,
+        Op::ChangeMessage(c) => crate::changes::apply_private(p, store, c, append)?,
+        Op::ChangeGroupMessage(c) => crate::changes::apply_group(p, store, c)?,
         Op::FanoutDone(d) if d.all => {
             if let Some(mut record) = group(p, store, &d.group)?
                 && d.group_seq > record.fanout_seq
@@ -267,6 +272,8 @@ fn misplaced(p: Partition, op: &Op) -> Option<String> {
         Op::GroupAdmin(a) => group(&a.group),
         Op::DropMember(d) => group(&d.group),
         Op::PurgeUser(u) => user(&u.user),
+        Op::ChangeMessage(c) => user(&c.user),
+        Op::ChangeGroupMessage(c) => group(&c.group),
         Op::Sweep(_) | Op::JoinCluster(_) | Op::LeaveCluster(_) | Op::RemoveNode(_) => None,
     }
 }
@@ -483,7 +490,7 @@ fn inbox_meta(p: Partition, store: &impl Store, user: &str) -> Result<InboxMeta>
 
 /// Stores `entry` in `user`'s inbox unless `origin` is already there; returns the
 /// entry's place and whether it was there before.
-fn append(
+pub(crate) fn append(
     p: Partition,
     store: &mut impl Store,
     user: &str,
@@ -512,10 +519,11 @@ fn append(
     let mut meta = inbox_meta(p, store, user)?;
     let seq = meta.last_seq + 1;
     if entry.message_id.is_empty() {
-        let prefix = match (&entry.receipt, &entry.contact) {
-            (Some(_), _) => "r",
-            (None, Some(_)) => "c",
-            (None, None) => "p",
+        let prefix = match (&entry.receipt, &entry.contact, &entry.change) {
+            (Some(_), _, _) => "r",
+            (None, Some(_), _) => "c",
+            (None, None, Some(_)) => "x",
+            (None, None, None) => "p",
         };
         entry.message_id = format!("{prefix}:{user}:{seq}");
     }
@@ -569,6 +577,9 @@ fn trim(
         store.delete(key);
         if let Some(e) = entry {
             store.delete(keys::suffix_key(p, tree::INBOX, user, kind::ORIGIN, &e.origin));
+            if e.change.is_none() {
+                store.delete(crate::changes::inbox_state_key(p, user, &e.message_id));
+            }
         }
         meta.first_seq = first + 1;
     }
@@ -679,6 +690,7 @@ fn post(p: Partition, store: &mut impl Store, post: command::Post) -> Result<out
             }
         }
     }
+    let mentions = crate::changes::mentions(&post.text, &recipients);
     let message = GroupMessage {
         message_id: message_id.clone(),
         from: post.from,
@@ -686,7 +698,9 @@ fn post(p: Partition, store: &mut impl Store, post: command::Post) -> Result<out
         text: post.text,
         client_msg_id: post.client_msg_id,
         recipients,
-        event: None,
+        reply_to: post.reply_to,
+        mentions,
+        ..GroupMessage::default()
     };
     store.put(
         keys::seq_key(p, tree::GROUPS, &post.group, kind::MESSAGE, group_seq),
@@ -1093,6 +1107,7 @@ mod tests {
                 client_msg_id: id.into(),
                 text: "hi".into(),
                 now_ms: 5,
+                reply_to: String::new(),
             })
         };
         assert_eq!(

@@ -243,8 +243,12 @@ fn private_history(p: Partition, store: &impl Store, h: &query::PrivateHistory) 
             && entry.kind == ConversationKind::Private as u32
             && entry.receipt.is_none()
             && entry.contact.is_none()
+            && entry.change.is_none()
             && (entry.from == h.peer || (entry.from == h.user && entry.conversation == h.peer))
         {
+            let mut entry = entry;
+            let state = crate::changes::inbox_state(p, store, &h.user, &entry.message_id)?;
+            crate::changes::view(&mut entry, (state != Default::default()).then_some(state));
             out.push(answer::Entry {
                 seq,
                 entry: Some(entry),
@@ -273,7 +277,10 @@ fn group_history(p: Partition, store: &impl Store, h: &query::GroupHistory) -> R
     let mut seq = top;
     while seq >= first && posts.len() < limit {
         let key = keys::seq_key(p, tree::GROUPS, &h.group, kind::MESSAGE, seq);
-        if let Some(message) = decode::<GroupMessage>(store.get(&key)?, "group message")? {
+        if let Some(mut message) = decode::<GroupMessage>(store.get(&key)?, "group message")?
+            && message.change.is_none()
+        {
+            crate::changes::view_post(p, store, &h.group, seq, &h.user, &mut message)?;
             posts.push(answer::Post {
                 group_seq: seq,
                 message: Some(message),
@@ -449,6 +456,7 @@ mod tests {
                 client_msg_id: format!("c{i}"),
                 text: format!("t{i}"),
                 now_ms: 1,
+                reply_to: String::new(),
             });
             apply_op(p, post, &mut store).unwrap();
         }
@@ -512,6 +520,7 @@ mod tests {
             client_msg_id: "c".into(),
             text: "t".into(),
             now_ms: 1,
+            reply_to: String::new(),
         });
         apply_op(p, post, &mut store).unwrap();
         let ask_plan = Q::FanoutPlan(query::GroupAsk {

@@ -51,8 +51,9 @@ pub struct Entry {
     pub group_seq: u64,
     /// The text.
     pub text: String,
-    /// A receipt or an event (a group's or a contact's) rather than a message: it takes
-    /// a seq but is no message.
+    /// A receipt, an event (a group's or a contact's) or a change of a message (an
+    /// edit, a recall, a reaction) rather than a message: it takes a seq but is no
+    /// message.
     pub no_message: bool,
 }
 
@@ -65,7 +66,10 @@ impl From<&chat_client::proto::Delivery> for Entry {
             conversation: d.conversation.clone(),
             group_seq: d.group_seq,
             text: d.text.clone(),
-            no_message: d.receipt.is_some() || d.group_event.is_some() || d.contact.is_some(),
+            no_message: d.receipt.is_some()
+                || d.group_event.is_some()
+                || d.contact.is_some()
+                || d.change.is_some(),
         }
     }
 }

@@ -475,10 +475,11 @@ pub async fn next_push<T>(
     }
 }
 
-/// The next message pushed (a delivery that is no contact or group event).
+/// The next message pushed (a delivery that is no contact or group event, nor a change
+/// of a message).
 pub async fn next_delivery(pushes: &mut UnboundedReceiver<Push>) -> Result<chat_protocol::v1::Delivery> {
     next_push(pushes, |p| match p {
-        Push::Delivery(d) if d.contact.is_none() && d.group_event.is_none() => Some(d),
+        Push::Delivery(d) if d.contact.is_none() && d.group_event.is_none() && d.change.is_none() => Some(d),
         _ => None,
     })
     .await

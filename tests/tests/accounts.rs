@@ -109,6 +109,7 @@ async fn requests_before_hello_are_answered_with_unexpected() {
             to: "x".into(),
             client_msg_id: "1".into(),
             text: "t".into(),
+            ..SendPrivate::default()
         })),
     })
     .await

@@ -112,6 +112,7 @@ async fn a_websocket_client_and_a_tcp_client_chat_both_ways() {
         to: "tcpuser".into(),
         client_msg_id: "w1".into(),
         text: "from the browser".into(),
+        ..proto::SendPrivate::default()
     };
     send(&mut ws, 5, Req::SendPrivate(msg)).await;
     assert!(matches!(answer(&mut ws, 5, &mut pushes).await, Resp::SendAck(_)));

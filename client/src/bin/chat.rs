@@ -61,6 +61,38 @@ enum Command {
         to: String,
         /// Text.
         text: String,
+        /// The id of the message this one answers.
+        #[arg(long, value_name = "MESSAGE_ID")]
+        reply_to: Option<String>,
+    },
+    /// Edit a message you sent (within the server's edit window, 24 h by default).
+    #[command(
+        after_help = "Example:\n  chat --user alice --password wonderland edit p:bob:3 \"see you at 6\""
+    )]
+    Edit {
+        /// The message's id (as `send`, `recv` and `history` print it).
+        message_id: String,
+        /// The new text.
+        text: String,
+    },
+    /// Delete a message for everyone (yours; in a group, owners and admins may
+    /// recall any).
+    #[command(
+        alias = "delete",
+        after_help = "Example:\n  chat --user alice --password wonderland recall p:bob:3"
+    )]
+    Recall {
+        /// The message's id.
+        message_id: String,
+    },
+    /// React to a message with an emoji (one per user: a new one replaces yours; an
+    /// empty one removes it).
+    #[command(after_help = "Example:\n  chat --user bob --password builder react p:bob:3 👍")]
+    React {
+        /// The message's id.
+        message_id: String,
+        /// The emoji; "" removes your reaction.
+        emoji: String,
     },
     /// Create a group (you become its owner and first member).
     #[command(after_help = "Example:\n  chat --user alice --password wonderland group-create rust --private")]
@@ -188,6 +220,9 @@ enum Command {
         group: String,
         /// Text.
         text: String,
+        /// The id of the message this one answers.
+        #[arg(long, value_name = "MESSAGE_ID")]
+        reply_to: Option<String>,
     },
     /// Print messages (offline ones first, then live ones) for SECS seconds.
     #[command(after_help = "Example:\n  chat --user bob --password builder recv --wait 30")]
@@ -519,9 +554,27 @@ async fn run(cli: Cli) -> Result<()> {
         | Command::Admin { .. } => {
             unreachable!("handled above")
         }
-        Command::Send { to, text } => {
-            let ack = client.send_private(&to, &text).await?;
+        Command::Send { to, text, reply_to } => {
+            let id = chat_client::new_client_msg_id();
+            let reply_to = reply_to.unwrap_or_default();
+            let ack = client.send_private_reply(&to, &id, &text, &reply_to).await?;
             println!("sent {} (seq {})", ack.message_id, ack.seq);
+        }
+        Command::Edit { message_id, text } => {
+            let ack = client.edit(&message_id, &text).await?;
+            println!("edited {message_id} ({})", ack.message_id);
+        }
+        Command::Recall { message_id } => {
+            let ack = client.recall(&message_id).await?;
+            println!("recalled {message_id} ({})", ack.message_id);
+        }
+        Command::React { message_id, emoji } => {
+            let ack = client.react(&message_id, &emoji).await?;
+            if emoji.is_empty() {
+                println!("removed your reaction to {message_id} ({})", ack.message_id);
+            } else {
+                println!("reacted {emoji} to {message_id} ({})", ack.message_id);
+            }
         }
         Command::GroupCreate {
             group,
@@ -592,8 +645,14 @@ async fn run(cli: Cli) -> Result<()> {
             client.leave_group(&group).await?;
             println!("left #{group}");
         }
-        Command::GroupSend { group, text } => {
-            let ack = client.send_group(&group, &text).await?;
+        Command::GroupSend {
+            group,
+            text,
+            reply_to,
+        } => {
+            let id = chat_client::new_client_msg_id();
+            let reply_to = reply_to.unwrap_or_default();
+            let ack = client.send_group_reply(&group, &id, &text, &reply_to).await?;
             println!("sent {} (group seq {})", ack.message_id, ack.seq);
         }
         Command::Recv { wait } => {

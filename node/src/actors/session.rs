@@ -636,6 +636,7 @@ impl SessionState {
                 let me = self.me().to_owned();
                 check_name(&m.to)?;
                 check_msg(&m.client_msg_id, &m.text, cfg.client.max_text_bytes)?;
+                crate::changes::check_reply_to(&m.reply_to)?;
                 let ack = self.send_reply(id, permit, m.client_msg_id.clone());
                 // Once the recipient has it, a copy goes to the sender's own inbox (its
                 // other devices show the whole conversation); the SendAck waits for both,
@@ -646,6 +647,7 @@ impl SessionState {
                     inbox::own_origin(&m.to, &m.client_msg_id),
                 );
                 let (sender, peer, text) = (me.clone(), m.to.clone(), m.text.clone());
+                let reply_to = m.reply_to.clone();
                 let to_self = m.to == me || !cfg.client.copy_own_messages;
                 let reply: Reply<ChatResult<Appended>> = Box::new(move |r| match r {
                     Ok(sent) if to_self => ack(Ok(sent)),
@@ -662,6 +664,7 @@ impl SessionState {
                                 timestamp_ms: sent.timestamp_ms,
                                 skip_session: session,
                             })),
+                            reply_to,
                         };
                         router.to_inbox(
                             &sender,
@@ -686,6 +689,7 @@ impl SessionState {
                             group: None,
                             receipt: None,
                             own_copy: None,
+                            reply_to: m.reply_to,
                         },
                         reply,
                     },
@@ -694,6 +698,7 @@ impl SessionState {
             B::SendGroup(m) => {
                 check_name(&m.group)?;
                 check_msg(&m.client_msg_id, &m.text, cfg.client.max_text_bytes)?;
+                crate::changes::check_reply_to(&m.reply_to)?;
                 let reply = self.send_reply(id, permit, m.client_msg_id.clone());
                 let from = self.me().to_owned();
                 self.ctx.router.to_group(
@@ -702,9 +707,38 @@ impl SessionState {
                         from,
                         client_msg_id: m.client_msg_id,
                         text: m.text,
+                        reply_to: m.reply_to,
                         reply,
                     },
                 );
+            }
+            B::ChangeMessage(m) => {
+                let mut change = m.change.unwrap_or_default();
+                check_msg(&m.client_msg_id, "", cfg.client.max_text_bytes)?;
+                let home = crate::changes::check(&change, cfg.client.max_text_bytes)?;
+                change.by = self.me().to_owned();
+                let reply = self.send_reply(id, permit, m.client_msg_id.clone());
+                match home {
+                    crate::changes::Home::Inbox(user) => self.ctx.router.to_inbox(
+                        &user,
+                        InboxMsg::Change {
+                            client_msg_id: m.client_msg_id,
+                            change,
+                            edit_window_ms: cfg.client.edit_window_ms,
+                            session: self.id,
+                            reply,
+                        },
+                    ),
+                    crate::changes::Home::Group(group, _) => self.ctx.router.to_group(
+                        &group,
+                        GroupMsg::Change {
+                            client_msg_id: m.client_msg_id,
+                            change,
+                            edit_window_ms: cfg.client.edit_window_ms,
+                            reply,
+                        },
+                    ),
+                }
             }
             B::AckDelivered(a) => self.ack(id, AckKind::Delivered, a.up_to_seq, permit),
             B::AckRead(a) => self.ack(id, AckKind::Read, a.up_to_seq, permit),

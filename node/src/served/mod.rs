@@ -16,6 +16,7 @@
 //! - Receipts: an acknowledgement that moves a cursor stores a receipt in each
 //!   sender's inbox, deduplicated by (kind, reader, message).
 
+mod changes;
 mod contacts;
 mod devices;
 mod groups;
@@ -257,6 +258,21 @@ impl Served {
         let p = partition::of_user(&user);
         match msg {
             InboxMsg::Append { origin, draft, reply } => self.append(user, origin, draft, reply),
+            InboxMsg::Change {
+                client_msg_id,
+                change,
+                edit_window_ms,
+                session,
+                reply,
+            } => {
+                let ask = changes::ChangeAsk {
+                    client_msg_id,
+                    change,
+                    edit_window_ms,
+                    session,
+                };
+                self.change_private(user, ask, reply);
+            }
             InboxMsg::Attach { session, reply } => {
                 // Pushes for the user reach the session from now on (its node is this one).
                 self.remote.set_session_user(session, Some(user.clone()));
@@ -567,6 +583,7 @@ impl Served {
                 from,
                 client_msg_id,
                 text,
+                reply_to,
                 reply,
             } => {
                 let op = Op::Post(command::Post {
@@ -575,6 +592,7 @@ impl Served {
                     client_msg_id,
                     text,
                     now_ms: storage::now_ms(),
+                    reply_to,
                 });
                 let me = self.clone();
                 self.propose(p, op, move |r| match r {
@@ -596,6 +614,20 @@ impl Served {
                     Ok(other) => reply(Err(unexpected_outcome(&other))),
                     Err(e) => reply(Err(e)),
                 });
+            }
+            GroupMsg::Change {
+                client_msg_id,
+                change,
+                edit_window_ms,
+                reply,
+            } => {
+                let ask = changes::ChangeAsk {
+                    client_msg_id,
+                    change,
+                    edit_window_ms,
+                    session: 0,
+                };
+                self.change_group(group, ask, reply);
             }
             GroupMsg::History {
                 user,
@@ -796,6 +828,9 @@ impl Served {
                 text: item.text,
                 group_seq: item.group_seq,
                 group_event: item.event,
+                reply_to: item.reply_to,
+                change: item.change,
+                mentioned: item.mentioned,
                 ..InboxEntry::default()
             };
             push(&self.remote, &item.user, seq, &entry, 0);
@@ -936,9 +971,13 @@ fn group_deliveries(group: &str, posts: Vec<answer::Post>) -> Vec<v1::Delivery> 
                 timestamp_ms: m.timestamp_ms,
                 text: m.text,
                 group_seq: p.group_seq,
-                receipt: None,
-                contact: None,
                 group_event: m.event,
+                reply_to: m.reply_to,
+                edited: m.state.as_ref().is_some_and(|s| s.edited),
+                recalled: m.state.as_ref().is_some_and(|s| s.recalled),
+                reactions: m.state.map(|s| s.reactions).unwrap_or_default(),
+                mentioned: !m.mentions.is_empty(),
+                ..v1::Delivery::default()
             })
         })
         .collect()
