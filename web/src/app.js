@@ -406,6 +406,7 @@ function messageItem(c, m, state) {
   time.dateTime = new Date(m.ts).toISOString();
   time.textContent = clock(m.ts);
   meta.append(time);
+  if (m.edited && !m.recalled) meta.append(span("edited", "edited"));
   if (m.mine) {
     const [mark, label] = TICKS[state];
     const t = span(`tick ${state}`, mark);

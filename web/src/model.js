@@ -69,6 +69,10 @@ export class Model {
       this.contactEvent(d.contact);
       return null;
     }
+    if (d.change) {
+      this.change(keyOf(d, this.me), d.change);
+      return null;
+    }
     const key = keyOf(d, this.me);
     if (d.group_event) this.membership(key, d);
     const c = this.conv(key);
@@ -77,6 +81,20 @@ export class Model {
     const msg = this.add(c, d);
     if (msg && !msg.mine && !msg.event && d.seq > readSeq && d.seq > (this.localRead[key] ?? 0)) c.unread.add(d.seq);
     return msg;
+  }
+
+  /** An edit, recall or reaction of a message in conversation `key`: applied to the
+   * message if the page has it (history brings the current state otherwise). */
+  change(key, ch) {
+    const msg = this.convs.get(key)?.messages.get(ch.message_id);
+    if (!msg) return;
+    if (ch.kind === "EDIT") Object.assign(msg, { text: ch.text, edited: true });
+    if (ch.kind === "RECALL") Object.assign(msg, { text: "(message deleted)", recalled: true });
+    if (ch.kind === "REACT") {
+      msg.reactions = { ...(msg.reactions ?? {}) };
+      if (ch.text) msg.reactions[ch.by] = ch.text;
+      else delete msg.reactions[ch.by];
+    }
   }
 
   receipt(r) {
@@ -90,7 +108,12 @@ export class Model {
       id: d.message_id,
       from: d.from,
       // A change of the group (joined, invited, roles...) is shown as a line of its own.
-      text: d.group_event ? describeGroupEvent(d.group_event, this.me) : d.text,
+      text: d.group_event
+        ? describeGroupEvent(d.group_event, this.me)
+        : d.recalled
+          ? "(message deleted)"
+          : d.text,
+      edited: Boolean(d.edited),
       event: Boolean(d.group_event),
       ts: d.timestamp_ms,
       seq: d.seq,

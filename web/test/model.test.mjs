@@ -374,3 +374,27 @@ test("an answered invitation is not asked again when the inbox is read anew", ()
   reloaded.entry(groupEvent(3, "crew", "BANNED", "bob", "ivy-answers"), 0);
   assert.equal(reloaded.invitation("#crew"), null);
 });
+
+test("edits and recalls change the message they name and are no messages themselves", () => {
+  const m = new Model("ann");
+  const base = { kind: "PRIVATE", conversation: "ann", receipt: null, contact: null, group_event: null, change: null };
+  const msg = m.entry({ ...base, seq: 1, message_id: "p:ann:1", from: "bob", text: "helo", timestamp_ms: 1 }, 0);
+  assert.equal(msg.text, "helo");
+  const change = (seq, kind, text) => ({
+    ...base,
+    seq,
+    message_id: `p:ann:${seq}`,
+    from: "bob",
+    text: "",
+    timestamp_ms: seq,
+    change: { kind, message_id: "p:ann:1", text, by: "bob" },
+  });
+  assert.equal(m.entry(change(2, "EDIT", "hello"), 0), null);
+  assert.equal(msg.text, "hello");
+  assert.ok(msg.edited);
+  assert.equal(m.entry(change(3, "REACT", "👍"), 0), null);
+  assert.equal(msg.reactions.bob, "👍");
+  assert.equal(m.entry(change(4, "RECALL", ""), 0), null);
+  assert.ok(msg.recalled);
+  assert.equal(m.conv("@bob").messages.size, 1, "changes are no messages");
+});
