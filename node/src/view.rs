@@ -183,6 +183,31 @@ fn to_info(card: &NodeCard, up: bool) -> NodeInfo {
     }
 }
 
+/// Asks every other reachable member actor (`ask` makes each call's message) and decodes
+/// the answers; a peer that does not answer within [`HEARTBEAT_TIMEOUT`], or answers
+/// with bytes that do not decode, is left out.
+async fn ask_peers<T: Message + Default>(ask: impl Fn(RpcReplyPort<Vec<u8>>) -> MemberMsg + Clone) -> Vec<T> {
+    let peers: Vec<ActorRef<MemberMsg>> = pg::get_members(&PG_GROUP.to_owned())
+        .into_iter()
+        .filter(|m| !m.get_id().is_local())
+        .map(ActorRef::from)
+        .collect();
+    let asks = peers.into_iter().map(|peer| {
+        let ask = ask.clone();
+        async move {
+            match peer.call(ask, Some(HEARTBEAT_TIMEOUT)).await {
+                Ok(ractor::rpc::CallResult::Success(bytes)) => T::decode(bytes.as_slice()).ok(),
+                _ => None,
+            }
+        }
+    });
+    futures::future::join_all(asks)
+        .await
+        .into_iter()
+        .flatten()
+        .collect()
+}
+
 /// Online users across the cluster: `local` (this node's page) merged with every reachable
 /// peer's page, sorted and without duplicates; names > `after`, at most `limit`. A peer that
 /// does not answer in time is left out.
@@ -191,27 +216,11 @@ pub async fn online_everywhere(
     limit: usize,
     local: (Vec<String>, bool),
 ) -> (Vec<String>, bool) {
-    let peers: Vec<ActorRef<MemberMsg>> = pg::get_members(&PG_GROUP.to_owned())
-        .into_iter()
-        .filter(|m| !m.get_id().is_local())
-        .map(ActorRef::from)
-        .collect();
-    let asks = peers.into_iter().map(|peer| {
-        let after = after.clone();
-        async move {
-            let call = peer.call(
-                |reply| MemberMsg::Online(after, limit as u32, reply),
-                Some(HEARTBEAT_TIMEOUT),
-            );
-            match call.await {
-                Ok(ractor::rpc::CallResult::Success(bytes)) => OnlinePage::decode(bytes.as_slice()).ok(),
-                _ => None,
-            }
-        }
-    });
+    let pages: Vec<OnlinePage> =
+        ask_peers(move |reply| MemberMsg::Online(after.clone(), limit as u32, reply)).await;
     let mut names: std::collections::BTreeSet<String> = local.0.into_iter().collect();
     let mut more = local.1;
-    for page in futures::future::join_all(asks).await.into_iter().flatten() {
+    for page in pages {
         more |= page.has_more;
         names.extend(page.users);
     }
@@ -227,56 +236,15 @@ pub async fn with_sessions_elsewhere(names: Vec<String>) -> Vec<String> {
         has_more: false,
     }
     .encode_to_vec();
-    let peers: Vec<ActorRef<MemberMsg>> = pg::get_members(&PG_GROUP.to_owned())
-        .into_iter()
-        .filter(|m| !m.get_id().is_local())
-        .map(ActorRef::from)
-        .collect();
-    let asks = peers.into_iter().map(|peer| {
-        let ask = ask.clone();
-        async move {
-            let call = peer.call(
-                |reply| MemberMsg::SessionsAmong(ask, reply),
-                Some(HEARTBEAT_TIMEOUT),
-            );
-            match call.await {
-                Ok(ractor::rpc::CallResult::Success(bytes)) => OnlinePage::decode(bytes.as_slice()).ok(),
-                _ => None,
-            }
-        }
-    });
-    let mut found = std::collections::BTreeSet::new();
-    for page in futures::future::join_all(asks).await.into_iter().flatten() {
-        found.extend(page.users);
-    }
+    let pages: Vec<OnlinePage> = ask_peers(move |reply| MemberMsg::SessionsAmong(ask.clone(), reply)).await;
+    let found: std::collections::BTreeSet<String> = pages.into_iter().flat_map(|p| p.users).collect();
     found.into_iter().collect()
 }
 
 /// `user`'s sessions on every other reachable node, as each node lists them; a peer that
 /// does not answer within [`HEARTBEAT_TIMEOUT`] is left out.
 pub async fn sessions_elsewhere(user: &str) -> Vec<chat_protocol::v1::SessionInfo> {
-    let peers: Vec<ActorRef<MemberMsg>> = pg::get_members(&PG_GROUP.to_owned())
-        .into_iter()
-        .filter(|m| !m.get_id().is_local())
-        .map(ActorRef::from)
-        .collect();
-    let asks = peers.into_iter().map(|peer| {
-        let user = user.to_owned();
-        async move {
-            let call = peer.call(
-                |reply| MemberMsg::SessionsOf(user, reply),
-                Some(HEARTBEAT_TIMEOUT),
-            );
-            match call.await {
-                Ok(ractor::rpc::CallResult::Success(bytes)) => SessionsPage::decode(bytes.as_slice()).ok(),
-                _ => None,
-            }
-        }
-    });
-    futures::future::join_all(asks)
-        .await
-        .into_iter()
-        .flatten()
-        .flat_map(|page| page.sessions)
-        .collect()
+    let user = user.to_owned();
+    let pages: Vec<SessionsPage> = ask_peers(move |reply| MemberMsg::SessionsOf(user.clone(), reply)).await;
+    pages.into_iter().flat_map(|page| page.sessions).collect()
 }

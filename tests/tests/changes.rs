@@ -7,26 +7,10 @@
 use chat_client::proto::message_change::Kind;
 use chat_client::proto::{ConversationKind, Delivery, ErrorCode, MessageChange};
 use chat_client::{Client, Push};
-use chat_tests::{
-    DEADLINE, Node, NodeOpts, cli, free_port, next_delivery, next_push, wait_for, wait_settled,
-};
+use chat_tests::{DEADLINE, Node, NodeOpts, cli, next_delivery, next_push, wait_for};
 use tokio::sync::mpsc::UnboundedReceiver;
 
 const COOKIE: &str = "changes-cookie";
-
-async fn three_nodes(names: [&str; 3]) -> [Node; 3] {
-    let ports = [free_port(), free_port(), free_port()];
-    let start = |i: usize| {
-        let seeds: Vec<u16> = (0..3).filter(|j| *j != i).map(|j| ports[j]).collect();
-        let mut opts = NodeOpts::member(names[i], ports[i], &seeds, COOKIE);
-        opts.cluster_toml
-            .push_str(&format!("replicas = 3\ninitial_members = {names:?}\n"));
-        Node::start_with(opts).unwrap()
-    };
-    let nodes = [start(0), start(1), start(2)];
-    wait_settled(&[&nodes[0], &nodes[1], &nodes[2]], 3).await.unwrap();
-    nodes
-}
 
 async fn register(node: &Node, users: &[&str]) {
     let (c, _) = node.connect().await.unwrap();
@@ -69,7 +53,7 @@ fn code(r: chat_client::Result<chat_client::proto::SendAck>) -> Option<ErrorCode
 
 #[tokio::test]
 async fn private_changes_reach_every_device_come_back_by_sync_and_show_in_history() {
-    let [a, b, c] = three_nodes(["mc1", "mc2", "mc3"]).await;
+    let [a, b, c] = chat_tests::three_nodes(["mc1", "mc2", "mc3"], COOKIE).await;
     register(&a, &["alice", "bob", "carol"]).await;
     let (alice, _alice_pushes, _) = a.login("alice").await.unwrap();
     let (alice_phone, mut phone_pushes, _) = b.login("alice").await.unwrap();
@@ -208,7 +192,7 @@ async fn private_changes_reach_every_device_come_back_by_sync_and_show_in_histor
 
 #[tokio::test]
 async fn group_changes_replies_and_mentions_reach_every_member_device_and_history() {
-    let [a, b, c] = three_nodes(["gc1", "gc2", "gc3"]).await;
+    let [a, b, c] = chat_tests::three_nodes(["gc1", "gc2", "gc3"], COOKIE).await;
     register(&a, &["olga", "ann", "ben"]).await;
     let (olga, mut olga_pushes, _) = a.login("olga").await.unwrap();
     let (ann, mut ann_pushes, _) = b.login("ann").await.unwrap();

@@ -7,24 +7,10 @@
 
 use chat_client::proto::{ContactEvent, ContactState, ConversationKind, ErrorCode, Presence};
 use chat_client::{Client, Push};
-use chat_tests::{DEADLINE, Node, NodeOpts, cli, free_port, next_push, wait_for, wait_settled};
+use chat_tests::{DEADLINE, Node, NodeOpts, cli, next_push, wait_for};
 use tokio::sync::mpsc::UnboundedReceiver;
 
 const COOKIE: &str = "contacts-cookie";
-
-async fn three_nodes(names: [&str; 3]) -> [Node; 3] {
-    let ports = [free_port(), free_port(), free_port()];
-    let start = |i: usize| {
-        let seeds: Vec<u16> = (0..3).filter(|j| *j != i).map(|j| ports[j]).collect();
-        let mut opts = NodeOpts::member(names[i], ports[i], &seeds, COOKIE);
-        opts.cluster_toml
-            .push_str(&format!("replicas = 3\ninitial_members = {names:?}\n"));
-        Node::start_with(opts).unwrap()
-    };
-    let nodes = [start(0), start(1), start(2)];
-    wait_settled(&[&nodes[0], &nodes[1], &nodes[2]], 3).await.unwrap();
-    nodes
-}
 
 async fn register(node: &Node, users: &[&str]) {
     let (c, _) = node.connect().await.unwrap();
@@ -53,7 +39,7 @@ async fn state_of(client: &Client, other: &str) -> ContactState {
 
 #[tokio::test]
 async fn requests_wait_for_offline_users_and_accepting_makes_contacts_on_both_sides() {
-    let [a, b, c] = three_nodes(["ct1", "ct2", "ct3"]).await;
+    let [a, b, c] = chat_tests::three_nodes(["ct1", "ct2", "ct3"], COOKIE).await;
     register(&a, &["alice", "bob", "carol", "mallory"]).await;
     let (alice, mut alice_pushes, _) = a.login("alice").await.unwrap();
 
@@ -260,7 +246,7 @@ async fn befriend(a: &Client, b: &Client, b_name: &str, a_name: &str) {
 
 #[tokio::test]
 async fn presence_reaches_contacts_and_group_members_on_other_nodes_and_typing_passes_on() {
-    let [a, b, c] = three_nodes(["pr1", "pr2", "pr3"]).await;
+    let [a, b, c] = chat_tests::three_nodes(["pr1", "pr2", "pr3"], COOKIE).await;
     register(&a, &["amy", "ben", "cat", "dan"]).await;
     let (amy, _, _) = a.login("amy").await.unwrap();
     let (ben, mut ben_pushes, _) = b.login("ben").await.unwrap();

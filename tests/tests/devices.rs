@@ -7,27 +7,13 @@
 use chat_client::Push;
 use chat_client::proto::ErrorCode;
 use chat_state::devices::id_of;
-use chat_tests::{DEADLINE, Node, NodeOpts, cli, free_port, next_closing, wait_for, wait_settled};
+use chat_tests::{DEADLINE, cli, next_closing, wait_for};
 
 const COOKIE: &str = "devices-cookie";
 
-async fn three_nodes(names: [&str; 3]) -> [Node; 3] {
-    let ports = [free_port(), free_port(), free_port()];
-    let start = |i: usize| {
-        let seeds: Vec<u16> = (0..3).filter(|j| *j != i).map(|j| ports[j]).collect();
-        let mut opts = NodeOpts::member(names[i], ports[i], &seeds, COOKIE);
-        opts.cluster_toml
-            .push_str(&format!("replicas = 3\ninitial_members = {names:?}\n"));
-        Node::start_with(opts).unwrap()
-    };
-    let nodes = [start(0), start(1), start(2)];
-    wait_settled(&[&nodes[0], &nodes[1], &nodes[2]], 3).await.unwrap();
-    nodes
-}
-
 #[tokio::test]
 async fn logging_out_one_device_closes_only_its_sessions_on_every_node() {
-    let [a, b, c] = three_nodes(["dv1", "dv2", "dv3"]).await;
+    let [a, b, c] = chat_tests::three_nodes(["dv1", "dv2", "dv3"], COOKIE).await;
     let pw = chat_tests::password("alice");
     let (laptop, mut laptop_pushes) = a.connect().await.unwrap();
     laptop.register("alice", &pw).await.unwrap();
@@ -146,7 +132,7 @@ async fn logging_out_one_device_closes_only_its_sessions_on_every_node() {
 #[tokio::test]
 async fn the_cli_lists_devices_and_sessions_and_logs_a_device_out() {
     use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
-    let [a, b, _c] = three_nodes(["dc1", "dc2", "dc3"]).await;
+    let [a, b, _c] = chat_tests::three_nodes(["dc1", "dc2", "dc3"], COOKIE).await;
     let pw = chat_tests::password("bob");
     let (tablet, mut tablet_pushes) = b.connect().await.unwrap();
     tablet.register("bob", &pw).await.unwrap();

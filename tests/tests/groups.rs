@@ -9,24 +9,10 @@ use chat_client::proto::{
     ConversationKind, ErrorCode, GroupEvent, GroupRole, GroupSetInfo, group_event::Kind,
 };
 use chat_client::{Client, ClientError, Push};
-use chat_tests::{DEADLINE, Node, NodeOpts, cli, free_port, next_push, wait_for, wait_settled};
+use chat_tests::{DEADLINE, Node, cli, next_push, wait_for};
 use tokio::sync::mpsc::UnboundedReceiver;
 
 const COOKIE: &str = "groups-cookie";
-
-async fn three_nodes(names: [&str; 3]) -> [Node; 3] {
-    let ports = [free_port(), free_port(), free_port()];
-    let start = |i: usize| {
-        let seeds: Vec<u16> = (0..3).filter(|j| *j != i).map(|j| ports[j]).collect();
-        let mut opts = NodeOpts::member(names[i], ports[i], &seeds, COOKIE);
-        opts.cluster_toml
-            .push_str(&format!("replicas = 3\ninitial_members = {names:?}\n"));
-        Node::start_with(opts).unwrap()
-    };
-    let nodes = [start(0), start(1), start(2)];
-    wait_settled(&[&nodes[0], &nodes[1], &nodes[2]], 3).await.unwrap();
-    nodes
-}
 
 fn code<T: std::fmt::Debug>(r: Result<T, ClientError>) -> Option<ErrorCode> {
     r.unwrap_err().code()
@@ -57,7 +43,7 @@ async fn role_of(client: &Client, group: &str, user: &str) -> Option<GroupRole> 
 
 #[tokio::test]
 async fn a_private_group_is_governed_by_its_roles_across_nodes() {
-    let [a, b, c] = three_nodes(["gr1", "gr2", "gr3"]).await;
+    let [a, b, c] = chat_tests::three_nodes(["gr1", "gr2", "gr3"], COOKIE).await;
     let (reg, _) = a.connect().await.unwrap();
     for u in ["olga", "adam", "mia", "otto", "bart"] {
         reg.register(u, &chat_tests::password(u)).await.unwrap();
