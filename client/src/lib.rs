@@ -23,6 +23,9 @@ use tokio_util::codec::{FramedRead, FramedWrite};
 
 pub use chat_protocol::v1 as proto;
 
+mod files;
+pub use files::{hash_file, mime_of, sha256_hex};
+
 /// How long a request waits for its answer by default.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -92,6 +95,9 @@ fn server_text(code: ErrorCode, message: &str) -> String {
         ErrorCode::Forbidden => "your role in the group does not allow this, or you may not join it",
         ErrorCode::NotAuthor => "only the author may edit or recall that message",
         ErrorCode::EditWindowClosed => "that message is too old to edit",
+        ErrorCode::FileTooLarge => "the file is larger than the server takes",
+        ErrorCode::HashMismatch => "the file changed while it was sent; send it again",
+        ErrorCode::QuotaExceeded => "you have used up your quota of new files",
         ErrorCode::Unexpected | ErrorCode::Unspecified => "the server did not expect this request",
     }
     .to_owned()
@@ -578,6 +584,7 @@ impl Client {
                 client_msg_id: client_msg_id.into(),
                 text: text.into(),
                 reply_to: reply_to.into(),
+                attachments: Vec::new(),
             }))
             .await?,
         )
@@ -613,6 +620,7 @@ impl Client {
                 client_msg_id: client_msg_id.into(),
                 text: text.into(),
                 reply_to: reply_to.into(),
+                attachments: Vec::new(),
             }))
             .await?,
         )

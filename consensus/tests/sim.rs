@@ -724,6 +724,7 @@ impl Client {
                     client_msg_id: client_id,
                     now_ms: now,
                     reply_to: String::new(),
+                    attachments: Vec::new(),
                 }),
             ),
         }

@@ -52,6 +52,33 @@ pub struct Config {
     pub storage: StorageConfig,
     /// The operators' HTTP endpoint.
     pub admin: AdminConfig,
+    /// Files (attachments).
+    pub files: FilesConfig,
+}
+
+/// Files: uploads, quotas and retention.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct FilesConfig {
+    /// The largest file a user may upload, in bytes. Default: 26214400 (25 MiB).
+    pub max_file_bytes: u64,
+    /// New files one user may upload within `retention_days` (the same bytes
+    /// uploaded again, or bytes the cluster has, do not count), in bytes. 0: no limit.
+    /// Default: 1073741824 (1 GiB).
+    pub quota_bytes: u64,
+    /// A file no message carried for this many days is removed; 0 keeps files.
+    /// Default: 30 (as messages).
+    pub retention_days: u64,
+}
+
+impl Default for FilesConfig {
+    fn default() -> Self {
+        Self {
+            max_file_bytes: 25 << 20,
+            quota_bytes: 1 << 30,
+            retention_days: 30,
+        }
+    }
 }
 
 /// The operators' HTTP endpoint (`/health`, `/metrics`, `/cluster`).
@@ -221,6 +248,7 @@ impl Default for Config {
             auth: AuthConfig::default(),
             storage: StorageConfig::default(),
             admin: AdminConfig::default(),
+            files: FilesConfig::default(),
         }
     }
 }
@@ -371,6 +399,10 @@ impl Config {
             self.cluster.consensus,
             "cluster.consensus = false asked for the old core, which this version no longer has: \
              remove the line (the Raft core is the only core)",
+        )?;
+        check(
+            self.files.max_file_bytes >= 1,
+            "files.max_file_bytes must be at least 1",
         )?;
         check(
             self.storage.retention_max_messages >= 1,

@@ -99,6 +99,8 @@ pub struct NodeCtx {
     pub consensus: crate::consensus::driver::Handle,
     /// Presence and typing notices.
     pub presence: Arc<crate::presence::Presence>,
+    /// Files: uploads, downloads and their copies on other nodes.
+    pub files: Arc<crate::files::Files>,
     pub(crate) hashing: PasswordHashing,
     /// A hash of no one's password: a login of a user that does not exist is verified
     /// against it, so that it takes as long as a wrong password of one that does.

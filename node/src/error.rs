@@ -55,6 +55,15 @@ pub enum ChatError {
     /// An edit after the edit window.
     #[error("the message is older than the edit window of {0} s")]
     EditWindowClosed(u64),
+    /// A file over the node's size limit (in bytes).
+    #[error("the file is larger than this node's limit of {0} bytes")]
+    FileTooLarge(u64),
+    /// The bytes of an upload are not those announced.
+    #[error("{0}")]
+    HashMismatch(String),
+    /// An upload would take its user over the quota (in bytes).
+    #[error("this upload would take you over your quota of {0} bytes of new files")]
+    QuotaExceeded(u64),
     /// Login: an operator disabled the account.
     #[error("this account is disabled")]
     AccountDisabled,
@@ -97,6 +106,9 @@ impl ChatError {
             Self::Forbidden(_) => ErrorCode::Forbidden,
             Self::NotAuthor(_) => ErrorCode::NotAuthor,
             Self::EditWindowClosed(_) => ErrorCode::EditWindowClosed,
+            Self::FileTooLarge(_) => ErrorCode::FileTooLarge,
+            Self::HashMismatch(_) => ErrorCode::HashMismatch,
+            Self::QuotaExceeded(_) => ErrorCode::QuotaExceeded,
             Self::Internal(_) => ErrorCode::Internal,
             Self::Peer { code, .. } => *code,
         }

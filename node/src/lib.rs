@@ -13,6 +13,7 @@ pub mod consensus;
 pub mod context;
 pub mod devices;
 pub mod error;
+pub mod files;
 pub mod metrics;
 pub mod partition;
 pub mod presence;

@@ -99,7 +99,12 @@ pub struct Remote {
     local_presence: std::sync::OnceLock<PresenceHook>,
     /// Gets the presence changes of notices.
     presence_notices: std::sync::OnceLock<NoticeHook>,
+    /// Serves peers' requests for files (`crate::files`).
+    files: std::sync::OnceLock<FileHook>,
 }
+
+/// See [`Remote::on_file_request`].
+pub type FileHook = Box<dyn Fn(Request) + Send + Sync>;
 
 /// See [`Remote::on_local_presence`].
 pub type PresenceHook = Box<dyn Fn(String, bool) + Send + Sync>;
@@ -169,6 +174,7 @@ impl Remote {
             outcomes,
             local_presence: std::sync::OnceLock::new(),
             presence_notices: std::sync::OnceLock::new(),
+            files: std::sync::OnceLock::new(),
         })
     }
 
@@ -301,12 +307,24 @@ impl Remote {
 
     /// Sends a request to `node`; `on_response` runs once with its outcome.
     pub fn request(self: &Arc<Self>, node: &str, hops: u32, op: request::Op, on_response: OnResponse) {
+        self.request_within(node, hops, op, REQUEST_TIMEOUT, on_response);
+    }
+
+    /// [`Remote::request`], answered UNAVAILABLE after `timeout` rather than the default.
+    pub fn request_within(
+        self: &Arc<Self>,
+        node: &str,
+        hops: u32,
+        op: request::Op,
+        timeout: Duration,
+        on_response: OnResponse,
+    ) {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         self.pending.lock().expect("pending lock").insert(
             id,
             Waiting {
                 node: node.to_owned(),
-                deadline: Instant::now() + REQUEST_TIMEOUT,
+                deadline: Instant::now() + timeout,
                 on_response,
             },
         );
@@ -498,13 +516,28 @@ impl Remote {
         self.request(node, hops, op, reply);
     }
 
-    /// A peer's proposal or read: served here, or passed on to the leader (within the hops).
+    /// Serves peers' requests for files with `hook` from now on.
+    pub fn on_file_request(&self, hook: FileHook) {
+        let _ = self.files.set(hook);
+    }
+
+    /// A peer's proposal or read: served here, or passed on to the leader (within the
+    /// hops); or a request for a file, served by the files hook.
     pub fn serve_at_leader(self: &Arc<Self>, req: Request) {
+        if matches!(req.op, Some(request::Op::BlobRead(_) | request::Op::BlobFetch(_))) {
+            return match self.files.get() {
+                Some(hook) => hook(req),
+                None => {
+                    let e = ChatError::Unavailable("this node serves no files yet".into());
+                    self.respond(&req.origin, req.id, response::Result::Error(e.to_proto()));
+                }
+            };
+        }
         let (origin, id, hops) = (req.origin, req.id, req.hops);
         let (partition, op) = match req.op {
             Some(request::Op::Propose(p)) => (p.partition, AtLeader::Propose(p.command)),
             Some(request::Op::Read(r)) => (r.partition, AtLeader::Read(r.query.unwrap_or_default())),
-            None => {
+            Some(request::Op::BlobRead(_) | request::Op::BlobFetch(_)) | None => {
                 let e = ChatError::BadRequest("a request with no operation".into());
                 return self.respond(&origin, id, response::Result::Error(e.to_proto()));
             }

@@ -43,6 +43,8 @@ pub struct Draft {
     pub own_copy: Option<Box<OwnCopy>>,
     /// The message this one answers (empty: none).
     pub reply_to: String,
+    /// Files it carries.
+    pub attachments: Vec<v1::Attachment>,
 }
 
 /// What the sender's own copy of a private message keeps of the original.
@@ -88,6 +90,7 @@ impl Draft {
             origin: Vec::new(),
             receipt: self.receipt,
             reply_to: self.reply_to,
+            attachments: self.attachments,
             ..InboxEntry::default()
         }
     }
@@ -103,6 +106,7 @@ impl Draft {
             receipt: Some(receipt),
             own_copy: None,
             reply_to: String::new(),
+            attachments: Vec::new(),
         }
     }
 }
@@ -319,6 +323,8 @@ pub enum GroupMsg {
         text: String,
         /// The message it answers (empty: none).
         reply_to: String,
+        /// Files it carries (their readers granted already).
+        attachments: Vec<v1::Attachment>,
         /// Gets the id and group seq once durable.
         reply: Reply<ChatResult<Appended>>,
     },
@@ -698,6 +704,7 @@ pub fn to_delivery(seq: u64, e: &InboxEntry) -> v1::Delivery {
         contact: e.contact.clone(),
         group_event: e.group_event.clone(),
         reply_to: e.reply_to.clone(),
+        attachments: e.attachments.clone(),
         change: e.change.clone(),
         edited: e.state.as_ref().is_some_and(|s| s.edited),
         recalled: e.state.as_ref().is_some_and(|s| s.recalled),

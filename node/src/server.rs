@@ -208,6 +208,14 @@ pub async fn run(config: Config, listeners: Listeners, shutdown: CancellationTok
     let dummy_hash = hashing.hash(&crate::auth::new_token());
     let parallelism = std::thread::available_parallelism().map_or(2, |n| n.get());
     // Requests go to partition leaders through the Raft core.
+    let files = crate::files::Files::start(
+        &config,
+        &node_name,
+        remote.clone(),
+        consensus.clone(),
+        cluster.view.clone(),
+        records.clone(),
+    )?;
     let router = Router::new(crate::served::Served::start(
         remote.clone(),
         consensus.clone(),
@@ -232,6 +240,7 @@ pub async fn run(config: Config, listeners: Listeners, shutdown: CancellationTok
         remote,
         consensus: consensus.clone(),
         presence,
+        files,
         dummy_hash,
         guard: std::sync::Mutex::new(crate::throttle::Guard::new(
             config.auth.max_failed_logins,

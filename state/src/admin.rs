@@ -607,6 +607,7 @@ mod tests {
                 text: "t".into(),
                 now_ms: 1,
                 reply_to: String::new(),
+                attachments: Vec::new(),
             });
             run(p, &mut store, post);
         }
@@ -640,6 +641,7 @@ mod tests {
             text: "t".into(),
             now_ms: 1,
             reply_to: String::new(),
+            attachments: Vec::new(),
         });
         assert_eq!(run(p, &mut store, post), outcome::Result::NotFound(Empty {}));
         let join = Op::JoinGroup(command::JoinGroup {

@@ -714,6 +714,7 @@ mod tests {
                 text: text.into(),
                 now_ms: 1_000,
                 reply_to: String::new(),
+                attachments: Vec::new(),
             });
             match run(p, store, op) {
                 outcome::Result::Posted(posted) => posted.message_id,

@@ -18,7 +18,7 @@ use chat_protocol::internal::command::FanoutItem;
 use std::collections::BTreeMap;
 
 /// The posts one partition lacks, in group order.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Batch {
     /// Where the recipients' inboxes are.
     pub partition: Partition,
@@ -29,7 +29,7 @@ pub struct Batch {
 }
 
 /// What a group's leader should do next.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct Plan {
     /// A batch per partition that lacks posts.
     pub batches: Vec<Batch>,
@@ -119,6 +119,7 @@ pub fn plan(p: Partition, store: &impl Store, group_name: &str, max_posts: u64) 
                 text: post.text.clone(),
                 event: post.event.clone(),
                 reply_to: post.reply_to.clone(),
+                attachments: post.attachments.clone(),
                 change: post.change.clone(),
                 mentioned: post.mentions.contains(user),
                 user: user.clone(),
@@ -198,6 +199,7 @@ mod tests {
                     text: format!("post {i}"),
                     now_ms: i,
                     reply_to: String::new(),
+                    attachments: Vec::new(),
                 }),
             );
         }
@@ -337,6 +339,7 @@ mod tests {
                 text: big.clone(),
                 now_ms: i,
                 reply_to: String::new(),
+                attachments: Vec::new(),
             });
             run(p, &mut s, post);
         }

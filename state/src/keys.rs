@@ -16,6 +16,9 @@
 //!   its partition)
 //! - contact outbox: `scope(user) ‖ other` → `ContactUpdate` not yet delivered to
 //!   `user`'s partition (in the pair's partition)
+//! - blobs: SHA-256 → `BlobRecord` (in the partition of the hash)
+//! - uploads: `scope(user) ‖ 0 ‖ SHA-256` → size ‖ time (u64 BE each): what a user
+//!   uploaded, for its quota
 //! - applied: the index of the last log entry applied to the partition (written by the
 //!   consensus driver in the same batch as the entry's effects)
 //!
@@ -39,6 +42,10 @@ pub mod tree {
     pub const CONTACTS: u8 = 6;
     /// Contact updates not yet delivered.
     pub const CONTACT_OUTBOX: u8 = 7;
+    /// Files, by SHA-256.
+    pub const BLOBS: u8 = 8;
+    /// What each user uploaded, for its quota.
+    pub const UPLOADS: u8 = 9;
     /// The applied index.
     pub const APPLIED: u8 = 0xf0;
 }
@@ -118,6 +125,25 @@ pub fn fanout(p: Partition, group: &str, to: Partition) -> Vec<u8> {
 pub fn pending(p: Partition, group: &str) -> Vec<u8> {
     let mut key = start(p, tree::PENDING, group.len());
     key.extend_from_slice(group.as_bytes());
+    key
+}
+
+/// A file's record, by its SHA-256.
+pub fn blob(p: Partition, hash: &[u8; 32]) -> Vec<u8> {
+    let mut key = start(p, tree::BLOBS, 32);
+    key.extend_from_slice(hash);
+    key
+}
+
+/// The prefix of every file record of partition `p`.
+pub fn blob_prefix(p: Partition) -> Vec<u8> {
+    start(p, tree::BLOBS, 0)
+}
+
+/// A user's upload of a file (its size and when), for the user's quota.
+pub fn upload(p: Partition, user: &str, hash: &[u8; 32]) -> Vec<u8> {
+    let mut key = scoped(p, tree::UPLOADS, user, 0);
+    key.extend_from_slice(hash);
     key
 }
 

@@ -20,6 +20,7 @@
 //! - [`snapshot`]: a partition's records as the bytes of a Raft snapshot.
 
 pub mod admin;
+pub mod blobs;
 pub mod changes;
 pub mod contacts;
 pub mod devices;

@@ -141,6 +141,7 @@ pub fn apply(p: Partition, command: &[u8], store: &mut impl Store) -> Result<Out
                     group_seq: item.group_seq,
                     group_event: item.event,
                     reply_to: item.reply_to,
+                    attachments: item.attachments,
                     change: item.change,
                     mentioned: item.mentioned,
                     ..InboxEntry::default()
@@ -198,6 +199,10 @@ pub fn apply(p: Partition, command: &[u8], store: &mut impl Store) -> Result<Out
         Op::PurgeGroup(c) => crate::admin::purge_group(p, store, &c)?,
         Op::ChangeMessage(c) => crate::changes::apply_private(p, store, c, append)?,
         Op::ChangeGroupMessage(c) => crate::changes::apply_group(p, store, c)?,
+        Op::StoreBlob(c) => crate::blobs::store_blob(p, store, &c)?,
+        Op::GrantBlob(c) => crate::blobs::grant_blob(p, store, &c)?,
+        Op::DropBlobs(c) => crate::blobs::drop_blobs(p, store, &c)?,
+        Op::ChargeUpload(c) => crate::blobs::charge_upload(p, store, &c)?,
         Op::FanoutDone(d) if d.all => {
             if let Some(mut record) = group(p, store, &d.group)?
                 && d.group_seq > record.fanout_seq
@@ -244,6 +249,10 @@ fn invalid(why: String) -> Outcome {
 fn misplaced(p: Partition, op: &Op) -> Option<String> {
     let user = |name: &str| (placement::of_user(name) != p).then(|| format!("user {name}"));
     let group = |name: &str| (placement::of_group(name) != p).then(|| format!("group {name}"));
+    let blob = |id: &str| match crate::blobs::parse_id(id) {
+        Some(hash) => (placement::of_blob(&hash) != p).then(|| format!("file {id}")),
+        None => Some(format!("no file id {id:?}")),
+    };
     let pair = |a: &str, b: &str| (contacts::pair_partition(a, b) != p).then(|| format!("pair {a}, {b}"));
     match op {
         Op::CreateAccount(c) => user(&c.user),
@@ -274,7 +283,12 @@ fn misplaced(p: Partition, op: &Op) -> Option<String> {
         Op::PurgeUser(u) => user(&u.user),
         Op::ChangeMessage(c) => user(&c.user),
         Op::ChangeGroupMessage(c) => group(&c.group),
-        Op::Sweep(_) | Op::JoinCluster(_) | Op::LeaveCluster(_) | Op::RemoveNode(_) => None,
+        Op::StoreBlob(c) => blob(&c.blob),
+        Op::GrantBlob(c) => blob(&c.blob),
+        Op::ChargeUpload(c) => user(&c.user),
+        Op::Sweep(_) | Op::DropBlobs(_) | Op::JoinCluster(_) | Op::LeaveCluster(_) | Op::RemoveNode(_) => {
+            None
+        }
     }
 }
 
@@ -699,6 +713,7 @@ fn post(p: Partition, store: &mut impl Store, post: command::Post) -> Result<out
         client_msg_id: post.client_msg_id,
         recipients,
         reply_to: post.reply_to,
+        attachments: post.attachments,
         mentions,
         ..GroupMessage::default()
     };
@@ -1108,6 +1123,7 @@ mod tests {
                 text: "hi".into(),
                 now_ms: 5,
                 reply_to: String::new(),
+                attachments: Vec::new(),
             })
         };
         assert_eq!(

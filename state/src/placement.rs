@@ -58,6 +58,11 @@ pub fn of_group(group: &str) -> Partition {
     partition(Entity::Group(group))
 }
 
+/// The partition of a file, by its SHA-256: files spread over every partition.
+pub fn of_blob(hash: &[u8; 32]) -> Partition {
+    (mix(fnv1a(&[b"b/", hash])) % u64::from(PARTITIONS)) as Partition
+}
+
 /// The `n`th name `{prefix}{i}` (i = 0, 1, ...) whose user partition is `p`: names are
 /// hashed, so tests and tools that need users in a given partition search for them.
 pub fn user_named_in(p: Partition, prefix: &str, n: usize) -> String {

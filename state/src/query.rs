@@ -38,6 +38,11 @@ pub fn evaluate(p: Partition, query: &Query, store: &impl Store) -> Result<Answe
             }
         }
         Some(Q::Devices(d)) => A::Devices(crate::devices::list(p, store, &d.user, d.now_ms)?),
+        Some(Q::Blob(id)) => match crate::blobs::record(p, store, id)? {
+            Some(record) => A::Blob(record),
+            None => A::NotFound(Empty {}),
+        },
+        Some(Q::UploadUsage(u)) => A::Usage(crate::blobs::usage(p, store, u)?),
         Some(Q::InboxMeta(user)) => A::InboxMeta(inbox_meta(p, store, user)?),
         Some(Q::Entries(e)) => A::Entries(entries(p, store, e)?),
         Some(Q::PrivateHistory(h)) => A::Entries(private_history(p, store, h)?),
@@ -457,6 +462,7 @@ mod tests {
                 text: format!("t{i}"),
                 now_ms: 1,
                 reply_to: String::new(),
+                attachments: Vec::new(),
             });
             apply_op(p, post, &mut store).unwrap();
         }
@@ -521,6 +527,7 @@ mod tests {
             text: "t".into(),
             now_ms: 1,
             reply_to: String::new(),
+            attachments: Vec::new(),
         });
         apply_op(p, post, &mut store).unwrap();
         let ask_plan = Q::FanoutPlan(query::GroupAsk {

@@ -142,6 +142,11 @@ impl Node {
         })
     }
 
+    /// The node's data folder.
+    pub fn data_dir(&self) -> PathBuf {
+        self.dir.path().join("data")
+    }
+
     /// The node's process id.
     pub fn pid(&self) -> u32 {
         self.child.as_ref().expect("running").id()

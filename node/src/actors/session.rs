@@ -223,8 +223,18 @@ pub struct SessionState {
     /// When a typing notice was last passed on, per conversation (kind, name), and
     /// whether it said "stopped".
     typing: std::collections::HashMap<(i32, String), (tokio::time::Instant, bool)>,
+    /// Uploads under way on this connection, by file id: their steps, in order.
+    uploads: std::collections::HashMap<String, mpsc::Sender<crate::files::Step>>,
+    /// Files this session's user was found to be allowed to read (a download of many
+    /// chunks asks once).
+    readable: Arc<std::sync::Mutex<std::collections::HashMap<String, chat_protocol::internal::BlobRecord>>>,
     ending: Ending,
 }
+
+/// Most uploads one connection runs at once.
+const MAX_UPLOADS: usize = 4;
+/// Most files a session remembers it may read.
+const MAX_READABLE: usize = 64;
 
 /// Runs one client connection until it closes: reads frames, handles them and the
 /// mailbox, one at a time, and tears down in order (detach, log out, drain the writer).
@@ -262,6 +272,8 @@ where
         catching_up: false,
         skips: Vec::new(),
         typing: std::collections::HashMap::new(),
+        uploads: std::collections::HashMap::new(),
+        readable: Arc::default(),
         ending: Ending::No,
         new_login_window: false,
         tokens: f64::from(cfg.request_burst),
@@ -539,8 +551,15 @@ impl SessionState {
                 .out
                 .error(0, &ChatError::BadRequest("request_id must not be 0".into()));
         }
-        // Ping is exempt, so a busy client's keep-alive never fails.
-        if !matches!(body, client_frame::Body::Ping(_)) && !self.take_token() {
+        // Ping is exempt, so a busy client's keep-alive never fails; so are the chunks of
+        // files, which the connection's bandwidth and its requests in flight bound.
+        let exempt = matches!(
+            body,
+            client_frame::Body::Ping(_)
+                | client_frame::Body::UploadChunk(_)
+                | client_frame::Body::Download(_)
+        );
+        if !exempt && !self.take_token() {
             let limit = self.ctx.config.client.max_requests_per_sec;
             return self.out.error(id, &ChatError::RateLimited(limit));
         }
@@ -638,62 +657,21 @@ impl SessionState {
                 check_msg(&m.client_msg_id, &m.text, cfg.client.max_text_bytes)?;
                 crate::changes::check_reply_to(&m.reply_to)?;
                 let ack = self.send_reply(id, permit, m.client_msg_id.clone());
-                // Once the recipient has it, a copy goes to the sender's own inbox (its
-                // other devices show the whole conversation); the SendAck waits for both,
-                // so a resend (same client_msg_id) completes whichever is missing.
-                let (router, session, own_origin) = (
-                    self.ctx.router.clone(),
-                    self.id,
-                    inbox::own_origin(&m.to, &m.client_msg_id),
-                );
-                let (sender, peer, text) = (me.clone(), m.to.clone(), m.text.clone());
-                let reply_to = m.reply_to.clone();
-                let to_self = m.to == me || !cfg.client.copy_own_messages;
-                let reply: Reply<ChatResult<Appended>> = Box::new(move |r| match r {
-                    Ok(sent) if to_self => ack(Ok(sent)),
-                    Ok(sent) => {
-                        let copy = Draft {
-                            from: sender.clone(),
-                            kind: ConversationKind::Private,
-                            conversation: peer,
-                            text,
-                            group: None,
-                            receipt: None,
-                            own_copy: Some(Box::new(inbox::OwnCopy {
-                                message_id: sent.message_id.clone(),
-                                timestamp_ms: sent.timestamp_ms,
-                                skip_session: session,
-                            })),
-                            reply_to,
-                        };
-                        router.to_inbox(
-                            &sender,
-                            InboxMsg::Append {
-                                origin: own_origin,
-                                draft: copy,
-                                reply: Box::new(move |r| ack(r.map(|_| sent))),
-                            },
-                        );
-                    }
-                    Err(e) => ack(Err(e)),
-                });
-                self.ctx.router.to_inbox(
-                    &m.to,
-                    InboxMsg::Append {
-                        origin: inbox::private_origin(&me, &m.client_msg_id),
-                        draft: Draft {
-                            from: me,
-                            kind: ConversationKind::Private,
-                            conversation: m.to.clone(),
-                            text: m.text,
-                            group: None,
-                            receipt: None,
-                            own_copy: None,
-                            reply_to: m.reply_to,
-                        },
-                        reply,
-                    },
-                );
+                let (ctx, session) = (self.ctx.clone(), self.id);
+                if m.attachments.is_empty() {
+                    send_private(&ctx, session, me, m, Vec::new(), ack);
+                } else {
+                    // The recipient (and the sender's other devices) may read the files
+                    // before the message can reach them.
+                    tokio::spawn(async move {
+                        let readers = vec![m.to.clone(), me.clone()];
+                        let asked = m.attachments.clone();
+                        match ctx.files.attach(&me, asked, readers, Vec::new()).await {
+                            Ok(files) => send_private(&ctx, session, me, m, files, ack),
+                            Err(e) => ack(Err(e)),
+                        }
+                    });
+                }
             }
             B::SendGroup(m) => {
                 check_name(&m.group)?;
@@ -701,17 +679,62 @@ impl SessionState {
                 crate::changes::check_reply_to(&m.reply_to)?;
                 let reply = self.send_reply(id, permit, m.client_msg_id.clone());
                 let from = self.me().to_owned();
-                self.ctx.router.to_group(
-                    &m.group,
-                    GroupMsg::Post {
-                        from,
-                        client_msg_id: m.client_msg_id,
-                        text: m.text,
-                        reply_to: m.reply_to,
+                let ctx = self.ctx.clone();
+                let group = m.group.clone();
+                let asked = m.attachments.clone();
+                let post = move |attachments: Vec<v1::Attachment>, reply: Reply<ChatResult<Appended>>| {
+                    ctx.router.to_group(
+                        &m.group,
+                        GroupMsg::Post {
+                            from,
+                            client_msg_id: m.client_msg_id,
+                            text: m.text,
+                            reply_to: m.reply_to,
+                            attachments,
+                            reply,
+                        },
+                    );
+                };
+                if asked.is_empty() {
+                    post(Vec::new(), reply);
+                } else {
+                    // The group's members may read the files before the post reaches them
+                    // (the post itself checks that the sender is a member).
+                    let (ctx, me) = (self.ctx.clone(), self.me().to_owned());
+                    tokio::spawn(async move {
+                        match ctx.files.attach(&me, asked, vec![me.clone()], vec![group]).await {
+                            Ok(files) => post(files, reply),
+                            Err(e) => reply(Err(e)),
+                        }
+                    });
+                }
+            }
+            B::UploadBegin(b) => self.upload_begin(id, b, permit)?,
+            B::UploadChunk(c) => {
+                let blob_id = c.blob_id.clone();
+                let reply = self.respond(id, permit, move |received| {
+                    Body::UploadProgress(v1::UploadProgress { blob_id, received })
+                });
+                self.upload_step(
+                    &c.blob_id,
+                    |reply| crate::files::Step::Chunk {
+                        offset: c.offset,
+                        data: c.data,
                         reply,
                     },
-                );
+                    reply,
+                )?;
             }
+            B::UploadFinish(f) => {
+                let reply = self.respond(id, permit, |attachment| {
+                    Body::UploadDone(v1::UploadDone {
+                        attachment: Some(attachment),
+                    })
+                });
+                self.upload_step(&f.blob_id, |reply| crate::files::Step::Finish { reply }, reply)?;
+                self.uploads.remove(&f.blob_id);
+            }
+            B::Download(d) => self.download(id, d, permit)?,
             B::ChangeMessage(m) => {
                 let mut change = m.change.unwrap_or_default();
                 check_msg(&m.client_msg_id, "", cfg.client.max_text_bytes)?;
@@ -971,6 +994,105 @@ impl SessionState {
 
     fn me(&self) -> &str {
         &self.user.as_ref().expect("checked by dispatch").0
+    }
+
+    /// Starts an upload: its steps (chunks, finish) queue in order for one task.
+    fn upload_begin(&mut self, id: u64, b: v1::UploadBegin, permit: Permit) -> ChatResult<()> {
+        self.uploads.retain(|_, steps| !steps.is_closed());
+        if self.uploads.len() >= MAX_UPLOADS && !self.uploads.contains_key(&b.sha256) {
+            return Err(ChatError::BadRequest(format!(
+                "at most {MAX_UPLOADS} uploads at once per connection"
+            )));
+        }
+        let cfg = &self.ctx.config.client;
+        // A chunk fits a frame with room for its header.
+        let chunk_bytes =
+            u32::try_from(cfg.max_frame_bytes.saturating_sub(512).max(1024)).unwrap_or(u32::MAX);
+        // Each chunk in flight holds one of the connection's permits: never full.
+        let (tx, rx) = mpsc::channel(cfg.max_in_flight + 2);
+        self.uploads.insert(b.sha256.clone(), tx);
+        let ready = self.respond(id, permit, Body::UploadReady);
+        let (files, user) = (self.ctx.files.clone(), self.me().to_owned());
+        tokio::spawn(crate::files::run_upload(files, user, b, chunk_bytes, rx, ready));
+        Ok(())
+    }
+
+    /// Hands a step to the upload of file `blob_id`.
+    fn upload_step<T>(
+        &mut self,
+        blob_id: &str,
+        step: impl FnOnce(Box<dyn FnOnce(ChatResult<T>) + Send>) -> crate::files::Step,
+        reply: Reply<ChatResult<T>>,
+    ) -> ChatResult<()> {
+        let Some(steps) = self.uploads.get(blob_id) else {
+            reply(Err(no_upload(blob_id)));
+            return Ok(());
+        };
+        if let Err(e) = steps.try_send(step(reply)) {
+            self.uploads.remove(blob_id);
+            let step = match e {
+                mpsc::error::TrySendError::Full(s) | mpsc::error::TrySendError::Closed(s) => s,
+            };
+            let e = no_upload(blob_id);
+            match step {
+                crate::files::Step::Chunk { reply, .. } => reply(Err(e)),
+                crate::files::Step::Finish { reply } => reply(Err(e)),
+            }
+        }
+        Ok(())
+    }
+
+    /// Answers a download of part of a file the user may read.
+    fn download(&self, id: u64, d: v1::DownloadRequest, permit: Permit) -> ChatResult<()> {
+        let cap = self
+            .ctx
+            .config
+            .client
+            .max_frame_bytes
+            .saturating_sub(512)
+            .max(1024) as u32;
+        let length = if d.length == 0 { cap } else { d.length.min(cap) };
+        let reply = self.respond(id, permit, Body::BlobChunk);
+        let (ctx, user, readable) = (self.ctx.clone(), self.me().to_owned(), self.readable.clone());
+        tokio::spawn(async move {
+            let result = async {
+                let known = readable
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .get(&d.blob_id)
+                    .cloned();
+                let record = match known {
+                    Some(record) => record,
+                    None => {
+                        let mut record = ctx.files.may_read(&user, &d.blob_id).await?;
+                        // What a later chunk needs: size, type and where it is.
+                        record.users.clear();
+                        record.groups.clear();
+                        record.thumbnail.clear();
+                        let mut known = readable.lock().unwrap_or_else(|e| e.into_inner());
+                        if known.len() >= MAX_READABLE {
+                            known.clear();
+                        }
+                        known.insert(d.blob_id.clone(), record.clone());
+                        record
+                    }
+                };
+                let data = ctx
+                    .files
+                    .read_range(&d.blob_id, &record, d.offset, length)
+                    .await?;
+                Ok(v1::BlobChunk {
+                    blob_id: d.blob_id.clone(),
+                    offset: d.offset,
+                    data,
+                    size: record.size,
+                    mime: record.mime,
+                })
+            }
+            .await;
+            reply(result);
+        });
+        Ok(())
     }
 
     /// Pushes, in order, the entries after the last one pushed here (one page), then
@@ -1331,6 +1453,78 @@ async fn authenticate(
             }
         }
     }
+}
+
+/// Stores a private message in its recipient's inbox, then (unless it is to oneself or
+/// own copies are off) a copy in the sender's: the SendAck waits for both, so a resend
+/// (same client_msg_id) completes whichever is missing.
+fn send_private(
+    ctx: &Arc<NodeCtx>,
+    session: u64,
+    me: String,
+    m: v1::SendPrivate,
+    attachments: Vec<v1::Attachment>,
+    ack: Reply<ChatResult<Appended>>,
+) {
+    let own_origin = inbox::own_origin(&m.to, &m.client_msg_id);
+    let router = ctx.router.clone();
+    let (sender, peer, text) = (me.clone(), m.to.clone(), m.text.clone());
+    let reply_to = m.reply_to.clone();
+    let to_self = m.to == me || !ctx.config.client.copy_own_messages;
+    let own_files = attachments.clone();
+    let reply: Reply<ChatResult<Appended>> = Box::new(move |r| match r {
+        Ok(sent) if to_self => ack(Ok(sent)),
+        Ok(sent) => {
+            let copy = Draft {
+                from: sender.clone(),
+                kind: ConversationKind::Private,
+                conversation: peer,
+                text,
+                group: None,
+                receipt: None,
+                own_copy: Some(Box::new(inbox::OwnCopy {
+                    message_id: sent.message_id.clone(),
+                    timestamp_ms: sent.timestamp_ms,
+                    skip_session: session,
+                })),
+                reply_to,
+                attachments: own_files,
+            };
+            router.to_inbox(
+                &sender,
+                InboxMsg::Append {
+                    origin: own_origin,
+                    draft: copy,
+                    reply: Box::new(move |r| ack(r.map(|_| sent))),
+                },
+            );
+        }
+        Err(e) => ack(Err(e)),
+    });
+    ctx.router.to_inbox(
+        &m.to,
+        InboxMsg::Append {
+            origin: inbox::private_origin(&me, &m.client_msg_id),
+            draft: Draft {
+                from: me,
+                kind: ConversationKind::Private,
+                conversation: m.to.clone(),
+                text: m.text,
+                group: None,
+                receipt: None,
+                own_copy: None,
+                reply_to: m.reply_to,
+                attachments,
+            },
+            reply,
+        },
+    );
+}
+
+fn no_upload(blob_id: &str) -> ChatError {
+    ChatError::BadRequest(format!(
+        "no upload of {blob_id} under way here: send UploadBegin first"
+    ))
 }
 
 fn check_name(name: &str) -> ChatResult<()> {

@@ -584,6 +584,7 @@ impl Served {
                 client_msg_id,
                 text,
                 reply_to,
+                attachments,
                 reply,
             } => {
                 let op = Op::Post(command::Post {
@@ -593,6 +594,7 @@ impl Served {
                     text,
                     now_ms: storage::now_ms(),
                     reply_to,
+                    attachments,
                 });
                 let me = self.clone();
                 self.propose(p, op, move |r| match r {
@@ -829,6 +831,7 @@ impl Served {
                 group_seq: item.group_seq,
                 group_event: item.event,
                 reply_to: item.reply_to,
+                attachments: item.attachments,
                 change: item.change,
                 mentioned: item.mentioned,
                 ..InboxEntry::default()
@@ -973,6 +976,7 @@ fn group_deliveries(group: &str, posts: Vec<answer::Post>) -> Vec<v1::Delivery> 
                 group_seq: p.group_seq,
                 group_event: m.event,
                 reply_to: m.reply_to,
+                attachments: m.attachments,
                 edited: m.state.as_ref().is_some_and(|s| s.edited),
                 recalled: m.state.as_ref().is_some_and(|s| s.recalled),
                 reactions: m.state.map(|s| s.reactions).unwrap_or_default(),
