@@ -384,3 +384,21 @@ async fn the_cli_replies_edits_reacts_and_recalls_with_exit_codes() {
     assert!(ok, "{err}");
     assert!(out.contains("alice -> bob: (recalled)"), "{out}");
 }
+
+#[tokio::test]
+async fn a_reply_to_something_that_is_no_message_id_is_a_bad_request() {
+    let node = Node::start().unwrap();
+    let (alice, _) = node.user("alice").await.unwrap();
+    node.user("bob").await.unwrap();
+    alice.create_group("den").await.unwrap();
+    let sent = alice.send_private("bob", "first").await.unwrap().message_id;
+    for bad in ["first", "p:bob", "p:bob:0", "m:bob:1"] {
+        let private = alice.send_private_reply("bob", &format!("p-{bad}"), "re", bad).await;
+        assert_eq!(code(private), Some(ErrorCode::BadRequest), "{bad}");
+        let group = alice.send_group_reply("den", &format!("g-{bad}"), "re", bad).await;
+        assert_eq!(code(group), Some(ErrorCode::BadRequest), "{bad}");
+    }
+    // A well-formed id is taken as it is: whether it exists is not looked up.
+    alice.send_private_reply("bob", "ok1", "re", &sent).await.unwrap();
+    alice.send_group_reply("den", "ok2", "re", "g:den:99").await.unwrap();
+}
