@@ -383,6 +383,60 @@ async fn the_cli_replies_edits_reacts_and_recalls_with_exit_codes() {
     let (ok, out, err) = run(bob(&["history", "alice"])).await;
     assert!(ok, "{err}");
     assert!(out.contains("alice -> bob: (recalled)"), "{out}");
+
+    // `reply` finds the message's conversation: a message to me (in my inbox), one
+    // from me (my own copy), a group post.
+    let (ok, out, err) = run(alice(&["send", "bob", "tea?"])).await;
+    assert!(ok, "{err}");
+    let tea = out.split_whitespace().nth(1).unwrap().to_owned();
+    let (ok, out, err) = run(bob(&["reply", &tea, "green, please"])).await;
+    assert!(ok, "{err}");
+    assert!(out.contains(&format!("to alice (reply to {tea})")), "{out}");
+    let (ok, out, err) = run(alice(&["reply", &tea, "and a biscuit?"])).await;
+    assert!(ok, "{err}");
+    assert!(out.contains(&format!("to bob (reply to {tea})")), "{out}");
+    let (ok, out, err) = run(bob(&["recv", "--wait", "1"])).await;
+    assert!(ok, "{err}");
+    assert!(
+        out.contains(&format!("alice -> bob: and a biscuit? (reply to {tea})")),
+        "{out}"
+    );
+    let (ok, out, err) = run(alice(&["history", "bob"])).await;
+    assert!(ok, "{err}");
+    assert!(
+        out.contains(&format!("bob -> alice: green, please (reply to {tea})")),
+        "{out}"
+    );
+    let (ok, _, err) = run(alice(&["group-create", "tearoom"])).await;
+    assert!(ok, "{err}");
+    let (ok, _, err) = run(bob(&["group-join", "tearoom"])).await;
+    assert!(ok, "{err}");
+    let (ok, out, err) = run(alice(&["group-send", "tearoom", "who brews?"])).await;
+    assert!(ok, "{err}");
+    let post = out.split_whitespace().nth(1).unwrap().to_owned();
+    let (ok, out, err) = run(bob(&["reply", &post, "me"])).await;
+    assert!(ok, "{err}");
+    assert!(out.contains(&format!("to #tearoom (reply to {post})")), "{out}");
+    let (ok, out, err) = run(alice(&["history", "#tearoom"])).await;
+    assert!(ok, "{err}");
+    assert!(
+        out.contains(&format!("bob -> #tearoom: me (reply to {post})")),
+        "{out}"
+    );
+    // No such message, or none of mine: a clear error and no message sent.
+    for missing in ["p:bob:9999", "p:alice:9999", "g:tearoom:9999", "g:nowhere:1"] {
+        let (ok, _, err) = run(bob(&["reply", missing, "?"])).await;
+        assert!(!ok && err.contains(missing), "{missing}: {err}");
+    }
+    let (ok, _, err) = run(bob(&["reply", &tea.replace("bob", "carol"), "?"])).await;
+    assert!(!ok && err.contains("not found"), "{err}");
+    let (ok, _, err) = run(bob(&["reply", "tea", "?"])).await;
+    assert!(!ok && err.contains("not a message id"), "{err}");
+    // `delete` is `recall`.
+    let (ok, out, err) = run(alice(&["delete", &tea])).await;
+    assert!(ok && out.contains(&format!("recalled {tea}")), "{out}{err}");
+    let (ok, _, err) = run(alice(&["delete", &tea])).await;
+    assert!(!ok && err.contains("not found"), "{err}");
 }
 
 #[tokio::test]
