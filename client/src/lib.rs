@@ -748,11 +748,7 @@ impl Client {
                 let page = self
                     .history(v1::ConversationKind::Group, group, seq + 1, 1)
                     .await?;
-                Ok(page
-                    .messages
-                    .iter()
-                    .any(is_message)
-                    .then(|| format!("#{group}")))
+                Ok(page.messages.iter().any(is_message).then(|| format!("#{group}")))
             }
             Some(MessageHome::Inbox(user, seq)) if user == me => {
                 let page = self.sync(seq - 1, 1).await?;
@@ -1179,7 +1175,10 @@ mod tests {
     #[test]
     fn a_message_id_says_whether_it_is_private_or_in_a_group() {
         assert_eq!(parse_message_id("p:bob:17"), Some(MessageHome::Inbox("bob", 17)));
-        assert_eq!(parse_message_id("g:rust-fans:3"), Some(MessageHome::Group("rust-fans", 3)));
+        assert_eq!(
+            parse_message_id("g:rust-fans:3"),
+            Some(MessageHome::Group("rust-fans", 3))
+        );
         for bad in ["", "bob", "p:bob", "p::1", "p:bob:0", "p:bob:x", "q:bob:1"] {
             assert_eq!(parse_message_id(bad), None, "{bad}");
         }

@@ -447,12 +447,19 @@ async fn a_reply_to_something_that_is_no_message_id_is_a_bad_request() {
     alice.create_group("den").await.unwrap();
     let sent = alice.send_private("bob", "first").await.unwrap().message_id;
     for bad in ["first", "p:bob", "p:bob:0", "m:bob:1"] {
-        let private = alice.send_private_reply("bob", &format!("p-{bad}"), "re", bad).await;
+        let private = alice
+            .send_private_reply("bob", &format!("p-{bad}"), "re", bad)
+            .await;
         assert_eq!(code(private), Some(ErrorCode::BadRequest), "{bad}");
-        let group = alice.send_group_reply("den", &format!("g-{bad}"), "re", bad).await;
+        let group = alice
+            .send_group_reply("den", &format!("g-{bad}"), "re", bad)
+            .await;
         assert_eq!(code(group), Some(ErrorCode::BadRequest), "{bad}");
     }
     // A well-formed id is taken as it is: whether it exists is not looked up.
     alice.send_private_reply("bob", "ok1", "re", &sent).await.unwrap();
-    alice.send_group_reply("den", "ok2", "re", "g:den:99").await.unwrap();
+    alice
+        .send_group_reply("den", "ok2", "re", "g:den:99")
+        .await
+        .unwrap();
 }
