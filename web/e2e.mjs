@@ -279,6 +279,44 @@ try {
   await message(alice, "line one\nline two").waitFor();
   ok("read ticks");
 
+  // The message menu: bob answers alice's message, she edits it, he reacts, she deletes
+  // it for everyone; each side sees the other's doing.
+  const menuButton = (page, text) => message(page, text).getByRole("button", { name: "Message actions", exact: true });
+  const menu = (page) => log(page).getByRole("group", { name: "Message actions" });
+  await send(alice, "lunch today?");
+  await message(bob, "lunch today?").waitFor();
+  await menuButton(bob, "lunch today?").click();
+  await button(bob, "Reply").waitFor();
+  for (const mineOnly of ["Edit", "Delete for everyone"]) {
+    if (await menu(bob).getByRole("button", { name: mineOnly, exact: true }).count()) throw new Error(`bob is offered ${mineOnly} on alice's message`);
+  }
+  await button(bob, "Reply").click();
+  await bob.locator("#compose-what").filter({ hasText: "Replying to alice: lunch today?" }).waitFor();
+  await messageBox(bob).fill("yes, right here");
+  await messageBox(bob).press("Enter");
+  await message(alice, "yes, right here").locator(".quote", { hasText: "lunch today?" }).waitFor();
+  await menuButton(alice, "lunch today?").click();
+  await button(alice, "Edit").click();
+  if ((await messageBox(alice).inputValue()) !== "lunch today?") throw new Error("editing does not start from the message's text");
+  await messageBox(alice).fill("lunch tomorrow?");
+  await messageBox(alice).press("Enter");
+  await message(bob, "lunch tomorrow?").locator(".edited").waitFor();
+  await message(bob, "yes, right here").locator(".quote", { hasText: "lunch tomorrow?" }).waitFor();
+  await message(alice, "lunch tomorrow?").locator(".edited").waitFor();
+  await menuButton(bob, "lunch tomorrow?").click();
+  await button(bob, "React 👍").click();
+  await message(alice, "lunch tomorrow?").locator(".reaction", { hasText: "👍 1" }).waitFor();
+  await message(bob, "lunch tomorrow?").locator(".reaction.mine", { hasText: "👍 1" }).waitFor();
+  await menuButton(alice, "lunch tomorrow?").click();
+  alice.once("dialog", (d) => d.accept());
+  await button(alice, "Delete for everyone").click();
+  await message(bob, "(message deleted)").waitFor();
+  await message(alice, "(message deleted)").waitFor();
+  if ((await count(bob, "lunch tomorrow?")) !== 0) throw new Error("the deleted text is still shown");
+  if (await menuButton(bob, "(message deleted)").count()) throw new Error("a deleted message offers actions");
+  await message(bob, "yes, right here").locator(".quote", { hasText: "(message deleted)" }).waitFor();
+  ok("reply, edit, react and delete from the message menu");
+
   // A group of three: created and joined in the browsers, joined by the CLI user.
   await alice.getByRole("textbox", { name: /^Chat with/ }).fill("team");
   await button(alice, "Create group").click();

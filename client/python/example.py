@@ -7,7 +7,7 @@ Prints one line per step ("ok: ...") and exits non-zero on the first failure.
 import sys
 
 import chat_pb2 as pb
-from chat_client import ChatClient, ChatError
+from chat_client import ChatClient, ChatError, apply_change
 
 
 def main():
@@ -52,6 +52,54 @@ def main():
     assert gmsg.kind == pb.GROUP and gmsg.conversation == group and gmsg.group_seq == gack.seq, gmsg
     bob.ack_delivered(gmsg.seq)
     print("ok: group message")
+
+    # A reply names the message it answers; changes arrive as entries of their own.
+    question = alice.send_private(bob_name, "tea at five?")
+    asked = bob.next_message()
+    assert asked.message_id == question.message_id, asked
+    seen = {asked.message_id: {"text": asked.text}}
+    answer = bob.send_private(alice_name, "yes", reply_to=question.message_id)
+    got = alice.next_message()
+    assert (got.text, got.reply_to, got.message_id) == ("yes", question.message_id, answer.message_id), got
+    alice.edit(question.message_id, "tea at six?")
+    alice.react(question.message_id, "🎉")
+    alice.react(question.message_id, "")
+    for _ in range(3):
+        assert apply_change(seen, bob.next_change()), seen
+    assert seen[question.message_id] == {"text": "tea at six?", "edited": True, "reactions": {}}, seen
+    bob.react(question.message_id, "👍")
+    try:
+        bob.edit(question.message_id, "coffee")
+        raise SystemExit("someone else's message was edited")
+    except ChatError as e:
+        assert e.code == pb.NOT_AUTHOR, e
+    try:
+        bob.send_private(alice_name, "?", reply_to="not an id")
+        raise SystemExit("a reply to something that is no message id was taken")
+    except ChatError as e:
+        assert e.code == pb.BAD_REQUEST, e
+    shown = [m for m in bob.history(alice_name).messages if m.message_id == question.message_id][0]
+    reactions = [(r.emoji, list(r.users)) for r in shown.reactions]
+    assert (shown.text, shown.edited, reactions) == ("tea at six?", True, [("👍", [bob_name])]), shown
+    alice.delete(question.message_id)
+    recall = bob.next_change(pb.MessageChange.RECALL)
+    assert recall.change.kind == pb.MessageChange.RECALL and recall.change.by == alice_name, recall
+    apply_change(seen, recall)
+    assert seen[question.message_id]["recalled"], seen
+    print("ok: reply, edit, react and recall, private")
+
+    post = alice.send_group(group, "who brings cake?")
+    assert bob.next_message().message_id == post.message_id
+    bob.send_group(group, "me", reply_to=post.message_id)
+    got = alice.next_message()
+    assert (got.conversation, got.text, got.reply_to) == (group, "me", post.message_id), got
+    alice.recall(post.message_id)
+    recall = bob.next_change(pb.MessageChange.RECALL)
+    assert (recall.conversation, recall.change.message_id) == (group, post.message_id), recall
+    shown = [m for m in bob.history(group, group=True).messages if m.message_id == post.message_id][0]
+    assert shown.recalled and shown.text == "", shown
+    bob.ack_delivered(bob.sync_all(0)[-1].seq)
+    print("ok: reply and recall in a group")
 
     bob.logout()
     bob.close()

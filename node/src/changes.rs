@@ -57,11 +57,18 @@ pub fn home(id: &str) -> Option<Home> {
     }
 }
 
-/// Checks a message's `reply_to`.
+/// Checks a message's `reply_to`: empty, or a well-formed message id. Whether that
+/// message exists is not asked: it may live in another partition, and a reply to a
+/// message that is gone (recalled, or removed by retention) is still a reply.
 pub fn check_reply_to(reply_to: &str) -> ChatResult<()> {
     if reply_to.len() > MAX_REPLY_TO_BYTES {
         return Err(ChatError::BadRequest(format!(
             "reply_to is longer than {MAX_REPLY_TO_BYTES} bytes"
+        )));
+    }
+    if !reply_to.is_empty() && home(reply_to).is_none() {
+        return Err(ChatError::BadRequest(format!(
+            "reply_to {reply_to:?} is not a message id (p:user:seq or g:group:seq)"
         )));
     }
     Ok(())
@@ -109,5 +116,18 @@ mod tests {
         );
         assert_eq!(code(change(Recall, "nonsense", "")), Err(ErrorCode::NotFound));
         assert_eq!(code(change(React, "p:bob:1", "")), Ok(Home::Inbox("bob".into())));
+    }
+
+    #[test]
+    fn a_reply_to_must_be_empty_or_a_well_formed_message_id() {
+        use chat_protocol::v1::ErrorCode;
+        for good in ["", "p:bob:7", "g:rust-fans:12"] {
+            assert!(check_reply_to(good).is_ok(), "{good}");
+        }
+        let long = format!("p:{}:1", "b".repeat(MAX_REPLY_TO_BYTES));
+        for bad in ["hello", "p:bob", "p:bob:0", "x:bob:3", "g::4", long.as_str()] {
+            let code = check_reply_to(bad).map_err(|e| e.code());
+            assert_eq!(code, Err(ErrorCode::BadRequest), "{bad}");
+        }
     }
 }

@@ -383,4 +383,83 @@ async fn the_cli_replies_edits_reacts_and_recalls_with_exit_codes() {
     let (ok, out, err) = run(bob(&["history", "alice"])).await;
     assert!(ok, "{err}");
     assert!(out.contains("alice -> bob: (recalled)"), "{out}");
+
+    // `reply` finds the message's conversation: a message to me (in my inbox), one
+    // from me (my own copy), a group post.
+    let (ok, out, err) = run(alice(&["send", "bob", "tea?"])).await;
+    assert!(ok, "{err}");
+    let tea = out.split_whitespace().nth(1).unwrap().to_owned();
+    let (ok, out, err) = run(bob(&["reply", &tea, "green, please"])).await;
+    assert!(ok, "{err}");
+    assert!(out.contains(&format!("to alice (reply to {tea})")), "{out}");
+    let (ok, out, err) = run(alice(&["reply", &tea, "and a biscuit?"])).await;
+    assert!(ok, "{err}");
+    assert!(out.contains(&format!("to bob (reply to {tea})")), "{out}");
+    let (ok, out, err) = run(bob(&["recv", "--wait", "1"])).await;
+    assert!(ok, "{err}");
+    assert!(
+        out.contains(&format!("alice -> bob: and a biscuit? (reply to {tea})")),
+        "{out}"
+    );
+    let (ok, out, err) = run(alice(&["history", "bob"])).await;
+    assert!(ok, "{err}");
+    assert!(
+        out.contains(&format!("bob -> alice: green, please (reply to {tea})")),
+        "{out}"
+    );
+    let (ok, _, err) = run(alice(&["group-create", "tearoom"])).await;
+    assert!(ok, "{err}");
+    let (ok, _, err) = run(bob(&["group-join", "tearoom"])).await;
+    assert!(ok, "{err}");
+    let (ok, out, err) = run(alice(&["group-send", "tearoom", "who brews?"])).await;
+    assert!(ok, "{err}");
+    let post = out.split_whitespace().nth(1).unwrap().to_owned();
+    let (ok, out, err) = run(bob(&["reply", &post, "me"])).await;
+    assert!(ok, "{err}");
+    assert!(out.contains(&format!("to #tearoom (reply to {post})")), "{out}");
+    let (ok, out, err) = run(alice(&["history", "#tearoom"])).await;
+    assert!(ok, "{err}");
+    assert!(
+        out.contains(&format!("bob -> #tearoom: me (reply to {post})")),
+        "{out}"
+    );
+    // No such message, or none of mine: a clear error and no message sent.
+    for missing in ["p:bob:9999", "p:alice:9999", "g:tearoom:9999", "g:nowhere:1"] {
+        let (ok, _, err) = run(bob(&["reply", missing, "?"])).await;
+        assert!(!ok && err.contains(missing), "{missing}: {err}");
+    }
+    let (ok, _, err) = run(bob(&["reply", &tea.replace("bob", "carol"), "?"])).await;
+    assert!(!ok && err.contains("not found"), "{err}");
+    let (ok, _, err) = run(bob(&["reply", "tea", "?"])).await;
+    assert!(!ok && err.contains("not a message id"), "{err}");
+    // `delete` is `recall`.
+    let (ok, out, err) = run(alice(&["delete", &tea])).await;
+    assert!(ok && out.contains(&format!("recalled {tea}")), "{out}{err}");
+    let (ok, _, err) = run(alice(&["delete", &tea])).await;
+    assert!(!ok && err.contains("not found"), "{err}");
+}
+
+#[tokio::test]
+async fn a_reply_to_something_that_is_no_message_id_is_a_bad_request() {
+    let node = Node::start().unwrap();
+    let (alice, _) = node.user("alice").await.unwrap();
+    node.user("bob").await.unwrap();
+    alice.create_group("den").await.unwrap();
+    let sent = alice.send_private("bob", "first").await.unwrap().message_id;
+    for bad in ["first", "p:bob", "p:bob:0", "m:bob:1"] {
+        let private = alice
+            .send_private_reply("bob", &format!("p-{bad}"), "re", bad)
+            .await;
+        assert_eq!(code(private), Some(ErrorCode::BadRequest), "{bad}");
+        let group = alice
+            .send_group_reply("den", &format!("g-{bad}"), "re", bad)
+            .await;
+        assert_eq!(code(group), Some(ErrorCode::BadRequest), "{bad}");
+    }
+    // A well-formed id is taken as it is: whether it exists is not looked up.
+    alice.send_private_reply("bob", "ok1", "re", &sent).await.unwrap();
+    alice
+        .send_group_reply("den", "ok2", "re", "g:den:99")
+        .await
+        .unwrap();
 }

@@ -396,6 +396,114 @@ async fn an_interactive_session_refuses_an_oversized_line_goes_on_and_names_mess
     stdin.write_all(b":q\n").await.unwrap();
 }
 
+#[tokio::test]
+async fn an_interactive_session_replies_edits_reacts_and_deletes_by_message_id() {
+    use chat_client::Push;
+    use chat_client::proto::message_change::Kind;
+    use tokio::io::AsyncWriteExt;
+    let node = Node::start().unwrap();
+    let s = node.addr.as_str();
+    let (success, _, err) = cli(&["--server", s, "register", "alice", "--password", "pa"])
+        .await
+        .unwrap();
+    assert!(success, "{err}");
+    let (bob, mut bob_pushes) = node.user("bob").await.unwrap();
+    let (_child, mut stdin, mut lines) = interactive(&["--server", s, "--user", "alice", "--password", "pa"]);
+    wait_line(&mut lines, "logged in", |l| l.contains("logged in as alice")).await;
+    // An incoming message shows its id at the end of its line, to copy.
+    let asked = bob.send_private("alice", "ready?").await.unwrap().message_id;
+    let shown = wait_line(&mut lines, "bob's message", |l| {
+        l.contains("bob -> alice: ready?")
+    })
+    .await;
+    assert!(shown.ends_with(&format!("  id {asked}")), "{shown}");
+    async fn next_change(
+        pushes: &mut tokio::sync::mpsc::UnboundedReceiver<Push>,
+        kind: Kind,
+    ) -> chat_client::proto::MessageChange {
+        chat_tests::next_push(pushes, |p| match p {
+            Push::Delivery(d) => d.change.filter(|c| c.kind() == kind),
+            _ => None,
+        })
+        .await
+        .unwrap()
+    }
+
+    stdin
+        .write_all(format!(":reply {asked} yes\n").as_bytes())
+        .await
+        .unwrap();
+    let sent = wait_line(&mut lines, "sent", |l| l.contains("(sent")).await;
+    let answer = sent
+        .trim()
+        .trim_start_matches("(sent ")
+        .trim_end_matches(')')
+        .to_owned();
+    let got = chat_tests::next_delivery(&mut bob_pushes).await.unwrap();
+    assert_eq!(
+        (got.text.as_str(), got.reply_to.as_str(), got.message_id.as_str()),
+        ("yes", asked.as_str(), answer.as_str())
+    );
+    stdin
+        .write_all(format!(":edit {answer} yes, now\n").as_bytes())
+        .await
+        .unwrap();
+    wait_line(&mut lines, "edited", |l| {
+        l.contains(&format!("(edited {answer})"))
+    })
+    .await;
+    assert_eq!(next_change(&mut bob_pushes, Kind::Edit).await.text, "yes, now");
+    stdin
+        .write_all(format!(":react {asked} 👍\n").as_bytes())
+        .await
+        .unwrap();
+    wait_line(&mut lines, "reacted", |l| l.contains("(reacted 👍")).await;
+    assert_eq!(next_change(&mut bob_pushes, Kind::React).await.text, "👍");
+    stdin
+        .write_all(format!(":react {asked}\n").as_bytes())
+        .await
+        .unwrap();
+    wait_line(&mut lines, "unreacted", |l| l.contains("(removed your reaction")).await;
+    assert_eq!(next_change(&mut bob_pushes, Kind::React).await.text, "");
+    stdin
+        .write_all(format!(":delete {answer}\n").as_bytes())
+        .await
+        .unwrap();
+    wait_line(&mut lines, "deleted", |l| {
+        l.contains(&format!("(deleted {answer}"))
+    })
+    .await;
+    assert_eq!(
+        next_change(&mut bob_pushes, Kind::Recall).await.message_id,
+        answer
+    );
+    // Changes by the other side show on their own lines.
+    bob.edit(&asked, "ready now?").await.unwrap();
+    wait_line(&mut lines, "bob's edit", |l| {
+        l.contains(&format!("bob -> alice: edited {asked}: ready now?"))
+    })
+    .await;
+    // Refusals say why, and the session goes on.
+    stdin.write_all(b":reply p:alice:9999 hello?\n").await.unwrap();
+    let refused = wait_line(&mut lines, "not found", |l| l.starts_with("error:")).await;
+    assert!(refused.contains("p:alice:9999 not found"), "{refused}");
+    stdin
+        .write_all(format!(":edit {asked}\n").as_bytes())
+        .await
+        .unwrap();
+    let refused = wait_line(&mut lines, "usage", |l| l.starts_with("error:")).await;
+    assert!(refused.contains("usage: :edit ID TEXT"), "{refused}");
+    stdin
+        .write_all(format!(":edit {asked} mine now\n").as_bytes())
+        .await
+        .unwrap();
+    let refused = wait_line(&mut lines, "not the author", |l| l.starts_with("error:")).await;
+    assert!(refused.contains("author"), "{refused}");
+    stdin.write_all(b"@bob still here\n").await.unwrap();
+    wait_line(&mut lines, "sent", |l| l.contains("(sent")).await;
+    stdin.write_all(b":q\n").await.unwrap();
+}
+
 /// Starts an interactive `chat` session with `args`; its stdout and stderr lines arrive
 /// on the returned channel.
 fn interactive(

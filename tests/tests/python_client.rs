@@ -72,6 +72,8 @@ async fn the_python_example_client_chats_with_a_real_node() {
         "private message pushed live; resend deduplicated",
         "delivered receipt",
         "group message",
+        "reply, edit, react and recall, private",
+        "reply and recall in a group",
         "offline message synced after login",
         "online list",
     ] {

@@ -158,6 +158,7 @@ async fn browser_users_and_a_cli_user_chat_through_a_cluster_that_loses_a_node()
         "history on opening a conversation",
         "private chat with the CLI user",
         "read ticks",
+        "reply, edit, react and delete from the message menu",
         "group chat",
         "group settings, invitation and roles",
         "oversized message refused",

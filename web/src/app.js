@@ -3,7 +3,7 @@
 // cluster; the model (model.js) keeps what is known; this module only turns both
 // into DOM and back.
 import { Session } from "./session.js";
-import { Model, TypingOut, keyOf, groupPanel } from "./model.js";
+import { Model, TypingOut, keyOf, groupPanel, excerpt } from "./model.js";
 import { ServerError, ConnectionLost } from "./connection.js";
 
 const $ = (id) => document.getElementById(id);
@@ -24,6 +24,12 @@ let typingOut = new TypingOut(TYPING_EVERY_MS);
 /** conversation key -> the timer of a typing notice waiting for its window. */
 const typingTimers = new Map();
 let typingShown = null; // the timer that hides an expired "typing…"
+/** The message whose menu is open (its id), if any. */
+let menuFor = null;
+/** What the composer does besides sending: { mode: "reply" | "edit", key, id }, or null. */
+let composing = null;
+/** The emoji the message menu offers. */
+const REACTIONS = ["👍", "❤️", "😂", "🎉", "😮", "😢"];
 
 const session = new Session({
   state: showState,
@@ -66,7 +72,15 @@ const MESSAGES = {
   RATE_LIMITED: "Too many requests; try again in a moment.",
   UNAVAILABLE: "The server cannot do that right now; try again.",
   NOT_ALLOWED: "That user does not accept messages from you.",
+  NOT_AUTHOR: "Only its author may do that.",
+  EDIT_WINDOW_CLOSED: "That message is too old to edit.",
 };
+
+/** A refused change of a message in words: NOT_FOUND is the message, not a user. */
+function changeError(e) {
+  if (e instanceof ServerError && e.code === "NOT_FOUND") return "That message is gone: deleted, or not one you can see.";
+  return human(e);
+}
 
 /** A refused group action in words: FORBIDDEN says why (role, private group, ban). */
 function groupError(e) {
@@ -172,6 +186,8 @@ function onEntries(list, { initial }) {
       contactsChanged = true;
       // Presence comes with the list, for contacts only: a new contact's is asked for.
       if (d.contact.state === "CONTACT") contactsStale = true;
+    } else if (d.change) {
+      touched.add(keyOf(d, model.me)); // an edit, deletion or reaction to show
     } else if (msg) {
       const key = keyOf(d, model.me);
       touched.add(key);
@@ -277,6 +293,10 @@ function openConversation(key) {
   if (!model) return;
   const c = model.conv(key);
   if (current && current !== key) stopTyping(current);
+  if (current !== key) {
+    setComposing(null);
+    menuFor = null;
+  }
   current = key;
   document.body.classList.add("conv-open");
   $("placeholder").hidden = true;
@@ -306,6 +326,8 @@ function openConversation(key) {
 
 function closeConversation() {
   if (current) stopTyping(current);
+  setComposing(null);
+  menuFor = null;
   current = null;
   document.body.classList.remove("conv-open");
   $("placeholder").hidden = false;
@@ -399,7 +421,21 @@ function messageItem(c, m, state) {
   const bubble = document.createElement("div");
   bubble.className = "bubble";
   if (!m.mine && !m.event && c.kind === "GROUP") bubble.append(span("who", m.from));
-  bubble.append(span("text", m.text));
+  const quote = model.quote(c, m);
+  if (quote) bubble.append(quoteBox(quote));
+  bubble.append(span(m.recalled ? "text recalled" : "text", m.text));
+  const reactions = model.reactionRows(m);
+  if (reactions.length) {
+    const row = document.createElement("div");
+    row.className = "reactions";
+    for (const r of reactions) {
+      const chip = span(r.mine ? "reaction mine" : "reaction", `${r.emoji} ${r.users.length}`);
+      chip.title = r.users.join(", ");
+      chip.setAttribute("aria-label", `${r.emoji} by ${r.users.join(", ")}`);
+      row.append(chip);
+    }
+    bubble.append(row);
+  }
   const meta = document.createElement("div");
   meta.className = "meta";
   const time = document.createElement("time");
@@ -407,6 +443,7 @@ function messageItem(c, m, state) {
   time.textContent = clock(m.ts);
   meta.append(time);
   if (m.edited && !m.recalled) meta.append(span("edited", "edited"));
+  if (m.recalled) meta.append(span("deleted", "deleted"));
   if (m.mine) {
     const [mark, label] = TICKS[state];
     const t = span(`tick ${state}`, mark);
@@ -414,13 +451,142 @@ function messageItem(c, m, state) {
     t.setAttribute("aria-label", label);
     meta.append(t);
   }
+  const actions = model.messageActions(c, m, myRole(c));
+  if (actions.length) {
+    const more = document.createElement("button");
+    more.type = "button";
+    more.className = "plain more-btn";
+    more.textContent = "⋯";
+    more.setAttribute("aria-label", "Message actions");
+    more.setAttribute("aria-expanded", String(menuFor === m.id));
+    more.onclick = () => {
+      menuFor = menuFor === m.id ? null : m.id;
+      renderMessages();
+    };
+    meta.append(more);
+  }
   bubble.append(meta);
   if (state === "failed") {
     li.classList.add("failed");
     bubble.append(span("fail", `Not sent: ${m.error}`));
   }
   li.append(bubble);
+  if (menuFor === m.id && actions.length) li.append(messageMenu(c, m, actions));
   return li;
+}
+
+/** The message a reply answers, above its text; a click shows it, when the page has it. */
+function quoteBox(q) {
+  const box = document.createElement("button");
+  box.type = "button";
+  box.className = "quote";
+  if (q.missing) {
+    box.append(span("quote-text", "Reply to a message not shown here"));
+    box.disabled = true;
+  } else {
+    box.append(span("quote-from", q.mine ? "You" : q.from), span("quote-text", q.recalled ? "(message deleted)" : q.text));
+    box.onclick = () => $("messages").querySelector(`li[data-id="${CSS.escape(q.id)}"]`)?.scrollIntoView({ block: "center" });
+  }
+  box.setAttribute("aria-label", q.missing ? "In reply to a message not shown here" : `In reply to ${q.mine ? "you" : q.from}: ${q.text}`);
+  return box;
+}
+
+/** My role in the open group, when its GroupInfo is known (null otherwise). */
+function myRole(c) {
+  if (c.kind !== "GROUP" || !groupInfo || `#${groupInfo.group}` !== c.key) return null;
+  return groupPanel(groupInfo, model.me).role;
+}
+
+/** The menu of one message: reply, edit, delete, and the reactions. */
+function messageMenu(c, m, actions) {
+  const menu = document.createElement("div");
+  menu.className = "msg-menu";
+  menu.setAttribute("role", "group");
+  menu.setAttribute("aria-label", "Message actions");
+  const close = () => {
+    menuFor = null;
+    renderMessages();
+  };
+  if (actions.includes("reply")) {
+    menu.append(
+      actionButton("Reply", "Reply", () => {
+        close();
+        setComposing({ mode: "reply", key: c.key, id: m.id });
+      }),
+    );
+  }
+  if (actions.includes("edit")) {
+    menu.append(
+      actionButton("Edit", "Edit", () => {
+        close();
+        setComposing({ mode: "edit", key: c.key, id: m.id });
+        $("message").value = m.text;
+        updateLimit();
+      }),
+    );
+  }
+  if (actions.includes("delete")) {
+    menu.append(
+      actionButton(
+        "Delete",
+        "Delete for everyone",
+        () => {
+          if (!confirm(m.mine ? "Delete this message for everyone?" : `Delete ${m.from}'s message for everyone?`)) return;
+          close();
+          changeMessage(c.key, "RECALL", m.id);
+        },
+        true,
+      ),
+    );
+  }
+  if (actions.includes("react")) {
+    const mine = model.myReaction(m);
+    for (const emoji of REACTIONS) {
+      const b = actionButton(emoji, emoji === mine ? `Remove reaction ${emoji}` : `React ${emoji}`, () => {
+        close();
+        changeMessage(c.key, "REACT", m.id, emoji === mine ? "" : emoji);
+      }, emoji !== mine);
+      b.classList.add("emoji");
+      menu.append(b);
+    }
+  }
+  return menu;
+}
+
+/** Sends a change of a message; once acknowledged, it is applied at once (its entry,
+ * when it comes, changes nothing more). Refusals show under the composer. */
+async function changeMessage(key, kind, id, text = "") {
+  $("send-error").textContent = "";
+  try {
+    await session.change(kind, id, text);
+  } catch (e) {
+    if (current === key) $("send-error").textContent = `Not done: ${changeError(e)}`;
+    return false;
+  }
+  if (!model) return false;
+  model.change(key, { kind, message_id: id, text, by: model.me });
+  refresh(key);
+  return true;
+}
+
+/** Puts the composer into reply or edit mode (null: back to plain messages). */
+function setComposing(what) {
+  const was = composing;
+  composing = what;
+  const box = $("compose-context");
+  if (!what) {
+    box.hidden = true;
+    if (was?.mode === "edit") {
+      $("message").value = "";
+      updateLimit();
+    }
+    return;
+  }
+  const msg = model?.convs.get(what.key)?.messages.get(what.id);
+  const who = !msg ? "" : msg.mine ? "yourself" : msg.from;
+  $("compose-what").textContent = what.mode === "edit" ? "Editing your message" : `Replying to ${who}: ${excerpt(msg?.text ?? "")}`;
+  box.hidden = false;
+  $("message").focus();
 }
 
 // ---- time --------------------------------------------------------------------
@@ -513,7 +679,19 @@ function sendComposed() {
     $("send-error").textContent = `This message is too long: ${size} bytes, and at most ${max} bytes can be sent. Shorten it or split it.`;
     return;
   }
-  model.pending(session.send(current, text));
+  const what = composing?.key === current ? composing : null;
+  if (what?.mode === "edit") {
+    const key = current;
+    const msg = model.conv(key).messages.get(what.id);
+    setComposing(null);
+    if (msg && msg.text !== text) changeMessage(key, "EDIT", what.id, text);
+    stopTyping(key);
+    box.value = "";
+    updateLimit();
+    return;
+  }
+  model.pending(session.send(current, text, what?.mode === "reply" ? what.id : ""));
+  setComposing(null);
   typingCommand(current, typingOut.messageSent(current, Date.now()));
   box.value = "";
   updateLimit();
@@ -658,7 +836,10 @@ async function refreshGroupInfo() {
       try {
         const info = await session.request("group_info", { group: key.slice(1) });
         if (current !== key) return;
+        const roleWas = groupInfo && groupPanel(groupInfo, model.me).role;
         groupInfo = info;
+        // Admins may delete others' messages: the menus follow the role.
+        if (groupPanel(info, model.me).role !== roleWas) renderMessages();
         if (!$("group-panel").hidden && $("group-error").dataset.from === "load") $("group-error").textContent = "";
       } catch (e) {
         if (current !== key) return;
@@ -1087,7 +1268,16 @@ function wire() {
   $("contacts-only").onchange = (e) => setPrivacy("contacts_only", e.target);
   $("hide-last-seen").onchange = (e) => setPrivacy("hide_last_seen", e.target);
   $("block").onclick = toggleBlock;
+  $("compose-cancel").onclick = () => {
+    setComposing(null);
+    $("message").focus();
+  };
   $("message").addEventListener("keydown", (e) => {
+    if (e.key === "Escape" && composing) {
+      e.preventDefault();
+      setComposing(null);
+      return;
+    }
     if (e.key === "Enter" && !e.shiftKey && !e.isComposing) {
       e.preventDefault();
       sendComposed();

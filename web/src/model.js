@@ -84,17 +84,60 @@ export class Model {
   }
 
   /** An edit, recall or reaction of a message in conversation `key`: applied to the
-   * message if the page has it (history brings the current state otherwise). */
+   * message if the page has it (history brings the current state otherwise). Applying
+   * one twice changes nothing, so the page may apply its own at once, before its
+   * entry comes. Nothing changes a recalled message. */
   change(key, ch) {
     const msg = this.convs.get(key)?.messages.get(ch.message_id);
-    if (!msg) return;
+    if (!msg || msg.recalled) return;
     if (ch.kind === "EDIT") Object.assign(msg, { text: ch.text, edited: true });
-    if (ch.kind === "RECALL") Object.assign(msg, { text: "(message deleted)", recalled: true });
+    if (ch.kind === "RECALL") Object.assign(msg, { text: "(message deleted)", recalled: true, reactions: {} });
     if (ch.kind === "REACT") {
       msg.reactions = { ...(msg.reactions ?? {}) };
       if (ch.text) msg.reactions[ch.by] = ch.text;
       else delete msg.reactions[ch.by];
     }
+  }
+
+  /** What a reply shows above its text: the message it answers in `c`, as
+   * `{ from, text }` (an excerpt), or `{ missing: true }` when the page does not have
+   * it (not loaded, or gone); null for a message that answers none. */
+  quote(c, msg) {
+    if (!msg.replyTo) return null;
+    const to = c.messages.get(msg.replyTo);
+    if (!to) return { id: msg.replyTo, missing: true };
+    return { id: to.id, from: to.from, mine: to.mine, text: excerpt(to.text), recalled: Boolean(to.recalled) };
+  }
+
+  /** A message's reactions to show: per emoji, who (by name), in the order of the
+   * emoji's first use, and whether I am among them. */
+  reactionRows(msg) {
+    const rows = new Map();
+    for (const [user, emoji] of Object.entries(msg.reactions ?? {})) {
+      if (!rows.has(emoji)) rows.set(emoji, { emoji, users: [], mine: false });
+      const row = rows.get(emoji);
+      row.users.push(user);
+      if (user === this.me) row.mine = true;
+    }
+    return [...rows.values()];
+  }
+
+  /** The actions the message menu offers on `msg` in `c`, by the rules the server
+   * applies (state/src/changes.rs): anyone who sees a message replies and reacts;
+   * its author edits it; its author, and in a group the owner and admins (`role`,
+   * when known), delete it for everyone. Events, messages not sent yet and
+   * deleted ones offer nothing. */
+  messageActions(c, msg, role = null) {
+    if (msg.event || msg.recalled || msg.state !== "sent" || !msg.id || msg.id.startsWith("pending:")) return [];
+    const actions = ["reply", "react"];
+    if (msg.mine) actions.push("edit");
+    if (msg.mine || (c.kind === "GROUP" && (role === "owner" || role === "admin"))) actions.push("delete");
+    return actions;
+  }
+
+  /** My reaction to `msg` ("" for none). */
+  myReaction(msg) {
+    return msg.reactions?.[this.me] ?? "";
   }
 
   receipt(r) {
@@ -114,6 +157,9 @@ export class Model {
           ? "(message deleted)"
           : d.text,
       edited: Boolean(d.edited),
+      recalled: Boolean(d.recalled),
+      replyTo: d.reply_to || "",
+      reactions: reactionMap(d.reactions),
       event: Boolean(d.group_event),
       ts: d.timestamp_ms,
       seq: d.seq,
@@ -133,6 +179,8 @@ export class Model {
       id: `pending:${item.client_msg_id}`,
       from: this.me,
       text: item.text,
+      replyTo: item.reply_to || "",
+      reactions: {},
       ts: Date.now(),
       seq: 0,
       mine: true,
@@ -491,6 +539,23 @@ export function describeGroupEvent(e, me) {
     default:
       return `${actor} changed the group`;
   }
+}
+
+/** At most this many characters of a message quote it above a reply. */
+export const QUOTE_CHARS = 80;
+
+/** The start of `text` on one line, with "…" when cut. */
+export function excerpt(text, most = QUOTE_CHARS) {
+  const line = String(text ?? "").replace(/\s+/g, " ").trim();
+  const chars = [...line];
+  return chars.length > most ? `${chars.slice(0, most).join("")}…` : line;
+}
+
+/** History's reactions (per emoji, the users) as the page keeps them: user -> emoji. */
+function reactionMap(list) {
+  const out = {};
+  for (const r of list ?? []) for (const user of r.users ?? []) out[user] = r.emoji;
+  return out;
 }
 
 /** The conversation a delivery belongs to, as seen by `me`. */

@@ -147,13 +147,31 @@ export class Session {
     if (this.conn && !this.syncing) this.conn.tell(field, body);
   }
 
-  /** Queues a message; it is sent (again, after a reconnect) until acknowledged. */
-  send(conversation, text) {
+  /** Queues a message (answering message `replyTo`, if given); it is sent (again,
+   * after a reconnect) until acknowledged. */
+  send(conversation, text, replyTo = "") {
     const item = { user: this.user, conversation, text, client_msg_id: crypto.randomUUID() };
+    if (replyTo) item.reply_to = replyTo;
     this.outbox.push(item);
     this.saveOutbox();
     this.flush();
     return item;
+  }
+
+  /** Changes message `messageId` (ChangeMessage): kind "EDIT" (`text` the new text),
+   * "RECALL" or "REACT" (`text` the emoji, "" removes mine). Not queued: it needs the
+   * connection now, and says why not; a retry on a busy partition keeps its
+   * client_msg_id, so it is stored once. */
+  async change(kind, messageId, text = "") {
+    const body = { client_msg_id: crypto.randomUUID(), change: { kind, message_id: messageId, text } };
+    for (let attempt = 0; ; attempt++) {
+      try {
+        return await this.request("change_message", body);
+      } catch (e) {
+        if (!(e instanceof ServerError) || !RETRYABLE.has(e.code) || attempt >= 3) throw e;
+        await sleep(500);
+      }
+    }
   }
 
   /** Marks the inbox read up to `seq` (the server's read cursor only moves forward). */
@@ -361,8 +379,8 @@ export class Session {
   }
 }
 
-function sendRequest({ conversation, text, client_msg_id }) {
+function sendRequest({ conversation, text, client_msg_id, reply_to = "" }) {
   return conversation.startsWith("#")
-    ? ["send_group", { group: conversation.slice(1), client_msg_id, text }]
-    : ["send_private", { to: conversation.slice(1), client_msg_id, text }];
+    ? ["send_group", { group: conversation.slice(1), client_msg_id, text, reply_to }]
+    : ["send_private", { to: conversation.slice(1), client_msg_id, text, reply_to }];
 }

@@ -17,7 +17,7 @@ globalThis.localStorage = {
   },
 };
 
-const { Model, TypingOut, describeGroupEvent, keyOf, mayInGroup, groupPanel, roleName } = await import("../src/model.js");
+const { Model, TypingOut, describeGroupEvent, keyOf, mayInGroup, groupPanel, roleName, excerpt } = await import("../src/model.js");
 
 let nextId = 1;
 const delivery = (seq, from, conversation, text, extra = {}) => ({
@@ -397,4 +397,88 @@ test("edits and recalls change the message they name and are no messages themsel
   assert.equal(m.entry(change(4, "RECALL", ""), 0), null);
   assert.ok(msg.recalled);
   assert.equal(m.conv("@bob").messages.size, 1, "changes are no messages");
+});
+
+test("history brings a message's reply, reactions and deletion with it", () => {
+  const m = new Model("ann");
+  const c = m.conv("@bob");
+  m.history(c, {
+    messages: [
+      delivery(3, "bob", "ann", "", { message_id: "p:ann:3", recalled: true }),
+      delivery(2, "ann", "bob", "yes", { message_id: "p:bob:7", reply_to: "p:ann:1" }),
+      delivery(1, "bob", "ann", "tea?", { message_id: "p:ann:1", edited: true, reactions: [{ emoji: "👍", users: ["ann", "bob"] }] }),
+    ],
+    next_before_seq: 0,
+  });
+  const [tea, yes, gone] = m.ordered(c);
+  assert.deepEqual([tea.edited, tea.reactions], [true, { ann: "👍", bob: "👍" }]);
+  assert.equal(yes.replyTo, "p:ann:1");
+  assert.deepEqual([gone.recalled, gone.text], [true, "(message deleted)"]);
+  assert.deepEqual(m.reactionRows(tea), [{ emoji: "👍", users: ["ann", "bob"], mine: true }]);
+  assert.equal(m.myReaction(tea), "👍");
+});
+
+test("a reply quotes the message it answers, or says it is not here", () => {
+  const m = new Model("ann");
+  const c = m.conv("@bob");
+  const long = "x".repeat(100);
+  const asked = m.entry(delivery(1, "bob", "ann", `${long}\nmore`, { message_id: "p:ann:1" }), 0);
+  const reply = m.entry(delivery(2, "ann", "bob", "yes", { message_id: "p:bob:1", reply_to: "p:ann:1" }), 0);
+  const orphan = m.entry(delivery(3, "bob", "ann", "and?", { message_id: "p:ann:3", reply_to: "p:ann:0" }), 0);
+  assert.equal(m.quote(c, asked), null);
+  assert.deepEqual(m.quote(c, reply), { id: "p:ann:1", from: "bob", mine: false, text: `${"x".repeat(80)}…`, recalled: false });
+  assert.deepEqual(m.quote(c, orphan), { id: "p:ann:0", missing: true });
+  m.change("@bob", { kind: "RECALL", message_id: "p:ann:1", text: "", by: "bob" });
+  assert.equal(m.quote(c, reply).recalled, true);
+  // A reply being sent quotes too.
+  const pending = m.pending({ conversation: "@bob", text: "also", client_msg_id: "c1", reply_to: "p:ann:3" });
+  assert.equal(m.quote(c, pending).text, "and?");
+});
+
+test("the message menu offers what the server allows", () => {
+  const m = new Model("ann");
+  const dm = m.conv("@bob");
+  const theirs = m.entry(delivery(1, "bob", "ann", "hi", { message_id: "p:ann:1" }), 0);
+  const mine = m.entry(delivery(2, "ann", "bob", "hey", { message_id: "p:bob:1" }), 0);
+  assert.deepEqual(m.messageActions(dm, theirs), ["reply", "react"]);
+  assert.deepEqual(m.messageActions(dm, mine), ["reply", "react", "edit", "delete"]);
+  const group = m.conv("#crew");
+  const post = m.entry(delivery(3, "bob", "crew", "yo", { kind: "GROUP", message_id: "g:crew:4" }), 0);
+  assert.deepEqual(m.messageActions(group, post, "member"), ["reply", "react"]);
+  assert.deepEqual(m.messageActions(group, post, null), ["reply", "react"], "the role not known yet");
+  assert.deepEqual(m.messageActions(group, post, "admin"), ["reply", "react", "delete"]);
+  assert.deepEqual(m.messageActions(group, post, "owner"), ["reply", "react", "delete"]);
+  // Nothing for a message not sent yet, an event, or a deleted message.
+  const pending = m.pending({ conversation: "@bob", text: "wait", client_msg_id: "c2" });
+  assert.deepEqual(m.messageActions(dm, pending), []);
+  const joined = m.entry({ ...delivery(4, "bob", "crew", "", { kind: "GROUP", message_id: "g:crew:5" }), group_event: { kind: "JOINED", actor: "bob" } }, 0);
+  assert.deepEqual(m.messageActions(group, joined, "owner"), []);
+  m.change("@bob", { kind: "RECALL", message_id: "p:bob:1", text: "", by: "ann" });
+  assert.deepEqual(m.messageActions(dm, mine), []);
+});
+
+test("a change applied twice changes nothing more, and a deleted message stays deleted", () => {
+  const m = new Model("ann");
+  const msg = m.entry(delivery(1, "ann", "bob", "helo", { message_id: "p:bob:1" }), 0);
+  const apply = (kind, text, by = "ann") => m.change("@bob", { kind, message_id: "p:bob:1", text, by });
+  // The page applies its own change once acknowledged; the entry comes after.
+  apply("EDIT", "hello");
+  apply("EDIT", "hello");
+  apply("REACT", "🎉", "bob");
+  apply("REACT", "👍");
+  apply("REACT", "👍");
+  assert.deepEqual([msg.text, msg.edited, msg.reactions], ["hello", true, { bob: "🎉", ann: "👍" }]);
+  apply("REACT", "");
+  assert.deepEqual(m.reactionRows(msg), [{ emoji: "🎉", users: ["bob"], mine: false }]);
+  apply("RECALL", "");
+  apply("EDIT", "back again");
+  apply("REACT", "👍", "bob");
+  assert.deepEqual([msg.text, msg.recalled, msg.reactions], ["(message deleted)", true, {}]);
+});
+
+test("an excerpt is one line, cut with an ellipsis", () => {
+  assert.equal(excerpt("  two\n lines "), "two lines");
+  assert.equal(excerpt("abcdef", 3), "abc…");
+  assert.equal(excerpt("👍👍👍👍", 3), "👍👍👍…");
+  assert.equal(excerpt(undefined), "");
 });

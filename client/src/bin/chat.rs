@@ -65,6 +65,15 @@ enum Command {
         #[arg(long, value_name = "MESSAGE_ID")]
         reply_to: Option<String>,
     },
+    /// Answer a message in its own conversation, private or group (the message is
+    /// looked up among yours: your inbox, the conversation's history).
+    #[command(after_help = "Example:\n  chat --user bob --password builder reply p:bob:3 \"yes, at 5\"")]
+    Reply {
+        /// The id of the message to answer (as `send`, `recv` and `history` print it).
+        message_id: String,
+        /// Text.
+        text: String,
+    },
     /// Edit a message you sent (within the server's edit window, 24 h by default).
     #[command(
         after_help = "Example:\n  chat --user alice --password wonderland edit p:bob:3 \"see you at 6\""
@@ -78,8 +87,8 @@ enum Command {
     /// Delete a message for everyone (yours; in a group, owners and admins may
     /// recall any).
     #[command(
-        alias = "delete",
-        after_help = "Example:\n  chat --user alice --password wonderland recall p:bob:3"
+        visible_alias = "delete",
+        after_help = "Example:\n  chat --user alice --password wonderland delete p:bob:3"
     )]
     Recall {
         /// The message's id.
@@ -560,6 +569,15 @@ async fn run(cli: Cli) -> Result<()> {
             let ack = client.send_private_reply(&to, &id, &text, &reply_to).await?;
             println!("sent {} (seq {})", ack.message_id, ack.seq);
         }
+        Command::Reply { message_id, text } => {
+            let to = reply_target(&client, &user, &message_id).await?;
+            let id = chat_client::new_client_msg_id();
+            let ack = match to.strip_prefix('#') {
+                Some(group) => client.send_group_reply(group, &id, &text, &message_id).await?,
+                None => client.send_private_reply(&to, &id, &text, &message_id).await?,
+            };
+            println!("sent {} to {to} (reply to {message_id})", ack.message_id);
+        }
         Command::Edit { message_id, text } => {
             let ack = client.edit(&message_id, &text).await?;
             println!("edited {message_id} ({})", ack.message_id);
@@ -1003,7 +1021,11 @@ const HELP: &str = "  @USER TEXT     private message
   :block U       block U
   :unblock U     unblock U
   :blocks        users I block
-  :history X     history with user X or #group X
+  :history X     history with user X or #group X (with message ids)
+  :reply ID TEXT answer message ID in its conversation
+  :edit ID TEXT  edit your message ID
+  :delete ID     delete message ID for everyone (also :recall)
+  :react ID E    react to message ID with emoji E; without E, remove yours
   :devices       my devices (ID, name, times)
   :logout-device ID  log device ID out (its sessions close)
   :sessions      my sessions on every node
@@ -1101,6 +1123,18 @@ struct Unsent {
     to: String,
     client_msg_id: String,
     text: String,
+    /// The message it answers (empty: none).
+    reply_to: String,
+}
+
+impl Unsent {
+    async fn send(&self, client: &Client) -> chat_client::Result<v1::SendAck> {
+        let (id, text, reply_to) = (&self.client_msg_id, &self.text, &self.reply_to);
+        match self.to.strip_prefix('#') {
+            Some(group) => client.send_group_reply(group, id, text, reply_to).await,
+            None => client.send_private_reply(&self.to, id, text, reply_to).await,
+        }
+    }
 }
 
 async fn interactive(
@@ -1118,7 +1152,10 @@ async fn interactive(
         Err(e) if is_connection_error(&e) => lost_at_start = true,
         Err(e) => return Err(e),
     }
-    let mut state = State::default();
+    let mut state = State {
+        me: again.user.clone(),
+        ..State::default()
+    };
     let mut lines = tokio::io::BufReader::new(tokio::io::stdin()).lines();
     loop {
         let mut lost = std::mem::take(&mut lost_at_start);
@@ -1184,15 +1221,7 @@ async fn interactive(
             println!("-- connection to the server lost; reconnecting");
             (client, pushes) = again.connect(&mut last).await?;
             if let Some(u) = state.unsent.take() {
-                let ack = match u.to.strip_prefix('#') {
-                    Some(group) => client.send_group_with_id(group, &u.client_msg_id, &u.text).await,
-                    None => {
-                        client
-                            .send_private_with_id(&u.to, &u.client_msg_id, &u.text)
-                            .await
-                    }
-                };
-                match ack {
+                match u.send(&client).await {
                     Ok(ack) => {
                         println!("  (sent {})", ack.message_id);
                         state.sent.insert(ack.message_id, excerpt(&u.text));
@@ -1201,6 +1230,21 @@ async fn interactive(
                 }
             }
         }
+    }
+}
+
+/// Where a reply to `message_id` goes, `bob` or `#group`; an error that says so when
+/// `me` has no such message.
+async fn reply_target(client: &Client, me: &str, message_id: &str) -> Result<String> {
+    if chat_client::parse_message_id(message_id).is_none() {
+        bail!("{message_id:?} is not a message id (they look like p:bob:3 or g:rust:12)");
+    }
+    match client.conversation_of(me, message_id).await {
+        Ok(Some(to)) => Ok(to),
+        Ok(None) => bail!("message {message_id} not found among your messages"),
+        // Refused (no such group, not a member): not found either, and why.
+        Err(e) if e.code().is_some() => bail!("message {message_id} not found: {e}"),
+        Err(e) => Err(e.into()),
     }
 }
 
@@ -1226,6 +1270,8 @@ struct State {
     unsent: Option<Unsent>,
     /// Where a plain line goes: `bob` or `#group` (set by `:to`, or the last one used).
     current: Option<String>,
+    /// Who is logged in (a reply looks its message up among theirs).
+    me: String,
 }
 
 /// Runs one interactive line; true means quit.
@@ -1357,6 +1403,33 @@ async fn command(client: &Client, line: &str, state: &mut State) -> Result<bool>
                 println!("{l}");
             }
         }
+        ":reply" | ":edit" => {
+            let (id, text) = id_and_text(arg("ID TEXT")?).ok_or_else(|| anyhow!("usage: {head} ID TEXT"))?;
+            if head == ":reply" {
+                let to = reply_target(client, &state.me, id).await?;
+                send_line(client, state, to, text, id).await?;
+            } else {
+                client.edit(id, text).await?;
+                println!("  (edited {id})");
+            }
+        }
+        ":delete" | ":recall" => {
+            let id = arg("ID")?;
+            client.recall(id).await?;
+            println!("  (deleted {id} for everyone)");
+        }
+        ":react" => {
+            // No emoji: the reaction is removed.
+            let (id, emoji) = arg("ID [EMOJI]")?
+                .split_once(' ')
+                .map_or((rest, ""), |(id, e)| (id, e.trim()));
+            client.react(id, emoji).await?;
+            if emoji.is_empty() {
+                println!("  (removed your reaction to {id})");
+            } else {
+                println!("  (reacted {emoji} to {id})");
+            }
+        }
         h if (h.starts_with('@') || h.starts_with('#')) && h.len() > 1 => {
             let text = arg("TEXT")?;
             let to = if h.starts_with('#') {
@@ -1364,32 +1437,46 @@ async fn command(client: &Client, line: &str, state: &mut State) -> Result<bool>
             } else {
                 h[1..].to_owned()
             };
-            let client_msg_id = chat_client::new_client_msg_id();
-            let ack = match to.strip_prefix('#') {
-                Some(group) => client.send_group_with_id(group, &client_msg_id, text).await,
-                None => client.send_private_with_id(&to, &client_msg_id, text).await,
-            };
-            state.current = Some(to.clone());
-            let ack = match ack {
-                Ok(ack) => ack,
-                Err(e) => {
-                    let e = anyhow::Error::from(e);
-                    if is_connection_error(&e) {
-                        state.unsent = Some(Unsent {
-                            to,
-                            client_msg_id,
-                            text: text.to_owned(),
-                        });
-                    }
-                    return Err(e);
-                }
-            };
-            println!("  (sent {})", ack.message_id);
-            state.sent.insert(ack.message_id, excerpt(text));
+            send_line(client, state, to, text, "").await?;
         }
         _ => bail!("unknown command {head:?}; :help lists them"),
     }
     Ok(false)
+}
+
+/// `ID TEXT` split in two; `None` without a text.
+fn id_and_text(rest: &str) -> Option<(&str, &str)> {
+    let (id, text) = rest.split_once(' ')?;
+    let text = text.trim();
+    (!text.is_empty()).then_some((id, text))
+}
+
+/// Sends an interactive line's message to `to` (`bob` or `#group`), answering
+/// `reply_to` (empty: none); it becomes the current conversation. Lost under a lost
+/// connection, it is kept to be sent again.
+async fn send_line(client: &Client, state: &mut State, to: String, text: &str, reply_to: &str) -> Result<()> {
+    let client_msg_id = chat_client::new_client_msg_id();
+    let unsent = Unsent {
+        to,
+        client_msg_id,
+        text: text.to_owned(),
+        reply_to: reply_to.to_owned(),
+    };
+    let ack = unsent.send(client).await;
+    state.current = Some(unsent.to.clone());
+    let ack = match ack {
+        Ok(ack) => ack,
+        Err(e) => {
+            let e = anyhow::Error::from(e);
+            if is_connection_error(&e) {
+                state.unsent = Some(unsent);
+            }
+            return Err(e);
+        }
+    };
+    println!("  (sent {})", ack.message_id);
+    state.sent.insert(ack.message_id, excerpt(text));
+    Ok(())
 }
 
 /// A bodiless HTTP/1.1 POST to `addr` (host:port); returns the status and the body.
