@@ -14,6 +14,7 @@ pub mod context;
 pub mod devices;
 pub mod error;
 pub mod files;
+pub mod files_http;
 pub mod metrics;
 pub mod partition;
 pub mod presence;

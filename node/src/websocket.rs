@@ -1,6 +1,7 @@
 //! Clients over WebSocket, and the web page: `GET /ws` upgrades to a WebSocket whose
 //! binary messages each carry one protobuf message (the same envelopes as over TCP);
-//! `GET /` and `GET /app.js` serve the single-page client from `client.web_dir`.
+//! `GET /` and `GET /app.js` serve the single-page client from `client.web_dir`;
+//! `/files/{id}` uploads and downloads files (`crate::files_http`).
 //!
 //! With `client.tls` set, this port speaks TLS too (wss:// and https://).
 //!
@@ -41,6 +42,7 @@ pub async fn serve(listener: TcpListener, tls: Option<TlsAcceptor>, ctx: Arc<Nod
             "/app.js",
             get(|s: State<Arc<NodeCtx>>| page(s, "app.js", "text/javascript")),
         )
+        .merge(crate::files_http::routes())
         .with_state(ctx.clone())
         .into_make_service_with_connect_info::<Peer>();
     let done = async move { shutdown.cancelled().await };

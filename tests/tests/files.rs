@@ -356,3 +356,133 @@ async fn a_200_mb_file_streams_through_in_bounded_memory() {
         SIZE >> 20
     );
 }
+
+/// An HTTP/1.1 request with a body; answers the status, the head and the raw body.
+async fn http(
+    base: &str,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> (u16, String, Vec<u8>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let host = base.trim_start_matches("ws://").trim_start_matches("http://");
+    let host = host.split('/').next().unwrap_or(host);
+    let mut stream = tokio::net::TcpStream::connect(host).await.unwrap();
+    let extra: String = headers.iter().map(|(k, v)| format!("{k}: {v}\r\n")).collect();
+    let mut request = format!(
+        "{method} {path} HTTP/1.1\r\nHost: {host}\r\nContent-Length: {}\r\n{extra}Connection: close\r\n\r\n",
+        body.len()
+    )
+    .into_bytes();
+    request.extend_from_slice(body);
+    stream.write_all(&request).await.unwrap();
+    let mut raw = Vec::new();
+    tokio::time::timeout(DEADLINE, stream.read_to_end(&mut raw))
+        .await
+        .unwrap()
+        .unwrap();
+    let split = raw
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .expect("an end of headers");
+    let head = String::from_utf8_lossy(&raw[..split]).into_owned();
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap();
+    (status, head, raw[split + 4..].to_vec())
+}
+
+#[tokio::test]
+async fn files_go_up_and_down_over_http_with_ranges_for_their_readers_only() {
+    let node = Node::start_with(NodeOpts {
+        client_toml: "websocket_listen = \"127.0.0.1:0\"\n".into(),
+        ..NodeOpts::default()
+    })
+    .unwrap();
+    let web = node.ws.clone().expect("a web port");
+    let (ann, _) = node.user("ann").await.unwrap();
+    let (bob, _) = node.connect().await.unwrap();
+    bob.register("bob", &chat_tests::password("bob")).await.unwrap();
+    let login = bob.login("bob", &chat_tests::password("bob")).await.unwrap();
+    let bob_auth = format!("Bearer bob:{}", login.token);
+    let data = bytes(1_500_000, 8);
+    let id = sha256_hex(&data);
+    let path = format!("/files/{id}");
+
+    // Bytes that are not those announced: refused, nothing kept.
+    let ready = ann
+        .upload_begin("data.bin", "", data.len() as u64, &id)
+        .await
+        .unwrap();
+    let auth = format!("Bearer {}", ready.upload_token);
+    let mut wrong = data.clone();
+    wrong[7] ^= 1;
+    let (status, _, _) = http(&web, "PUT", &path, &[("Authorization", &auth)], &wrong).await;
+    assert_eq!(status, 422);
+    assert!(stored_files(&node).is_empty());
+    // A token is used once.
+    let (status, _, _) = http(&web, "PUT", &path, &[("Authorization", &auth)], &data).await;
+    assert_eq!(status, 403);
+
+    let ready = ann
+        .upload_begin("data.bin", "", data.len() as u64, &id)
+        .await
+        .unwrap();
+    let auth = format!("Bearer {}", ready.upload_token);
+    let (status, _, body) = http(&web, "PUT", &path, &[("Authorization", &auth)], &data).await;
+    assert_eq!(status, 201, "{}", String::from_utf8_lossy(&body));
+    let answer: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(answer["size"], data.len() as u64);
+    let attachment = Attachment {
+        blob_id: id.clone(),
+        name: "data.bin".into(),
+        ..Attachment::default()
+    };
+
+    // Bob may not read it until a message carries it to him.
+    let (status, _, _) = http(&web, "GET", &path, &[("Authorization", &bob_auth)], b"").await;
+    assert_eq!(status, 404);
+    ann.send_private_files("bob", "data", vec![attachment])
+        .await
+        .unwrap();
+    let (status, head, body) = http(&web, "GET", &path, &[("Authorization", &bob_auth)], b"").await;
+    assert_eq!(status, 200, "{head}");
+    assert!(body == data, "the whole file comes back");
+    assert!(
+        head.to_lowercase().contains("content-disposition: attachment"),
+        "{head}"
+    );
+    // Resumed: a range.
+    let (status, head, body) = http(
+        &web,
+        "GET",
+        &path,
+        &[("Authorization", &bob_auth), ("Range", "bytes=1000000-")],
+        b"",
+    )
+    .await;
+    assert_eq!(status, 206);
+    assert!(
+        head.contains(&format!("bytes 1000000-{}/{}", data.len() - 1, data.len())),
+        "{head}"
+    );
+    assert!(body == data[1_000_000..]);
+    let (status, _, _) = http(
+        &web,
+        "GET",
+        &path,
+        &[("Authorization", &bob_auth), ("Range", "bytes=2000000-")],
+        b"",
+    )
+    .await;
+    assert_eq!(status, 416);
+    // Without a login, or with a wrong one: refused.
+    let (status, _, _) = http(&web, "GET", &path, &[], b"").await;
+    assert_eq!(status, 401);
+    let fake = format!("Bearer bob:{}", "0".repeat(64));
+    let (status, _, _) = http(&web, "GET", &path, &[("Authorization", &fake)], b"").await;
+    assert_eq!(status, 401);
+}
