@@ -156,10 +156,8 @@ async fn download(State(ctx): State<Arc<NodeCtx>>, Path(id): Path<String>, heade
             HeaderValue::from_static("attachment"),
         );
     }
-    if partial {
-        if let Ok(v) = HeaderValue::from_str(&format!("bytes {start}-{}/{size}", end - 1)) {
-            h.insert(header::CONTENT_RANGE, v);
-        }
+    if partial && let Ok(v) = HeaderValue::from_str(&format!("bytes {start}-{}/{size}", end - 1)) {
+        h.insert(header::CONTENT_RANGE, v);
     }
     response
 }
