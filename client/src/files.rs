@@ -293,7 +293,14 @@ impl Client {
             .open(path)
             .await?;
         let have = file.seek(std::io::SeekFrom::End(0)).await?;
-        self.download_to(blob_id, have, &mut file).await
+        let done = self.download_to(blob_id, have, &mut file).await;
+        if done.is_err() && have == 0 {
+            // Refused before any byte came: leave no empty file behind.
+            if tokio::fs::metadata(path).await.is_ok_and(|m| m.len() == 0) {
+                let _ = tokio::fs::remove_file(path).await;
+            }
+        }
+        done
     }
 
     /// Sends a private message carrying files (uploaded first).

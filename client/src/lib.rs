@@ -1116,7 +1116,46 @@ pub fn format_delivery(d: &v1::Delivery) -> String {
     if !d.message_id.is_empty() {
         line.push_str(&format!("  id {}", d.message_id));
     }
+    // Each file on a line of its own, with what `download` needs.
+    for a in &d.attachments {
+        line.push_str(&format!("\n    file {}", format_attachment(a)));
+    }
     line
+}
+
+/// A file in words: `report.pdf (1.2 MB, application/pdf) blob 3f2a...`.
+pub fn format_attachment(a: &v1::Attachment) -> String {
+    let name = if a.name.is_empty() {
+        "(no name)"
+    } else {
+        a.name.as_str()
+    };
+    let image = if a.width > 0 {
+        format!(", {}x{}", a.width, a.height)
+    } else {
+        String::new()
+    };
+    let mime = if a.mime.is_empty() {
+        String::new()
+    } else {
+        format!(", {}", a.mime)
+    };
+    format!("{name} ({}{mime}{image}) blob {}", format_size(a.size), a.blob_id)
+}
+
+/// A size in bytes for people: `512 B`, `1.5 KB`, `25.0 MB`.
+pub fn format_size(bytes: u64) -> String {
+    const UNITS: [&str; 4] = ["KB", "MB", "GB", "TB"];
+    if bytes < 1000 {
+        return format!("{bytes} B");
+    }
+    let mut value = bytes as f64 / 1000.0;
+    let mut unit = 0;
+    while value >= 1000.0 && unit + 1 < UNITS.len() {
+        value /= 1000.0;
+        unit += 1;
+    }
+    format!("{value:.1} {}", UNITS[unit])
 }
 
 /// A change of a message in words: `edited p:bob:3: new text`, `recalled p:bob:3`,

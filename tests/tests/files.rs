@@ -486,3 +486,63 @@ async fn files_go_up_and_down_over_http_with_ranges_for_their_readers_only() {
     let (status, _, _) = http(&web, "GET", &path, &[("Authorization", &fake)], b"").await;
     assert_eq!(status, 401);
 }
+
+#[tokio::test]
+async fn the_cli_sends_prints_and_downloads_files_with_exit_codes() {
+    let node = Node::start_with(small_limits()).unwrap();
+    node.user("alice").await.unwrap();
+    node.user("bob").await.unwrap();
+    let run = |user: &str, args: &[&str]| {
+        let mut all: Vec<String> = ["--server", &node.addr, "--user", user]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        all.extend(["--password".to_owned(), chat_tests::password(user)]);
+        all.extend(args.iter().map(|s| s.to_string()));
+        async move {
+            let args: Vec<&str> = all.iter().map(String::as_str).collect();
+            chat_tests::cli(&args).await.unwrap()
+        }
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let data = bytes(90_000, 9);
+    let path = dir.path().join("notes.txt");
+    std::fs::write(&path, &data).unwrap();
+    let (ok, out, err) = run(
+        "alice",
+        &["send-file", "bob", path.to_str().unwrap(), "--text", "notes"],
+    )
+    .await;
+    assert!(ok, "{err}");
+    let blob = out.split_whitespace().last().unwrap().to_owned();
+    assert_eq!(blob, sha256_hex(&data), "{out}");
+    let (ok, out, err) = run("bob", &["recv", "--wait", "1"]).await;
+    assert!(ok, "{err}");
+    assert!(
+        out.contains(&format!("file notes.txt (90.0 KB, text/plain) blob {blob}")),
+        "{out}"
+    );
+    let back = dir.path().join("back.txt");
+    let (ok, out, err) = run("bob", &["download", &blob, "--out", back.to_str().unwrap()]).await;
+    assert!(ok, "{err}");
+    assert!(out.contains("downloaded"), "{out}");
+    assert!(std::fs::read(&back).unwrap() == data);
+    // Refusals exit non-zero with the reason.
+    let big = dir.path().join("big.bin");
+    std::fs::write(&big, bytes(100_001, 10)).unwrap();
+    let (ok, _, err) = run("alice", &["send-file", "bob", big.to_str().unwrap()]).await;
+    assert!(!ok && err.contains("larger than"), "{err}");
+    let other = dir.path().join("other.bin");
+    let (ok, _, err) = run(
+        "alice",
+        &[
+            "download",
+            &sha256_hex(b"nothing"),
+            "--out",
+            other.to_str().unwrap(),
+        ],
+    )
+    .await;
+    assert!(!ok && err.contains("not found"), "{err}");
+    assert!(!other.exists(), "a refused download leaves no file");
+}

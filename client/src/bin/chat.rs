@@ -74,6 +74,36 @@ enum Command {
         /// Text.
         text: String,
     },
+    /// Send a file to a user or a group (#GROUP): uploaded (nothing is sent when the
+    /// cluster has the same bytes), then a message carries it. Prints the message id
+    /// and the file's blob id.
+    #[command(
+        after_help = "Example:\n  chat --user alice --password wonderland send-file bob report.pdf\n  chat --user alice --password wonderland send-file '#rust' photo.png --text \"look\""
+    )]
+    SendFile {
+        /// Recipient: USER or #GROUP.
+        to: String,
+        /// The file.
+        path: std::path::PathBuf,
+        /// Text to go with it.
+        #[arg(long, default_value = "")]
+        text: String,
+        /// Its MIME type (default: guessed from the name).
+        #[arg(long)]
+        mime: Option<String>,
+    },
+    /// Download a file (a blob id as `recv` and `send-file` print it); resumes into a
+    /// partial file at PATH.
+    #[command(
+        after_help = "Example:\n  chat --user bob --password builder download 3f2a... --out report.pdf"
+    )]
+    Download {
+        /// The file's blob id.
+        blob_id: String,
+        /// Where to write it.
+        #[arg(long, value_name = "PATH")]
+        out: std::path::PathBuf,
+    },
     /// Edit a message you sent (within the server's edit window, 24 h by default).
     #[command(
         after_help = "Example:\n  chat --user alice --password wonderland edit p:bob:3 \"see you at 6\""
@@ -578,6 +608,23 @@ async fn run(cli: Cli) -> Result<()> {
             };
             println!("sent {} to {to} (reply to {message_id})", ack.message_id);
         }
+        Command::SendFile { to, path, text, mime } => {
+            let file = client.upload_file(&path, mime.as_deref()).await?;
+            let blob = file.blob_id.clone();
+            let ack = match to.strip_prefix('#') {
+                Some(group) => client.send_group_files(group, &text, vec![file]).await?,
+                None => client.send_private_files(&to, &text, vec![file]).await?,
+            };
+            println!("sent {} (seq {}) file {blob}", ack.message_id, ack.seq);
+        }
+        Command::Download { blob_id, out } => {
+            let size = client.download_file(&blob_id, &out).await?;
+            println!(
+                "downloaded {blob_id} ({}) to {}",
+                chat_client::format_size(size),
+                out.display()
+            );
+        }
         Command::Edit { message_id, text } => {
             let ack = client.edit(&message_id, &text).await?;
             println!("edited {message_id} ({})", ack.message_id);
@@ -1026,6 +1073,8 @@ const HELP: &str = "  @USER TEXT     private message
   :edit ID TEXT  edit your message ID
   :delete ID     delete message ID for everyone (also :recall)
   :react ID E    react to message ID with emoji E; without E, remove yours
+  :file @U PATH  send a file to user U (or :file #G PATH to group G)
+  :download B PATH  save file B (its blob id) to PATH
   :devices       my devices (ID, name, times)
   :logout-device ID  log device ID out (its sessions close)
   :sessions      my sessions on every node
@@ -1412,6 +1461,39 @@ async fn command(client: &Client, line: &str, state: &mut State) -> Result<bool>
                 client.edit(id, text).await?;
                 println!("  (edited {id})");
             }
+        }
+        ":file" => {
+            let usage = "usage: :file @USER PATH or :file #GROUP PATH";
+            let (to, path) = arg("@USER|#GROUP PATH")?
+                .split_once(' ')
+                .ok_or_else(|| anyhow!(usage))?;
+            let to = to.strip_prefix('@').unwrap_or(to);
+            if to.is_empty() || to == "#" {
+                bail!(usage);
+            }
+            let file = client
+                .upload_file(std::path::Path::new(path.trim()), None)
+                .await?;
+            let blob = file.blob_id.clone();
+            let ack = match to.strip_prefix('#') {
+                Some(group) => client.send_group_files(group, "", vec![file]).await?,
+                None => client.send_private_files(to, "", vec![file]).await?,
+            };
+            println!("  (sent {} file {blob})", ack.message_id);
+        }
+        ":download" => {
+            let usage = "usage: :download BLOB_ID PATH";
+            let (blob, path) = arg("BLOB_ID PATH")?
+                .split_once(' ')
+                .ok_or_else(|| anyhow!(usage))?;
+            let size = client
+                .download_file(blob, std::path::Path::new(path.trim()))
+                .await?;
+            println!(
+                "  (downloaded {} to {})",
+                chat_client::format_size(size),
+                path.trim()
+            );
         }
         ":delete" | ":recall" => {
             let id = arg("ID")?;
