@@ -69,6 +69,10 @@ pub struct FilesConfig {
     /// A file no message carried for this many days is removed; 0 keeps files.
     /// Default: 30 (as messages).
     pub retention_days: u64,
+    /// How often, in seconds, the leader of each partition makes sure every replica
+    /// holds the partition's files (fetching them for a replica that missed them, or
+    /// joined later) and applies retention. Default: 600 (first 10 s after the start).
+    pub check_every_secs: u64,
 }
 
 impl Default for FilesConfig {
@@ -77,6 +81,7 @@ impl Default for FilesConfig {
             max_file_bytes: 25 << 20,
             quota_bytes: 1 << 30,
             retention_days: 30,
+            check_every_secs: 600,
         }
     }
 }

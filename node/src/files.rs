@@ -118,7 +118,7 @@ impl Files {
         records: Disk,
     ) -> std::io::Result<Arc<Self>> {
         let cfg = config.files.clone();
-        let sweep_every = Duration::from_secs(config.storage.retention_sweep_minutes.max(1) * 60);
+        let sweep_every = Duration::from_secs(cfg.check_every_secs.max(1));
         let dir = config.data_dir.join("files");
         let tmp = dir.join("tmp");
         if tmp.exists() {
@@ -923,35 +923,21 @@ fn io_error(e: std::io::Error) -> ChatError {
     ChatError::Internal(format!("files: {e}"))
 }
 
-/// Retention: drops the records of files no message carried within
-/// `files.retention_days`, in the partitions led here, and removes the files here that
-/// no record of this node's replicas names.
+/// For each partition led here: applies retention (drops the records of files no
+/// message carried within `files.retention_days`) and makes sure every replica holds
+/// the files the partition records. Then removes the files here that no record of this
+/// node's replicas names.
 async fn sweep(files: std::sync::Weak<Files>, every: Duration) {
-    let mut wait = Duration::from_secs(30).min(every);
+    let mut wait = Duration::from_secs(10).min(every);
     loop {
         tokio::time::sleep(wait).await;
         wait = every;
         let Some(me) = files.upgrade() else { return };
-        if me.cfg.retention_days > 0 {
-            let before_ms = crate::storage::now_ms().saturating_sub(me.window_ms());
-            for p in me.consensus.led() {
-                let mut after = String::new();
-                loop {
-                    let op = Op::DropBlobs(command::DropBlobs {
-                        before_ms,
-                        after: std::mem::take(&mut after),
-                        limit: blobs::MAX_DROP,
-                    });
-                    match me.propose(p, op).await {
-                        Ok(outcome::Result::Swept(last)) if !last.is_empty() => after = last,
-                        Ok(_) => break,
-                        Err(e) => {
-                            tracing::debug!(partition = p, error = %e, "file retention skipped");
-                            break;
-                        }
-                    }
-                }
+        for p in me.consensus.led() {
+            if me.cfg.retention_days > 0 {
+                me.drop_expired(p).await;
             }
+            me.repair(p).await;
         }
         let dir = me.dir.clone();
         let records = me.records.clone();
@@ -960,6 +946,82 @@ async fn sweep(files: std::sync::Weak<Files>, every: Duration) {
             .unwrap_or(0);
         if removed > 0 {
             tracing::info!(removed, "files no record names removed");
+        }
+    }
+}
+
+impl Files {
+    async fn drop_expired(&self, p: placement::Partition) {
+        let before_ms = crate::storage::now_ms().saturating_sub(self.window_ms());
+        let mut after = String::new();
+        loop {
+            let op = Op::DropBlobs(command::DropBlobs {
+                before_ms,
+                after: std::mem::take(&mut after),
+                limit: blobs::MAX_DROP,
+            });
+            match self.propose(p, op).await {
+                Ok(outcome::Result::Swept(last)) if !last.is_empty() => after = last,
+                Ok(_) => return,
+                Err(e) => {
+                    tracing::debug!(partition = p, error = %e, "file retention skipped");
+                    return;
+                }
+            }
+        }
+    }
+
+    /// Has every voter of partition `p` (this node included) hold each file the
+    /// partition records, fetched from the nodes that have it.
+    async fn repair(&self, p: placement::Partition) {
+        let voters = self.voters(p);
+        let mut after: Option<Vec<u8>> = None;
+        loop {
+            let records = self.records.clone();
+            let from = after.clone();
+            let page = tokio::task::spawn_blocking(move || {
+                use chat_state::store::Store;
+                let mut nothing = crate::consensus::disk::Pending::new();
+                let store = records.overlay(&mut nothing);
+                store.scan(&chat_state::keys::blob_prefix(p), from.as_deref(), 256)
+            })
+            .await;
+            let Ok(Ok(page)) = page else { return };
+            for (key, value) in &page {
+                let Ok(record) = BlobRecord::decode(value.as_slice()) else {
+                    continue;
+                };
+                let id = blobs::id_of(&key[chat_state::keys::blob_prefix(p).len()..]);
+                for voter in &voters {
+                    let mut seen = std::collections::HashSet::new();
+                    let from: Vec<String> = record
+                        .holders
+                        .iter()
+                        .chain(&voters)
+                        .filter(|n| *n != voter && seen.insert(n.to_owned()))
+                        .cloned()
+                        .collect();
+                    let done = if *voter == self.me {
+                        self.fetch(&id, record.size, &from).await
+                    } else {
+                        let op = request::Op::BlobFetch(BlobFetch {
+                            blob: id.clone(),
+                            size: record.size,
+                            from,
+                        });
+                        let timeout =
+                            crate::remote::REQUEST_TIMEOUT + Duration::from_millis(record.size / 5_000);
+                        self.ask(voter, op, timeout).await.map(|_| ())
+                    };
+                    if let Err(e) = done {
+                        tracing::info!(blob = %id, replica = %voter, error = %e, "a replica still lacks a file");
+                    }
+                }
+            }
+            match page.last() {
+                Some((key, _)) if page.len() == 256 => after = Some(key.clone()),
+                _ => return,
+            }
         }
     }
 }

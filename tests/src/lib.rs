@@ -666,12 +666,18 @@ pub fn now_ms() -> u64 {
 /// Three nodes named `names` (replicas 3, each seeded with the other two, `cookie`
 /// shared), once every node says the cluster is settled.
 pub async fn three_nodes(names: [&str; 3], cookie: &str) -> [Node; 3] {
+    three_nodes_with(names, cookie, "").await
+}
+
+/// [`three_nodes`], with `extra_toml` (whole sections) in each node's configuration.
+pub async fn three_nodes_with(names: [&str; 3], cookie: &str, extra_toml: &str) -> [Node; 3] {
     let ports = [free_port(), free_port(), free_port()];
     let start = |i: usize| {
         let seeds: Vec<u16> = (0..3).filter(|j| *j != i).map(|j| ports[j]).collect();
         let mut opts = NodeOpts::member(names[i], ports[i], &seeds, cookie);
         opts.cluster_toml
             .push_str(&format!("replicas = 3\ninitial_members = {names:?}\n"));
+        opts.extra_toml.push_str(extra_toml);
         Node::start_with(opts).expect("node starts")
     };
     let nodes = [start(0), start(1), start(2)];

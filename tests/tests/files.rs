@@ -546,3 +546,34 @@ async fn the_cli_sends_prints_and_downloads_files_with_exit_codes() {
     assert!(!ok && err.contains("not found"), "{err}");
     assert!(!other.exists(), "a refused download leaves no file");
 }
+
+#[tokio::test]
+async fn a_replica_that_missed_an_upload_gets_the_file_once_back() {
+    let extra = "[files]\ncheck_every_secs = 1\n";
+    let mut nodes = chat_tests::three_nodes_with(["ra", "rb", "rc"], COOKIE, extra).await;
+    let (ann, _) = nodes[0].user("ann").await.unwrap();
+    nodes[2].kill9();
+    // Two of three replicas are a majority: the upload is answered (once the partitions
+    // the killed node led have new leaders).
+    let data = bytes(150_000, 11);
+    let sent = wait_for("an upload with one replica down", DEADLINE, || async {
+        match ann.upload_bytes("while.bin", "", &data).await {
+            Err(e) if code(&e) == Some(ErrorCode::Unavailable) => None,
+            other => Some(other),
+        }
+    })
+    .await
+    .unwrap()
+    .unwrap();
+    assert!(!stored_files(&nodes[2]).contains(&sent.blob_id));
+    nodes[2].restart().unwrap();
+    wait_for(
+        "the returned replica holds the file",
+        Duration::from_secs(60),
+        || async { stored_files(&nodes[2]).contains(&sent.blob_id).then_some(()) },
+    )
+    .await
+    .unwrap();
+    let copy = std::fs::read(nodes[2].data_dir().join("files").join(&sent.blob_id)).unwrap();
+    assert!(copy == data, "the copy is the file");
+}
