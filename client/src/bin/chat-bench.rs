@@ -34,6 +34,7 @@ struct Cli {
 const EXAMPLES: &str = "Examples:
   chat-bench --node-pid $(pgrep chat-node) send --connections 100 --duration 10
   chat-bench offline --connections 100 --messages 200
+  chat-bench --node-pid $(pgrep chat-node) files --size-mib 20 --count 3
   chat-bench send --connections 100 --rate 5000 --duration 10 --payload 100
   chat-bench --node-pid $(pgrep chat-node) idle --connections 10000";
 
@@ -45,6 +46,10 @@ enum Mode {
     /// rate), then the recipients log in and sync everything (the drain rate, and the
     /// time until the last message arrived).
     Offline(OfflineOpts),
+    /// Files: one user uploads files of a given size (streamed from disk), then
+    /// downloads them (from the last --server, so across nodes when several are given):
+    /// MB/s both ways, and the node's peak memory growth meanwhile (--node-pid).
+    Files(FilesOpts),
     /// Open logged-in connections that stay idle, and report node memory per connection.
     Idle {
         /// Connections to open.
@@ -77,6 +82,17 @@ struct OfflineOpts {
     window: usize,
 }
 
+/// What `files` does.
+#[derive(Debug, Clone, clap::Args)]
+struct FilesOpts {
+    /// Size of each file, in MiB (the node's files.max_file_bytes must allow it).
+    #[arg(long, default_value_t = 20)]
+    size_mib: u64,
+    /// Files to upload and download (each with other bytes, so none is deduplicated).
+    #[arg(long, default_value_t = 3)]
+    count: usize,
+}
+
 /// What `send` does.
 #[derive(Debug, Clone, clap::Args)]
 struct SendOpts {
@@ -103,6 +119,7 @@ async fn main() -> Result<()> {
     let result = match &cli.mode {
         Mode::Send(opts) => send(&cli.servers, cli.node_pid, opts, cli.plot.as_deref()).await?,
         Mode::Offline(opts) => offline(&cli.servers, opts).await?,
+        Mode::Files(opts) => files(&cli.servers, cli.node_pid, opts).await?,
         Mode::Idle {
             connections,
             users,
@@ -601,5 +618,93 @@ async fn idle(
         "node_rss_before_kib": before,
         "node_rss_after_kib": after,
         "bytes_per_connection": per,
+    }))
+}
+
+/// Peak resident memory of a process so far (VmHWM), in KiB.
+fn peak_kib(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    line.split_whitespace().nth(1)?.parse().ok()
+}
+
+/// The median of some figures (the mean of the middle two for an even count).
+fn median_of(mut values: Vec<f64>) -> f64 {
+    values.sort_by(f64::total_cmp);
+    match values.len() {
+        0 => 0.0,
+        n if n % 2 == 1 => values[n / 2],
+        n => (values[n / 2 - 1] + values[n / 2]) / 2.0,
+    }
+}
+
+/// Uploads `count` files of `size_mib` through the first server and downloads them
+/// through the last.
+async fn files(servers: &[String], node_pid: Option<u32>, opts: &FilesOpts) -> Result<serde_json::Value> {
+    let id = run_id();
+    let up_server = servers.first().context("no server")?.clone();
+    let down_server = servers.last().context("no server")?.clone();
+    let mut users = open_users(std::slice::from_ref(&up_server), 1, &format!("f{id}u")).await?;
+    let (uploader, _pushes, _) = users.pop().context("no user")?;
+    let (downloader, _pushes) = Client::connect(&down_server).await?;
+    downloader.login(&format!("f{id}u0"), "bench").await?;
+    let dir = std::env::temp_dir().join(format!("chat-bench-files-{id}"));
+    std::fs::create_dir_all(&dir)?;
+    let size = opts.size_mib << 20;
+    let peak_before = node_pid.and_then(peak_kib);
+    let (mut up, mut down) = (Vec::new(), Vec::new());
+    for n in 0..opts.count {
+        let path = dir.join(format!("file{n}.bin"));
+        {
+            use std::io::Write;
+            let mut f = std::io::BufWriter::new(std::fs::File::create(&path)?);
+            let mut block = vec![0u8; 1 << 20];
+            for m in 0..opts.size_mib {
+                rand::fill(&mut block[..]);
+                block[0] = n as u8;
+                block[1] = m as u8;
+                f.write_all(&block)?;
+            }
+        }
+        let started = Instant::now();
+        let file = uploader
+            .upload_file(&path, Some("application/octet-stream"))
+            .await?;
+        let secs = started.elapsed().as_secs_f64();
+        up.push(size as f64 / 1e6 / secs);
+        let started = Instant::now();
+        let got = downloader
+            .download_to(&file.blob_id, 0, &mut tokio::io::sink())
+            .await?;
+        let secs = started.elapsed().as_secs_f64();
+        if got != size {
+            bail!("downloaded {got} bytes of {size}");
+        }
+        down.push(size as f64 / 1e6 / secs);
+        std::fs::remove_file(&path)?;
+        println!(
+            "file {n}: {} MiB up {:.1} MB/s, down {:.1} MB/s",
+            opts.size_mib, up[n], down[n]
+        );
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+    let growth_mib = match (peak_before, node_pid.and_then(peak_kib)) {
+        (Some(a), Some(b)) => Some(b.saturating_sub(a) as f64 / 1024.0),
+        _ => None,
+    };
+    let (up, down) = (median_of(up), median_of(down));
+    println!("median: upload {up:.1} MB/s via {up_server}, download {down:.1} MB/s via {down_server}");
+    if let Some(g) = growth_mib {
+        println!("node peak memory grew by {g:.1} MiB");
+    }
+    Ok(serde_json::json!({
+        "mode": "files",
+        "size_mib": opts.size_mib,
+        "count": opts.count,
+        "upload_mb_per_s": up,
+        "download_mb_per_s": down,
+        "upload_server": up_server,
+        "download_server": down_server,
+        "node_peak_growth_mib": growth_mib,
     }))
 }
