@@ -28,6 +28,11 @@ fn code(e: &ClientError) -> Option<ErrorCode> {
     e.code()
 }
 
+/// The code of the error of a request that must fail.
+fn bad<T>(r: Result<T, ClientError>) -> Option<ErrorCode> {
+    code(&refused(r))
+}
+
 /// The error of a request that must fail (without printing what it got).
 fn refused<T>(r: Result<T, ClientError>) -> ClientError {
     match r {
@@ -576,4 +581,69 @@ async fn a_replica_that_missed_an_upload_gets_the_file_once_back() {
     .unwrap();
     let copy = std::fs::read(nodes[2].data_dir().join("files").join(&sent.blob_id)).unwrap();
     assert!(copy == data, "the copy is the file");
+}
+
+#[tokio::test]
+async fn malformed_file_requests_get_typed_errors_and_the_connection_stays_usable() {
+    let node = Node::start().unwrap();
+    let (ann, _) = node.user("ann").await.unwrap();
+    // Not a SHA-256, a name with a slash, a type with a newline.
+    assert_eq!(
+        bad(ann.upload_begin("a", "", 1, "xyz").await),
+        Some(ErrorCode::BadRequest)
+    );
+    assert_eq!(
+        bad(ann.upload_begin("a", "", 1, &"A".repeat(64)).await),
+        Some(ErrorCode::BadRequest)
+    );
+    let id = sha256_hex(b"a");
+    assert_eq!(
+        bad(ann.upload_begin("../a", "", 1, &id).await),
+        Some(ErrorCode::BadRequest)
+    );
+    assert_eq!(
+        bad(ann.upload_begin("a", "text/\nplain", 1, &id).await),
+        Some(ErrorCode::BadRequest)
+    );
+    // Chunks and a finish of no upload.
+    assert_eq!(
+        bad(ann.upload_chunk(&id, 0, b"a".to_vec()).await),
+        Some(ErrorCode::BadRequest)
+    );
+    assert_eq!(bad(ann.upload_finish(&id).await), Some(ErrorCode::BadRequest));
+    // More bytes than announced.
+    ann.upload_begin("a", "", 1, &id).await.unwrap();
+    assert_eq!(
+        bad(ann.upload_chunk(&id, 0, b"ab".to_vec()).await),
+        Some(ErrorCode::HashMismatch)
+    );
+    // Downloads of no file, or past its end.
+    assert_eq!(
+        bad(ann.download_chunk("nope", 0, 0).await),
+        Some(ErrorCode::NotFound)
+    );
+    let file = ann.upload_bytes("a", "", b"a").await.unwrap();
+    assert!(
+        ann.download_chunk(&file.blob_id, 5, 0)
+            .await
+            .unwrap()
+            .data
+            .is_empty()
+    );
+    // Messages with too many files, or files that do not exist.
+    let many = vec![file.clone(); 9];
+    assert_eq!(
+        bad(ann.send_private_files("ann", "", many).await),
+        Some(ErrorCode::BadRequest)
+    );
+    let ghost = Attachment {
+        blob_id: "not-a-blob".into(),
+        ..Attachment::default()
+    };
+    assert_eq!(
+        bad(ann.send_private_files("ann", "", vec![ghost]).await),
+        Some(ErrorCode::NotFound)
+    );
+    // Still usable.
+    ann.send_private_files("ann", "mine", vec![file]).await.unwrap();
 }
