@@ -611,3 +611,49 @@ async fn an_interactive_session_rides_out_the_loss_of_its_node() {
     assert_eq!(count, 1);
     stdin.write_all(b":q\n").await.unwrap();
 }
+
+#[tokio::test]
+async fn an_interactive_session_sends_and_downloads_files() {
+    use tokio::io::AsyncWriteExt;
+    let node = Node::start().unwrap();
+    let s = node.addr.as_str();
+    let (success, _, err) = cli(&["--server", s, "register", "alice", "--password", "pa"])
+        .await
+        .unwrap();
+    assert!(success, "{err}");
+    let (bob, mut bob_pushes) = node.user("bob").await.unwrap();
+    let (_child, mut stdin, mut lines) = interactive(&["--server", s, "--user", "alice", "--password", "pa"]);
+    wait_line(&mut lines, "logged in", |l| l.contains("logged in as alice")).await;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("plan.txt");
+    std::fs::write(&path, b"the plan").unwrap();
+    stdin
+        .write_all(format!(":file @bob {}\n", path.display()).as_bytes())
+        .await
+        .unwrap();
+    wait_line(&mut lines, "sent with a file", |l| {
+        l.contains("(sent") && l.contains("file")
+    })
+    .await;
+    let got = chat_tests::next_delivery(&mut bob_pushes).await.unwrap();
+    assert_eq!(got.attachments[0].name, "plan.txt");
+    // A file that comes in shows on a line of its own, with its blob id.
+    let mine = bob
+        .upload_bytes("reply.txt", "text/plain", b"the reply")
+        .await
+        .unwrap();
+    bob.send_private_files("alice", "here", vec![mine.clone()])
+        .await
+        .unwrap();
+    wait_line(&mut lines, "the file's line", |l| {
+        l.contains(&format!("file reply.txt (9 B, text/plain) blob {}", mine.blob_id))
+    })
+    .await;
+    let out = dir.path().join("reply.txt");
+    stdin
+        .write_all(format!(":download {} {}\n", mine.blob_id, out.display()).as_bytes())
+        .await
+        .unwrap();
+    wait_line(&mut lines, "downloaded", |l| l.contains("(downloaded 9 B")).await;
+    assert_eq!(std::fs::read(&out).unwrap(), b"the reply");
+}
