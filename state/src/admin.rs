@@ -293,6 +293,7 @@ pub fn purge_user(p: Partition, store: &mut impl Store, c: &PurgeUser) -> Result
         keys::token(p, &c.user, ""),
         scope(tree::INBOX),
         scope(tree::CONTACTS),
+        scope(tree::UPLOADS),
     ] {
         for (key, _) in store.scan(&prefix, None, limit - removed)? {
             store.delete(key);
@@ -753,6 +754,16 @@ mod tests {
             blocked: true,
         });
         run(p, &mut s, block);
+        for user in [&gone, &kept] {
+            let charge = Op::ChargeUpload(command::ChargeUpload {
+                user: user.clone(),
+                blob: crate::blobs::id_of(&[7; 32]),
+                size: 10,
+                now_ms: 1,
+                window_ms: 100,
+            });
+            run(p, &mut s, charge);
+        }
         let kept_before: Vec<_> = s.scan(&keys::partition_prefix(p), None, usize::MAX).unwrap();
         // Whose a key is: the name after the tree byte (accounts: the rest of the key).
         let owner = |k: &[u8]| -> Vec<u8> {
