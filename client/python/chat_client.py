@@ -48,6 +48,7 @@ class ChatClient:
         self.buf = bytearray()
         self.ids = itertools.count(1)
         self.pushes = []  # ServerFrames with request_id 0, oldest first
+        self.sent = 0  # requests sent on this connection
         self.waiting = set()  # request_ids sent and not answered yet
         self.answers = {}  # request_id -> ServerFrame, answers that came before asked for
         self.hello = self.request("hello", pb.Hello(protocol_version=PROTOCOL_VERSION, client_name="python"))
@@ -94,6 +95,7 @@ class ChatClient:
         frame = pb.ClientFrame(request_id=request_id)
         getattr(frame, field).CopyFrom(message)
         self._send(frame)
+        self.sent += 1
         self.waiting.add(request_id)
         return request_id
 

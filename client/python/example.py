@@ -77,7 +77,9 @@ def main():
     data = bytes((i * 7 + i // 251) % 256 for i in range(200_000))  # several chunks
     sent = alice.upload(data, "data.bin")
     assert (sent.blob_id, sent.sha256, sent.size) == (hashlib.sha256(data).hexdigest(),) * 2 + (len(data),), sent
+    before = alice.sent
     assert alice.upload(data, "copy.bin").blob_id == sent.blob_id
+    assert alice.sent == before + 1, "the same bytes again: UploadBegin only"
     try:
         bob.download(sent.blob_id)
         raise SystemExit("a file was readable before a message carried it")
