@@ -710,9 +710,8 @@ const thumbUrls = new Map();
 const fileUrls = new Map();
 /** What each download under way has got, in words, by blob id (kept across renders). */
 const fetching = new Map();
-/** Uploads under way: { id, key, name, sent, size }. */
+/** Uploads under way: { key, name, sent, size, file }. */
 let uploads = [];
-let nextUpload = 1;
 
 function forgetFiles() {
   for (const url of thumbUrls.values()) URL.revokeObjectURL(url);
@@ -878,7 +877,7 @@ async function sendFiles(files) {
   const list = [...files];
   if (!key || !model || list.length === 0) return;
   $("send-error").textContent = "";
-  const rows = list.map((file) => ({ id: nextUpload++, key, name: file.name, sent: 0, size: file.size, file }));
+  const rows = list.map((file) => ({ key, name: file.name, sent: 0, size: file.size, file }));
   uploads.push(...rows);
   renderUploads();
   for (const row of rows) {
