@@ -3,8 +3,9 @@
 // users (alice on node 0, bob on node 1) and a CLI user (carol) chat privately and in
 // a group; unread counts, history, read ticks, the length limit, a reload, layout at
 // two widths, contacts with presence, typing, blocking and privacy, group settings
-// (a private group, an invitation accepted from the prompt, roles), and the loss of
-// alice's node. Elements are found by role and accessible
+// (a private group, an invitation accepted from the prompt, roles), files (an image
+// picked with the attach button, a file dropped onto the conversation, refusals), and
+// the loss of alice's node. Elements are found by role and accessible
 // name. Every wait polls until a deadline; any console or page error fails the run.
 //
 // Usage: node e2e.mjs '{"pages":[URL,URL,URL],"cli_servers":[ADDR,...],"chat":BIN,
@@ -16,6 +17,7 @@ import { execFile } from "node:child_process";
 import { promisify } from "node:util";
 import { createInterface } from "node:readline";
 import { join } from "node:path";
+import { readFile } from "node:fs/promises";
 
 const cfg = JSON.parse(process.argv[2]);
 const run = promisify(execFile);
@@ -430,6 +432,9 @@ try {
   await connected(alice, 1000);
   ok("oversized message refused");
 
+  await files(alice, bob);
+  ok("files: an image shown by its preview, a file by a link, refusals in words");
+
   // A reload keeps the session: no login form, the conversations and their history.
   await alice.reload();
   await connected(alice);
@@ -440,6 +445,9 @@ try {
   await conversation(alice, "bob").click();
   await message(alice, "are you there, bob?").waitFor();
   await tick(alice, "are you there, bob?", "read").waitFor();
+  // Files come back with the history, the image with its preview.
+  await log(alice).getByRole("button", { name: /^Open image sunset\.png, / }).waitFor();
+  await log(alice).getByRole("link", { name: "Download notes.txt, 146 KB" }).waitFor();
   ok("session survives a reload");
 
   await checkLayout(alice, 1280, 800, "desktop-1280.png");
@@ -652,6 +660,95 @@ try {
   // An open stdin would keep this process alive.
   harnessLines.close();
   process.stdin.destroy();
+}
+
+/** Files between alice (node 0) and bob (node 1), in their private conversation. The
+ * nodes take files up to 1 MiB and 600 KiB of new files per user (tests/tests/web.rs). */
+async function files(alice, bob) {
+  await conversation(alice, "bob").click();
+  await conversation(bob, "alice").click();
+  // What the upload list showed, however briefly.
+  await alice.evaluate(() => {
+    window.__uploads = [];
+    const el = document.getElementById("uploads");
+    new MutationObserver(() => window.__uploads.push(el.textContent)).observe(el, { childList: true, subtree: true, attributes: true });
+  });
+
+  // An image of 400x300 px, drawn in the page, picked with the attach button.
+  const png = Buffer.from(await alice.evaluate(async () => {
+    const canvas = document.createElement("canvas");
+    [canvas.width, canvas.height] = [400, 300];
+    const g = canvas.getContext("2d");
+    const sky = g.createLinearGradient(0, 0, 0, 300);
+    sky.addColorStop(0, "#1a5fc8");
+    sky.addColorStop(1, "#f0a400");
+    g.fillStyle = sky;
+    g.fillRect(0, 0, 400, 300);
+    g.fillStyle = "#fff";
+    g.beginPath();
+    g.arc(200, 220, 60, 0, Math.PI * 2);
+    g.fill();
+    const blob = await new Promise((r) => canvas.toBlob(r, "image/png"));
+    return [...new Uint8Array(await blob.arrayBuffer())];
+  }));
+  const chooser = alice.waitForEvent("filechooser");
+  await button(alice, "Attach files").click();
+  await (await chooser).setFiles({ name: "sunset.png", mimeType: "image/png", buffer: png });
+  const preview = (page) => log(page).getByRole("button", { name: /^Open image sunset\.png, \d/ }).locator("img");
+  const shown = (img) => img.evaluate((el) => ({ src: el.src.slice(0, 5), complete: el.complete, width: el.naturalWidth, height: el.naturalHeight }));
+  // The preview is the server's (at most 320 px), not the original, on both sides.
+  for (const page of [bob, alice]) {
+    await until("the image's preview", async () => {
+      const img = await shown(preview(page));
+      return (img.src === "blob:" && img.complete && img.width === 320 && img.height === 240) || JSON.stringify(img);
+    });
+  }
+  await preview(bob).click();
+  const viewer = bob.getByRole("dialog", { name: "Image" });
+  await until("the whole image", async () => {
+    const img = await shown(viewer.locator("img"));
+    return (img.complete && img.width === 400 && img.height === 300) || JSON.stringify(img);
+  });
+  await viewer.getByText("sunset.png · 400×300").waitFor();
+  await viewer.getByRole("link", { name: "Download" }).waitFor();
+  await button(bob, "Close").click();
+  await viewer.waitFor({ state: "hidden" });
+
+  // A text file of several chunks (each at most about 64 KiB), dropped onto the
+  // conversation; bob's link says its name and size and saves it, byte for byte.
+  const notes = Array.from({ length: 150000 }, (_, i) => String.fromCharCode(97 + ((i * 7) % 26))).join("");
+  const dropped = await alice.evaluateHandle((text) => {
+    const dt = new DataTransfer();
+    dt.items.add(new File([text], "notes.txt", { type: "text/plain" }));
+    return dt;
+  }, notes);
+  await alice.locator("#conv").dispatchEvent("dragover", { dataTransfer: dropped });
+  await alice.locator("#conv").dispatchEvent("drop", { dataTransfer: dropped });
+  const link = log(bob).getByRole("link", { name: "Download notes.txt, 146 KB" });
+  await link.filter({ hasText: "notes.txt" }).filter({ hasText: "146 KB" }).waitFor();
+  const saving = bob.waitForEvent("download");
+  await link.click();
+  const saved = await saving;
+  if (saved.suggestedFilename() !== "notes.txt") throw new Error(`saved as ${saved.suggestedFilename()}`);
+  const got = await readFile(await saved.path(), "utf8");
+  if (got !== notes) throw new Error(`the saved file differs: ${got.length} bytes, ${notes.length} sent`);
+  await conversation(bob, "alice, last from alice: 📎 notes.txt").waitFor();
+  const progress = await alice.evaluate(() => window.__uploads);
+  if (!progress.some((t) => /notes\.txt\s*\d+%/.test(t))) throw new Error(`no upload progress shown: ${JSON.stringify(progress)}`);
+
+  // Refused before any byte is sent: too large, then over the quota of new files.
+  const pick = async (name, size) => {
+    const chooser = alice.waitForEvent("filechooser");
+    await button(alice, "Attach files").click();
+    await (await chooser).setFiles({ name, mimeType: "application/octet-stream", buffer: Buffer.alloc(size, 7) });
+  };
+  await pick("big.bin", 1536 * 1024);
+  await alice.getByRole("alert").filter({ hasText: "Not sent: big.bin is too large (1.5 MB): this server takes files of at most 1.0 MB." }).waitFor();
+  await pick("half.bin", 500 * 1024);
+  await alice.getByRole("alert").filter({ hasText: "Not sent: half.bin (500 KB) would take you over your quota of new files (600 KB)" }).waitFor();
+  if (await log(bob).getByRole("link", { name: /^Download (big|half)\.bin/ }).count()) throw new Error("a refused file was sent");
+  await alice.getByRole("list", { name: "Uploads" }).waitFor({ state: "hidden" });
+  noProblems("with files");
 }
 
 async function hiddenBeforeLogin(page) {

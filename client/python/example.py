@@ -4,10 +4,29 @@ Usage: python example.py HOST:PORT [NAME_PREFIX]
 Prints one line per step ("ok: ...") and exits non-zero on the first failure.
 """
 
+import hashlib
+import os
+import struct
 import sys
+import tempfile
+import zlib
 
 import chat_pb2 as pb
 from chat_client import ChatClient, ChatError, apply_change
+
+
+def png(width, height):
+    """A small RGB PNG (a gradient), written by hand so that the example needs no imaging
+    library."""
+    rows = b"".join(
+        b"\0" + b"".join(bytes((x * 255 // width, y * 255 // height, 128)) for x in range(width)) for y in range(height)
+    )
+
+    def chunk(kind, data):
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(rows)) + chunk(b"IEND", b"")
 
 
 def main():
@@ -52,6 +71,41 @@ def main():
     assert gmsg.kind == pb.GROUP and gmsg.conversation == group and gmsg.group_seq == gack.seq, gmsg
     bob.ack_delivered(gmsg.seq)
     print("ok: group message")
+
+    # Files: uploaded in chunks on one connection, carried by a message, downloaded
+    # back by its recipient on another; the same bytes again are not sent.
+    data = bytes((i * 7 + i // 251) % 256 for i in range(200_000))  # several chunks
+    sent = alice.upload(data, "data.bin")
+    assert (sent.blob_id, sent.sha256, sent.size) == (hashlib.sha256(data).hexdigest(),) * 2 + (len(data),), sent
+    before = alice.sent
+    assert alice.upload(data, "copy.bin").blob_id == sent.blob_id
+    assert alice.sent == before + 1, "the same bytes again: UploadBegin only"
+    try:
+        bob.download(sent.blob_id)
+        raise SystemExit("a file was readable before a message carried it")
+    except ChatError as e:
+        assert e.code == pb.NOT_FOUND, e
+    alice.send_private(bob_name, "the data", attachments=[sent])
+    got = bob.next_message()
+    (file,) = got.attachments
+    assert (got.text, file.blob_id, file.name, file.size) == ("the data", sent.blob_id, "data.bin", len(data)), got
+    assert bob.download(file.blob_id) == data
+    assert bob.download(file.blob_id, offset=150_000) == data[150_000:]
+    bob.ack_delivered(got.seq)
+    # From a path, to a group: an image, which the server measures and previews.
+    with tempfile.TemporaryDirectory() as folder:
+        path = os.path.join(folder, "gradient.png")
+        with open(path, "wb") as f:
+            f.write(png(640, 480))
+        picture = bob.upload(path)
+    assert (picture.name, picture.mime, picture.width, picture.height) == ("gradient.png", "image/png", 640, 480), picture
+    bob.send_group(group, "", attachments=[picture])
+    shown = alice.next_message()
+    (image,) = shown.attachments
+    assert (shown.conversation, image.blob_id, image.width) == (group, picture.blob_id, 640), shown
+    assert image.thumbnail.startswith(b"\xff\xd8"), "the preview is a JPEG"
+    assert alice.download(image.blob_id) == png(640, 480)
+    print("ok: file uploaded, sent, and downloaded back")
 
     # A reply names the message it answers; changes arrive as entries of their own.
     question = alice.send_private(bob_name, "tea at five?")

@@ -1,7 +1,8 @@
 //! A client nobody wrote in Rust: the Python example in `client/python/` runs against a
-//! real node. Its protobuf module is generated from `protocol/chat.proto` with the
-//! standard tooling (grpcio-tools' protoc), installed from PyPI into a virtualenv kept
-//! in the target folder.
+//! real node (chat, replies and changes, files uploaded, sent and downloaded back). Its
+//! protobuf module is generated from `protocol/chat.proto` with the standard tooling
+//! (grpcio-tools' protoc), installed from PyPI into a virtualenv kept in the target
+//! folder.
 
 use chat_tests::Node;
 use std::path::{Path, PathBuf};
@@ -72,6 +73,7 @@ async fn the_python_example_client_chats_with_a_real_node() {
         "private message pushed live; resend deduplicated",
         "delivered receipt",
         "group message",
+        "file uploaded, sent, and downloaded back",
         "reply, edit, react and recall, private",
         "reply and recall in a group",
         "offline message synced after login",

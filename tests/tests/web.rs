@@ -4,6 +4,9 @@
 //! desktop and phone widths; the two browser users, on different nodes, become
 //! contacts and see each other online, see each other typing, and block; one makes a
 //! private group, invites the other, who accepts from the page, and makes them admin.
+//! Files: one sends the other an image (its preview shows, a click opens the whole
+//! image) and drops a text file (a link with its size saves it); a file over the size
+//! limit and one over the quota are refused in words.
 //! `web/e2e.mjs` drives the browsers (playwright-core with Debian's chromium, which
 //! `scripts/ci-setup.sh` installs); this test builds the page, starts the nodes, and
 //! kills a node when the script asks for it. The page's model has unit tests of its
@@ -45,7 +48,9 @@ fn build_page() {
     );
 }
 
-/// Three members serving WebSocket clients and the built page.
+/// Three members serving WebSocket clients and the built page. Files are limited to
+/// 1 MiB each and 600 KiB of new files per user, so that the page's refusals are cheap
+/// to reach.
 async fn cluster() -> Vec<Node> {
     let seed = free_port();
     let client_toml = format!(
@@ -54,6 +59,7 @@ async fn cluster() -> Vec<Node> {
     );
     let member = |name: &str, port: u16, seeds: &[u16]| NodeOpts {
         client_toml: client_toml.clone(),
+        extra_toml: "[files]\nmax_file_bytes = 1048576\nquota_bytes = 614400\n".into(),
         ..NodeOpts::member(name, port, seeds, "web-cookie")
     };
     let a = Node::start_with(member("web-a", seed, &[])).unwrap();
@@ -162,6 +168,7 @@ async fn browser_users_and_a_cli_user_chat_through_a_cluster_that_loses_a_node()
         "group chat",
         "group settings, invitation and roles",
         "oversized message refused",
+        "files: an image shown by its preview, a file by a link, refusals in words",
         "session survives a reload",
         "layout at 1280 px",
         "layout at 390 px",

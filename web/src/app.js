@@ -1,10 +1,11 @@
 // The web client's page: login, the conversation list, contacts and privacy, the
-// open conversation and its composer. The session (session.js) talks to the
-// cluster; the model (model.js) keeps what is known; this module only turns both
-// into DOM and back.
+// open conversation, its composer and the files sent there. The session
+// (session.js) talks to the cluster; the model (model.js) keeps what is known;
+// files.js moves files; this module only turns them into DOM and back.
 import { Session } from "./session.js";
-import { Model, TypingOut, keyOf, groupPanel, excerpt } from "./model.js";
+import { Model, TypingOut, keyOf, groupPanel, excerpt, previewText } from "./model.js";
 import { ServerError, ConnectionLost } from "./connection.js";
+import { upload, download, formatSize, isImage, mimeOf, slim } from "./files.js";
 
 const $ = (id) => document.getElementById(id);
 const HISTORY_PAGE = 50;
@@ -125,6 +126,7 @@ function showLogin(reason) {
   $("login").hidden = false;
   $("conv-list").replaceChildren();
   $("contact-list").replaceChildren();
+  forgetFiles();
   for (const t of typingTimers.values()) clearTimeout(t);
   typingTimers.clear();
   typingOut = new TypingOut(TYPING_EVERY_MS);
@@ -254,12 +256,12 @@ function renderList() {
     if (seen) name.prepend(dot(seen.online ? "online" : "offline"));
     const time = span("conv-time", c.last ? shortTime(c.last.ts) : "");
     const last = c.last;
-    const preview = span("conv-preview", last ? `${last.mine ? "You" : last.from}: ${last.text}` : "No messages yet");
+    const preview = span("conv-preview", last ? `${last.mine ? "You" : last.from}: ${previewText(last)}` : "No messages yet");
     button.append(name, time, preview);
     if (c.unread.size) button.append(span("badge", String(c.unread.size)));
     // One spoken name for the whole entry: who, how many unread, the last message.
     const unread = c.unread.size ? `, ${c.unread.size} unread` : "";
-    const said = last ? `, last from ${last.mine ? "you" : last.from}: ${last.text}` : "";
+    const said = last ? `, last from ${last.mine ? "you" : last.from}: ${previewText(last)}` : "";
     button.setAttribute("aria-label", `${title}${unread}${said}`);
     button.onclick = () => openConversation(c.key);
     const li = document.createElement("li");
@@ -316,6 +318,7 @@ function openConversation(key) {
   renderPresence();
   renderTyping();
   updateLimit();
+  renderUploads();
   renderInvitation();
   $("message").focus();
   // An invitation not accepted yet: no history to see before joining.
@@ -423,7 +426,8 @@ function messageItem(c, m, state) {
   if (!m.mine && !m.event && c.kind === "GROUP") bubble.append(span("who", m.from));
   const quote = model.quote(c, m);
   if (quote) bubble.append(quoteBox(quote));
-  bubble.append(span(m.recalled ? "text recalled" : "text", m.text));
+  if (m.text || !m.attachments?.length) bubble.append(span(m.recalled ? "text recalled" : "text", m.text));
+  if (m.attachments?.length) bubble.append(attachmentsBox(m.attachments));
   const reactions = model.reactionRows(m);
   if (reactions.length) {
     const row = document.createElement("div");
@@ -584,7 +588,7 @@ function setComposing(what) {
   }
   const msg = model?.convs.get(what.key)?.messages.get(what.id);
   const who = !msg ? "" : msg.mine ? "yourself" : msg.from;
-  $("compose-what").textContent = what.mode === "edit" ? "Editing your message" : `Replying to ${who}: ${excerpt(msg?.text ?? "")}`;
+  $("compose-what").textContent = what.mode === "edit" ? "Editing your message" : `Replying to ${who}: ${excerpt(msg ? previewText(msg) : "")}`;
   box.hidden = false;
   $("message").focus();
 }
@@ -640,7 +644,7 @@ function notify(key, msg) {
   if (document.visibilityState !== "hidden" || !("Notification" in window) || Notification.permission !== "granted") return;
   const where = key.startsWith("#") ? ` in ${key}` : "";
   try {
-    const n = new Notification(`${msg.from}${where}`, { body: msg.text.slice(0, 200), tag: key });
+    const n = new Notification(`${msg.from}${where}`, { body: previewText(msg).slice(0, 200), tag: key });
     n.onclick = () => {
       window.focus();
       openConversation(key);
@@ -696,6 +700,265 @@ function sendComposed() {
   box.value = "";
   updateLimit();
   refresh(current);
+}
+
+// ---- files -------------------------------------------------------------------------
+
+/** Object URLs of thumbnails, by blob id: made once, revoked at logout. */
+const thumbUrls = new Map();
+/** Whole files, by blob id: { promise, url } once asked for; revoked at logout. */
+const fileUrls = new Map();
+/** What each download under way has got, in words, by blob id (kept across renders). */
+const fetching = new Map();
+/** Uploads under way: { key, name, sent, size, file }. */
+let uploads = [];
+
+function forgetFiles() {
+  for (const url of thumbUrls.values()) URL.revokeObjectURL(url);
+  for (const f of fileUrls.values()) if (f.url) URL.revokeObjectURL(f.url);
+  thumbUrls.clear();
+  fileUrls.clear();
+  fetching.clear();
+  uploads = [];
+  renderUploads();
+  if ($("viewer").open) $("viewer").close();
+}
+
+/** The files of a message: images as their previews (a click opens the whole image),
+ * other files as a link with name and size (a click downloads and saves it). */
+function attachmentsBox(list) {
+  const box = document.createElement("div");
+  box.className = "attachments";
+  for (const a of list) box.append(isImage(a) ? imageButton(a) : fileLink(a));
+  return box;
+}
+
+function thumbUrl(a) {
+  let url = thumbUrls.get(a.blob_id);
+  if (!url) {
+    url = URL.createObjectURL(new Blob([a.thumbnail], { type: "image/jpeg" }));
+    thumbUrls.set(a.blob_id, url);
+  }
+  return url;
+}
+
+function imageButton(a) {
+  const b = document.createElement("button");
+  b.type = "button";
+  b.className = "thumb";
+  b.setAttribute("aria-label", `Open image ${a.name}, ${formatSize(a.size)}`);
+  const img = document.createElement("img");
+  img.alt = a.name;
+  img.src = thumbUrl(a);
+  // The preview's own size (at most 320 px), so the list does not jump when it loads.
+  const scale = Math.min(1, 320 / Math.max(a.width || 1, a.height || 1));
+  if (a.width && a.height) {
+    img.width = Math.max(1, Math.round(a.width * scale));
+    img.height = Math.max(1, Math.round(a.height * scale));
+  }
+  b.append(img);
+  b.onclick = () => openImage(a);
+  return b;
+}
+
+function fileLink(a) {
+  const link = document.createElement("a");
+  link.className = "file";
+  link.dataset.blob = a.blob_id;
+  const ready = fileUrls.get(a.blob_id)?.url;
+  link.href = ready ?? "#";
+  if (ready) link.download = a.name || "file";
+  link.append(span("file-name", `📄 ${a.name || "file"}`));
+  if (a.size) link.append(span("file-size", formatSize(a.size)));
+  link.append(span("file-state", fetching.get(a.blob_id) ?? ""));
+  link.setAttribute("aria-label", `Download ${a.name || "file"}${a.size ? `, ${formatSize(a.size)}` : ""}`);
+  link.onclick = (e) => {
+    if (link.download) return; // the whole file is here: the browser saves it
+    e.preventDefault();
+    saveFile(a);
+  };
+  return link;
+}
+
+/** The whole file as an object URL, downloaded in chunks once; `progress(text)` says
+ * how far it got. */
+function wholeFile(a, progress) {
+  let f = fileUrls.get(a.blob_id);
+  if (!f) {
+    const promise = download(
+      (field, body) => session.request(field, body),
+      a.blob_id,
+      (got, size) => progress(size ? `${Math.floor((got * 100) / size)}%` : ""),
+    ).then(({ data, mime }) => {
+      f.url = URL.createObjectURL(new Blob([data], { type: a.mime || mime || "application/octet-stream" }));
+      return f.url;
+    });
+    f = { promise };
+    fileUrls.set(a.blob_id, f);
+    // A failure is not kept: a click tries again.
+    promise.catch(() => fileUrls.delete(a.blob_id));
+  }
+  return f.promise;
+}
+
+/** Shows how a download stands on every link to that file on screen. */
+function showFetching(blobId, text) {
+  if (text) fetching.set(blobId, text);
+  else fetching.delete(blobId);
+  for (const el of document.querySelectorAll(`a.file[data-blob="${CSS.escape(blobId)}"] .file-state`)) el.textContent = text;
+}
+
+async function saveFile(a) {
+  $("send-error").textContent = "";
+  try {
+    const url = await wholeFile(a, (p) => showFetching(a.blob_id, `downloading ${p}`));
+    showFetching(a.blob_id, "");
+    renderMessages(); // the links now point at the file itself
+    const save = document.createElement("a");
+    save.href = url;
+    save.download = a.name || "file";
+    save.click();
+  } catch (e) {
+    showFetching(a.blob_id, "");
+    $("send-error").textContent = `Cannot download ${a.name || "the file"}: ${fileError(e)}`;
+  }
+}
+
+/** The viewer: the preview at once, the whole image once downloaded. */
+async function openImage(a) {
+  const viewer = $("viewer");
+  const img = $("viewer-img");
+  img.alt = a.name;
+  img.src = fileUrls.get(a.blob_id)?.url ?? thumbUrl(a);
+  $("viewer-name").textContent = `${a.name} · ${a.width && a.height ? `${a.width}×${a.height} · ` : ""}${formatSize(a.size)}`;
+  const save = $("viewer-save");
+  save.hidden = true;
+  $("viewer-state").textContent = "";
+  viewer.dataset.blob = a.blob_id;
+  if (!viewer.open) viewer.showModal();
+  try {
+    const url = await wholeFile(a, (p) => {
+      if (viewer.dataset.blob === a.blob_id) $("viewer-state").textContent = `Loading the whole image… ${p}`;
+    });
+    if (viewer.dataset.blob !== a.blob_id) return;
+    img.src = url;
+    save.href = url;
+    save.download = a.name || "image";
+    save.hidden = false;
+    $("viewer-state").textContent = "";
+  } catch (e) {
+    if (viewer.dataset.blob === a.blob_id) $("viewer-state").textContent = `Cannot load the whole image: ${fileError(e)}`;
+  }
+}
+
+/** A refused upload or download in words. */
+function fileError(e, file = null) {
+  const limit = (e.message ?? "").match(/(\d+) bytes/)?.[1];
+  const name = file?.name ?? "The file";
+  if (e instanceof ServerError) {
+    switch (e.code) {
+      case "FILE_TOO_LARGE":
+        return `${name} is too large (${formatSize(file?.size ?? 0)}): this server takes files of at most ${limit ? formatSize(limit) : "its limit"}.`;
+      case "QUOTA_EXCEEDED":
+        return `${name} (${formatSize(file?.size ?? 0)}) would take you over your quota of new files${limit ? ` (${formatSize(limit)})` : ""}; send it later, or a smaller one.`;
+      case "HASH_MISMATCH":
+        return `${name} changed while it was being sent; try again.`;
+      case "NOT_FOUND":
+        return "that file is gone, or not yours to see.";
+    }
+  }
+  return human(e);
+}
+
+/** Sends each file as a message of its own in conversation `key`, in order: upload
+ * (with progress under the composer), then the message that carries it. */
+async function sendFiles(files) {
+  const key = current;
+  const list = [...files];
+  if (!key || !model || list.length === 0) return;
+  $("send-error").textContent = "";
+  const rows = list.map((file) => ({ key, name: file.name, sent: 0, size: file.size, file }));
+  uploads.push(...rows);
+  renderUploads();
+  for (const row of rows) {
+    try {
+      const data = new Uint8Array(await row.file.arrayBuffer());
+      const mime = mimeOf(row.file.name, row.file.type);
+      const attachment = await upload(
+        (field, body, timeoutMs) => session.request(field, body, timeoutMs),
+        { name: row.file.name, mime, data },
+        (sent) => {
+          row.sent = sent;
+          renderUploads();
+        },
+      );
+      if (!model) return;
+      model.pending(session.send(key, "", "", [slim(attachment)]), [attachment]);
+      refresh(key);
+    } catch (e) {
+      if (current === key) $("send-error").textContent = `Not sent: ${fileError(e, row.file)}`;
+    } finally {
+      uploads = uploads.filter((u) => u !== row);
+      renderUploads();
+    }
+  }
+}
+
+/** The uploads of the open conversation, each with its progress. */
+function renderUploads() {
+  const rows = uploads
+    .filter((u) => u.key === current)
+    .map((u) => {
+      const li = document.createElement("li");
+      const bar = document.createElement("progress");
+      bar.max = Math.max(1, u.size);
+      bar.value = u.sent;
+      const pct = u.size ? Math.floor((u.sent * 100) / u.size) : 100;
+      bar.setAttribute("aria-label", `Uploading ${u.name}`);
+      li.append(span("upload-name", u.name), bar, span("upload-pct", `${pct}%`));
+      return li;
+    });
+  $("uploads").replaceChildren(...rows);
+  $("uploads").hidden = rows.length === 0;
+}
+
+/** Files dragged onto the open conversation are sent there. */
+function wireDrops() {
+  const conv = $("conv");
+  const hasFiles = (e) => [...(e.dataTransfer?.types ?? [])].includes("Files");
+  const accepting = () => Boolean(current && model && !$("composer").hidden);
+  conv.addEventListener("dragover", (e) => {
+    if (!hasFiles(e) || !accepting()) return;
+    e.preventDefault();
+    e.dataTransfer.dropEffect = "copy";
+    conv.classList.add("dropping");
+  });
+  conv.addEventListener("dragleave", (e) => {
+    if (!conv.contains(e.relatedTarget)) conv.classList.remove("dropping");
+  });
+  conv.addEventListener("drop", (e) => {
+    conv.classList.remove("dropping");
+    if (!hasFiles(e)) return;
+    e.preventDefault();
+    if (accepting()) sendFiles(e.dataTransfer.files);
+  });
+  // A file dropped anywhere else must not replace the page with itself.
+  for (const kind of ["dragover", "drop"]) {
+    window.addEventListener(kind, (e) => {
+      if (hasFiles(e) && !e.defaultPrevented) e.preventDefault();
+    });
+  }
+  $("attach").onclick = () => $("file-input").click();
+  $("file-input").onchange = () => {
+    const files = [...$("file-input").files];
+    $("file-input").value = "";
+    sendFiles(files);
+  };
+  $("viewer-close").onclick = () => $("viewer").close();
+  $("viewer").addEventListener("close", () => {
+    delete $("viewer").dataset.blob;
+    $("viewer-img").removeAttribute("src");
+  });
 }
 
 // ---- groups and starting conversations -------------------------------------------
@@ -1287,6 +1550,7 @@ function wire() {
     const c = current && model?.conv(current);
     if (c && c.older && $("messages").scrollTop < 60) loadOlder(c);
   });
+  wireDrops();
   setInterval(refreshGroupReceipts, GROUP_RECEIPTS_MS);
   window.addEventListener("focus", markReadIfVisible);
   document.addEventListener("visibilitychange", markReadIfVisible);

@@ -2,7 +2,8 @@
 // conversation (deduplicated by message id), unread counts, receipts and the
 // read cursor; contacts, presence and who is typing where; invitations to groups
 // and what a group role allows. Conversations are keyed "@user" (private) or
-// "#group". Time comes in as an argument (`now`).
+// "#group". Time comes in as an argument (`now`). A message keeps the files it
+// carries (`attachments`, as the wire has them; files.js knows what to do with them).
 
 const READ_KEY = "chat.read.";
 const ANSWERED_KEY = "chat.invites.";
@@ -91,7 +92,7 @@ export class Model {
     const msg = this.convs.get(key)?.messages.get(ch.message_id);
     if (!msg || msg.recalled) return;
     if (ch.kind === "EDIT") Object.assign(msg, { text: ch.text, edited: true });
-    if (ch.kind === "RECALL") Object.assign(msg, { text: "(message deleted)", recalled: true, reactions: {} });
+    if (ch.kind === "RECALL") Object.assign(msg, { text: "(message deleted)", recalled: true, reactions: {}, attachments: [] });
     if (ch.kind === "REACT") {
       msg.reactions = { ...(msg.reactions ?? {}) };
       if (ch.text) msg.reactions[ch.by] = ch.text;
@@ -106,7 +107,7 @@ export class Model {
     if (!msg.replyTo) return null;
     const to = c.messages.get(msg.replyTo);
     if (!to) return { id: msg.replyTo, missing: true };
-    return { id: to.id, from: to.from, mine: to.mine, text: excerpt(to.text), recalled: Boolean(to.recalled) };
+    return { id: to.id, from: to.from, mine: to.mine, text: excerpt(previewText(to)), recalled: Boolean(to.recalled) };
   }
 
   /** A message's reactions to show: per emoji, who (by name), in the order of the
@@ -159,6 +160,7 @@ export class Model {
       edited: Boolean(d.edited),
       recalled: Boolean(d.recalled),
       replyTo: d.reply_to || "",
+      attachments: d.recalled ? [] : (d.attachments ?? []),
       reactions: reactionMap(d.reactions),
       event: Boolean(d.group_event),
       ts: d.timestamp_ms,
@@ -172,14 +174,17 @@ export class Model {
     return msg;
   }
 
-  /** A message being sent (from the outbox): shown at once, acknowledged later. */
-  pending(item) {
+  /** A message being sent (from the outbox): shown at once, acknowledged later. Its
+   * files are `attachments` as their uploads answered them (with their previews), else
+   * as the outbox keeps them (name and type only). */
+  pending(item, attachments = null) {
     const c = this.conv(item.conversation);
     const msg = {
       id: `pending:${item.client_msg_id}`,
       from: this.me,
       text: item.text,
       replyTo: item.reply_to || "",
+      attachments: attachments ?? item.attachments ?? [],
       reactions: {},
       ts: Date.now(),
       seq: 0,
@@ -549,6 +554,16 @@ export function excerpt(text, most = QUOTE_CHARS) {
   const line = String(text ?? "").replace(/\s+/g, " ").trim();
   const chars = [...line];
   return chars.length > most ? `${chars.slice(0, most).join("")}…` : line;
+}
+
+/** A message in one line of words, for the conversation list, a quote or a
+ * notification: its text, else what files it carries ("📎 photo.png", "📎 3 files"). */
+export function previewText(msg) {
+  if (msg.text) return msg.text;
+  const files = msg.attachments ?? [];
+  if (files.length === 1) return `📎 ${files[0].name || "a file"}`;
+  if (files.length > 1) return `📎 ${files.length} files`;
+  return "";
 }
 
 /** History's reactions (per emoji, the users) as the page keeps them: user -> emoji. */

@@ -135,10 +135,11 @@ export class Session {
     localStorage.removeItem(OUTBOX_KEY);
   }
 
-  /** A request on the current connection (rejects with ConnectionLost without one). */
-  request(field, body) {
+  /** A request on the current connection (rejects with ConnectionLost without one);
+   * `timeoutMs` for one that takes longer than most (finishing an upload). */
+  request(field, body, timeoutMs = undefined) {
     if (!this.conn || this.syncing) return Promise.reject(new ConnectionLost("not connected"));
-    return this.conn.request(field, body);
+    return this.conn.request(field, body, timeoutMs);
   }
 
   /** A request without an answer (Typing), dropped when not connected: it is only
@@ -147,11 +148,13 @@ export class Session {
     if (this.conn && !this.syncing) this.conn.tell(field, body);
   }
 
-  /** Queues a message (answering message `replyTo`, if given); it is sent (again,
+  /** Queues a message (answering message `replyTo`, if given, and carrying files
+   * already uploaded: `attachments`, each { blob_id, name, mime }); it is sent (again,
    * after a reconnect) until acknowledged. */
-  send(conversation, text, replyTo = "") {
+  send(conversation, text, replyTo = "", attachments = []) {
     const item = { user: this.user, conversation, text, client_msg_id: crypto.randomUUID() };
     if (replyTo) item.reply_to = replyTo;
+    if (attachments.length) item.attachments = attachments;
     this.outbox.push(item);
     this.saveOutbox();
     this.flush();
@@ -379,8 +382,8 @@ export class Session {
   }
 }
 
-function sendRequest({ conversation, text, client_msg_id, reply_to = "" }) {
+function sendRequest({ conversation, text, client_msg_id, reply_to = "", attachments = [] }) {
   return conversation.startsWith("#")
-    ? ["send_group", { group: conversation.slice(1), client_msg_id, text, reply_to }]
-    : ["send_private", { to: conversation.slice(1), client_msg_id, text, reply_to }];
+    ? ["send_group", { group: conversation.slice(1), client_msg_id, text, reply_to, attachments }]
+    : ["send_private", { to: conversation.slice(1), client_msg_id, text, reply_to, attachments }];
 }

@@ -17,7 +17,7 @@ globalThis.localStorage = {
   },
 };
 
-const { Model, TypingOut, describeGroupEvent, keyOf, mayInGroup, groupPanel, roleName, excerpt } = await import("../src/model.js");
+const { Model, TypingOut, describeGroupEvent, keyOf, mayInGroup, groupPanel, roleName, excerpt, previewText } = await import("../src/model.js");
 
 let nextId = 1;
 const delivery = (seq, from, conversation, text, extra = {}) => ({
@@ -481,4 +481,34 @@ test("an excerpt is one line, cut with an ellipsis", () => {
   assert.equal(excerpt("abcdef", 3), "abc…");
   assert.equal(excerpt("👍👍👍👍", 3), "👍👍👍…");
   assert.equal(excerpt(undefined), "");
+});
+
+test("a message keeps its files, and one without text is described by them", () => {
+  const m = new Model("alice-files");
+  const photo = { blob_id: "aa", name: "cat.png", mime: "image/png", size: 10, thumbnail: new Uint8Array([1]) };
+  const msg = m.entry(delivery(1, "bob", "alice-files", "", { attachments: [photo] }), 0);
+  assert.deepEqual(msg.attachments, [photo]);
+  assert.equal(previewText(msg), "📎 cat.png");
+  assert.equal(m.sorted()[0].last, msg);
+  assert.equal(previewText({ text: "", attachments: [photo, photo] }), "📎 2 files");
+  assert.equal(previewText({ text: "look", attachments: [photo] }), "look");
+  // A reply to it quotes the file.
+  const c = m.conv("@bob");
+  const reply = m.entry(delivery(2, "bob", "alice-files", "nice?", { reply_to: msg.id }), 0);
+  assert.equal(m.quote(c, reply).text, "📎 cat.png");
+  // Deleted for everyone: the files go too.
+  m.change("@bob", { kind: "RECALL", message_id: msg.id, by: "bob" });
+  assert.deepEqual(msg.attachments, []);
+  assert.deepEqual(m.add(c, delivery(3, "bob", "alice-files", "", { recalled: true, attachments: [photo] })).attachments, []);
+});
+
+test("a pending message shows the files its uploads answered, else the outbox's", () => {
+  const m = new Model("alice-pfiles");
+  const full = { blob_id: "bb", name: "cat.png", mime: "image/png", size: 10, thumbnail: new Uint8Array([1]) };
+  const item = { conversation: "@bob", text: "", client_msg_id: "f1", attachments: [{ blob_id: "bb", name: "cat.png", mime: "image/png" }] };
+  assert.deepEqual(m.pending(item, [full]).attachments, [full]);
+  m.acked(item, { message_id: "p:bob:1", timestamp_ms: 5, seq: 1 });
+  assert.deepEqual(m.conv("@bob").messages.get("p:bob:1").attachments, [full]);
+  const again = { ...item, client_msg_id: "f2" };
+  assert.deepEqual(m.pending(again).attachments, item.attachments);
 });
