@@ -146,7 +146,7 @@ async fn open_users(cli: &Cli, n: usize, prefix: &str, register: bool) -> Result
         let gate = gate.clone();
         tasks.push(tokio::spawn(async move {
             let _slot = gate.acquire().await?;
-            Conn::login(&addr, &account).await
+            login_retrying(&addr, &account).await
         }));
     }
     let mut out = Vec::with_capacity(n);
@@ -154,6 +154,22 @@ async fn open_users(cli: &Cli, n: usize, prefix: &str, register: bool) -> Result
         out.push(t.await??);
     }
     Ok(out)
+}
+
+/// Logs in, trying again on a fresh connection after a failure (a login that stalls on a
+/// loaded server), at most three times in all; each retry is reported.
+async fn login_retrying(addr: &str, account: &Account) -> Result<Conn> {
+    let mut attempt = 1;
+    loop {
+        match Conn::login(addr, account).await {
+            Ok(c) => return Ok(c),
+            Err(e) if attempt < 3 => {
+                eprintln!("WARNING: login attempt {attempt} of {} failed, retrying: {e:#}", account.user);
+                attempt += 1;
+            }
+            Err(e) => return Err(e),
+        }
+    }
 }
 
 fn rss_kib(pid: u32) -> Option<u64> {
