@@ -136,19 +136,41 @@ fn account(cli: &Cli, user: String, register: bool) -> Account {
 }
 
 /// Registers (if asked) and logs in `n` users named `{prefix}{i}`, at most 64 at a time,
-/// spread over the servers.
+/// spread over the servers. Each connection keeps answering the server until all are in.
 async fn open_users(cli: &Cli, n: usize, prefix: &str, register: bool) -> Result<Vec<Conn>> {
     let gate = Arc::new(Semaphore::new(64));
+    let (go, ready) = tokio::sync::watch::channel(false);
+    let (logged_in, mut logins) = tokio::sync::mpsc::unbounded_channel();
     let mut tasks = Vec::with_capacity(n);
     for i in 0..n {
         let addr = cli.servers[i % cli.servers.len()].clone();
         let account = account(cli, format!("{prefix}{i}"), register);
-        let gate = gate.clone();
+        let (gate, logged_in, mut ready) = (gate.clone(), logged_in.clone(), ready.clone());
         tasks.push(tokio::spawn(async move {
-            let _slot = gate.acquire().await?;
-            login_retrying(&addr, &account).await
+            let login = async {
+                let _slot = gate.acquire().await?;
+                login_retrying(&addr, &account).await
+            };
+            let mut conn = match login.await {
+                Ok(c) => c,
+                Err(e) => {
+                    let _ = logged_in.send(Err(format!("{e:#}")));
+                    return Err(e);
+                }
+            };
+            let _ = logged_in.send(Ok(()));
+            conn.idle_until(&mut ready).await?;
+            anyhow::Ok(conn)
         }));
     }
+    for _ in 0..n {
+        match logins.recv().await {
+            Some(Ok(())) => {}
+            Some(Err(e)) => bail!("login failed: {e}"),
+            None => bail!("a login task ended without a word"),
+        }
+    }
+    go.send(true)?;
     let mut out = Vec::with_capacity(n);
     for t in tasks {
         out.push(t.await??);
@@ -164,7 +186,10 @@ async fn login_retrying(addr: &str, account: &Account) -> Result<Conn> {
         match Conn::login(addr, account).await {
             Ok(c) => return Ok(c),
             Err(e) if attempt < 3 => {
-                eprintln!("WARNING: login attempt {attempt} of {} failed, retrying: {e:#}", account.user);
+                eprintln!(
+                    "WARNING: login attempt {attempt} of {} failed, retrying: {e:#}",
+                    account.user
+                );
                 attempt += 1;
             }
             Err(e) => return Err(e),

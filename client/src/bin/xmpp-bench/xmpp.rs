@@ -12,8 +12,9 @@ use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 
 const SM: &str = "urn:xmpp:sm:3";
 
-/// How long a login step waits for the server's answer.
-const STEP_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long a login (registration included) may take: ejabberd's in-band registrations
+/// took up to a minute each on a loaded 2-core machine with 64 at a time.
+const LOGIN_TIMEOUT: Duration = Duration::from_secs(300);
 
 /// The stream header a client opens (and reopens after SASL) with.
 pub fn stream_header(domain: &str) -> String {
@@ -270,7 +271,7 @@ impl Conn {
             }
             anyhow::Ok(())
         };
-        tokio::time::timeout(STEP_TIMEOUT, step)
+        tokio::time::timeout(LOGIN_TIMEOUT, step)
             .await
             .with_context(|| format!("login of {} timed out", account.user))??;
         Ok(c)
@@ -351,6 +352,27 @@ impl Conn {
                 return Ok(incoming);
             }
             self.read_more().await?;
+        }
+    }
+
+    /// Keeps the connection answering the server until `go` turns true: a logged-in
+    /// connection that leaves an `<r/>` unanswered is closed by the server (ejabberd's
+    /// `ack_timeout`), so none may wait unread while the others log in.
+    pub async fn idle_until(&mut self, go: &mut tokio::sync::watch::Receiver<bool>) -> Result<()> {
+        loop {
+            if *go.borrow() {
+                return Ok(());
+            }
+            tokio::select! {
+                read = self.read_more() => read?,
+                changed = go.changed() => {
+                    if changed.is_err() {
+                        return Ok(());
+                    }
+                }
+            }
+            while self.take_incoming()?.is_some() {}
+            self.flush().await?;
         }
     }
 
