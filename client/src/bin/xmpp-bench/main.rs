@@ -279,9 +279,8 @@ async fn send_and_receive(
         tokio::select! {
             read = conn.read_more() => read?,
             _ = async {
-                match tick.as_mut() {
-                    Some(t) => { t.tick().await; }
-                    None => {}
+                if let Some(t) = tick.as_mut() {
+                    t.tick().await;
                 }
             }, if room > 0 => {
                 // At a fixed rate one message per tick; at the maximum, fill the window.
