@@ -941,7 +941,7 @@ async fn sweep(files: std::sync::Weak<Files>, every: Duration) {
         }
         let dir = me.dir.clone();
         let records = me.records.clone();
-        let removed = tokio::task::spawn_blocking(move || remove_orphans(&dir, &records))
+        let removed = tokio::task::spawn_blocking(move || remove_orphans(&dir, &records, ORPHAN_AGE))
             .await
             .unwrap_or(0);
         if removed > 0 {
@@ -1026,8 +1026,8 @@ impl Files {
     }
 }
 
-/// Removes the files older than [`ORPHAN_AGE`] that no record here names.
-fn remove_orphans(dir: &Path, records: &Disk) -> usize {
+/// Removes the files older than `min_age` that no record here names.
+fn remove_orphans(dir: &Path, records: &Disk, min_age: Duration) -> usize {
     let Ok(entries) = std::fs::read_dir(dir) else {
         return 0;
     };
@@ -1042,7 +1042,7 @@ fn remove_orphans(dir: &Path, records: &Disk) -> usize {
             .and_then(|m| m.modified())
             .ok()
             .and_then(|t| t.elapsed().ok())
-            .is_some_and(|age| age > ORPHAN_AGE);
+            .is_some_and(|age| age >= min_age);
         let key = chat_state::keys::blob(placement::of_blob(&hash), &hash);
         if old && matches!(records.record(&key), Ok(None)) && std::fs::remove_file(entry.path()).is_ok() {
             removed += 1;
@@ -1081,6 +1081,29 @@ mod tests {
         assert_eq!(thumbnail(&path, "application/octet-stream"), None);
         std::fs::write(&path, b"not an image").unwrap();
         assert_eq!(thumbnail(&path, "image/png"), None);
+    }
+
+    #[test]
+    fn only_old_files_no_record_names_are_removed() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = sled::Config::new().temporary(true).open().unwrap();
+        let records = Disk::open(&db).unwrap();
+        let (named, orphan) = ([1u8; 32], [2u8; 32]);
+        let key = chat_state::keys::blob(placement::of_blob(&named), &named);
+        let mut pending = crate::consensus::disk::Pending::new();
+        pending.insert(key, Some(BlobRecord::default().encode_to_vec()));
+        let mut batch = sled::Batch::default();
+        crate::consensus::disk::write_records(&mut batch, pending);
+        records.apply(batch).unwrap();
+        for name in [blobs::id_of(&named), blobs::id_of(&orphan), "tmp".into()] {
+            std::fs::write(dir.path().join(name), b"x").unwrap();
+        }
+        // Too young: kept (a copy whose record is on its way).
+        assert_eq!(remove_orphans(dir.path(), &records, Duration::from_secs(3600)), 0);
+        assert_eq!(remove_orphans(dir.path(), &records, Duration::ZERO), 1);
+        assert!(!dir.path().join(blobs::id_of(&orphan)).exists());
+        assert!(dir.path().join(blobs::id_of(&named)).exists());
+        assert!(dir.path().join("tmp").exists());
     }
 
     #[test]
