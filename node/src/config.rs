@@ -66,9 +66,9 @@ pub struct FilesConfig {
     /// uploaded again, or bytes the cluster has, do not count), in bytes. 0: no limit.
     /// Default: 1073741824 (1 GiB).
     pub quota_bytes: u64,
-    /// A file no message carried for this many days is removed; 0 keeps files.
-    /// Default: 30 (as messages).
-    pub retention_days: u64,
+    /// A file no message carried for this many days (fractions allowed) is removed;
+    /// 0 keeps files. Default: 30 (as messages).
+    pub retention_days: f64,
     /// How often, in seconds, the leader of each partition makes sure every replica
     /// holds the partition's files (fetching them for a replica that missed them, or
     /// joined later) and applies retention. Default: 600 (first 10 s after the start).
@@ -80,7 +80,7 @@ impl Default for FilesConfig {
         Self {
             max_file_bytes: 25 << 20,
             quota_bytes: 1 << 30,
-            retention_days: 30,
+            retention_days: 30.0,
             check_every_secs: 600,
         }
     }
@@ -408,6 +408,10 @@ impl Config {
         check(
             self.files.max_file_bytes >= 1,
             "files.max_file_bytes must be at least 1",
+        )?;
+        check(
+            self.files.retention_days.is_finite() && self.files.retention_days >= 0.0,
+            "files.retention_days must be 0 (keep files) or more",
         )?;
         check(
             self.storage.retention_max_messages >= 1,

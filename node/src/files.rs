@@ -277,11 +277,21 @@ impl Files {
         Ok(attachment(&a.id, &a.name, &a.mime, &record))
     }
 
+    /// How long a file no message carries is kept (and uploads count against the
+    /// quota), in milliseconds; `u64::MAX`: for ever.
     fn window_ms(&self) -> u64 {
-        match self.cfg.retention_days {
-            0 => u64::MAX,
-            days => days.saturating_mul(24 * 3_600_000),
+        if self.cfg.retention_days > 0.0 {
+            // A float to integer cast saturates.
+            (self.cfg.retention_days * 86_400_000.0).max(1.0) as u64
+        } else {
+            u64::MAX
         }
+    }
+
+    /// How old a file here with no record must be before it is removed: an hour (a
+    /// copy whose record is on its way), or the retention window if shorter.
+    fn orphan_age(&self) -> Duration {
+        ORPHAN_AGE.min(Duration::from_millis(self.window_ms()))
     }
 
     /// Has each voter of the file's partition fetch it from here; the voters that hold
@@ -934,14 +944,13 @@ async fn sweep(files: std::sync::Weak<Files>, every: Duration) {
         wait = every;
         let Some(me) = files.upgrade() else { return };
         for p in me.consensus.led() {
-            if me.cfg.retention_days > 0 {
+            if me.cfg.retention_days > 0.0 {
                 me.drop_expired(p).await;
             }
             me.repair(p).await;
         }
-        let dir = me.dir.clone();
-        let records = me.records.clone();
-        let removed = tokio::task::spawn_blocking(move || remove_orphans(&dir, &records, ORPHAN_AGE))
+        let (dir, records, age) = (me.dir.clone(), me.records.clone(), me.orphan_age());
+        let removed = tokio::task::spawn_blocking(move || remove_orphans(&dir, &records, age))
             .await
             .unwrap_or(0);
         if removed > 0 {

@@ -647,3 +647,28 @@ async fn malformed_file_requests_get_typed_errors_and_the_connection_stays_usabl
     // Still usable.
     ann.send_private_files("ann", "mine", vec![file]).await.unwrap();
 }
+
+#[tokio::test]
+async fn files_no_message_carried_within_retention_are_removed() {
+    // About 4 s of retention, checked every second.
+    let node = Node::start_with(NodeOpts {
+        extra_toml: "[files]\nretention_days = 0.00005\ncheck_every_secs = 1\n".into(),
+        ..NodeOpts::default()
+    })
+    .unwrap();
+    let (ann, _) = node.user("ann").await.unwrap();
+    let file = ann.upload_bytes("old.bin", "", &bytes(5_000, 12)).await.unwrap();
+    assert_eq!(stored_files(&node), vec![file.blob_id.clone()]);
+    wait_for("the file's record and copy removed", Duration::from_secs(60), || async {
+        let gone = matches!(ann.download_chunk(&file.blob_id, 0, 0).await, Err(e) if code(&e) == Some(ErrorCode::NotFound));
+        (gone && stored_files(&node).is_empty()).then_some(())
+    })
+    .await
+    .unwrap();
+    // Its bytes are new again: an upload sends them.
+    let again = ann
+        .upload_begin("old.bin", "", file.size, &file.blob_id)
+        .await
+        .unwrap();
+    assert!(!again.stored);
+}
