@@ -201,6 +201,9 @@ fn small_limits() -> NodeOpts {
 async fn refused_uploads_keep_nothing() {
     let node = Node::start_with(small_limits()).unwrap();
     let (ann, _) = node.user("ann").await.unwrap();
+    // The limit is announced at login, so a client can refuse before reading a file.
+    let (_, _, ok) = node.login("ann").await.unwrap();
+    assert_eq!(ok.max_file_bytes, 100_000);
 
     // Too large: refused before any byte is sent.
     let big = bytes(100_001, 4);

@@ -853,14 +853,19 @@ async function openImage(a) {
 
 /** A refused upload or download in words. */
 function fileError(e, file = null) {
-  const limit = (e.message ?? "").match(/(\d+) bytes/)?.[1];
+  // The limit the refusal names; for a file too large, the one announced at login.
+  const named = (e.message ?? "").match(/(\d+) bytes/)?.[1];
   const name = file?.name ?? "The file";
   if (e instanceof ServerError) {
     switch (e.code) {
-      case "FILE_TOO_LARGE":
+      case "FILE_TOO_LARGE": {
+        const limit = session?.maxFile || named;
         return `${name} is too large (${formatSize(file?.size ?? 0)}): this server takes files of at most ${limit ? formatSize(limit) : "its limit"}.`;
-      case "QUOTA_EXCEEDED":
+      }
+      case "QUOTA_EXCEEDED": {
+        const limit = named;
         return `${name} (${formatSize(file?.size ?? 0)}) would take you over your quota of new files${limit ? ` (${formatSize(limit)})` : ""}; send it later, or a smaller one.`;
+      }
       case "HASH_MISMATCH":
         return `${name} changed while it was being sent; try again.`;
       case "NOT_FOUND":
@@ -882,6 +887,8 @@ async function sendFiles(files) {
   renderUploads();
   for (const row of rows) {
     try {
+      // Refused before a byte is read when larger than the node takes.
+      if (session.maxFile > 0 && row.file.size > session.maxFile) throw new ServerError("FILE_TOO_LARGE");
       const data = new Uint8Array(await row.file.arrayBuffer());
       const mime = mimeOf(row.file.name, row.file.type);
       const attachment = await upload(

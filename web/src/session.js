@@ -56,6 +56,7 @@ export class Session {
     this.outbox = [];
     this.flushing = false;
     this.maxText = 0;
+    this.maxFile = 0;
     this.loadedOnce = false;
     clearInterval(this.pinger);
   }
@@ -212,6 +213,8 @@ export class Session {
   async loggedIn(conn, ok) {
     this.token = ok.token;
     this.maxText = ok.max_text_bytes || conn.hello.max_frame_bytes - 512;
+    // 0 from a node that does not say: its refusal tells.
+    this.maxFile = ok.max_file_bytes || 0;
     localStorage.setItem(STORE_KEY, JSON.stringify({ user: this.user, token: ok.token, maxText: this.maxText }));
     this.learn(ok.nodes, conn.url);
     // An acknowledgement of nothing answers with the cursors: where reading stands.

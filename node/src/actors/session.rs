@@ -462,6 +462,7 @@ impl SessionState {
                                 nodes,
                                 max_text_bytes: u32::try_from(self.ctx.config.client.max_text_bytes)
                                     .unwrap_or(u32::MAX),
+                                max_file_bytes: self.ctx.config.files.max_file_bytes,
                             }),
                         );
                         // Pushed while the login read the cursors, past them.
