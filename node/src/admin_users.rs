@@ -13,10 +13,8 @@ use chat_protocol::internal::answer::{A, AccountSummary, GroupSummary};
 use chat_protocol::internal::command::{self, Op};
 use chat_protocol::internal::outcome::{self, Purged};
 use chat_protocol::internal::query::{ListPage, Q};
-use chat_protocol::internal::{Command, Query};
 use chat_state::admin::Listed;
 use futures::{StreamExt, TryStreamExt};
-use prost::Message;
 
 /// Partitions read at once by a listing (of [`PARTITIONS`]).
 const SCATTER: usize = 32;
@@ -342,38 +340,11 @@ async fn propose(
     p: partition::Partition,
     op: Op,
 ) -> ChatResult<outcome::Result> {
-    let (tx, rx) = tokio::sync::oneshot::channel();
-    let command = Command { op: Some(op) }.encode_to_vec();
-    remote.propose(
-        p,
-        command,
-        Box::new(move |r| {
-            let _ = tx.send(r);
-        }),
-    );
-    let outcome = rx.await.unwrap_or_else(|_| Err(stopped()))?;
-    match outcome.result {
-        Some(outcome::Result::Invalid(why)) => Err(ChatError::Internal(format!("refused command: {why}"))),
-        Some(result) => Ok(result),
-        None => Err(ChatError::Internal("empty outcome".into())),
-    }
+    remote.propose_op(p, op).await
 }
 
 async fn read(ctx: &crate::context::NodeCtx, p: partition::Partition, q: Q) -> ChatResult<A> {
-    let (tx, rx) = tokio::sync::oneshot::channel();
-    ctx.remote.read(
-        p,
-        Query { q: Some(q) },
-        Box::new(move |r| {
-            let _ = tx.send(r);
-        }),
-    );
-    let answer = rx.await.unwrap_or_else(|_| Err(stopped()))?;
-    answer.a.ok_or_else(|| ChatError::Internal("empty answer".into()))
-}
-
-fn stopped() -> ChatError {
-    ChatError::Unavailable("node is shutting down".into())
+    ctx.remote.query(p, q).await
 }
 
 #[cfg(test)]

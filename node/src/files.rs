@@ -24,7 +24,7 @@ use chat_protocol::internal::answer::A;
 use chat_protocol::internal::command::{self, Op};
 use chat_protocol::internal::query::{GroupAsk, Q, UploadUsage};
 use chat_protocol::internal::{
-    BlobData, BlobFetch, BlobRead, BlobRecord, Command, Query, Request, outcome, request, response,
+    BlobData, BlobFetch, BlobRead, BlobRecord, Request, outcome, request, response,
 };
 use chat_protocol::v1::{Attachment, UploadBegin};
 use chat_state::blobs::{self, Access};
@@ -578,36 +578,11 @@ impl Files {
     // ---- Raft and links -------------------------------------------------------------
 
     async fn propose(&self, p: placement::Partition, op: Op) -> ChatResult<outcome::Result> {
-        let (tx, rx) = tokio::sync::oneshot::channel();
-        let command = Command { op: Some(op) }.encode_to_vec();
-        self.remote.propose(
-            p,
-            command,
-            Box::new(move |r| {
-                let _ = tx.send(r);
-            }),
-        );
-        let outcome = rx.await.map_err(|_| stopped())??;
-        match outcome.result {
-            Some(outcome::Result::Invalid(why)) => {
-                Err(ChatError::Internal(format!("refused command: {why}")))
-            }
-            Some(result) => Ok(result),
-            None => Err(ChatError::Internal("empty outcome".into())),
-        }
+        self.remote.propose_op(p, op).await
     }
 
     async fn read(&self, p: placement::Partition, q: Q) -> ChatResult<A> {
-        let (tx, rx) = tokio::sync::oneshot::channel();
-        self.remote.read(
-            p,
-            Query { q: Some(q) },
-            Box::new(move |r| {
-                let _ = tx.send(r);
-            }),
-        );
-        let answer = rx.await.map_err(|_| stopped())??;
-        answer.a.ok_or_else(|| ChatError::Internal("empty answer".into()))
+        self.remote.query(p, q).await
     }
 
     async fn ask(&self, node: &str, op: request::Op, timeout: Duration) -> ChatResult<response::Result> {

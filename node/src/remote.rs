@@ -389,6 +389,51 @@ impl Remote {
         self.at_leader(partition, AtLeader::Read(query), 0, reply);
     }
 
+    /// [`Remote::propose`] of an operation, awaited: its outcome's result (an `Invalid`
+    /// outcome, a command the state machine refused to read, is an internal error).
+    pub async fn propose_op(
+        self: &Arc<Self>,
+        partition: u16,
+        op: chat_protocol::internal::command::Op,
+    ) -> ChatResult<chat_protocol::internal::outcome::Result> {
+        use chat_protocol::internal::outcome;
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let command = chat_protocol::internal::Command { op: Some(op) }.encode_to_vec();
+        self.propose(
+            partition,
+            command,
+            Box::new(move |r| {
+                let _ = tx.send(r);
+            }),
+        );
+        let outcome = rx.await.unwrap_or_else(|_| Err(stopping()))?;
+        match outcome.result {
+            Some(outcome::Result::Invalid(why)) => {
+                Err(ChatError::Internal(format!("refused command: {why}")))
+            }
+            Some(result) => Ok(result),
+            None => Err(ChatError::Internal("empty outcome".into())),
+        }
+    }
+
+    /// [`Remote::read`] of a query, awaited: what it found.
+    pub async fn query(
+        self: &Arc<Self>,
+        partition: u16,
+        q: chat_protocol::internal::query::Q,
+    ) -> ChatResult<chat_protocol::internal::answer::A> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        self.read(
+            partition,
+            Query { q: Some(q) },
+            Box::new(move |r| {
+                let _ = tx.send(r);
+            }),
+        );
+        let answer = rx.await.unwrap_or_else(|_| Err(stopping()))?;
+        answer.a.ok_or_else(|| ChatError::Internal("empty answer".into()))
+    }
+
     /// Answers queries with this node's records from now on.
     pub fn set_reader(&self, reader: Reader) {
         let _ = self.reader.set(reader);
@@ -835,6 +880,11 @@ pub fn decode_envelope(bytes: &[u8]) -> Option<Vec<Item>> {
             None
         }
     }
+}
+
+/// Why an awaited proposal or read has no answer: the node is stopping.
+fn stopping() -> ChatError {
+    ChatError::Unavailable("node is shutting down".into())
 }
 
 #[cfg(test)]

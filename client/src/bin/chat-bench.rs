@@ -267,10 +267,18 @@ async fn offline(servers: &[String], opts: &OfflineOpts) -> Result<serde_json::V
     }))
 }
 
-fn rss_kib(pid: u32) -> Option<u64> {
+/// A memory figure of a process from /proc (`VmRSS`, `VmHWM`...), in KiB.
+fn status_kib(pid: u32, field: &str) -> Option<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
+    let line = status
+        .lines()
+        .find(|l| l.strip_prefix(field).is_some_and(|r| r.starts_with(':')))?;
     line.split_whitespace().nth(1)?.parse().ok()
+}
+
+/// Resident memory of a process now, in KiB.
+fn rss_kib(pid: u32) -> Option<u64> {
+    status_kib(pid, "VmRSS")
 }
 
 fn now_ns(origin: Instant) -> u64 {
@@ -621,11 +629,9 @@ async fn idle(
     }))
 }
 
-/// Peak resident memory of a process so far (VmHWM), in KiB.
+/// Peak resident memory of a process so far, in KiB.
 fn peak_kib(pid: u32) -> Option<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
-    line.split_whitespace().nth(1)?.parse().ok()
+    status_kib(pid, "VmHWM")
 }
 
 /// The median of some figures (the mean of the middle two for an even count).
