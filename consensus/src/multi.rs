@@ -69,11 +69,17 @@ pub struct RaftConfig {
     pub max_inflight: usize,
     /// Bytes of entries per append message.
     pub max_size_per_msg: u64,
-    /// Compact a group's log once this many applied entries are in it.
+    /// Compact a group's log once this many entries can go (compactions are written
+    /// to the log, so they come in steps of at least this many).
     pub compact_threshold: u64,
-    /// Entries kept behind the applied index when compacting (followers slightly behind
-    /// catch up from the log, not a snapshot).
+    /// Entries always kept behind the durably applied index when compacting.
     pub compact_keep: u64,
+    /// At most this many entries kept behind the durably applied index for a leader's
+    /// live followers that are behind, so that they catch up from the log; a follower
+    /// further behind, or silent, catches up from a snapshot. Bounds the log held in
+    /// memory (and rewritten with the log file) to about `compact_keep` entries per
+    /// group while every follower keeps up.
+    pub compact_keep_for_followers: u64,
 }
 
 impl Default for RaftConfig {
@@ -84,8 +90,9 @@ impl Default for RaftConfig {
             fixed_election_timeout: false,
             max_inflight: 256,
             max_size_per_msg: 1 << 20,
-            compact_threshold: 4096,
-            compact_keep: 1024,
+            compact_threshold: 64,
+            compact_keep: 32,
+            compact_keep_for_followers: 2048,
         }
     }
 }
@@ -467,10 +474,12 @@ impl<P> MultiRaft<P> {
 
     /// Whether `peer` was heard from (in any group) within two election timeouts.
     pub fn alive(&self, peer: NodeId) -> bool {
-        let window = 2 * self.config.election_ticks as u64;
-        self.heard
-            .get(&peer)
-            .is_some_and(|at| self.ticks.saturating_sub(*at) <= window)
+        alive(&self.heard, self.ticks, self.alive_window(), peer)
+    }
+
+    /// Ticks within which a peer heard from counts as alive.
+    fn alive_window(&self) -> u64 {
+        2 * self.config.election_ticks as u64
     }
 
     /// For a leader: each replica's (id, matched index, heard from lately), and the last
@@ -782,6 +791,7 @@ impl<P> MultiRaft<P> {
         assert!(self.in_round.is_empty(), "finish_round was not called");
         let mut round = Round::default();
         let ids: Vec<GroupId> = self.groups.keys().copied().collect();
+        let window = self.alive_window();
         for id in ids {
             let g = self.groups.get_mut(&id).expect("listed group");
             if g.node.store().take_snapshot_wanted() {
@@ -852,19 +862,18 @@ impl<P> MultiRaft<P> {
             }
             // Compaction of what the previous sync made durably applied.
             let first = g.node.store().first_index().unwrap_or(1);
-            if g.durable_applied >= first + self.config.compact_threshold {
-                let to = g.durable_applied.saturating_sub(self.config.compact_keep);
-                if to > first {
-                    let term = g.node.store().term(to - 1).expect("compaction within the log");
-                    g.compacted = Some((to - 1, term));
-                    g.node
-                        .mut_store()
-                        .mem()
-                        .wl()
-                        .compact(to)
-                        .expect("compaction below the applied index");
-                    write.compact_to = Some(to);
-                }
+            let next = followers_next(g, |peer| alive(&self.heard, self.ticks, window, peer));
+            let to = compaction_point(g.durable_applied, &self.config, &next);
+            if to > first && to >= first + self.config.compact_threshold {
+                let term = g.node.store().term(to - 1).expect("compaction within the log");
+                g.compacted = Some((to - 1, term));
+                g.node
+                    .mut_store()
+                    .mem()
+                    .wl()
+                    .compact(to)
+                    .expect("compaction below the applied index");
+                write.compact_to = Some(to);
             }
             release_reads(g, &mut round.reads);
             if !write.is_empty() {
@@ -1002,6 +1011,42 @@ impl<P> MultiRaft<P> {
 
 /// Hands committed entries to the caller (normal ones) or applies them here
 /// (configuration changes), and matches them with the proposals waiting for them.
+/// Whether `peer` was heard from within `window` ticks of `now`.
+fn alive(heard: &BTreeMap<NodeId, u64>, now: u64, window: u64, peer: NodeId) -> bool {
+    heard
+        .get(&peer)
+        .is_some_and(|at| now.saturating_sub(*at) <= window)
+}
+
+/// The next index each live follower of `g` needs, if this replica leads (none else).
+fn followers_next<P>(g: &Group<P>, alive: impl Fn(NodeId) -> bool) -> Vec<u64> {
+    if g.node.raft.state != StateRole::Leader {
+        return Vec::new();
+    }
+    let me = g.node.raft.id;
+    g.node
+        .raft
+        .prs()
+        .iter()
+        .filter(|(id, _)| **id != me && alive(**id))
+        .map(|(_, pr)| pr.matched + 1)
+        .collect()
+}
+
+/// Where a log may be compacted to (entries below it go), given the index the last
+/// sync made durably applied and the next index each live follower needs (a leader's;
+/// none for a follower): `compact_keep` entries behind `durable`, or further back for a
+/// follower behind, by at most `compact_keep_for_followers` (one further behind catches
+/// up from a snapshot).
+fn compaction_point(durable: u64, config: &RaftConfig, followers_next: &[u64]) -> u64 {
+    let floor = durable.saturating_sub(config.compact_keep_for_followers);
+    followers_next
+        .iter()
+        .fold(durable.saturating_sub(config.compact_keep), |to, next| {
+            to.min((*next).max(floor))
+        })
+}
+
 fn apply_entries<P>(
     id: GroupId,
     g: &mut Group<P>,
@@ -1193,6 +1238,7 @@ mod tests {
                 fixed_election_timeout: true,
                 compact_threshold: 10,
                 compact_keep: 2,
+                compact_keep_for_followers: 2,
                 ..RaftConfig::default()
             },
             discard(),
@@ -1239,6 +1285,24 @@ mod tests {
         for i in to..=b.last_index().unwrap() {
             assert_eq!(a.term(i).unwrap(), b.term(i).unwrap());
         }
+    }
+
+    #[test]
+    fn compaction_keeps_a_few_entries_and_more_only_for_live_followers_behind() {
+        let config = RaftConfig {
+            compact_keep: 32,
+            compact_keep_for_followers: 1000,
+            ..RaftConfig::default()
+        };
+        // A follower (or a leader whose followers keep up) keeps `compact_keep`.
+        assert_eq!(compaction_point(5000, &config, &[]), 4968);
+        assert_eq!(compaction_point(5000, &config, &[5001, 4990]), 4968);
+        // A live follower behind keeps what it needs next...
+        assert_eq!(compaction_point(5000, &config, &[5001, 4500]), 4500);
+        // ...up to a point: further behind, it gets a snapshot.
+        assert_eq!(compaction_point(5000, &config, &[1]), 4000);
+        // A young log is not compacted below its start.
+        assert_eq!(compaction_point(10, &config, &[3]), 0);
     }
 
     #[test]

@@ -300,6 +300,7 @@ fn raft_config() -> RaftConfig {
         max_size_per_msg: 4096,
         compact_threshold: 40,
         compact_keep: 2,
+        compact_keep_for_followers: 8,
     }
 }
 

@@ -63,6 +63,7 @@ fn timing() -> Timing {
             heartbeat_ticks: 2,
             compact_threshold: 20,
             compact_keep: 5,
+            compact_keep_for_followers: 10,
             ..RaftConfig::default()
         },
         flush_every: Duration::from_millis(50),

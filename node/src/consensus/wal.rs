@@ -196,11 +196,6 @@ impl Wal {
     /// Replaces the file by one holding only `logs` (every group's whole persisted log,
     /// as it is durable now): written and synced beside it, then renamed over it.
     pub fn rewrite(&mut self, logs: &BTreeMap<GroupId, PersistedLog>) -> Result<(), WalError> {
-        let mut buf = Vec::new();
-        for (group, log) in logs {
-            encode_log(&mut buf, *group, log);
-        }
-        record(&mut buf, 0, END, &[]);
         let new = new_path(&self.dir);
         let mut file = OpenOptions::new()
             .read(true)
@@ -209,12 +204,23 @@ impl Wal {
             .truncate(false)
             .open(&new)?;
         file.set_len(0)?;
-        file.write_all(&buf)?;
+        // A group at a time through the round buffer: no copy of the whole log in memory.
+        let mut len = 0;
+        for (group, log) in logs {
+            self.buf.clear();
+            encode_log(&mut self.buf, *group, log);
+            file.write_all(&self.buf)?;
+            len += self.buf.len();
+        }
+        self.buf.clear();
+        record(&mut self.buf, 0, END, &[]);
+        file.write_all(&self.buf)?;
+        len += self.buf.len();
         file.sync_all()?;
         std::fs::rename(&new, log_path(&self.dir))?;
         sync_dir(&self.dir)?;
         self.file = file;
-        self.len = buf.len() as u64;
+        self.len = len as u64;
         self.rewrite_at = self.min_rewrite.max(2 * self.len);
         Ok(())
     }
