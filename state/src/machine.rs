@@ -542,6 +542,7 @@ pub(crate) fn append(
         entry.message_id = format!("{prefix}:{user}:{seq}");
     }
     entry.origin = origin.to_vec();
+    let entry_timestamp = entry.timestamp_ms;
     let appended = Appended {
         message_id: entry.message_id.clone(),
         seq,
@@ -555,6 +556,7 @@ pub(crate) fn append(
     meta.last_seq = seq;
     if meta.first_seq == 0 {
         meta.first_seq = seq;
+        meta.first_timestamp_ms = entry_timestamp;
     }
     trim(p, store, user, &mut meta, now_ms, retention)?;
     store.put(
@@ -583,11 +585,27 @@ fn trim(
         }
         let over_count = retention.max_messages > 0 && meta.last_seq - first + 1 > retention.max_messages;
         let key = keys::seq_key(p, tree::INBOX, user, kind::ENTRY, first);
-        let entry: Option<InboxEntry> = decode(store.get(&key)?, "inbox entry")?;
-        let too_old = matches!((&entry, cutoff), (Some(e), Some(cutoff)) if e.timestamp_ms < cutoff);
+        // The first entry's time is kept in the meta: most appends read no entry here.
+        let known = meta.first_timestamp_ms != 0;
+        let entry: Option<InboxEntry> = if over_count || (cutoff.is_some() && !known) {
+            decode(store.get(&key)?, "inbox entry")?
+        } else {
+            None
+        };
+        if let Some(e) = entry.as_ref().filter(|_| !known) {
+            meta.first_timestamp_ms = e.timestamp_ms;
+        }
+        let too_old =
+            cutoff.is_some_and(|cutoff| meta.first_timestamp_ms != 0 && meta.first_timestamp_ms < cutoff);
         if !(over_count || too_old) {
             break;
         }
+        // Removed: its time was read above or kept; the next first's is read when needed.
+        let entry = match entry {
+            Some(e) => Some(e),
+            None => decode(store.get(&key)?, "inbox entry")?,
+        };
+        meta.first_timestamp_ms = 0;
         store.delete(key);
         if let Some(e) = entry {
             store.delete(keys::suffix_key(p, tree::INBOX, user, kind::ORIGIN, &e.origin));
@@ -980,6 +998,57 @@ mod tests {
             let again = run(p, &mut s, send(u, "alice", "m1", command::Retention::default()));
             assert_eq!(appended(again).seq, 4);
         }
+    }
+
+    /// A store that lists the keys read from it.
+    struct Reads<'a>(&'a mut MemStore, std::cell::RefCell<Vec<Vec<u8>>>);
+
+    impl Store for Reads<'_> {
+        fn get(&self, key: &[u8]) -> crate::store::Result<Option<Vec<u8>>> {
+            self.1.borrow_mut().push(key.to_vec());
+            self.0.get(key)
+        }
+        fn scan(
+            &self,
+            prefix: &[u8],
+            after: Option<&[u8]>,
+            limit: usize,
+        ) -> crate::store::Result<Vec<(Vec<u8>, Vec<u8>)>> {
+            self.0.scan(prefix, after, limit)
+        }
+        fn put(&mut self, key: Vec<u8>, value: Vec<u8>) {
+            self.0.put(key, value);
+        }
+        fn delete(&mut self, key: Vec<u8>) {
+            self.0.delete(key);
+        }
+    }
+
+    #[test]
+    fn retention_by_age_reads_no_entry_on_an_append_once_the_first_ones_time_is_known() {
+        let (p, mut s) = (9, MemStore::default());
+        let bob = user_in(p, 0);
+        register(p, &mut s, &bob);
+        let month = command::Retention {
+            max_messages: 0,
+            max_age_ms: 30 * 86_400_000,
+        };
+        for i in 1..=3 {
+            run(p, &mut s, send(&bob, "alice", &format!("m{i}"), month));
+        }
+        let reads = Reads(&mut s, Default::default());
+        let mut store = reads;
+        apply_op(p, send(&bob, "alice", "m4", month), &mut store).unwrap();
+        let entries = keys::scoped(p, tree::INBOX, &bob, kind::ENTRY);
+        let read: Vec<_> = store
+            .1
+            .take()
+            .into_iter()
+            .filter(|k| k.starts_with(&entries))
+            .collect();
+        assert!(read.is_empty(), "entries read by an append: {read:?}");
+        let meta = inbox_meta(p, store.0, &bob).unwrap();
+        assert_eq!((meta.first_seq, meta.last_seq), (1, 4));
     }
 
     #[test]
