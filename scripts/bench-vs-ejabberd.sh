@@ -5,6 +5,10 @@
 # Usage (as root: it installs Debian's ejabberd and runs it as the ejabberd user):
 #   scripts/bench-vs-ejabberd.sh [PAIRS]     # default 3 pairs of runs per figure
 #   IDLE_CONNECTIONS=10000 RATE=5000 scripts/bench-vs-ejabberd.sh 3
+#   scripts/bench-vs-ejabberd.sh one SERVER MODE ARGS...   # one run, by hand, e.g.
+#   scripts/bench-vs-ejabberd.sh one ejabberd offline --connections 10 --messages 20
+#   (SERVER is ours or ejabberd; a fresh server, the output in bench-results/vs-ejabberd/one/,
+#   ejabberd's logs kept there; LOGLEVEL=info for ejabberd's info-level log)
 #
 # Load: `chat-bench` against chat-node (cluster-config/bench.toml), `xmpp-bench` (the same
 # load in XMPP: SASL PLAIN, resource bind, stream management) against ejabberd on a plain
@@ -24,7 +28,18 @@
 # the bench node's argon2 cost is lowered, since both register users at every run.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-pairs=${1:-3}
+single=no
+if [ "${1:-}" = one ]; then
+    single=yes
+    shift
+    [ $# -ge 2 ] || { echo "usage: $0 one ours|ejabberd MODE ARGS..." >&2; exit 2; }
+    one_server=$1 one_mode=$2
+    shift 2
+    one_args=("$@")
+else
+    pairs=${1:-3}
+fi
+loglevel=${LOGLEVEL:-warning}
 idle_connections=${IDLE_CONNECTIONS:-10000}
 rate=${RATE:-5000}
 if [ "$(id -u)" != 0 ]; then
@@ -37,13 +52,18 @@ if ! command -v ejabberdctl >/dev/null; then
     # script uses its own node name, port and folders and leaves that one alone.
     DEBIAN_FRONTEND=noninteractive apt-get install -y -q ejabberd
 fi
-cargo build --release -q -p chat-node -p chat-client
+if [ "$single" = yes ] && [ "$one_server" = ejabberd ]; then
+    cargo build --release -q -p chat-client --bin xmpp-bench
+else
+    cargo build --release -q -p chat-node -p chat-client
+fi
 
 work=$(mktemp -d)
 chmod 755 "$work"
 out=bench-results/vs-ejabberd
+[ "$single" = yes ] && out=$out/one
 mkdir -p "$out"
-rm -f "$out"/*.json "$out"/runs.tsv "$out"/ejabberd-errors.log
+rm -f "$out"/*.json "$out"/runs.tsv "$out"/ejabberd-errors.log "$out"/ejabberd.log
 epmd_was_running=$(pgrep -x epmd >/dev/null && echo yes || echo no)
 node_pid=
 ej_up=no
@@ -112,7 +132,7 @@ EJABBERD_PID_PATH=$work/ej/spool/ejabberd.pid
 ERL_OPTIONS="-env ERL_CRASH_DUMP_BYTES 0"
 EOF
     cat >"$work/ej/ejabberd.yml" <<EOF
-loglevel: warning
+loglevel: $loglevel
 hosts:
   - localhost
 listen:
@@ -187,6 +207,7 @@ EOF
 
 stop_ejabberd() {
     cat "$work/ej/logs/error.log" >>"$out/ejabberd-errors.log" 2>/dev/null || true
+    [ "$single" = yes ] && cp "$work/ej/logs/ejabberd.log" "$out/ejabberd.log" 2>/dev/null
     ejctl stop >/dev/null
     ejctl stopped >/dev/null
     ej_up=no
@@ -200,14 +221,22 @@ run() {
     local load json="$out/$server-$figure-$pair.json"
     load=$(cut -d' ' -f1-3 /proc/loadavg)
     echo "== $server, $figure, pair $pair (load average $load)"
-    if [ "$server" = ours ]; then
-        target/release/chat-bench --server "$addr" --node-pid "$pid" --json "$json" "$@"
-    else
-        target/release/xmpp-bench --server "$addr" --node-pid "$pid" --json "$json" "$@"
+    local bench=chat-bench failed=no
+    [ "$server" = ejabberd ] && bench=xmpp-bench
+    target/release/$bench --server "$addr" --node-pid "$pid" --json "$json" "$@" || failed=yes
+    # Stopped either way, so that a failed run's server log is kept.
+    "stop_$server"
+    if [ "$failed" = yes ]; then
+        echo "$bench failed against $server ($figure, pair $pair); server errors in $out" >&2
+        exit 1
     fi
     printf '%s\t%s\t%s\t%s\n' "$server" "$figure" "$pair" "$load" >>"$out/runs.tsv"
-    "stop_$server"
 }
+
+if [ "$single" = yes ]; then
+    run "$one_server" "$one_mode" 1 "$one_mode" "${one_args[@]}"
+    exit 0
+fi
 
 echo "machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs), $(free -g | awk '/Mem:/ {print $2}') GiB"
 echo "ejabberd: $(dpkg-query -W -f '${Version}' ejabberd), Erlang $(dpkg-query -W -f '${Version}' erlang-base)"
