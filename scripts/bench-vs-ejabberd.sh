@@ -203,7 +203,13 @@ EOF
     ejctl started >/dev/null
     for _ in $(seq 100); do
         if [ -s "$work/ej/spool/ejabberd.pid" ] && (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
+            # The pid file holds the Erlang VM's own pid (os:getpid()): beam.smp, whose RSS
+            # is all of ejabberd's memory (epmd is a separate, small process).
             pid=$(cat "$work/ej/spool/ejabberd.pid")
+            if [ "$(cat "/proc/$pid/comm")" != beam.smp ]; then
+                echo "ejabberd's pid file names $pid, not a beam.smp process" >&2
+                exit 1
+            fi
             return 0
         fi
         sleep 0.1
