@@ -32,6 +32,15 @@
 # mod_offline (Mnesia, the default backend) on, mod_mam off (as in Debian's default
 # config); passwords stored plain, as the bench node's argon2 cost is lowered, since both
 # register users at every run.
+#
+# Registration: both tools register fresh users at every run, 64 at a time (chat-bench
+# with its register request, xmpp-bench by in-band registration, XEP-0077), and on both
+# sides it is outside every timed window: send's and offline's clocks start once every
+# user is logged in, offline's drain is logins to existing accounts, and the idle figure
+# (RSS growth over connections) holds each side's account records. With the backlog above
+# ejabberd registers the offline mode's 200 users in under a second and opens the idle
+# figure's 10,000 (registration and login) in about 25 s, so accounts are not made in bulk
+# beforehand: that would also take ejabberd's accounts out of its idle figure, not ours.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 single=no

@@ -12,8 +12,9 @@ use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 
 const SM: &str = "urn:xmpp:sm:3";
 
-/// How long a login (registration included) may take: ejabberd's in-band registrations
-/// took up to a minute each on a loaded 2-core machine with 64 at a time.
+/// How long a login (registration included) may take. One takes milliseconds; logins
+/// that once took up to a minute were connects waiting out SYN retransmissions behind a
+/// listen backlog of 5 (ejabberd's default; `scripts/bench-vs-ejabberd.sh` sets 1024).
 const LOGIN_TIMEOUT: Duration = Duration::from_secs(300);
 
 /// The stream header a client opens (and reopens after SASL) with.
