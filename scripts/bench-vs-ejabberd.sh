@@ -24,9 +24,9 @@
 #
 # ejabberd configuration: the c2s listener on 127.0.0.1 without TLS, its listen backlog
 # 1024 as chat-node's (tokio's default; ejabberd's own default is 5: the kernel then drops
-# the SYNs of all but 6 simultaneous connects, clients retry after 1, 3, 7, 15, 31 s, and a
-# connect whose handshake ACK was dropped is reset once the server gives up on it, which is
-# what failed the offline runs: "Connection reset by peer"), no shaper, no limit on
+# the SYNs of all but 6 simultaneous connects, clients retry after 1, 3, 7, 15, 31 s, and
+# connects that ejabberd never accepted in time are reset by the kernel, which is what
+# failed the offline runs: "Connection reset by peer"), no shaper, no limit on
 # offline messages per user (infinity: mod_offline then stores without first counting the
 # user's stored messages, as it does under any numeric limit), no registration rate limit;
 # mod_offline (Mnesia, the default backend) on, mod_mam off (as in Debian's default
