@@ -5,6 +5,10 @@
 # Usage (as root: it installs Debian's ejabberd and runs it as the ejabberd user):
 #   scripts/bench-vs-ejabberd.sh [PAIRS]     # default 3 pairs of runs per figure
 #   IDLE_CONNECTIONS=10000 RATE=5000 scripts/bench-vs-ejabberd.sh 3
+#   scripts/bench-vs-ejabberd.sh one SERVER MODE ARGS...   # one run, by hand, e.g.
+#   scripts/bench-vs-ejabberd.sh one ejabberd offline --connections 10 --messages 20
+#   (SERVER is ours or ejabberd; a fresh server, the output in bench-results/vs-ejabberd/one/,
+#   ejabberd's logs kept there; LOGLEVEL=info for ejabberd's info-level log)
 #
 # Load: `chat-bench` against chat-node (cluster-config/bench.toml), `xmpp-bench` (the same
 # load in XMPP: SASL PLAIN, resource bind, stream management) against ejabberd on a plain
@@ -18,13 +22,39 @@
 #     online message was handed to the recipient's session process (in memory, nothing
 #     written), an offline one was written to Mnesia (no fsync).
 #
-# ejabberd configuration: the c2s listener on 127.0.0.1 without TLS, no shaper, no limit on
-# offline messages per user, no registration rate limit; mod_offline (Mnesia, the default
-# backend) on, mod_mam off (as in Debian's default config); passwords stored plain, as
-# the bench node's argon2 cost is lowered, since both register users at every run.
+# ejabberd configuration: the c2s listener on 127.0.0.1 without TLS, its listen backlog
+# 1024 as chat-node's (tokio's default; ejabberd's own default is 5: the kernel then drops
+# the SYNs of all but 6 simultaneous connects, clients retry after 1, 3, 7, 15, 31 s, and
+# connects that ejabberd never accepted in time are reset by the kernel, which is what
+# failed the offline runs: "Connection reset by peer"), no shaper, no limit on
+# offline messages per user (infinity: mod_offline then stores without first counting the
+# user's stored messages, as it does under any numeric limit), no registration rate limit;
+# mod_offline (Mnesia, the default backend) on, mod_mam off (as in Debian's default
+# config); passwords stored plain, as the bench node's argon2 cost is lowered, since both
+# register users at every run.
+#
+# Registration: both tools register fresh users at every run, 64 at a time (chat-bench
+# with its register request, xmpp-bench by in-band registration, XEP-0077), and on both
+# sides it is outside every timed window: send's and offline's clocks start once every
+# user is logged in, offline's drain is logins to existing accounts, and the idle figure
+# (RSS growth over connections) holds each side's account records. With the backlog above
+# ejabberd registers the offline mode's 200 users in under a second and opens the idle
+# figure's 10,000 (registration and login) in 20 to 25 s, so accounts are not made in bulk
+# beforehand: that would also take ejabberd's accounts out of its idle figure, not ours.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-pairs=${1:-3}
+single=no
+if [ "${1:-}" = one ]; then
+    single=yes
+    shift
+    [ $# -ge 2 ] || { echo "usage: $0 one ours|ejabberd MODE ARGS..." >&2; exit 2; }
+    one_server=$1 one_mode=$2
+    shift 2
+    one_args=("$@")
+else
+    pairs=${1:-3}
+fi
+loglevel=${LOGLEVEL:-warning}
 idle_connections=${IDLE_CONNECTIONS:-10000}
 rate=${RATE:-5000}
 if [ "$(id -u)" != 0 ]; then
@@ -37,13 +67,18 @@ if ! command -v ejabberdctl >/dev/null; then
     # script uses its own node name, port and folders and leaves that one alone.
     DEBIAN_FRONTEND=noninteractive apt-get install -y -q ejabberd
 fi
-cargo build --release -q -p chat-node -p chat-client
+if [ "$single" = yes ] && [ "$one_server" = ejabberd ]; then
+    cargo build --release -q -p chat-client --bin xmpp-bench
+else
+    cargo build --release -q -p chat-node -p chat-client
+fi
 
 work=$(mktemp -d)
 chmod 755 "$work"
 out=bench-results/vs-ejabberd
+[ "$single" = yes ] && out=$out/one
 mkdir -p "$out"
-rm -f "$out"/*.json "$out"/runs.tsv "$out"/ejabberd-errors.log
+rm -f "$out"/*.json "$out"/runs.tsv "$out"/ejabberd-errors.log "$out"/ejabberd.log
 epmd_was_running=$(pgrep -x epmd >/dev/null && echo yes || echo no)
 node_pid=
 ej_up=no
@@ -112,7 +147,7 @@ EJABBERD_PID_PATH=$work/ej/spool/ejabberd.pid
 ERL_OPTIONS="-env ERL_CRASH_DUMP_BYTES 0"
 EOF
     cat >"$work/ej/ejabberd.yml" <<EOF
-loglevel: warning
+loglevel: $loglevel
 hosts:
   - localhost
 listen:
@@ -120,6 +155,7 @@ listen:
     port: $port
     ip: "127.0.0.1"
     module: ejabberd_c2s
+    backlog: 1024
     max_stanza_size: 262144
     shaper: none
     access: c2s
@@ -138,7 +174,7 @@ access_rules:
     allow: all
 shaper_rules:
   max_user_sessions: 10
-  max_user_offline_messages: 1000000
+  max_user_offline_messages: infinity
   c2s_shaper: none
 # Debian's default modules, less those for other listeners or services (HTTP, BOSH, MQTT,
 # MUC, pubsub, STUN, push, s2s) and the rate limiters (mod_fail2ban, mod_pres_counter),
@@ -176,7 +212,13 @@ EOF
     ejctl started >/dev/null
     for _ in $(seq 100); do
         if [ -s "$work/ej/spool/ejabberd.pid" ] && (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
+            # The pid file holds the Erlang VM's own pid (os:getpid()): beam.smp, whose RSS
+            # is all of ejabberd's memory (epmd is a separate, small process).
             pid=$(cat "$work/ej/spool/ejabberd.pid")
+            if [ "$(cat "/proc/$pid/comm")" != beam.smp ]; then
+                echo "ejabberd's pid file names $pid, not a beam.smp process" >&2
+                exit 1
+            fi
             return 0
         fi
         sleep 0.1
@@ -187,6 +229,7 @@ EOF
 
 stop_ejabberd() {
     cat "$work/ej/logs/error.log" >>"$out/ejabberd-errors.log" 2>/dev/null || true
+    if [ "$single" = yes ]; then cp "$work/ej/logs/ejabberd.log" "$out/" 2>/dev/null || true; fi
     ejctl stop >/dev/null
     ejctl stopped >/dev/null
     ej_up=no
@@ -200,14 +243,22 @@ run() {
     local load json="$out/$server-$figure-$pair.json"
     load=$(cut -d' ' -f1-3 /proc/loadavg)
     echo "== $server, $figure, pair $pair (load average $load)"
-    if [ "$server" = ours ]; then
-        target/release/chat-bench --server "$addr" --node-pid "$pid" --json "$json" "$@"
-    else
-        target/release/xmpp-bench --server "$addr" --node-pid "$pid" --json "$json" "$@"
+    local bench=chat-bench failed=no
+    [ "$server" = ejabberd ] && bench=xmpp-bench
+    target/release/$bench --server "$addr" --node-pid "$pid" --json "$json" "$@" || failed=yes
+    # Stopped either way, so that a failed run's server log is kept.
+    "stop_$server"
+    if [ "$failed" = yes ]; then
+        echo "$bench failed against $server ($figure, pair $pair); server errors in $out" >&2
+        exit 1
     fi
     printf '%s\t%s\t%s\t%s\n' "$server" "$figure" "$pair" "$load" >>"$out/runs.tsv"
-    "stop_$server"
 }
+
+if [ "$single" = yes ]; then
+    run "$one_server" "$one_mode" 1 "$one_mode" "${one_args[@]}"
+    exit 0
+fi
 
 echo "machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs), $(free -g | awk '/Mem:/ {print $2}') GiB"
 echo "ejabberd: $(dpkg-query -W -f '${Version}' ejabberd), Erlang $(dpkg-query -W -f '${Version}' erlang-base)"

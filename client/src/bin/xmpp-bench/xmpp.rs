@@ -12,8 +12,9 @@ use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 
 const SM: &str = "urn:xmpp:sm:3";
 
-/// How long a login (registration included) may take: ejabberd's in-band registrations
-/// took up to a minute each on a loaded 2-core machine with 64 at a time.
+/// How long a login (registration included) may take. One takes milliseconds; logins
+/// that once took up to a minute were connects waiting out SYN retransmissions behind a
+/// listen backlog of 5 (ejabberd's default; `scripts/bench-vs-ejabberd.sh` sets 1024).
 const LOGIN_TIMEOUT: Duration = Duration::from_secs(300);
 
 /// The stream header a client opens (and reopens after SASL) with.
@@ -357,9 +358,13 @@ impl Conn {
 
     /// Keeps the connection answering the server until `go` turns true: a logged-in
     /// connection that leaves an `<r/>` unanswered is closed by the server (ejabberd's
-    /// `ack_timeout`), so none may wait unread while the others log in.
+    /// `ack_timeout`, 60 s), so none may wait unread while the others log in. What is
+    /// already read is answered first: ejabberd's `<r/>` after the presence echo often
+    /// comes in the same read as the `<a/>` that ended the login.
     pub async fn idle_until(&mut self, go: &mut tokio::sync::watch::Receiver<bool>) -> Result<()> {
         loop {
+            while self.take_incoming()?.is_some() {}
+            self.flush().await?;
             if *go.borrow() {
                 return Ok(());
             }
@@ -371,8 +376,6 @@ impl Conn {
                     }
                 }
             }
-            while self.take_incoming()?.is_some() {}
-            self.flush().await?;
         }
     }
 
@@ -533,6 +536,72 @@ mod tests {
         assert_eq!(sm_nonza(&els[1]).expect("valid"), Some(SmNonza::Ack(42)));
         assert_eq!(sm_nonza(&els[2]).expect("valid"), None, "no namespace, not ours");
         assert!(!is_stanza(&els[1]) && is_stanza(&els[3]));
+    }
+
+    /// A fake server for one login without registration: answers each step of
+    /// `Conn::login`, and after the initial presence writes its echo, the ack and its own
+    /// `<r/>` in one write. Returns the server's side of the connection.
+    async fn fake_login_server(listener: tokio::net::TcpListener) -> TcpStream {
+        let (mut s, _) = listener.accept().await.expect("accept");
+        let mut seen = String::new();
+        let header = "<?xml version='1.0'?><stream:stream id='1' version='1.0' \
+                      xmlns:stream='http://etherx.jabber.org/streams' from='localhost' \
+                      xmlns='jabber:client'>";
+        let steps = [
+            ("<stream:stream", format!("{header}<stream:features><mechanisms xmlns='urn:ietf:params:xml:ns:xmpp-sasl'><mechanism>PLAIN</mechanism></mechanisms></stream:features>")),
+            ("</auth>", "<success xmlns='urn:ietf:params:xml:ns:xmpp-sasl'/>".to_string()),
+            ("<stream:stream", format!("{header}<stream:features><bind xmlns='urn:ietf:params:xml:ns:xmpp-bind'/><sm xmlns='urn:xmpp:sm:3'/></stream:features>")),
+            ("</iq>", "<iq type='result' id='bind'><bind xmlns='urn:ietf:params:xml:ns:xmpp-bind'><jid>u@localhost/bench</jid></bind></iq>".to_string()),
+            ("<enable", "<enabled xmlns='urn:xmpp:sm:3'/>".to_string()),
+            ("<r xmlns", "<presence from='u@localhost/bench' to='u@localhost/bench'/>\
+              <a xmlns='urn:xmpp:sm:3' h='1'/><r xmlns='urn:xmpp:sm:3'/>".to_string()),
+        ];
+        for (wait_for, answer) in steps {
+            read_until(&mut s, &mut seen, wait_for).await;
+            s.write_all(answer.as_bytes()).await.expect("write");
+        }
+        s
+    }
+
+    /// Reads until `pattern` has arrived, and forgets everything up to its end.
+    async fn read_until(s: &mut TcpStream, seen: &mut String, pattern: &str) {
+        loop {
+            if let Some(at) = seen.find(pattern) {
+                seen.drain(..at + pattern.len());
+                return;
+            }
+            let mut buf = [0u8; 4096];
+            let n = s.read(&mut buf).await.expect("read");
+            assert!(n > 0, "the client closed before sending {pattern}");
+            seen.push_str(std::str::from_utf8(&buf[..n]).expect("utf-8"));
+        }
+    }
+
+    #[tokio::test]
+    async fn a_request_read_with_the_last_login_ack_is_answered_while_idle() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr").to_string();
+        let server = tokio::spawn(fake_login_server(listener));
+        let account = Account {
+            domain: "localhost".into(),
+            user: "u".into(),
+            password: "bench".into(),
+            register: false,
+        };
+        let mut conn = Conn::login(&addr, &account).await.expect("login");
+        let mut server = server.await.expect("server");
+        let (_go, mut ready) = tokio::sync::watch::channel(false);
+        let client = tokio::spawn(async move { conn.idle_until(&mut ready).await });
+        // The presence echo is the one stanza the client got: it must answer h='1', and
+        // without waiting for more bytes from the server.
+        let mut seen = String::new();
+        tokio::time::timeout(
+            Duration::from_secs(5),
+            read_until(&mut server, &mut seen, "<a xmlns='urn:xmpp:sm:3' h='1'/>"),
+        )
+        .await
+        .expect("the buffered <r/> was not answered");
+        client.abort();
     }
 
     #[test]
