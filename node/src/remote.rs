@@ -396,7 +396,6 @@ impl Remote {
         partition: u16,
         op: chat_protocol::internal::command::Op,
     ) -> ChatResult<chat_protocol::internal::outcome::Result> {
-        use chat_protocol::internal::outcome;
         let (tx, rx) = tokio::sync::oneshot::channel();
         let command = chat_protocol::internal::Command { op: Some(op) }.encode_to_vec();
         self.propose(
@@ -406,14 +405,7 @@ impl Remote {
                 let _ = tx.send(r);
             }),
         );
-        let outcome = rx.await.unwrap_or_else(|_| Err(stopping()))?;
-        match outcome.result {
-            Some(outcome::Result::Invalid(why)) => {
-                Err(ChatError::Internal(format!("refused command: {why}")))
-            }
-            Some(result) => Ok(result),
-            None => Err(ChatError::Internal("empty outcome".into())),
-        }
+        decided(rx.await.unwrap_or_else(|_| Err(stopping()))?)
     }
 
     /// [`Remote::read`] of a query, awaited: what it found.
@@ -430,8 +422,7 @@ impl Remote {
                 let _ = tx.send(r);
             }),
         );
-        let answer = rx.await.unwrap_or_else(|_| Err(stopping()))?;
-        answer.a.ok_or_else(|| ChatError::Internal("empty answer".into()))
+        answered(rx.await.unwrap_or_else(|_| Err(stopping()))?)
     }
 
     /// Answers queries with this node's records from now on.
@@ -885,6 +876,26 @@ pub fn decode_envelope(bytes: &[u8]) -> Option<Vec<Item>> {
 /// Why an awaited proposal or read has no answer: the node is stopping.
 fn stopping() -> ChatError {
     ChatError::Unavailable("node is shutting down".into())
+}
+
+/// What a command's outcome says: its result, or an error for a command the state
+/// machine refused as invalid.
+pub(crate) fn decided(
+    outcome: chat_protocol::internal::Outcome,
+) -> ChatResult<chat_protocol::internal::outcome::Result> {
+    use chat_protocol::internal::outcome;
+    match outcome.result {
+        Some(outcome::Result::Invalid(why)) => Err(ChatError::Internal(format!("refused command: {why}"))),
+        Some(result) => Ok(result),
+        None => Err(ChatError::Internal("empty outcome".into())),
+    }
+}
+
+/// What a query found.
+pub(crate) fn answered(
+    answer: chat_protocol::internal::Answer,
+) -> ChatResult<chat_protocol::internal::answer::A> {
+    answer.a.ok_or_else(|| ChatError::Internal("empty answer".into()))
 }
 
 #[cfg(test)]

@@ -26,7 +26,7 @@ use crate::consensus::disk::{Disk, Pending};
 use crate::consensus::driver::Handle;
 use crate::error::{ChatError, ChatResult};
 use crate::partition::{self, Partition};
-use crate::remote::Remote;
+use crate::remote::{self, Remote};
 use crate::request::{
     self as inbox, AccountMsg, AckKind, Appended, Draft, GroupMsg, InboxMsg, Page, Route, Target,
 };
@@ -108,45 +108,24 @@ impl Served {
         reply: impl FnOnce(ChatResult<outcome::Result>) + Send + 'static,
     ) {
         let command = Command { op: Some(op) }.encode_to_vec();
-        self.remote.propose(
-            p,
-            command,
-            Box::new(move |r| {
-                reply(r.and_then(|o| match o.result {
-                    Some(outcome::Result::Invalid(why)) => {
-                        Err(ChatError::Internal(format!("refused command: {why}")))
-                    }
-                    Some(result) => Ok(result),
-                    None => Err(ChatError::Internal("empty outcome".into())),
-                }))
-            }),
-        );
+        self.remote
+            .propose(p, command, Box::new(move |r| reply(r.and_then(remote::decided))));
     }
 
     fn read(&self, p: Partition, q: Q, reply: impl FnOnce(ChatResult<A>) + Send + 'static) {
         self.remote.read(
             p,
             Query { q: Some(q) },
-            Box::new(move |r| {
-                reply(r.and_then(|a| a.a.ok_or_else(|| ChatError::Internal("empty answer".into()))))
-            }),
+            Box::new(move |r| reply(r.and_then(remote::answered))),
         );
     }
 
     async fn propose_async(&self, p: Partition, op: Op) -> ChatResult<outcome::Result> {
-        let (tx, rx) = tokio::sync::oneshot::channel();
-        self.propose(p, op, move |r| {
-            let _ = tx.send(r);
-        });
-        rx.await.unwrap_or_else(|_| Err(stopped()))
+        self.remote.propose_op(p, op).await
     }
 
     async fn read_async(&self, p: Partition, q: Q) -> ChatResult<A> {
-        let (tx, rx) = tokio::sync::oneshot::channel();
-        self.read(p, q, move |r| {
-            let _ = tx.send(r);
-        });
-        rx.await.unwrap_or_else(|_| Err(stopped()))
+        self.remote.query(p, q).await
     }
 
     // ---- accounts -------------------------------------------------------------
