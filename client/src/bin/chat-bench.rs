@@ -281,6 +281,18 @@ fn rss_kib(pid: u32) -> Option<u64> {
     status_kib(pid, "VmRSS")
 }
 
+/// CPU time a process has used so far (user and system), in microseconds: /proc counts
+/// it in USER_HZ ticks, which Linux fixes at 100 a second for /proc.
+fn cpu_us(pid: u32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name (field 2) may hold spaces; fields are counted after its ')'.
+    let rest = &stat[stat.rfind(')')? + 2..];
+    let mut fields = rest.split_whitespace();
+    let utime: u64 = fields.nth(11)?.parse().ok()?;
+    let stime: u64 = fields.next()?.parse().ok()?;
+    Some((utime + stime) * 10_000)
+}
+
 fn now_ns(origin: Instant) -> u64 {
     origin.elapsed().as_nanos() as u64
 }
@@ -313,6 +325,7 @@ async fn send(
         }
     );
     let origin = Instant::now();
+    let cpu_before = node_pid.and_then(cpu_us);
     let e2e = Arc::new(Mutex::new(Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)?));
     let ack_lat = Arc::new(Mutex::new(Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)?));
     let received = Arc::new(AtomicU64::new(0));
@@ -437,6 +450,12 @@ async fn send(
     progress.finish_and_clear();
     let send_elapsed = origin.elapsed().as_secs_f64();
     let sent = acked.load(Ordering::Relaxed);
+    // The node's CPU time per acknowledged message while sending: steadier than the rate
+    // on a shared machine, to compare builds.
+    let cpu_per_message = match (cpu_before, node_pid.and_then(cpu_us)) {
+        (Some(before), Some(after)) if sent > 0 => Some(after.saturating_sub(before) as f64 / sent as f64),
+        _ => None,
+    };
     for r in receivers {
         r.await?;
     }
@@ -472,6 +491,9 @@ async fn send(
     if node_pid.is_some() {
         println!("node peak RSS: {} MiB", peak_rss / 1024);
     }
+    if let Some(us) = cpu_per_message {
+        println!("node CPU per acknowledged message: {us:.1} µs");
+    }
     if got < sent {
         println!(
             "WARNING: {} acknowledged messages were not seen live before the drain ended",
@@ -503,6 +525,7 @@ async fn send(
         "end_to_end_ms": summary(&e2e),
         "send_to_ack_ms": summary(&ack),
         "node_peak_rss_mib": node_pid.map(|_| peak_rss / 1024),
+        "node_cpu_us_per_message": cpu_per_message,
     }))
 }
 
@@ -713,4 +736,28 @@ async fn files(servers: &[String], node_pid: Option<u32>, opts: &FilesOpts) -> R
         "download_server": down_server,
         "node_peak_growth_mib": growth_mib,
     }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cpu_time_of_a_process_grows_while_it_computes() {
+        let me = std::process::id();
+        let before = cpu_us(me).expect("this process's CPU time");
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let mut x = 0u64;
+        loop {
+            for i in 0..1_000_000u64 {
+                x = x.wrapping_mul(31).wrapping_add(i);
+            }
+            std::hint::black_box(x);
+            if cpu_us(me).expect("this process's CPU time") >= before + 50_000 {
+                break;
+            }
+            assert!(Instant::now() < deadline, "CPU time did not grow while computing");
+        }
+        assert!(cpu_us(u32::MAX).is_none(), "no such process");
+    }
 }
