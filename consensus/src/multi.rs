@@ -75,11 +75,14 @@ pub struct RaftConfig {
     /// Entries always kept behind the durably applied index when compacting.
     pub compact_keep: u64,
     /// At most this many entries kept behind the durably applied index for a leader's
-    /// live followers that are behind, so that they catch up from the log; a follower
-    /// further behind, or silent, catches up from a snapshot. Bounds the log held in
-    /// memory (and rewritten with the log file) to about `compact_keep` entries per
-    /// group while every follower keeps up.
+    /// followers that are behind, so that they catch up from the log; a follower
+    /// further behind, or silent for longer than `compact_keep_silent_ticks`, catches up
+    /// from a snapshot. Bounds the log held in memory (and rewritten with the log file)
+    /// to about `compact_keep` entries per group while every follower keeps up.
     pub compact_keep_for_followers: u64,
+    /// Ticks a follower may stay silent (a restart, a short partition) and still have
+    /// entries kept for it.
+    pub compact_keep_silent_ticks: u64,
 }
 
 impl Default for RaftConfig {
@@ -93,6 +96,7 @@ impl Default for RaftConfig {
             compact_threshold: 64,
             compact_keep: 32,
             compact_keep_for_followers: 2048,
+            compact_keep_silent_ticks: 600,
         }
     }
 }
@@ -791,7 +795,7 @@ impl<P> MultiRaft<P> {
         assert!(self.in_round.is_empty(), "finish_round was not called");
         let mut round = Round::default();
         let ids: Vec<GroupId> = self.groups.keys().copied().collect();
-        let window = self.alive_window();
+        let keep_window = self.config.compact_keep_silent_ticks;
         for id in ids {
             let g = self.groups.get_mut(&id).expect("listed group");
             if g.node.store().take_snapshot_wanted() {
@@ -862,7 +866,7 @@ impl<P> MultiRaft<P> {
             }
             // Compaction of what the previous sync made durably applied.
             let first = g.node.store().first_index().unwrap_or(1);
-            let next = followers_next(g, |peer| alive(&self.heard, self.ticks, window, peer));
+            let next = followers_next(g, |peer| alive(&self.heard, self.ticks, keep_window, peer));
             let to = compaction_point(g.durable_applied, &self.config, &next);
             if to > first && to >= first + self.config.compact_threshold {
                 let term = g.node.store().term(to - 1).expect("compaction within the log");
@@ -1018,8 +1022,9 @@ fn alive(heard: &BTreeMap<NodeId, u64>, now: u64, window: u64, peer: NodeId) -> 
         .is_some_and(|at| now.saturating_sub(*at) <= window)
 }
 
-/// The next index each live follower of `g` needs, if this replica leads (none else).
-fn followers_next<P>(g: &Group<P>, alive: impl Fn(NodeId) -> bool) -> Vec<u64> {
+/// The next index each follower of `g` that `heard` accepts needs, if this replica leads
+/// (none else).
+fn followers_next<P>(g: &Group<P>, heard: impl Fn(NodeId) -> bool) -> Vec<u64> {
     if g.node.raft.state != StateRole::Leader {
         return Vec::new();
     }
@@ -1028,14 +1033,14 @@ fn followers_next<P>(g: &Group<P>, alive: impl Fn(NodeId) -> bool) -> Vec<u64> {
         .raft
         .prs()
         .iter()
-        .filter(|(id, _)| **id != me && alive(**id))
+        .filter(|(id, _)| **id != me && heard(**id))
         .map(|(_, pr)| pr.matched + 1)
         .collect()
 }
 
 /// Where a log may be compacted to (entries below it go), given the index the last
-/// sync made durably applied and the next index each live follower needs (a leader's;
-/// none for a follower): `compact_keep` entries behind `durable`, or further back for a
+/// sync made durably applied and the next index each follower heard from lately needs
+/// (a leader's; none for a follower): `compact_keep` entries behind `durable`, or further back for a
 /// follower behind, by at most `compact_keep_for_followers` (one further behind catches
 /// up from a snapshot).
 fn compaction_point(durable: u64, config: &RaftConfig, followers_next: &[u64]) -> u64 {
@@ -1239,6 +1244,7 @@ mod tests {
                 compact_threshold: 10,
                 compact_keep: 2,
                 compact_keep_for_followers: 2,
+                compact_keep_silent_ticks: 5,
                 ..RaftConfig::default()
             },
             discard(),

@@ -301,6 +301,7 @@ fn raft_config() -> RaftConfig {
         compact_threshold: 40,
         compact_keep: 2,
         compact_keep_for_followers: 8,
+        compact_keep_silent_ticks: 20,
     }
 }
 

@@ -64,6 +64,7 @@ fn timing() -> Timing {
             compact_threshold: 20,
             compact_keep: 5,
             compact_keep_for_followers: 10,
+            compact_keep_silent_ticks: 20,
             ..RaftConfig::default()
         },
         flush_every: Duration::from_millis(50),
