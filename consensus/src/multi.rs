@@ -478,12 +478,12 @@ impl<P> MultiRaft<P> {
 
     /// Whether `peer` was heard from (in any group) within two election timeouts.
     pub fn alive(&self, peer: NodeId) -> bool {
-        alive(&self.heard, self.ticks, self.alive_window(), peer)
-    }
-
-    /// Ticks within which a peer heard from counts as alive.
-    fn alive_window(&self) -> u64 {
-        2 * self.config.election_ticks as u64
+        alive(
+            &self.heard,
+            self.ticks,
+            2 * self.config.election_ticks as u64,
+            peer,
+        )
     }
 
     /// For a leader: each replica's (id, matched index, heard from lately), and the last
@@ -1013,8 +1013,6 @@ impl<P> MultiRaft<P> {
     }
 }
 
-/// Hands committed entries to the caller (normal ones) or applies them here
-/// (configuration changes), and matches them with the proposals waiting for them.
 /// Whether `peer` was heard from within `window` ticks of `now`.
 fn alive(heard: &BTreeMap<NodeId, u64>, now: u64, window: u64, peer: NodeId) -> bool {
     heard
@@ -1040,9 +1038,9 @@ fn followers_next<P>(g: &Group<P>, heard: impl Fn(NodeId) -> bool) -> Vec<u64> {
 
 /// Where a log may be compacted to (entries below it go), given the index the last
 /// sync made durably applied and the next index each follower heard from lately needs
-/// (a leader's; none for a follower): `compact_keep` entries behind `durable`, or further back for a
-/// follower behind, by at most `compact_keep_for_followers` (one further behind catches
-/// up from a snapshot).
+/// (a leader's; none for a follower): `compact_keep` entries behind `durable`, or
+/// further back for a follower behind, by at most `compact_keep_for_followers` (one
+/// further behind catches up from a snapshot).
 fn compaction_point(durable: u64, config: &RaftConfig, followers_next: &[u64]) -> u64 {
     let floor = durable.saturating_sub(config.compact_keep_for_followers);
     followers_next
@@ -1052,6 +1050,8 @@ fn compaction_point(durable: u64, config: &RaftConfig, followers_next: &[u64]) -
         })
 }
 
+/// Hands committed entries to the caller (normal ones) or applies them here
+/// (configuration changes), and matches them with the proposals waiting for them.
 fn apply_entries<P>(
     id: GroupId,
     g: &mut Group<P>,
@@ -1294,7 +1294,7 @@ mod tests {
     }
 
     #[test]
-    fn compaction_keeps_a_few_entries_and_more_only_for_live_followers_behind() {
+    fn compaction_keeps_a_few_entries_and_more_only_for_followers_behind() {
         let config = RaftConfig {
             compact_keep: 32,
             compact_keep_for_followers: 1000,
@@ -1303,7 +1303,8 @@ mod tests {
         // A follower (or a leader whose followers keep up) keeps `compact_keep`.
         assert_eq!(compaction_point(5000, &config, &[]), 4968);
         assert_eq!(compaction_point(5000, &config, &[5001, 4990]), 4968);
-        // A live follower behind keeps what it needs next...
+        // A follower behind (heard from lately: the caller passes only those) keeps
+        // what it needs next...
         assert_eq!(compaction_point(5000, &config, &[5001, 4500]), 4500);
         // ...up to a point: further behind, it gets a snapshot.
         assert_eq!(compaction_point(5000, &config, &[1]), 4000);

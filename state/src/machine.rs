@@ -585,26 +585,19 @@ fn trim(
         }
         let over_count = retention.max_messages > 0 && meta.last_seq - first + 1 > retention.max_messages;
         let key = keys::seq_key(p, tree::INBOX, user, kind::ENTRY, first);
-        // The first entry's time is kept in the meta: most appends read no entry here.
-        let known = meta.first_timestamp_ms != 0;
-        let entry: Option<InboxEntry> = if over_count || (cutoff.is_some() && !known) {
-            decode(store.get(&key)?, "inbox entry")?
-        } else {
-            None
-        };
-        if let Some(e) = entry.as_ref().filter(|_| !known) {
-            meta.first_timestamp_ms = e.timestamp_ms;
+        // The first entry's time is kept in the meta, so most appends read no entry
+        // here: it is read when unknown (then kept), or to remove it.
+        if meta.first_timestamp_ms == 0 && cutoff.is_some() {
+            let entry: Option<InboxEntry> = decode(store.get(&key)?, "inbox entry")?;
+            meta.first_timestamp_ms = entry.map_or(0, |e| e.timestamp_ms);
         }
         let too_old =
             cutoff.is_some_and(|cutoff| meta.first_timestamp_ms != 0 && meta.first_timestamp_ms < cutoff);
         if !(over_count || too_old) {
             break;
         }
-        // Removed: its time was read above or kept; the next first's is read when needed.
-        let entry = match entry {
-            Some(e) => Some(e),
-            None => decode(store.get(&key)?, "inbox entry")?,
-        };
+        let entry: Option<InboxEntry> = decode(store.get(&key)?, "inbox entry")?;
+        // The next first's time is read when needed.
         meta.first_timestamp_ms = 0;
         store.delete(key);
         if let Some(e) = entry {
