@@ -7,6 +7,11 @@
 //! through a bounded queue. A
 //! client that lets that queue fill up is disconnected: it resyncs from its
 //! inbox when it reconnects, so no message is lost and no memory grows.
+//!
+//! Both queues are `futures` channels, not tokio's: a tokio channel allocates a block
+//! of 32 slots and about 0.5 KB of padded state when it opens, 3.4 KB for the two of an
+//! idle connection, where a `futures` channel allocates 0.15 KB and a node per queued
+//! message (BENCHMARKS.md, "Idle memory").
 
 use super::registry::{MAX_ONLINE_PAGE, RegistryMsg};
 use super::{Reply, reply};
@@ -126,11 +131,11 @@ pub struct LoggedIn {
 }
 
 /// A session's mailbox address.
-pub type Mailbox = mpsc::UnboundedSender<SessionMsg>;
+pub type Mailbox = futures::channel::mpsc::UnboundedSender<SessionMsg>;
 
 impl crate::remote::PushTarget for Mailbox {
     fn deliver(&self, user: Arc<str>, seq: u64, frame: Bytes, since: tokio::time::Instant) {
-        let _ = self.send(SessionMsg::Deliver(Box::new(Delivery {
+        let _ = self.unbounded_send(SessionMsg::Deliver(Box::new(Delivery {
             user,
             seq,
             frame,
@@ -139,11 +144,11 @@ impl crate::remote::PushTarget for Mailbox {
     }
 
     fn push(&self, frame: Bytes) {
-        let _ = self.send(SessionMsg::Push(frame));
+        let _ = self.unbounded_send(SessionMsg::Push(frame));
     }
 
     fn log_out(&self, user: Arc<str>, reason: &str) {
-        let _ = self.send(SessionMsg::LogOut {
+        let _ = self.unbounded_send(SessionMsg::LogOut {
             user,
             closing: Some(reason.into()),
         });
@@ -153,7 +158,9 @@ impl crate::remote::PushTarget for Mailbox {
 /// Encodes frames into the bounded outbound queue.
 #[derive(Clone)]
 pub struct Outbound {
-    tx: mpsc::Sender<Bytes>,
+    tx: futures::channel::mpsc::UnboundedSender<Bytes>,
+    /// Most frames queued for the writer: beyond it the client is a slow reader.
+    capacity: usize,
     session: Mailbox,
     max_frame: usize,
 }
@@ -161,8 +168,13 @@ pub struct Outbound {
 impl Outbound {
     /// Queues an encoded frame; a full queue marks the client as a slow reader.
     pub fn send_bytes(&self, frame: Bytes) {
-        if let Err(mpsc::error::TrySendError::Full(_)) = self.tx.try_send(frame) {
-            let _ = self.session.send(SessionMsg::Overflow);
+        // Answers arrive from other tasks as well, so two may pass the check at once:
+        // the bound is a slow reader's, not an exact count.
+        if self.tx.len() >= self.capacity {
+            let _ = self.session.unbounded_send(SessionMsg::Overflow);
+        } else {
+            // Fails only once the writer has stopped (the socket failed): nothing to do.
+            let _ = self.tx.unbounded_send(frame);
         }
     }
 
@@ -253,8 +265,8 @@ where
 {
     let cfg = &ctx.config.client;
     let (read, write) = tokio::io::split(stream);
-    let (tx, rx) = mpsc::channel(cfg.outbound_queue);
-    let (mailbox, mut inbox_rx) = mpsc::unbounded_channel();
+    let (tx, rx) = futures::channel::mpsc::unbounded();
+    let (mailbox, mut inbox_rx) = futures::channel::mpsc::unbounded();
     let permits = Arc::new(Semaphore::new(cfg.max_in_flight));
     let mut frames = FramedRead::with_capacity(read, FrameCodec::new(cfg.max_frame_bytes), 256);
     let writer = tokio::spawn(write_loop(write, rx));
@@ -268,6 +280,7 @@ where
         peer,
         out: Outbound {
             tx,
+            capacity: cfg.outbound_queue,
             session: mailbox.clone(),
             max_frame: cfg.max_frame_bytes,
         },
@@ -303,7 +316,7 @@ where
         }
         tokio::select! {
             biased;
-            Some(msg) = inbox_rx.recv() => state.handle(msg),
+            Some(msg) = inbox_rx.next() => state.handle(msg),
             _ = ctx.shutdown.cancelled() => state.close(ErrorCode::Unavailable, "node shutting down"),
             _ = &mut login_deadline, if state.user.is_none() && !state.login_pending => {
                 state.close(ErrorCode::NotAuthenticated, "login timeout");
@@ -1132,7 +1145,7 @@ impl SessionState {
                         .collect();
                     (entries, page.last_seq)
                 });
-                let _ = mailbox.send(SessionMsg::CaughtUp(Box::new(CaughtUp { user, page })));
+                let _ = mailbox.unbounded_send(SessionMsg::CaughtUp(Box::new(CaughtUp { user, page })));
             }),
         };
         let me = self.me().to_owned();
@@ -1312,7 +1325,7 @@ impl SessionState {
             };
             let result = router.account(&user, revoke).await;
             if result.is_ok() {
-                let _ = me.send(SessionMsg::LogOut {
+                let _ = me.unbounded_send(SessionMsg::LogOut {
                     user: user.as_str().into(),
                     closing: None,
                 });
@@ -1382,7 +1395,7 @@ impl SessionState {
                         InboxMsg::Attach {
                             session,
                             reply: reply(move |meta| {
-                                let _ = me.send(SessionMsg::LoggedIn(Box::new(LoggedIn {
+                                let _ = me.unbounded_send(SessionMsg::LoggedIn(Box::new(LoggedIn {
                                     request_id: id,
                                     user,
                                     token,
@@ -1394,7 +1407,7 @@ impl SessionState {
                     );
                 }
                 Err(error) => {
-                    let _ = me.send(SessionMsg::LoginFailed {
+                    let _ = me.unbounded_send(SessionMsg::LoginFailed {
                         request_id: id,
                         error: Box::new(error),
                     });
@@ -1625,15 +1638,17 @@ fn history_page(mut messages: Vec<v1::Delivery>, next: u64, max_frame: usize) ->
     })
 }
 
-async fn write_loop<W: AsyncWrite + Unpin>(mut write: W, mut rx: mpsc::Receiver<Bytes>) {
+async fn write_loop<W: AsyncWrite + Unpin>(
+    mut write: W,
+    mut rx: futures::channel::mpsc::UnboundedReceiver<Bytes>,
+) {
     const GATHER: usize = 64 * 1024;
-    while let Some(first) = rx.recv().await {
-        let result = if rx.is_empty() {
-            tokio::time::timeout(WRITE_TIMEOUT, write.write_all(&first)).await
-        } else {
+    while let Some(first) = rx.next().await {
+        let result = if let Ok(second) = rx.try_recv() {
             // Several frames are waiting: gather them into one write.
-            let mut buf = BytesMut::with_capacity(GATHER.max(first.len()));
+            let mut buf = BytesMut::with_capacity(GATHER.max(first.len() + second.len()));
             buf.extend_from_slice(&first);
+            buf.extend_from_slice(&second);
             while buf.len() < GATHER {
                 match rx.try_recv() {
                     Ok(next) => buf.extend_from_slice(&next),
@@ -1641,6 +1656,8 @@ async fn write_loop<W: AsyncWrite + Unpin>(mut write: W, mut rx: mpsc::Receiver<
                 }
             }
             tokio::time::timeout(WRITE_TIMEOUT, write.write_all(&buf)).await
+        } else {
+            tokio::time::timeout(WRITE_TIMEOUT, write.write_all(&first)).await
         };
         if !matches!(result, Ok(Ok(()))) {
             return;
@@ -1655,8 +1672,8 @@ mod tests {
 
     #[test]
     fn a_session_message_is_small() {
-        // Each session's mailbox allocates a block of 32 messages when it opens, so every
-        // byte here costs 32 per idle connection: large payloads go in a box.
+        // Every queued message costs its size (and a tokio channel, had it one, would
+        // allocate 32 of them per idle connection): large payloads go in a box.
         let size = std::mem::size_of::<SessionMsg>();
         assert!(size <= 40, "SessionMsg is {size} bytes");
     }
