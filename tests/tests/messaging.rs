@@ -194,6 +194,15 @@ async fn only_members_post_to_or_read_a_group() {
     let err = mallory.send_group("secret", "left").await.unwrap_err();
     assert_eq!(err.code(), Some(ErrorCode::NotAMember));
     assert!(mallory.my_groups().await.unwrap().is_empty());
+    // Leaving twice, and joining or leaving a group that does not exist, are refused.
+    let err = mallory.leave_group("secret").await.unwrap_err();
+    assert_eq!(err.code(), Some(ErrorCode::NotAMember));
+    for err in [
+        mallory.join_group("nosuch").await.unwrap_err(),
+        mallory.leave_group("nosuch").await.unwrap_err(),
+    ] {
+        assert_eq!(err.code(), Some(ErrorCode::NotFound));
+    }
 }
 
 #[tokio::test]

@@ -499,50 +499,8 @@ impl Served {
                     Err(e) => reply(Err(e)),
                 });
             }
-            GroupMsg::Join { user, reply } => {
-                let op = Op::JoinGroup(command::JoinGroup {
-                    group: group.clone(),
-                    user: user.clone(),
-                    now_ms: storage::now_ms(),
-                });
-                let me = self.clone();
-                self.propose(p, op, move |r| match r {
-                    Ok(outcome::Result::Done(_)) => {
-                        me.fan_out(group.clone());
-                        me.membership(user, group, true, reply);
-                    }
-                    Ok(outcome::Result::NotFound(_)) => reply(Err(missing())),
-                    Ok(outcome::Result::Forbidden(why)) => reply(Err(ChatError::Forbidden(why))),
-                    Ok(other) => reply(Err(unexpected_outcome(&other))),
-                    Err(e) => reply(Err(e)),
-                });
-            }
-            GroupMsg::Leave { user, reply } => {
-                let op = Op::LeaveGroup(command::LeaveGroup {
-                    group: group.clone(),
-                    user: user.clone(),
-                    now_ms: storage::now_ms(),
-                });
-                let me = self.clone();
-                self.propose(p, op, move |r| match r {
-                    Ok(outcome::Result::Done(_)) => {
-                        me.fan_out(group.clone());
-                        me.membership(user, group, false, reply);
-                    }
-                    Ok(outcome::Result::NotFound(_)) => reply(Err(missing())),
-                    Ok(outcome::Result::Forbidden(why)) => reply(Err(ChatError::Forbidden(why))),
-                    // Maybe an earlier attempt left the group but not the user's list:
-                    // the list is made to agree, and the answer stays NOT_A_MEMBER.
-                    Ok(outcome::Result::NotAMember(_)) => me.membership(
-                        user,
-                        group.clone(),
-                        false,
-                        Box::new(move |_| reply(Err(ChatError::NotAMember(group)))),
-                    ),
-                    Ok(other) => reply(Err(unexpected_outcome(&other))),
-                    Err(e) => reply(Err(e)),
-                });
-            }
+            GroupMsg::Join { user, reply } => self.join_or_leave(p, group, user, true, reply),
+            GroupMsg::Leave { user, reply } => self.join_or_leave(p, group, user, false, reply),
             GroupMsg::Members { user, reply } => {
                 let q = Q::Members(query::GroupAsk {
                     group: group.clone(),
@@ -825,6 +783,51 @@ impl Served {
         });
         self.propose_async(partition::of_group(group), done).await?;
         Ok(())
+    }
+
+    /// Joins `user` to `group` or makes it leave, then records the change in the user's
+    /// list of groups and starts the group's fan-out (members see the change).
+    fn join_or_leave(
+        self: &Arc<Self>,
+        p: Partition,
+        group: String,
+        user: String,
+        joined: bool,
+        reply: Reply<ChatResult<()>>,
+    ) {
+        let now_ms = storage::now_ms();
+        let op = if joined {
+            Op::JoinGroup(command::JoinGroup {
+                group: group.clone(),
+                user: user.clone(),
+                now_ms,
+            })
+        } else {
+            Op::LeaveGroup(command::LeaveGroup {
+                group: group.clone(),
+                user: user.clone(),
+                now_ms,
+            })
+        };
+        let me = self.clone();
+        self.propose(p, op, move |r| match r {
+            Ok(outcome::Result::Done(_)) => {
+                me.fan_out(group.clone());
+                me.membership(user, group, joined, reply);
+            }
+            Ok(outcome::Result::NotFound(_)) => reply(Err(ChatError::NotFound(format!("group {group}")))),
+            Ok(outcome::Result::Forbidden(why)) => reply(Err(ChatError::Forbidden(why))),
+            // Maybe an earlier attempt left the group but not the user's list: the list
+            // is made to agree, and the answer stays NOT_A_MEMBER.
+            Ok(outcome::Result::NotAMember(_)) if !joined => me.membership(
+                user,
+                group.clone(),
+                false,
+                Box::new(move |_| reply(Err(ChatError::NotAMember(group)))),
+            ),
+            Ok(other) => reply(Err(unexpected_outcome(&other))),
+            Err(e) => reply(Err(e)),
+        });
     }
 
     /// Starts the fan-out of every group with one pending in a partition led here.
