@@ -2,6 +2,7 @@
 //! request id, server pushes on a channel, and a keep-alive ping.
 
 pub mod admin;
+pub mod load;
 
 use chat_protocol::codec::{CodecError, FrameCodec};
 use chat_protocol::v1::{

@@ -2,6 +2,7 @@
 //! message throughput, end-to-end latency percentiles, and node memory per idle connection.
 
 use anyhow::{Context, Result, bail};
+use chat_client::load::{self, cpu_us, rss_kib, status_kib};
 use chat_client::{Client, Push};
 use clap::{Parser, Subcommand};
 use hdrhistogram::Histogram;
@@ -267,32 +268,6 @@ async fn offline(servers: &[String], opts: &OfflineOpts) -> Result<serde_json::V
     }))
 }
 
-/// A memory figure of a process from /proc (`VmRSS`, `VmHWM`...), in KiB.
-fn status_kib(pid: u32, field: &str) -> Option<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    let line = status
-        .lines()
-        .find(|l| l.strip_prefix(field).is_some_and(|r| r.starts_with(':')))?;
-    line.split_whitespace().nth(1)?.parse().ok()
-}
-
-/// Resident memory of a process now, in KiB.
-fn rss_kib(pid: u32) -> Option<u64> {
-    status_kib(pid, "VmRSS")
-}
-
-/// CPU time a process has used so far (user and system), in microseconds: /proc counts
-/// it in USER_HZ ticks, which Linux fixes at 100 a second for /proc.
-fn cpu_us(pid: u32) -> Option<u64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // The command name (field 2) may hold spaces; fields are counted after its ')'.
-    let rest = &stat[stat.rfind(')')? + 2..];
-    let mut fields = rest.split_whitespace();
-    let utime: u64 = fields.nth(11)?.parse().ok()?;
-    let stime: u64 = fields.next()?.parse().ok()?;
-    Some((utime + stime) * 10_000)
-}
-
 fn now_ns(origin: Instant) -> u64 {
     origin.elapsed().as_nanos() as u64
 }
@@ -418,36 +393,12 @@ async fn send(
         }));
     }
     let mut peak_rss = 0;
-    let sampler = node_pid.map(|pid| {
-        tokio::spawn(async move {
-            let mut peak = 0;
-            while Instant::now() < drain_until {
-                peak = peak.max(rss_kib(pid).unwrap_or(0));
-                tokio::time::sleep(Duration::from_millis(200)).await;
-            }
-            peak
-        })
-    });
-    let progress = indicatif::ProgressBar::new(duration);
-    progress.set_style(
-        indicatif::ProgressStyle::with_template("{elapsed_precise} [{bar:40}] {pos}/{len} s  {msg}")
-            .expect("valid template"),
-    );
-    let ticker = {
-        let (progress, acked) = (progress.clone(), acked.clone());
-        tokio::spawn(async move {
-            while Instant::now() < stop_at {
-                tokio::time::sleep(Duration::from_millis(250)).await;
-                progress.set_position(origin.elapsed().as_secs().min(duration));
-                progress.set_message(format!("{} acknowledged", acked.load(Ordering::Relaxed)));
-            }
-        })
-    };
+    let sampler = load::sample_peak_rss(node_pid, drain_until);
+    let progress = load::Progress::start(duration, origin, stop_at, acked.clone());
     for s in senders {
         s.await?;
     }
-    ticker.abort();
-    progress.finish_and_clear();
+    progress.finish();
     let send_elapsed = origin.elapsed().as_secs_f64();
     let sent = acked.load(Ordering::Relaxed);
     // The node's CPU time per acknowledged message while sending: steadier than the rate
@@ -736,28 +687,4 @@ async fn files(servers: &[String], node_pid: Option<u32>, opts: &FilesOpts) -> R
         "download_server": down_server,
         "node_peak_growth_mib": growth_mib,
     }))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn cpu_time_of_a_process_grows_while_it_computes() {
-        let me = std::process::id();
-        let before = cpu_us(me).expect("this process's CPU time");
-        let deadline = Instant::now() + Duration::from_secs(60);
-        let mut x = 0u64;
-        loop {
-            for i in 0..1_000_000u64 {
-                x = x.wrapping_mul(31).wrapping_add(i);
-            }
-            std::hint::black_box(x);
-            if cpu_us(me).expect("this process's CPU time") >= before + 50_000 {
-                break;
-            }
-            assert!(Instant::now() < deadline, "CPU time did not grow while computing");
-        }
-        assert!(cpu_us(u32::MAX).is_none(), "no such process");
-    }
 }

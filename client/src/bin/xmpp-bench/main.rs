@@ -12,6 +12,7 @@ mod xml;
 mod xmpp;
 
 use anyhow::{Context, Result, bail};
+use chat_client::load::{self, rss_kib};
 use clap::{Parser, Subcommand};
 use hdrhistogram::Histogram;
 use std::collections::VecDeque;
@@ -197,12 +198,6 @@ async fn login_retrying(addr: &str, account: &Account) -> Result<Conn> {
     }
 }
 
-fn rss_kib(pid: u32) -> Option<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
-    line.split_whitespace().nth(1)?.parse().ok()
-}
-
 fn now_ns(origin: Instant) -> u64 {
     origin.elapsed().as_nanos() as u64
 }
@@ -368,31 +363,8 @@ async fn send(cli: &Cli, opts: &SendOpts) -> Result<serde_json::Value> {
         let to = format!("{prefix}{}@{}", (i + 1) % connections, cli.domain);
         tasks.push(tokio::spawn(send_and_receive(conn, to, plan, acked.clone())));
     }
-    let sampler = cli.node_pid.map(|pid| {
-        tokio::spawn(async move {
-            let mut peak = 0;
-            while Instant::now() < plan.drain_until {
-                peak = peak.max(rss_kib(pid).unwrap_or(0));
-                tokio::time::sleep(Duration::from_millis(200)).await;
-            }
-            peak
-        })
-    });
-    let progress = indicatif::ProgressBar::new(duration);
-    progress.set_style(
-        indicatif::ProgressStyle::with_template("{elapsed_precise} [{bar:40}] {pos}/{len} s  {msg}")
-            .expect("valid template"),
-    );
-    let ticker = {
-        let (progress, acked) = (progress.clone(), acked.clone());
-        tokio::spawn(async move {
-            while Instant::now() < stop_at {
-                tokio::time::sleep(Duration::from_millis(250)).await;
-                progress.set_position(origin.elapsed().as_secs().min(duration));
-                progress.set_message(format!("{} acknowledged", acked.load(Ordering::Relaxed)));
-            }
-        })
-    };
+    let sampler = load::sample_peak_rss(cli.node_pid, plan.drain_until);
+    let progress = load::Progress::start(duration, origin, stop_at, acked.clone());
     let (mut e2e, mut ack) = (histogram(), histogram());
     let (mut sent, mut got, mut errors, mut failed) = (0, 0, 0, 0);
     let mut done_at = stop_at;
@@ -412,8 +384,7 @@ async fn send(cli: &Cli, opts: &SendOpts) -> Result<serde_json::Value> {
             }
         }
     }
-    ticker.abort();
-    progress.finish_and_clear();
+    progress.finish();
     let peak_rss = match sampler {
         Some(s) => s.await?,
         None => 0,
