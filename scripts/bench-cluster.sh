@@ -20,6 +20,8 @@ cargo build --release -q -p chat-node -p chat-client
 work=$(mktemp -d)
 pids=()
 trap 'kill "${pids[@]}" 2>/dev/null || true; rm -rf "$work"' EXIT
+# shellcheck source=scripts/nodes.sh
+source scripts/nodes.sh
 
 # start_node I [SEED_PORT]: node I on clients 1930I, cluster 1940I, admin 1950I,
 # keeping $replicas copies.
@@ -31,33 +33,6 @@ start_node() {
         --admin-listen "127.0.0.1:$((19500 + i))" --cookie bench-cookie "${seed[@]}" \
         --data-dir "$work/data$i" --replicas "$replicas" >"$work/out$i" 2>"$work/log$i" &
     pids+=($!)
-}
-
-# Waits until every node of 1..N sees N members and says `settled` on /cluster.
-wait_settled() {
-    local n=$1
-    for _ in $(seq 600); do
-        local all=1
-        for i in $(seq "$n"); do
-            local s
-            s=$(curl -s "http://127.0.0.1:$((19500 + i))/cluster" || true)
-            grep -q '"settled":true' <<<"$s" && grep -q "\"members\":$n[,}]" <<<"$s" || all=0
-        done
-        [ "$all" = 1 ] && return 0
-        sleep 0.2
-    done
-    echo "the cluster did not settle" >&2
-    exit 1
-}
-
-stop_nodes() {
-    kill "${pids[@]}" 2>/dev/null || true
-    wait "${pids[@]}" 2>/dev/null || true
-    pids=()
-    rm -rf "$work"/data*
-    # Let the writeback of the run finish, so that runs do not measure each other's disk.
-    sync
-    sleep 3
 }
 
 echo "machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs), $(free -g | awk '/Mem:/ {print $2}') GiB"
@@ -72,9 +47,9 @@ for r in $(seq "$runs"); do
             if [ "$mode" != single ]; then
                 start_node 2 19401
                 servers+=(--server 127.0.0.1:19302)
-                wait_settled 2
+                wait_settled 2 19500 2
             else
-                wait_settled 1
+                wait_settled 1 19500 1
             fi
             target/release/chat-bench "${servers[@]}" send --connections 100 --duration 10 --rate "$rate"
             stop_nodes

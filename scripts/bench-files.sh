@@ -13,6 +13,8 @@ cargo build --release -q -p chat-node -p chat-client
 work=$(mktemp -d)
 pids=()
 trap 'kill "${pids[@]}" 2>/dev/null || true; rm -rf "$work"' EXIT
+# shellcheck source=scripts/nodes.sh
+source scripts/nodes.sh
 {
     cat cluster-config/bench.toml
     printf '\n[files]\nmax_file_bytes = %d\nquota_bytes = 0\n' $(((size + 1) << 20))
@@ -30,35 +32,10 @@ start_node() {
     pids+=($!)
 }
 
-wait_settled() {
-    local n=$1
-    for _ in $(seq 600); do
-        local all=1
-        for i in $(seq "$n"); do
-            local s
-            s=$(curl -s "http://127.0.0.1:$((19800 + i))/cluster" || true)
-            grep -q '"settled":true' <<<"$s" && grep -q "\"members\":$n[,}]" <<<"$s" || all=0
-        done
-        [ "$all" = 1 ] && return 0
-        sleep 0.2
-    done
-    echo "the cluster did not settle" >&2
-    exit 1
-}
-
-stop_nodes() {
-    kill "${pids[@]}" 2>/dev/null || true
-    wait "${pids[@]}" 2>/dev/null || true
-    pids=()
-    rm -rf "$work"/data*
-    sync
-    sleep 3
-}
-
 for run in $(seq "$runs"); do
     for n in 1 3; do
         for i in $(seq "$n"); do start_node "$i" "$n"; done
-        wait_settled "$n"
+        wait_settled "$n" 19800 "$n"
         echo "== run $run: $n node(s), load $(cut -d' ' -f1-3 /proc/loadavg)"
         servers=(--server "127.0.0.1:19601")
         [ "$n" = 3 ] && servers+=(--server "127.0.0.1:19603")
