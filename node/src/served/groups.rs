@@ -43,7 +43,7 @@ impl Served {
         let changed = match self.propose_async(partition::of_group(&group), op).await? {
             outcome::Result::GroupChanged(c) => c,
             outcome::Result::NotFound(_) if a.target.is_empty() => {
-                return Err(ChatError::NotFound(format!("group {group}")));
+                return Err(super::no_such_group(&group));
             }
             outcome::Result::NotFound(_) => {
                 if a.action == Action::Remove {

@@ -453,7 +453,7 @@ impl Served {
         let p = partition::of_group(&group);
         let missing = {
             let group = group.clone();
-            move || ChatError::NotFound(format!("group {group}"))
+            move || no_such_group(&group)
         };
         match msg {
             GroupMsg::Admin { action, reply } => {
@@ -815,7 +815,7 @@ impl Served {
                 me.fan_out(group.clone());
                 me.membership(user, group, joined, reply);
             }
-            Ok(outcome::Result::NotFound(_)) => reply(Err(ChatError::NotFound(format!("group {group}")))),
+            Ok(outcome::Result::NotFound(_)) => reply(Err(no_such_group(&group))),
             Ok(outcome::Result::Forbidden(why)) => reply(Err(ChatError::Forbidden(why))),
             // Maybe an earlier attempt left the group but not the user's list: the list
             // is made to agree, and the answer stays NOT_A_MEMBER.
@@ -975,6 +975,11 @@ fn stopped() -> ChatError {
 
 fn unexpected(answer: &A) -> ChatError {
     ChatError::Internal(format!("unexpected answer {answer:?}"))
+}
+
+/// The answer about a group that does not exist.
+pub(super) fn no_such_group(group: &str) -> ChatError {
+    ChatError::NotFound(format!("group {group}"))
 }
 
 fn unexpected_outcome(outcome: &outcome::Result) -> ChatError {
