@@ -739,10 +739,10 @@ impl Client {
 
     /// The conversation message `message_id` belongs to, as `me` sees it: the other
     /// user of a private message (`bob`) or the group (`#rust`); `None` when `me` has
-    /// no such message. A private id names the recipient's inbox entry, so a message to
-    /// `me` is one `Sync` of that seq, and a message from `me` is looked for among
-    /// `me`'s own copies in the conversation's history (its newest
-    /// [`FIND_IN_HISTORY_PAGES`] pages).
+    /// no such message. A group message is one `History` page at its seq; a private
+    /// one is looked for in the conversation's history (its newest
+    /// [`FIND_IN_HISTORY_PAGES`] pages), except one of the earlier `p:me:seq` form,
+    /// which is one `Sync` of that seq.
     pub async fn conversation_of(&self, me: &str, message_id: &str) -> Result<Option<String>> {
         let is_message = |d: &v1::Delivery| {
             d.message_id == message_id
@@ -751,39 +751,46 @@ impl Client {
                 && d.group_event.is_none()
                 && d.change.is_none()
         };
-        match parse_message_id(message_id) {
-            None => Ok(None),
+        // The other user of a private message, and whether the message is from `me`.
+        let (peer, from_me) = match parse_message_id(message_id) {
+            None => return Ok(None),
             Some(MessageHome::Group(group, seq)) => {
                 let page = self
                     .history(v1::ConversationKind::Group, group, seq + 1, 1)
                     .await?;
-                Ok(page.messages.iter().any(is_message).then(|| format!("#{group}")))
+                return Ok(page.messages.iter().any(is_message).then(|| format!("#{group}")));
             }
             Some(MessageHome::Inbox(user, seq)) if user == me => {
                 let page = self.sync(seq - 1, 1).await?;
-                Ok(page
+                return Ok(page
                     .messages
                     .iter()
                     .find(|d| d.seq == seq && is_message(d))
-                    .map(|d| d.from.clone()))
+                    .map(|d| d.from.clone()));
             }
-            Some(MessageHome::Inbox(user, _)) => {
-                let mut before = 0;
-                for _ in 0..FIND_IN_HISTORY_PAGES {
-                    let page = self
-                        .history(v1::ConversationKind::Private, user, before, 1000)
-                        .await?;
-                    if page.messages.iter().any(|d| is_message(d) && d.from == me) {
-                        return Ok(Some(user.to_owned()));
-                    }
-                    if page.next_before_seq == 0 {
-                        break;
-                    }
-                    before = page.next_before_seq;
-                }
-                Ok(None)
+            Some(MessageHome::Inbox(user, _)) => (user, true),
+            Some(MessageHome::Private { to, from, .. }) if to == me => (from, from == me),
+            Some(MessageHome::Private { to, from, .. }) if from == me => (to, true),
+            Some(MessageHome::Private { .. }) => return Ok(None),
+        };
+        let mut before = 0;
+        for _ in 0..FIND_IN_HISTORY_PAGES {
+            let page = self
+                .history(v1::ConversationKind::Private, peer, before, 1000)
+                .await?;
+            if page
+                .messages
+                .iter()
+                .any(|d| is_message(d) && (d.from == me) == from_me)
+            {
+                return Ok(Some(peer.to_owned()));
             }
+            if page.next_before_seq == 0 {
+                break;
+            }
+            before = page.next_before_seq;
         }
+        Ok(None)
     }
 
     /// Creates a public group.
@@ -1048,29 +1055,7 @@ fn unexpected(resp: Resp) -> ClientError {
 /// How many history pages [`Client::conversation_of`] looks through for an own message.
 pub const FIND_IN_HISTORY_PAGES: usize = 20;
 
-/// Where a message lives, as its id (`SendAck.message_id`) says.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum MessageHome<'a> {
-    /// A private message: the recipient's inbox and the entry's seq (`p:bob:17`).
-    Inbox(&'a str, u64),
-    /// A group message: the group and the message's group seq (`g:rust:3`).
-    Group(&'a str, u64),
-}
-
-/// Reads a message id; `None` for a string no message has as its id.
-pub fn parse_message_id(id: &str) -> Option<MessageHome<'_>> {
-    let (kind, rest) = id.split_once(':')?;
-    let (name, seq) = rest.rsplit_once(':')?;
-    let seq: u64 = seq.parse().ok()?;
-    if name.is_empty() || seq == 0 {
-        return None;
-    }
-    match kind {
-        "p" => Some(MessageHome::Inbox(name, seq)),
-        "g" => Some(MessageHome::Group(name, seq)),
-        _ => None,
-    }
-}
+pub use chat_protocol::ids::{MessageHome, parse_message_id};
 
 /// A random client message id (128 bits, hex).
 pub fn new_client_msg_id() -> String {
@@ -1213,22 +1198,5 @@ pub fn format_group_event(e: &v1::GroupEvent) -> String {
             )
         }
         Kind::Unspecified => format!("{actor} changed the group"),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn a_message_id_says_whether_it_is_private_or_in_a_group() {
-        assert_eq!(parse_message_id("p:bob:17"), Some(MessageHome::Inbox("bob", 17)));
-        assert_eq!(
-            parse_message_id("g:rust-fans:3"),
-            Some(MessageHome::Group("rust-fans", 3))
-        );
-        for bad in ["", "bob", "p:bob", "p::1", "p:bob:0", "p:bob:x", "q:bob:1"] {
-            assert_eq!(parse_message_id(bad), None, "{bad}");
-        }
     }
 }

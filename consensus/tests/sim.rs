@@ -705,6 +705,8 @@ impl Client {
                 Op::Append(command::Append {
                     origin: keys::private_origin(&user, &client_id),
                     entry: Some(InboxEntry {
+                        // Named by the sender's node, as a node does.
+                        message_id: keys::private_message_id(&to, &user, &client_id),
                         from: user.clone(),
                         conversation: user.clone(),
                         text: format!("{client_id} to {to}"),
@@ -1661,7 +1663,10 @@ impl Sim {
         // Every acknowledged private message is where its acknowledgement said.
         for ((to, from, client_id), (seq, id)) in &self.trace.private_acks {
             match inboxes.get(to).and_then(|e| e.get(seq)) {
-                Some(e) if e.origin == keys::private_origin(from, client_id) && &e.message_id == id => {}
+                Some(e)
+                    if e.origin == keys::private_origin(from, client_id)
+                        && &e.message_id == id
+                        && *id == keys::private_message_id(to, from, client_id) => {}
                 other => violations.push(format!(
                     "{from}/{client_id} acknowledged at {to}'s seq {seq} ({id}), found {other:?}"
                 )),

@@ -2,6 +2,7 @@
 //! message is decided. Which changes are allowed is `chat_state::changes`.
 
 use crate::error::{ChatError, ChatResult};
+use chat_protocol::ids;
 use chat_protocol::v1::{MessageChange, message_change};
 
 /// Longest emoji of a reaction, in bytes (a flag or a family is well below it).
@@ -13,7 +14,7 @@ pub const MAX_REPLY_TO_BYTES: usize = 128;
 /// Where a message is decided: its id says so.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Home {
-    /// A private message: the recipient's inbox (`p:user:seq`).
+    /// A private message: the recipient's inbox (`m:user:from:digest`, or `p:user:seq`).
     Inbox(String),
     /// A group message: the group (`g:group:seq`), and the seq.
     Group(String, u64),
@@ -42,18 +43,13 @@ pub fn check(change: &MessageChange, max_text: usize) -> ChatResult<Home> {
     home(&change.message_id).ok_or_else(|| ChatError::NotFound(format!("message {:?}", change.message_id)))
 }
 
-/// Where the message `id` lives; `None` for an id no message has.
+/// Where the message `id` lives; `None` for an id no message has
+/// (`chat_protocol::ids`).
 pub fn home(id: &str) -> Option<Home> {
-    let (kind, rest) = id.split_once(':')?;
-    let (name, seq) = rest.rsplit_once(':')?;
-    let seq: u64 = seq.parse().ok()?;
-    if name.is_empty() || name.len() > 32 || seq == 0 {
-        return None;
-    }
-    match kind {
-        "p" => Some(Home::Inbox(name.to_owned())),
-        "g" => Some(Home::Group(name.to_owned(), seq)),
-        _ => None,
+    match ids::parse_message_id(id)? {
+        ids::MessageHome::Private { to, .. } => Some(Home::Inbox(to.to_owned())),
+        ids::MessageHome::Inbox(to, _) => Some(Home::Inbox(to.to_owned())),
+        ids::MessageHome::Group(group, seq) => Some(Home::Group(group.to_owned(), seq)),
     }
 }
 
@@ -68,7 +64,7 @@ pub fn check_reply_to(reply_to: &str) -> ChatResult<()> {
     }
     if !reply_to.is_empty() && home(reply_to).is_none() {
         return Err(ChatError::BadRequest(format!(
-            "reply_to {reply_to:?} is not a message id (p:user:seq or g:group:seq)"
+            "reply_to {reply_to:?} is not a message id (m:user:sender:digest, p:user:seq or g:group:seq)"
         )));
     }
     Ok(())
@@ -90,6 +86,8 @@ mod tests {
     #[test]
     fn a_message_id_names_the_inbox_or_group_that_decides() {
         assert_eq!(home("p:bob:7"), Some(Home::Inbox("bob".into())));
+        let id = chat_state::keys::private_message_id("bob", "alice", "c1");
+        assert_eq!(home(&id), Some(Home::Inbox("bob".into())));
         assert_eq!(home("g:rust-fans:12"), Some(Home::Group("rust-fans".into(), 12)));
         for bad in ["", "p:bob", "p::3", "x:bob:3", "r:bob:3", "p:bob:zero", "g:g:0"] {
             assert_eq!(home(bad), None, "{bad}");
@@ -121,7 +119,8 @@ mod tests {
     #[test]
     fn a_reply_to_must_be_empty_or_a_well_formed_message_id() {
         use chat_protocol::v1::ErrorCode;
-        for good in ["", "p:bob:7", "g:rust-fans:12"] {
+        let private = chat_state::keys::private_message_id(&"b".repeat(32), &"a".repeat(32), "c1");
+        for good in ["", "p:bob:7", "g:rust-fans:12", private.as_str()] {
             assert!(check_reply_to(good).is_ok(), "{good}");
         }
         let long = format!("p:{}:1", "b".repeat(MAX_REPLY_TO_BYTES));

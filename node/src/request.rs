@@ -39,22 +39,26 @@ pub struct Draft {
     pub group: Option<(u64, String, u64)>,
     /// For receipts stored in a sender's inbox: the receipt (its seq is assigned here).
     pub receipt: Option<v1::Receipt>,
-    /// For the sender's own copy of a private message it sent.
-    pub own_copy: Option<Box<OwnCopy>>,
+    /// A private message (or its sender's own copy): the id and time the sender's node
+    /// gave it. `None`: named where it is applied (a receipt).
+    pub named: Option<Box<Named>>,
     /// The message this one answers (empty: none).
     pub reply_to: String,
     /// Files it carries.
     pub attachments: Vec<v1::Attachment>,
 }
 
-/// What the sender's own copy of a private message keeps of the original.
+/// A private message's id and time, chosen by its sender's node before either copy is
+/// stored (`chat_state::keys::private_message_id`), so that the recipient's entry and
+/// the sender's own copy are written at once under the same name.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct OwnCopy {
-    /// The original's message id (as in the recipient's inbox and the SendAck).
+pub struct Named {
+    /// The message id (as in both inboxes and the SendAck).
     pub message_id: String,
-    /// The original's timestamp.
+    /// The sender's node's time.
     pub timestamp_ms: u64,
-    /// The session that sent it: the copy is pushed to the sender's other sessions.
+    /// For the own copy, the session that sent it: the copy is pushed to the sender's
+    /// other sessions only (0: to every session).
     pub skip_session: u64,
 }
 
@@ -69,11 +73,12 @@ pub fn own_origin(to: &str, client_msg_id: &str) -> Vec<u8> {
 }
 
 impl Draft {
-    /// The entry to store: a group message keeps the group's id and time, an own copy
-    /// the original's; a receipt or a message gets `id(is_receipt)` (empty: assigned
-    /// where it is applied) and, for a message, `now_ms`. The origin is the caller's.
+    /// The entry to store: a group message keeps the group's id and time, a named
+    /// message its name's; a receipt or an unnamed message gets `id(is_receipt)`
+    /// (empty: assigned where it is applied) and, for a message, `now_ms`. The origin is
+    /// the caller's.
     pub fn into_entry(self, id: impl FnOnce(bool) -> String, now_ms: u64) -> InboxEntry {
-        let (message_id, timestamp_ms, group_seq) = match (&self.group, &self.receipt, &self.own_copy) {
+        let (message_id, timestamp_ms, group_seq) = match (&self.group, &self.receipt, &self.named) {
             (Some((gseq, id, ts)), _, _) => (id.clone(), *ts, *gseq),
             (None, Some(r), _) => (id(true), r.timestamp_ms, 0),
             (None, None, Some(c)) => (c.message_id.clone(), c.timestamp_ms, 0),
@@ -104,7 +109,7 @@ impl Draft {
             text: String::new(),
             group: None,
             receipt: Some(receipt),
-            own_copy: None,
+            named: None,
             reply_to: String::new(),
             attachments: Vec::new(),
         }
@@ -116,22 +121,6 @@ pub fn receipt_origin(r: &v1::Receipt) -> Vec<u8> {
     let mut o = vec![b'r', r.kind as u8, r.by.len() as u8];
     o.extend_from_slice(r.by.as_bytes());
     o.extend_from_slice(r.message_id.as_bytes());
-    o
-}
-
-/// Dedupe key of a private message: sender and its client message id.
-pub fn private_origin(from: &str, client_msg_id: &str) -> Vec<u8> {
-    let mut o = vec![b'p', from.len() as u8];
-    o.extend_from_slice(from.as_bytes());
-    o.extend_from_slice(client_msg_id.as_bytes());
-    o
-}
-
-/// Dedupe key of a group message fanned out into an inbox.
-pub fn group_origin(group: &str, group_seq: u64) -> Vec<u8> {
-    let mut o = vec![b'g', group.len() as u8];
-    o.extend_from_slice(group.as_bytes());
-    o.extend_from_slice(&group_seq.to_be_bytes());
     o
 }
 

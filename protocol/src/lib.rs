@@ -4,6 +4,7 @@
 //! records nodes store and ship to each other (`cluster.proto`).
 
 pub mod codec;
+pub mod ids;
 
 /// The public client protocol, generated from `protocol/chat.proto`.
 pub mod v1 {

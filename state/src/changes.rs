@@ -12,6 +12,7 @@ use crate::groups;
 use crate::keys::{self, kind, tree};
 use crate::placement::Partition;
 use crate::store::{Result, Store, decode};
+use chat_protocol::ids;
 use chat_protocol::internal::command;
 use chat_protocol::internal::outcome::{self, Changed, Posted};
 use chat_protocol::internal::response::Appended;
@@ -289,13 +290,20 @@ pub fn inbox_state(p: Partition, store: &impl Store, user: &str, message_id: &st
     Ok(decode(store.get(&inbox_state_key(p, user, message_id))?, "message state")?.unwrap_or_default())
 }
 
-/// The seq a private message id of `user`'s inbox names (`p:user:seq`).
-fn private_seq(user: &str, message_id: &str) -> Option<u64> {
-    let rest = message_id
-        .strip_prefix("p:")?
-        .strip_prefix(user)?
-        .strip_prefix(':')?;
-    rest.parse().ok()
+/// Where in `user`'s inbox the private message `message_id` is: the seq a `p:user:seq`
+/// id names, or the one a `m:user:from:digest` id's origin leads to (`None`: it is not
+/// an id of a message to `user`, or no such message is stored).
+fn private_seq(p: Partition, store: &impl Store, user: &str, message_id: &str) -> Result<Option<u64>> {
+    Ok(match ids::parse_message_id(message_id) {
+        Some(ids::MessageHome::Inbox(to, seq)) if to == user => Some(seq),
+        Some(ids::MessageHome::Private { to, from, digest }) if to == user => {
+            let origin = keys::private_origin_of(from, &digest);
+            store
+                .get(&keys::suffix_key(p, tree::INBOX, user, kind::ORIGIN, &origin))?
+                .map(|seq| keys::seq_of(&seq))
+        }
+        _ => None,
+    })
 }
 
 /// Dedupe key of a change in an inbox: the decided one and its copy differ, so a user
@@ -325,8 +333,13 @@ pub fn apply_private<S: Store>(
     let origin = origin(&c, &change.by);
     let origin_key = keys::suffix_key(p, tree::INBOX, &c.user, kind::ORIGIN, &origin);
     // The message: the decision and the copy's destination come from it (a resend too).
-    let target = match private_seq(&c.user, &change.message_id) {
-        Some(seq) if !c.copy => decode::<InboxEntry>(
+    let seq = if c.copy {
+        None
+    } else {
+        private_seq(p, store, &c.user, &change.message_id)?
+    };
+    let target = match seq {
+        Some(seq) => decode::<InboxEntry>(
             store.get(&keys::seq_key(p, tree::INBOX, &c.user, kind::ENTRY, seq))?,
             "inbox entry",
         )?
@@ -530,11 +543,25 @@ mod tests {
         apply_op(p, op, store).unwrap().result.unwrap()
     }
 
+    /// A private message as a node sends it: named by its sender's node.
     fn send(p: Partition, store: &mut MemStore, to: &str, from: &str, id: &str) -> String {
+        send_as(p, store, to, from, id, keys::private_message_id(to, from, id))
+    }
+
+    /// `message_id` empty: named where it is applied, as before `m:` ids (`p:to:seq`).
+    fn send_as(
+        p: Partition,
+        store: &mut MemStore,
+        to: &str,
+        from: &str,
+        id: &str,
+        message_id: String,
+    ) -> String {
         let op = Op::Append(command::Append {
             user: to.into(),
-            origin: id.as_bytes().to_vec(),
+            origin: keys::private_origin(from, id),
             entry: Some(InboxEntry {
+                message_id,
                 from: from.into(),
                 kind: ConversationKind::Private as u32,
                 conversation: to.into(),
@@ -602,11 +629,24 @@ mod tests {
             refused(run(p, &mut store, changing(&bob, "e4", by_stranger, 2_000))),
             Some(Refusal::NotFound)
         );
-        let missing = change(message_change::Kind::Edit, &format!("p:{bob}:99"), "x", "alice");
-        assert_eq!(
-            refused(run(p, &mut store, changing(&bob, "e5", missing, 2_000))),
-            Some(Refusal::NotFound)
-        );
+        for (n, missing) in [
+            format!("p:{bob}:99"),
+            keys::private_message_id(&bob, "alice", "never sent"),
+            keys::private_message_id("carol", "alice", "m1"),
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            let missing = change(message_change::Kind::Edit, &missing, "x", "alice");
+            assert_eq!(
+                refused(run(
+                    p,
+                    &mut store,
+                    changing(&bob, &format!("e5.{n}"), missing, 2_000)
+                )),
+                Some(Refusal::NotFound)
+            );
+        }
         // The recipient reacts: told to the sender, as a message of the recipient's.
         let react = change(message_change::Kind::React, &id, "👍", &bob);
         let reacted = changed(run(p, &mut store, changing(&bob, "r1", react, 3_000)));
@@ -617,6 +657,23 @@ mod tests {
         let state = inbox_state(p, &store, &bob, &id).unwrap();
         assert_eq!((state.text.as_str(), state.edited), ("fixed", true));
         assert_eq!(state.reactions[0].users, [bob]);
+    }
+
+    #[test]
+    fn a_message_stored_under_a_seq_id_is_still_found_by_it() {
+        let p = 9;
+        let bob = placement::user_named_in(p, "user", 0);
+        let mut store = MemStore::default();
+        send(p, &mut store, &bob, "alice", "m1");
+        let old = send_as(p, &mut store, &bob, "alice", "m0", String::new());
+        assert_eq!(old, format!("p:{bob}:2"));
+        let edit = change(message_change::Kind::Edit, &old, "fixed", "alice");
+        assert_eq!(
+            changed(run(p, &mut store, changing(&bob, "e1", edit, 2_000))).refused,
+            0
+        );
+        let state = inbox_state(p, &store, &bob, &old).unwrap();
+        assert_eq!((state.text.as_str(), state.edited), ("fixed", true));
     }
 
     #[test]

@@ -25,6 +25,7 @@
 //! `scope(name)` is a length byte then the name, so no name's keys prefix another's.
 
 use crate::placement::Partition;
+use chat_protocol::ids;
 
 /// Record kinds (the byte after the partition).
 pub mod tree {
@@ -236,14 +237,41 @@ pub fn seq_value(seq: u64) -> [u8; 8] {
     seq.to_be_bytes()
 }
 
-/// The origin of a private message: its sender and client id.
+/// The digest a private message's id and origin carry: of its sender and client id
+/// (SHA-256, the first 16 bytes; the sender's name is in the origin too, so one sender's
+/// messages could only collide with each other, with odds of 2^-64 per pair).
+pub fn private_digest(from: &str, client_msg_id: &str) -> [u8; ids::DIGEST_BYTES] {
+    use sha2::{Digest, Sha256};
+    let mut h = Sha256::new();
+    h.update([from.len() as u8]);
+    h.update(from.as_bytes());
+    h.update(client_msg_id.as_bytes());
+    let full = h.finalize();
+    let mut out = [0u8; ids::DIGEST_BYTES];
+    out.copy_from_slice(&full[..ids::DIGEST_BYTES]);
+    out
+}
+
+/// The origin of a private message in its recipient's inbox: its sender and the digest
+/// of its client id ([`private_digest`]), so that its id (`m:to:from:digest`) finds it.
 pub fn private_origin(from: &str, client_msg_id: &str) -> Vec<u8> {
-    let mut o = Vec::with_capacity(2 + from.len() + client_msg_id.len());
-    o.push(b'p');
+    private_origin_of(from, &private_digest(from, client_msg_id))
+}
+
+/// [`private_origin`] from the sender and the digest, as a message id carries them.
+pub fn private_origin_of(from: &str, digest: &[u8; ids::DIGEST_BYTES]) -> Vec<u8> {
+    let mut o = Vec::with_capacity(2 + from.len() + digest.len());
+    o.push(b'm');
     o.push(from.len() as u8);
     o.extend_from_slice(from.as_bytes());
-    o.extend_from_slice(client_msg_id.as_bytes());
+    o.extend_from_slice(digest);
     o
+}
+
+/// The id of a private message from `from` to `to` (see [`chat_protocol::ids`]): chosen
+/// by the sender's node, before anything is stored.
+pub fn private_message_id(to: &str, from: &str, client_msg_id: &str) -> String {
+    ids::private_message_id(to, from, &private_digest(from, client_msg_id))
 }
 
 /// The origin of a group post in a member's inbox: the group and its seq.
@@ -283,5 +311,18 @@ mod tests {
     fn origins_of_different_kinds_never_collide() {
         assert_ne!(private_origin("g", "x"), group_origin("g", 0));
         assert_ne!(private_origin("ab", "c"), private_origin("a", "bc"));
+        assert_ne!(private_origin("a", "b1"), private_origin("a", "b2"));
+    }
+
+    #[test]
+    fn a_private_id_leads_to_its_origin() {
+        let id = private_message_id("bob", "alice", "c-1");
+        let Some(ids::MessageHome::Private { to, from, digest }) = ids::parse_message_id(&id) else {
+            panic!("{id} does not read back");
+        };
+        assert_eq!((to, from), ("bob", "alice"));
+        assert_eq!(private_origin_of(from, &digest), private_origin("alice", "c-1"));
+        assert_ne!(private_message_id("bob", "alice", "c-2"), id);
+        assert_ne!(private_message_id("carol", "alice", "c-1"), id);
     }
 }

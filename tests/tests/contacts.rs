@@ -120,6 +120,8 @@ async fn requests_wait_for_offline_users_and_accepting_makes_contacts_on_both_si
     assert_eq!(bob.blocks().await.unwrap(), vec!["mallory".to_string()]);
     let refused = mallory.send_private("bob", "spam").await.unwrap_err();
     assert_eq!(refused.code(), Some(ErrorCode::NotAllowed), "{refused}");
+    let refused = mallory.send_private("bob", "spam again").await.unwrap_err();
+    assert_eq!(refused.code(), Some(ErrorCode::NotAllowed), "{refused}");
     // ...and its request never reaches bob. Proof without waiting on a clock: bob
     // unblocks, mallory withdraws; once bob is told of the withdrawal (a newer change of
     // the same pair), the request can never arrive any more.
@@ -146,6 +148,22 @@ async fn requests_wait_for_offline_users_and_accepting_makes_contacts_on_both_si
         "a blocked user's request reached bob: {from_mallory:?}"
     );
     mallory.send_private("bob", "unblocked").await.unwrap();
+    // A refused message leaves no own copy with its sender, once the sender's session
+    // has seen a refusal (the first message after a block, written together with its
+    // copy, does: ARCHITECTURE.md, "Not done yet").
+    let own_texts = |client: Client| async move {
+        let page = client
+            .history(chat_client::proto::ConversationKind::Private, "bob", 0, 50)
+            .await
+            .unwrap();
+        page.messages.into_iter().map(|d| d.text).collect::<Vec<_>>()
+    };
+    let carols = own_texts(carol.clone()).await;
+    assert!(!carols.contains(&"hello?".to_string()), "{carols:?}");
+    assert!(carols.contains(&"thanks".to_string()), "{carols:?}");
+    let mallorys = own_texts(mallory.clone()).await;
+    assert!(!mallorys.contains(&"spam again".to_string()), "{mallorys:?}");
+    assert!(mallorys.contains(&"unblocked".to_string()), "{mallorys:?}");
     // Contact events are not messages: the private history with alice has only text.
     let history = bob
         .history(chat_client::proto::ConversationKind::Private, "alice", 0, 50)

@@ -109,6 +109,39 @@ async fn users_on_different_nodes_chat_privately_through_the_raft_core() {
         .unwrap();
     let texts: Vec<&str> = page.messages.iter().map(|d| d.text.as_str()).collect();
     assert_eq!(texts, ["hi alice", "hello bob"], "newest first");
+    // The first message to bob was copied once bob had it; bob having taken one, the
+    // next is written with its copy at once. Both copies carry the acknowledged id,
+    // named from the sender and the client id.
+    let second = alice
+        .send_private_with_id("bob", "m-2", "again, bob")
+        .await
+        .unwrap();
+    assert_eq!(
+        second.message_id,
+        chat_state::keys::private_message_id("bob", "alice", "m-2")
+    );
+    let page = alice
+        .history(ConversationKind::Private, "bob", 0, 10)
+        .await
+        .unwrap();
+    let mine: Vec<(&str, &str)> = page
+        .messages
+        .iter()
+        .filter(|d| d.from == "alice")
+        .map(|d| (d.text.as_str(), d.message_id.as_str()))
+        .collect();
+    assert_eq!(
+        mine,
+        [
+            ("again, bob", second.message_id.as_str()),
+            ("hello bob", ack.message_id.as_str())
+        ]
+    );
+    let at_bob = bob
+        .history(ConversationKind::Private, "alice", 0, 1)
+        .await
+        .unwrap();
+    assert_eq!(at_bob.messages[0].message_id, second.message_id);
 
     // Bob reads: alice gets a read receipt for her message, pushed and stored.
     let ok = bob.ack_read(ack.seq).await.unwrap();

@@ -1286,7 +1286,7 @@ async fn interactive(
 /// `me` has no such message.
 async fn reply_target(client: &Client, me: &str, message_id: &str) -> Result<String> {
     if chat_client::parse_message_id(message_id).is_none() {
-        bail!("{message_id:?} is not a message id (they look like p:bob:3 or g:rust:12)");
+        bail!("{message_id:?} is not a message id (they look like m:bob:alice:0f3a…, p:bob:3 or g:rust:12)");
     }
     match client.conversation_of(me, message_id).await {
         Ok(Some(to)) => Ok(to),

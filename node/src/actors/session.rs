@@ -240,6 +240,9 @@ pub struct SessionState {
     /// Files this session's user was found to be allowed to read (a download of many
     /// chunks asks once).
     readable: Arc<std::sync::Mutex<std::collections::HashMap<String, chat_protocol::internal::BlobRecord>>>,
+    /// Recipients that stored this session's last private message to them (see
+    /// [`send_private`]).
+    accepting: Accepting,
     ending: Ending,
 }
 
@@ -287,6 +290,7 @@ where
         typing: std::collections::HashMap::new(),
         uploads: std::collections::HashMap::new(),
         readable: Arc::default(),
+        accepting: Arc::default(),
         ending: Ending::No,
         new_login_window: false,
         tokens: f64::from(cfg.request_burst),
@@ -671,7 +675,7 @@ impl SessionState {
                 check_msg(&m.client_msg_id, &m.text, cfg.client.max_text_bytes)?;
                 crate::changes::check_reply_to(&m.reply_to)?;
                 let ack = self.send_reply(id, permit, m.client_msg_id.clone());
-                let (ctx, session) = (self.ctx.clone(), self.id);
+                let (ctx, session) = (self.ctx.clone(), (self.id, self.accepting.clone()));
                 if m.attachments.is_empty() {
                     send_private(&ctx, session, me, m, Vec::new(), ack);
                 } else {
@@ -1469,70 +1473,185 @@ async fn authenticate(
     }
 }
 
-/// Stores a private message in its recipient's inbox, then (unless it is to oneself or
-/// own copies are off) a copy in the sender's: the SendAck waits for both, so a resend
-/// (same client_msg_id) completes whichever is missing.
+/// Recipients known to accept a session's private messages: they stored its last one.
+type Accepting = Arc<std::sync::Mutex<std::collections::HashSet<String>>>;
+
+/// At most this many recipients are remembered per session (then it starts afresh).
+const MAX_ACCEPTING: usize = 1024;
+
+/// Stores a private message in its recipient's inbox and (unless it is to oneself or
+/// own copies are off) a copy in the sender's. Its id is chosen here, from its sender
+/// and client id, so the copy need not wait for the recipient's write to know it:
+/// to a recipient that stored this session's last message (`accepting`), both are
+/// written at once. A first message, or one after a refusal, is written to the
+/// recipient first and copied only once stored, so that a message refused (no such
+/// user, blocked) leaves no copy. The SendAck waits for both and gives the recipient's
+/// place; a resend (same client_msg_id) stores whichever is missing under the same id.
 fn send_private(
     ctx: &Arc<NodeCtx>,
-    session: u64,
+    (session, accepting): (u64, Accepting),
     me: String,
     m: v1::SendPrivate,
     attachments: Vec<v1::Attachment>,
     ack: Reply<ChatResult<Appended>>,
 ) {
-    let own_origin = inbox::own_origin(&m.to, &m.client_msg_id);
-    let router = ctx.router.clone();
-    let (sender, peer, text) = (me.clone(), m.to.clone(), m.text.clone());
-    let reply_to = m.reply_to.clone();
-    let to_self = m.to == me || !ctx.config.client.copy_own_messages;
-    let own_files = attachments.clone();
-    let reply: Reply<ChatResult<Appended>> = Box::new(move |r| match r {
-        Ok(sent) if to_self => ack(Ok(sent)),
-        Ok(sent) => {
-            let copy = Draft {
-                from: sender.clone(),
-                kind: ConversationKind::Private,
-                conversation: peer,
-                text,
-                group: None,
-                receipt: None,
-                own_copy: Some(Box::new(inbox::OwnCopy {
-                    message_id: sent.message_id.clone(),
-                    timestamp_ms: sent.timestamp_ms,
-                    skip_session: session,
-                })),
-                reply_to,
-                attachments: own_files,
-            };
-            router.to_inbox(
-                &sender,
-                InboxMsg::Append {
-                    origin: own_origin,
-                    draft: copy,
-                    reply: Box::new(move |r| ack(r.map(|_| sent))),
-                },
-            );
-        }
-        Err(e) => ack(Err(e)),
-    });
-    ctx.router.to_inbox(
-        &m.to,
-        InboxMsg::Append {
-            origin: inbox::private_origin(&me, &m.client_msg_id),
-            draft: Draft {
-                from: me,
-                kind: ConversationKind::Private,
-                conversation: m.to.clone(),
-                text: m.text,
-                group: None,
-                receipt: None,
-                own_copy: None,
-                reply_to: m.reply_to,
-                attachments,
+    let message_id = chat_state::keys::private_message_id(&m.to, &me, &m.client_msg_id);
+    let now = storage::now_ms();
+    let named = |skip_session| {
+        Some(Box::new(inbox::Named {
+            message_id: message_id.clone(),
+            timestamp_ms: now,
+            skip_session,
+        }))
+    };
+    let draft = Draft {
+        from: me.clone(),
+        kind: ConversationKind::Private,
+        conversation: m.to.clone(),
+        text: m.text,
+        group: None,
+        receipt: None,
+        named: named(0),
+        reply_to: m.reply_to,
+        attachments,
+    };
+    let recipient_origin = chat_state::keys::private_origin(&me, &m.client_msg_id);
+    if m.to == me || !ctx.config.client.copy_own_messages {
+        ctx.router.to_inbox(
+            &m.to,
+            InboxMsg::Append {
+                origin: recipient_origin,
+                draft,
+                reply: ack,
             },
-            reply,
+        );
+        return;
+    }
+    let copy = (
+        inbox::own_origin(&m.to, &m.client_msg_id),
+        Draft {
+            named: named(session),
+            ..draft.clone()
         },
     );
+    let known = accepting
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .contains(&m.to);
+    let to = m.to.clone();
+    let learn = move |r: &ChatResult<Appended>| {
+        let mut known = accepting.lock().unwrap_or_else(|e| e.into_inner());
+        match r {
+            Ok(_) => {
+                if known.len() >= MAX_ACCEPTING {
+                    known.clear();
+                }
+                known.insert(to);
+            }
+            Err(ChatError::NotFound(_) | ChatError::NotAllowed(_)) => {
+                known.remove(&to);
+            }
+            Err(_) => {}
+        }
+    };
+    let recipient = |reply: Reply<ChatResult<Appended>>| InboxMsg::Append {
+        origin: recipient_origin,
+        draft,
+        reply,
+    };
+    if known {
+        let both = Both::new(ack);
+        let first = both.clone();
+        ctx.router.to_inbox(
+            &m.to,
+            recipient(Box::new(move |r| {
+                learn(&r);
+                first.recipient(r);
+            })),
+        );
+        let (origin, draft) = copy;
+        ctx.router.to_inbox(
+            &me,
+            InboxMsg::Append {
+                origin,
+                draft,
+                reply: Box::new(move |r| both.own_copy(r)),
+            },
+        );
+        return;
+    }
+    let router = ctx.router.clone();
+    ctx.router.to_inbox(
+        &m.to,
+        recipient(Box::new(move |r| {
+            learn(&r);
+            match r {
+                Ok(sent) => {
+                    let (origin, draft) = copy;
+                    router.to_inbox(
+                        &me,
+                        InboxMsg::Append {
+                            origin,
+                            draft,
+                            reply: Box::new(move |r| ack(r.map(|_| sent))),
+                        },
+                    );
+                }
+                Err(e) => ack(Err(e)),
+            }
+        })),
+    );
+}
+
+/// The two writes of a private message and its own copy, answered once both are in:
+/// the recipient's place if both were stored, else the first error (a resend completes
+/// what is missing).
+struct Both {
+    state: std::sync::Mutex<BothState>,
+}
+
+struct BothState {
+    recipient: Option<ChatResult<Appended>>,
+    own_copy: Option<ChatResult<Appended>>,
+    ack: Option<Reply<ChatResult<Appended>>>,
+}
+
+impl Both {
+    fn new(ack: Reply<ChatResult<Appended>>) -> Arc<Self> {
+        Arc::new(Self {
+            state: std::sync::Mutex::new(BothState {
+                recipient: None,
+                own_copy: None,
+                ack: Some(ack),
+            }),
+        })
+    }
+
+    fn recipient(&self, r: ChatResult<Appended>) {
+        self.done(|s| s.recipient = Some(r));
+    }
+
+    fn own_copy(&self, r: ChatResult<Appended>) {
+        self.done(|s| s.own_copy = Some(r));
+    }
+
+    fn done(&self, record: impl FnOnce(&mut BothState)) {
+        let (ack, result) = {
+            let mut s = self.state.lock().unwrap_or_else(|e| e.into_inner());
+            record(&mut s);
+            let (Some(recipient), Some(own_copy)) = (&s.recipient, &s.own_copy) else {
+                return;
+            };
+            let result = match (recipient, own_copy) {
+                (Err(e), _) | (Ok(_), Err(e)) => Err(e.clone()),
+                (Ok(sent), Ok(_)) => Ok(sent.clone()),
+            };
+            (s.ack.take(), result)
+        };
+        if let Some(ack) = ack {
+            ack(result);
+        }
+    }
 }
 
 fn no_upload(blob_id: &str) -> ChatError {

@@ -347,7 +347,7 @@ impl Served {
         let now = storage::now_ms();
         // Messages (and own copies) need the account; fan-outs and receipts do not.
         let require_account = draft.group.is_none() && draft.receipt.is_none();
-        let skip_session = draft.own_copy.as_ref().map_or(0, |c| c.skip_session);
+        let skip_session = draft.named.as_ref().map_or(0, |c| c.skip_session);
         // The id of a receipt or a message is assigned where it is applied.
         let mut entry = draft.into_entry(|_| String::new(), now);
         let op = Op::Append(command::Append {
