@@ -899,7 +899,10 @@ impl<S: Sync, T: Transport> Driver<S, T> {
             // Every member beyond the metadata group's voters follows it as a learner.
             let followers = chat_state::membership::learners_of(&members, group, &target);
             if !self.raft.is_leader(group) {
-                status.leaderless += usize::from(self.raft.leader(group).is_none());
+                // A leader that is no member any more (removed: dead for good) leads
+                // nothing: raft-rs still names it until an election replaces it.
+                let led = self.raft.leader(group).is_some_and(|l| members.contains_key(&l));
+                status.leaderless += usize::from(!led);
                 continue;
             }
             status.leading += 1;
