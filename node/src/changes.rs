@@ -46,11 +46,11 @@ pub fn check(change: &MessageChange, max_text: usize) -> ChatResult<Home> {
 /// Where the message `id` lives; `None` for an id no message has
 /// (`chat_protocol::ids`).
 pub fn home(id: &str) -> Option<Home> {
-    match ids::parse_message_id(id)? {
-        ids::MessageHome::Private { to, .. } => Some(Home::Inbox(to.to_owned())),
-        ids::MessageHome::Inbox(to, _) => Some(Home::Inbox(to.to_owned())),
-        ids::MessageHome::Group(group, seq) => Some(Home::Group(group.to_owned(), seq)),
-    }
+    let home = ids::parse_message_id(id)?;
+    Some(match home {
+        ids::MessageHome::Group(group, seq) => Home::Group(group.to_owned(), seq),
+        ids::MessageHome::Private { .. } | ids::MessageHome::Inbox(..) => Home::Inbox(home.name().to_owned()),
+    })
 }
 
 /// Checks a message's `reply_to`: empty, or a well-formed message id. Whether that
