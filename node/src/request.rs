@@ -210,6 +210,21 @@ pub enum InboxMsg {
         /// Gets the change's place in this inbox once both inboxes have it.
         reply: Reply<ChatResult<Appended>>,
     },
+    /// Withdraw this user's own copy of a private message its recipient refused (the
+    /// copy was written with the message: a recall of it, in this inbox only).
+    Withdraw {
+        /// The copy's id.
+        message_id: String,
+        /// The recipient (the copy's conversation).
+        to: String,
+        /// The refused message's client id (the withdrawal's dedupe key comes from it).
+        client_msg_id: String,
+        /// The session that sent the message: not pushed the withdrawal (it got the
+        /// refusal, and never the copy).
+        session: u64,
+        /// Runs once durable (or failed).
+        reply: Reply<ChatResult<()>>,
+    },
     /// Record that the user joined (true) or left (false) a group.
     Membership {
         /// The group.
@@ -246,6 +261,7 @@ impl InboxMsg {
             Self::History { reply, .. } => reply(Err(err)),
             Self::Ack { reply, .. } => reply(Err(err)),
             Self::Membership { reply, .. } => reply(Err(err)),
+            Self::Withdraw { reply, .. } => reply(Err(err)),
             Self::Groups { reply, .. } => reply(Err(err)),
             Self::GroupState { reply, .. } => reply(Err(err)),
             Self::Detach { .. } => {}

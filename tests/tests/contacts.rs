@@ -148,22 +148,44 @@ async fn requests_wait_for_offline_users_and_accepting_makes_contacts_on_both_si
         "a blocked user's request reached bob: {from_mallory:?}"
     );
     mallory.send_private("bob", "unblocked").await.unwrap();
-    // A refused message leaves no own copy with its sender, once the sender's session
-    // has seen a refusal (the first message after a block, written together with its
-    // copy, does: ARCHITECTURE.md, "Not done yet").
-    let own_texts = |client: Client| async move {
+    // A refused message leaves no own copy with its sender: none is written once the
+    // session has seen a refusal, and the copy written together with the first message
+    // after the block ("spam": bob had taken mallory's last one) is withdrawn, a recall
+    // of it in mallory's inbox, before the refusal is answered.
+    let own = |client: Client| async move {
         let page = client
             .history(chat_client::proto::ConversationKind::Private, "bob", 0, 50)
             .await
             .unwrap();
-        page.messages.into_iter().map(|d| d.text).collect::<Vec<_>>()
+        page.messages
     };
-    let carols = own_texts(carol.clone()).await;
+    let texts = |messages: &[chat_client::proto::Delivery]| {
+        messages.iter().map(|d| d.text.clone()).collect::<Vec<_>>()
+    };
+    let carols = texts(&own(carol.clone()).await);
     assert!(!carols.contains(&"hello?".to_string()), "{carols:?}");
     assert!(carols.contains(&"thanks".to_string()), "{carols:?}");
-    let mallorys = own_texts(mallory.clone()).await;
-    assert!(!mallorys.contains(&"spam again".to_string()), "{mallorys:?}");
+    let mallorys = own(mallory.clone()).await;
+    let withdrawn: Vec<_> = mallorys.iter().filter(|d| d.recalled).collect();
+    assert_eq!(withdrawn.len(), 1, "the copy of \"spam\" withdrawn: {mallorys:?}");
+    assert!(withdrawn[0].text.is_empty(), "{mallorys:?}");
+    let mallorys = texts(&mallorys);
+    assert!(!mallorys.iter().any(|t| t.starts_with("spam")), "{mallorys:?}");
+    assert!(mallorys.contains(&"before the block".to_string()), "{mallorys:?}");
     assert!(mallorys.contains(&"unblocked".to_string()), "{mallorys:?}");
+    // Its other devices learn it as a change in the inbox.
+    let recall = mallory
+        .sync_all(0)
+        .await
+        .unwrap()
+        .into_iter()
+        .filter_map(|d| d.change)
+        .find(|c| c.message_id == withdrawn[0].message_id);
+    assert!(
+        recall.is_some_and(
+            |c| c.kind() == chat_client::proto::message_change::Kind::Recall && c.by == "mallory"
+        )
+    );
     // Contact events are not messages: the private history with alice has only text.
     let history = bob
         .history(chat_client::proto::ConversationKind::Private, "alice", 0, 50)

@@ -1560,7 +1560,23 @@ fn send_private(
         reply,
     };
     if known {
-        let both = Both::new(ack);
+        // Written at once, the copy may be stored and the message refused: withdrawn
+        // then, before the refusal is answered.
+        let (router, to, withdrawn) = (ctx.router.clone(), m.to.clone(), message_id.clone());
+        let (me_too, client_msg_id) = (me.clone(), m.client_msg_id.clone());
+        let withdraw = Box::new(move |reply: Reply<ChatResult<()>>| {
+            router.to_inbox(
+                &me_too,
+                InboxMsg::Withdraw {
+                    message_id: withdrawn,
+                    to,
+                    client_msg_id,
+                    session,
+                    reply,
+                },
+            )
+        });
+        let both = Both::new(ack, withdraw);
         let first = both.clone();
         ctx.router.to_inbox(
             &m.to,
@@ -1605,24 +1621,30 @@ fn send_private(
 
 /// The two writes of a private message and its own copy, answered once both are in:
 /// the recipient's place if both were stored, else the first error (a resend completes
-/// what is missing).
+/// what is missing). A copy stored for a message the recipient refused is withdrawn
+/// first.
 struct Both {
     state: std::sync::Mutex<BothState>,
 }
+
+/// Withdraws the own copy (runs the reply once that is durable or failed).
+type Withdraw = Box<dyn FnOnce(Reply<ChatResult<()>>) + Send>;
 
 struct BothState {
     recipient: Option<ChatResult<Appended>>,
     own_copy: Option<ChatResult<Appended>>,
     ack: Option<Reply<ChatResult<Appended>>>,
+    withdraw: Option<Withdraw>,
 }
 
 impl Both {
-    fn new(ack: Reply<ChatResult<Appended>>) -> Arc<Self> {
+    fn new(ack: Reply<ChatResult<Appended>>, withdraw: Withdraw) -> Arc<Self> {
         Arc::new(Self {
             state: std::sync::Mutex::new(BothState {
                 recipient: None,
                 own_copy: None,
                 ack: Some(ack),
+                withdraw: Some(withdraw),
             }),
         })
     }
@@ -1636,7 +1658,7 @@ impl Both {
     }
 
     fn done(&self, record: impl FnOnce(&mut BothState)) {
-        let (ack, result) = {
+        let (ack, result, withdraw) = {
             let mut s = self.state.lock().unwrap_or_else(|e| e.into_inner());
             record(&mut s);
             let (Some(recipient), Some(own_copy)) = (&s.recipient, &s.own_copy) else {
@@ -1646,10 +1668,24 @@ impl Both {
                 (Err(e), _) | (Ok(_), Err(e)) => Err(e.clone()),
                 (Ok(sent), Ok(_)) => Ok(sent.clone()),
             };
-            (s.ack.take(), result)
+            // Refused for good (a resend would be refused too): the copy must go. Any
+            // other failure leaves it for the resend that completes the message.
+            let refused = matches!(
+                (recipient, own_copy),
+                (Err(ChatError::NotFound(_) | ChatError::NotAllowed(_)), Ok(_))
+            );
+            let withdraw = s.withdraw.take().filter(|_| refused);
+            (s.ack.take(), result, withdraw)
         };
-        if let Some(ack) = ack {
-            ack(result);
+        let Some(ack) = ack else { return };
+        match withdraw {
+            None => ack(result),
+            Some(withdraw) => withdraw(Box::new(move |withdrawn| {
+                if let Err(e) = withdrawn {
+                    tracing::warn!(error = %e, "the own copy of a refused message was not withdrawn");
+                }
+                ack(result);
+            })),
         }
     }
 }

@@ -12,7 +12,7 @@ use crate::request::Appended;
 use chat_protocol::internal::InboxEntry;
 use chat_protocol::internal::command::{self, Op};
 use chat_protocol::internal::outcome::{self, Changed};
-use chat_protocol::v1::{ConversationKind, MessageChange};
+use chat_protocol::v1::{ConversationKind, MessageChange, message_change};
 use chat_state::changes::Refusal;
 use std::sync::Arc;
 
@@ -73,6 +73,48 @@ impl Served {
         })
     }
 
+    /// Recalls `user`'s own copy of a private message to `to` that `to` refused: the
+    /// copy's change, as a recall's copy is applied (no decision: the copy is the
+    /// user's own), pushed to the user's other sessions.
+    pub(super) fn withdraw(
+        self: &Arc<Self>,
+        user: String,
+        message_id: String,
+        to: String,
+        client_msg_id: String,
+        session: u64,
+        reply: crate::actors::Reply<ChatResult<()>>,
+    ) {
+        let ask = ChangeAsk {
+            client_msg_id: withdrawal_id(&client_msg_id),
+            change: MessageChange {
+                kind: message_change::Kind::Recall as i32,
+                message_id,
+                text: String::new(),
+                by: user.clone(),
+            },
+            edit_window_ms: 0,
+            session,
+        };
+        let op = Op::ChangeMessage(command::ChangeMessage {
+            user: user.clone(),
+            client_msg_id: ask.client_msg_id.clone(),
+            change: Some(ask.change.clone()),
+            now_ms: crate::storage::now_ms(),
+            edit_window_ms: 0,
+            copy: true,
+            conversation: to,
+            retention: Some(self.retention),
+        });
+        let me = self.clone();
+        self.propose(partition::of_user(&user), op, move |r| {
+            reply(
+                r.and_then(|r| changed(r, 0))
+                    .map(|c| me.push_change(&user, &ask, &c)),
+            )
+        });
+    }
+
     /// Changes a message of `group`: decided and posted in the group's order, then
     /// fanned out to its members like a post.
     pub(super) fn change_group(
@@ -122,6 +164,13 @@ impl Served {
     }
 }
 
+/// The dedupe key of the withdrawal of the copy of the message sent as
+/// `client_msg_id`: apart from the user's own changes' keys, which are client ids of at
+/// most [`crate::actors::session::MAX_CLIENT_MSG_ID`] bytes, as this one is longer.
+fn withdrawal_id(client_msg_id: &str) -> String {
+    format!("{:\0<129}{client_msg_id}", "withdrawn")
+}
+
 /// The outcome of a change, or why it was refused.
 fn changed(r: outcome::Result, edit_window_ms: u64) -> ChatResult<Changed> {
     match r {
@@ -134,5 +183,21 @@ fn changed(r: outcome::Result, edit_window_ms: u64) -> ChatResult<Changed> {
             Some(Refusal::TooLate) => Err(ChatError::EditWindowClosed(edit_window_ms / 1000)),
         },
         other => Err(unexpected_outcome(&other)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::withdrawal_id;
+
+    #[test]
+    fn a_withdrawal_never_shares_its_key_with_a_change_a_client_names() {
+        let ids = ["m1", "", &"x".repeat(crate::actors::session::MAX_CLIENT_MSG_ID)];
+        for id in ids {
+            let key = withdrawal_id(id);
+            assert!(key.len() > crate::actors::session::MAX_CLIENT_MSG_ID, "{key:?}");
+            assert_eq!(key, withdrawal_id(id), "the same for a resend");
+        }
+        assert_ne!(withdrawal_id("a"), withdrawal_id("b"));
     }
 }

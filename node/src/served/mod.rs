@@ -252,6 +252,13 @@ impl Served {
                 };
                 self.change_private(user, ask, reply);
             }
+            InboxMsg::Withdraw {
+                message_id,
+                to,
+                client_msg_id,
+                session,
+                reply,
+            } => self.withdraw(user, message_id, to, client_msg_id, session, reply),
             InboxMsg::Attach { session, reply } => {
                 // Pushes for the user reach the session from now on (its node is this one).
                 self.remote.set_session_user(session, Some(user.clone()));
