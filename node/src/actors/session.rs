@@ -1562,21 +1562,15 @@ fn send_private(
     if known {
         // Written at once, the copy may be stored and the message refused: withdrawn
         // then, before the refusal is answered.
-        let (router, to, withdrawn) = (ctx.router.clone(), m.to.clone(), message_id.clone());
-        let (me_too, client_msg_id) = (me.clone(), m.client_msg_id.clone());
-        let withdraw = Box::new(move |reply: Reply<ChatResult<()>>| {
-            router.to_inbox(
-                &me_too,
-                InboxMsg::Withdraw {
-                    message_id: withdrawn,
-                    to,
-                    client_msg_id,
-                    session,
-                    reply,
-                },
-            )
-        });
-        let both = Both::new(ack, withdraw);
+        let withdrawal = Withdrawal {
+            router: ctx.router.clone(),
+            user: me.clone(),
+            to: m.to.clone(),
+            message_id: message_id.clone(),
+            client_msg_id: m.client_msg_id.clone(),
+            session,
+        };
+        let both = Both::new(ack, withdrawal);
         let first = both.clone();
         ctx.router.to_inbox(
             &m.to,
@@ -1627,18 +1621,49 @@ struct Both {
     state: std::sync::Mutex<BothState>,
 }
 
-/// Withdraws the own copy (runs the reply once that is durable or failed).
-type Withdraw = Box<dyn FnOnce(Reply<ChatResult<()>>) + Send>;
+/// What withdrawing an own copy needs (`InboxMsg::Withdraw` to the sender's inbox).
+struct Withdrawal {
+    router: crate::request::Router,
+    user: String,
+    to: String,
+    message_id: String,
+    client_msg_id: String,
+    session: u64,
+}
+
+impl Withdrawal {
+    /// Runs `reply` once the withdrawal is durable or failed.
+    fn send(self, reply: Reply<ChatResult<()>>) {
+        let Self {
+            router,
+            user,
+            to,
+            message_id,
+            client_msg_id,
+            session,
+        } = self;
+        router.to_inbox(
+            &user,
+            InboxMsg::Withdraw {
+                message_id,
+                to,
+                client_msg_id,
+                session,
+                reply,
+            },
+        );
+    }
+}
 
 struct BothState {
     recipient: Option<ChatResult<Appended>>,
     own_copy: Option<ChatResult<Appended>>,
     ack: Option<Reply<ChatResult<Appended>>>,
-    withdraw: Option<Withdraw>,
+    withdraw: Option<Withdrawal>,
 }
 
 impl Both {
-    fn new(ack: Reply<ChatResult<Appended>>, withdraw: Withdraw) -> Arc<Self> {
+    fn new(ack: Reply<ChatResult<Appended>>, withdraw: Withdrawal) -> Arc<Self> {
         Arc::new(Self {
             state: std::sync::Mutex::new(BothState {
                 recipient: None,
@@ -1680,7 +1705,7 @@ impl Both {
         let Some(ack) = ack else { return };
         match withdraw {
             None => ack(result),
-            Some(withdraw) => withdraw(Box::new(move |withdrawn| {
+            Some(withdraw) => withdraw.send(Box::new(move |withdrawn| {
                 if let Err(e) = withdrawn {
                     tracing::warn!(error = %e, "the own copy of a refused message was not withdrawn");
                 }

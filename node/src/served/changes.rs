@@ -40,18 +40,8 @@ impl Served {
 
     async fn change_private_async(&self, user: String, ask: ChangeAsk) -> ChatResult<Appended> {
         let now = crate::storage::now_ms();
-        let op = |user: &str, copy: bool, conversation: &str| {
-            Op::ChangeMessage(command::ChangeMessage {
-                user: user.to_owned(),
-                client_msg_id: ask.client_msg_id.clone(),
-                change: Some(ask.change.clone()),
-                now_ms: now,
-                edit_window_ms: ask.edit_window_ms,
-                copy,
-                conversation: conversation.to_owned(),
-                retention: Some(self.retention),
-            })
-        };
+        let op =
+            |user: &str, copy: bool, conversation: &str| self.change_op(user, &ask, now, copy, conversation);
         let first = self
             .propose_async(partition::of_user(&user), op(&user, false, ""))
             .await;
@@ -96,16 +86,7 @@ impl Served {
             edit_window_ms: 0,
             session,
         };
-        let op = Op::ChangeMessage(command::ChangeMessage {
-            user: user.clone(),
-            client_msg_id: ask.client_msg_id.clone(),
-            change: Some(ask.change.clone()),
-            now_ms: crate::storage::now_ms(),
-            edit_window_ms: 0,
-            copy: true,
-            conversation: to,
-            retention: Some(self.retention),
-        });
+        let op = self.change_op(&user, &ask, crate::storage::now_ms(), true, &to);
         let me = self.clone();
         self.propose(partition::of_user(&user), op, move |r| {
             reply(
@@ -113,6 +94,21 @@ impl Served {
                     .map(|c| me.push_change(&user, &ask, &c)),
             )
         });
+    }
+
+    /// The command that stores `ask` in `user`'s inbox: decided there, or a `copy` of a
+    /// change decided elsewhere (in the conversation with `conversation`).
+    fn change_op(&self, user: &str, ask: &ChangeAsk, now_ms: u64, copy: bool, conversation: &str) -> Op {
+        Op::ChangeMessage(command::ChangeMessage {
+            user: user.to_owned(),
+            client_msg_id: ask.client_msg_id.clone(),
+            change: Some(ask.change.clone()),
+            now_ms,
+            edit_window_ms: ask.edit_window_ms,
+            copy,
+            conversation: conversation.to_owned(),
+            retention: Some(self.retention),
+        })
     }
 
     /// Changes a message of `group`: decided and posted in the group's order, then
@@ -168,7 +164,8 @@ impl Served {
 /// `client_msg_id`: apart from the user's own changes' keys, which are client ids of at
 /// most [`crate::actors::session::MAX_CLIENT_MSG_ID`] bytes, as this one is longer.
 fn withdrawal_id(client_msg_id: &str) -> String {
-    format!("{:\0<129}{client_msg_id}", "withdrawn")
+    let longer = crate::actors::session::MAX_CLIENT_MSG_ID + 1;
+    format!("{:\0<longer$}{client_msg_id}", "withdrawn")
 }
 
 /// The outcome of a change, or why it was refused.
