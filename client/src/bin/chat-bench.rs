@@ -2,7 +2,7 @@
 //! message throughput, end-to-end latency percentiles, and node memory per idle connection.
 
 use anyhow::{Context, Result, bail};
-use chat_client::load::{self, cpu_us, rss_kib, status_kib};
+use chat_client::load::{self, Pacing, cpu_us, rss_kib, status_kib};
 use chat_client::{Client, Push};
 use clap::{Parser, Subcommand};
 use hdrhistogram::Histogram;
@@ -112,6 +112,10 @@ struct SendOpts {
     /// Unacknowledged sends allowed per connection.
     #[arg(long, default_value_t = 32)]
     window: usize,
+    /// At a fixed rate: the connections' sends evenly spaced, or in bursts of one per
+    /// connection (all in phase).
+    #[arg(long, value_enum, default_value_t = Pacing::Spread)]
+    pacing: Pacing,
 }
 
 #[tokio::main]
@@ -284,6 +288,7 @@ async fn send(
         rate,
         payload,
         window,
+        pacing,
     } = opts.clone();
     if connections < 2 {
         bail!("--connections must be at least 2 (each sends to the next)");
@@ -348,12 +353,7 @@ async fn send(
         let (ack_lat, acked, errors) = (ack_lat.clone(), acked.clone(), errors.clone());
         let gate = Arc::new(Semaphore::new(window));
         senders.push(tokio::spawn(async move {
-            let mut tick = (rate > 0).then(|| {
-                let per_conn = Duration::from_secs_f64(connections as f64 / rate as f64);
-                let mut t = tokio::time::interval(per_conn);
-                t.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-                t
-            });
+            let mut tick = load::ticks(rate, connections, i, origin, pacing);
             let pad = "x".repeat(payload.saturating_sub(20));
             let mut inflight = Vec::new();
             while Instant::now() < stop_at {

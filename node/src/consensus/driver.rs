@@ -1,8 +1,10 @@
 //! The thread that runs this node's Raft groups: it feeds [`MultiRaft`] with proposals,
 //! peer messages and ticks, and executes its rounds: send what may go at once, append
-//! every group's log changes to the log file, apply committed commands to the
-//! partitions' records (one sled batch), sync the log once, then send what had to wait
-//! for the sync.
+//! every group's log changes to the log file and start its sync (on the log's thread),
+//! apply committed commands to the partitions' records (one sled batch) and answer
+//! their proposers while the disk syncs, wait for the sync, then send what had to wait
+//! for it. A committed entry is durable on a majority already (this node's share by an
+//! earlier round's sync), so answering it does not wait for this one.
 //!
 //! The records are not synced every round: a flusher thread syncs sled about once per
 //! `Timing::flush_every`, and only then may the log drop the entries those records hold
@@ -776,8 +778,13 @@ impl<S: Sync, T: Transport> Driver<S, T> {
         self.send(std::mem::take(&mut round.send));
         // A snapshot's records must be durable before the log says it was installed.
         let snapshots = round.writes.iter().any(|(_, w)| w.snapshot.is_some());
+        // The log's sync runs while this round applies and answers what is committed.
+        let mut log_sync = None;
         if !snapshots {
             self.wal.append(round.writes.iter().map(|(g, w)| (*g, w)))?;
+            if !round.writes.is_empty() {
+                log_sync = Some(self.wal.start_sync()?);
+            }
         }
         let mut pending = Pending::new();
         let mut batch = sled::Batch::default();
@@ -853,8 +860,10 @@ impl<S: Sync, T: Transport> Driver<S, T> {
                 reply(Ok(()));
             }
         }
-        if !round.writes.is_empty() {
-            self.wal.sync()?;
+        match log_sync {
+            Some(started) => self.wal.finish_sync(started)?,
+            None if !round.writes.is_empty() => self.wal.sync()?,
+            None => {}
         }
         for group in removed {
             let left = self.disk.clear(group, self.entries.load(Ordering::Relaxed))?;

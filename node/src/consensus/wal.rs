@@ -4,7 +4,9 @@
 //! A round appends every group's [`LogWrite`] (entries, hard state, configuration,
 //! compaction, a snapshot's metadata, a tombstone) with one `write` and makes it durable
 //! with one `fdatasync`: the log costs no tree descents, and nothing of it is ever
-//! rewritten in place. Replaying the file from the start gives each group's
+//! rewritten in place. The `fdatasync` runs on the log's own thread ([`Wal::start_sync`],
+//! [`Wal::finish_sync`]), so that the round applies what is committed while the disk
+//! syncs; the round still ends only once its sync is done. Replaying the file from the start gives each group's
 //! [`PersistedLog`] back. Once the file has grown well past what is still live (entries
 //! the groups compacted away stay in it until then), [`Wal::rewrite`] writes the live
 //! logs to a new file, syncs it and renames it over the old one.
@@ -27,6 +29,7 @@ use std::collections::BTreeMap;
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, mpsc};
 
 const SNAPSHOT: u8 = 1;
 const TRUNCATE: u8 = 2;
@@ -64,7 +67,8 @@ pub enum WalError {
 /// The open log file.
 pub struct Wal {
     dir: PathBuf,
-    file: File,
+    file: Arc<File>,
+    syncer: Syncer,
     len: u64,
     /// Rewrite once the file is longer than this.
     rewrite_at: u64,
@@ -139,7 +143,8 @@ impl Wal {
         }
         let wal = Self {
             dir: dir.to_path_buf(),
-            file,
+            file: Arc::new(file),
+            syncer: Syncer::start()?,
             len: good as u64,
             rewrite_at: min_rewrite.max(2 * good as u64),
             min_rewrite,
@@ -160,7 +165,7 @@ impl Wal {
         }
         if !self.buf.is_empty() {
             record(&mut self.buf, 0, END, &[]);
-            self.file.write_all(&self.buf)?;
+            (&*self.file).write_all(&self.buf)?;
             self.len += self.buf.len() as u64;
         }
         Ok(())
@@ -168,9 +173,40 @@ impl Wal {
 
     /// Makes everything appended durable.
     pub fn sync(&mut self) -> Result<(), WalError> {
-        self.file.sync_data()?;
-        self.syncs += 1;
-        Ok(())
+        let started = self.start_sync()?;
+        self.finish_sync(started)
+    }
+
+    /// Starts making everything appended so far durable, on the log's thread; the
+    /// caller goes on meanwhile and waits with [`Wal::finish_sync`] before it relies on
+    /// it. Appends made in between may or may not be covered.
+    pub fn start_sync(&mut self) -> Result<SyncStarted, WalError> {
+        self.syncer.next += 1;
+        let number = self.syncer.next;
+        let sent = self
+            .syncer
+            .tx
+            .as_ref()
+            .is_some_and(|tx| tx.send((number, self.file.clone())).is_ok());
+        if !sent {
+            return Err(syncer_gone());
+        }
+        Ok(SyncStarted(number))
+    }
+
+    /// Waits until the sync `started` is done: everything appended before it started is
+    /// durable.
+    pub fn finish_sync(&mut self, started: SyncStarted) -> Result<(), WalError> {
+        loop {
+            // Answers come in order; one older than `started` belongs to a sync whose
+            // round failed before it waited.
+            let (number, result) = self.syncer.rx.recv().map_err(|_| syncer_gone())?;
+            if number == started.0 {
+                result?;
+                self.syncs += 1;
+                return Ok(());
+            }
+        }
     }
 
     /// Syncs completed (tests count them).
@@ -219,11 +255,62 @@ impl Wal {
         file.sync_all()?;
         std::fs::rename(&new, log_path(&self.dir))?;
         sync_dir(&self.dir)?;
-        self.file = file;
+        self.file = Arc::new(file);
         self.len = len as u64;
         self.rewrite_at = self.min_rewrite.max(2 * self.len);
         Ok(())
     }
+}
+
+/// A sync under way on the log's thread, to wait for with [`Wal::finish_sync`].
+#[derive(Debug)]
+#[must_use = "a started sync is only known done once finish_sync says so"]
+pub struct SyncStarted(u64);
+
+/// The log's thread: syncs the file each request names, in order, and answers with the
+/// request's number.
+struct Syncer {
+    tx: Option<mpsc::Sender<(u64, Arc<File>)>>,
+    rx: mpsc::Receiver<(u64, std::io::Result<()>)>,
+    thread: Option<std::thread::JoinHandle<()>>,
+    /// The number of the last sync started.
+    next: u64,
+}
+
+impl Syncer {
+    fn start() -> std::io::Result<Self> {
+        let (tx, requests) = mpsc::channel::<(u64, Arc<File>)>();
+        let (answers, rx) = mpsc::channel();
+        let thread = std::thread::Builder::new()
+            .name("raft-log-sync".into())
+            .spawn(move || {
+                for (number, file) in requests {
+                    if answers.send((number, file.sync_data())).is_err() {
+                        break;
+                    }
+                }
+            })?;
+        Ok(Self {
+            tx: Some(tx),
+            rx,
+            thread: Some(thread),
+            next: 0,
+        })
+    }
+}
+
+impl Drop for Syncer {
+    fn drop(&mut self) {
+        // The thread ends once its sync under way (if any) is done.
+        self.tx = None;
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+fn syncer_gone() -> WalError {
+    WalError::Io(std::io::Error::other("the raft log's sync thread is gone"))
 }
 
 fn sync_dir(dir: &Path) -> std::io::Result<()> {
@@ -558,5 +645,26 @@ mod tests {
         let mut want = expected();
         want.get_mut(&9).unwrap().tombstone = Some(5);
         assert_eq!(logs.unwrap(), want);
+    }
+
+    #[test]
+    fn a_sync_runs_beside_the_caller_and_one_left_unwaited_for_does_not_confuse_the_next() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("raft");
+        let (mut wal, _) = Wal::open(&path, 1 << 20).unwrap();
+        let all = writes();
+        let (first, rest) = all.split_at(3);
+        wal.append(first.iter().map(|(g, w)| (*g, w))).unwrap();
+        // A round that failed after starting its sync never waits for it.
+        let _abandoned = wal.start_sync().unwrap();
+        wal.append(rest.iter().map(|(g, w)| (*g, w))).unwrap();
+        let started = wal.start_sync().unwrap();
+        wal.finish_sync(started).unwrap();
+        assert_eq!(wal.syncs(), 1, "only syncs waited for are counted");
+        wal.sync().unwrap();
+        assert_eq!(wal.syncs(), 2);
+        drop(wal);
+        let (_, logs) = Wal::open(&path, 1 << 20).unwrap();
+        assert_eq!(logs.unwrap(), expected());
     }
 }

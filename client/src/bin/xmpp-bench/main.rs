@@ -12,7 +12,7 @@ mod xml;
 mod xmpp;
 
 use anyhow::{Context, Result, bail};
-use chat_client::load::{self, rss_kib};
+use chat_client::load::{self, Pacing, rss_kib};
 use clap::{Parser, Subcommand};
 use hdrhistogram::Histogram;
 use std::collections::VecDeque;
@@ -87,6 +87,10 @@ struct SendOpts {
     /// Unacknowledged sends allowed per connection.
     #[arg(long, default_value_t = 32)]
     window: usize,
+    /// At a fixed rate: the connections' sends evenly spaced, or in bursts of one per
+    /// connection (all in phase).
+    #[arg(long, value_enum, default_value_t = Pacing::Spread)]
+    pacing: Pacing,
 }
 
 /// What `offline` does (the same options as chat-bench's).
@@ -221,6 +225,7 @@ struct Plan {
     connections: usize,
     payload: usize,
     window: usize,
+    pacing: Pacing,
 }
 
 /// What one connection measured.
@@ -240,16 +245,12 @@ struct ConnResult {
 /// A single task both reads and writes: reading is the only thing `select!` may cancel.
 async fn send_and_receive(
     mut conn: Conn,
+    index: usize,
     to: String,
     plan: Plan,
     acked_total: Arc<AtomicU64>,
 ) -> Result<ConnResult> {
-    let mut tick = (plan.rate > 0).then(|| {
-        let per_conn = Duration::from_secs_f64(plan.connections as f64 / plan.rate as f64);
-        let mut t = tokio::time::interval(per_conn);
-        t.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        t
-    });
+    let mut tick = load::ticks(plan.rate, plan.connections, index, plan.origin, plan.pacing);
     let pad = "x".repeat(plan.payload.saturating_sub(20));
     let mut r = ConnResult {
         e2e: histogram(),
@@ -327,6 +328,7 @@ async fn send(cli: &Cli, opts: &SendOpts) -> Result<serde_json::Value> {
         rate,
         payload,
         window,
+        pacing,
     } = opts.clone();
     if connections < 2 {
         bail!("--connections must be at least 2 (each sends to the next)");
@@ -356,12 +358,13 @@ async fn send(cli: &Cli, opts: &SendOpts) -> Result<serde_json::Value> {
         connections,
         payload,
         window,
+        pacing,
     };
     let acked = Arc::new(AtomicU64::new(0));
     let mut tasks = Vec::with_capacity(connections);
     for (i, conn) in users.into_iter().enumerate() {
         let to = format!("{prefix}{}@{}", (i + 1) % connections, cli.domain);
-        tasks.push(tokio::spawn(send_and_receive(conn, to, plan, acked.clone())));
+        tasks.push(tokio::spawn(send_and_receive(conn, i, to, plan, acked.clone())));
     }
     let sampler = load::sample_peak_rss(cli.node_pid, plan.drain_until);
     let progress = load::Progress::start(duration, origin, stop_at, acked.clone());
