@@ -4,10 +4,10 @@
 //! A round appends every group's [`LogWrite`] (entries, hard state, configuration,
 //! compaction, a snapshot's metadata, a tombstone) with one `write` and makes it durable
 //! with one `fdatasync`: the log costs no tree descents, and nothing of it is ever
-//! rewritten in place. The `fdatasync` runs on the log's own thread ([`Wal::start_sync`],
-//! [`Wal::finish_sync`]), so that the round applies what is committed while the disk
-//! syncs; the round still ends only once its sync is done. Replaying the file from the start gives each group's
-//! [`PersistedLog`] back. Once the file has grown well past what is still live (entries
+//! rewritten in place. The `fdatasync` runs on the log's own thread
+//! ([`Wal::start_sync`], [`Wal::finish_sync`]), so that the round applies what is
+//! committed while the disk syncs; the round still ends only once its sync is done.
+//! Replaying the file from the start gives each group's [`PersistedLog`] back. Once the file has grown well past what is still live (entries
 //! the groups compacted away stay in it until then), [`Wal::rewrite`] writes the live
 //! logs to a new file, syncs it and renames it over the old one.
 //!
