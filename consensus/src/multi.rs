@@ -709,12 +709,23 @@ impl<P> MultiRaft<P> {
                 .map(|pr| pr.matched)
                 .unwrap_or(0)
         };
-        let mut step = crate::reconfig::next_step(self.id, &conf, target, followers, matched, last);
+        // Every other voter has answered with a commit index past the latest
+        // configuration change (raft-rs's pending index: the change's own, or the last
+        // index when this leader was elected).
+        let me = self.id;
+        let changed_at = g.node.raft.pending_conf_index;
+        let known = conf
+            .voters
+            .iter()
+            .chain(&conf.voters_outgoing)
+            .filter(|n| **n != me)
+            .all(|n| prs.get(*n).is_some_and(|pr| pr.committed_index >= changed_at));
+        let mut step = crate::reconfig::next_step(me, &conf, target, followers, matched, last, known);
         if let (crate::reconfig::Step::TransferTo(heir), Some(failed)) = (&step, passed_over)
             && *heir == failed
         {
             let others = |n: NodeId| if n == failed { 0 } else { matched(n) };
-            step = match crate::reconfig::next_step(self.id, &conf, target, followers, others, last) {
+            step = match crate::reconfig::next_step(me, &conf, target, followers, others, last, known) {
                 crate::reconfig::Step::TransferTo(other) if other != failed => {
                     crate::reconfig::Step::TransferTo(other)
                 }

@@ -7,6 +7,13 @@
 //! one joint-consensus change (so the group never has fewer voters than it needs); extra
 //! voters and learners go last. A leader that must leave hands leadership to a caught-up
 //! voter that stays, and lets it finish. Decisions only: the driver proposes them.
+//!
+//! A voter is never removed outright: it steps down to a learner, and a learner leaves
+//! only once every voter is known to have the current configuration committed. A
+//! replica removed from the group deletes itself; a voter that has not yet learned that
+//! the step-down was committed still counts the old voter in its majority (raft-rs takes
+//! a configuration into account when it is applied), and with the leader gone it could
+//! never be elected without that vote. Kept as a learner, the old voter still votes.
 
 use crate::NodeId;
 use raft::eraftpb::{ConfChangeSingle, ConfChangeTransition, ConfChangeType, ConfChangeV2, ConfState};
@@ -47,6 +54,8 @@ fn change(changes: Vec<ConfChangeSingle>) -> Step {
 /// voters `target` and the learners `followers` (replicas that follow the group without
 /// voting: every member beyond the metadata group's voters). `matched(n)` is how far
 /// replica `n`'s log is known to match the leader's, whose last index is `last`.
+/// `config_known`: every voter has told the leader that the latest configuration change
+/// is committed (only then may a learner that was a voter leave).
 pub fn next_step(
     me: NodeId,
     conf: &ConfState,
@@ -54,6 +63,7 @@ pub fn next_step(
     followers: &[NodeId],
     matched: impl Fn(NodeId) -> u64,
     last: u64,
+    config_known: bool,
 ) -> Step {
     if !conf.voters_outgoing.is_empty() || target.is_empty() {
         // In a joint configuration: raft-rs leaves it by itself.
@@ -67,14 +77,9 @@ pub fn next_step(
         .copied()
         .filter(|n| !target.contains(n))
         .collect();
-    // A voter no longer wanted as one steps down to a learner if it should follow.
-    let out = |n: NodeId| {
-        if followers.contains(&n) {
-            single(n, ConfChangeType::AddLearnerNode)
-        } else {
-            single(n, ConfChangeType::RemoveNode)
-        }
-    };
+    // A voter no longer wanted as one steps down to a learner: it stays if it should
+    // follow, and otherwise leaves later as an unwanted learner (see the module comment).
+    let out = |n: NodeId| single(n, ConfChangeType::AddLearnerNode);
     // A replica that has received nothing (matched 0: not even the snapshot a new
     // replica starts from) is never caught up, however short the log.
     let caught_up = |n: NodeId| n == me || (matched(n) > 0 && matched(n) + CAUGHT_UP_SLACK >= last);
@@ -125,9 +130,10 @@ pub fn next_step(
     {
         return change(vec![single(*follower, ConfChangeType::AddLearnerNode)]);
     }
-    if let Some(extra) = learners
-        .iter()
-        .find(|n| !target.contains(n) && !followers.contains(n))
+    if config_known
+        && let Some(extra) = learners
+            .iter()
+            .find(|n| !target.contains(n) && !followers.contains(n))
     {
         return change(vec![single(*extra, ConfChangeType::RemoveNode)]);
     }
@@ -156,15 +162,19 @@ mod tests {
     #[test]
     fn a_lone_voter_moving_elsewhere_promotes_its_successor_then_hands_over() {
         // Group of voter 1 only, placed on 2 alone; 2 is a caught-up learner.
-        let step = next_step(1, &conf(&[1], &[2]), &[2], &[], |_| 100, 100);
+        let step = next_step(1, &conf(&[1], &[2]), &[2], &[], |_| 100, 100, true);
         assert_eq!(changes(step), vec![(2, ConfChangeType::AddNode)]);
         // Once 2 votes, leadership goes to it, and 2 then removes 1.
         assert_eq!(
-            next_step(1, &conf(&[1, 2], &[]), &[2], &[], |_| 100, 100),
+            next_step(1, &conf(&[1, 2], &[]), &[2], &[], |_| 100, 100, true),
             Step::TransferTo(2)
         );
         assert_eq!(
-            changes(next_step(2, &conf(&[1, 2], &[]), &[2], &[], |_| 100, 100)),
+            changes(next_step(2, &conf(&[1, 2], &[]), &[2], &[], |_| 100, 100, true)),
+            vec![(1, ConfChangeType::AddLearnerNode)]
+        );
+        assert_eq!(
+            changes(next_step(2, &conf(&[2], &[1]), &[2], &[], |_| 100, 100, true)),
             vec![(1, ConfChangeType::RemoveNode)]
         );
         // A learner still catching up is not promoted.
@@ -175,7 +185,8 @@ mod tests {
                 &[2],
                 &[],
                 |n| if n == 2 { 10 } else { 100 },
-                100
+                100,
+                true
             ),
             Step::Wait
         );
@@ -183,7 +194,7 @@ mod tests {
 
     #[test]
     fn a_new_replica_first_joins_as_a_learner() {
-        let step = next_step(1, &conf(&[1, 2, 3], &[]), &[1, 2, 4], &[], |_| 100, 100);
+        let step = next_step(1, &conf(&[1, 2, 3], &[]), &[1, 2, 4], &[], |_| 100, 100, true);
         assert_eq!(changes(step), vec![(4, ConfChangeType::AddLearnerNode)]);
     }
 
@@ -196,12 +207,13 @@ mod tests {
             &[],
             |n| if n == 4 { 10 } else { 100 },
             100,
+            true,
         );
         assert_eq!(behind, Step::Wait);
-        let ready = next_step(1, &conf(&[1, 2, 3], &[4]), &[1, 2, 4], &[], |_| 100, 100);
+        let ready = next_step(1, &conf(&[1, 2, 3], &[4]), &[1, 2, 4], &[], |_| 100, 100, true);
         assert_eq!(
             changes(ready),
-            vec![(4, ConfChangeType::AddNode), (3, ConfChangeType::RemoveNode)]
+            vec![(4, ConfChangeType::AddNode), (3, ConfChangeType::AddLearnerNode)]
         );
     }
 
@@ -214,15 +226,16 @@ mod tests {
             &[],
             |n| if n == 4 { 0 } else { 9 },
             9,
+            true,
         );
         assert_eq!(step, Step::Wait);
     }
 
     #[test]
     fn a_leader_to_be_removed_hands_over_first() {
-        let step = next_step(3, &conf(&[1, 2, 3], &[4]), &[1, 2, 4], &[], |_| 100, 100);
+        let step = next_step(3, &conf(&[1, 2, 3], &[4]), &[1, 2, 4], &[], |_| 100, 100, true);
         assert_eq!(step, Step::TransferTo(1));
-        let nobody_ready = next_step(3, &conf(&[1, 2, 3], &[]), &[1, 2, 4], &[], |_| 0, 100);
+        let nobody_ready = next_step(3, &conf(&[1, 2, 3], &[]), &[1, 2, 4], &[], |_| 0, 100, true);
         assert_eq!(changes(nobody_ready), vec![(4, ConfChangeType::AddLearnerNode)]);
     }
 
@@ -230,37 +243,37 @@ mod tests {
     fn nothing_happens_in_a_joint_configuration_or_at_the_target() {
         let mut joint = conf(&[1, 2, 4], &[]);
         joint.voters_outgoing = vec![1, 2, 3];
-        assert_eq!(next_step(1, &joint, &[1, 2, 4], &[], |_| 100, 100), Step::Wait);
         assert_eq!(
-            next_step(1, &conf(&[1, 2, 4], &[]), &[4, 2, 1], &[], |_| 100, 100),
+            next_step(1, &joint, &[1, 2, 4], &[], |_| 100, 100, true),
+            Step::Wait
+        );
+        assert_eq!(
+            next_step(1, &conf(&[1, 2, 4], &[]), &[4, 2, 1], &[], |_| 100, 100, true),
             Step::Wait
         );
     }
 
     #[test]
     fn a_group_shrinks_and_drops_unwanted_learners() {
-        assert_eq!(
-            changes(next_step(
-                1,
-                &conf(&[1, 2, 3, 4], &[]),
-                &[1, 2, 3],
-                &[],
-                |_| 100,
-                100
-            )),
-            vec![(4, ConfChangeType::RemoveNode)]
-        );
-        assert_eq!(
-            changes(next_step(
-                1,
-                &conf(&[1, 2, 3], &[5]),
-                &[1, 2, 3],
-                &[],
-                |_| 100,
-                100
-            )),
-            vec![(5, ConfChangeType::RemoveNode)]
-        );
+        // A voter too many steps down to a learner first...
+        let shrink = next_step(1, &conf(&[1, 2, 3, 4], &[]), &[1, 2, 3], &[], |_| 100, 100, true);
+        assert_eq!(changes(shrink), vec![(4, ConfChangeType::AddLearnerNode)]);
+        // ...and an unwanted learner leaves once every voter knows the configuration.
+        let drop = next_step(1, &conf(&[1, 2, 3], &[5]), &[1, 2, 3], &[], |_| 100, 100, true);
+        assert_eq!(changes(drop), vec![(5, ConfChangeType::RemoveNode)]);
+    }
+
+    #[test]
+    fn a_former_voter_stays_a_learner_until_every_voter_knows_it_stepped_down() {
+        // 3 stepped down in a joint change; voter 2 may not have learned that the change
+        // is committed, and with leader 1 gone it needs 3's vote: 3 stays.
+        let early = next_step(1, &conf(&[1, 2, 4], &[3]), &[1, 2, 4], &[], |_| 100, 100, false);
+        assert_eq!(early, Step::Wait);
+        // Other steps are not held back meanwhile.
+        let missing = next_step(1, &conf(&[1, 2, 4], &[3]), &[1, 2, 4], &[6], |_| 100, 100, false);
+        assert_eq!(changes(missing), vec![(6, ConfChangeType::AddLearnerNode)]);
+        let known = next_step(1, &conf(&[1, 2, 4], &[3]), &[1, 2, 4], &[], |_| 100, 100, true);
+        assert_eq!(changes(known), vec![(3, ConfChangeType::RemoveNode)]);
     }
 
     /// The next step of leader 1 with every replica caught up.
@@ -270,7 +283,7 @@ mod tests {
         target: &[NodeId],
         followers: &[NodeId],
     ) -> Step {
-        next_step(1, &conf(voters, learners), target, followers, |_| 100, 100)
+        next_step(1, &conf(voters, learners), target, followers, |_| 100, 100, true)
     }
 
     #[test]
