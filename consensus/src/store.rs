@@ -53,13 +53,20 @@ pub struct Applied {
 /// - a replica whose records are behind the start of its log cannot be brought back:
 ///   that is an error (`Err(group)`), never a silent loss.
 ///
+/// `Ok(true)`: a snapshot was installed, which the log file does not hold; the caller
+/// writes the logs whole before it appends to them. Otherwise the entries appended
+/// next would follow a snapshot the file never recorded, and the next start would
+/// install the records' snapshot again, over those entries (and find the records
+/// beyond the end of the log).
+///
 /// Groups are `GroupId`s and `me` a `NodeId` (spelled `u32` and `u64` here: this module
 /// sits below `multi`, which imports it).
 pub fn reconcile(
     me: u64,
     logs: &mut BTreeMap<u32, PersistedLog>,
     applied: BTreeMap<u32, Applied>,
-) -> Result<(), u32> {
+) -> Result<bool, u32> {
+    let mut installed = false;
     for (group, state) in applied {
         let log = logs.entry(group).or_default();
         if let Some(mut meta) = state.snapshot
@@ -70,6 +77,7 @@ pub fn reconcile(
             log.hard_state.term = log.hard_state.term.max(meta.term);
             log.hard_state.commit = log.hard_state.commit.max(meta.index);
             log.snapshot = meta;
+            installed = true;
         }
         log.applied = state.index;
         log.hard_state.commit = log.hard_state.commit.max(state.index);
@@ -84,7 +92,7 @@ pub fn reconcile(
             return Err(*group);
         }
     }
-    Ok(())
+    Ok(installed)
 }
 
 /// One round's changes to one group's persisted log, in the order they must be applied.
@@ -314,7 +322,8 @@ mod tests {
             index: 9,
             snapshot: None,
         };
-        reconcile(1, &mut logs, BTreeMap::from([(1, applied)])).unwrap();
+        // Nothing the log file lacks: it need not be written again.
+        assert!(!reconcile(1, &mut logs, BTreeMap::from([(1, applied)])).unwrap());
         assert_eq!((logs[&1].applied, logs[&1].hard_state.commit), (9, 9));
         // A snapshot the records installed and synced, the log's round lost.
         let mut meta = SnapshotMetadata::default();
@@ -325,7 +334,8 @@ mod tests {
             index: 20,
             snapshot: Some(meta),
         };
-        reconcile(1, &mut logs, BTreeMap::from([(1, applied)])).unwrap();
+        // The log file must be written again before anything is appended to it.
+        assert!(reconcile(1, &mut logs, BTreeMap::from([(1, applied)])).unwrap());
         let log = &logs[&1];
         assert!(log.entries.is_empty());
         assert_eq!((log.snapshot.index, log.snapshot.term), (20, 4));

@@ -360,12 +360,19 @@ pub fn start(
         }
         disk.clear_legacy()?;
     }
-    if let Err(group) = chat_consensus::reconcile(id, &mut persisted, disk.applied_state()?) {
-        tracing::error!(
-            group,
-            "the records of a partition are behind the start of its raft log"
-        );
-        return Err(disk::DiskError::Corrupt(group));
+    match chat_consensus::reconcile(id, &mut persisted, disk.applied_state()?) {
+        Ok(false) => {}
+        // A snapshot the records hold and the log file does not (a crash came between
+        // the records' sync and the log's): the file is written whole with it before
+        // anything is appended after it.
+        Ok(true) => wal.rewrite(&persisted)?,
+        Err(group) => {
+            tracing::error!(
+                group,
+                "the records of a partition are behind the start of its raft log"
+            );
+            return Err(disk::DiskError::Corrupt(group));
+        }
     }
     let mut raft = MultiRaft::new(id, timing.raft.clone(), logger);
     let fresh = persisted.is_empty();

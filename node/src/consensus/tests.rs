@@ -4,7 +4,8 @@
 use super::disk::Disk;
 use super::driver::{self, Handle, ProposeError, Sync, Timing, Transport};
 use super::wal::Wal;
-use chat_consensus::{GroupId, NodeId, RaftConfig};
+use chat_consensus::eraftpb::Snapshot;
+use chat_consensus::{GroupId, LogWrite, NodeId, RaftConfig};
 use chat_protocol::internal::command::{self, Op};
 use chat_protocol::internal::{AccountRecord, Command, Outcome, outcome};
 use chat_state::placement::{self, Partition};
@@ -329,6 +330,68 @@ fn records_a_power_cut_lost_are_applied_again_from_the_log() {
         matches!(next, outcome::Result::Appended(ref a) if a.seq == sent + 1),
         "{next:?}"
     );
+}
+
+#[test]
+fn a_snapshot_the_records_hold_and_the_log_file_lost_is_written_to_it_at_start() {
+    // A crash between a snapshot round's sync of the records and its sync of the log
+    // leaves records holding a snapshot the log file never recorded. The start installs
+    // it in the log, and must write the file whole before appending after it: otherwise
+    // the next start installs it again over everything that followed, and finds the
+    // records beyond the end of the log (found by the simulation, seed 901623).
+    let dir = tempfile::tempdir().unwrap();
+    let net = Net::default();
+    let p = 5;
+    let group = p as GroupId;
+    let bob = user_in(p, 0);
+    let mut node = TestNode::start(1, dir.path(), &net);
+    node.handle.create(p, vec![1]);
+    propose(&[&node], p, register(&bob));
+    for i in 1..=3 {
+        propose(&[&node], p, send(&bob, &format!("m{i}")));
+    }
+    node.stop(&net);
+    let (_, logs) = Wal::open(&dir.path().join("1-raft"), 8 << 10).unwrap();
+    let log = logs.unwrap().remove(&group).unwrap();
+    let disk = Disk::open(&node.db).unwrap();
+    let applied = disk.applied_state().unwrap()[&group].index;
+    let last = log.entries.last().expect("entries after the first snapshot");
+    assert_eq!(applied, last.index, "the records are synced at the stop");
+    assert!(applied > log.snapshot.index);
+    // The records say a snapshot was installed at their applied index.
+    let mut snapshot = Snapshot::default();
+    let meta = snapshot.mut_metadata();
+    (meta.index, meta.term) = (applied, last.term);
+    meta.set_conf_state(log.conf_state.clone());
+    let mut batch = sled::Batch::default();
+    let write = LogWrite {
+        snapshot: Some(snapshot),
+        applied: Some(applied),
+        ..LogWrite::default()
+    };
+    disk.write_applied(&mut batch, group, &write);
+    disk.apply(batch).unwrap();
+    node.db.flush().unwrap();
+    drop(disk);
+    drop(node);
+    // Started once, with more appended after the snapshot...
+    let mut node = TestNode::start(1, dir.path(), &net);
+    let next = propose(&[&node], p, send(&bob, "m4"));
+    assert!(
+        matches!(next, outcome::Result::Appended(ref a) if a.seq == 4),
+        "{next:?}"
+    );
+    node.stop(&net);
+    drop(node);
+    // ...and again: everything is there.
+    let mut node = TestNode::start(1, dir.path(), &net);
+    for i in 1..=4 {
+        match propose(&[&node], p, send(&bob, &format!("m{i}"))) {
+            outcome::Result::Duplicate(a) => assert_eq!(a.seq, i),
+            other => panic!("m{i} was acknowledged before the restart, got {other:?}"),
+        }
+    }
+    node.stop(&net);
 }
 
 #[test]
