@@ -1535,6 +1535,19 @@ mod tests {
     /// Plays the peers in `answering` for what node 1 sent: votes granted, appends
     /// taken, heartbeats answered.
     fn peers_answer(raft: &mut MultiRaft<u32>, group: GroupId, sent: Vec<Outgoing>, answering: &[NodeId]) {
+        answer_as_peers(raft, group, sent, answering, false);
+    }
+
+    /// As [`peers_answer`]; `tell_commit`: the answers say the peers know the commit
+    /// index the leader sent them (otherwise they say nothing of it, as peers that have
+    /// not learned it yet).
+    fn answer_as_peers(
+        raft: &mut MultiRaft<u32>,
+        group: GroupId,
+        sent: Vec<Outgoing>,
+        answering: &[NodeId],
+        tell_commit: bool,
+    ) {
         for out in sent {
             let m = out.message;
             if !answering.contains(&m.to) {
@@ -1555,8 +1568,45 @@ mod tests {
                 }
                 _ => continue,
             }
+            if tell_commit {
+                answer.commit = m.commit;
+            }
+            // A peer removed meanwhile is no longer heard.
+            let conf = raft.conf_state(group).unwrap_or_default();
+            if !conf.voters.contains(&m.to) && !conf.learners.contains(&m.to) {
+                continue;
+            }
             raft.step(group, answer).unwrap();
         }
+    }
+
+    #[test]
+    fn a_voter_let_go_stays_a_learner_until_every_voter_has_answered_past_the_change() {
+        let mut raft = leading_three();
+        let run = |raft: &mut MultiRaft<u32>, ticks: usize, tell_commit: bool| {
+            for _ in 0..ticks {
+                raft.tick();
+                raft.move_towards(3, &[1, 2], &[]);
+                for _ in 0..3 {
+                    let sent = settle(raft).send;
+                    answer_as_peers(raft, 3, sent, &[2, 3], tell_commit);
+                }
+            }
+        };
+        let members = |raft: &MultiRaft<u32>| {
+            let conf = raft.conf_state(3).unwrap();
+            let (mut voters, mut learners) = (conf.voters, conf.learners);
+            voters.sort_unstable();
+            learners.sort_unstable();
+            (voters, learners)
+        };
+        // Voter 2 may not know that 3's step-down is committed: were 3 gone and node 1
+        // to fail, 2 would need 3's vote. 3 steps down to a learner and stays.
+        run(&mut raft, 20, false);
+        assert_eq!(members(&raft), (vec![1, 2], vec![3]));
+        // Once 2 has answered with a commit index past the change, 3 leaves.
+        run(&mut raft, 20, true);
+        assert_eq!(members(&raft), (vec![1, 2], vec![]));
     }
 
     /// Node 1 leading group 3 of voters 1, 2 and 3, both peers answering and caught up.
