@@ -332,6 +332,18 @@ fn records_a_power_cut_lost_are_applied_again_from_the_log() {
     );
 }
 
+/// Node 1 alone in `p`'s group, `user` registered and sent m1 to m3; stopped.
+fn one_node_with_three_messages(dir: &std::path::Path, net: &Net, p: Partition, user: &str) -> TestNode {
+    let mut node = TestNode::start(1, dir, net);
+    node.handle.create(p, vec![1]);
+    propose(&[&node], p, register(user));
+    for i in 1..=3 {
+        propose(&[&node], p, send(user, &format!("m{i}")));
+    }
+    node.stop(net);
+    node
+}
+
 #[test]
 fn a_snapshot_the_records_hold_and_the_log_file_lost_is_written_to_it_at_start() {
     // A crash between a snapshot round's sync of the records and its sync of the log
@@ -344,13 +356,7 @@ fn a_snapshot_the_records_hold_and_the_log_file_lost_is_written_to_it_at_start()
     let p = 5;
     let group = p as GroupId;
     let bob = user_in(p, 0);
-    let mut node = TestNode::start(1, dir.path(), &net);
-    node.handle.create(p, vec![1]);
-    propose(&[&node], p, register(&bob));
-    for i in 1..=3 {
-        propose(&[&node], p, send(&bob, &format!("m{i}")));
-    }
-    node.stop(&net);
+    let node = one_node_with_three_messages(dir.path(), &net, p, &bob);
     let (_, logs) = Wal::open(&dir.path().join("1-raft"), 8 << 10).unwrap();
     let log = logs.unwrap().remove(&group).unwrap();
     let disk = Disk::open(&node.db).unwrap();
@@ -402,13 +408,7 @@ fn a_data_folder_that_kept_the_log_in_sled_is_moved_to_the_log_file() {
     // Whether the log file is missing, or empty (created, then a crash before the move).
     for empty_file in [false, true] {
         let dir = tempfile::tempdir().unwrap();
-        let mut node = TestNode::start(1, dir.path(), &net);
-        node.handle.create(p, vec![1]);
-        propose(&[&node], p, register(&bob));
-        for i in 1..=3 {
-            propose(&[&node], p, send(&bob, &format!("m{i}")));
-        }
-        node.stop(&net);
+        let node = one_node_with_three_messages(dir.path(), &net, p, &bob);
         // The same log, as the previous format kept it.
         let raft_dir = dir.path().join("1-raft");
         let (_, logs) = Wal::open(&raft_dir, 8 << 10).unwrap();
