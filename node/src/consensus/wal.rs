@@ -7,7 +7,9 @@
 //! rewritten in place. The `fdatasync` runs on the log's own thread
 //! ([`Wal::start_sync`], [`Wal::finish_sync`]), so that the round applies what is
 //! committed while the disk syncs; the round still ends only once its sync is done.
-//! Replaying the file from the start gives each group's [`PersistedLog`] back. Once the file has grown well past what is still live (entries
+//! Once a sync has failed, every later one fails too (Linux may report a write-back
+//! error once only). Replaying the file from the start gives each group's
+//! [`PersistedLog`] back. Once the file has grown well past what is still live (entries
 //! the groups compacted away stay in it until then), [`Wal::rewrite`] writes the live
 //! logs to a new file, syncs it and renames it over the old one.
 //!
@@ -196,13 +198,23 @@ impl Wal {
 
     /// Waits until the sync `started` is done: everything appended before it started is
     /// durable.
+    ///
+    /// A failed sync fails every later one too, including one whose own `fdatasync`
+    /// succeeded: Linux may report a write-back error once only, so what a failed sync
+    /// covered may be lost although a later sync says nothing of it.
     pub fn finish_sync(&mut self, started: SyncStarted) -> Result<(), WalError> {
         loop {
+            if let Some(error) = &self.syncer.failed {
+                return Err(WalError::Io(std::io::Error::new(error.kind(), error.to_string())));
+            }
             // Answers come in order; one older than `started` belongs to a sync whose
             // round failed before it waited.
             let (number, result) = self.syncer.rx.recv().map_err(|_| syncer_gone())?;
+            if let Err(error) = result {
+                self.syncer.failed = Some(error);
+                continue;
+            }
             if number == started.0 {
-                result?;
                 self.syncs += 1;
                 return Ok(());
             }
@@ -275,6 +287,8 @@ struct Syncer {
     thread: Option<std::thread::JoinHandle<()>>,
     /// The number of the last sync started.
     next: u64,
+    /// The first sync that failed: every later one fails too.
+    failed: Option<std::io::Error>,
 }
 
 impl Syncer {
@@ -295,6 +309,7 @@ impl Syncer {
             rx,
             thread: Some(thread),
             next: 0,
+            failed: None,
         })
     }
 }
@@ -666,5 +681,23 @@ mod tests {
         drop(wal);
         let (_, logs) = Wal::open(&path, 1 << 20).unwrap();
         assert_eq!(logs.unwrap(), expected());
+    }
+
+    #[test]
+    fn a_failed_sync_nobody_waited_for_fails_every_later_sync() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut wal, _) = Wal::open(&dir.path().join("raft"), 1 << 20).unwrap();
+        let real = wal.file.clone();
+        // fdatasync on a pipe fails (EINVAL): a sync whose write-back failed.
+        let (reader, _writer) = std::io::pipe().unwrap();
+        wal.file = Arc::new(File::from(std::os::fd::OwnedFd::from(reader)));
+        let _abandoned = wal.start_sync().unwrap();
+        wal.file = real;
+        // The next sync of the real file succeeds by itself, but what the failed one
+        // covered may be lost: it fails too, and so does every one after it.
+        let started = wal.start_sync().unwrap();
+        assert!(wal.finish_sync(started).is_err());
+        assert!(wal.sync().is_err());
+        assert_eq!(wal.syncs(), 0);
     }
 }
