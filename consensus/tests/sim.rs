@@ -78,6 +78,9 @@ const RECORDS_SYNC_MS: u64 = 173;
 const FAULT_WINDOW_MS: u64 = 6_000;
 /// After the faults, everything must be acknowledged, fanned out and caught up within this.
 const SETTLE_MS: u64 = 20_000;
+/// A client still retrying when the cluster has settled (it tries random nodes, and one
+/// that holds no replica of the partition costs it a timeout) gets this much longer.
+const CLIENT_GRACE_MS: u64 = 20_000;
 
 /// The first `n` names `{prefix}{i}` whose partition is simulated.
 fn names(prefix: &str, n: usize, of: fn(&str) -> Partition) -> Vec<String> {
@@ -1762,12 +1765,23 @@ fn run_schedule(seed: u64, verbose: bool) -> (Vec<String>, Vec<String>) {
         }
     }
     sim.heal_all();
-    let end = sim.now + SETTLE_MS;
-    while sim.now < end && !sim.done() {
-        sim.step();
-        if !sim.trace.violations.is_empty() {
-            return (sim.trace.violations, sim.trace.log);
+    let mut end = sim.now + SETTLE_MS;
+    let mut grace = true;
+    loop {
+        while sim.now < end && !sim.done() {
+            sim.step();
+            if !sim.trace.violations.is_empty() {
+                return (sim.trace.violations, sim.trace.log);
+            }
         }
+        // Settled, every post fanned out, but a client not done yet (seed 919448: eight
+        // tries in a row at nodes without the group, 400 ms each).
+        if grace && !sim.done() && sim.caught_up() && sim.fanned_out() {
+            grace = false;
+            end = sim.now + CLIENT_GRACE_MS;
+            continue;
+        }
+        break;
     }
     sim.check_end();
     (sim.trace.violations, sim.trace.log)
@@ -1785,7 +1799,9 @@ fn env_u64(name: &str) -> Option<u64> {
 ///   the start installed the records' snapshot in the log in memory only, appended after
 ///   it, and the next start installed it again over those entries (the log is now
 ///   written whole at such a start).
-const FOUND_BY_LONGER_RUNS: &[u64] = &[701577, 901623];
+/// - 919448: not a fault of the cluster (every group settled, every post fanned out),
+///   a client still retrying at the end of the settling time (see `CLIENT_GRACE_MS`).
+const FOUND_BY_LONGER_RUNS: &[u64] = &[701577, 901623, 919448];
 
 #[test]
 fn seeded_schedules_lose_duplicate_and_reorder_nothing() {
